@@ -1,0 +1,180 @@
+import Foundation
+
+/// Flat, allocation-free kernels for a decoder forward pass.
+///
+/// All buffers are row-major. Every function states its shapes; `T` is the number of tokens,
+/// `d` the row width. Reductions accumulate in SIMD lanes of Float (as PyTorch does in float32).
+public enum Kernels {
+    public typealias V = SIMD16<Float>
+
+    /// Sum of squares of x[0..<n].
+    @inline(__always)
+    static func sumSquares(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+        var acc = V(repeating: 0)
+        var i = 0
+        while i + 16 <= n {
+            let v = UnsafeRawPointer(x + i).loadUnaligned(as: V.self)
+            acc.addProduct(v, v)
+            i += 16
+        }
+        var s = acc.sum()
+        while i < n { s += x[i] * x[i]; i += 1 }
+        return s
+    }
+
+    /// RMSNorm: out[t, :] = x[t, :] / sqrt(mean(x[t, :]²) + eps) ⊙ weight. x, out: [T, d]; weight: [d].
+    /// `out` may alias `x`.
+    public static func rmsNorm(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, eps: Float,
+                               out: UnsafeMutablePointer<Float>, rows: Int, dim: Int) {
+        for t in 0..<rows {
+            let xr = x + t * dim, orow = out + t * dim
+            let scale = 1 / (sumSquares(xr, dim) / Float(dim) + eps).squareRoot()
+            for i in 0..<dim { orow[i] = (xr[i] * scale) * weight[i] }
+        }
+    }
+
+    /// LayerNorm: out[t, :] = (x[t, :] − mean) / sqrt(var + eps) ⊙ weight + bias. x, out: [T, d].
+    public static func layerNorm(_ x: UnsafePointer<Float>, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>,
+                                 eps: Float, out: UnsafeMutablePointer<Float>, rows: Int, dim: Int) {
+        for t in 0..<rows {
+            let xr = x + t * dim, orow = out + t * dim
+            var mean: Float = 0
+            for i in 0..<dim { mean += xr[i] }
+            mean /= Float(dim)
+            var varSum: Float = 0
+            for i in 0..<dim { let c = xr[i] - mean; varSum += c * c }
+            let inv = 1 / (varSum / Float(dim) + eps).squareRoot()
+            for i in 0..<dim { orow[i] = (xr[i] - mean) * inv * weight[i] + bias[i] }
+        }
+    }
+
+    /// In-place softmax over each row of x: [rows, n], using only the first `valid[r]` entries of
+    /// row r (the rest are set to 0). Pass `valid == nil` for full rows.
+    public static func softmaxRows(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int, valid: ((Int) -> Int)? = nil) {
+        for r in 0..<rows {
+            let row = x + r * cols
+            let n = valid?(r) ?? cols
+            var m = -Float.infinity
+            for i in 0..<n { m = max(m, row[i]) }
+            var s: Float = 0
+            for i in 0..<n { let e = expf(row[i] - m); row[i] = e; s += e }
+            let inv = 1 / s
+            for i in 0..<n { row[i] *= inv }
+            for i in n..<cols { row[i] = 0 }
+        }
+    }
+
+    /// log(Σ exp(x[i])) of x[0..<n], computed stably.
+    public static func logSumExp(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+        var m = -Float.infinity
+        for i in 0..<n { m = max(m, x[i]) }
+        var s: Double = 0
+        for i in 0..<n { s += Double(expf(x[i] - m)) }
+        return m + Float(log(s))
+    }
+
+    /// SiLU gate: key[i] = silu(gate[i]) · up[i] for i in 0..<n (the gated MLP's down-projection input).
+    public static func siluGate(gate: UnsafePointer<Float>, up: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, count n: Int) {
+        for i in 0..<n {
+            let g = gate[i]
+            out[i] = g / (1 + expf(-g)) * up[i]
+        }
+    }
+
+    /// GELU, tanh approximation (GPT-2's "gelu_new"), in place over n values.
+    public static func geluTanh(_ x: UnsafeMutablePointer<Float>, count n: Int) {
+        let c: Float = 0.7978845608028654  // sqrt(2/π)
+        for i in 0..<n {
+            let v = x[i]
+            x[i] = 0.5 * v * (1 + tanhf(c * (v + 0.044715 * v * v * v)))
+        }
+    }
+
+    /// x[i] += y[i] for i in 0..<n.
+    @inline(__always)
+    public static func add(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, count n: Int) {
+        var i = 0
+        while i + 16 <= n {
+            let a = UnsafeRawPointer(x + i).loadUnaligned(as: V.self)
+            let b = UnsafeRawPointer(y + i).loadUnaligned(as: V.self)
+            UnsafeMutableRawPointer(x + i).storeBytes(of: a + b, as: V.self)
+            i += 16
+        }
+        while i < n { x[i] += y[i]; i += 1 }
+    }
+
+    /// Adds bias[d] to every row of x: [rows, d].
+    public static func addBias(_ x: UnsafeMutablePointer<Float>, bias: UnsafePointer<Float>, rows: Int, dim: Int) {
+        for t in 0..<rows { add(x + t * dim, bias, count: dim) }
+    }
+}
+
+/// Rotary position embedding tables and application.
+///
+/// Two layouts exist: `.interleaved` rotates adjacent pairs (x[2i], x[2i+1]) — the layout of
+/// llama-architecture GGUF files, whose converter permutes Wq/Wk rows for it — and `.neox` rotates
+/// (x[i], x[i + dim/2]) — Hugging Face's `rotate_half`, used by safetensors checkpoints and by GGUF
+/// qwen2. Both give identical attention for correspondingly permuted weights.
+public struct RoPE: Sendable {
+    public enum Style: String, Codable, Sendable { case interleaved, neox }
+    public let style: Style
+    public let headDim: Int
+    public let rotaryDim: Int
+    /// cos/sin tables: [maxPositions, rotaryDim/2].
+    private var cosTable: [Float]
+    private var sinTable: [Float]
+    public private(set) var maxPositions: Int
+    public let base: Double
+
+    public init(style: Style, headDim: Int, rotaryDim: Int? = nil, base: Double, maxPositions: Int) {
+        self.style = style
+        self.headDim = headDim
+        self.rotaryDim = rotaryDim ?? headDim
+        self.base = base
+        self.maxPositions = 0
+        self.cosTable = []
+        self.sinTable = []
+        grow(to: maxPositions)
+    }
+
+    /// Extends the tables to cover positions 0..<n.
+    public mutating func grow(to n: Int) {
+        guard n > maxPositions else { return }
+        let half = rotaryDim / 2
+        cosTable.reserveCapacity(n * half); sinTable.reserveCapacity(n * half)
+        // inv_freq[i] = base^(-2i/rotaryDim), computed as PyTorch does: in float32 from a float64 power.
+        let invFreq = (0..<half).map { Float(1.0 / pow(base, Double(2 * $0) / Double(rotaryDim))) }
+        for p in maxPositions..<n {
+            for i in 0..<half {
+                let angle = Float(p) * invFreq[i]
+                cosTable.append(cos(angle)); sinTable.append(sin(angle))
+            }
+        }
+        maxPositions = n
+    }
+
+    /// Rotates `heads` heads of one token in place. x: [heads, headDim]; position < maxPositions.
+    public func apply(_ x: UnsafeMutablePointer<Float>, heads: Int, position: Int) {
+        let half = rotaryDim / 2
+        cosTable.withUnsafeBufferPointer { cb in sinTable.withUnsafeBufferPointer { sb in
+            let c = cb.baseAddress! + position * half, s = sb.baseAddress! + position * half
+            for h in 0..<heads {
+                let v = x + h * headDim
+                switch style {
+                case .interleaved:
+                    for i in 0..<half {
+                        let a = v[2 * i], b = v[2 * i + 1]
+                        v[2 * i] = a * c[i] - b * s[i]
+                        v[2 * i + 1] = a * s[i] + b * c[i]
+                    }
+                case .neox:
+                    for i in 0..<half {
+                        let a = v[i], b = v[i + half]
+                        v[i] = a * c[i] - b * s[i]
+                        v[i + half] = b * c[i] + a * s[i]
+                    }
+                }
+            }
+        } }
+    }
+}

@@ -1,0 +1,153 @@
+import Foundation
+import Tensor
+import Testing
+
+@Suite struct SHA256Tests {
+    @Test func knownVectors() {
+        #expect(SHA256.hex(SHA256.hash([])) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        #expect(SHA256.hex(SHA256.hash(Array("abc".utf8))) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        // 10,496 bytes fed in uneven pieces (exercises buffering across blocks); value from Python's hashlib.
+        let bytes = Array((0..<41).flatMap { _ in (0..<256).map { UInt8($0) } })
+        var h = SHA256()
+        var i = 0
+        for step in [1, 63, 64, 65, 1000, 7] .cycled(until: bytes.count) {
+            let end = min(bytes.count, i + step)
+            h.update(bytes[i..<end]); i = end
+            if i == bytes.count { break }
+        }
+        #expect(SHA256.hex(h.finalize()) == "ab6b9b1d71dcfec981b828ca8b9d280b6cf90fb42d788542331933d444aed8cf")
+    }
+}
+
+private extension Array where Element == Int {
+    func cycled(until total: Int) -> [Int] {
+        var out: [Int] = [], s = 0, k = 0
+        while s < total { out.append(self[k % count]); s += self[k % count]; k += 1 }
+        return out
+    }
+}
+
+@Suite struct BLASTests {
+    @Test func sgemmMatchesNaive() {
+        let m = 7, n = 5, k = 9
+        let a = (0..<(m * k)).map { Float(($0 * 7) % 11) - 5 }
+        let b = (0..<(n * k)).map { Float(($0 * 3) % 13) - 6 }  // stored [n, k]: use transB
+        var c = [Float](repeating: 0, count: m * n)
+        a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in c.withUnsafeMutableBufferPointer { pc in
+            BLAS.sgemm(transB: true, m: m, n: n, k: k, a: pa.baseAddress!, lda: k, b: pb.baseAddress!, ldb: k, c: pc.baseAddress!, ldc: n)
+        } } }
+        for i in 0..<m { for j in 0..<n {
+            var s: Float = 0
+            for t in 0..<k { s += a[i * k + t] * b[j * k + t] }
+            #expect(c[i * n + j] == s)  // small integers: exact
+        } }
+    }
+
+    @Test func configurationIsReported() {
+        BLAS.setThreads(1)
+        let c = BLAS.configuration
+        #expect(c.threads == 1)
+        #expect(!c.coreName.isEmpty)
+        #expect(c.build.contains("OpenBLAS"))
+        BLAS.setThreads(0)
+    }
+}
+
+@Suite struct LAPACKTests {
+    @Test func solveGeneralSystem() throws {
+        // A = [[4, 1, 2], [1, 3, 0], [2, 0, 5]] (row-major), X known, B = A·X.
+        let a: [Double] = [4, 1, 2, 1, 3, 0, 2, 0, 5]
+        let x: [Double] = [1, -2, 0.5, 3, 2, -1]  // [3, 2]
+        var b = [Double](repeating: 0, count: 6)
+        for i in 0..<3 { for j in 0..<2 { for t in 0..<3 { b[i * 2 + j] += a[i * 3 + t] * x[t * 2 + j] } } }
+        let got = try LAPACK.solve(a, b, n: 3, nrhs: 2)
+        for i in 0..<6 { #expect(abs(got[i] - x[i]) < 1e-12) }
+        let spd = try LAPACK.solveSPD(a, b, n: 3, nrhs: 2)
+        for i in 0..<6 { #expect(abs(spd[i] - x[i]) < 1e-12) }
+    }
+
+    @Test func singularAndNonFiniteAreTypedErrors() {
+        #expect { try LAPACK.solve([1, 2, 2, 4], [1, 1], n: 2, nrhs: 1) } throws: { ($0 as? LinearAlgebraError)?.code == .singular }
+        #expect { try LAPACK.solve([1, .nan, 0, 1], [1, 1], n: 2, nrhs: 1) } throws: { ($0 as? LinearAlgebraError)?.code == .nonFinite }
+        #expect { try LAPACK.solveSPD([1, 2, 2, 1], [1, 1], n: 2, nrhs: 1) } throws: { ($0 as? LinearAlgebraError)?.code == .notPositiveDefinite }
+    }
+
+    @Test func symmetricEigenReconstructs() throws {
+        let n = 4
+        var a = [Double](repeating: 0, count: n * n)
+        for i in 0..<n { for j in 0..<n { a[i * n + j] = 1.0 / Double(i + j + 1) } }  // Hilbert matrix: SPD, ill-conditioned
+        let (w, v) = try LAPACK.symmetricEigen(a, n: n)
+        #expect(w == w.sorted())
+        #expect(w.allSatisfy { $0 > 0 })
+        // A = Σ_k w_k v_k v_kᵀ, with v_k the rows of `v`; and the rows are orthonormal.
+        for i in 0..<n { for j in 0..<n {
+            var s = 0.0, dot = 0.0
+            for k in 0..<n { s += w[k] * v[k * n + i] * v[k * n + j]; dot += v[i * n + k] * v[j * n + k] }
+            #expect(abs(s - a[i * n + j]) < 1e-12)
+            #expect(abs(dot - (i == j ? 1 : 0)) < 1e-12)
+        } }
+    }
+}
+
+@Suite struct KernelTests {
+    @Test func rmsNormMatchesDefinition() {
+        let d = 37
+        let x = (0..<(2 * d)).map { Float(sin(Double($0))) }
+        let w = (0..<d).map { 1 + Float($0) / 100 }
+        var out = [Float](repeating: 0, count: 2 * d)
+        x.withUnsafeBufferPointer { px in w.withUnsafeBufferPointer { pw in out.withUnsafeMutableBufferPointer { po in
+            Kernels.rmsNorm(px.baseAddress!, weight: pw.baseAddress!, eps: 1e-5, out: po.baseAddress!, rows: 2, dim: d)
+        } } }
+        for r in 0..<2 {
+            let row = Array(x[(r * d)..<((r + 1) * d)])
+            let ms = row.map { Double($0) * Double($0) }.reduce(0, +) / Double(d)
+            for i in 0..<d { #expect(abs(Double(out[r * d + i]) - Double(row[i]) / (ms + 1e-5).squareRoot() * Double(w[i])) < 1e-5) }
+        }
+    }
+
+    @Test func softmaxRespectsValidLength() {
+        var x: [Float] = [1, 2, 3, 100, 0, 0, 0, 0]
+        x.withUnsafeMutableBufferPointer { Kernels.softmaxRows($0.baseAddress!, rows: 2, cols: 4, valid: { $0 == 0 ? 3 : 1 }) }
+        let e = [exp(1.0), exp(2.0), exp(3.0)], s = e.reduce(0, +)
+        for i in 0..<3 { #expect(abs(Double(x[i]) - e[i] / s) < 1e-6) }
+        #expect(x[3] == 0)
+        #expect(x[4] == 1 && x[5] == 0)
+    }
+
+    @Test func ropeStylesAgreeUnderPermutation() {
+        // Interleaved pairs (2i, 2i+1) and NeoX pairs (i, i+half) rotate the same 2-D planes.
+        let hd = 8
+        let x = (0..<hd).map { Float($0) - 3.5 }
+        var inter = x
+        // NeoX layout of the same vector: first halves of each pair, then second halves.
+        var neox = (0..<(hd / 2)).map { x[2 * $0] } + (0..<(hd / 2)).map { x[2 * $0 + 1] }
+        let r1 = RoPE(style: .interleaved, headDim: hd, base: 10000, maxPositions: 16)
+        let r2 = RoPE(style: .neox, headDim: hd, base: 10000, maxPositions: 16)
+        inter.withUnsafeMutableBufferPointer { r1.apply($0.baseAddress!, heads: 1, position: 5) }
+        neox.withUnsafeMutableBufferPointer { r2.apply($0.baseAddress!, heads: 1, position: 5) }
+        for i in 0..<(hd / 2) {
+            #expect(abs(inter[2 * i] - neox[i]) < 1e-6)
+            #expect(abs(inter[2 * i + 1] - neox[i + hd / 2]) < 1e-6)
+        }
+        // Position 0 is the identity; norms are preserved.
+        var y = x
+        y.withUnsafeMutableBufferPointer { r1.apply($0.baseAddress!, heads: 1, position: 0) }
+        #expect(y == x)
+        #expect(abs(Vector.norm(inter) - Vector.norm(x)) < 1e-5)
+    }
+
+    @Test func activations() {
+        var g: [Float] = [-2, 0, 1.5]
+        let up: [Float] = [1, 2, 3]
+        var out = [Float](repeating: 0, count: 3)
+        g.withUnsafeBufferPointer { pg in up.withUnsafeBufferPointer { pu in out.withUnsafeMutableBufferPointer { po in
+            Kernels.siluGate(gate: pg.baseAddress!, up: pu.baseAddress!, out: po.baseAddress!, count: 3)
+        } } }
+        for i in 0..<3 { #expect(abs(out[i] - g[i] / (1 + exp(-g[i])) * up[i]) < 1e-6) }
+        g.withUnsafeMutableBufferPointer { Kernels.geluTanh($0.baseAddress!, count: 3) }
+        // PyTorch gelu(approximate="tanh") at -2, 0, 1.5.
+        #expect(abs(g[0] - (-0.04540231)) < 1e-6)
+        #expect(g[1] == 0)
+        #expect(abs(g[2] - 1.39957158) < 1e-6)
+    }
+}
