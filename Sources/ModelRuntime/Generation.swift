@@ -1,0 +1,142 @@
+import Foundation
+import Tensor
+import Tokenizers
+
+/// A deterministic PRNG (xoshiro256**), seeded explicitly so sampling is reproducible.
+public struct Xoshiro256: RandomNumberGenerator, Sendable {
+    private var s: (UInt64, UInt64, UInt64, UInt64)
+    public init(seed: UInt64) {
+        var z = seed
+        func split() -> UInt64 {  // SplitMix64 to spread the seed
+            z &+= 0x9e37_79b9_7f4a_7c15
+            var r = z
+            r = (r ^ (r >> 30)) &* 0xbf58_476d_1ce4_e5b9
+            r = (r ^ (r >> 27)) &* 0x94d0_49bb_1331_11eb
+            return r ^ (r >> 31)
+        }
+        s = (split(), split(), split(), split())
+    }
+    public mutating func next() -> UInt64 {
+        let result = ((s.1 &* 5) << 7 | (s.1 &* 5) >> 57) &* 9
+        let t = s.1 << 17
+        s.2 ^= s.0; s.3 ^= s.1; s.1 ^= s.2; s.0 ^= s.3; s.2 ^= t
+        s.3 = (s.3 << 45) | (s.3 >> 19)
+        return result
+    }
+}
+
+/// How the next token is chosen.
+public enum Sampling: Sendable, Equatable {
+    case greedy
+    /// Top-k sampling at a temperature (k = 5 is what ROME's context templates use).
+    case topK(k: Int, temperature: Float)
+}
+
+public struct GenerationResult: Sendable {
+    public var promptTokens: [Int32]
+    public var tokens: [Int32]
+    public var text: String
+    public var stoppedAtEOS: Bool
+    public var prefillSeconds: Double
+    public var decodeSeconds: Double
+}
+
+/// Token-averaged negative log-likelihood of a target continuation (the quantity every edit metric uses).
+public struct TargetScore: Sendable, Codable, Equatable {
+    public var promptTokens: [Int32]
+    public var targetTokens: [Int32]
+    /// −log P(t_j | prompt, t_<j) per target token.
+    public var tokenNLL: [Double]
+    /// Mean of `tokenNLL`.
+    public var meanNLL: Double
+    /// exp(−meanNLL): the geometric-mean token probability.
+    public var probability: Double
+}
+
+extension LanguageModel {
+    /// Picks the next token from logits [vocab].
+    public static func sample(_ logits: [Float], _ sampling: Sampling, rng: inout Xoshiro256) -> Int32 {
+        switch sampling {
+        case .greedy:
+            var best = 0
+            for i in 1..<logits.count where logits[i] > logits[best] { best = i }
+            return Int32(best)
+        case .topK(let k, let temperature):
+            let kk = max(1, min(k, logits.count))
+            var idx = Array(0..<logits.count)
+            idx.sort { logits[$0] != logits[$1] ? logits[$0] > logits[$1] : $0 < $1 }
+            let top = idx.prefix(kk)
+            let t = max(temperature, 1e-6)
+            let m = logits[top.first!]
+            let w = top.map { Double(expf((logits[$0] - m) / t)) }
+            let total = w.reduce(0, +)
+            var r = Double(rng.next() >> 11) * 0x1.0p-53 * total
+            for (i, id) in top.enumerated() {
+                r -= w[i]
+                if r <= 0 { return Int32(id) }
+            }
+            return Int32(top.last!)
+        }
+    }
+
+    /// Generates up to `maxTokens` tokens after `prompt` with a KV cache. `onText` receives text as
+    /// it becomes complete UTF-8.
+    public func generate(prompt: [Int32], maxTokens: Int, sampling: Sampling = .greedy, seed: UInt64 = 0,
+                         stopAtEOS: Bool = true, onText: ((String) -> Void)? = nil) throws -> GenerationResult {
+        guard !prompt.isEmpty else { throw ModelError(.invalidInput, "the prompt is empty") }
+        guard prompt.count < config.contextLength else {
+            throw ModelError(.contextOverflow, "the prompt has \(prompt.count) tokens; the model's context is \(config.contextLength)")
+        }
+        let budget = min(maxTokens, config.contextLength - prompt.count)
+        let cache = KVCache(config: config, capacity: prompt.count + budget)
+        var rng = Xoshiro256(seed: seed)
+        var decoder = StreamingDecoderBox()
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        var logits = try forward(prompt, cache: cache).logitRow(0)
+        let t1 = DispatchTime.now().uptimeNanoseconds
+        var out: [Int32] = []
+        var eos = false
+        while out.count < budget {
+            let next = Self.sample(logits, sampling, rng: &rng)
+            if stopAtEOS, let e = tokenizer.eosId, next == e { eos = true; break }
+            out.append(next)
+            if let onText { onText(decoder.push(tokenizer.tokenBytes(next))) }
+            if out.count == budget { break }
+            logits = try forward([next], cache: cache).logitRow(0)
+        }
+        if let onText { onText(decoder.flush()) }
+        let t2 = DispatchTime.now().uptimeNanoseconds
+        return GenerationResult(promptTokens: prompt, tokens: out, text: tokenizer.decode(out), stoppedAtEOS: eos,
+                                prefillSeconds: Double(t1 - t0) / 1e9, decodeSeconds: Double(t2 - t1) / 1e9)
+    }
+
+    /// Scores `target` after `prompt` by teacher forcing: one forward pass over prompt + target.
+    public func score(prompt: [Int32], target: [Int32]) throws -> TargetScore {
+        guard !prompt.isEmpty else { throw ModelError(.invalidInput, "the prompt is empty") }
+        guard !target.isEmpty else { throw ModelError(.invalidInput, "the target is empty") }
+        let ids = prompt + target
+        guard ids.count <= config.contextLength else {
+            throw ModelError(.contextOverflow, "prompt and target have \(ids.count) tokens; the model's context is \(config.contextLength)")
+        }
+        // The logit at position p scores token p+1.
+        let positions = (0..<target.count).map { prompt.count - 1 + $0 }
+        let r = try forward(ids, options: ForwardOptions(logits: .positions(positions)))
+        var nll: [Double] = []
+        for j in 0..<target.count {
+            let row = r.logits.data.withUnsafeBufferPointer { $0.baseAddress! + j * config.vocabSize }
+            let lse = Kernels.logSumExp(row, config.vocabSize)
+            let v = Double(lse - row[Int(target[j])])
+            guard v.isFinite else { throw ModelError(.nonFinite, "non-finite log-probability for target token \(j)") }
+            nll.append(v)
+        }
+        let mean = nll.reduce(0, +) / Double(nll.count)
+        return TargetScore(promptTokens: prompt, targetTokens: target, tokenNLL: nll, meanNLL: mean, probability: exp(-mean))
+    }
+}
+
+/// Wraps the tokenizer's streaming decoder (kept here so generation has no UI dependencies).
+struct StreamingDecoderBox {
+    private var inner = Tokenizers.StreamingDecoder()
+    mutating func push(_ b: [UInt8]) -> String { inner.push(b) }
+    mutating func flush() -> String { inner.flush() }
+}

@@ -1,0 +1,222 @@
+import Foundation
+import Tensor
+import Tokenizers
+
+/// Keys and values of past positions, per layer: [capacity, kvHeads·headDim] each.
+public final class KVCache: @unchecked Sendable {
+    public let capacity: Int
+    public let width: Int
+    public private(set) var length = 0
+    let keys: [UnsafeMutablePointer<Float>]
+    let values: [UnsafeMutablePointer<Float>]
+
+    public init(config: ModelConfig, capacity: Int? = nil) {
+        self.capacity = min(capacity ?? config.contextLength, config.contextLength)
+        width = config.kvHeads * config.headDim
+        keys = (0..<config.layers).map { _ in .allocate(capacity: max(1, (capacity ?? config.contextLength) * config.kvHeads * config.headDim)) }
+        values = (0..<config.layers).map { _ in .allocate(capacity: max(1, (capacity ?? config.contextLength) * config.kvHeads * config.headDim)) }
+    }
+
+    deinit {
+        keys.forEach { $0.deallocate() }
+        values.forEach { $0.deallocate() }
+    }
+
+    /// Forgets positions from `n` on.
+    public func truncate(to n: Int) { length = min(length, max(0, n)) }
+    func advance(by n: Int) { length += n }
+}
+
+/// A resident decoder-only language model: configuration, Float32 weights, tokenizer.
+public final class LanguageModel: @unchecked Sendable {
+    public let config: ModelConfig
+    public let weights: ModelWeights
+    public let tokenizer: BPETokenizer
+    public let source: ModelSource
+    private var rope: RoPE?
+    private let ropeLock = NSLock()
+
+    public init(config: ModelConfig, weights: ModelWeights, tokenizer: BPETokenizer, source: ModelSource) {
+        self.config = config
+        self.weights = weights
+        self.tokenizer = tokenizer
+        self.source = source
+        if let style = config.ropeStyle {
+            rope = RoPE(style: style, headDim: config.headDim, base: config.ropeBase, maxPositions: min(config.contextLength, 4096))
+        }
+    }
+
+    /// The weight hash of the current state (see `ModelWeights.hash`).
+    public var weightHash: String { weights.hash }
+
+    /// Width of the activation at a site.
+    public func width(of kind: SiteKind) -> Int { kind == .mlpKey ? config.intermediate : config.hidden }
+
+    private func ropeTable(upTo n: Int) -> RoPE? {
+        guard rope != nil else { return nil }
+        ropeLock.lock(); defer { ropeLock.unlock() }
+        if rope!.maxPositions < n { rope!.grow(to: n) }
+        return rope
+    }
+
+    /// Runs the decoder over `tokens`, appended after the positions already in `cache` (or from
+    /// position 0 without a cache).
+    ///
+    /// Shapes: T = tokens.count, S = past + T, d = hidden, q = heads·headDim, kv = kvHeads·headDim,
+    /// ff = intermediate. Returns logits [rows, vocab] for the selected positions.
+    public func forward(_ tokens: [Int32], cache: KVCache? = nil, options: ForwardOptions = ForwardOptions()) throws -> ForwardResult {
+        let c = config
+        let T = tokens.count
+        guard T > 0 else { throw ModelError(.invalidInput, "forward pass needs at least one token") }
+        let past = cache?.length ?? 0
+        let S = past + T
+        guard S <= c.contextLength else {
+            throw ModelError(.contextOverflow, "\(S) tokens exceed the model's context of \(c.contextLength)")
+        }
+        if let cache, S > cache.capacity {
+            throw ModelError(.contextOverflow, "\(S) tokens exceed the KV cache capacity of \(cache.capacity)")
+        }
+        for t in tokens where t < 0 || Int(t) >= c.vocabSize {
+            throw ModelError(.invalidInput, "token id \(t) is outside the vocabulary (0..<\(c.vocabSize))")
+        }
+        var byPosition: [Site: [(Int, [Float])]] = [:]
+        for iv in options.interventions {
+            guard iv.site.layer >= 0, iv.site.layer < c.layers else { throw ModelError(.invalidInput, "intervention at \(iv.site): no such layer") }
+            guard iv.position >= 0, iv.position < T else { throw ModelError(.invalidInput, "intervention at \(iv.site): position \(iv.position) is outside 0..<\(T)") }
+            guard iv.vector.count == width(of: iv.site.kind) else {
+                throw ModelError(.invalidInput, "intervention at \(iv.site): vector has \(iv.vector.count) values, expected \(width(of: iv.site.kind))")
+            }
+            byPosition[iv.site, default: []].append((iv.position, iv.vector))
+        }
+        for s in options.capture where s.layer < 0 || s.layer >= c.layers {
+            throw ModelError(.invalidInput, "capture at \(s): no such layer")
+        }
+        let rope = ropeTable(upTo: S)
+
+        let d = c.hidden, qd = c.heads * c.headDim, kvd = c.kvHeads * c.headDim, ff = c.intermediate, hd = c.headDim
+        let group = c.heads / c.kvHeads
+        // Scratch buffers.
+        let x = UnsafeMutablePointer<Float>.allocate(capacity: T * d)       // [T, d] residual stream
+        let h = UnsafeMutablePointer<Float>.allocate(capacity: T * d)       // [T, d] normed input
+        let q = UnsafeMutablePointer<Float>.allocate(capacity: T * qd)      // [T, q]
+        let att = UnsafeMutablePointer<Float>.allocate(capacity: T * qd)    // [T, q] attention output
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: T * S)  // [T, S] one head
+        let gate = UnsafeMutablePointer<Float>.allocate(capacity: T * ff)   // [T, ff]
+        let up = UnsafeMutablePointer<Float>.allocate(capacity: T * ff)     // [T, ff] (becomes the key)
+        let tmp = UnsafeMutablePointer<Float>.allocate(capacity: T * d)     // [T, d]
+        // Without a cache, keys/values of this call live here: [T, kv].
+        let localK = cache == nil ? UnsafeMutablePointer<Float>.allocate(capacity: T * kvd) : nil
+        let localV = cache == nil ? UnsafeMutablePointer<Float>.allocate(capacity: T * kvd) : nil
+        defer {
+            [x, h, q, att, scores, gate, up, tmp].forEach { $0.deallocate() }
+            localK?.deallocate(); localV?.deallocate()
+        }
+        var captured: [Site: Tensor] = [:]
+        func site(_ kind: SiteKind, _ layer: Int, _ buf: UnsafeMutablePointer<Float>, _ width: Int) {
+            let s = Site(layer: layer, kind: kind)
+            if let adds = byPosition[s] {
+                for (pos, v) in adds { v.withUnsafeBufferPointer { Kernels.add(buf + pos * width, $0.baseAddress!, count: width) } }
+            }
+            if options.capture.contains(s) {
+                captured[s] = Tensor(shape: [T, width], data: Array(UnsafeBufferPointer(start: buf, count: T * width)))
+            }
+        }
+
+        // Embeddings.
+        let emb = weights.tokenEmbedding.pointer
+        for t in 0..<T { (x + t * d).update(from: emb + Int(tokens[t]) * d, count: d) }
+        if let pos = weights.positionEmbedding {
+            for t in 0..<T { Kernels.add(x + t * d, pos.pointer + (past + t) * d, count: d) }
+        }
+
+        let scale = 1 / Float(hd).squareRoot()
+        for l in 0..<c.layers {
+            let w = weights.layers[l]
+            site(.residIn, l, x, d)
+            norm(x, w.attnNorm, w.attnNormBias, out: h, rows: T)
+
+            // Projections: Y[T, out] = H[T, d] · Wᵀ.
+            let kDst = cache.map { $0.keys[l] + past * kvd } ?? localK!
+            let vDst = cache.map { $0.values[l] + past * kvd } ?? localV!
+            linear(h, w.wq, w.bq, out: q, rows: T)
+            linear(h, w.wk, w.bk, out: kDst, rows: T)
+            linear(h, w.wv, w.bv, out: vDst, rows: T)
+            if let rope {
+                for t in 0..<T {
+                    rope.apply(q + t * qd, heads: c.heads, position: past + t)
+                    rope.apply(kDst + t * kvd, heads: c.kvHeads, position: past + t)
+                }
+            }
+            let keys = cache?.keys[l] ?? localK!, vals = cache?.values[l] ?? localV!
+            // Causal attention per head: scores[T, S] = Q_h · K_gᵀ / √hd; out_h[T, hd] = softmax(scores) · V_g.
+            for head in 0..<c.heads {
+                let g = head / group
+                BLAS.sgemm(transB: true, m: T, n: S, k: hd, alpha: scale, a: q + head * hd, lda: qd,
+                           b: keys + g * hd, ldb: kvd, c: scores, ldc: S)
+                Kernels.softmaxRows(scores, rows: T, cols: S, valid: { past + $0 + 1 })
+                BLAS.sgemm(m: T, n: hd, k: S, a: scores, lda: S, b: vals + g * hd, ldb: kvd, c: att + head * hd, ldc: qd)
+            }
+            linear(att, w.wo, w.bo, out: tmp, rows: T)
+            Kernels.add(x, tmp, count: T * d)
+
+            // MLP.
+            norm(x, w.mlpNorm, w.mlpNormBias, out: h, rows: T)
+            if let wGate = w.wGate {
+                linear(h, wGate, nil, out: gate, rows: T)
+                linear(h, w.wUp, w.bUp, out: up, rows: T)
+                Kernels.siluGate(gate: gate, up: up, out: up, count: T * ff)
+            } else {
+                linear(h, w.wUp, w.bUp, out: up, rows: T)
+                Kernels.geluTanh(up, count: T * ff)
+            }
+            site(.mlpKey, l, up, ff)
+            linear(up, w.wDown, w.bDown, out: tmp, rows: T)
+            site(.mlpOut, l, tmp, d)
+            Kernels.add(x, tmp, count: T * d)
+            site(.residOut, l, x, d)
+        }
+        cache?.advance(by: T)
+
+        // Final norm and logits for the selected rows only.
+        let rows: [Int]
+        switch options.logits {
+        case .none: rows = []
+        case .last: rows = [T - 1]
+        case .all: rows = Array(0..<T)
+        case .positions(let p):
+            for r in p where r < 0 || r >= T { throw ModelError(.invalidInput, "logit position \(r) is outside 0..<\(T)") }
+            rows = p
+        }
+        var logits = [Float](repeating: 0, count: rows.count * c.vocabSize)
+        if !rows.isEmpty {
+            for (i, r) in rows.enumerated() { (h + i * d).update(from: x + r * d, count: d) }
+            norm(h, weights.outputNorm, weights.outputNormBias, out: h, rows: rows.count)
+            logits.withUnsafeMutableBufferPointer { lp in
+                BLAS.sgemm(transB: true, m: rows.count, n: c.vocabSize, k: d, a: h, lda: d,
+                           b: weights.output.pointer, ldb: d, c: lp.baseAddress!, ldc: c.vocabSize)
+            }
+        }
+        return ForwardResult(logits: Tensor(shape: [rows.count, c.vocabSize], data: logits), logitPositions: rows, activations: captured)
+    }
+
+    @inline(__always)
+    private func norm(_ x: UnsafeMutablePointer<Float>, _ w: Parameter, _ b: Parameter?, out: UnsafeMutablePointer<Float>, rows: Int) {
+        if let b {
+            Kernels.layerNorm(x, weight: w.pointer, bias: b.pointer, eps: config.normEps, out: out, rows: rows, dim: config.hidden)
+        } else {
+            Kernels.rmsNorm(x, weight: w.pointer, eps: config.normEps, out: out, rows: rows, dim: config.hidden)
+        }
+    }
+
+    /// out[T, outDim] = x[T, inDim] · Wᵀ (+ bias), W: [outDim, inDim].
+    @inline(__always)
+    private func linear(_ x: UnsafePointer<Float>, _ w: Parameter, _ b: Parameter?, out: UnsafeMutablePointer<Float>, rows: Int) {
+        let outDim = w.shape[0], inDim = w.shape[1]
+        if rows == 1 {
+            BLAS.sgemv(rows: outDim, cols: inDim, a: w.pointer, lda: inDim, x: x, y: out)
+        } else {
+            BLAS.sgemm(transB: true, m: rows, n: outDim, k: inDim, a: x, lda: inDim, b: w.pointer, ldb: inDim, c: out, ldc: outDim)
+        }
+        if let b { Kernels.addBias(out, bias: b.pointer, rows: rows, dim: outDim) }
+    }
+}

@@ -1,0 +1,57 @@
+import Tensor
+
+/// Named activation sites of a decoder layer, where the editor reads and writes vectors.
+public enum SiteKind: String, CaseIterable, Codable, Sendable {
+    /// Residual stream entering layer l ([T, d]).
+    case residIn = "resid_in"
+    /// Residual stream leaving layer l ([T, d]).
+    case residOut = "resid_out"
+    /// MLP key: the input to the down projection ([T, d_ff]).
+    case mlpKey = "mlp_key"
+    /// MLP output: the output of the down projection, before the residual add ([T, d]).
+    case mlpOut = "mlp_out"
+}
+
+public struct Site: Hashable, Codable, Sendable, CustomStringConvertible {
+    public var layer: Int
+    public var kind: SiteKind
+    public init(layer: Int, kind: SiteKind) { self.layer = layer; self.kind = kind }
+    public var description: String { "\(kind.rawValue)@\(layer)" }
+}
+
+/// Adds `vector` to the activation at `site` for token `position` (an index into this call's tokens).
+public struct Intervention: Sendable {
+    public var site: Site
+    public var position: Int
+    public var vector: [Float]
+    public init(site: Site, position: Int, vector: [Float]) { self.site = site; self.position = position; self.vector = vector }
+}
+
+/// Which positions to compute logits for.
+public enum LogitSelection: Sendable, Equatable {
+    case none, last, all
+    case positions([Int])
+}
+
+/// What a forward pass should capture and change.
+public struct ForwardOptions: Sendable {
+    public var capture: Set<Site>
+    public var interventions: [Intervention]
+    public var logits: LogitSelection
+    public init(capture: Set<Site> = [], interventions: [Intervention] = [], logits: LogitSelection = .last) {
+        self.capture = capture
+        self.interventions = interventions
+        self.logits = logits
+    }
+}
+
+public struct ForwardResult: Sendable {
+    /// [rows, vocab] for the positions in `logitPositions`.
+    public var logits: Tensor
+    public var logitPositions: [Int]
+    /// Captured activations, each [T, width] over this call's tokens (captured after interventions).
+    public var activations: [Site: Tensor]
+
+    /// Logits of the i-th selected row.
+    public func logitRow(_ i: Int) -> [Float] { logits.row(i) }
+}

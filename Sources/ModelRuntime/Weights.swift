@@ -1,0 +1,106 @@
+import Foundation
+import Tensor
+
+/// One named weight tensor, resident as Float32 in memory it owns (a stable address, so kernels take
+/// its pointer directly). Mutable in place (edits write here) through `mutate`, which invalidates
+/// the cached digest.
+public final class Parameter: @unchecked Sendable {
+    /// Canonical (GGUF-style) name, e.g. "blk.7.ffn_down.weight".
+    public let name: String
+    /// Row-major shape; linear weights are [out, in].
+    public let shape: [Int]
+    public let count: Int
+    /// The values. Read-only use; write through `mutate`.
+    public let pointer: UnsafeMutablePointer<Float>
+    private var cachedDigest: [UInt8]?
+    private let lock = NSLock()
+
+    public init(name: String, shape: [Int], data: [Float]) {
+        precondition(shape.reduce(1, *) == data.count, "\(name): \(data.count) values for shape \(shape)")
+        self.name = name
+        self.shape = shape
+        self.count = data.count
+        pointer = .allocate(capacity: max(1, data.count))
+        data.withUnsafeBufferPointer { pointer.initialize(from: $0.baseAddress!, count: data.count) }
+    }
+
+    deinit { pointer.deallocate() }
+
+    /// A copy of the values.
+    public var data: [Float] { Array(UnsafeBufferPointer(start: pointer, count: count)) }
+
+    /// Mutates the values; the digest is recomputed on next use.
+    public func mutate<R>(_ body: (UnsafeMutableBufferPointer<Float>) throws -> R) rethrows -> R {
+        lock.lock(); defer { lock.unlock() }
+        cachedDigest = nil
+        return try body(UnsafeMutableBufferPointer(start: pointer, count: count))
+    }
+
+    /// SHA-256 of the Float32 little-endian bytes.
+    public var digest: [UInt8] {
+        lock.lock(); defer { lock.unlock() }
+        if let d = cachedDigest { return d }
+        var h = SHA256()
+        h.update(UnsafeRawBufferPointer(start: pointer, count: count * 4))
+        let d = h.finalize()
+        cachedDigest = d
+        return d
+    }
+}
+
+/// Weights of one decoder layer. Linear weights are [out, in] row-major.
+public struct LayerWeights: @unchecked Sendable {
+    public var attnNorm: Parameter                 // [d]
+    public var attnNormBias: Parameter?            // [d] (LayerNorm)
+    public var wq: Parameter                       // [heads·headDim, d]
+    public var wk: Parameter                       // [kvHeads·headDim, d]
+    public var wv: Parameter                       // [kvHeads·headDim, d]
+    public var bq: Parameter?, bk: Parameter?, bv: Parameter?
+    public var wo: Parameter                       // [d, heads·headDim]
+    public var bo: Parameter?                      // [d]
+    public var mlpNorm: Parameter                  // [d]
+    public var mlpNormBias: Parameter?             // [d]
+    public var wGate: Parameter?                   // [ff, d] (gated MLPs)
+    public var wUp: Parameter                      // [ff, d]
+    public var bUp: Parameter?                     // [ff]
+    public var wDown: Parameter                    // [d, ff]
+    public var bDown: Parameter?                   // [d]
+
+    public var all: [Parameter] {
+        [attnNorm, attnNormBias, wq, wk, wv, bq, bk, bv, wo, bo, mlpNorm, mlpNormBias, wGate, wUp, bUp, wDown, bDown].compactMap { $0 }
+    }
+}
+
+/// All weights of a model.
+public struct ModelWeights: @unchecked Sendable {
+    public var tokenEmbedding: Parameter           // [vocab, d]
+    public var positionEmbedding: Parameter?       // [context, d] (GPT-2)
+    public var layers: [LayerWeights]
+    public var outputNorm: Parameter               // [d]
+    public var outputNormBias: Parameter?          // [d]
+    /// [vocab, d]; the same object as `tokenEmbedding` when embeddings are tied.
+    public var output: Parameter
+
+    /// Every distinct parameter, in a stable order (sorted by name).
+    public var all: [Parameter] {
+        var list = [tokenEmbedding, outputNorm] + [positionEmbedding, outputNormBias].compactMap { $0 }
+        if output !== tokenEmbedding { list.append(output) }
+        for l in layers { list += l.all }
+        return list.sorted { $0.name < $1.name }
+    }
+
+    /// The weight hash: SHA-256 over (name, shape, SHA-256 of the Float32 data) of every tensor in
+    /// name order. A per-tensor digest means an edit rehashes only the tensors it touched.
+    public var hash: String {
+        let params = all
+        // Digest the tensors in parallel; each caches its own.
+        DispatchQueue.concurrentPerform(iterations: params.count) { _ = params[$0].digest }
+        var h = SHA256()
+        for p in params {
+            h.update(Array(p.name.utf8) + [0])
+            for d in p.shape { h.update(withUnsafeBytes(of: UInt64(d).littleEndian) { Array($0) }) }
+            h.update(p.digest)
+        }
+        return SHA256.hex(h.finalize())
+    }
+}

@@ -1,0 +1,140 @@
+import Foundation
+import ModelRuntime
+import Tensor
+import Testing
+
+@Suite struct TinyModelTests {
+    @Test(arguments: ["llama", "qwen2", "gpt2"])
+    func kvCacheDecodingMatchesFullForward(arch: String) throws {
+        let m = try TinyModel.load(TinyModel.Spec(architecture: arch))
+        let ids: [Int32] = [40, 72, 101, 108, 108, 111, 32, 116, 104, 101, 114, 101]
+        let full = try m.forward(ids, options: ForwardOptions(logits: .all))
+        let cache = KVCache(config: m.config)
+        _ = try m.forward(Array(ids[0..<5]), cache: cache, options: ForwardOptions(logits: .none))
+        for t in 5..<ids.count {
+            let step = try m.forward([ids[t]], cache: cache).logitRow(0)
+            #expect(Vector.maxAbsDifference(step, full.logitRow(t)) < 1e-4, "position \(t)")
+        }
+        #expect(cache.length == ids.count)
+    }
+
+    @Test func causality() throws {
+        let m = try TinyModel.load()
+        let a = try m.forward([10, 20, 30, 40], options: ForwardOptions(logits: .all))
+        let b = try m.forward([10, 20, 30, 99], options: ForwardOptions(logits: .all))
+        for t in 0..<3 { #expect(a.logitRow(t) == b.logitRow(t)) }
+        #expect(a.logitRow(3) != b.logitRow(3))
+    }
+
+    @Test func sitesAreConsistent() throws {
+        let m = try TinyModel.load()
+        let sites: Set<Site> = [Site(layer: 0, kind: .residOut), Site(layer: 1, kind: .residIn), Site(layer: 1, kind: .mlpKey),
+                                Site(layer: 1, kind: .mlpOut), Site(layer: 1, kind: .residOut)]
+        let r = try m.forward([5, 6, 7], options: ForwardOptions(capture: sites))
+        #expect(r.activations[Site(layer: 0, kind: .residOut)] == r.activations[Site(layer: 1, kind: .residIn)])
+        #expect(r.activations[Site(layer: 1, kind: .mlpKey)]?.shape == [3, m.config.intermediate])
+        #expect(r.activations[Site(layer: 1, kind: .mlpOut)]?.shape == [3, m.config.hidden])
+        // mlp_out = W_down · mlp_key (no bias in the llama layout).
+        let key = r.activations[Site(layer: 1, kind: .mlpKey)]!.row(2)
+        let w = m.weights.layers[1].wDown
+        var manual = [Float](repeating: 0, count: m.config.hidden)
+        for i in 0..<m.config.hidden {
+            var s: Double = 0
+            for j in 0..<m.config.intermediate { s += Double(w.pointer[i * m.config.intermediate + j]) * Double(key[j]) }
+            manual[i] = Float(s)
+        }
+        #expect(Vector.maxAbsDifference(manual, r.activations[Site(layer: 1, kind: .mlpOut)]!.row(2)) < 1e-4)
+    }
+
+    @Test func interventionAddsAtThePositionAndPropagates() throws {
+        let m = try TinyModel.load()
+        let site = Site(layer: 1, kind: .mlpOut)
+        let delta = (0..<m.config.hidden).map { Float($0 % 5) * 0.1 }
+        let base = try m.forward([5, 6, 7], options: ForwardOptions(capture: [site, Site(layer: 1, kind: .residOut)], logits: .all))
+        let edited = try m.forward([5, 6, 7], options: ForwardOptions(
+            capture: [site, Site(layer: 1, kind: .residOut)], interventions: [Intervention(site: site, position: 1, vector: delta)], logits: .all))
+        let before = base.activations[site]!, after = edited.activations[site]!
+        #expect(after.row(0) == before.row(0))
+        #expect(Vector.maxAbsDifference(zip(before.row(1), delta).map { $0 + $1 }, after.row(1)) < 1e-6)
+        #expect(after.row(2) == before.row(2))  // same site, other position: untouched
+        #expect(edited.logitRow(0) == base.logitRow(0))  // earlier positions cannot see it
+        #expect(edited.logitRow(2) != base.logitRow(2))  // later positions do
+        let residBefore = base.activations[Site(layer: 1, kind: .residOut)]!.row(1)
+        let residAfter = edited.activations[Site(layer: 1, kind: .residOut)]!.row(1)
+        #expect(Vector.maxAbsDifference(zip(residBefore, delta).map { $0 + $1 }, residAfter) < 1e-5)
+    }
+
+    @Test func badInterventionsAreErrors() throws {
+        let m = try TinyModel.load()
+        #expect(throws: ModelError.self) {
+            try m.forward([1, 2], options: ForwardOptions(interventions: [Intervention(site: Site(layer: 0, kind: .mlpOut), position: 2, vector: [Float](repeating: 0, count: 32))]))
+        }
+        #expect(throws: ModelError.self) {
+            try m.forward([1, 2], options: ForwardOptions(interventions: [Intervention(site: Site(layer: 0, kind: .mlpKey), position: 0, vector: [0])]))
+        }
+        #expect(throws: ModelError.self) {
+            try m.forward([1, 2], options: ForwardOptions(capture: [Site(layer: 99, kind: .mlpOut)]))
+        }
+        #expect(throws: ModelError.self) { try m.forward([]) }
+        #expect(throws: ModelError.self) { try m.forward([Int32(m.config.vocabSize)]) }
+    }
+
+    @Test func contextOverflowIsATypedError() throws {
+        let m = try TinyModel.load()
+        let long = [Int32](repeating: 65, count: m.config.contextLength + 1)
+        #expect { try m.forward(long) } throws: { ($0 as? ModelError)?.code == .contextOverflow }
+        #expect { try m.generate(prompt: long, maxTokens: 2) } throws: { ($0 as? ModelError)?.code == .contextOverflow }
+    }
+
+    @Test func scoreIsTeacherForcedMeanNLL() throws {
+        let m = try TinyModel.load()
+        let prompt: [Int32] = [10, 11, 12], target: [Int32] = [13, 14]
+        let s = try m.score(prompt: prompt, target: target)
+        let all = try m.forward(prompt + target, options: ForwardOptions(logits: .all))
+        var expected: [Double] = []
+        for j in 0..<2 {
+            let row = all.logitRow(2 + j)
+            let lse = Double(row.map { Double($0) }.map(exp).reduce(0, +)).logValue
+            expected.append(lse - Double(row[Int(target[j])]))
+        }
+        #expect(abs(s.tokenNLL[0] - expected[0]) < 1e-4 && abs(s.tokenNLL[1] - expected[1]) < 1e-4)
+        #expect(abs(s.probability - exp(-(expected[0] + expected[1]) / 2)) < 1e-5)
+        #expect(throws: ModelError.self) { try m.score(prompt: prompt, target: []) }
+    }
+
+    @Test func generationIsDeterministicPerSeed() throws {
+        let m = try TinyModel.load()
+        let a = try m.generate(prompt: [10, 11], maxTokens: 8, sampling: .topK(k: 5, temperature: 1), seed: 42, stopAtEOS: false)
+        let b = try m.generate(prompt: [10, 11], maxTokens: 8, sampling: .topK(k: 5, temperature: 1), seed: 42, stopAtEOS: false)
+        let g = try m.generate(prompt: [10, 11], maxTokens: 8, stopAtEOS: false)
+        #expect(a.tokens == b.tokens)
+        #expect(a.tokens.count == 8)
+        // Greedy picks the argmax of a full forward at every step.
+        var ids: [Int32] = [10, 11]
+        for t in g.tokens {
+            let row = try m.forward(ids).logitRow(0)
+            #expect(Int(t) == row.indices.max { row[$0] < row[$1] }!)
+            ids.append(t)
+        }
+    }
+
+    @Test func weightHashTracksMutationAndIsStable() throws {
+        let a = try TinyModel.load(), b = try TinyModel.load()
+        let h0 = a.weightHash
+        #expect(h0 == b.weightHash)
+        #expect(h0.count == 64)
+        let w = a.weights.layers[1].wDown
+        let old = w.pointer[3]
+        w.mutate { $0[3] += 1 }
+        let h1 = a.weightHash
+        #expect(h1 != h0)
+        w.mutate { $0[3] = old }
+        #expect(a.weightHash == h0)
+        let other = try TinyModel.load(TinyModel.Spec(seed: 8))
+        #expect(other.weightHash != h0)
+    }
+}
+
+private extension Double {
+    var logValue: Double { Foundation.log(self) }
+}
