@@ -151,3 +151,19 @@ private extension Array where Element == Int {
         #expect(abs(g[2] - 1.39957158) < 1e-6)
     }
 }
+
+@Suite struct VectorExpTests {
+    @Test func matchesLibmWithinTwoUlpAndHandlesRange() {
+        var worst: Float = 0
+        var x: Float = -87
+        while x < 87.9 {
+            worst = max(worst, abs(Kernels.exp(x) - expf(x)) / expf(x))
+            x += 0.0173
+        }
+        #expect(worst < 3e-7, "max relative error \(worst)")
+        #expect(Kernels.exp(-1000) == 0 && Kernels.exp(-88) == 0 && Kernels.exp(-.infinity) == 0)
+        #expect(Kernels.exp(0) == 1)
+        #expect(abs(Kernels.exp(1) - Float(M_E)) < 1e-6)
+        #expect(Kernels.exp(100).isFinite)
+    }
+}

@@ -1,0 +1,16 @@
+#ifndef MESA_CKERNELS_H
+#define MESA_CKERNELS_H
+#include <stddef.h>
+
+/// exp(x) for x in [-87.3, 88]; 0 below, clamped above. Max relative error ~2 ulp.
+float mesa_expf(float x);
+
+/// out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + exp(-gate[i])) * up[i], i < n. out may alias up.
+void mesa_silu_gate(const float *gate, const float *up, float *out, size_t n);
+
+/// In-place softmax of x[0..<valid]; x[valid..<n] is set to 0.
+void mesa_softmax(float *x, size_t valid, size_t n);
+
+/// In-place GELU, tanh approximation.
+void mesa_gelu_tanh(float *x, size_t n);
+#endif
