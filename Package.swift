@@ -15,6 +15,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .executable(name: "mesa", targets: ["mesa"]),
+        .executable(name: "mesa-bench", targets: ["mesa-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -25,7 +26,9 @@ let package = Package(
         .systemLibrary(name: "CLMDB", path: "Sources/CLMDB"),
         .systemLibrary(name: "CRdKafka", path: "Sources/CRdKafka"),
 
-        .target(name: "Tensor", dependencies: ["COpenBLAS"], swiftSettings: numericFlags),
+        // Vectorizable C kernels (exp-based activations); clang auto-vectorizes them at -O3.
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3", "-march=haswell", "-fno-math-errno"], .when(platforms: [.linux]))]),
+        .target(name: "Tensor", dependencies: ["COpenBLAS", "CKernels"], swiftSettings: numericFlags),
         .target(name: "Tokenizers", swiftSettings: numericFlags),
         .target(name: "ModelRuntime", dependencies: ["Tensor", "Tokenizers"], swiftSettings: numericFlags),
         .target(name: "Contracts"),
@@ -37,6 +40,13 @@ let package = Package(
                 "Tensor", "Tokenizers", "ModelRuntime", "Contracts", "Storage", "Messaging",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
+
+        .executableTarget(
+            name: "mesa-bench",
+            dependencies: ["Tensor", "ModelRuntime", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "Sources/mesa-bench"),
+
+        .executableTarget(name: "mesa-bench-validate", dependencies: ["Contracts"], path: "Sources/mesa-bench-validate"),
 
         .testTarget(name: "TensorTests", dependencies: ["Tensor"]),
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "ModelRuntime"]),

@@ -1,0 +1,169 @@
+import ArgumentParser
+import Foundation
+import ModelRuntime
+import Tensor
+
+@main
+struct MesaBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mesa-bench",
+        abstract: "mesa benchmarks: numbers printed and written to a results file, compared with a reference in the same run.",
+        subcommands: [Forward.self])
+
+    static func main() {
+        BLAS.selectCoreType()
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
+}
+
+/// Wall-clock seconds of `body`.
+func timed(_ body: () throws -> Void) rethrows -> Double {
+    let t0 = DispatchTime.now().uptimeNanoseconds
+    try body()
+    return Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+}
+
+func median(_ xs: [Double]) -> Double {
+    let s = xs.sorted()
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+}
+
+/// Peak resident set size of this process in bytes (VmHWM).
+func peakRSS() -> Int {
+    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+    for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+        return (Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) ?? 0) * 1024
+    }
+    return 0
+}
+
+/// Measured single-precision GEMM rate (GFLOP/s) at a size typical of the model's projections.
+func sgemmRate(m: Int, n: Int, k: Int, repeats: Int = 5) -> Double {
+    let a = [Float](repeating: 0.5, count: m * k), b = [Float](repeating: 0.25, count: n * k)
+    var c = [Float](repeating: 0, count: m * n)
+    var times: [Double] = []
+    for _ in 0..<(repeats + 1) {
+        times.append(timed {
+            a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in c.withUnsafeMutableBufferPointer { pc in
+                BLAS.sgemm(transB: true, m: m, n: n, k: k, a: pa.baseAddress!, lda: k, b: pb.baseAddress!, ldb: k, c: pc.baseAddress!, ldc: n)
+            } } }
+        })
+    }
+    return 2.0 * Double(m * n * k) / median(Array(times.dropFirst())) / 1e9
+}
+
+struct Forward: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Prefill and decode throughput of the resident model, next to PyTorch eager on the same CPU and threads.")
+
+    @Option(help: "Model path (default: the installed SmolLM2-135M-Instruct).") var model: String?
+    @Option(help: "BLAS / torch threads.") var threads = 2
+    @Option(help: "Prompt length for prefill.") var tokens = 64
+    @Option(help: "Tokens to decode one at a time after the prompt.") var decode = 32
+    @Option(help: "Timed repetitions (median reported), after one warm-up.") var repeats = 5
+    @Option(help: "Python of the PyTorch reference environment ('none' to skip).")
+    var reference = (ModelLocator.mesaHome as NSString).appendingPathComponent("refenv/bin/python")
+    @Option(help: "Results file (JSON).") var out = "ops/bench/results/forward.json"
+
+    func run() throws {
+        BLAS.setThreads(threads)
+        let path = try model ?? ModelLocator.defaultModelPath()
+        let m = try ModelLoader.load(path: path)
+        let text = String(repeating: "The history of the city begins in the early Middle Ages, when a small settlement grew up around a river crossing. ", count: 8)
+        let ids = Array(m.tokenizer.encode(text).prefix(tokens))
+        guard ids.count == tokens else { throw ValidationError("could not build a \(tokens)-token prompt") }
+
+        func prefill(_ logits: LogitSelection) throws -> Double {
+            _ = try m.forward(ids, options: ForwardOptions(logits: logits))
+            return median(try (0..<repeats).map { _ in try timed { _ = try m.forward(ids, options: ForwardOptions(logits: logits)) } })
+        }
+        let prefillAll = try prefill(.all)
+        let prefillLast = try prefill(.last)
+        var decodeTimes: [Double] = []
+        for _ in 0..<(repeats + 1) {
+            let cache = KVCache(config: m.config, capacity: tokens + decode)
+            let first = try m.forward(ids, cache: cache).logitRow(0)
+            var next = Int32(first.indices.max { first[$0] < first[$1] }!)
+            decodeTimes.append(try timed {
+                for _ in 0..<decode {
+                    let row = try m.forward([next], cache: cache).logitRow(0)
+                    next = Int32(row.indices.max { row[$0] < row[$1] }!)
+                }
+            })
+        }
+        let decodeSeconds = median(Array(decodeTimes.dropFirst()))
+        let c = m.config
+        // FLOPs of one prefill: 2·params-per-token matmuls + attention (QKᵀ and PV, causal half) + logits.
+        let perToken = 2 * (c.layers * (c.hidden * (c.heads + 2 * c.kvHeads) * c.headDim + c.heads * c.headDim * c.hidden + 3 * c.hidden * c.intermediate))
+        let attention = c.layers * c.heads * 2 * 2 * c.headDim * tokens * (tokens + 1) / 2
+        let logitsAll = 2 * c.hidden * c.vocabSize * tokens
+        let flopsAll = Double(perToken * tokens + attention + logitsAll)
+        let gemm = sgemmRate(m: tokens, n: c.intermediate, k: c.hidden)
+        let blas = BLAS.configuration
+
+        var result: [String: Any] = [
+            "benchmark": "forward", "model": (path as NSString).lastPathComponent, "threads": threads,
+            "prompt_tokens": tokens, "decode_tokens": decode, "repeats": repeats,
+            "blas": ["core": blas.coreName, "threads": blas.threads, "build": blas.build],
+            "mesa": [
+                "prefill_all_logits_ms": prefillAll * 1e3, "prefill_all_logits_tokens_per_s": Double(tokens) / prefillAll,
+                "prefill_last_logits_ms": prefillLast * 1e3, "prefill_last_logits_tokens_per_s": Double(tokens) / prefillLast,
+                "decode_ms_per_token": decodeSeconds * 1e3 / Double(decode), "decode_tokens_per_s": Double(decode) / decodeSeconds,
+                "prefill_all_logits_gflop": flopsAll / 1e9, "prefill_all_logits_gflop_per_s": flopsAll / prefillAll / 1e9,
+                "sgemm_gflop_per_s_\(tokens)x\(c.intermediate)x\(c.hidden)": gemm,
+                "peak_rss_mib": Double(peakRSS()) / 1_048_576,
+            ],
+        ]
+        print(String(format: "mesa   prefill %d tok: %.1f ms (%.0f tok/s, all logits; %.1f ms with last logits only)  decode: %.2f ms/tok (%.1f tok/s)",
+                     tokens, prefillAll * 1e3, Double(tokens) / prefillAll, prefillLast * 1e3, decodeSeconds * 1e3 / Double(decode), Double(decode) / decodeSeconds))
+        print(String(format: "       prefill %.2f GFLOP at %.0f GFLOP/s; sgemm %dx%dx%d at %.0f GFLOP/s; peak RSS %.0f MiB; %@",
+                     flopsAll / 1e9, flopsAll / prefillAll / 1e9, tokens, c.intermediate, c.hidden, gemm, Double(peakRSS()) / 1_048_576, blas.description))
+
+        if reference != "none" {
+            if let ref = try runReference(ids: ids, modelPath: path) {
+                result["pytorch"] = ref
+                let tp = (ref["prefill_tokens_per_s"] as? Double) ?? .nan, td = (ref["decode_tokens_per_s"] as? Double) ?? .nan
+                let rp = Double(tokens) / prefillAll / tp, rd = Double(decode) / decodeSeconds / td
+                result["ratio"] = ["prefill_all_logits": rp, "decode": rd]
+                print(String(format: "torch  prefill %d tok: %.1f ms (%.0f tok/s)  decode: %.2f ms/tok (%.1f tok/s)  [torch %@, %d threads]",
+                             tokens, (ref["prefill_ms"] as? Double) ?? .nan, tp, (ref["decode_ms_per_token"] as? Double) ?? .nan, td,
+                             (ref["torch"] as? String) ?? "?", (ref["threads"] as? Int) ?? 0))
+                print(String(format: "ratio  prefill %.2f× PyTorch eager, decode %.2f×", rp, rd))
+            }
+        }
+        try FileManager.default.createDirectory(atPath: (out as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        result["date"] = ISO8601DateFormatter().string(from: Date())
+        try JSONSerialization.data(withJSONObject: result, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: out))
+        print("wrote \(out)")
+    }
+
+    /// Runs ops/reference/bench_forward.py with the same token ids and threads; nil if the reference environment is absent.
+    func runReference(ids: [Int32], modelPath: String) throws -> [String: Any]? {
+        guard FileManager.default.isExecutableFile(atPath: reference) else {
+            print("reference: \(reference) not found; build it with ops/reference/setup.sh (skipping the comparison)")
+            return nil
+        }
+        let idsFile = FileManager.default.temporaryDirectory.appendingPathComponent("mesa-bench-ids-\(getpid()).json")
+        try JSONSerialization.data(withJSONObject: ids.map(Int.init)).write(to: idsFile)
+        defer { try? FileManager.default.removeItem(at: idsFile) }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: reference)
+        p.arguments = ["ops/reference/bench_forward.py", "--threads", "\(threads)", "--repeats", "\(repeats)",
+                       "--decode-tokens", "\(decode)", "--ids-file", idsFile.path, "--model", modelPath]
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        try p.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0, let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            print("reference: bench_forward.py failed (exit \(p.terminationStatus))")
+            return nil
+        }
+        return obj
+    }
+}

@@ -1,0 +1,21 @@
+import ArgumentParser
+import Tensor
+import Foundation
+
+@main
+struct Mesa: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mesa",
+        abstract: "A streaming knowledge-edit daemon for resident language models.",
+        subcommands: [Generate.self, Score.self, Inspect.self, Validate.self])
+
+    static func main() {
+        BLAS.selectCoreType()
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            exit(withError: error)
+        }
+    }
+}

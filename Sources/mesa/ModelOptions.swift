@@ -1,0 +1,36 @@
+import ArgumentParser
+import Foundation
+import ModelRuntime
+import Tensor
+
+/// Options shared by the commands that load a model.
+struct ModelOptions: ParsableArguments {
+    @Option(name: .long, help: "Model: a .gguf file, a .safetensors file, or a directory (default: $MESA_MODEL or the installed SmolLM2-135M-Instruct).")
+    var model: String?
+
+    @Option(name: .long, help: "BLAS threads (0 = one per core).")
+    var threads: Int = 0
+
+    func load() throws -> LanguageModel {
+        BLAS.setThreads(threads)
+        let path = try model ?? ModelLocator.defaultModelPath()
+        return try ModelLoader.load(path: path)
+    }
+}
+
+/// Prints `error: …` to stderr and exits non-zero: bad input never crashes the CLI.
+func fail(_ message: String, code: Int32 = 1) -> ExitCode {
+    FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+    return ExitCode(code)
+}
+
+/// Runs `body`, turning model and tokenizer errors into a clear message and exit code 1.
+func reportingErrors<T>(_ body: () throws -> T) throws -> T {
+    do {
+        return try body()
+    } catch let e as ModelError {
+        throw fail(e.description)
+    } catch let e as LinearAlgebraError {
+        throw fail(e.description)
+    }
+}
