@@ -9,6 +9,6 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q torch transformers gguf numpy sentencepiece protobuf
+"$VENV/bin/python" -m pip install -q torch transformers accelerate gguf numpy sentencepiece protobuf
 "$VENV/bin/python" -c 'import torch, transformers, gguf; print("refenv:", torch.__version__, transformers.__version__)'
 echo "$VENV"
