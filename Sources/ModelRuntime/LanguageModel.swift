@@ -98,10 +98,11 @@ public final class LanguageModel: @unchecked Sendable {
         // Scratch buffers.
         let x = UnsafeMutablePointer<Float>.allocate(capacity: T * d)       // [T, d] residual stream
         let h = UnsafeMutablePointer<Float>.allocate(capacity: T * d)       // [T, d] normed input
-        let q = UnsafeMutablePointer<Float>.allocate(capacity: T * qd)      // [T, q]
+        let qkvWidth = qd + 2 * kvd
+        let q = UnsafeMutablePointer<Float>.allocate(capacity: T * qkvWidth) // [T, q] or fused [T, q + 2·kv]
         let att = UnsafeMutablePointer<Float>.allocate(capacity: T * qd)    // [T, q] attention output
         let scores = UnsafeMutablePointer<Float>.allocate(capacity: T * S)  // [T, S] one head
-        let gate = UnsafeMutablePointer<Float>.allocate(capacity: T * ff)   // [T, ff]
+        let gate = UnsafeMutablePointer<Float>.allocate(capacity: T * 2 * ff) // [T, ff] or fused gate|up [T, 2·ff]
         let up = UnsafeMutablePointer<Float>.allocate(capacity: T * ff)     // [T, ff] (becomes the key)
         let tmp = UnsafeMutablePointer<Float>.allocate(capacity: T * d)     // [T, d]
         // Without a cache, keys/values of this call live here: [T, kv].
@@ -138,12 +139,32 @@ public final class LanguageModel: @unchecked Sendable {
             // Projections: Y[T, out] = H[T, d] · Wᵀ.
             let kDst = cache.map { $0.keys[l] + past * kvd } ?? localK!
             let vDst = cache.map { $0.values[l] + past * kvd } ?? localV!
-            linear(h, w.wq, w.bq, out: q, rows: T)
-            linear(h, w.wk, w.bk, out: kDst, rows: T)
-            linear(h, w.wv, w.bv, out: vDst, rows: T)
+            let qStride: Int
+            if w.qkvFused {
+                // One GEMM for Q|K|V: [T, q + 2·kv]; K and V rows then move into the cache.
+                gemm(h, w.wq.pointer, outDim: qkvWidth, inDim: d, out: q, rows: T)
+                if w.qkvBiasFused {
+                    Kernels.addBias(q, bias: w.bq!.pointer, rows: T, dim: qkvWidth)
+                } else {
+                    for (b, off) in [(w.bq, 0), (w.bk, qd), (w.bv, qd + kvd)] {
+                        guard let b else { continue }
+                        for t in 0..<T { Kernels.add(q + t * qkvWidth + off, b.pointer, count: b.count) }
+                    }
+                }
+                for t in 0..<T {
+                    (kDst + t * kvd).update(from: q + t * qkvWidth + qd, count: kvd)
+                    (vDst + t * kvd).update(from: q + t * qkvWidth + qd + kvd, count: kvd)
+                }
+                qStride = qkvWidth
+            } else {
+                linear(h, w.wq, w.bq, out: q, rows: T)
+                linear(h, w.wk, w.bk, out: kDst, rows: T)
+                linear(h, w.wv, w.bv, out: vDst, rows: T)
+                qStride = qd
+            }
             if let rope {
                 for t in 0..<T {
-                    rope.apply(q + t * qd, heads: c.heads, position: past + t)
+                    rope.apply(q + t * qStride, heads: c.heads, position: past + t)
                     rope.apply(kDst + t * kvd, heads: c.kvHeads, position: past + t)
                 }
             }
@@ -151,7 +172,7 @@ public final class LanguageModel: @unchecked Sendable {
             // Causal attention per head: scores[T, S] = Q_h · K_gᵀ / √hd; out_h[T, hd] = softmax(scores) · V_g.
             for head in 0..<c.heads {
                 let g = head / group
-                BLAS.sgemm(transB: true, m: T, n: S, k: hd, alpha: scale, a: q + head * hd, lda: qd,
+                BLAS.sgemm(transB: true, m: T, n: S, k: hd, alpha: scale, a: q + head * hd, lda: qStride,
                            b: keys + g * hd, ldb: kvd, c: scores, ldc: S)
                 Kernels.softmaxRows(scores, rows: T, cols: S, valid: { past + $0 + 1 })
                 BLAS.sgemm(m: T, n: hd, k: S, a: scores, lda: S, b: vals + g * hd, ldb: kvd, c: att + head * hd, ldc: qd)
@@ -161,7 +182,11 @@ public final class LanguageModel: @unchecked Sendable {
 
             // MLP.
             norm(x, w.mlpNorm, w.mlpNormBias, out: h, rows: T)
-            if let wGate = w.wGate {
+            if w.gateUpFused {
+                // One GEMM for gate|up: [T, 2·ff]; key[t] = silu(gate[t]) ⊙ up[t].
+                gemm(h, w.wGate!.pointer, outDim: 2 * ff, inDim: d, out: gate, rows: T)
+                for t in 0..<T { Kernels.siluGate(gate: gate + t * 2 * ff, up: gate + t * 2 * ff + ff, out: up + t * ff, count: ff) }
+            } else if let wGate = w.wGate {
                 linear(h, wGate, nil, out: gate, rows: T)
                 linear(h, w.wUp, w.bUp, out: up, rows: T)
                 Kernels.siluGate(gate: gate, up: up, out: up, count: T * ff)
@@ -211,12 +236,17 @@ public final class LanguageModel: @unchecked Sendable {
     /// out[T, outDim] = x[T, inDim] · Wᵀ (+ bias), W: [outDim, inDim].
     @inline(__always)
     private func linear(_ x: UnsafePointer<Float>, _ w: Parameter, _ b: Parameter?, out: UnsafeMutablePointer<Float>, rows: Int) {
-        let outDim = w.shape[0], inDim = w.shape[1]
+        gemm(x, w.pointer, outDim: w.shape[0], inDim: w.shape[1], out: out, rows: rows)
+        if let b { Kernels.addBias(out, bias: b.pointer, rows: rows, dim: w.shape[0]) }
+    }
+
+    /// out[T, outDim] = x[T, inDim] · Wᵀ with W row-major [outDim, inDim] (gemv for one row).
+    @inline(__always)
+    private func gemm(_ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, outDim: Int, inDim: Int, out: UnsafeMutablePointer<Float>, rows: Int) {
         if rows == 1 {
-            BLAS.sgemv(rows: outDim, cols: inDim, a: w.pointer, lda: inDim, x: x, y: out)
+            BLAS.sgemv(rows: outDim, cols: inDim, a: w, lda: inDim, x: x, y: out)
         } else {
-            BLAS.sgemm(transB: true, m: rows, n: outDim, k: inDim, a: x, lda: inDim, b: w.pointer, ldb: inDim, c: out, ldc: outDim)
+            BLAS.sgemm(transB: true, m: rows, n: outDim, k: inDim, a: x, lda: inDim, b: w, ldb: inDim, c: out, ldc: outDim)
         }
-        if let b { Kernels.addBias(out, bias: b.pointer, rows: rows, dim: outDim) }
     }
 }

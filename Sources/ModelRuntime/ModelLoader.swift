@@ -106,7 +106,7 @@ public enum ModelLoader {
         DispatchQueue.concurrentPerform(iterations: c.layers) { i in
             let b = "blk.\(i)."
             do {
-                let l = LayerWeights(
+                var l = LayerWeights(
                     attnNorm: try tensor(b + "attn_norm.weight", [d]), attnNormBias: gpt2 ? try tensor(b + "attn_norm.bias", [d]) : nil,
                     wq: try tensor(b + "attn_q.weight", [q, d]), wk: try tensor(b + "attn_k.weight", [kv, d]),
                     wv: try tensor(b + "attn_v.weight", [kv, d]),
@@ -116,6 +116,7 @@ public enum ModelLoader {
                     wGate: c.architecture.gatedMLP ? try tensor(b + "ffn_gate.weight", [ff, d]) : nil,
                     wUp: try tensor(b + "ffn_up.weight", [ff, d]), bUp: try optional(b + "ffn_up.bias", [ff]),
                     wDown: try tensor(b + "ffn_down.weight", [d, ff]), bDown: try optional(b + "ffn_down.bias", [d]))
+                l.fuseProjections()
                 lock.lock(); layers[i] = l; lock.unlock()
             } catch {
                 lock.lock(); if firstError == nil { firstError = error }; lock.unlock()

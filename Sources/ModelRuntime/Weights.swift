@@ -1,9 +1,22 @@
 import Foundation
 import Tensor
 
-/// One named weight tensor, resident as Float32 in memory it owns (a stable address, so kernels take
-/// its pointer directly). Mutable in place (edits write here) through `mutate`, which invalidates
-/// the cached digest.
+/// Float32 memory owned by one or more parameters (several when projections are fused).
+public final class ParameterStorage: @unchecked Sendable {
+    public let base: UnsafeMutablePointer<Float>
+    public let count: Int
+    public init(count: Int) {
+        self.count = count
+        base = .allocate(capacity: max(1, count))
+        base.initialize(repeating: 0, count: max(1, count))
+    }
+    deinit { base.deallocate() }
+}
+
+/// One named weight tensor, resident as Float32 at a stable address (kernels take its pointer
+/// directly). It may be a view into storage shared with other tensors: Wq/Wk/Wv and gate/up are
+/// laid out contiguously so each pair or triple is one GEMM. Mutable in place (edits write here)
+/// through `mutate`, which invalidates the cached digest.
 public final class Parameter: @unchecked Sendable {
     /// Canonical (GGUF-style) name, e.g. "blk.7.ffn_down.weight".
     public let name: String
@@ -12,6 +25,7 @@ public final class Parameter: @unchecked Sendable {
     public let count: Int
     /// The values. Read-only use; write through `mutate`.
     public let pointer: UnsafeMutablePointer<Float>
+    public let storage: ParameterStorage
     private var cachedDigest: [UInt8]?
     private let lock = NSLock()
 
@@ -20,11 +34,35 @@ public final class Parameter: @unchecked Sendable {
         self.name = name
         self.shape = shape
         self.count = data.count
-        pointer = .allocate(capacity: max(1, data.count))
-        data.withUnsafeBufferPointer { pointer.initialize(from: $0.baseAddress!, count: data.count) }
+        storage = ParameterStorage(count: data.count)
+        pointer = storage.base
+        data.withUnsafeBufferPointer { pointer.update(from: $0.baseAddress!, count: data.count) }
     }
 
-    deinit { pointer.deallocate() }
+    /// A view of `shape.reduce(1, *)` values at `offset` in `storage`.
+    public init(name: String, shape: [Int], storage: ParameterStorage, offset: Int) {
+        let n = shape.reduce(1, *)
+        precondition(offset >= 0 && offset + n <= storage.count, "\(name): view outside its storage")
+        self.name = name
+        self.shape = shape
+        self.count = n
+        self.storage = storage
+        pointer = storage.base + offset
+    }
+
+    /// Copies these parameters into one contiguous storage, in order, and returns views of it.
+    public static func fused(_ parts: [Parameter]) -> [Parameter] {
+        let storage = ParameterStorage(count: parts.reduce(0) { $0 + $1.count })
+        var offset = 0
+        return parts.map { p in
+            (storage.base + offset).update(from: p.pointer, count: p.count)
+            defer { offset += p.count }
+            return Parameter(name: p.name, shape: p.shape, storage: storage, offset: offset)
+        }
+    }
+
+    /// True when `next` starts right after this parameter in the same storage.
+    public func isFollowed(by next: Parameter) -> Bool { storage === next.storage && pointer + count == next.pointer }
 
     /// A copy of the values.
     public var data: [Float] { Array(UnsafeBufferPointer(start: pointer, count: count)) }
@@ -65,6 +103,27 @@ public struct LayerWeights: @unchecked Sendable {
     public var bUp: Parameter?                     // [ff]
     public var wDown: Parameter                    // [d, ff]
     public var bDown: Parameter?                   // [d]
+
+    /// Lays Wq|Wk|Wv (and their biases) and Wgate|Wup out contiguously, so each group is one GEMM.
+    public mutating func fuseProjections() {
+        let qkv = Parameter.fused([wq, wk, wv])
+        (wq, wk, wv) = (qkv[0], qkv[1], qkv[2])
+        if let bq, let bk, let bv {
+            let b = Parameter.fused([bq, bk, bv])
+            (self.bq, self.bk, self.bv) = (b[0], b[1], b[2])
+        }
+        if let wGate {
+            let gu = Parameter.fused([wGate, wUp])
+            (self.wGate, wUp) = (gu[0], gu[1])
+        }
+    }
+
+    /// Wq, Wk, Wv are one [q + 2·kv, d] matrix.
+    public var qkvFused: Bool { wq.isFollowed(by: wk) && wk.isFollowed(by: wv) }
+    /// Their biases are one [q + 2·kv] vector.
+    public var qkvBiasFused: Bool { bq != nil && bk != nil && bv != nil && bq!.isFollowed(by: bk!) && bk!.isFollowed(by: bv!) }
+    /// Wgate, Wup are one [2·ff, d] matrix.
+    public var gateUpFused: Bool { wGate.map { $0.isFollowed(by: wUp) } ?? false }
 
     public var all: [Parameter] {
         [attnNorm, attnNormBias, wq, wk, wv, bq, bk, bv, wo, bo, mlpNorm, mlpNormBias, wGate, wUp, bUp, wDown, bDown].compactMap { $0 }

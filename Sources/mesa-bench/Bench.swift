@@ -127,13 +127,14 @@ struct Forward: ParsableCommand {
         if reference != "none" {
             if let ref = try runReference(ids: ids, modelPath: path) {
                 result["pytorch"] = ref
-                let tp = (ref["prefill_tokens_per_s"] as? Double) ?? .nan, td = (ref["decode_tokens_per_s"] as? Double) ?? .nan
-                let rp = Double(tokens) / prefillAll / tp, rd = Double(decode) / decodeSeconds / td
-                result["ratio"] = ["prefill_all_logits": rp, "decode": rd]
-                print(String(format: "torch  prefill %d tok: %.1f ms (%.0f tok/s)  decode: %.2f ms/tok (%.1f tok/s)  [torch %@, %d threads]",
-                             tokens, (ref["prefill_ms"] as? Double) ?? .nan, tp, (ref["decode_ms_per_token"] as? Double) ?? .nan, td,
+                func num(_ k: String) -> Double { (ref[k] as? Double) ?? (ref[k] as? NSNumber)?.doubleValue ?? .nan }
+                let tp = num("prefill_tokens_per_s"), tl = num("prefill_last_logits_tokens_per_s"), td = num("decode_tokens_per_s")
+                let rp = Double(tokens) / prefillAll / tp, rl = Double(tokens) / prefillLast / tl, rd = Double(decode) / decodeSeconds / td
+                result["ratio"] = ["prefill_all_logits": rp, "prefill_last_logits": rl, "decode": rd]
+                print(String(format: "torch  prefill %d tok: %.1f ms (%.0f tok/s, all logits; %.1f ms with last logits only)  decode: %.2f ms/tok (%.1f tok/s)  [torch %@, %d threads]",
+                             tokens, num("prefill_ms"), tp, num("prefill_last_logits_ms"), num("decode_ms_per_token"), td,
                              (ref["torch"] as? String) ?? "?", (ref["threads"] as? Int) ?? 0))
-                print(String(format: "ratio  prefill %.2f× PyTorch eager, decode %.2f×", rp, rd))
+                print(String(format: "ratio  prefill %.2f× PyTorch eager (all logits), %.2f× (last logits only); decode %.2f×", rp, rl, rd))
             }
         }
         try FileManager.default.createDirectory(atPath: (out as NSString).deletingLastPathComponent, withIntermediateDirectories: true)

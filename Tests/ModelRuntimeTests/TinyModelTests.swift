@@ -138,3 +138,33 @@ import Testing
 private extension Double {
     var logValue: Double { Foundation.log(self) }
 }
+
+@Suite struct FusedProjectionTests {
+    /// Loading lays Wq|Wk|Wv and gate|up out contiguously; the fused GEMMs give the same logits as
+    /// separate projections, and each tensor keeps its own name, shape and digest.
+    @Test(arguments: ["llama", "qwen2"])
+    func fusedLayoutMatchesSeparateProjections(arch: String) throws {
+        let m = try TinyModel.load(TinyModel.Spec(architecture: arch))
+        let l = m.weights.layers[0]
+        #expect(l.qkvFused && l.gateUpFused)
+        #expect(l.qkvBiasFused == (arch == "qwen2"))
+        #expect(l.wk.name == "blk.0.attn_k.weight" && l.wk.shape == [16, 32])
+        let ids: [Int32] = [5, 6, 7, 8]
+        let fused = try m.forward(ids, options: ForwardOptions(logits: .all))
+        // Rebuild the same weights unfused (separate storage per tensor) and compare.
+        var layers = m.weights.layers
+        for i in layers.indices {
+            func copy(_ p: Parameter?) -> Parameter? { p.map { Parameter(name: $0.name, shape: $0.shape, data: $0.data) } }
+            layers[i].wq = copy(layers[i].wq)!; layers[i].wk = copy(layers[i].wk)!; layers[i].wv = copy(layers[i].wv)!
+            layers[i].bq = copy(layers[i].bq); layers[i].bk = copy(layers[i].bk); layers[i].bv = copy(layers[i].bv)
+            layers[i].wGate = copy(layers[i].wGate); layers[i].wUp = copy(layers[i].wUp)!
+            #expect(!layers[i].qkvFused && !layers[i].gateUpFused)
+        }
+        var w = m.weights
+        w.layers = layers
+        let separate = LanguageModel(config: m.config, weights: w, tokenizer: m.tokenizer, source: m.source)
+        let ref = try separate.forward(ids, options: ForwardOptions(logits: .all))
+        for t in 0..<ids.count { #expect(Vector.maxAbsDifference(fused.logitRow(t), ref.logitRow(t)) < 1e-5) }
+        #expect(separate.weightHash == m.weightHash)
+    }
+}

@@ -8,7 +8,7 @@ Loads the GGUF the way the fixtures do (transformers dequantizes it to float32),
 torch.inference_mode():
   (i)  prefill: one forward of a 64-token prompt, logits for all 64 positions (what a plain HF
        forward computes by default); tokens/s = 64 / median wall time of --repeats runs after
-       one warm-up run;
+       one warm-up run; and the same with logits_to_keep=1 (last position only, as generate() does);
   (ii) decode: from that prompt's KV cache, greedily generate --decode-tokens tokens one at a
        time with past_key_values (a manual loop, not generate()); tokens/s = decode tokens /
        wall time of the loop, median over --repeats runs (each after a fresh prefill, untimed).
@@ -91,6 +91,17 @@ def main() -> None:
         prefill_s = statistics.median(prefill_times)
         log(f"prefill {n} tokens: " + ", ".join(f"{t * 1000:.1f}" for t in prefill_times) + " ms")
 
+        # (i') prefill as generate() runs it: logits for the last position only (logits_to_keep=1).
+        model(input_ids=x, use_cache=True, logits_to_keep=1)  # warm-up
+        last_times = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            out = model(input_ids=x, use_cache=True, logits_to_keep=1)
+            last_times.append(time.perf_counter() - t)
+        assert out.logits.shape[1] == 1
+        prefill_last_s = statistics.median(last_times)
+        log(f"prefill {n} tokens, last logits: " + ", ".join(f"{t * 1000:.1f}" for t in last_times) + " ms")
+
         # (ii) decode
         decode_times = []
         generated = []
@@ -121,6 +132,8 @@ def main() -> None:
         "prefill_tokens_per_s": round(n / prefill_s, 3),
         "decode_tokens_per_s": round(args.decode_tokens / decode_s, 3),
         "prefill_ms": round(prefill_s * 1000, 3),
+        "prefill_last_logits_tokens_per_s": round(n / prefill_last_s, 3),
+        "prefill_last_logits_ms": round(prefill_last_s * 1000, 3),
         "decode_ms_per_token": round(decode_s * 1000 / args.decode_tokens, 3),
     }), flush=True)
 
