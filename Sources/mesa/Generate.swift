@@ -41,6 +41,9 @@ struct Generate: ParsableCommand {
             let text = chat ? "<|im_start|>user\n\(prompt)<|im_end|>\n<|im_start|>assistant\n" : prompt
             let ids = model.tokenizer.encode(text, addSpecial: true)
             guard !ids.isEmpty else { throw fail("the prompt is empty") }
+            guard ids.count < model.config.contextLength else {
+                throw fail("the prompt has \(ids.count) tokens; the model's context is \(model.config.contextLength)")
+            }
             print(prompt, terminator: chat ? "\n" : "")
             let result = try model.generate(
                 prompt: ids, maxTokens: maxTokens, sampling: topK > 0 ? .topK(k: topK, temperature: temperature) : .greedy,
