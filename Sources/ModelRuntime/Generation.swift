@@ -90,7 +90,7 @@ extension LanguageModel {
         let budget = min(maxTokens, config.contextLength - prompt.count)
         let cache = KVCache(config: config, capacity: prompt.count + budget)
         var rng = Xoshiro256(seed: seed)
-        var decoder = StreamingDecoderBox()
+        var decoder = StreamingDecoder()
         let t0 = DispatchTime.now().uptimeNanoseconds
         var logits = try forward(prompt, cache: cache).logitRow(0)
         let t1 = DispatchTime.now().uptimeNanoseconds
@@ -132,11 +132,4 @@ extension LanguageModel {
         let mean = nll.reduce(0, +) / Double(nll.count)
         return TargetScore(promptTokens: prompt, targetTokens: target, tokenNLL: nll, meanNLL: mean, probability: exp(-mean))
     }
-}
-
-/// Wraps the tokenizer's streaming decoder (kept here so generation has no UI dependencies).
-struct StreamingDecoderBox {
-    private var inner = Tokenizers.StreamingDecoder()
-    mutating func push(_ b: [UInt8]) -> String { inner.push(b) }
-    mutating func flush() -> String { inner.flush() }
 }

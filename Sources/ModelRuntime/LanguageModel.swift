@@ -11,10 +11,12 @@ public final class KVCache: @unchecked Sendable {
     let values: [UnsafeMutablePointer<Float>]
 
     public init(config: ModelConfig, capacity: Int? = nil) {
-        self.capacity = min(capacity ?? config.contextLength, config.contextLength)
-        width = config.kvHeads * config.headDim
-        keys = (0..<config.layers).map { _ in .allocate(capacity: max(1, (capacity ?? config.contextLength) * config.kvHeads * config.headDim)) }
-        values = (0..<config.layers).map { _ in .allocate(capacity: max(1, (capacity ?? config.contextLength) * config.kvHeads * config.headDim)) }
+        let rows = min(capacity ?? config.contextLength, config.contextLength)
+        let w = config.kvHeads * config.headDim
+        self.capacity = rows
+        width = w
+        keys = (0..<config.layers).map { _ in .allocate(capacity: max(1, rows * w)) }
+        values = (0..<config.layers).map { _ in .allocate(capacity: max(1, rows * w)) }
     }
 
     deinit {
