@@ -36,6 +36,7 @@ let package = Package(
         .target(name: "Contracts"),
         .target(name: "Storage", dependencies: ["CLMDB"]),
         .target(name: "Messaging", dependencies: ["CRdKafka"]),
+        .target(name: "EditDaemon", dependencies: []),
         .executableTarget(
             name: "mesa",
             dependencies: [
@@ -58,6 +59,7 @@ let package = Package(
         .testTarget(name: "ContractsTests", dependencies: ["Contracts"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage"]),
         .testTarget(name: "MessagingTests", dependencies: ["Messaging"]),
+        .testTarget(name: "EditDaemonTests", dependencies: ["EditDaemon"]),
     ],
     swiftLanguageModes: [.v5]
 )
