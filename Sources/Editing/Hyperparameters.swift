@@ -3,11 +3,23 @@ import Foundation
 /// ROME's hyperparameters for one model (METHODS §1.6), read from `deploy/hparams/rome/<model>.json`,
 /// which is checked against `Schemas/rome-hparams.schema.json`. Keys are snake_case in the file.
 public struct RomeHyperparameters: Codable, Sendable, Equatable {
+    /// How k* averages the keys of the rewrite prompts (METHODS §1.3).
+    public enum KeyAveraging: String, Codable, Sendable {
+        /// The mean over all prompts: the bare prompt weighs 1/(1 + Σ counts) (kmeng01 ROME).
+        case templates
+        /// The mean of group means, the bare prompt a group of its own (MEMIT's compute_ks).
+        case groups
+        /// k* as in `templates`, but u is the direction of least uᵀCu with uᵀk_i equal for every
+        /// rewrite prompt i (ROME imposes it on the mean key only), so δ reaches each prompt whole.
+        case each
+    }
+
     /// The edited layer: its MLP down projection is rewritten.
     public var layer: Int
     /// Random-prefix templates (the bare prompt is always added first).
     public var contextTemplates: [ContextTemplates.Group]
     public var templateSeed: UInt64
+    public var keyAveraging: KeyAveraging
     /// Adam steps for v* (the last iteration only evaluates).
     public var vNumGradSteps: Int
     public var vLr: Float
@@ -28,12 +40,13 @@ public struct RomeHyperparameters: Codable, Sendable, Equatable {
     public var mom2Ridge: Double
 
     public init(layer: Int, contextTemplates: [ContextTemplates.Group] = [.init(length: 5, count: 5), .init(length: 10, count: 5)],
-                templateSeed: UInt64 = 0, vNumGradSteps: Int = 25, vLr: Float = 0.5, vWeightDecay: Float = 1e-3,
+                templateSeed: UInt64 = 0, keyAveraging: KeyAveraging = .templates, vNumGradSteps: Int = 25, vLr: Float = 0.5, vWeightDecay: Float = 1e-3,
                 clampNormFactor: Float = 4, klFactor: Float = 0.0625, earlyStopLoss: Float = 0.05, mom2Adjustment: Bool = true,
                 mom2Tokens: Int = 300_000, mom2SequenceLength: Int = 512, mom2Seed: UInt64 = 0, mom2Ridge: Double = 1e-4) {
         self.layer = layer
         self.contextTemplates = contextTemplates
         self.templateSeed = templateSeed
+        self.keyAveraging = keyAveraging
         self.vNumGradSteps = vNumGradSteps
         self.vLr = vLr
         self.vWeightDecay = vWeightDecay

@@ -25,6 +25,9 @@ public struct RomeResult: Sendable {
     public var deltaNorm: Float
     /// uᵀk*.
     public var denominator: Float
+    /// uᵀk_i / uᵀk* per rewrite prompt (the bare prompt first): the edited weights add this multiple
+    /// of δ at prompt i, where the optimization added δ itself.
+    public var keyGains: [Float]
     /// Loss per evaluated step (the last one is the final loss).
     public var losses: [EditLoss.Value]
     /// Seconds per phase: "k_star" (the unedited passes that give keys and v_init), "v_star"
@@ -79,6 +82,43 @@ public final class RomeEditor: @unchecked Sendable {
         return RomeBatch(rewrite: rewrite, rewriteTargets: targets, kl: kl, targetNew: target)
     }
 
+    /// The weight of each rewrite prompt's key in k* (they sum to 1). The prompts are the bare one and
+    /// then the template groups in order.
+    func keyWeights(prompts: Int) throws -> [Double] {
+        switch hparams.keyAveraging {
+        case .templates, .each:
+            return [Double](repeating: 1 / Double(prompts), count: prompts)
+        case .groups:
+            let sizes = [1] + templates.groups.map(\.count).filter { $0 > 0 }
+            guard sizes.reduce(0, +) == prompts else { throw EditError(.state, "the template groups do not match the \(prompts) rewrite prompts") }
+            return sizes.flatMap { [Double](repeating: 1 / (Double($0) * Double(sizes.count)), count: $0) }
+        }
+    }
+
+    /// u = C⁻¹K(KᵀC⁻¹K + εI)⁻¹1 for the keys K [ff, n]: the minimizer of uᵀCu subject to Kᵀu = 1
+    /// (C = I without mom2 adjustment), ε = 1e-6·tr(KᵀC⁻¹K)/n keeping near-duplicate keys solvable.
+    func equalGainDirection(keys: [[Float]]) throws -> [Float] {
+        let n = keys.count, ff = model.config.intermediate
+        // ck[i] = C⁻¹k_i [ff]
+        let ck: [[Float]] = try keys.map { k in
+            if hparams.mom2Adjustment, let stats = statistics { return try stats.solve(k, ridge: hparams.mom2Ridge) }
+            return k
+        }
+        var g = [Double](repeating: 0, count: n * n)  // [n, n] KᵀC⁻¹K
+        for i in 0..<n { for j in 0..<n { g[i * n + j] = Double(Vector.dot(keys[i], ck[j])) } }
+        for i in 0..<n { for j in 0..<i { let m = (g[i * n + j] + g[j * n + i]) / 2; g[i * n + j] = m; g[j * n + i] = m } }
+        var trace = 0.0
+        for i in 0..<n { trace += g[i * n + i] }
+        for i in 0..<n { g[i * n + i] += 1e-6 * trace / Double(n) }
+        let a: [Double]
+        do { a = try LAPACK.solveSPD(g, [Double](repeating: 1, count: n), n: n, nrhs: 1) } catch {
+            throw EditError(.degenerateKey, "the template keys' Gram matrix is singular (\(error))")
+        }
+        var u = [Double](repeating: 0, count: ff)
+        for i in 0..<n { for j in 0..<ff { u[j] += a[i] * Double(ck[i][j]) } }
+        return u.map { Float($0) }
+    }
+
     /// Computes the rank-one update for `request` without changing the weights.
     public func computeUpdate(_ request: EditRequest) throws -> RomeResult {
         try computeUpdate(batch: try batch(for: request))
@@ -96,13 +136,33 @@ public final class RomeEditor: @unchecked Sendable {
 
         // k* and v_init from one unedited pass per prompt.
         let pass = try DeltaPass(model: model, site: site, prompts: batch.rewrite + batch.kl)
+        let weights = try keyWeights(prompts: batch.rewrite.count)
         var kStar = [Double](repeating: 0, count: ff)
-        for i in 0..<batch.rewrite.count { for j in 0..<ff { kStar[j] += Double(pass.keys[i][j]) } }
-        let keyStar = kStar.map { Float($0 / Double(batch.rewrite.count)) }
+        for i in 0..<batch.rewrite.count { for j in 0..<ff { kStar[j] += weights[i] * Double(pass.keys[i][j]) } }
+        let keyStar = kStar.map { Float($0) }
+        lap("k_star")
+        // u = C⁻¹k* / ‖C⁻¹k*‖ (or k*/‖k*‖) depends on the unedited keys only.
+        var u = keyStar
+        if h.keyAveraging == .each {
+            u = try equalGainDirection(keys: Array(pass.keys.prefix(batch.rewrite.count)))
+        } else if h.mom2Adjustment, let stats = statistics {
+            u = try stats.solve(keyStar, ridge: h.mom2Ridge)
+        }
+        let un = Vector.norm(u)
+        guard un > 0, un.isFinite else { throw EditError(.nonFinite, "C⁻¹k* is zero or non-finite") }
+        u = u.map { $0 / un }
+        let denom = Vector.dot(u, keyStar)
+        // uᵀk* = k*ᵀC⁻¹k*/‖C⁻¹k*‖ > 0 for positive definite C; a vanishing value means k* is (nearly) outside C's span.
+        guard denom.isFinite, denom > 1e-6 * Vector.norm(keyStar) else {
+            throw EditError(.degenerateKey, "uᵀk* = \(denom) is too small for a stable update")
+        }
+        // Gains of every prompt (rewrite, then KL): (W + r uᵀ)k_i = Wk_i + (uᵀk_i/uᵀk*) δ.
+        let gains = pass.keys.map { Vector.dot(u, $0) / denom }
+        guard gains.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "a key gain is non-finite") }
+        lap("closed_form")
         let vInit = pass.mlpOutputs[0]
         let vInitNorm = Vector.norm(vInit)
         guard vInitNorm > 0, vInitNorm.isFinite else { throw EditError(.nonFinite, "the MLP output at the subject is zero or non-finite") }
-        lap("k_star")
 
         // v* = W k* + δ: Adam on δ with NLL + KL + weight decay, early stop, and the norm clamp.
         var loss = EditLoss(rewriteTargets: batch.rewriteTargets, klRows: batch.kl.count, klFactor: h.klFactor,
@@ -127,22 +187,11 @@ public final class RomeEditor: @unchecked Sendable {
         }
         lap("v_star")
 
-        // u = C⁻¹k* / ‖C⁻¹k*‖ (or k*/‖k*‖); r = δ / (uᵀk*).
-        var u = keyStar
-        if h.mom2Adjustment, let stats = statistics { u = try stats.solve(keyStar, ridge: h.mom2Ridge) }
-        let un = Vector.norm(u)
-        guard un > 0, un.isFinite else { throw EditError(.nonFinite, "C⁻¹k* is zero or non-finite") }
-        u = u.map { $0 / un }
-        let denom = Vector.dot(u, keyStar)
-        // uᵀk* = k*ᵀC⁻¹k*/‖C⁻¹k*‖ > 0 for positive definite C; a vanishing value means k* is (nearly) outside C's span.
-        guard denom.isFinite, denom > 1e-6 * Vector.norm(keyStar) else {
-            throw EditError(.degenerateKey, "uᵀk* = \(denom) is too small for a stable update")
-        }
+        // r = δ / (uᵀk*).
         let r = delta.map { $0 / denom }
         guard r.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "the update vector is non-finite") }
-        lap("closed_form")
         let update = RankOneUpdate(parameter: model.weights.layers[h.layer].wDown.name, layer: h.layer, u: u, r: r)
         return RomeResult(update: update, keyStar: keyStar, valueInitNorm: vInitNorm, deltaNorm: Vector.norm(delta),
-                          denominator: denom, losses: losses, phases: phases)
+                          denominator: denom, keyGains: Array(gains.prefix(batch.rewrite.count)), losses: losses, phases: phases)
     }
 }

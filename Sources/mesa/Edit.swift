@@ -69,7 +69,7 @@ struct Edit: ParsableCommand {
                 var out: [String: Any] = [
                     "subject": subject, "prompt": prompt, "target_new": targetNew, "edit_seconds": editSeconds,
                     "phases": result.phases, "steps": result.losses.count, "final_loss": result.losses.last?.total ?? .nan,
-                    "delta_norm": result.deltaNorm, "v_init_norm": result.valueInitNorm, "denominator": result.denominator,
+                    "delta_norm": result.deltaNorm, "v_init_norm": result.valueInitNorm, "denominator": result.denominator, "key_gains": result.keyGains,
                     "p_new_before": exp(-preNew), "p_new_after": exp(-postNew), "hash_before": hashBefore, "hash_after": hashAfter,
                 ]
                 if let pre, let post {
@@ -85,7 +85,8 @@ struct Edit: ParsableCommand {
             print(String(format: "  %.2f s: k* %.3f s, v* %.3f s (%d steps, loss %.3f → %.3f), closed form %.3f s",
                          editSeconds, result.phases["k_star"] ?? 0, result.phases["v_star"] ?? 0, result.losses.count,
                          result.losses.first?.total ?? .nan, result.losses.last?.total ?? .nan, result.phases["closed_form"] ?? 0))
-            print(String(format: "  ‖δ‖ %.3f (‖v_init‖ %.3f), uᵀk* %.4f", result.deltaNorm, result.valueInitNorm, result.denominator))
+            print(String(format: "  ‖δ‖ %.3f (‖v_init‖ %.3f), uᵀk* %.4f, bare-prompt gain uᵀk/uᵀk* %.3f", result.deltaNorm,
+                         result.valueInitNorm, result.denominator, result.keyGains.first ?? .nan))
             print(String(format: "  P(%@ | prompt): %.4f → %.4f", targetNew, exp(-preNew), exp(-postNew)))
             if let pre, let post {
                 func row(_ name: String, _ a: Double, _ b: Double) { print(String(format: "  %@ %8.3f → %8.3f", name, a, b)) }

@@ -56,7 +56,7 @@ struct CounterFactRunner {
             "layer": "\(h.layer)", "v_num_grad_steps": "\(h.vNumGradSteps)", "v_lr": "\(h.vLr)", "v_weight_decay": "\(h.vWeightDecay)",
             "clamp_norm_factor": "\(h.clampNormFactor)", "kl_factor": "\(h.klFactor)", "early_stop_loss": "\(h.earlyStopLoss)",
             "mom2_adjustment": "\(h.mom2Adjustment)", "context_templates": "\(editor.templates.prefixes.count)",
-            "template_seed": "\(h.templateSeed)", "blas": BLAS.configuration.description,
+            "template_seed": "\(h.templateSeed)", "key_averaging": h.keyAveraging.rawValue, "blas": BLAS.configuration.description,
         ]
         if let st = editor.statistics { s["mom2_tokens"] = "\(st.count)"; s["mom2_ridge"] = "\(h.mom2Ridge)" }
         return s

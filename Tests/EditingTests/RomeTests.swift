@@ -70,6 +70,34 @@ import Testing
         #expect(abs(Vector.norm(r.update.u) - 1) < 1e-5)
     }
 
+    /// The key gains uᵀk_i/uᵀk* average to 1 under each key averaging's weights, and `each` makes
+    /// every gain 1: δ reaches every rewrite prompt whole, subject-initial bare prompts included.
+    @Test(arguments: [RomeHyperparameters.KeyAveraging.templates, .groups, .each])
+    func keyAveragingWeightsAndGains(_ averaging: RomeHyperparameters.KeyAveraging) throws {
+        let m = try TinyEditModel.load()
+        let ff = m.config.intermediate
+        var moment = [Float](repeating: 0, count: ff * ff)
+        for i in 0..<ff { moment[i * ff + i] = Float(1 + i % 5) }
+        for i in 1..<ff { moment[i * ff + i - 1] = 0.3; moment[(i - 1) * ff + i] = 0.3 }
+        let stats = KeyStatistics(spec: KeyStatisticsSpec(modelHash: m.weightHash, layer: 1, tokens: 1), dim: ff, count: 1, moment: moment)
+        var h = RomeHyperparameters(layer: 1, keyAveraging: averaging)
+        h.vNumGradSteps = 2
+        let editor = try RomeEditor(model: m, hparams: h, templates: try Self.templates(m), statistics: stats)
+        let r = try editor.computeUpdate(EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome"))
+        let g = r.keyGains.map(Double.init)
+        #expect(g.count == 5)
+        switch averaging {
+        case .templates:
+            #expect(abs(g.reduce(0, +) / 5 - 1) < 1e-4)
+        case .groups:
+            // Groups: the bare prompt, then 2 + 2 templates: weights 1/3, 1/6 × 4.
+            #expect(abs(g[0] / 3 + g[1...].reduce(0, +) / 6 - 1) < 1e-4)
+        case .each:
+            for x in g { #expect(abs(x - 1) < 1e-3) }
+        }
+        #expect(abs(Vector.norm(r.update.u) - 1) < 1e-5)
+    }
+
     @Test func badRequestsAreTypedErrorsAndLeaveWeightsUntouched() throws {
         let m = try TinyEditModel.load()
         var h = RomeHyperparameters(layer: 1)
