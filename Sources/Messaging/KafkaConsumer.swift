@@ -16,8 +16,11 @@ import Foundation
 /// - Only one message is in flight: `next` hands out another one only after the previous one was
 ///   committed or released.
 /// - A partition is paused (`rd_kafka_pause_partitions`) while it holds `maxBufferedPerPartition`
-///   messages (buffered or in flight), so nothing piles up during a long piece of work; committing
-///   resumes it, and fetching continues right after the last message received.
+///   messages (in flight plus buffered), so nothing piles up during a long piece of work; committing
+///   resumes it, and fetching continues right after the last message received. The default, 2, keeps
+///   the partition's next message ready while the current one is worked on: a resumed partition waits
+///   for the broker's in-flight fetch (up to `fetch.wait.max.ms`) before it gets data again, which with
+///   1 adds that wait to every message.
 /// - `commit(m)` synchronously commits `m.offset + 1` for m's partition. `release(m)` gives m back
 ///   uncommitted: the next `next` hands it out again.
 /// - On a rebalance that revokes the partition of the message in flight, the poll thread waits up to
@@ -25,7 +28,8 @@ import Foundation
 ///   messages of revoked partitions are dropped (their next owner fetches them from the committed offset).
 ///
 /// Defaults: `enable.auto.commit=false` (required), `enable.auto.offset.store=false`,
-/// `auto.offset.reset=earliest`; `group.id` must be given.
+/// `auto.offset.reset=earliest`, `fetch.wait.max.ms=100` (librdkafka's 500 delays resumed partitions);
+/// `group.id` must be given.
 public final class KafkaConsumer: @unchecked Sendable {
     /// The consumer's lifecycle.
     public enum State: Sendable, Equatable {
@@ -49,10 +53,10 @@ public final class KafkaConsumer: @unchecked Sendable {
     ///   - logger: receives librdkafka's log lines, consumer errors and rebalances. Called from
     ///     librdkafka's threads; it must not call back into this consumer.
     ///   - drainTimeout: how long a rebalance or `close()` waits for the message in flight to be settled.
-    ///   - maxBufferedPerPartition: how many messages of one partition are held (buffered + in flight)
-    ///     before that partition is paused.
+    ///   - maxBufferedPerPartition: how many messages of one partition are held (in flight + buffered)
+    ///     before that partition is paused; 1 pauses it as soon as its message is handed out.
     public init(properties: [String: String], topics: [String], logger: KafkaLogger? = nil,
-                drainTimeout: Double = 30, maxBufferedPerPartition: Int = 1) throws {
+                drainTimeout: Double = 30, maxBufferedPerPartition: Int = 2) throws {
         core = ConsumerCore(logger: logger, drainTimeout: drainTimeout, maxBuffered: max(1, maxBufferedPerPartition))
         try core.open(properties: properties, topics: topics)
     }
@@ -159,7 +163,10 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
             throw KafkaError("KafkaConsumer commits explicitly: enable.auto.commit must be false")
         }
         guard !topics.isEmpty else { throw KafkaError("KafkaConsumer needs at least one topic") }
-        var props = ["enable.auto.commit": "false", "enable.auto.offset.store": "false", "auto.offset.reset": "earliest"]
+        var props = [
+            "enable.auto.commit": "false", "enable.auto.offset.store": "false", "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": "100",
+        ]
         props.merge(properties) { $1 }
         let conf = try KafkaConfiguration(props)
         install(on: conf)

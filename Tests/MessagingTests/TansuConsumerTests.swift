@@ -92,6 +92,39 @@ struct TansuConsumerTests {
         #expect(redelivered.map(\.payloadString) == ["e1", "e2"])
     }
 
+    @Test func deeperBufferKeepsPartitionOrderWithoutGapsOrDuplicates() throws {
+        let broker = try DevelopmentBroker()
+        defer { broker.stop() }
+        try KafkaAdmin(properties: ["bootstrap.servers": broker.bootstrapServers])
+            .createTopics(["stream"], partitions: 2, replicationFactor: 1, timeout: 10)
+        let producer = try KafkaProducer(properties: ["bootstrap.servers": broker.bootstrapServers])
+        defer { producer.close() }
+        var sent: [String: [Int64]] = [:]
+        for i in 0..<40 {
+            let r = try producer.send(topic: "stream", key: "k\(i % 5)".bytes, payload: "\(i)".bytes, timeout: 10)
+            sent["stream/\(r.partition)", default: []].append(r.offset)
+        }
+        let consumer = try KafkaConsumer(properties: groupProperties(broker.bootstrapServers, group: "deep"),
+                                         topics: ["stream"], maxBufferedPerPartition: 4)
+        defer { consumer.close() }
+        var got: [String: [Int64]] = [:]
+        var released: Set<String> = []
+        let deadline = Date(timeIntervalSinceNow: 20)
+        while got.values.map(\.count).reduce(0, +) < 40, Date() < deadline {
+            guard let m = consumer.next(timeout: 0.5) else { continue }
+            // A retry now and then: the released message comes back before anything newer of its partition.
+            if m.offset % 5 == 2, released.insert("\(m.partitionKey)@\(m.offset)").inserted {
+                consumer.release(m)
+                continue
+            }
+            try consumer.commit(m)
+            got[m.partitionKey, default: []].append(m.offset)
+        }
+        #expect(got == sent)
+        #expect(released.count == sent.values.map { $0.filter { $0 % 5 == 2 }.count }.reduce(0, +))
+        #expect(consumer.next(timeout: 1) == nil)
+    }
+
     @Test func cloudEventBinaryHeadersRoundTrip() throws {
         let broker = try DevelopmentBroker()
         defer { broker.stop() }
@@ -155,10 +188,11 @@ struct TansuConsumerTests {
 
         let consumer = try KafkaConsumer(
             properties: groupProperties(broker.bootstrapServers, group: "slow", extra: ["max.poll.interval.ms": "7000"]),
-            topics: ["slow"], logger: log.logger)
+            topics: ["slow"], logger: log.logger, maxBufferedPerPartition: 1)
         defer { consumer.close() }
         let m0 = try #require(consumer.next(timeout: 15))
-        // The "edit": longer than max.poll.interval.ms. The poll thread keeps polling the paused partition.
+        // The "edit": longer than max.poll.interval.ms. The partition is paused from the moment m0 was
+        // handed out, and the poll thread keeps polling.
         Thread.sleep(forTimeInterval: 9)
         _ = try producer.send(topic: "slow", key: nil, payload: "s2".bytes, timeout: 10)
         try consumer.commit(m0)
