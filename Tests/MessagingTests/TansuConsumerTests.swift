@@ -35,7 +35,9 @@ struct TansuConsumerTests {
             #expect(sent[m.payloadString]! == (m.partition, m.offset))
             #expect(m.timestamp != nil)
         }
-        #expect(first.lag().values.allSatisfy { $0 == 0 }, "lag after committing everything: \(first.lag())")
+        let lag = first.lag()
+        #expect(Set(lag.keys) == Set(sent.values.map { "facts/\($0.partition)" }), "\(lag)")
+        #expect(lag.values.allSatisfy { $0 == 0 }, "lag after committing everything: \(lag)")
         first.close()
         #expect(first.state == .closed)
         first.close()  // idempotent
