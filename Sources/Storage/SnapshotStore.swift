@@ -1,0 +1,445 @@
+import CLMDB
+import Foundation
+import Tensor
+
+/// A failure of the snapshot store, with a code a caller can act on.
+public struct SnapshotStoreError: Error, CustomStringConvertible, Equatable, Sendable {
+    public enum Code: String, Sendable {
+        /// The store belongs to another base model.
+        case baseMismatch
+        /// No snapshot with that sequence number.
+        case notFound
+        /// A record failed its checksum or does not parse: it is refused, never used.
+        case corrupted
+        /// The event id is already recorded (a redelivery).
+        case duplicateEvent
+        /// The store has no base yet, or an argument does not fit the store.
+        case state
+    }
+
+    public var code: Code
+    public var message: String
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+    public var description: String { "snapshot store (\(code.rawValue)): \(message)" }
+}
+
+/// One low-rank factor pair ΔW = L·R of one tensor W [rows, cols]: L [rows, rank], R [rank, cols],
+/// both row-major. A ROME edit is one factor of rank 1 (L = r, R = uᵀ).
+public struct StoredFactor: Sendable, Equatable {
+    public var parameter: String
+    public var layer: Int
+    public var rows: Int
+    public var cols: Int
+    public var rank: Int
+    /// [rows, rank]
+    public var left: [Float]
+    /// [rank, cols]
+    public var right: [Float]
+
+    public init(parameter: String, layer: Int, rows: Int, cols: Int, rank: Int, left: [Float], right: [Float]) {
+        self.parameter = parameter
+        self.layer = layer
+        self.rows = rows
+        self.cols = cols
+        self.rank = rank
+        self.left = left
+        self.right = right
+    }
+}
+
+/// Where an event came from on the log.
+public struct EventSource: Codable, Sendable, Equatable {
+    public var topic: String
+    public var partition: Int32
+    public var offset: Int64
+    public init(topic: String, partition: Int32, offset: Int64) {
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+    }
+}
+
+/// The BLAS configuration an edit was computed with: results are bitwise reproducible only for the
+/// same library version, core type and thread count.
+public struct BLASInfo: Codable, Sendable, Equatable {
+    public var library: String
+    public var core: String
+    public var threads: Int
+    public init(library: String, core: String, threads: Int) {
+        self.library = library
+        self.core = core
+        self.threads = threads
+    }
+}
+
+/// What the caller supplies for one applied edit; the store assigns the sequence number and parent.
+public struct SnapshotDraft: Sendable {
+    public var eventId: String
+    public var source: EventSource?
+    public var method: String
+    /// The effective hyperparameters, as JSON text.
+    public var hyperparameters: String
+    public var hashBefore: String
+    public var hashAfter: String
+    public var blas: BLASInfo
+    public var factors: [StoredFactor]
+
+    public init(eventId: String, source: EventSource?, method: String, hyperparameters: String,
+                hashBefore: String, hashAfter: String, blas: BLASInfo, factors: [StoredFactor]) {
+        self.eventId = eventId
+        self.source = source
+        self.method = method
+        self.hyperparameters = hyperparameters
+        self.hashBefore = hashBefore
+        self.hashAfter = hashAfter
+        self.blas = blas
+        self.factors = factors
+    }
+}
+
+/// A stored snapshot: the weights after edit `seq`, reached from snapshot `parent` by `factors`.
+public struct SnapshotRecord: Sendable, Equatable {
+    public var seq: UInt64
+    /// The snapshot the edit was applied on (0 = the base model).
+    public var parent: UInt64
+    public var eventId: String
+    public var source: EventSource?
+    public var method: String
+    public var hyperparameters: String
+    /// The edit's result document (metrics, timings) as published, JSON text: a redelivered event
+    /// republishes it.
+    public var result: String
+    public var hashBefore: String
+    public var hashAfter: String
+    public var blas: BLASInfo
+    public var createdAt: String
+    public var factors: [StoredFactor]
+    /// Size of the stored record in bytes.
+    public var storedBytes: Int
+}
+
+/// One journal entry: every change of the head (an edit, a rollback) in order.
+public struct JournalEntry: Codable, Sendable, Equatable {
+    public enum Kind: String, Codable, Sendable { case base, edit, rollback, label }
+    public var id: UInt64
+    public var kind: Kind
+    public var time: String
+    public var headBefore: UInt64
+    public var headAfter: UInt64
+    /// The weight hash at `headAfter`.
+    public var hash: String
+    /// The fact update or control command that caused it.
+    public var eventId: String?
+    /// A `label` entry's text.
+    public var label: String?
+}
+
+/// The durable edit history of one model, in one LMDB environment:
+/// - `meta`: the base model's hash and name, the head (the snapshot the live weights equal), counters;
+/// - `snapshots`: sequence number (big-endian u64) → a checksummed record with the compact delta;
+/// - `events`: event id → what it produced (`s` + seq for an edit, `j` + journal id for a command),
+///   so a redelivered event is recognized and never applied twice;
+/// - `journal`: every head change (edits and rollbacks) in order.
+///
+/// Every edit is one write transaction: record, event index, head and journal entry commit together or
+/// not at all. The live weights at snapshot N are the base weights plus the factors of N's ancestry
+/// (parent links, so an edit after a rollback starts a new branch), applied from the root down.
+public final class SnapshotStore: @unchecked Sendable {
+    public let environment: LMDBEnvironment
+    let meta: MDB_dbi, snapshots: MDB_dbi, events: MDB_dbi, journalDB: MDB_dbi
+
+    static let magic = Array("MESASNP1".utf8)
+
+    /// Opens (creating if needed) the store in directory `path`.
+    public init(path: String, mapSize: Int = 1 << 30) throws {
+        environment = try LMDBEnvironment(path: path, mapSize: mapSize)
+        meta = try environment.database("meta")
+        snapshots = try environment.database("snapshots")
+        events = try environment.database("events")
+        journalDB = try environment.database("journal")
+    }
+
+    // MARK: base and head
+
+    /// Records the base model on first use; afterwards checks that `modelHash` is the recorded base.
+    public func attachBase(modelHash: String, modelName: String) throws {
+        try environment.write { t in
+            if let existing = try t.get(meta, key: Self.key("base_hash")) {
+                let base = String(decoding: existing, as: UTF8.self)
+                guard base == modelHash else {
+                    throw SnapshotStoreError(.baseMismatch, "this store belongs to base model \(base), not \(modelHash)")
+                }
+                return
+            }
+            try t.put(meta, key: Self.key("base_hash"), value: Array(modelHash.utf8))
+            try t.put(meta, key: Self.key("model_name"), value: Array(modelName.utf8))
+            try t.put(meta, key: Self.key("head"), value: Self.be(0))
+            try journal(t, kind: .base, headBefore: 0, headAfter: 0, hash: modelHash, eventId: nil)
+        }
+    }
+
+    /// The base model's weight hash, or nil before `attachBase`.
+    public func baseHash() throws -> String? {
+        try environment.read { t in try t.get(meta, key: Self.key("base_hash")).map { String(decoding: $0, as: UTF8.self) } }
+    }
+
+    public func modelName() throws -> String? {
+        try environment.read { t in try t.get(meta, key: Self.key("model_name")).map { String(decoding: $0, as: UTF8.self) } }
+    }
+
+    /// The snapshot the live weights equal (0 = the base model).
+    public func head() throws -> UInt64 {
+        try environment.read { t in try t.get(meta, key: Self.key("head")).map(Self.u64) ?? 0 }
+    }
+
+    /// The weight hash recorded for snapshot `seq` (the base hash for 0).
+    public func hash(at seq: UInt64) throws -> String {
+        if seq == 0 {
+            guard let b = try baseHash() else { throw SnapshotStoreError(.state, "the store has no base model") }
+            return b
+        }
+        return try record(seq).hashAfter
+    }
+
+    // MARK: events
+
+    /// What an event id already produced: an edit's snapshot, or a command's journal entry.
+    public enum EventOutcome: Equatable, Sendable {
+        case snapshot(UInt64)
+        case journal(UInt64)
+    }
+
+    public func outcome(ofEvent id: String) throws -> EventOutcome? {
+        try environment.read { t in try t.get(events, key: Array(id.utf8)).flatMap(Self.decodeOutcome) }
+    }
+
+    // MARK: writes
+
+    /// Stores an applied edit on top of the current head, in one transaction with its event index
+    /// entry, the new head and a journal entry. Throws `duplicateEvent` (writing nothing) when the
+    /// event id is already recorded, and `state` when the head moved since `hashBefore` was taken.
+    /// `result` makes the result document for the assigned sequence number, inside the transaction.
+    @discardableResult
+    public func commitEdit(_ draft: SnapshotDraft, expectedHead: UInt64, result: (UInt64) throws -> String = { _ in "{}" }) throws -> SnapshotRecord {
+        try environment.write { t in
+            guard try t.get(meta, key: Self.key("base_hash")) != nil else { throw SnapshotStoreError(.state, "the store has no base model") }
+            if try t.get(events, key: Array(draft.eventId.utf8)) != nil {
+                throw SnapshotStoreError(.duplicateEvent, "event \(draft.eventId) is already recorded")
+            }
+            let head = try t.get(meta, key: Self.key("head")).map(Self.u64) ?? 0
+            guard head == expectedHead else {
+                throw SnapshotStoreError(.state, "the head is \(head), the edit was computed on \(expectedHead)")
+            }
+            let seq = (try t.get(meta, key: Self.key("next_seq")).map(Self.u64) ?? 1)
+            var rec = SnapshotRecord(seq: seq, parent: head, eventId: draft.eventId, source: draft.source, method: draft.method,
+                                     hyperparameters: draft.hyperparameters, result: try result(seq), hashBefore: draft.hashBefore,
+                                     hashAfter: draft.hashAfter, blas: draft.blas, createdAt: Self.now(), factors: draft.factors,
+                                     storedBytes: 0)
+            let bytes = try Self.encode(rec)
+            rec.storedBytes = bytes.count
+            try t.put(snapshots, key: Self.be(seq), value: bytes, noOverwrite: true)
+            try t.put(events, key: Array(draft.eventId.utf8), value: [UInt8(ascii: "s")] + Self.be(seq))
+            try t.put(meta, key: Self.key("next_seq"), value: Self.be(seq + 1))
+            try t.put(meta, key: Self.key("head"), value: Self.be(seq))
+            try journal(t, kind: .edit, headBefore: head, headAfter: seq, hash: draft.hashAfter, eventId: draft.eventId)
+            return rec
+        }
+    }
+
+    /// Moves the head to snapshot `seq` (0 = base) and journals it, indexing `commandId` so a
+    /// redelivered command is recognized. The caller has already restored the weights and checked
+    /// their hash against `hash(at: seq)`.
+    @discardableResult
+    public func commitRollback(to seq: UInt64, commandId: String?) throws -> JournalEntry {
+        let target = try hash(at: seq)
+        return try environment.write { t in
+            if let id = commandId, try t.get(events, key: Array(id.utf8)) != nil {
+                throw SnapshotStoreError(.duplicateEvent, "command \(id) is already recorded")
+            }
+            let head = try t.get(meta, key: Self.key("head")).map(Self.u64) ?? 0
+            try t.put(meta, key: Self.key("head"), value: Self.be(seq))
+            let entry = try journal(t, kind: .rollback, headBefore: head, headAfter: seq, hash: target, eventId: commandId)
+            if let id = commandId { try t.put(events, key: Array(id.utf8), value: [UInt8(ascii: "j")] + Self.be(entry.id)) }
+            return entry
+        }
+    }
+
+    /// Journals a label for the current head (the `snapshot` control command), indexing `commandId`.
+    @discardableResult
+    public func commitLabel(_ label: String, commandId: String?) throws -> JournalEntry {
+        let seq = try head()
+        let h = try hash(at: seq)
+        return try environment.write { t in
+            if let id = commandId, try t.get(events, key: Array(id.utf8)) != nil {
+                throw SnapshotStoreError(.duplicateEvent, "command \(id) is already recorded")
+            }
+            let entry = try journal(t, kind: .label, headBefore: seq, headAfter: seq, hash: h, eventId: commandId, label: label)
+            if let id = commandId { try t.put(events, key: Array(id.utf8), value: [UInt8(ascii: "j")] + Self.be(entry.id)) }
+            return entry
+        }
+    }
+
+    /// Journal entry `id`.
+    public func journalEntry(_ id: UInt64) throws -> JournalEntry {
+        guard let v = try environment.read({ t in try t.get(journalDB, key: Self.be(id)) }) else {
+            throw SnapshotStoreError(.notFound, "no journal entry \(id)")
+        }
+        return try Self.decoder().decode(JournalEntry.self, from: Data(v))
+    }
+
+    // MARK: reads
+
+    /// The record of snapshot `seq`, its checksum verified.
+    public func record(_ seq: UInt64) throws -> SnapshotRecord {
+        guard let bytes = try environment.read({ t in try t.get(snapshots, key: Self.be(seq)) }) else {
+            throw SnapshotStoreError(.notFound, "no snapshot \(seq)")
+        }
+        return try Self.decode(bytes, seq: seq)
+    }
+
+    /// Every snapshot in sequence order, each verified.
+    public func records() throws -> [SnapshotRecord] {
+        let all = try environment.read { t in try t.entries(snapshots) }
+        return try all.map { try Self.decode($0.value, seq: Self.u64($0.key)) }
+    }
+
+    /// The snapshots whose factors, applied in order to the base weights, give snapshot `seq`.
+    public func lineage(to seq: UInt64) throws -> [SnapshotRecord] {
+        var chain: [SnapshotRecord] = []
+        var s = seq
+        while s != 0 {
+            let r = try record(s)
+            guard r.parent < r.seq else { throw SnapshotStoreError(.corrupted, "snapshot \(s) has parent \(r.parent)") }
+            chain.append(r)
+            s = r.parent
+        }
+        return chain.reversed()
+    }
+
+    public func journal() throws -> [JournalEntry] {
+        let dec = Self.decoder()
+        return try environment.read { t in try t.entries(journalDB) }.map { try dec.decode(JournalEntry.self, from: Data($0.value)) }
+    }
+
+    // MARK: encoding
+
+    struct Header: Codable {
+        var seq: UInt64
+        var parent: UInt64
+        var eventId: String
+        var source: EventSource?
+        var method: String
+        var hyperparameters: String
+        var result: String
+        var hashBefore: String
+        var hashAfter: String
+        var blas: BLASInfo
+        var createdAt: String
+        var factors: [FactorHeader]
+    }
+
+    struct FactorHeader: Codable {
+        var parameter: String
+        var layer: Int
+        var rows: Int
+        var cols: Int
+        var rank: Int
+    }
+
+    /// "MESASNP1" | u32 header length | header JSON | u32 float count | Float32 LE payload | SHA-256 of
+    /// everything before it.
+    static func encode(_ r: SnapshotRecord) throws -> [UInt8] {
+        for f in r.factors where f.left.count != f.rows * f.rank || f.right.count != f.rank * f.cols {
+            throw SnapshotStoreError(.state, "factor of \(f.parameter) does not match its shape")
+        }
+        let header = Header(seq: r.seq, parent: r.parent, eventId: r.eventId, source: r.source, method: r.method,
+                            hyperparameters: r.hyperparameters, result: r.result, hashBefore: r.hashBefore, hashAfter: r.hashAfter,
+                            blas: r.blas, createdAt: r.createdAt,
+                            factors: r.factors.map { FactorHeader(parameter: $0.parameter, layer: $0.layer, rows: $0.rows, cols: $0.cols, rank: $0.rank) })
+        let h = try encoder().encode(header)
+        let floats = r.factors.flatMap { $0.left + $0.right }
+        var out = magic
+        out += le32(UInt32(h.count)) + Array(h) + le32(UInt32(floats.count))
+        out.reserveCapacity(out.count + floats.count * 4 + 32)
+        for f in floats { out += le32(f.bitPattern) }
+        out += SHA256.hash(out)
+        return out
+    }
+
+    static func decode(_ b: [UInt8], seq: UInt64) throws -> SnapshotRecord {
+        func bad(_ m: String) -> SnapshotStoreError { SnapshotStoreError(.corrupted, "snapshot \(seq): \(m)") }
+        guard b.count >= magic.count + 8 + 32, Array(b[0..<8]) == magic else { throw bad("not a snapshot record") }
+        let body = Array(b[0..<(b.count - 32)])
+        guard SHA256.hash(body) == Array(b[(b.count - 32)...]) else { throw bad("checksum mismatch; the record is refused") }
+        let hl = Int(u32(b, 8))
+        guard 12 + hl + 4 <= body.count else { throw bad("truncated header") }
+        let header: Header
+        do { header = try decoder().decode(Header.self, from: Data(b[12..<(12 + hl)])) } catch { throw bad("header: \(error)") }
+        let n = Int(u32(b, 12 + hl)), p0 = 16 + hl
+        guard p0 + 4 * n == body.count, header.seq == seq else { throw bad("payload size or sequence number does not match") }
+        var floats = [Float](repeating: 0, count: n)
+        for i in 0..<n { floats[i] = Float(bitPattern: u32(b, p0 + 4 * i)) }
+        var factors: [StoredFactor] = []
+        var at = 0
+        for f in header.factors {
+            let nl = f.rows * f.rank, nr = f.rank * f.cols
+            guard f.rows > 0, f.cols > 0, f.rank > 0, at + nl + nr <= n else { throw bad("factor \(f.parameter) exceeds the payload") }
+            factors.append(StoredFactor(parameter: f.parameter, layer: f.layer, rows: f.rows, cols: f.cols, rank: f.rank,
+                                        left: Array(floats[at..<(at + nl)]), right: Array(floats[(at + nl)..<(at + nl + nr)])))
+            at += nl + nr
+        }
+        guard at == n else { throw bad("payload has \(n - at) unclaimed values") }
+        return SnapshotRecord(seq: header.seq, parent: header.parent, eventId: header.eventId, source: header.source, method: header.method,
+                              hyperparameters: header.hyperparameters, result: header.result, hashBefore: header.hashBefore,
+                              hashAfter: header.hashAfter, blas: header.blas, createdAt: header.createdAt, factors: factors,
+                              storedBytes: b.count)
+    }
+
+    @discardableResult
+    private func journal(_ t: LMDBTransaction, kind: JournalEntry.Kind, headBefore: UInt64, headAfter: UInt64, hash: String,
+                         eventId: String?, label: String? = nil) throws -> JournalEntry {
+        let id = try t.get(meta, key: Self.key("next_journal")).map(Self.u64) ?? 1
+        let entry = JournalEntry(id: id, kind: kind, time: Self.now(), headBefore: headBefore, headAfter: headAfter, hash: hash, eventId: eventId, label: label)
+        try t.put(journalDB, key: Self.be(id), value: Array(try Self.encoder().encode(entry)))
+        try t.put(meta, key: Self.key("next_journal"), value: Self.be(id + 1))
+        return entry
+    }
+
+    static func decodeOutcome(_ v: [UInt8]) -> EventOutcome? {
+        guard v.count == 9 else { return nil }
+        let n = u64(Array(v[1...]))
+        switch v[0] {
+        case UInt8(ascii: "s"): return .snapshot(n)
+        case UInt8(ascii: "j"): return .journal(n)
+        default: return nil
+        }
+    }
+
+    static func key(_ s: String) -> [UInt8] { Array(s.utf8) }
+    static func be(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (56 - 8 * $0)) } }
+    static func u64(_ b: [UInt8]) -> UInt64 { b.prefix(8).reduce(0) { $0 << 8 | UInt64($1) } }
+    static func le32(_ v: UInt32) -> [UInt8] { [UInt8(truncatingIfNeeded: v), UInt8(truncatingIfNeeded: v >> 8), UInt8(truncatingIfNeeded: v >> 16), UInt8(truncatingIfNeeded: v >> 24)] }
+    static func u32(_ b: [UInt8], _ i: Int) -> UInt32 { UInt32(b[i]) | UInt32(b[i + 1]) << 8 | UInt32(b[i + 2]) << 16 | UInt32(b[i + 3]) << 24 }
+
+    static func encoder() -> JSONEncoder {
+        let e = JSONEncoder()
+        e.keyEncodingStrategy = .convertToSnakeCase
+        e.outputFormatting = [.sortedKeys]
+        return e
+    }
+
+    static func decoder() -> JSONDecoder {
+        let d = JSONDecoder()
+        d.keyDecodingStrategy = .convertFromSnakeCase
+        return d
+    }
+
+    static func now() -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return f.string(from: Date())
+    }
+}

@@ -1,0 +1,88 @@
+import Foundation
+import Storage
+import Testing
+
+@Suite struct SnapshotStoreTests {
+    static func temporaryDirectory() throws -> String {
+        let d = FileManager.default.temporaryDirectory.appendingPathComponent("mesa-snap-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
+        return d.path
+    }
+
+    /// A ROME-sized draft: one rank-one factor of a [576, 1536] down projection.
+    static func draft(_ id: String, before: String, after: String, rows: Int = 576, cols: Int = 1536) -> SnapshotDraft {
+        SnapshotDraft(eventId: id, source: EventSource(topic: "mesa.fact-updates", partition: 0, offset: 7), method: "ROME",
+                      hyperparameters: #"{"layer":7,"v_lr":0.5}"#,
+                      hashBefore: before, hashAfter: after, blas: BLASInfo(library: "OpenBLAS 0.3.21", core: "Zen", threads: 2),
+                      factors: [StoredFactor(parameter: "blk.7.ffn_down.weight", layer: 7, rows: rows, cols: cols, rank: 1,
+                                             left: (0..<rows).map { Float($0) * 0.5 - 3 }, right: (0..<cols).map { Float.ulpOfOne * Float($0) })])
+    }
+
+    @Test func editsRoundTripWithLineageJournalAndDedupe() throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = try SnapshotStore(path: dir)
+        try store.attachBase(modelHash: "base", modelName: "tiny")
+        try store.attachBase(modelHash: "base", modelName: "tiny")
+        #expect(throws: SnapshotStoreError.self) { try store.attachBase(modelHash: "other", modelName: "tiny") }
+        #expect(try store.head() == 0)
+
+        let d1 = Self.draft("e1", before: "base", after: "h1")
+        let r1 = try store.commitEdit(d1, expectedHead: 0) { #"{"snapshot":\#($0),"metrics":{"es":1,"ps":1,"ns":0.9}}"# }
+        #expect(r1.result == #"{"snapshot":1,"metrics":{"es":1,"ps":1,"ns":0.9}}"#)
+        #expect(r1.seq == 1 && r1.parent == 0)
+        #expect(r1.storedBytes <= 16 * 1024, "a ROME snapshot must fit in 16 KiB, got \(r1.storedBytes)")
+        let r2 = try store.commitEdit(Self.draft("e2", before: "h1", after: "h2"), expectedHead: 1)
+        #expect(try r2.parent == 1 && store.head() == 2)
+
+        // A redelivered event writes nothing; a stale head is refused.
+        #expect { try store.commitEdit(Self.draft("e1", before: "h2", after: "x"), expectedHead: 2) } throws: {
+            ($0 as? SnapshotStoreError)?.code == .duplicateEvent
+        }
+        #expect { try store.commitEdit(Self.draft("e3", before: "h1", after: "x"), expectedHead: 1) } throws: {
+            ($0 as? SnapshotStoreError)?.code == .state
+        }
+        #expect(try store.outcome(ofEvent: "e1") == .snapshot(1))
+        #expect(try store.outcome(ofEvent: "nope") == nil)
+
+        let back = try store.record(1)
+        #expect(back.factors == d1.factors && back.eventId == "e1" && back.hashAfter == "h1" && back.blas == d1.blas && back.result == r1.result)
+
+        // Rollback to 1, then a new edit branches from 1.
+        let rb = try store.commitRollback(to: 1, commandId: "c1")
+        #expect(rb.headBefore == 2 && rb.headAfter == 1 && rb.hash == "h1")
+        #expect(try store.outcome(ofEvent: "c1") == .journal(rb.id))
+        #expect { try store.commitRollback(to: 0, commandId: "c1") } throws: { ($0 as? SnapshotStoreError)?.code == .duplicateEvent }
+        let r3 = try store.commitEdit(Self.draft("e3", before: "h1", after: "h3"), expectedHead: 1)
+        #expect(r3.seq == 3 && r3.parent == 1)
+        #expect(try store.lineage(to: 3).map(\.seq) == [1, 3])
+        #expect(try store.lineage(to: 2).map(\.seq) == [1, 2])
+        #expect(try store.hash(at: 0) == "base")
+        #expect(try store.journal().map(\.kind) == [.base, .edit, .edit, .rollback, .edit])
+
+        // Reopening sees the same state.
+        let again = try SnapshotStore(path: dir)
+        #expect(try again.head() == 3 && again.records().count == 3)
+    }
+
+    @Test func corruptedRecordIsRefusedByItsChecksum() throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = try SnapshotStore(path: dir)
+        try store.attachBase(modelHash: "base", modelName: "tiny")
+        try store.commitEdit(Self.draft("e1", before: "base", after: "h1", rows: 8, cols: 16), expectedHead: 0)
+        let db = try store.environment.database("snapshots")
+        let key: [UInt8] = [0, 0, 0, 0, 0, 0, 0, 1]
+        var bytes = try #require(try store.environment.read { try $0.get(db, key: key) })
+        for position in [20, bytes.count - 40, bytes.count - 1] {
+            var bad = bytes
+            bad[position] ^= 0x01
+            try store.environment.write { try $0.put(db, key: key, value: bad) }
+            #expect { try store.record(1) } throws: { ($0 as? SnapshotStoreError)?.code == .corrupted }
+            #expect(throws: SnapshotStoreError.self) { try store.lineage(to: 1) }
+        }
+        bytes.removeLast(5)
+        try store.environment.write { try $0.put(db, key: key, value: bytes) }
+        #expect { try store.record(1) } throws: { ($0 as? SnapshotStoreError)?.code == .corrupted }
+    }
+}
