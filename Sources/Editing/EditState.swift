@@ -10,8 +10,13 @@ public struct EditState: Sendable {
     public let baseHash: String
 
     public init(home: URL, baseHash: String) {
+        self.init(directory: home.appendingPathComponent("state"), baseHash: baseHash)
+    }
+
+    /// The state of the model `baseHash` under a state directory: `<directory>/<hash16>/`.
+    public init(directory: URL, baseHash: String) {
         self.baseHash = baseHash
-        root = home.appendingPathComponent("state").appendingPathComponent(String(baseHash.prefix(16)))
+        root = directory.appendingPathComponent(String(baseHash.prefix(16)))
     }
 
     /// `MESA_HOME` or ~/.local/share/mesa.
