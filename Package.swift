@@ -34,30 +34,36 @@ let package = Package(
         .target(name: "Editing", dependencies: ["ModelRuntime", "Tensor", "Tokenizers"], swiftSettings: numericFlags),
         .target(name: "Evaluation"),
         .target(name: "Contracts"),
-        .target(name: "Storage", dependencies: ["CLMDB"]),
+        .target(name: "Storage", dependencies: ["CLMDB", "Tensor"]),
         .target(name: "Messaging", dependencies: ["CRdKafka"]),
-        .target(name: "EditDaemon", dependencies: []),
+        // The daemon: the one place that composes the model, the editor, storage and messaging.
+        .target(name: "EditDaemon", dependencies: ["Tensor", "ModelRuntime", "Editing", "Evaluation", "Contracts", "Storage", "Messaging"]),
         .executableTarget(
             name: "mesa",
             dependencies: [
-                "Tensor", "Tokenizers", "ModelRuntime", "Editing", "Evaluation", "Contracts", "Storage", "Messaging",
+                "Tensor", "Tokenizers", "ModelRuntime", "Editing", "Evaluation", "Contracts", "Storage", "Messaging", "EditDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
         .executableTarget(
             name: "mesa-bench",
-            dependencies: ["Tensor", "ModelRuntime", "Editing", "Evaluation", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Tensor", "ModelRuntime", "Editing", "Evaluation", "EditDaemon", "Messaging", "Storage", "TestSupport",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/mesa-bench"),
 
         .executableTarget(name: "mesa-bench-validate", dependencies: ["Contracts"], path: "Sources/mesa-bench-validate"),
 
+        // Shared by the test targets: the tiny model writer and paths.
+        .target(name: "TestSupport", dependencies: ["ModelRuntime", "Tokenizers"], swiftSettings: numericFlags),
+
         .testTarget(name: "TensorTests", dependencies: ["Tensor"]),
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "ModelRuntime"]),
         .testTarget(name: "ModelRuntimeTests", dependencies: ["ModelRuntime", "Tensor", "Tokenizers"]),
-        .testTarget(name: "EditingTests", dependencies: ["Editing", "ModelRuntime", "Tensor", "Tokenizers", "Contracts"]),
+        .testTarget(name: "EditingTests", dependencies: ["Editing", "ModelRuntime", "Tensor", "Tokenizers", "Contracts", "TestSupport"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["EditDaemon", "Messaging", "Storage", "Editing", "ModelRuntime", "TestSupport", "Contracts"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation"]),
         .testTarget(name: "ContractsTests", dependencies: ["Contracts"]),
-        .testTarget(name: "StorageTests", dependencies: ["Storage"]),
+        .testTarget(name: "StorageTests", dependencies: ["Storage", "Tensor"]),
         .testTarget(name: "MessagingTests", dependencies: ["Messaging"]),
         .testTarget(name: "EditDaemonTests", dependencies: ["EditDaemon"]),
     ],

@@ -4,24 +4,8 @@ import Foundation
 public enum SkipReason: String, CaseIterable, Sendable {
     /// The edit's id was applied before.
     case duplicate
-    /// The daemon runs with `--dry-run`.
+    /// The fact update asked for a dry run.
     case dryRun = "dry_run"
-}
-
-/// Why an event went to the dead-letter topic (`mesa_dead_letters_total{reason}`).
-public enum DeadLetterReason: String, CaseIterable, Sendable {
-    /// The payload is not JSON.
-    case malformedJSON = "malformed_json"
-    /// The JSON does not match the edit-request schema.
-    case schema
-    /// The payload is larger than the daemon accepts.
-    case tooLarge = "too_large"
-    /// The request names a model this daemon does not serve.
-    case unknownModel = "unknown_model"
-    /// The edit itself failed (e.g. a numerical failure).
-    case editFailed = "edit_failed"
-    /// The request asks for an editing method the daemon does not implement.
-    case unsupportedMethod = "unsupported_method"
 }
 
 /// One partition's consumer lag (messages behind the high watermark).

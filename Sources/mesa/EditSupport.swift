@@ -1,5 +1,5 @@
 import ArgumentParser
-import Contracts
+import EditDaemon
 import Editing
 import Foundation
 import ModelRuntime
@@ -18,63 +18,17 @@ struct EditOptions: ParsableArguments {
     @Option(name: .long, help: "Directory for edit state: templates and key statistics (default: $MESA_HOME).")
     var stateHome: String?
 
-    /// The model's short name: the file name without extension and quantization suffix.
-    static func modelName(_ path: String) -> String {
-        var name = URL(fileURLWithPath: path).lastPathComponent
-        for ext in [".gguf", ".safetensors"] where name.hasSuffix(ext) { name.removeLast(ext.count) }
-        if let dot = name.lastIndex(of: "."), name[name.index(after: dot)...].range(of: #"^(Q\d|F16|F32|BF16|IQ\d)"#, options: .regularExpression) != nil {
-            name = String(name[..<dot])
-        }
-        return name
-    }
-
-    /// Candidate directories holding `hparams/<method>/`.
-    static func deployDirectories() -> [URL] {
-        var dirs: [URL] = []
-        if let d = ProcessInfo.processInfo.environment["MESA_HPARAMS_DIR"], !d.isEmpty { dirs.append(URL(fileURLWithPath: d)) }
-        dirs.append(URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent("deploy/hparams"))
-        // .build/<config>/mesa → the checkout's deploy/hparams.
-        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        dirs.append(exe.deletingLastPathComponent().appendingPathComponent("../../../deploy/hparams").standardizedFileURL)
-        dirs.append(exe.deletingLastPathComponent().appendingPathComponent("../../deploy/hparams").standardizedFileURL)
-        return dirs
-    }
+    static func modelName(_ path: String) -> String { Installation.modelName(path) }
 
     func hparamsURL(method: String, modelPath: String) throws -> URL {
         if let hparams { return URL(fileURLWithPath: hparams) }
-        let file = "\(Self.modelName(modelPath)).json"
-        for d in Self.deployDirectories() {
-            let u = d.appendingPathComponent(method).appendingPathComponent(file)
-            if FileManager.default.fileExists(atPath: u.path) { return u }
-        }
-        throw fail("no \(method) hyperparameters for \(Self.modelName(modelPath)): pass --hparams or add deploy/hparams/\(method)/\(file)")
+        return try Installation.hparamsFile(method: method, modelName: Self.modelName(modelPath))
     }
 
     func romeHyperparameters(modelPath: String) throws -> RomeHyperparameters {
-        let url = try hparamsURL(method: "rome", modelPath: modelPath)
-        guard let data = FileManager.default.contents(atPath: url.path) else { throw fail("cannot read \(url.path)") }
-        try Self.checkSchema(data, file: url, schema: "rome-hparams.schema.json")
-        var h = try RomeHyperparameters.decode(data)
+        var h = try RomeSetup.hyperparameters(at: try hparamsURL(method: "rome", modelPath: modelPath), catalog: try SchemaCatalog.standard())
         if let layer { h.layer = layer }
         return h
-    }
-
-    /// Validates a configuration file against its schema in Schemas/ (next to deploy/ in the checkout).
-    static func checkSchema(_ data: Data, file: URL, schema name: String) throws {
-        let candidates = deployDirectories().map { $0.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Schemas/\(name)") }
-        guard let schemaURL = candidates.first(where: { FileManager.default.fileExists(atPath: $0.path) }) else {
-            throw fail("cannot find Schemas/\(name) to check \(file.path) against")
-        }
-        var registry = SchemaRegistry()
-        let uri = try registry.registerFile(at: schemaURL.path)
-        let compiled = try registry.compile(uri)
-        let value: JSONValue
-        do { value = try JSONValue.parse(data) } catch { throw fail("\(file.path) is not valid JSON: \(error)") }
-        let result = compiled.validate(value)
-        guard result.valid else {
-            let why = result.errors.prefix(5).map { "\($0.instanceLocation): \($0.message)" }.joined(separator: "; ")
-            throw fail("\(file.path) does not conform to \(name): \(why)")
-        }
     }
 
     var corpusPath: String {
@@ -84,6 +38,10 @@ struct EditOptions: ParsableArguments {
     }
 
     var home: URL { stateHome.map { URL(fileURLWithPath: $0) } ?? EditState.defaultHome }
+
+    func setup(progress: ((Int, Int, Double) -> Void)? = nil, shouldStop: (() -> Bool)? = nil) -> RomeSetup {
+        RomeSetup(stateDirectory: home.appendingPathComponent("state"), corpusPath: corpusPath, log: log, progress: progress, shouldStop: shouldStop)
+    }
 }
 
 /// A one-line progress bar on stderr, redrawn at most a few times a second.
@@ -111,31 +69,12 @@ final class ProgressBar {
 func log(_ message: String) { FileHandle.standardError.write(Data("\(message)\n".utf8)) }
 
 /// Loads (or computes, with a progress bar and a resumable checkpoint) the key statistics.
-func keyStatistics(model: LanguageModel, state: EditState, specs: [KeyStatisticsSpec], corpusPath: String) throws -> [KeyStatistics] {
-    var out: [KeyStatistics?] = try specs.map { try state.cachedStatistics($0) }
-    let missing = specs.indices.filter { out[$0] == nil }
-    if !missing.isEmpty {
-        let todo = missing.map { specs[$0] }
-        let corpus = try Corpus(path: corpusPath, seed: todo[0].seed)
-        let ckpt = state.checkpointURL(todo)
-        log("computing key statistics for layer(s) \(todo.map(\.layer)) over \(todo[0].tokens) tokens of \(corpusPath)"
-            + (FileManager.default.fileExists(atPath: ckpt.path) ? " (resuming from \(ckpt.lastPathComponent))" : ""))
-        let bar = ProgressBar("stats")
-        let builder = try KeyStatisticsBuilder(model: model, specs: todo, corpus: corpus, checkpoint: ckpt)
-        let stop = InterruptFlag()
-        guard let built = try builder.run(progress: { bar.update($0.tokens, $0.target, unit: "tok", seconds: $0.seconds) },
-                                          shouldStop: { stop.raised }) else {
-            bar.finish()
-            throw fail("interrupted; progress saved to \(ckpt.path), run again to resume", code: 130)
-        }
-        bar.finish()
-        for (i, s) in zip(missing, built) {
-            try s.write(to: state.statisticsURL(s.spec), corpus: corpusPath)
-            log("stored \(state.statisticsURL(s.spec).path) (\(s.count) tokens)")
-            out[i] = s
-        }
-    }
-    return out.map { $0! }
+func keyStatistics(model: LanguageModel, options: EditOptions, specs: [KeyStatisticsSpec]) throws -> [KeyStatistics] {
+    let bar = ProgressBar("stats")
+    let stop = InterruptFlag()
+    defer { bar.finish() }
+    return try options.setup(progress: { bar.update($0, $1, unit: "tok", seconds: $2) }, shouldStop: { stop.raised })
+        .keyStatistics(model: model, specs: specs)
 }
 
 /// Turns SIGINT into a flag polled between units of work, so long jobs checkpoint and exit cleanly.
@@ -149,13 +88,9 @@ final class InterruptFlag: @unchecked Sendable {
 
 /// The ROME editor for a loaded model: hyperparameters, stored templates, key statistics.
 func makeRomeEditor(model: LanguageModel, modelPath: String, options: EditOptions) throws -> RomeEditor {
-    let h = try options.romeHyperparameters(modelPath: modelPath)
-    try h.validate(layers: model.config.layers)
-    let state = EditState(home: options.home, baseHash: model.weightHash)
-    let templates = try state.templates(model: model, groups: h.contextTemplates, seed: h.templateSeed, log: log)
-    var stats: KeyStatistics?
-    if h.mom2Adjustment {
-        stats = try keyStatistics(model: model, state: state, specs: [h.statisticsSpec(modelHash: state.baseHash)], corpusPath: options.corpusPath)[0]
-    }
-    return try RomeEditor(model: model, hparams: h, templates: templates, statistics: stats)
+    let bar = ProgressBar("stats")
+    let stop = InterruptFlag()
+    defer { bar.finish() }
+    let setup = options.setup(progress: { bar.update($0, $1, unit: "tok", seconds: $2) }, shouldStop: { stop.raised })
+    return try setup.editor(model: model, hparams: try options.romeHyperparameters(modelPath: modelPath))
 }

@@ -90,7 +90,7 @@ struct Layers: ParsableCommand {
             var stats: [Int: KeyStatistics] = [:]
             if h.mom2Adjustment {
                 let specs = layers.map { h.statisticsSpec(modelHash: state.baseHash, layer: $0) }
-                for s in try keyStatistics(model: model, state: state, specs: specs, corpusPath: editOptions.corpusPath) { stats[s.spec.layer] = s }
+                for s in try keyStatistics(model: model, options: editOptions, specs: specs) { stats[s.spec.layer] = s }
             }
             var rows: [LayerSweepRow] = []
             for l in layers {

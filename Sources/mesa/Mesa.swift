@@ -7,7 +7,8 @@ struct Mesa: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mesa",
         abstract: "A streaming knowledge-edit daemon for resident language models.",
-        subcommands: [Generate.self, Score.self, Inspect.self, Validate.self, Stats.self, Edit.self, Eval.self, Layers.self])
+        subcommands: [Serve.self, Publish.self, Results.self, Rollback.self, Snapshots.self, Replay.self,
+                      Generate.self, Score.self, Inspect.self, Validate.self, Stats.self, Edit.self, Eval.self, Layers.self])
 
     static func main() {
         BLAS.selectCoreType()

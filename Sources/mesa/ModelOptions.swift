@@ -14,9 +14,11 @@ struct ModelOptions: ParsableArguments {
     /// The model path: --model, $MESA_MODEL, or the installed default.
     var path: String { get throws { try model ?? ModelLocator.defaultModelPath() } }
 
-    func load() throws -> LanguageModel {
+    func load() throws -> LanguageModel { try load(path: try path) }
+
+    func load(path: String) throws -> LanguageModel {
         BLAS.setThreads(threads)
-        return try ModelLoader.load(path: try path)
+        return try ModelLoader.load(path: path)
     }
 }
 

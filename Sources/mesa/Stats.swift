@@ -39,7 +39,7 @@ struct Stats: ParsableCommand {
             let state = EditState(home: editOptions.home, baseHash: hash)
             let specs = ls.map { KeyStatisticsSpec(modelHash: hash, layer: $0, tokens: tokens, sequenceLength: sequenceLength, seed: seed) }
             let t0 = Date()
-            let stats = try keyStatistics(model: model, state: state, specs: specs, corpusPath: editOptions.corpusPath)
+            let stats = try keyStatistics(model: model, options: editOptions, specs: specs)
             for s in stats {
                 var trace: Double = 0
                 for i in 0..<s.dim { trace += Double(s.moment[i * s.dim + i]) }

@@ -1,0 +1,115 @@
+import Foundation
+
+/// `mesa serve` configuration (Schemas/serve-config.schema.json). Precedence: flags > environment >
+/// file > defaults; `resolve` applies the file and the environment, the executable applies flags.
+public struct DaemonConfiguration: Codable, Sendable, Equatable {
+    public struct Kafka: Codable, Sendable, Equatable {
+        public var bootstrapServers: String?
+        public var groupId: String?
+        public var createTopics: Bool?
+        public var topics: TopicNames?
+        public var properties: [String: String]?
+        public init(bootstrapServers: String? = nil, groupId: String? = nil, createTopics: Bool? = nil, topics: TopicNames? = nil,
+                    properties: [String: String]? = nil) {
+            self.bootstrapServers = bootstrapServers
+            self.groupId = groupId
+            self.createTopics = createTopics
+            self.topics = topics
+            self.properties = properties
+        }
+    }
+    public struct TopicNames: Codable, Sendable, Equatable {
+        public var factUpdates: String?
+        public var control: String?
+        public var results: String?
+        public var deadLetters: String?
+    }
+    public struct HTTP: Codable, Sendable, Equatable {
+        public var listen: String?
+        public init(listen: String? = nil) { self.listen = listen }
+    }
+
+    public var model: String?
+    public var stateDir: String?
+    public var hparamsDir: String?
+    public var corpus: String?
+    public var threads: Int?
+    public var maxEventBytes: Int?
+    public var lmdbMapBytes: Int?
+    public var kafka: Kafka?
+    public var http: HTTP?
+
+    public init() {}
+
+    // MARK: effective values (defaults applied)
+
+    public static let defaultBootstrap = "127.0.0.1:9092"
+    public static let defaultListen = "127.0.0.1:9464"
+
+    public var bootstrapServers: String { kafka?.bootstrapServers ?? Self.defaultBootstrap }
+    public var groupId: String { kafka?.groupId ?? "mesa" }
+    public var createTopics: Bool { kafka?.createTopics ?? true }
+    public var httpListen: String { http?.listen ?? Self.defaultListen }
+    public var eventLimit: Int { maxEventBytes ?? 65_536 }
+    public var mapBytes: Int { lmdbMapBytes ?? (1 << 32) }
+
+    public var topics: Topics {
+        var t = Topics()
+        if let v = kafka?.topics?.factUpdates { t.factUpdates = v }
+        if let v = kafka?.topics?.control { t.control = v }
+        if let v = kafka?.topics?.results { t.results = v }
+        if let v = kafka?.topics?.deadLetters { t.deadLetters = v }
+        return t
+    }
+
+    /// librdkafka properties for every client: the file's pass-through settings and the bootstrap servers.
+    public var kafkaProperties: [String: String] {
+        var p = kafka?.properties ?? [:]
+        p["bootstrap.servers"] = bootstrapServers
+        return p
+    }
+
+    /// The state directory: the configured one, or $MESA_HOME/state.
+    public func stateDirectory(home: URL) -> URL {
+        stateDir.map { URL(fileURLWithPath: $0) } ?? home.appendingPathComponent("state")
+    }
+
+    // MARK: loading
+
+    /// Reads the file at `path` (checked against its schema), then applies the environment.
+    public static func resolve(file path: String?, environment env: [String: String], catalog: SchemaCatalog) throws -> DaemonConfiguration {
+        var c = DaemonConfiguration()
+        if let path {
+            guard let data = FileManager.default.contents(atPath: path) else { throw SetupError("cannot read configuration \(path)") }
+            try catalog.check(data, against: "serve-config.schema.json", what: path)
+            do { c = try JSONCoding.decoder().decode(DaemonConfiguration.self, from: data) } catch {
+                throw SetupError("\(path): \(error)")
+            }
+        }
+        try c.applyEnvironment(env)
+        return c
+    }
+
+    /// MESA_MODEL, MESA_STATE_DIR, MESA_HPARAMS_DIR, MESA_CORPUS, MESA_THREADS, MESA_KAFKA_BOOTSTRAP_SERVERS,
+    /// MESA_KAFKA_GROUP_ID, MESA_HTTP_LISTEN.
+    public mutating func applyEnvironment(_ env: [String: String]) throws {
+        func value(_ k: String) -> String? { env[k].flatMap { $0.isEmpty ? nil : $0 } }
+        if let v = value("MESA_MODEL") { model = v }
+        if let v = value("MESA_STATE_DIR") { stateDir = v }
+        if let v = value("MESA_HPARAMS_DIR") { hparamsDir = v }
+        if let v = value("MESA_CORPUS") { corpus = v }
+        if let v = value("MESA_THREADS") {
+            guard let n = Int(v), n >= 0 else { throw SetupError("MESA_THREADS=\(v) is not a thread count") }
+            threads = n
+        }
+        if let v = value("MESA_KAFKA_BOOTSTRAP_SERVERS") { setKafka { $0.bootstrapServers = v } }
+        if let v = value("MESA_KAFKA_GROUP_ID") { setKafka { $0.groupId = v } }
+        if let v = value("MESA_HTTP_LISTEN") { http = HTTP(listen: v) }
+    }
+
+    public mutating func setKafka(_ body: (inout Kafka) -> Void) {
+        var k = kafka ?? Kafka()
+        body(&k)
+        kafka = k
+    }
+}

@@ -1,0 +1,301 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Editing
+import Foundation
+import Messaging
+import ModelRuntime
+import Storage
+import Tensor
+
+/// SIGTERM / SIGINT as a flag the worker polls between events: intake stops, the edit in flight
+/// finishes, its offset is committed, and `run` returns.
+public enum StopSignal {
+    nonisolated(unsafe) private static var flag: sig_atomic_t = 0
+
+    /// Installs the handlers and unblocks both signals on the calling thread (a parent may have
+    /// spawned this process with them blocked, e.g. from a libdispatch worker thread). Call it on the
+    /// main thread before other threads start, so they inherit the mask.
+    public static func install() {
+        signal(SIGTERM) { _ in StopSignal.flag = 1 }
+        signal(SIGINT) { _ in StopSignal.flag = 1 }
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGTERM)
+        sigaddset(&set, SIGINT)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
+    }
+
+    public static var raised: Bool { flag != 0 }
+    public static func raise() { flag = 1 }
+}
+
+/// `mesa serve`: the model host, the consumer (fact updates and control commands), the producer
+/// (results and dead letters), the snapshot store and the HTTP endpoint, composed.
+///
+/// One worker thread (the caller of `run`) processes one event at a time; the consumer polls on its
+/// own thread and keeps the partition paused while an edit runs. Per event: process (decode →
+/// validate → dedupe → edit → evaluate → snapshot), publish its records, then commit offset+1.
+public final class Daemon: @unchecked Sendable {
+    public struct Settings: Sendable {
+        public var config: DaemonConfiguration
+        public var modelPath: String
+        /// `MESA_HOME`: where the default state directory lives.
+        public var home: URL
+        public init(config: DaemonConfiguration, modelPath: String, home: URL) {
+            self.config = config
+            self.modelPath = modelPath
+            self.home = home
+        }
+    }
+
+    public let settings: Settings
+    public let metrics = DaemonMetrics(version: Daemon.version, methods: ["ROME"])
+    public static let version = "0.5.0"
+    let log: @Sendable (String) -> Void
+    private var stopRequested = false
+    private let lock = NSLock()
+    private var readiness = "starting"
+    /// Called after each event with its outcome and total seconds (benchmarks).
+    public var onEvent: (@Sendable (Outcome, Double) -> Void)?
+
+    public init(settings: Settings, log: @escaping @Sendable (String) -> Void) {
+        self.settings = settings
+        self.log = log
+    }
+
+    /// Asks `run` to return after the event in flight.
+    public func stop() {
+        lock.lock(); stopRequested = true; lock.unlock()
+    }
+
+    var stopping: Bool {
+        lock.lock(); defer { lock.unlock() }
+        return stopRequested || StopSignal.raised
+    }
+
+    func setReadiness(_ s: String) {
+        lock.lock(); readiness = s; lock.unlock()
+        metrics.setReady(s == "ready")
+    }
+
+    func currentReadiness() -> String {
+        lock.lock(); defer { lock.unlock() }
+        return readiness
+    }
+
+    /// Starts everything, processes events until stopped, then shuts down in order.
+    public func run() throws {
+        let c = settings.config
+        let catalog = try SchemaCatalog.standard()
+        if let t = c.threads { BLAS.setThreads(t) }
+
+        // HTTP first, so liveness and "not ready: loading" are visible during a long start.
+        let address = try HTTPServer.parseListen(c.httpListen)
+        let http = HTTPServer(address: address, handler: HealthEndpoints.handler(registry: metrics.registry) { [self] in
+            let r = currentReadiness()
+            return r == "ready" ? .ready : .notReady(r)
+        })
+        try http.start()
+        defer { http.stop() }
+        log("http: listening on \(address.host):\(http.boundPort) (/healthz /readyz /metrics)")
+
+        setReadiness("loading model")
+        let t0 = Date()
+        let model = try ModelLoader.load(path: settings.modelPath)
+        let name = Installation.modelName(settings.modelPath)
+        let stateDir = c.stateDirectory(home: settings.home)
+        log("model: \(name) loaded in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s, base hash \(model.weightHash.prefix(16)); BLAS \(BLAS.configuration.description)")
+
+        setReadiness("preparing the editor")
+        let hparamsDirs = c.hparamsDir.map { [URL(fileURLWithPath: $0)] }
+        let hp = try RomeSetup.hyperparameters(at: try Installation.hparamsFile(method: "rome", modelName: name, directories: hparamsDirs), catalog: catalog)
+        let corpus = c.corpus ?? settings.home.appendingPathComponent("corpus/enwiki-2015-sample.txt").path
+        let setup = RomeSetup(stateDirectory: stateDir, corpusPath: corpus, log: log, shouldStop: { StopSignal.raised })
+        let editor = try setup.editor(model: model, hparams: hp)
+
+        setReadiness("opening the snapshot store")
+        let lmdbDir = EditState(directory: stateDir, baseHash: model.weightHash).root.appendingPathComponent("lmdb")
+        let store = try SnapshotStore(path: lmdbDir.path, mapSize: c.mapBytes)
+        let modelHost = try ModelHost(model: model, modelName: name, store: store)
+        metrics.snapshotHead.set(Double(modelHost.head))
+        log("snapshots: \(lmdbDir.path), head \(modelHost.head), weights \(model.weightHash.prefix(16))")
+        let topics = c.topics
+        let pipeline = try Pipeline(host: modelHost, catalog: catalog, topics: topics, maxEventBytes: c.eventLimit, setup: setup,
+                                    hparams: hp, editor: editor, log: log)
+
+        setReadiness("connecting to Kafka")
+        let props = c.kafkaProperties
+        if c.createTopics {
+            let admin = try KafkaAdmin(properties: props)
+            defer { admin.close() }
+            try admin.createTopics(topics.all, partitions: 1, replicationFactor: 1, timeout: 30)
+        }
+        let producer = try ProducerSlot(properties: props, log: log)
+        defer { producer.close() }
+        let keeper = c.createTopics ? TopicKeeper(properties: props, topics: topics.all, log: log) : nil
+        defer { keeper?.stop() }
+        var consumerProps = props
+        consumerProps["group.id"] = c.groupId
+        // Notice re-created topics (after a broker lost them) in seconds, not at the 5-minute default.
+        if consumerProps["topic.metadata.refresh.interval.ms"] == nil { consumerProps["topic.metadata.refresh.interval.ms"] = "10000" }
+        let consumer = try KafkaConsumer(properties: consumerProps, topics: topics.inputs, logger: log)
+        defer { consumer.close() }
+        metrics.setConsumerLagSource {
+            consumer.lag().map { key, lag in
+                let cut = key.lastIndex(of: "/")
+                return ConsumerLag(topic: cut.map { String(key[..<$0]) } ?? key, partition: cut.flatMap { Int32(key[key.index(after: $0)...]) } ?? 0, lag: lag)
+            }
+        }
+        setReadiness("ready")
+        log("consuming \(topics.inputs.joined(separator: ", ")) as group \(c.groupId) from \(c.bootstrapServers)")
+
+        while !stopping {
+            guard let m = consumer.next(timeout: 0.25) else { continue }
+            handle(m, pipeline: pipeline, producer: producer, consumer: consumer)
+            metrics.snapshotHead.set(Double(modelHost.head))
+        }
+        setReadiness("stopping")
+        log("stopping: intake closed, no edit in flight")
+    }
+
+    /// Processes, publishes and commits one event. An event whose records could not be published or
+    /// whose processing hit a store failure is released uncommitted: it is redelivered, and the
+    /// dedupe index makes the second pass publish without editing again.
+    func handle(_ m: KafkaMessage, pipeline: Pipeline, producer: ProducerSlot, consumer: KafkaConsumer) {
+        let t0 = Date()
+        metrics.eventConsumed(topic: m.topic)
+        let outcome: Outcome
+        do { outcome = try pipeline.process(m) } catch {
+            log("error: \(m.topic)/\(m.partition)@\(m.offset) not processed (will be redelivered): \(error)")
+            consumer.release(m)
+            Thread.sleep(forTimeInterval: 1)
+            return
+        }
+        for r in outcome.records {
+            var attempt = 0
+            while true {
+                do {
+                    try producer.send(r)
+                    break
+                } catch {
+                    metrics.publishFailures.inc()
+                    attempt += 1
+                    log("error: publishing to \(r.topic) failed (attempt \(attempt)): \(error)")
+                    if stopping {
+                        consumer.release(m)
+                        return
+                    }
+                    Thread.sleep(forTimeInterval: min(5, 0.2 * Double(attempt)))
+                }
+            }
+        }
+        do { try consumer.commit(m) } catch {
+            log("warning: commit of \(m.topic)/\(m.partition)@\(m.offset) failed (it will be redelivered and deduplicated): \(error)")
+        }
+        let total = Date().timeIntervalSince(t0)
+        onEvent?(outcome, total)
+        switch outcome.kind {
+        case .applied(let method):
+            metrics.editApplied(method: method)
+            metrics.recordEvent(total: total, edit: outcome.editSeconds)
+        case .dryRun:
+            metrics.editSkipped(.dryRun)
+            metrics.recordEvent(total: total, edit: outcome.editSeconds)
+        case .redelivery:
+            metrics.editSkipped(.duplicate)
+            metrics.recordEvent(total: total, edit: nil)
+        case .rolledBack:
+            metrics.rollbacks.inc()
+            metrics.recordEvent(total: total, edit: nil)
+        case .labelled:
+            metrics.recordEvent(total: total, edit: nil)
+        case .deadLetter(let reason):
+            metrics.deadLettered(reason)
+            metrics.recordEvent(total: total, edit: nil)
+        }
+        log(outcome.summary)
+    }
+}
+
+/// The producer, replaced by a fresh one after a fatal error or a delivery timeout: an idempotent
+/// producer whose id the broker lost (a broker restarted with empty storage) retries
+/// UNKNOWN_PRODUCER_ID until the message times out and never recovers by itself.
+final class ProducerSlot: @unchecked Sendable {
+    private var producer: KafkaProducer
+    private let properties: [String: String]
+    private let log: @Sendable (String) -> Void
+    private let lock = NSLock()
+
+    init(properties: [String: String], log: @escaping @Sendable (String) -> Void) throws {
+        var properties = properties
+        if properties["message.timeout.ms"] == nil { properties["message.timeout.ms"] = "30000" }
+        self.properties = properties
+        self.log = log
+        producer = try KafkaProducer(properties: properties, logger: log)
+    }
+
+    func send(_ r: OutboundRecord) throws {
+        lock.lock()
+        let p = producer
+        lock.unlock()
+        do { _ = try p.send(topic: r.topic, key: r.key, payload: r.payload, headers: r.headers, timeout: 35) } catch let e as KafkaError {
+            if e.code == KafkaError.Code.fatal || e.code == KafkaError.Code.messageTimedOut || e.code == KafkaError.Code.timedOut {
+                log("producer: \(e); starting a new producer")
+                let fresh = try KafkaProducer(properties: properties, logger: log)
+                lock.lock()
+                producer = fresh
+                lock.unlock()
+                p.close(flushTimeout: 0)
+            }
+            throw e
+        }
+    }
+
+    func close() {
+        lock.lock(); defer { lock.unlock() }
+        producer.close()
+    }
+}
+
+/// Re-creates missing topics every few seconds on its own thread (a broker that restarts with empty
+/// storage loses them; producing to or consuming from a missing topic would stall forever).
+final class TopicKeeper: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var stopped = false
+    private var thread: Thread?
+
+    init(properties: [String: String], topics: [String], log: @escaping @Sendable (String) -> Void, interval: Double = 3) {
+        let t = Thread { [self] in
+            var lastError = Date.distantPast
+            var admin: KafkaAdmin?
+            defer { admin?.close() }
+            while !self.waitStopped(interval) {
+                do {
+                    if admin == nil { admin = try KafkaAdmin(properties: properties) }
+                    try admin?.createTopics(topics, partitions: 1, replicationFactor: 1, timeout: 5)
+                } catch {
+                    if Date().timeIntervalSince(lastError) > 60 { log("topics: cannot ensure \(topics): \(error)") }
+                    lastError = Date()
+                }
+            }
+        }
+        t.name = "mesa-topic-keeper"
+        thread = t
+        t.start()
+    }
+
+    /// Waits up to `seconds`; true once `stop` was called.
+    private func waitStopped(_ seconds: Double) -> Bool {
+        condition.lock(); defer { condition.unlock() }
+        if !stopped { _ = condition.wait(until: Date().addingTimeInterval(seconds)) }
+        return stopped
+    }
+
+    func stop() {
+        condition.lock()
+        stopped = true
+        condition.broadcast()
+        condition.unlock()
+    }
+}

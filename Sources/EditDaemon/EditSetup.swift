@@ -1,0 +1,186 @@
+import Contracts
+import Editing
+import Foundation
+import ModelRuntime
+
+/// A setup failure (missing file, invalid configuration) with a message for the operator.
+public struct SetupError: Error, CustomStringConvertible, Sendable {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Where the checkout's (or installation's) data directories are: `deploy/hparams` and `Schemas`.
+public enum Installation {
+    /// The model's short name: the file name without extension and quantization suffix.
+    public static func modelName(_ path: String) -> String {
+        var name = URL(fileURLWithPath: path).lastPathComponent
+        for ext in [".gguf", ".safetensors"] where name.hasSuffix(ext) { name.removeLast(ext.count) }
+        if let dot = name.lastIndex(of: "."), name[name.index(after: dot)...].range(of: #"^(Q\d|F16|F32|BF16|IQ\d)"#, options: .regularExpression) != nil {
+            name = String(name[..<dot])
+        }
+        return name
+    }
+
+    /// Roots that may hold `deploy/hparams` and `Schemas`: $MESA_ROOT, the working directory, the
+    /// checkout of the running executable (.build/<config>/mesa), /usr/share/mesa.
+    public static func roots() -> [URL] {
+        var dirs: [URL] = []
+        if let d = ProcessInfo.processInfo.environment["MESA_ROOT"], !d.isEmpty { dirs.append(URL(fileURLWithPath: d)) }
+        dirs.append(URL(fileURLWithPath: FileManager.default.currentDirectoryPath))
+        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        dirs.append(exe.appendingPathComponent("../../..").standardizedFileURL)
+        dirs.append(exe.appendingPathComponent("../..").standardizedFileURL)
+        dirs.append(URL(fileURLWithPath: "/usr/share/mesa"))
+        return dirs
+    }
+
+    /// Candidate directories holding `<method>/<model>.json`: $MESA_HPARAMS_DIR, then each root's deploy/hparams.
+    public static func hparamsDirectories() -> [URL] {
+        var dirs: [URL] = []
+        if let d = ProcessInfo.processInfo.environment["MESA_HPARAMS_DIR"], !d.isEmpty { dirs.append(URL(fileURLWithPath: d)) }
+        return dirs + roots().map { $0.appendingPathComponent("deploy/hparams") }
+    }
+
+    public static func hparamsFile(method: String, modelName: String, directories: [URL]? = nil) throws -> URL {
+        let file = "\(modelName).json"
+        for d in directories ?? hparamsDirectories() {
+            let u = d.appendingPathComponent(method).appendingPathComponent(file)
+            if FileManager.default.fileExists(atPath: u.path) { return u }
+        }
+        throw SetupError("no \(method) hyperparameters for \(modelName): add \(method)/\(file) to the hyperparameter directory (deploy/hparams)")
+    }
+
+    /// The Schemas directory: $MESA_SCHEMAS_DIR or the first root that has one.
+    public static func schemasDirectory() throws -> URL {
+        if let d = ProcessInfo.processInfo.environment["MESA_SCHEMAS_DIR"], !d.isEmpty { return URL(fileURLWithPath: d) }
+        for r in roots() {
+            let u = r.appendingPathComponent("Schemas")
+            if FileManager.default.fileExists(atPath: u.appendingPathComponent("fact-update.schema.json").path) { return u }
+        }
+        throw SetupError("cannot find the Schemas directory (set MESA_SCHEMAS_DIR)")
+    }
+}
+
+/// Every schema in Schemas/, registered once and compiled on first use.
+public final class SchemaCatalog: @unchecked Sendable {
+    private var compiled: [String: CompiledSchema] = [:]
+    private let registry: SchemaRegistry
+    private let byFile: [String: String]
+    private let lock = NSLock()
+
+    public init(directory: URL) throws {
+        var r = SchemaRegistry()
+        var files: [String: String] = [:]
+        let names = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.hasSuffix(".schema.json") }.sorted()
+        for name in names {
+            do {
+                let uri = try r.registerFile(at: directory.appendingPathComponent(name).path)
+                files[name] = uri
+            } catch { throw SetupError("\(name): \(error)") }
+        }
+        registry = r
+        byFile = files
+    }
+
+    public static func standard() throws -> SchemaCatalog { try SchemaCatalog(directory: try Installation.schemasDirectory()) }
+
+    /// The compiled schema of `file` (e.g. "fact-update.schema.json").
+    public func schema(_ file: String) throws -> CompiledSchema {
+        lock.lock(); defer { lock.unlock() }
+        if let c = compiled[file] { return c }
+        guard let uri = byFile[file] else { throw SetupError("no schema \(file)") }
+        let c: CompiledSchema
+        do { c = try registry.compile(uri) } catch { throw SetupError("\(file): \(error)") }
+        compiled[file] = c
+        return c
+    }
+
+    /// Validates a document's bytes; throws SetupError listing the first violations.
+    public func check(_ data: Data, against file: String, what: String) throws {
+        let value: JSONValue
+        do { value = try JSONValue.parse(data) } catch { throw SetupError("\(what) is not valid JSON: \(error)") }
+        let result = try schema(file).validate(value)
+        guard result.valid else {
+            let why = result.errors.prefix(5).map { "\($0.instanceLocation): \($0.message)" }.joined(separator: "; ")
+            throw SetupError("\(what) does not conform to \(file): \(why)")
+        }
+    }
+}
+
+/// Builds ROME editors: hyperparameters checked against their schema, stored context templates,
+/// and key statistics loaded from the edit state or computed once (resumably).
+public struct RomeSetup {
+    /// The state directory (`$MESA_HOME/state` by default): `<hash16>/` per base model.
+    public var stateDirectory: URL
+    public var corpusPath: String
+    public var log: (String) -> Void
+    /// Progress of a key-statistics computation: (tokens done, tokens wanted, seconds).
+    public var progress: ((Int, Int, Double) -> Void)?
+    public var shouldStop: (() -> Bool)?
+
+    public init(stateDirectory: URL, corpusPath: String, log: @escaping (String) -> Void,
+                progress: ((Int, Int, Double) -> Void)? = nil, shouldStop: (() -> Bool)? = nil) {
+        self.stateDirectory = stateDirectory
+        self.corpusPath = corpusPath
+        self.log = log
+        self.progress = progress
+        self.shouldStop = shouldStop
+    }
+
+    /// Reads and checks a hyperparameter file.
+    public static func hyperparameters(at url: URL, catalog: SchemaCatalog) throws -> RomeHyperparameters {
+        guard let data = FileManager.default.contents(atPath: url.path) else { throw SetupError("cannot read \(url.path)") }
+        try catalog.check(data, against: "rome-hparams.schema.json", what: url.path)
+        return try RomeHyperparameters.decode(data)
+    }
+
+    /// Loads (or computes and stores) the key statistics `specs`. Throws when interrupted.
+    public func keyStatistics(model: LanguageModel, specs: [KeyStatisticsSpec]) throws -> [KeyStatistics] {
+        let state = EditState(directory: stateDirectory, baseHash: model.weightHash)
+        var out: [KeyStatistics?] = try specs.map { try state.cachedStatistics($0) }
+        let missing = specs.indices.filter { out[$0] == nil }
+        guard !missing.isEmpty else { return out.map { $0! } }
+        let todo = missing.map { specs[$0] }
+        let corpus = try Corpus(path: corpusPath, seed: todo[0].seed)
+        let ckpt = state.checkpointURL(todo)
+        log("computing key statistics for layer(s) \(todo.map(\.layer)) over \(todo[0].tokens) tokens of \(corpusPath)"
+            + (FileManager.default.fileExists(atPath: ckpt.path) ? " (resuming from \(ckpt.lastPathComponent))" : ""))
+        let builder = try KeyStatisticsBuilder(model: model, specs: todo, corpus: corpus, checkpoint: ckpt)
+        let report = progress
+        guard let built = try builder.run(progress: { report?($0.tokens, $0.target, $0.seconds) }, shouldStop: shouldStop) else {
+            throw SetupError("interrupted; progress saved to \(ckpt.path), run again to resume")
+        }
+        for (i, s) in zip(missing, built) {
+            try s.write(to: state.statisticsURL(s.spec), corpus: corpusPath)
+            log("stored \(state.statisticsURL(s.spec).path) (\(s.count) tokens)")
+            out[i] = s
+        }
+        return out.map { $0! }
+    }
+
+    /// The ROME editor for `model`. Templates and statistics are keyed by the base hash and must come
+    /// from the unedited model: pass `computeMissing: false` once the model holds edits, so missing
+    /// ones are an error instead of being derived from edited weights.
+    public func editor(model: LanguageModel, hparams h: RomeHyperparameters, baseHash: String? = nil,
+                       computeMissing: Bool = true) throws -> RomeEditor {
+        try h.validate(layers: model.config.layers)
+        let state = EditState(directory: stateDirectory, baseHash: baseHash ?? model.weightHash)
+        if !computeMissing, !FileManager.default.fileExists(atPath: state.templatesURL(groups: h.contextTemplates, seed: h.templateSeed).path) {
+            throw SetupError("no stored context templates for \(h.contextTemplates) seed \(h.templateSeed)")
+        }
+        let templates = try state.templates(model: model, groups: h.contextTemplates, seed: h.templateSeed, log: log)
+        var stats: KeyStatistics?
+        if h.mom2Adjustment {
+            let spec = h.statisticsSpec(modelHash: state.baseHash)
+            if let cached = try state.cachedStatistics(spec) {
+                stats = cached
+            } else if computeMissing {
+                stats = try keyStatistics(model: model, specs: [spec])[0]
+            } else {
+                throw SetupError("no key statistics for layer \(h.layer) (\(h.mom2Tokens) tokens): run `mesa stats --layer \(h.layer)` first")
+            }
+        }
+        return try RomeEditor(model: model, hparams: h, templates: templates, statistics: stats)
+    }
+}

@@ -1,0 +1,149 @@
+import Editing
+import Foundation
+import ModelRuntime
+import Storage
+import Tensor
+
+/// A failure to bring the weights to a recorded state: a snapshot whose replay does not give its
+/// recorded hash, or a factor that does not fit the model.
+public struct WeightStateError: Error, CustomStringConvertible, Sendable {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// The resident model and its recorded edit history: the one place that changes the weights.
+///
+/// Rollback and restart restore the base values of every tensor an edit touched (kept once, when it
+/// is first touched) and re-apply the factors of the target snapshot's lineage in order, so the
+/// weights are bit-for-bit those recorded (the applying code is the same each time). Not thread-safe:
+/// the daemon calls it from its one worker thread.
+public final class ModelHost: @unchecked Sendable {
+    public let model: LanguageModel
+    public let modelName: String
+    public let store: SnapshotStore
+    public let baseHash: String
+    /// Base values of every tensor touched so far, by name.
+    private var base: [String: [Float]] = [:]
+    /// The snapshot the live weights equal.
+    public private(set) var head: UInt64 = 0
+
+    /// Attaches `model` (freshly loaded: the base weights) to `store` and brings the weights to the
+    /// store's head, checking the recorded hash. With `attach: false` (audits) the store is only read
+    /// and the weights stay at the base.
+    public init(model: LanguageModel, modelName: String, store: SnapshotStore, attach: Bool = true) throws {
+        self.model = model
+        self.modelName = modelName
+        self.store = store
+        baseHash = model.weightHash
+        guard attach else { return }
+        try store.attachBase(modelHash: baseHash, modelName: modelName)
+        let target = try store.head()
+        if target != 0 { try materialize(target) }
+        head = target
+    }
+
+    /// The BLAS configuration edits are applied with (recorded in every snapshot).
+    public static var blasInfo: BLASInfo {
+        let c = BLAS.configuration
+        return BLASInfo(library: c.build, core: c.coreName, threads: c.threads)
+    }
+
+    /// ΔW = L·R added to the factor's tensor: rank 1 by `sger` (exactly what `LanguageModel.apply`
+    /// does for a ROME update), higher ranks by one `sgemm` with β = 1.
+    public func apply(_ f: StoredFactor) throws {
+        let p = try parameter(f)
+        if base[f.parameter] == nil { base[f.parameter] = p.data }
+        p.mutate { w in
+            f.left.withUnsafeBufferPointer { l in f.right.withUnsafeBufferPointer { r in
+                if f.rank == 1 {
+                    BLAS.sger(m: f.rows, n: f.cols, x: l.baseAddress!, y: r.baseAddress!, a: w.baseAddress!, lda: f.cols)
+                } else {
+                    BLAS.sgemm(m: f.rows, n: f.cols, k: f.rank, a: l.baseAddress!, lda: f.rank, b: r.baseAddress!, ldb: f.cols,
+                               beta: 1, c: w.baseAddress!, ldc: f.cols)
+                }
+            } }
+        }
+    }
+
+    private func parameter(_ f: StoredFactor) throws -> Parameter {
+        guard let p = model.weights.all.first(where: { $0.name == f.parameter }) else {
+            throw WeightStateError("the model has no tensor \(f.parameter)")
+        }
+        guard p.shape == [f.rows, f.cols], f.rank >= 1, f.left.count == f.rows * f.rank, f.right.count == f.rank * f.cols else {
+            throw WeightStateError("factor of shape [\(f.rows), \(f.cols)] rank \(f.rank) does not fit \(f.parameter) \(p.shape)")
+        }
+        guard f.left.allSatisfy(\.isFinite), f.right.allSatisfy(\.isFinite) else { throw WeightStateError("factor of \(f.parameter) is non-finite") }
+        return p
+    }
+
+    /// Restores the base values of every touched tensor.
+    private func restoreBase() {
+        for (name, values) in base {
+            guard let p = model.weights.all.first(where: { $0.name == name }) else { continue }
+            p.mutate { w in values.withUnsafeBufferPointer { w.baseAddress!.update(from: $0.baseAddress!, count: $0.count) } }
+        }
+    }
+
+    /// Makes the live weights those of snapshot `seq`. The resulting hash must equal the recorded
+    /// one; otherwise the previous state is restored and the call throws.
+    public func materialize(_ seq: UInt64) throws {
+        let previous = head
+        do {
+            let got = try rebuild(try store.lineage(to: seq))
+            let want = try store.hash(at: seq)
+            guard got == want else { throw WeightStateError("replaying snapshot \(seq) gives weight hash \(got), recorded \(want)") }
+        } catch {
+            _ = try rebuild(try store.lineage(to: previous))
+            throw error
+        }
+        head = seq
+    }
+
+    /// Restores the base values of the touched tensors and applies `lineage`'s factors in order.
+    /// Returns the resulting weight hash, unchecked (the audit compares it itself).
+    public func rebuild(_ lineage: [SnapshotRecord]) throws -> String {
+        restoreBase()
+        for r in lineage { for f in r.factors { try apply(f) } }
+        return model.weightHash
+    }
+
+    /// Moves the live weights to snapshot `seq` and journals the rollback (atomically with the
+    /// command's id in the event index).
+    @discardableResult
+    public func rollback(to seq: UInt64, commandId: String?) throws -> JournalEntry {
+        let previous = head
+        try materialize(seq)
+        do { return try store.commitRollback(to: seq, commandId: commandId) } catch {
+            try materialize(previous)
+            throw error
+        }
+    }
+
+    /// Applies a ROME update on top of the head. Returns the factor as stored and what undoes it.
+    public func applyEdit(_ update: RankOneUpdate) throws -> StoredFactor {
+        let f = Self.factor(update)
+        try apply(f)
+        return f
+    }
+
+    /// Records an applied edit. If the store refuses it, the weights go back to the head.
+    public func commit(_ draft: SnapshotDraft, result: (UInt64) throws -> String) throws -> SnapshotRecord {
+        do {
+            let r = try store.commitEdit(draft, expectedHead: head, result: result)
+            head = r.seq
+            return r
+        } catch {
+            try materialize(head)
+            throw error
+        }
+    }
+
+    /// Undoes an applied but unrecorded edit (a dry run, or a failure before the commit).
+    public func discardUncommitted() throws { try materialize(head) }
+
+    /// A ROME update as a stored rank-one factor: L = r [d, 1], R = uᵀ [1, ff].
+    public static func factor(_ u: RankOneUpdate) -> StoredFactor {
+        StoredFactor(parameter: u.parameter, layer: u.layer, rows: u.r.count, cols: u.u.count, rank: 1, left: u.r, right: u.u)
+    }
+}

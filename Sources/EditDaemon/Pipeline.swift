@@ -1,0 +1,420 @@
+import Contracts
+import Editing
+import Evaluation
+import Foundation
+import Messaging
+import ModelRuntime
+import Storage
+
+/// The topics the daemon reads and writes.
+public struct Topics: Codable, Sendable, Equatable {
+    public var factUpdates = "mesa.fact-updates"
+    public var control = "mesa.control"
+    public var results = "mesa.edit-results"
+    public var deadLetters = "mesa.dead-letters"
+    public init() {}
+    public var inputs: [String] { [factUpdates, control] }
+    public var all: [String] { [factUpdates, control, results, deadLetters] }
+}
+
+/// A record to publish.
+public struct OutboundRecord: Sendable {
+    public var topic: String
+    public var key: [UInt8]?
+    public var payload: [UInt8]
+    public var headers: [KafkaHeader]
+}
+
+/// What processing one event produced: records to publish before its offset is committed, and what
+/// happened, for metrics and logs.
+public struct Outcome: Sendable {
+    public enum Kind: Sendable, Equatable {
+        case applied(method: String)
+        case dryRun
+        case redelivery
+        case rolledBack
+        case labelled
+        case deadLetter(DeadLetterReason)
+    }
+    public var kind: Kind
+    public var records: [OutboundRecord]
+    /// Seconds spent in the edit math (update computation and scoring), excluded from the overhead.
+    public var editSeconds: Double
+    public var eventId: String?
+    public var summary: String
+}
+
+/// decode → validate → dedupe → edit → evaluate → snapshot, for one consumed message. Publishing and
+/// committing are the caller's (the daemon publishes `Outcome.records`, then commits offset+1).
+///
+/// Anything wrong with the event itself is a dead letter; `process` throws only for failures of the
+/// daemon's own resources (the snapshot store), after which the event must not be committed.
+public final class Pipeline: @unchecked Sendable {
+    public let host: ModelHost
+    let catalog: SchemaCatalog
+    let factSchema: CompiledSchema
+    let controlSchema: CompiledSchema
+    public let topics: Topics
+    public let maxEventBytes: Int
+    let setup: RomeSetup
+    let defaultHparams: RomeHyperparameters
+    let defaultEditor: RomeEditor
+    private var editors: [String: RomeEditor] = [:]
+    let scorer: CandidateScorer
+    let log: (String) -> Void
+
+    public init(host: ModelHost, catalog: SchemaCatalog, topics: Topics, maxEventBytes: Int, setup: RomeSetup,
+                hparams: RomeHyperparameters, editor: RomeEditor, log: @escaping (String) -> Void) throws {
+        self.host = host
+        self.catalog = catalog
+        factSchema = try catalog.schema("fact-update.schema.json")
+        controlSchema = try catalog.schema("control-command.schema.json")
+        self.topics = topics
+        self.maxEventBytes = maxEventBytes
+        self.setup = setup
+        defaultHparams = hparams
+        defaultEditor = editor
+        scorer = CounterFactScorer.make(host.model)
+        self.log = log
+    }
+
+    // MARK: entry point
+
+    public func process(_ m: KafkaMessage) throws -> Outcome {
+        do {
+            if m.topic == topics.control { return try control(m) }
+            return try factUpdate(m)
+        } catch let r as Rejection {
+            return deadLetter(m, r)
+        }
+    }
+
+    /// The event's JSON body: the CloudEvents data (binary or structured mode) or the plain payload.
+    func body(_ m: KafkaMessage, expectedType: String) throws -> (JSONValue, Data) {
+        guard m.payload.count <= maxEventBytes else {
+            throw Rejection(.tooLarge, "the event has \(m.payload.count) bytes; the limit is \(maxEventBytes)")
+        }
+        var data = Data(m.payload)
+        let envelope: CloudEvent?
+        do { envelope = try CloudEvent.decode(m) } catch { throw Rejection(.malformedJSON, "invalid CloudEvents envelope: \(error)") }
+        if let ce = envelope {
+            guard ce.type == expectedType else {
+                throw Rejection(.unknownType, "CloudEvents type \(ce.type) on \(m.topic); expected \(expectedType)", eventId: ce.id)
+            }
+            data = Data(ce.data)
+        }
+        guard String(data: data, encoding: .utf8) != nil else { throw Rejection(.malformedJSON, "the event is not UTF-8 text") }
+        do { return (try JSONValue.parse(data), data) } catch {
+            throw Rejection(.malformedJSON, "the event is not valid JSON: \(error)", eventId: envelope?.id)
+        }
+    }
+
+    func validate(_ value: JSONValue, _ schema: CompiledSchema, name: String) throws {
+        let result = schema.validate(value)
+        guard result.valid else {
+            let details = result.errors.prefix(20).map(\.description)
+            let id = value["id"]?.stringValue
+            throw Rejection(.schema, "the event does not conform to \(name) (\(result.errors.count) error(s)): \(details.first ?? "")",
+                            details: Array(details), eventId: id)
+        }
+    }
+
+    func checkModel(_ name: String, eventId: String) throws {
+        let short = name.split(separator: "/").last.map(String.init) ?? name
+        guard short.caseInsensitiveCompare(host.modelName) == .orderedSame else {
+            throw Rejection(.unknownModel, "the event is for model \(name); this daemon serves \(host.modelName)", eventId: eventId)
+        }
+    }
+
+    // MARK: fact updates
+
+    func factUpdate(_ m: KafkaMessage) throws -> Outcome {
+        let (value, data) = try body(m, expectedType: EventTypes.factUpdate)
+        try validate(value, factSchema, name: "fact-update v1")
+        let e: FactUpdate
+        do { e = try JSONCoding.decoder().decode(FactUpdate.self, from: data) } catch {
+            throw Rejection(.schema, "the event does not decode as a fact update: \(error)", eventId: value["id"]?.stringValue)
+        }
+        try checkModel(e.model.name, eventId: e.id)
+        if e.model.revision.range(of: "^[0-9a-f]{8,64}$", options: .regularExpression) != nil, !host.baseHash.hasPrefix(e.model.revision) {
+            throw Rejection(.unknownModel, "revision \(e.model.revision) is not this daemon's base model \(host.baseHash.prefix(16))", eventId: e.id)
+        }
+        guard e.method == "ROME" else {
+            throw Rejection(.unsupportedMethod, "method \(e.method) is not available in this daemon (supported: ROME)", eventId: e.id)
+        }
+
+        // Dedupe: a redelivered event republishes its recorded result and changes nothing.
+        switch try host.store.outcome(ofEvent: e.id) {
+        case .snapshot(let seq):
+            let rec = try host.store.record(seq)
+            var result = try JSONCoding.decoder().decode(EditResultDocument.self, from: Data(rec.result.utf8))
+            result.redelivery = true
+            result.processedAt = JSONCoding.timestamp()
+            return Outcome(kind: .redelivery, records: [resultRecord(result)], editSeconds: 0, eventId: e.id,
+                           summary: "event \(e.id) already applied as snapshot \(seq)")
+        case .journal:
+            throw Rejection(.schema, "event id \(e.id) was already used by a control command", eventId: e.id)
+        case nil:
+            break
+        }
+
+        let editor = try editor(for: e)
+        let request = EditRequest(subject: e.subject, prompt: e.prompt, targetNew: e.targetNew.str, targetTrue: e.targetTrue?.str)
+        let t0 = Date()
+        let hashBefore = host.model.weightHash
+        let parent = host.head
+        let (record, inferred) = try evaluationRecord(e)
+        let pre: CaseScores
+        let result: RomeResult
+        do {
+            pre = try CounterFactEval.score(record, with: scorer)
+            result = try editor.computeUpdate(request)
+        } catch let err as EditError {
+            throw rejection(err, eventId: e.id)
+        }
+        let factor = try host.applyEdit(result.update)
+        let post: CaseScores
+        do { post = try CounterFactEval.score(record, with: scorer) } catch {
+            try host.discardUncommitted()
+            throw Rejection(.editFailed, "scoring the edited model failed: \(error)", eventId: e.id)
+        }
+        let editSeconds = Date().timeIntervalSince(t0)
+        let hashAfter = host.model.weightHash
+        var doc = EditResultDocument(
+            eventId: e.id, kind: "edit", status: e.dryRun == true ? "dry_run" : "applied", redelivery: nil,
+            model: .init(name: host.modelName, baseHash: host.baseHash), snapshot: nil, parent: parent, head: parent,
+            hashBefore: hashBefore, weightHash: hashAfter, method: "ROME", subject: e.subject, targetNew: e.targetNew.str,
+            targetTrue: record.targetTrue, targetTrueInferred: inferred ? true : nil,
+            metrics: .init(pre: .init(pre), post: .init(post)),
+            timings: result.phases.merging(["edit_seconds": editSeconds], uniquingKeysWith: { a, _ in a }),
+            snapshotBytes: nil, label: nil, source: .init(topic: m.topic, partition: Int(m.partition), offset: Int(m.offset)),
+            processedAt: JSONCoding.timestamp())
+
+        if e.dryRun == true {
+            try host.discardUncommitted()
+            doc.weightHash = host.model.weightHash
+            return Outcome(kind: .dryRun, records: [resultRecord(doc)], editSeconds: editSeconds, eventId: e.id,
+                           summary: "dry run of \(e.id): ES \(post.es) (not applied)")
+        }
+
+        let draft = SnapshotDraft(
+            eventId: e.id, source: EventSource(topic: m.topic, partition: m.partition, offset: m.offset), method: "ROME",
+            hyperparameters: String(decoding: try JSONCoding.encoder().encode(editor.hparams), as: UTF8.self),
+            hashBefore: hashBefore, hashAfter: hashAfter, blas: ModelHost.blasInfo, factors: [factor])
+        let stored = try commitWithResult(draft, doc)
+        return Outcome(kind: .applied(method: "ROME"), records: [resultRecord(stored)], editSeconds: editSeconds, eventId: e.id,
+                       summary: "applied \(e.id) as snapshot \(stored.snapshot ?? 0): \(e.subject) → \(e.targetNew.str)")
+    }
+
+    /// Stores the edit together with its result document, finalized with the sequence number the
+    /// store assigns inside the same transaction (the document is what a redelivery republishes).
+    func commitWithResult(_ draft: SnapshotDraft, _ doc: EditResultDocument) throws -> EditResultDocument {
+        var result = doc
+        let rec = try host.commit(draft) { seq in
+            result.snapshot = seq
+            result.head = seq
+            return String(decoding: try JSONCoding.encoder().encode(result), as: UTF8.self)
+        }
+        result.snapshotBytes = rec.storedBytes
+        return result
+    }
+
+    /// The event as a CounterFact record for scoring. Without target_true, the unedited model's
+    /// greedy answer (up to 4 tokens, to the first word boundary) stands in for it.
+    func evaluationRecord(_ e: FactUpdate) throws -> (CounterFactRecord, inferred: Bool) {
+        var truth = e.targetTrue?.str
+        var inferred = false
+        if truth == nil {
+            let prompt = e.prompt.replacingOccurrences(of: "{}", with: e.subject)
+            let tok = EditTokenizer(model: host.model)
+            let g = try host.model.generate(prompt: tok.prompt(prompt), maxTokens: 4, sampling: .greedy, seed: 0, stopAtEOS: true)
+            let words = g.text.split(whereSeparator: { $0 == " " || $0 == "\n" || $0 == "." || $0 == "," })
+            truth = words.first.map(String.init) ?? g.text
+            inferred = true
+            if truth?.trimmingCharacters(in: .whitespaces).isEmpty ?? true || truth == e.targetNew.str {
+                truth = nil
+            }
+        }
+        let record = CounterFactRecord(caseId: 0, subject: e.subject, prompt: e.prompt, targetNew: e.targetNew.str,
+                                       targetTrue: truth ?? "", paraphrasePrompts: e.paraphrasePrompts ?? [],
+                                       neighborhoodPrompts: e.neighborhoodPrompts ?? [])
+        if truth == nil { throw Rejection(.invalidEdit, "no target_true given and the model's own answer equals target_new", eventId: e.id) }
+        return (record, inferred)
+    }
+
+    /// The editor for an event: the default one, or one with the event's bounded overrides.
+    func editor(for e: FactUpdate) throws -> RomeEditor {
+        guard let o = e.hyperparameters else { return defaultEditor }
+        var h = defaultHparams
+        if let layers = o.layers {
+            guard layers.count == 1 else { throw Rejection(.invalidHyperparameters, "ROME edits one layer; the event names \(layers)", eventId: e.id) }
+            h.layer = layers[0]
+        }
+        if let lr = o.learningRate { h.vLr = Float(lr) }
+        if let steps = o.steps { h.vNumGradSteps = steps }
+        if let c = o.clampNormFactor { h.clampNormFactor = Float(c) }
+        if let k = o.klFactor { h.klFactor = Float(k) }
+        if o.mom2UpdateWeight != nil {
+            throw Rejection(.invalidHyperparameters, "mom2_update_weight is a MEMIT setting; ROME does not take it", eventId: e.id)
+        }
+        if h == defaultHparams { return defaultEditor }
+        do { try h.validate(layers: host.model.config.layers) } catch {
+            throw Rejection(.invalidHyperparameters, "\(error)", eventId: e.id)
+        }
+        let key = String(decoding: try JSONCoding.encoder().encode(h), as: UTF8.self)
+        if let cached = editors[key] { return cached }
+        do {
+            let ed = try setup.editor(model: host.model, hparams: h, baseHash: host.baseHash, computeMissing: false)
+            if editors.count >= 8 { editors.removeAll() }
+            editors[key] = ed
+            return ed
+        } catch {
+            throw Rejection(.invalidHyperparameters, "the overrides need state this daemon does not have: \(error)", eventId: e.id)
+        }
+    }
+
+    func rejection(_ err: EditError, eventId: String) -> Rejection {
+        switch err.code {
+        case .promptPlaceholder, .subjectNotFound, .emptyTarget, .targetUnchanged, .tooLong:
+            return Rejection(.invalidEdit, err.message, eventId: eventId)
+        case .hyperparameters:
+            return Rejection(.invalidHyperparameters, err.message, eventId: eventId)
+        default:
+            return Rejection(.editFailed, "\(err.code): \(err.message)", eventId: eventId)
+        }
+    }
+
+    // MARK: control
+
+    func control(_ m: KafkaMessage) throws -> Outcome {
+        let (value, data) = try body(m, expectedType: EventTypes.control)
+        try validate(value, controlSchema, name: "control-command v1")
+        let c: ControlCommand
+        do { c = try JSONCoding.decoder().decode(ControlCommand.self, from: data) } catch {
+            throw Rejection(.schema, "the command does not decode: \(error)", eventId: value["id"]?.stringValue)
+        }
+        try checkModel(c.model.name, eventId: c.id)
+        if case .journal(let j)? = try host.store.outcome(ofEvent: c.id) {
+            let entry = try host.store.journalEntry(j)
+            var doc = commandResult(c, entry: entry, source: m)
+            doc.redelivery = true
+            return Outcome(kind: .redelivery, records: [resultRecord(doc)], editSeconds: 0, eventId: c.id,
+                           summary: "command \(c.id) already done (journal \(j))")
+        } else if try host.store.outcome(ofEvent: c.id) != nil {
+            throw Rejection(.schema, "command id \(c.id) was already used by a fact update", eventId: c.id)
+        }
+        switch c.command {
+        case .rollback:
+            let to = c.to ?? 0
+            if to != 0 {
+                do { _ = try host.store.record(to) } catch let err as SnapshotStoreError {
+                    throw Rejection(err.code == .notFound ? .unknownSnapshot : .rollbackFailed, err.message, eventId: c.id)
+                }
+            }
+            let t0 = Date()
+            let entry: JournalEntry
+            do { entry = try host.rollback(to: to, commandId: c.id) } catch let err as WeightStateError {
+                throw Rejection(.rollbackFailed, err.message, eventId: c.id)
+            } catch let err as SnapshotStoreError where err.code == .corrupted || err.code == .notFound {
+                throw Rejection(.rollbackFailed, err.message, eventId: c.id)
+            }
+            var doc = commandResult(c, entry: entry, source: m)
+            doc.timings = ["rollback_seconds": Date().timeIntervalSince(t0)]
+            return Outcome(kind: .rolledBack, records: [resultRecord(doc)], editSeconds: 0, eventId: c.id,
+                           summary: "rolled back from \(entry.headBefore) to \(entry.headAfter)")
+        case .snapshot:
+            let entry = try host.store.commitLabel(c.label ?? "", commandId: c.id)
+            return Outcome(kind: .labelled, records: [resultRecord(commandResult(c, entry: entry, source: m))], editSeconds: 0,
+                           eventId: c.id, summary: "labelled snapshot \(entry.headAfter) \(c.label ?? "")")
+        }
+    }
+
+    func commandResult(_ c: ControlCommand, entry: JournalEntry, source m: KafkaMessage) -> EditResultDocument {
+        EditResultDocument(
+            eventId: c.id, kind: c.command == .rollback ? "rollback" : "snapshot", status: c.command == .rollback ? "rolled_back" : "labelled",
+            redelivery: nil, model: .init(name: host.modelName, baseHash: host.baseHash), snapshot: nil, parent: entry.headBefore,
+            head: entry.headAfter, hashBefore: nil, weightHash: entry.hash, method: nil, subject: nil, targetNew: nil, targetTrue: nil,
+            targetTrueInferred: nil, metrics: nil, timings: nil, snapshotBytes: nil, label: entry.label,
+            source: .init(topic: m.topic, partition: Int(m.partition), offset: Int(m.offset)), processedAt: JSONCoding.timestamp())
+    }
+
+    // MARK: output records
+
+    func resultRecord(_ doc: EditResultDocument) -> OutboundRecord {
+        let payload = (try? JSONCoding.encoder().encode(doc)).map(Array.init) ?? []
+        let ce = CloudEvent(id: UUID().uuidString.lowercased(), source: EventTypes.source, type: EventTypes.editResult,
+                            subject: doc.eventId, datacontenttype: "application/json", data: payload)
+        return OutboundRecord(topic: topics.results, key: Array(host.modelName.utf8), payload: payload, headers: ce.kafkaHeaders())
+    }
+
+    func deadLetter(_ m: KafkaMessage, _ r: Rejection) -> Outcome {
+        let doc = DeadLetterDocument(
+            reason: r.reason.rawValue, message: r.message, eventId: r.eventId, details: r.details.isEmpty ? nil : r.details,
+            original: .init(topic: m.topic, partition: Int(m.partition), offset: Int(m.offset),
+                            keyBase64: m.key.map { Data($0).base64EncodedString() }, payloadBase64: Data(m.payload).base64EncodedString(),
+                            headers: m.headers.map { .init(key: $0.key, valueBase64: $0.value.map { Data($0).base64EncodedString() }) }),
+            deadLetteredAt: JSONCoding.timestamp())
+        let payload = (try? JSONCoding.encoder().encode(doc)).map(Array.init) ?? []
+        let ce = CloudEvent(id: UUID().uuidString.lowercased(), source: EventTypes.source, type: EventTypes.deadLetter,
+                            subject: r.eventId, datacontenttype: "application/json", data: payload)
+        return Outcome(kind: .deadLetter(r.reason), records: [OutboundRecord(topic: topics.deadLetters, key: m.key, payload: payload, headers: ce.kafkaHeaders())],
+                       editSeconds: 0, eventId: r.eventId, summary: "dead letter (\(r.reason.rawValue)) for \(m.topic)/\(m.partition)@\(m.offset): \(r.message)")
+    }
+}
+
+/// Schemas/edit-result.schema.json.
+public struct EditResultDocument: Codable, Sendable, Equatable {
+    public struct Model: Codable, Sendable, Equatable { public var name: String; public var baseHash: String }
+    public struct Scores: Codable, Sendable, Equatable {
+        public var es, em, ps, pm, ns, nm: Double?
+        public var pNew: Double?
+        init(_ s: CaseScores) {
+            func v(_ x: Double) -> Double? { x.isNaN ? nil : x }
+            es = v(s.es); em = v(s.em); ps = v(s.ps); pm = v(s.pm); ns = v(s.ns); nm = v(s.nm)
+            pNew = s.rewrite.first.map { exp(-$0.nllNew) }
+        }
+    }
+    public struct Metrics: Codable, Sendable, Equatable { public var pre: Scores?; public var post: Scores? }
+    public struct Source: Codable, Sendable, Equatable { public var topic: String; public var partition: Int; public var offset: Int }
+
+    public var eventId: String
+    public var kind: String
+    public var status: String
+    public var redelivery: Bool?
+    public var model: Model
+    public var snapshot: UInt64?
+    public var parent: UInt64?
+    public var head: UInt64
+    public var hashBefore: String?
+    public var weightHash: String
+    public var method: String?
+    public var subject: String?
+    public var targetNew: String?
+    public var targetTrue: String?
+    public var targetTrueInferred: Bool?
+    public var metrics: Metrics?
+    public var timings: [String: Double]?
+    public var snapshotBytes: Int?
+    public var label: String?
+    public var source: Source?
+    public var processedAt: String
+}
+
+/// Schemas/dead-letter.schema.json.
+public struct DeadLetterDocument: Codable, Sendable, Equatable {
+    public struct Header: Codable, Sendable, Equatable { public var key: String; public var valueBase64: String? }
+    public struct Original: Codable, Sendable, Equatable {
+        public var topic: String
+        public var partition: Int
+        public var offset: Int
+        public var keyBase64: String?
+        public var payloadBase64: String
+        public var headers: [Header]
+    }
+    public var reason: String
+    public var message: String
+    public var eventId: String?
+    public var details: [String]?
+    public var original: Original
+    public var deadLetteredAt: String
+}

@@ -1,0 +1,83 @@
+import ArgumentParser
+import EditDaemon
+import Editing
+import Foundation
+import ModelRuntime
+
+/// Where the daemon and the operator verbs find their configuration.
+struct DaemonOptions: ParsableArguments {
+    @Option(name: .long, help: "Configuration file (JSON, Schemas/serve-config.schema.json; default: $MESA_CONFIG).")
+    var config: String?
+
+    @Option(name: .long, help: "Kafka bootstrap servers (default: $MESA_KAFKA_BOOTSTRAP_SERVERS, the file's, or 127.0.0.1:9092).")
+    var bootstrapServers: String?
+
+    @Option(name: .long, help: "State directory: snapshots (lmdb/) and the model's edit state (default: $MESA_STATE_DIR, the file's, or $MESA_HOME/state).")
+    var stateDir: String?
+
+    @Option(name: .customLong("kafka-property"), help: "A librdkafka setting KEY=VALUE (repeatable), e.g. security.protocol=SASL_SSL.")
+    var kafkaProperties: [String] = []
+
+    /// File, then environment, then these flags.
+    func resolve() throws -> DaemonConfiguration {
+        let env = ProcessInfo.processInfo.environment
+        var c = try DaemonConfiguration.resolve(file: config ?? env["MESA_CONFIG"].flatMap { $0.isEmpty ? nil : $0 },
+                                                environment: env, catalog: try SchemaCatalog.standard())
+        if let b = bootstrapServers { c.setKafka { $0.bootstrapServers = b } }
+        if let s = stateDir { c.stateDir = s }
+        for kv in kafkaProperties {
+            guard let eq = kv.firstIndex(of: "="), eq != kv.startIndex else { throw fail("--kafka-property wants KEY=VALUE, got \(kv)") }
+            let key = String(kv[..<eq]), value = String(kv[kv.index(after: eq)...])
+            c.setKafka { k in
+                var p = k.properties ?? [:]
+                p[key] = value
+                k.properties = p
+            }
+        }
+        return c
+    }
+
+    var home: URL { EditState.defaultHome }
+}
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the edit daemon: consume fact updates and control commands, edit, snapshot, publish results.",
+        discussion: """
+        Per event: decode → validate → dedupe → edit → evaluate → snapshot (LMDB) → publish → commit \
+        offset+1. Invalid events go to the dead-letter topic with the reason. SIGTERM stops intake, \
+        finishes the edit in flight, commits and exits. Precedence: flags > environment > file > \
+        defaults (deploy/README.md lists every setting).
+        """)
+
+    @OptionGroup var daemonOptions: DaemonOptions
+
+    @Option(name: .long, help: "Model (default: $MESA_MODEL, the file's, or the installed SmolLM2-135M-Instruct).")
+    var model: String?
+
+    @Option(name: .long, help: "Consumer group id (default: $MESA_KAFKA_GROUP_ID, the file's, or mesa).")
+    var groupId: String?
+
+    @Option(name: .long, help: "HTTP listen address for /healthz, /readyz, /metrics (default: 127.0.0.1:9464).")
+    var httpListen: String?
+
+    @Option(name: .long, help: "BLAS threads (0 = one per core).")
+    var threads: Int?
+
+    func run() throws {
+        try reportingErrors {
+            var c = try daemonOptions.resolve()
+            if let model { c.model = model }
+            if let groupId { c.setKafka { $0.groupId = groupId } }
+            if let httpListen { c.http = .init(listen: httpListen) }
+            if let threads { c.threads = threads }
+            let path = try c.model ?? ModelLocator.defaultModelPath()
+            if c.corpus == nil {
+                c.corpus = ProcessInfo.processInfo.environment["MESA_CORPUS"] ?? FileManager.default.currentDirectoryPath + "/../shared/data/corpus/enwiki-2015-sample.txt"
+            }
+            StopSignal.install()
+            let daemon = Daemon(settings: .init(config: c, modelPath: path, home: daemonOptions.home), log: { log("mesa serve: \($0)") })
+            try daemon.run()
+        }
+    }
+}

@@ -1,0 +1,325 @@
+import Contracts
+import EditDaemon
+import Foundation
+import Messaging
+import Storage
+import TestSupport
+import Testing
+
+/// A `mesa serve` process on the tiny model against a real broker, with its own topics, consumer
+/// group, state directory and log; and a client to publish events and collect results.
+final class DaemonHarness: @unchecked Sendable {
+    let dir: URL
+    let bootstrap: String
+    let prefix: String
+    var group: String
+    let modelPath: String
+    let httpPort: Int
+    let early: Double
+    var stateDir: URL
+    var process: Process?
+    var logURL: URL
+    private var launches = 0
+
+    static let modelName = "tiny-daemon"
+
+    /// The `mesa` executable next to the test bundle (built by `swift build --build-tests`).
+    static var executable: URL {
+        let bundleDir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for candidate in [bundleDir.appendingPathComponent("mesa"), bundleDir.deletingLastPathComponent().appendingPathComponent("mesa"),
+                          TestPaths.repoRoot.appendingPathComponent(".build/debug/mesa")]
+        where FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+        return TestPaths.repoRoot.appendingPathComponent(".build/debug/mesa")
+    }
+
+    let steps: Int
+
+    /// `prefix` names the topics (a fresh one by default); `steps` sets the edit's Adam steps (with
+    /// early stopping off when given, so every edit takes a predictable time).
+    init(bootstrap: String, label: String, prefix: String? = nil, steps: Int? = nil) throws {
+        dir = try TestPaths.temporaryDirectory("daemon-\(label)")
+        self.bootstrap = bootstrap
+        self.prefix = prefix ?? "t\(UUID().uuidString.prefix(8).lowercased())"
+        self.steps = steps ?? 8
+        early = steps == nil ? 0.05 : 0
+        group = "\(self.prefix)-\(label)"
+        modelPath = dir.appendingPathComponent("\(Self.modelName).gguf").path
+        try TinyModel.write(to: modelPath)
+        stateDir = dir.appendingPathComponent("state")
+        logURL = dir.appendingPathComponent("daemon.log")
+        httpPort = try Self.freePort()
+        try writeHparams()
+    }
+
+    deinit { kill9() }
+
+    var topics: Topics {
+        var t = Topics()
+        t.factUpdates = "\(prefix).fact-updates"
+        t.control = "\(prefix).control"
+        t.results = "\(prefix).edit-results"
+        t.deadLetters = "\(prefix).dead-letters"
+        return t
+    }
+
+    /// ROME on layer 1 of the tiny model without covariance statistics (no corpus needed).
+    func writeHparams() throws {
+        let h: [String: Any] = [
+            "method": "rome", "model": Self.modelName, "layer": 1, "context_templates": [["length": 4, "count": 2]], "template_seed": 0,
+            "key_averaging": "templates", "v_num_grad_steps": steps, "v_lr": 0.5, "v_weight_decay": 0.001, "clamp_norm_factor": 4,
+            "kl_factor": 0.0625, "early_stop_loss": early, "mom2_adjustment": false, "mom2_tokens": 1000, "mom2_sequence_length": 64,
+            "mom2_seed": 0, "mom2_ridge": 0.0001,
+        ]
+        let d = dir.appendingPathComponent("hparams/rome")
+        try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
+        try JSONSerialization.data(withJSONObject: h, options: [.sortedKeys]).write(to: d.appendingPathComponent("\(Self.modelName).json"))
+    }
+
+    func writeConfig(maxEventBytes: Int = 8192, extra: [String: String] = [:], createTopics: Bool = true) throws -> URL {
+        let t = topics
+        var props = ["session.timeout.ms": "6000", "heartbeat.interval.ms": "1000", "topic.metadata.refresh.interval.ms": "2000"]
+        for (k, v) in extra { props[k] = v }
+        let c: [String: Any] = [
+            "model": modelPath, "state_dir": stateDir.path, "hparams_dir": dir.appendingPathComponent("hparams").path, "threads": 1,
+            "max_event_bytes": maxEventBytes,
+            "kafka": ["bootstrap_servers": bootstrap, "group_id": group, "create_topics": createTopics,
+                      "topics": ["fact_updates": t.factUpdates, "control": t.control, "results": t.results, "dead_letters": t.deadLetters],
+                      "properties": props],
+            "http": ["listen": "127.0.0.1:\(httpPort)"],
+        ]
+        let url = dir.appendingPathComponent("mesa.json")
+        try JSONSerialization.data(withJSONObject: c, options: [.sortedKeys]).write(to: url)
+        return url
+    }
+
+    /// Starts `mesa serve` (appending to the log) and waits until /readyz answers 200.
+    func start(maxEventBytes: Int = 8192, extra: [String: String] = [:], createTopics: Bool = true, timeout: Double = 60) throws {
+        let config = try writeConfig(maxEventBytes: maxEventBytes, extra: extra, createTopics: createTopics)
+        let p = Process()
+        p.executableURL = Self.executable
+        p.arguments = ["serve", "--config", config.path]
+        var env = ProcessInfo.processInfo.environment
+        env["MESA_SCHEMAS_DIR"] = TestPaths.repoRoot.appendingPathComponent("Schemas").path
+        env["MESA_HOME"] = dir.path
+        p.environment = env
+        if !FileManager.default.fileExists(atPath: logURL.path) { _ = FileManager.default.createFile(atPath: logURL.path, contents: nil) }
+        let log = try FileHandle(forWritingTo: logURL)
+        log.seekToEndOfFile()
+        launches += 1
+        log.write(Data("---- launch \(launches)\n".utf8))
+        p.standardOutput = log
+        p.standardError = log
+        try p.run()
+        process = p
+        let end = Date().addingTimeInterval(timeout)
+        while Date() < end {
+            if !p.isRunning { throw HarnessError("mesa serve exited with \(p.terminationStatus):\n\(tail())") }
+            if (try? http("/readyz").status) == 200 { return }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        throw HarnessError("mesa serve not ready within \(timeout) s:\n\(tail())")
+    }
+
+    func kill9() {
+        guard let p = process, p.isRunning else { return }
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    func terminate(timeout: Double = 60) -> Int32? {
+        guard let p = process, p.isRunning else { return process?.terminationStatus }
+        kill(p.processIdentifier, SIGTERM)
+        let end = Date().addingTimeInterval(timeout)
+        while p.isRunning && Date() < end { Thread.sleep(forTimeInterval: 0.05) }
+        if p.isRunning { kill9(); return nil }
+        return p.terminationStatus
+    }
+
+    var isRunning: Bool { process?.isRunning ?? false }
+
+    func tail(_ n: Int = 40) -> String {
+        let text = (try? String(contentsOf: logURL, encoding: .utf8)) ?? ""
+        return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(n).joined(separator: "\n")
+    }
+
+    // MARK: client side
+
+    private var clientProducer: KafkaProducer?
+
+    /// The test's producer (idempotent; replaced by `resetProducer` after a broker lost its state).
+    var producer: KafkaProducer {
+        get throws {
+            if let p = clientProducer { return p }
+            let p = try KafkaProducer(properties: ["bootstrap.servers": bootstrap, "message.timeout.ms": "10000"])
+            clientProducer = p
+            return p
+        }
+    }
+
+    func resetProducer() {
+        clientProducer?.close(flushTimeout: 0)
+        clientProducer = nil
+    }
+
+    static func factUpdate(id: String = UUID().uuidString.lowercased(), subject: String = "Paris", prompt: String = "{} is in",
+                           targetNew: String = "Rome", targetTrue: String? = "is", model: String = modelName, extra: [String: Any] = [:]) -> Data {
+        var e: [String: Any] = [
+            "id": id, "model": ["name": model, "revision": "main"], "subject": subject, "prompt": prompt, "target_new": ["str": targetNew],
+            "method": "ROME", "issued_by": ["principal": "test"], "issued_at": "2026-11-21T10:00:00Z",
+            "paraphrase_prompts": ["Where is \(subject)? It is in"], "neighborhood_prompts": ["Lyon is in"],
+        ]
+        if let targetTrue { e["target_true"] = ["str": targetTrue] }
+        for (k, v) in extra { e[k] = v }
+        return try! JSONSerialization.data(withJSONObject: e, options: [.sortedKeys])
+    }
+
+    static func rollback(to: Int, id: String = UUID().uuidString.lowercased()) -> Data {
+        let c: [String: Any] = ["id": id, "command": "rollback", "to": to, "model": ["name": modelName], "issued_by": ["principal": "test"],
+                                "issued_at": "2026-11-21T10:00:00Z"]
+        return try! JSONSerialization.data(withJSONObject: c, options: [.sortedKeys])
+    }
+
+    @discardableResult
+    func publish(_ payload: Data, topic: String? = nil, cloudEvent type: String? = EventTypes.factUpdate) throws -> (Int32, Int64) {
+        var headers: [KafkaHeader] = []
+        if let type {
+            let id = (try? JSONValue.parse(payload))?["id"]?.stringValue ?? UUID().uuidString
+            headers = CloudEvent(id: id, source: "urn:mesa:test", type: type, subject: nil, datacontenttype: "application/json", data: Array(payload)).kafkaHeaders()
+        }
+        return try producer.send(topic: topic ?? topics.factUpdates, key: nil, payload: Array(payload), headers: headers, timeout: 15)
+    }
+
+    /// Collects JSON records from `topic` until `done` says so or the timeout passes.
+    func collect(_ topic: String, timeout: Double, until done: ([JSONValue]) -> Bool) throws -> [JSONValue] {
+        let c = try KafkaConsumer(properties: ["bootstrap.servers": bootstrap, "group.id": "\(prefix)-reader-\(UUID().uuidString.prefix(6))",
+                                               "auto.offset.reset": "earliest", "session.timeout.ms": "6000", "heartbeat.interval.ms": "1000",
+                                               "topic.metadata.refresh.interval.ms": "1000"],
+                                  topics: [topic])
+        defer { c.close() }
+        var out: [JSONValue] = []
+        let end = Date().addingTimeInterval(timeout)
+        while Date() < end && !done(out) {
+            guard let m = c.next(timeout: 0.2) else { continue }
+            try? c.commit(m)
+            if let v = try? JSONValue.parse(Data(m.payload)) { out.append(v) }
+        }
+        return out
+    }
+
+    /// The results for `ids` (the last one per id), waiting up to `timeout`.
+    func results(for ids: Set<String>, timeout: Double = 120) throws -> [String: JSONValue] {
+        let all = try collect(topics.results, timeout: timeout) { rs in ids.isSubset(of: Set(rs.compactMap { $0["event_id"]?.stringValue })) }
+        var by: [String: JSONValue] = [:]
+        for r in all { if let id = r["event_id"]?.stringValue, ids.contains(id) { by[id] = r } }
+        return by
+    }
+
+    // MARK: HTTP
+
+    func http(_ path: String) throws -> (status: Int, body: String) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw HarnessError("socket") }
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(httpPort).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard rc == 0 else { throw HarnessError("connect") }
+        let req = "GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        _ = req.withCString { send(fd, $0, strlen($0), 0) }
+        var data = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = recv(fd, &buf, buf.count, 0)
+            if n <= 0 { break }
+            data += buf[0..<n]
+        }
+        let text = String(decoding: data, as: UTF8.self)
+        let status = Int(text.split(separator: " ").dropFirst().first ?? "") ?? 0
+        let body = text.range(of: "\r\n\r\n").map { String(text[$0.upperBound...]) } ?? ""
+        return (status, body)
+    }
+
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = 0
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+
+    // MARK: state
+
+    /// The daemon's snapshot store (opened read/write from the test process; LMDB allows it).
+    func store() throws -> SnapshotStore {
+        let dirs = try FileManager.default.contentsOfDirectory(atPath: stateDir.path)
+        for d in dirs {
+            let lmdb = stateDir.appendingPathComponent(d).appendingPathComponent("lmdb")
+            if FileManager.default.fileExists(atPath: lmdb.appendingPathComponent("data.mdb").path) { return try SnapshotStore(path: lmdb.path) }
+        }
+        throw HarnessError("no snapshot store under \(stateDir.path)")
+    }
+
+    /// Runs the `mesa` executable with arguments; returns (status, output).
+    func mesa(_ args: [String]) throws -> (Int32, String) {
+        let p = Process()
+        p.executableURL = Self.executable
+        p.arguments = args
+        var env = ProcessInfo.processInfo.environment
+        env["MESA_SCHEMAS_DIR"] = TestPaths.repoRoot.appendingPathComponent("Schemas").path
+        env["MESA_HOME"] = dir.path
+        p.environment = env
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    /// Stops the daemon and removes the directory (kept when MESA_KEEP_TEST_DIRS=1, for debugging).
+    func cleanup() {
+        kill9()
+        resetProducer()
+        if ProcessInfo.processInfo.environment["MESA_KEEP_TEST_DIRS"] == "1" { print("kept \(dir.path)") } else {
+            try? FileManager.default.removeItem(at: dir)
+        }
+    }
+}
+
+struct HarnessError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+/// One Tansu broker for the whole integration suite run (tests use their own topics and groups).
+enum SharedBroker {
+    nonisolated(unsafe) private static var broker: DevelopmentBroker?
+    private static let lock = NSLock()
+
+    static func get() throws -> DevelopmentBroker {
+        lock.lock(); defer { lock.unlock() }
+        if let b = broker, b.isRunning { return b }
+        let b = try DevelopmentBroker()
+        broker = b
+        atexit { SharedBroker.stopAtExit() }
+        return b
+    }
+
+    static func stopAtExit() { broker?.stop() }
+}
+
+extension JSONValue {
+    var intValue: Int? {
+        if case .number(let n) = self { return n.int64Value.map(Int.init) }
+        return nil
+    }
+}
