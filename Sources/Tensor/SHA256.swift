@@ -1,3 +1,5 @@
+import CKernels
+
 /// SHA-256 (FIPS 180-4), streaming. Used to identify model states: a weight hash is the SHA-256 of
 /// the Float32 bytes of the tensors (see `ModelRuntime.WeightHasher`).
 public struct SHA256: Sendable {
@@ -29,10 +31,14 @@ public struct SHA256: Sendable {
             for i in 0..<take { buffer[buffered + i] = p.load(fromByteOffset: i, as: UInt8.self) }
             buffered += take; p += take; n -= take
             guard buffered == 64 else { return }
-            buffer.withUnsafeBytes { compress(UnsafeRawPointer($0.baseAddress!)) }
+            buffer.withUnsafeBytes { compressBlocks(UnsafeRawPointer($0.baseAddress!), 1) }
             buffered = 0
         }
-        while n >= 64 { compress(p); p += 64; n -= 64 }
+        if n >= 64 {
+            compressBlocks(p, n / 64)
+            p += n / 64 * 64
+            n %= 64
+        }
         for i in 0..<n { buffer[i] = p.load(fromByteOffset: i, as: UInt8.self) }
         buffered = n
     }
@@ -78,7 +84,22 @@ public struct SHA256: Sendable {
 
     @inline(__always) private static func rotr(_ x: UInt32, _ n: UInt32) -> UInt32 { (x >> n) | (x << (32 - n)) }
 
-    private mutating func compress(_ block: UnsafeRawPointer) {
+    /// Whether the CPU's SHA extensions are used (about 5× the portable code on this machine).
+    public static let usesSHAExtensions = mesa_sha256_has_shani() != 0
+
+    /// Compresses `count` consecutive 64-byte blocks.
+    private mutating func compressBlocks(_ p: UnsafeRawPointer, _ count: Int) {
+        guard Self.usesSHAExtensions else {
+            for i in 0..<count { compress(p + 64 * i) }
+            return
+        }
+        var state = [h.0, h.1, h.2, h.3, h.4, h.5, h.6, h.7]
+        state.withUnsafeMutableBufferPointer { mesa_sha256_blocks($0.baseAddress!, p.assumingMemoryBound(to: UInt8.self), count) }
+        h = (state[0], state[1], state[2], state[3], state[4], state[5], state[6], state[7])
+    }
+
+    /// The portable compression of one block.
+    mutating func compress(_ block: UnsafeRawPointer) {
         h = withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 64) { w in
             for i in 0..<16 { w[i] = UInt32(bigEndian: block.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self)) }
             for i in 16..<64 {

@@ -17,6 +17,12 @@ import Testing
         }
         #expect(SHA256.hex(h.finalize()) == "ab6b9b1d71dcfec981b828ca8b9d280b6cf90fb42d788542331933d444aed8cf")
     }
+
+    /// A megabyte in one call: the bulk path (SHA extensions where the CPU has them), against hashlib.
+    @Test func bulkMatchesHashlib() {
+        let bytes = (0..<1_000_003).map { i in UInt8(truncatingIfNeeded: (i * i * 7 + i * 3 + 1) >> 3) }
+        #expect(SHA256.hex(SHA256.hash(bytes)) == "34c01bd9d18ba207d623514aa6eafff163724ff6ca08662ea112276087c05eef")
+    }
 }
 
 private extension Array where Element == Int {

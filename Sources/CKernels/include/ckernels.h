@@ -1,6 +1,7 @@
 #ifndef MESA_CKERNELS_H
 #define MESA_CKERNELS_H
 #include <stddef.h>
+#include <stdint.h>
 
 /// exp(x) for x in [-87.3, 88]; 0 below, clamped above. Max relative error ~2 ulp.
 float mesa_expf(float x);
@@ -18,4 +19,11 @@ void mesa_silu_gate_backward(const float *gate, const float *up, const float *do
 
 /// Gradient of the tanh-approximated GELU at pre-activation x: dx = dout * gelu'(x), i < n. dx may alias dout.
 void mesa_gelu_tanh_backward(const float *x, const float *dout, float *dx, size_t n);
+
+/// 1 when the CPU has the SHA extensions (SHA-NI) that `mesa_sha256_blocks` uses, else 0.
+int mesa_sha256_has_shani(void);
+
+/// SHA-256 compression of `blocks` 64-byte blocks into state[8] (FIPS 180-4 word order), with the
+/// SHA-NI instructions. Call only when `mesa_sha256_has_shani()` is 1.
+void mesa_sha256_blocks(uint32_t state[8], const uint8_t *data, size_t blocks);
 #endif
