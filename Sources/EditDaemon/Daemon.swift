@@ -165,13 +165,14 @@ public final class Daemon: @unchecked Sendable {
     func handle(_ m: KafkaMessage, pipeline: Pipeline, producer: ProducerSlot, consumer: KafkaConsumer) {
         let t0 = Date()
         metrics.eventConsumed(topic: m.topic)
-        let outcome: Outcome
+        var outcome: Outcome
         do { outcome = try pipeline.process(m) } catch {
             log("error: \(m.topic)/\(m.partition)@\(m.offset) not processed (will be redelivered): \(error)")
             consumer.release(m)
             Thread.sleep(forTimeInterval: 1)
             return
         }
+        let tPublish = Date()
         for r in outcome.records {
             var attempt = 0
             while true {
@@ -190,9 +191,15 @@ public final class Daemon: @unchecked Sendable {
                 }
             }
         }
-        do { try consumer.commit(m) } catch {
+        outcome.steps["publish"] = Date().timeIntervalSince(tPublish)
+        let tCommit = Date()
+        // The snapshot is durable and the result acknowledged: commit without waiting for the broker
+        // (a lost commit only redelivers the event, which the dedupe index turns into a republish);
+        // the last commit before a shutdown waits.
+        do { try consumer.commit(m, wait: stopping) } catch {
             log("warning: commit of \(m.topic)/\(m.partition)@\(m.offset) failed (it will be redelivered and deduplicated): \(error)")
         }
+        outcome.steps["commit"] = Date().timeIntervalSince(tCommit)
         let total = Date().timeIntervalSince(t0)
         onEvent?(outcome, total)
         switch outcome.kind {
@@ -230,6 +237,8 @@ final class ProducerSlot: @unchecked Sendable {
     init(properties: [String: String], log: @escaping @Sendable (String) -> Void) throws {
         var properties = properties
         if properties["message.timeout.ms"] == nil { properties["message.timeout.ms"] = "30000" }
+        // One record at a time, waited for: batching would only add its linger (5 ms by default) to every event.
+        if properties["linger.ms"] == nil { properties["linger.ms"] = "0" }
         self.properties = properties
         self.log = log
         producer = try KafkaProducer(properties: properties, logger: log)

@@ -1,4 +1,5 @@
 import Foundation
+import Storage
 
 /// A fact update (Schemas/fact-update.schema.json), decoded after it validated.
 public struct FactUpdate: Codable, Sendable, Equatable {
@@ -109,9 +110,5 @@ enum JSONCoding {
         return d
     }
 
-    static func timestamp(_ date: Date = Date()) -> String {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return f.string(from: date)
-    }
+    static func timestamp(_ date: Date = Date()) -> String { Timestamp.now(date) }
 }

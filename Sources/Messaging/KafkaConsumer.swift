@@ -75,7 +75,11 @@ public final class KafkaConsumer: @unchecked Sendable {
     /// - Throws: `KafkaError` with librdkafka's code if the commit failed (m stays in flight: commit again
     ///   or release it); `KafkaError.Code.partitionRevoked` if m's partition was revoked meanwhile (m is
     ///   settled; its next owner redelivers it); `KafkaError.Code.state` if m is not the message in flight.
-    public func commit(_ m: KafkaMessage) throws { try core.commit(m) }
+    ///
+    /// With `wait: false` the commit request is sent asynchronously (no broker round trip on the
+    /// caller's path, no retries): a commit lost that way only means `m` is delivered again later,
+    /// which an idempotent consumer absorbs.
+    public func commit(_ m: KafkaMessage, wait: Bool = true) throws { try core.commit(m, wait: wait) }
 
     /// Gives m back without committing it: the next `next` hands it out again (for a retry).
     public func release(_ m: KafkaMessage) { core.release(m) }
@@ -352,7 +356,7 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
         RD_KAFKA_RESP_ERR__WAIT_COORD,
     ].map(\.rawValue))
 
-    func commit(_ m: KafkaMessage) throws {
+    func commit(_ m: KafkaMessage, wait: Bool = true) throws {
         let tp = TopicPartition(m)
         cond.lock()
         guard let current = inFlight, Self.same(current, m) else {
@@ -376,14 +380,14 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
         var failure: KafkaError?
         for attempt in 1...commitAttempts {
             let list = PartitionList([(m.topic, m.partition, m.offset + 1)])
-            var err = rd_kafka_commit(handle, list.list, 0)
-            if err == RD_KAFKA_RESP_ERR_NO_ERROR, let e = PartitionList.entries(list.list).first { err = e.err }
+            var err = rd_kafka_commit(handle, list.list, wait ? 0 : 1)
+            if wait, err == RD_KAFKA_RESP_ERR_NO_ERROR, let e = PartitionList.entries(list.list).first { err = e.err }
             if err == RD_KAFKA_RESP_ERR_NO_ERROR {
                 failure = nil
                 break
             }
             failure = KafkaError("commit \(m.partitionKey) offset \(m.offset + 1)", err: err)
-            guard attempt < commitAttempts, Self.retriableCommitErrors.contains(err.rawValue) else { break }
+            guard wait, attempt < commitAttempts, Self.retriableCommitErrors.contains(err.rawValue) else { break }
             log("\(failure!) (attempt \(attempt) of \(commitAttempts); retrying)")
             Thread.sleep(forTimeInterval: 0.1 * Double(attempt))
         }

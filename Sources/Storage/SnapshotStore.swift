@@ -437,9 +437,21 @@ public final class SnapshotStore: @unchecked Sendable {
         return d
     }
 
-    static func now() -> String {
+    static func now() -> String { Timestamp.now() }
+}
+
+/// RFC 3339 timestamps with milliseconds, from one shared formatter (creating one per call costs
+/// more than the rest of a snapshot write).
+public enum Timestamp {
+    nonisolated(unsafe) private static let formatter: ISO8601DateFormatter = {
         let f = ISO8601DateFormatter()
         f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return f.string(from: Date())
+        return f
+    }()
+    private static let lock = NSLock()
+
+    public static func now(_ date: Date = Date()) -> String {
+        lock.lock(); defer { lock.unlock() }
+        return formatter.string(from: date)
     }
 }

@@ -34,6 +34,9 @@ struct RomeBench: ParsableCommand {
         let m = try ModelLoader.load(path: path)
         guard let hd = FileManager.default.contents(atPath: hparams) else { throw ValidationError("cannot read \(hparams)") }
         var h = try RomeHyperparameters.decode(hd)
+        // The reference implements ROME's u = C⁻¹k* with k* the mean key; run mesa the same way so
+        // u and δ are comparable (key_averaging only changes how u is chosen, not the cost).
+        h.keyAveraging = .templates
         if let steps { h.vNumGradSteps = steps }
         h.earlyStopLoss = 0
         let state = EditState(home: EditState.defaultHome, baseHash: m.weightHash)
