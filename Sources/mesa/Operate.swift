@@ -212,12 +212,16 @@ struct Snapshots: ParsableCommand {
                     continue
                 }
                 print("\(try store.modelName() ?? "?") — base \(try store.baseHash()?.prefix(16) ?? "?") — \(path.path)")
-                print(String(format: "%@ %5@ %6@  %-36@ %-6@ %-16@ %6@  %@", " ", "seq", "parent", "event", "method", "weights", "bytes", "created"))
-                print(String(format: "%@ %5d %6@  %-36@ %-6@ %-16@ %6@  %@", head == 0 ? "*" : " ", 0, "-", "(base model)", "-",
-                             String(try store.baseHash()?.prefix(16) ?? ""), "-", "-"))
+                func row(_ mark: String, _ seq: String, _ parent: String, _ event: String, _ method: String, _ hash: String, _ bytes: String, _ time: String) {
+                    func pad(_ s: String, _ n: Int, right: Bool = false) -> String {
+                        s.count >= n ? s : (right ? String(repeating: " ", count: n - s.count) + s : s + String(repeating: " ", count: n - s.count))
+                    }
+                    print("\(mark) \(pad(seq, 5, right: true)) \(pad(parent, 6, right: true))  \(pad(event, 36))  \(pad(method, 6))  \(pad(hash, 16))  \(pad(bytes, 6, right: true))  \(time)")
+                }
+                row(" ", "seq", "parent", "event", "method", "weights", "bytes", "created")
+                row(head == 0 ? "*" : " ", "0", "-", "(base model)", "-", String(try store.baseHash()?.prefix(16) ?? ""), "-", "-")
                 for r in records {
-                    print(String(format: "%@ %5d %6d  %-36@ %-6@ %-16@ %6d  %@", r.seq == head ? "*" : " ", r.seq, r.parent, r.eventId, r.method,
-                                 String(r.hashAfter.prefix(16)), r.storedBytes, r.createdAt))
+                    row(r.seq == head ? "*" : " ", "\(r.seq)", "\(r.parent)", r.eventId, r.method, String(r.hashAfter.prefix(16)), "\(r.storedBytes)", r.createdAt)
                 }
                 let rollbacks = try store.journal().filter { $0.kind == .rollback }
                 for j in rollbacks { print("  rollback \(j.headBefore) → \(j.headAfter) at \(j.time) (\(j.eventId ?? "-"))") }
