@@ -82,3 +82,18 @@ public enum TinyModel {
         return try ModelLoader.load(path: path)
     }
 }
+
+extension TinyModel {
+    /// A ROME hyperparameter file for the tiny model (`Schemas/rome-hparams.schema.json`): layer 1,
+    /// two 4-token templates, no covariance statistics (so no corpus is needed). `steps` Adam steps;
+    /// `earlyStop` 0 turns early stopping off, so every edit takes a predictable time.
+    public static func romeHyperparameters(model name: String, steps: Int = 8, earlyStop: Double = 0.05) throws -> Data {
+        let h: [String: Any] = [
+            "method": "rome", "model": name, "layer": 1, "context_templates": [["length": 4, "count": 2]], "template_seed": 0,
+            "key_averaging": "templates", "v_num_grad_steps": steps, "v_lr": 0.5, "v_weight_decay": 0.001, "clamp_norm_factor": 4,
+            "kl_factor": 0.0625, "early_stop_loss": earlyStop, "mom2_adjustment": false, "mom2_tokens": 1000, "mom2_sequence_length": 64,
+            "mom2_seed": 0, "mom2_ridge": 0.0001,
+        ]
+        return try JSONSerialization.data(withJSONObject: h, options: [.sortedKeys])
+    }
+}

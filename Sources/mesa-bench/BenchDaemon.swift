@@ -50,15 +50,9 @@ struct DaemonBench: ParsableCommand {
         } else {
             modelPath = dir.appendingPathComponent("tiny-bench.gguf").path
             try TinyModel.write(to: modelPath)
-            let h: [String: Any] = [
-                "method": "rome", "model": "tiny-bench", "layer": 1, "context_templates": [["length": 4, "count": 2]], "template_seed": 0,
-                "key_averaging": "templates", "v_num_grad_steps": 5, "v_lr": 0.5, "v_weight_decay": 0.001, "clamp_norm_factor": 4,
-                "kl_factor": 0.0625, "early_stop_loss": 0.05, "mom2_adjustment": false, "mom2_tokens": 1000, "mom2_sequence_length": 64,
-                "mom2_seed": 0, "mom2_ridge": 0.0001,
-            ]
             let hd = dir.appendingPathComponent("hparams/rome")
             try FileManager.default.createDirectory(at: hd, withIntermediateDirectories: true)
-            try JSONSerialization.data(withJSONObject: h).write(to: hd.appendingPathComponent("tiny-bench.json"))
+            try TinyModel.romeHyperparameters(model: "tiny-bench", steps: 5).write(to: hd.appendingPathComponent("tiny-bench.json"))
             config.hparamsDir = dir.appendingPathComponent("hparams").path
         }
         config.stateDir = dir.appendingPathComponent("state").path

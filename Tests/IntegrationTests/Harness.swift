@@ -64,15 +64,9 @@ final class DaemonHarness: @unchecked Sendable {
 
     /// ROME on layer 1 of the tiny model without covariance statistics (no corpus needed).
     func writeHparams() throws {
-        let h: [String: Any] = [
-            "method": "rome", "model": Self.modelName, "layer": 1, "context_templates": [["length": 4, "count": 2]], "template_seed": 0,
-            "key_averaging": "templates", "v_num_grad_steps": steps, "v_lr": 0.5, "v_weight_decay": 0.001, "clamp_norm_factor": 4,
-            "kl_factor": 0.0625, "early_stop_loss": early, "mom2_adjustment": false, "mom2_tokens": 1000, "mom2_sequence_length": 64,
-            "mom2_seed": 0, "mom2_ridge": 0.0001,
-        ]
         let d = dir.appendingPathComponent("hparams/rome")
         try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
-        try JSONSerialization.data(withJSONObject: h, options: [.sortedKeys]).write(to: d.appendingPathComponent("\(Self.modelName).json"))
+        try TinyModel.romeHyperparameters(model: Self.modelName, steps: steps, earlyStop: early).write(to: d.appendingPathComponent("\(Self.modelName).json"))
     }
 
     func writeConfig(maxEventBytes: Int = 8192, extra: [String: String] = [:], createTopics: Bool = true) throws -> URL {

@@ -20,6 +20,9 @@ void mesa_silu_gate_backward(const float *gate, const float *up, const float *do
 /// Gradient of the tanh-approximated GELU at pre-activation x: dx = dout * gelu'(x), i < n. dx may alias dout.
 void mesa_gelu_tanh_backward(const float *x, const float *dout, float *dx, size_t n);
 
+/// The 64 SHA-256 round constants K (FIPS 180-4 §4.2.2).
+const uint32_t *mesa_sha256_constants(void);
+
 /// 1 when the CPU has the SHA extensions (SHA-NI) that `mesa_sha256_blocks` uses, else 0.
 int mesa_sha256_has_shani(void);
 
