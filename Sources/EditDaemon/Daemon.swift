@@ -249,7 +249,7 @@ final class ProducerSlot: @unchecked Sendable {
         let p = producer
         lock.unlock()
         do { _ = try p.send(topic: r.topic, key: r.key, payload: r.payload, headers: r.headers, timeout: 35) } catch let e as KafkaError {
-            if e.code == KafkaError.Code.fatal || e.code == KafkaError.Code.messageTimedOut || e.code == KafkaError.Code.timedOut {
+            if p.isFatal || e.code == KafkaError.Code.fatal || e.code == KafkaError.Code.messageTimedOut || e.code == KafkaError.Code.timedOut {
                 log("producer: \(e); starting a new producer")
                 let fresh = try KafkaProducer(properties: properties, logger: log)
                 lock.lock()

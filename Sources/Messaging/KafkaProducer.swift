@@ -37,6 +37,10 @@ public final class KafkaProducer: @unchecked Sendable {
     /// - Throws: `KafkaError.Code.timedOut` if records are still outstanding after `timeout` seconds.
     public func flush(timeout: Double) throws { try core.flush(timeout: timeout) }
 
+    /// True once librdkafka raised a fatal error (e.g. an idempotent producer out of sequence with a
+    /// broker that lost its state): every later send fails; close it and create a new producer.
+    public var isFatal: Bool { core.isFatal }
+
     /// Flushes (up to `flushTimeout` seconds), fails what is still queued (`_PURGE_QUEUE`), stops the
     /// delivery thread and destroys the librdkafka handle. Idempotent; later sends throw.
     public func close(flushTimeout: Double = 10) { core.close(flushTimeout: flushTimeout) }
@@ -115,6 +119,10 @@ final class ProducerCore: KafkaHandleOwner, @unchecked Sendable {
         pollThreadRunning = false
         cond.broadcast()
         cond.unlock()
+    }
+
+    var isFatal: Bool {
+        (try? withHandle("fatal check") { rd_kafka_fatal_error($0, nil, 0) != RD_KAFKA_RESP_ERR_NO_ERROR }) ?? false
     }
 
     /// Runs `body` with the handle while the producer is open, keeping the handle alive meanwhile.
