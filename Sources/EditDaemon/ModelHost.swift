@@ -49,32 +49,18 @@ public final class ModelHost: @unchecked Sendable {
         return BLASInfo(library: c.build, core: c.coreName, threads: c.threads)
     }
 
-    /// ΔW = L·R added to the factor's tensor: rank 1 by `sger` (exactly what `LanguageModel.apply`
-    /// does for a ROME update), higher ranks by one `sgemm` with β = 1.
+    /// ΔW = L·R added to the factor's tensor, by the same code that applies edits everywhere
+    /// (`LanguageModel.apply(LowRankUpdate)`), so a replay reproduces the recorded weights bit for bit.
     public func apply(_ f: StoredFactor) throws {
-        let p = try parameter(f)
-        if base[f.parameter] == nil { base[f.parameter] = p.data }
-        p.mutate { w in
-            f.left.withUnsafeBufferPointer { l in f.right.withUnsafeBufferPointer { r in
-                if f.rank == 1 {
-                    BLAS.sger(m: f.rows, n: f.cols, x: l.baseAddress!, y: r.baseAddress!, a: w.baseAddress!, lda: f.cols)
-                } else {
-                    BLAS.sgemm(m: f.rows, n: f.cols, k: f.rank, a: l.baseAddress!, lda: f.rank, b: r.baseAddress!, ldb: f.cols,
-                               beta: 1, c: w.baseAddress!, ldc: f.cols)
-                }
-            } }
-        }
-    }
-
-    private func parameter(_ f: StoredFactor) throws -> Parameter {
         guard let p = model.weights.all.first(where: { $0.name == f.parameter }) else {
             throw WeightStateError("the model has no tensor \(f.parameter)")
         }
-        guard p.shape == [f.rows, f.cols], f.rank >= 1, f.left.count == f.rows * f.rank, f.right.count == f.rank * f.cols else {
-            throw WeightStateError("factor of shape [\(f.rows), \(f.cols)] rank \(f.rank) does not fit \(f.parameter) \(p.shape)")
+        if base[f.parameter] == nil { base[f.parameter] = p.data }
+        do {
+            try model.apply(LowRankUpdate(parameter: f.parameter, layer: f.layer, rows: f.rows, cols: f.cols, rank: f.rank, left: f.left, right: f.right))
+        } catch let e as EditError {
+            throw WeightStateError("factor of \(f.parameter): \(e.message)")
         }
-        guard f.left.allSatisfy(\.isFinite), f.right.allSatisfy(\.isFinite) else { throw WeightStateError("factor of \(f.parameter) is non-finite") }
-        return p
     }
 
     /// Restores the base values of every touched tensor.

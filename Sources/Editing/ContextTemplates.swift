@@ -22,6 +22,14 @@ public struct ContextTemplates: Codable, Sendable, Equatable {
     /// The weight hash of the model that generated them.
     public var modelHash: String
 
+    /// Per-prefix weights that average within each group and then over the groups, the bare prompt a
+    /// group of its own (MEMIT's compute_ks). They sum to 1; nil if the prefixes do not match the groups.
+    public var groupWeights: [Double]? {
+        let sizes = [1] + groups.map(\.count).filter { $0 > 0 }
+        guard sizes.reduce(0, +) == prefixes.count else { return nil }
+        return sizes.flatMap { [Double](repeating: 1 / (Double($0) * Double(sizes.count)), count: $0) }
+    }
+
     public static let defaultSeedWords = ["The", "Therefore", "Because", "I", "You"]
 
     /// Samples the prefixes with top-k 5: for each group, `count` generations of up to `length`

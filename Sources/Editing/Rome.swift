@@ -5,6 +5,27 @@ import Tensor
 /// The prompts of one ROME edit, tokenized: what the optimization sees (and what a reference
 /// implementation must be given to reproduce it).
 public struct RomeBatch: Sendable {
+    /// One rewrite prompt per prefix (the bare prompt first) and the "{subject} is a" KL prompt, with δ
+    /// at the subject's last token.
+    public init(request: EditRequest, prefixes: [String], tokenizer: EditTokenizer, contextLength: Int) throws {
+        try request.validate()
+        let target = try tokenizer.target(request.targetNew)
+        var rewrite: [DeltaPrompt] = [], targets: [[Int32]] = []
+        for prefix in prefixes {
+            let sp = try tokenizer.subjectPrompt(prefix: prefix, prompt: request.prompt, subject: request.subject)
+            let ids = sp.tokens + target.dropLast()
+            guard ids.count <= contextLength else { throw EditError(.tooLong, "prompt and target exceed the context") }
+            let positions = (0..<target.count).map { sp.tokens.count - 1 + $0 }
+            rewrite.append(DeltaPrompt(tokens: ids, position: sp.subjectLast, logitPositions: positions))
+            targets.append(target)
+        }
+        let klp = try tokenizer.subjectPrompt(prefix: "", prompt: "{} is a", subject: request.subject)
+        self.rewrite = rewrite
+        rewriteTargets = targets
+        kl = [DeltaPrompt(tokens: klp.tokens, position: klp.subjectLast, logitPositions: [klp.subjectLast])]
+        targetNew = target
+    }
+
     /// One per context template: template prefix + prompt(subject) + target[:-1]; δ at the subject's
     /// last token; logits at the target positions.
     public var rewrite: [DeltaPrompt]
@@ -66,20 +87,7 @@ public final class RomeEditor: @unchecked Sendable {
 
     /// Tokenizes the request into the optimization batch.
     public func batch(for request: EditRequest) throws -> RomeBatch {
-        try request.validate()
-        let target = try tokenizer.target(request.targetNew)
-        var rewrite: [DeltaPrompt] = [], targets: [[Int32]] = []
-        for prefix in templates.prefixes {
-            let sp = try tokenizer.subjectPrompt(prefix: prefix, prompt: request.prompt, subject: request.subject)
-            let ids = sp.tokens + target.dropLast()
-            guard ids.count <= model.config.contextLength else { throw EditError(.tooLong, "prompt and target exceed the context") }
-            let positions = (0..<target.count).map { sp.tokens.count - 1 + $0 }
-            rewrite.append(DeltaPrompt(tokens: ids, position: sp.subjectLast, logitPositions: positions))
-            targets.append(target)
-        }
-        let klp = try tokenizer.subjectPrompt(prefix: "", prompt: "{} is a", subject: request.subject)
-        let kl = [DeltaPrompt(tokens: klp.tokens, position: klp.subjectLast, logitPositions: [klp.subjectLast])]
-        return RomeBatch(rewrite: rewrite, rewriteTargets: targets, kl: kl, targetNew: target)
+        try RomeBatch(request: request, prefixes: templates.prefixes, tokenizer: tokenizer, contextLength: model.config.contextLength)
     }
 
     /// The weight of each rewrite prompt's key in k* (they sum to 1). The prompts are the bare one and
@@ -89,9 +97,10 @@ public final class RomeEditor: @unchecked Sendable {
         case .templates, .each:
             return [Double](repeating: 1 / Double(prompts), count: prompts)
         case .groups:
-            let sizes = [1] + templates.groups.map(\.count).filter { $0 > 0 }
-            guard sizes.reduce(0, +) == prompts else { throw EditError(.state, "the template groups do not match the \(prompts) rewrite prompts") }
-            return sizes.flatMap { [Double](repeating: 1 / (Double($0) * Double(sizes.count)), count: $0) }
+            guard let w = templates.groupWeights, w.count == prompts else {
+                throw EditError(.state, "the template groups do not match the \(prompts) rewrite prompts")
+            }
+            return w
         }
     }
 
@@ -125,7 +134,7 @@ public final class RomeEditor: @unchecked Sendable {
     }
 
     public func computeUpdate(batch: RomeBatch) throws -> RomeResult {
-        let h = hparams, d = model.config.hidden, ff = model.config.intermediate
+        let h = hparams, ff = model.config.intermediate
         var phases: [String: Double] = [:]
         var clock = DispatchTime.now().uptimeNanoseconds
         func lap(_ name: String) {
@@ -165,26 +174,9 @@ public final class RomeEditor: @unchecked Sendable {
         guard vInitNorm > 0, vInitNorm.isFinite else { throw EditError(.nonFinite, "the MLP output at the subject is zero or non-finite") }
 
         // v* = W k* + δ: Adam on δ with NLL + KL + weight decay, early stop, and the norm clamp.
-        var loss = EditLoss(rewriteTargets: batch.rewriteTargets, klRows: batch.kl.count, klFactor: h.klFactor,
-                            normWeight: h.vWeightDecay / (vInitNorm * vInitNorm))
-        var delta = [Float](repeating: 0, count: d)
-        var adam = Adam(lr: h.vLr, count: d)
-        var losses: [EditLoss.Value] = []
-        let maxNorm = h.clampNormFactor * vInitNorm
-        for it in 0..<h.vNumGradSteps {
-            let logits = try pass.forward(delta: delta)
-            if it == 0 { loss.setReference(from: logits) }
-            let (value, dLogits, dNorm) = loss.evaluate(logits: logits, delta: delta)
-            losses.append(value)
-            guard value.total.isFinite else { throw EditError(.nonFinite, "the edit loss became non-finite at step \(it)") }
-            if value.total < Double(h.earlyStopLoss) || it == h.vNumGradSteps - 1 { break }
-            var g = try pass.backward(logitGradient: dLogits)
-            for i in 0..<d { g[i] += dNorm[i] }
-            guard g.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "the gradient became non-finite at step \(it)") }
-            adam.step(&delta, gradient: g)
-            let n = Vector.norm(delta)
-            if n > maxNorm { for i in 0..<d { delta[i] *= maxNorm / n } }
-        }
+        let (delta, losses) = try DeltaOptimization(steps: h.vNumGradSteps, lr: h.vLr, weightDecay: h.vWeightDecay, klFactor: h.klFactor,
+                                                    earlyStopLoss: h.earlyStopLoss, maxNorm: h.clampNormFactor * vInitNorm, referenceNorm: vInitNorm)
+            .run(pass: pass, batch: batch)
         lap("v_star")
 
         // r = δ / (uᵀk*).
@@ -193,5 +185,53 @@ public final class RomeEditor: @unchecked Sendable {
         let update = RankOneUpdate(parameter: model.weights.layers[h.layer].wDown.name, layer: h.layer, u: u, r: r)
         return RomeResult(update: update, keyStar: keyStar, valueInitNorm: vInitNorm, deltaNorm: Vector.norm(delta),
                           denominator: denom, keyGains: Array(gains.prefix(batch.rewrite.count)), losses: losses, phases: phases)
+    }
+}
+
+/// The δ optimization shared by ROME (δ on the MLP output) and MEMIT (δ on the residual): Adam on
+/// token-averaged NLL + KL + weightDecay·‖δ‖/‖ref‖², early stop, and ‖δ‖ ≤ maxNorm after every step.
+public struct DeltaOptimization: Sendable {
+    public var steps: Int
+    public var lr: Float
+    public var weightDecay: Float
+    public var klFactor: Float
+    public var earlyStopLoss: Float
+    public var maxNorm: Float
+    /// The norm the weight decay is relative to (‖v_init‖ for ROME, ‖h_L‖ for MEMIT).
+    public var referenceNorm: Float
+
+    public init(steps: Int, lr: Float, weightDecay: Float, klFactor: Float, earlyStopLoss: Float, maxNorm: Float, referenceNorm: Float) {
+        self.steps = steps
+        self.lr = lr
+        self.weightDecay = weightDecay
+        self.klFactor = klFactor
+        self.earlyStopLoss = earlyStopLoss
+        self.maxNorm = maxNorm
+        self.referenceNorm = referenceNorm
+    }
+
+    /// δ [d] and the loss of every evaluated step. `pass` holds the rewrite prompts, then the KL prompts.
+    public func run(pass: DeltaPass, batch: RomeBatch) throws -> ([Float], [EditLoss.Value]) {
+        let d = pass.model.config.hidden
+        var loss = EditLoss(rewriteTargets: batch.rewriteTargets, klRows: batch.kl.count, klFactor: klFactor,
+                            normWeight: weightDecay / (referenceNorm * referenceNorm))
+        var delta = [Float](repeating: 0, count: d)
+        var adam = Adam(lr: lr, count: d)
+        var losses: [EditLoss.Value] = []
+        for it in 0..<steps {
+            let logits = try pass.forward(delta: delta)
+            if it == 0 { loss.setReference(from: logits) }
+            let (value, dLogits, dNorm) = loss.evaluate(logits: logits, delta: delta)
+            losses.append(value)
+            guard value.total.isFinite else { throw EditError(.nonFinite, "the edit loss became non-finite at step \(it)") }
+            if value.total < Double(earlyStopLoss) || it == steps - 1 { break }
+            var g = try pass.backward(logitGradient: dLogits)
+            for i in 0..<d { g[i] += dNorm[i] }
+            guard g.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "the gradient became non-finite at step \(it)") }
+            adam.step(&delta, gradient: g)
+            let n = Vector.norm(delta)
+            if n > maxNorm { for i in 0..<d { delta[i] *= maxNorm / n } }
+        }
+        return (delta, losses)
     }
 }
