@@ -117,7 +117,81 @@ public struct MemitResult: Sendable {
     /// ‖δ_i‖ per request and the final loss of each request's optimization.
     public var deltaNorms: [Float]
     public var finalLosses: [Double]
+    /// Per edited layer, the requests' keys recomputed with all updates applied: [n][ff] (what
+    /// AlphaEdit adds to its accumulated K_pK_pᵀ once the updates are kept).
+    public var keysAfter: [Int: [[Double]]]
     public var phases: [String: Double]
+}
+
+/// How the closed form of one layer is solved: X [ff, n] with ΔW = R·Xᵀ.
+public enum SpreadSolver: Sendable {
+    /// MEMIT: X = (λC + KKᵀ)⁻¹K.
+    case memit
+    /// AlphaEdit: X = (P(KKᵀ + K_pK_pᵀ) + αI)⁻¹PK, P the null-space projector of C.
+    case alphaEdit(AlphaEditState)
+}
+
+/// AlphaEdit's per-layer state (METHODS §2.2): the null-space projectors P = ÛÛᵀ of the key
+/// statistics (fixed per model and layer) and the accumulated K_pK_pᵀ of the edits kept so far.
+public final class AlphaEditState: @unchecked Sendable {
+    /// [ff, ff] per layer.
+    public let projectors: [Int: [Double]]
+    /// Null-space dimension per layer.
+    public let nullity: [Int: Int]
+    /// Σ K Kᵀ over kept edits, [ff, ff] per layer.
+    public private(set) var accumulated: [Int: [Double]]
+    public let dim: Int
+    /// α in (P(KKᵀ + K_pK_pᵀ) + αI).
+    public let l2: Double
+
+    /// P from the eigenvectors of C whose eigenvalues, smallest first, add up to at most
+    /// `nullspaceEnergy` of the trace: a threshold relative to the spectrum (the public code's
+    /// absolute 2e-2 makes P = I or 0 depending on how the statistics were normalized).
+    public init(statistics: [Int: KeyStatistics], nullspaceEnergy: Double, l2: Double) throws {
+        guard nullspaceEnergy > 0, nullspaceEnergy < 1, l2 > 0 else {
+            throw EditError(.hyperparameters, "nullspace_energy must be in (0, 1) and l2 positive")
+        }
+        guard let ff = statistics.values.first?.dim else { throw EditError(.state, "AlphaEdit needs key statistics") }
+        var p: [Int: [Double]] = [:], k: [Int: Int] = [:]
+        for (layer, s) in statistics {
+            let c = s.moment.map(Double.init)
+            let (values, vectors) = try LAPACK.symmetricEigen(c, n: ff)   // ascending; row i = eigenvector i
+            let trace = values.reduce(0) { $0 + max(0, $1) }
+            var kept = 0, energy = 0.0
+            while kept < ff, energy + max(0, values[kept]) <= nullspaceEnergy * trace {
+                energy += max(0, values[kept])
+                kept += 1
+            }
+            guard kept > 0 else { throw EditError(.degenerateKey, "layer \(layer): no eigenvalue below \(nullspaceEnergy) of the trace") }
+            // P = Σ_{i<kept} v_i v_iᵀ = VₖᵀVₖ, Vₖ [kept, ff] the kept eigenvectors as rows.
+            var proj = [Double](repeating: 0, count: ff * ff)
+            vectors.withUnsafeBufferPointer { v in proj.withUnsafeMutableBufferPointer { out in
+                BLAS.dgemm(transA: true, m: ff, n: ff, k: kept, a: v.baseAddress!, lda: ff, b: v.baseAddress!, ldb: ff,
+                           c: out.baseAddress!, ldc: ff)
+            } }
+            p[layer] = proj
+            k[layer] = kept
+        }
+        projectors = p
+        nullity = k
+        accumulated = statistics.mapValues { _ in [Double](repeating: 0, count: ff * ff) }
+        dim = ff
+        self.l2 = l2
+    }
+
+    /// Adds the kept edits' keys: K_pK_pᵀ += Σ k kᵀ.
+    public func accumulate(_ keys: [Int: [[Double]]]) {
+        for (layer, ks) in keys {
+            guard var a = accumulated[layer] else { continue }
+            for k in ks { for r in 0..<dim where k[r] != 0 { let kr = k[r]; for c in 0..<dim { a[r * dim + c] += kr * k[c] } } }
+            accumulated[layer] = a
+        }
+    }
+
+    /// Forgets the accumulated keys (a rollback to the base model).
+    public func reset() {
+        for l in Array(accumulated.keys) { accumulated[l] = [Double](repeating: 0, count: dim * dim) }
+    }
 }
 
 /// MEMIT (METHODS §2.1): a target residual z_i = h_L + δ_i per request (δ on the residual after the
@@ -132,9 +206,11 @@ public final class MemitEditor: @unchecked Sendable {
     public let templates: ContextTemplates
     /// C for each edited layer.
     public let statistics: [Int: KeyStatistics]
+    public let solver: SpreadSolver
     let tokenizer: EditTokenizer
 
-    public init(model: LanguageModel, hparams: MemitHyperparameters, templates: ContextTemplates, statistics: [Int: KeyStatistics]) throws {
+    public init(model: LanguageModel, hparams: MemitHyperparameters, templates: ContextTemplates, statistics: [Int: KeyStatistics],
+                solver: SpreadSolver = .memit) throws {
         try hparams.validate(layers: model.config.layers)
         for l in hparams.layers {
             guard let s = statistics[l], s.dim == model.config.intermediate else {
@@ -146,6 +222,7 @@ public final class MemitEditor: @unchecked Sendable {
         self.hparams = hparams
         self.templates = templates
         self.statistics = statistics
+        self.solver = solver
         tokenizer = EditTokenizer(model: model)
     }
 
@@ -187,15 +264,8 @@ public final class MemitEditor: @unchecked Sendable {
         var updates: [LowRankUpdate] = [], backups: [WeightBackup] = []
         defer { for b in backups.reversed() { try? model.restore(b) } }
         for (i, l) in h.layers.enumerated() {
-            // K [ff, n] column-major as n rows of ff: each request's template-weighted mean key.
-            var keys = [[Double]](repeating: [Double](repeating: 0, count: ff), count: n)
-            for (j, ps) in prompts.enumerated() {
-                for (t, p) in ps.enumerated() {
-                    let f = try model.forward(p.tokens, options: ForwardOptions(capture: [Site(layer: l, kind: .mlpKey)], logits: .none, stopAfterLayer: l))
-                    let k = f.activations[Site(layer: l, kind: .mlpKey)]!.row(p.subjectLast)
-                    for c in 0..<ff { keys[j][c] += weights[t] * Double(k[c]) }
-                }
-            }
+            // K: each request's template-weighted mean key on the partially edited model, [n][ff].
+            let keys = try meanKeys(layer: l, prompts: prompts, weights: weights)
             // R [d, n] = (z − h_L(current)) / (remaining layers).
             var resid = [Float](repeating: 0, count: d * n)
             let share = Float(h.layers.count - i)
@@ -204,16 +274,7 @@ public final class MemitEditor: @unchecked Sendable {
                 let cur = f.activations[Site(layer: zLayer, kind: .residOut)]!.row(p.subjectLast)
                 for c in 0..<d { resid[c * n + j] = (z[j][c] - cur[c]) / share }
             }
-            // X = (λC + KKᵀ)⁻¹K [ff, n], in Double.
-            var a = statistics[l]!.regularizedMoment(ridge: h.mom2Ridge)
-            for x in 0..<(ff * ff) { a[x] *= h.mom2UpdateWeight }
-            for j in 0..<n { for r in 0..<ff where keys[j][r] != 0 { let kr = keys[j][r]; for c in 0..<ff { a[r * ff + c] += kr * keys[j][c] } } }
-            var b = [Double](repeating: 0, count: ff * n)
-            for j in 0..<n { for r in 0..<ff { b[r * n + j] = keys[j][r] } }
-            let x: [Double]
-            do { x = try LAPACK.solveSPD(a, b, n: ff, nrhs: n) } catch {
-                throw EditError(.degenerateKey, "λC + KKᵀ at layer \(l) is not positive definite (\(error)); raise mom2_ridge or recompute the statistics")
-            }
+            let x = try solve(layer: l, keys: keys)
             // ΔW = R Xᵀ: left R [d, n], right Xᵀ [n, ff].
             var right = [Float](repeating: 0, count: n * ff)
             for j in 0..<n { for r in 0..<ff { right[j * ff + r] = Float(x[r * n + j]) } }
@@ -225,7 +286,61 @@ public final class MemitEditor: @unchecked Sendable {
             backups.append(try model.apply(u))
             updates.append(u)
         }
+        // The keys with every update in place (AlphaEdit accumulates them once the edit is kept).
+        var keysAfter: [Int: [[Double]]] = [:]
+        for l in h.layers { keysAfter[l] = try meanKeys(layer: l, prompts: prompts, weights: weights) }
         lap("spread")
-        return MemitResult(updates: updates, deltaNorms: norms, finalLosses: finals, phases: phases)
+        return MemitResult(updates: updates, deltaNorms: norms, finalLosses: finals, keysAfter: keysAfter, phases: phases)
+    }
+
+    /// Each request's template-weighted key at `layer` on the current weights: [n][ff].
+    func meanKeys(layer l: Int, prompts: [[SubjectPrompt]], weights: [Double]) throws -> [[Double]] {
+        let ff = model.config.intermediate
+        var keys = [[Double]](repeating: [Double](repeating: 0, count: ff), count: prompts.count)
+        for (j, ps) in prompts.enumerated() {
+            for (t, p) in ps.enumerated() {
+                let f = try model.forward(p.tokens, options: ForwardOptions(capture: [Site(layer: l, kind: .mlpKey)], logits: .none, stopAfterLayer: l))
+                let k = f.activations[Site(layer: l, kind: .mlpKey)]!.row(p.subjectLast)
+                for c in 0..<ff { keys[j][c] += weights[t] * Double(k[c]) }
+            }
+        }
+        return keys
+    }
+
+    /// X [ff, n] (row-major) of the layer's closed form, in Double.
+    func solve(layer l: Int, keys: [[Double]]) throws -> [Double] {
+        let ff = model.config.intermediate, n = keys.count, h = hparams
+        var b = [Double](repeating: 0, count: ff * n)   // K [ff, n]
+        for j in 0..<n { for r in 0..<ff { b[r * n + j] = keys[j][r] } }
+        var kkt = [Double](repeating: 0, count: ff * ff)
+        b.withUnsafeBufferPointer { k in kkt.withUnsafeMutableBufferPointer { out in
+            BLAS.dgemm(transB: true, m: ff, n: ff, k: n, a: k.baseAddress!, lda: n, b: k.baseAddress!, ldb: n, c: out.baseAddress!, ldc: ff)
+        } }
+        switch solver {
+        case .memit:
+            // (λC + KKᵀ) X = K.
+            var a = statistics[l]!.regularizedMoment(ridge: h.mom2Ridge)
+            for x in 0..<(ff * ff) { a[x] = h.mom2UpdateWeight * a[x] + kkt[x] }
+            do { return try LAPACK.solveSPD(a, b, n: ff, nrhs: n) } catch {
+                throw EditError(.degenerateKey, "λC + KKᵀ at layer \(l) is not positive definite (\(error)); raise mom2_ridge or recompute the statistics")
+            }
+        case .alphaEdit(let state):
+            // (P(KKᵀ + K_pK_pᵀ) + αI) X = PK.
+            guard let p = state.projectors[l], let acc = state.accumulated[l] else { throw EditError(.state, "no AlphaEdit projector for layer \(l)") }
+            for x in 0..<(ff * ff) { kkt[x] += acc[x] }
+            var a = [Double](repeating: 0, count: ff * ff), pk = [Double](repeating: 0, count: ff * n)
+            p.withUnsafeBufferPointer { pp in
+                kkt.withUnsafeBufferPointer { m in a.withUnsafeMutableBufferPointer { out in
+                    BLAS.dgemm(m: ff, n: ff, k: ff, a: pp.baseAddress!, lda: ff, b: m.baseAddress!, ldb: ff, c: out.baseAddress!, ldc: ff)
+                } }
+                b.withUnsafeBufferPointer { k in pk.withUnsafeMutableBufferPointer { out in
+                    BLAS.dgemm(m: ff, n: n, k: ff, a: pp.baseAddress!, lda: ff, b: k.baseAddress!, ldb: n, c: out.baseAddress!, ldc: n)
+                } }
+            }
+            for i in 0..<ff { a[i * ff + i] += state.l2 }
+            do { return try LAPACK.solve(a, pk, n: ff, nrhs: n) } catch {
+                throw EditError(.degenerateKey, "the AlphaEdit system at layer \(l) is singular (\(error))")
+            }
+        }
     }
 }

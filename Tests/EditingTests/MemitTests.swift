@@ -59,4 +59,40 @@ import Testing
         #expect(m.weightHash == hash)
         #expect(throws: EditError.self) { try MemitHyperparameters(layers: [2, 1]).validate(layers: 3) }
     }
+
+    /// AlphaEdit: P is a projector onto the low-energy eigenspace of C, the update vanishes on the
+    /// high-energy directions (ΔW = R·Xᵀ with X in range(P)), and it still makes the edit.
+    @Test func alphaEditUpdatesStayInTheNullSpaceAndEdit() throws {
+        let m = try TinyEditModel.load()
+        let ff = m.config.intermediate
+        let stats = Self.statistics(m, layer: 1)
+        let state = try AlphaEditState(statistics: [1: stats], nullspaceEnergy: 0.3, l2: 1)
+        let p = try #require(state.projectors[1])
+        let k = try #require(state.nullity[1])
+        #expect(k > 0 && k < ff)
+        var p2 = [Double](repeating: 0, count: ff * ff)
+        for i in 0..<ff { for j in 0..<ff { var acc = 0.0; for t in 0..<ff { acc += p[i * ff + t] * p[t * ff + j] }; p2[i * ff + j] = acc } }
+        #expect(zip(p, p2).map { abs($0 - $1) }.max()! < 1e-9, "P² = P")
+
+        var h = MemitHyperparameters(layers: [1], contextTemplates: [.init(length: 4, count: 2)], vNumGradSteps: 20, clampNormFactor: 4)
+        h.earlyStopLoss = 0.01
+        let templates = try ContextTemplates.generate(model: m, groups: h.contextTemplates, seed: 3)
+        let editor = try MemitEditor(model: m, hparams: h, templates: templates, statistics: [1: stats], solver: .alphaEdit(state))
+        let request = EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome")
+        let score = CounterFactScorer.make(m)
+        let before = try score("Paris is in", ["Rome"])[0]
+        let r = try editor.computeUpdates([request])
+        let u = try #require(r.updates.first)
+        // The top eigenvector of C lies outside range(P): ΔW v ≈ 0.
+        let (values, vectors) = try LAPACK.symmetricEigen(stats.moment.map(Double.init), n: ff)
+        let top = Array(vectors[((ff - 1) * ff)..<(ff * ff)])
+        #expect(values.last! > values.first!)
+        let rv = (0..<u.rank).map { i in (0..<ff).reduce(0.0) { $0 + Double(u.right[i * ff + $1]) * top[$1] } }
+        let rightNorm = u.right.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
+        #expect(rv.map(abs).max()! < 1e-4 * rightNorm)
+        try m.apply(u)
+        #expect(try score("Paris is in", ["Rome"])[0] < before - 0.5)
+        state.accumulate(r.keysAfter)
+        #expect(state.accumulated[1]!.contains { $0 != 0 })
+    }
 }
