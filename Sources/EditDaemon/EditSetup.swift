@@ -183,4 +183,37 @@ public struct RomeSetup {
         }
         return try RomeEditor(model: model, hparams: h, templates: templates, statistics: stats)
     }
+
+    /// Reads and checks a MEMIT or AlphaEdit hyperparameter file (Schemas/memit-hparams.schema.json).
+    public static func memitHyperparameters(at url: URL, catalog: SchemaCatalog) throws -> MemitHyperparameters {
+        guard let data = FileManager.default.contents(atPath: url.path) else { throw SetupError("cannot read \(url.path)") }
+        try catalog.check(data, against: "memit-hparams.schema.json", what: url.path)
+        return try MemitHyperparameters.decode(data)
+    }
+
+    /// A MEMIT editor, or with `alphaEdit` an AlphaEdit editor (its projectors are computed here, one
+    /// eigendecomposition per layer). Templates and statistics come from the edit state as for ROME.
+    public func memitEditor(model: LanguageModel, hparams h: MemitHyperparameters, alphaEdit: Bool, baseHash: String? = nil,
+                            computeMissing: Bool = true) throws -> MemitEditor {
+        try h.validate(layers: model.config.layers)
+        let state = EditState(directory: stateDirectory, baseHash: baseHash ?? model.weightHash)
+        let templates = try state.templates(model: model, groups: h.contextTemplates, seed: h.templateSeed, log: log)
+        let specs = h.layers.map { h.statisticsSpec(modelHash: state.baseHash, layer: $0) }
+        var stats: [Int: KeyStatistics] = [:]
+        for spec in specs { if let s = try state.cachedStatistics(spec) { stats[spec.layer] = s } }
+        let missing = specs.filter { stats[$0.layer] == nil }
+        if !missing.isEmpty {
+            guard computeMissing else { throw SetupError("no key statistics for layer(s) \(missing.map(\.layer)): run `mesa stats --layers …` first") }
+            for s in try keyStatistics(model: model, specs: missing) { stats[s.spec.layer] = s }
+        }
+        var solver = SpreadSolver.memit
+        if alphaEdit {
+            let t0 = Date()
+            let st = try AlphaEditState(statistics: stats, nullspaceEnergy: h.nullspaceEnergy ?? 0.02, l2: h.l2 ?? 10)
+            log(String(format: "AlphaEdit null spaces (dimension per layer %@) in %.1f s",
+                       st.nullity.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: " "), Date().timeIntervalSince(t0)))
+            solver = .alphaEdit(st)
+        }
+        return try MemitEditor(model: model, hparams: h, templates: templates, statistics: stats, solver: solver)
+    }
 }

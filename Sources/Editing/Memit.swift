@@ -74,6 +74,20 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable {
     public var mom2Seed: UInt64
     /// Ridge added to C, relative to its mean diagonal.
     public var mom2Ridge: Double
+    /// AlphaEdit only: the share of C's trace (smallest eigenvalues first) whose eigenvectors span
+    /// the null space the update is projected into.
+    public var nullspaceEnergy: Double?
+    /// AlphaEdit only: α in (P(KKᵀ + K_pK_pᵀ) + αI).
+    public var l2: Double?
+
+    /// Decodes a hyperparameter file (extra keys such as `$schema`, `method` and `model` are allowed).
+    public static func decode(_ data: Data) throws -> MemitHyperparameters {
+        let d = JSONDecoder()
+        d.keyDecodingStrategy = .convertFromSnakeCase
+        do { return try d.decode(MemitHyperparameters.self, from: data) } catch {
+            throw EditError(.hyperparameters, "malformed MEMIT/AlphaEdit hyperparameters: \(error)")
+        }
+    }
 
     public init(layers: [Int], contextTemplates: [ContextTemplates.Group] = [.init(length: 10, count: 5)], templateSeed: UInt64 = 0,
                 vNumGradSteps: Int = 25, vLr: Float = 0.5, vWeightDecay: Float = 1e-3, clampNormFactor: Float = 0.75,
@@ -208,6 +222,8 @@ public final class MemitEditor: @unchecked Sendable {
     public let statistics: [Int: KeyStatistics]
     public let solver: SpreadSolver
     let tokenizer: EditTokenizer
+    /// The keys after the last computed updates (for `keep`).
+    var lastKeysAfter: [Int: [[Double]]]?
 
     public init(model: LanguageModel, hparams: MemitHyperparameters, templates: ContextTemplates, statistics: [Int: KeyStatistics],
                 solver: SpreadSolver = .memit) throws {

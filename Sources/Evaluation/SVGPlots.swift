@@ -131,6 +131,31 @@ extension ReportWriter {
         return svg.render(title: "CounterFact metrics by edited layer")
     }
 
+    /// S (0–100) against the number of sequential edits, one line per method: `series` is
+    /// (method, [(edits, S)]).
+    public static func curveSVG(title: String, series: [(String, [(Double, Double)])]) -> String {
+        var svg = SVGCanvas(width: 760, height: 420)
+        svg.text(x: 380, y: 26, title, anchor: "middle", size: 15, weight: "bold")
+        let area = PlotArea(left: 70, right: 730, top: 70, bottom: 360)
+        svg.percentAxis(area, label: "S")
+        svg.text(x: (area.left + area.right) / 2, y: area.bottom + 36, "sequential edits", anchor: "middle", size: 12)
+        let maxX = series.flatMap { $0.1.map(\.0) }.max() ?? 1
+        func x(_ v: Double) -> Double { area.left + area.width * v / max(1, maxX) }
+        for t in caseTicks(Int(maxX)) {
+            svg.line(x1: x(Double(t)), y1: area.bottom, x2: x(Double(t)), y2: area.bottom + 5, stroke: "#333333")
+            svg.text(x: x(Double(t)), y: area.bottom + 18, "\(t)", anchor: "middle", size: 11)
+        }
+        let colors = [palette.s, palette.es, palette.ps, palette.ns]
+        for (i, entry) in series.enumerated() {
+            let color = colors[i % colors.count]
+            let points = entry.1.filter { !$0.1.isNaN }.map { (x($0.0), area.y($0.1)) }
+            svg.polyline(points, stroke: color, width: 2)
+            for p in points { svg.circle(cx: p.0, cy: p.1, r: 3, fill: color) }
+        }
+        svg.legend(x: area.right - 230, y: 48, series.enumerated().map { ($0.element.0, colors[$0.offset % colors.count]) }, horizontal: true)
+        return svg.render(title: title)
+    }
+
     /// 1-based case numbers to label on the running-mean axis: the first, the last, and up to
     /// four round numbers in between.
     static func caseTicks(_ count: Int) -> [Int] {

@@ -94,3 +94,14 @@ func makeRomeEditor(model: LanguageModel, modelPath: String, options: EditOption
     let setup = options.setup(progress: { bar.update($0, $1, unit: "tok", seconds: $2) }, shouldStop: { stop.raised })
     return try setup.editor(model: model, hparams: try options.romeHyperparameters(modelPath: modelPath))
 }
+
+/// A MEMIT or AlphaEdit editor from deploy/hparams/{memit,alphaedit}/<model>.json (or --hparams).
+func makeMemitEditor(model: LanguageModel, modelPath: String, options: EditOptions, alphaEdit: Bool) throws -> MemitEditor {
+    let url = try options.hparamsURL(method: alphaEdit ? "alphaedit" : "memit", modelPath: modelPath)
+    let h = try RomeSetup.memitHyperparameters(at: url, catalog: try SchemaCatalog.standard())
+    let bar = ProgressBar("stats")
+    let stop = InterruptFlag()
+    defer { bar.finish() }
+    let setup = options.setup(progress: { bar.update($0, $1, unit: "tok", seconds: $2) }, shouldStop: { stop.raised })
+    return try setup.memitEditor(model: model, hparams: h, alphaEdit: alphaEdit)
+}

@@ -17,23 +17,30 @@ struct Eval: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var editOptions: EditOptions
 
-    @Option(name: .long, help: "Editing method.") var method: String = "rome"
+    @Option(name: .long, help: "Editing method: rome, memit or alphaedit (hyperparameters from deploy/hparams/<method>/<model>.json, or --hparams).") var method: String = "rome"
     @Option(name: .long, help: "CounterFact file (either layout).") var data: String?
     @Option(name: .long, help: "First record.") var start: Int = 0
     @Option(name: .long, help: "Number of records.") var limit: Int = 10
     @Flag(name: .long, help: "Keep the edits (sequential editing).") var sequential = false
+    @Option(name: .customLong("checkpoints"), parsing: .upToNextOption,
+            help: "With --sequential: also score every record edited so far after this many edits (e.g. 100 250 500 1000).")
+    var checkpoints: [Int] = []
     @Option(name: .long, help: "Directory for the report.") var out: String = "out"
 
     func run() throws {
         try reportingErrors {
-            guard method == "rome" else { throw fail("method \(method) is not available yet (rome is)") }
+            guard ["rome", "memit", "alphaedit"].contains(method) else { throw fail("unknown method \(method) (rome, memit, alphaedit)") }
+            guard checkpoints.isEmpty || sequential else { throw fail("--checkpoints needs --sequential") }
             let path = try modelOptions.path
             let dataPath = data ?? defaultDataPath
             let records = try loadRecords(dataPath, start: start, limit: limit)
             let model = try modelOptions.load()
-            let editor = try makeRomeEditor(model: model, modelPath: path, options: editOptions)
-            let runner = CounterFactRunner(model: model, editor: editor, sequential: sequential)
-            let (cases, seconds) = try runner.run(records)
+            let editor: FactEditor = method == "rome"
+                ? try makeRomeEditor(model: model, modelPath: path, options: editOptions)
+                : try makeMemitEditor(model: model, modelPath: path, options: editOptions, alphaEdit: method == "alphaedit")
+            var runner = CounterFactRunner(model: model, editor: editor, sequential: sequential)
+            runner.checkpoints = checkpoints
+            let (cases, seconds, curve) = try runner.run(records)
             let edits = cases.compactMap(\.editSeconds)
             var timing: [String: Double] = ["total": seconds]
             if !edits.isEmpty { timing["editMean"] = edits.reduce(0, +) / Double(edits.count) }
@@ -54,6 +61,16 @@ struct Eval: ParsableCommand {
             if !report.failedCases.isEmpty { print("\(report.failedCases.count) case(s) failed; see the report") }
             print(String(format: "edit %.2f s mean; total %.0f s", timing["editMean"] ?? .nan, seconds))
             for f in files { print("wrote \(f)") }
+            if !curve.isEmpty {
+                let url = URL(fileURLWithPath: out).appendingPathComponent(base + "-curve.json")
+                let enc = JSONEncoder()
+                enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+                try enc.encode(curve).write(to: url)
+                let svg = ReportWriter.curveSVG(title: "\(method) on \(EditOptions.modelName(path)): S after n sequential edits",
+                                                series: [(method, curve.map { (Double($0.edits), $0.metrics.s) })])
+                try svg.write(toFile: url.deletingPathExtension().path + ".svg", atomically: true, encoding: .utf8)
+                print("wrote \(url.path) and its .svg")
+            }
         }
     }
 }
@@ -98,7 +115,7 @@ struct Layers: ParsableCommand {
                 let editor = try RomeEditor(model: model, hparams: h, templates: templates, statistics: stats[l])
                 var runner = CounterFactRunner(model: model, editor: editor, sequential: false)
                 runner.label = "layer \(l)"
-                let (cases, seconds) = try runner.run(records)
+                let (cases, seconds, _) = try runner.run(records)
                 let (pre, post) = EvalReport.metrics(of: cases)
                 guard let post else { throw fail("every edit at layer \(l) failed: \(cases.first?.error ?? "")") }
                 rows.append(LayerSweepRow(layer: l, metrics: post, pre: pre, seconds: seconds))

@@ -6,35 +6,60 @@ import Tensor
 
 /// Runs CounterFact cases through an editor: score, edit, score again, and restore the weights
 /// exactly before the next case (or keep them with `sequential`, scoring every case again after the
-/// last edit, the sequential protocol of METHODS §3.5).
+/// last edit, the sequential protocol of METHODS §3.5). With `checkpoints`, a sequential run also
+/// scores every case edited so far after that many edits.
 struct CounterFactRunner {
     let model: LanguageModel
-    let editor: RomeEditor
+    let editor: FactEditor
     let sequential: Bool
     var label = "eval"
+    var checkpoints: [Int] = []
 
-    func run(_ records: [CounterFactRecord]) throws -> (cases: [EvalCase], seconds: Double) {
+    /// Metrics of the edited cases after `edits` sequential edits.
+    struct Checkpoint: Codable {
+        var edits: Int
+        var metrics: Metrics
+    }
+
+    func run(_ records: [CounterFactRecord]) throws -> (cases: [EvalCase], seconds: Double, checkpoints: [Checkpoint]) {
         let scorer = CounterFactScorer.make(model)
         let bar = ProgressBar(label)
         let t0 = Date()
         var cases: [EvalCase] = []
         var backups: [WeightBackup] = []
+        var curve: [Checkpoint] = []
         let hashBefore = model.weightHash
         for (i, r) in records.enumerated() {
             var c = EvalCase(record: r, pre: try CounterFactEval.score(r, with: scorer))
             let request = EditRequest(subject: r.subject, prompt: r.prompt, targetNew: r.targetNew, targetTrue: r.targetTrue)
             let e0 = Date()
             do {
-                let result = try editor.computeUpdate(request)
-                let backup = try model.apply(result.update)
+                let (updates, phases) = try editor.computeUpdates(for: request)
+                var applied: [WeightBackup] = []
+                do { for u in updates { applied.append(try model.apply(u)) } } catch {
+                    for b in applied.reversed() { try model.restore(b) }
+                    throw error
+                }
                 c.editSeconds = Date().timeIntervalSince(e0)
-                c.phases = result.phases
+                c.phases = phases
                 c.post = try CounterFactEval.score(r, with: scorer)
-                if sequential { backups.append(backup) } else { try model.restore(backup) }
+                if sequential {
+                    backups += applied
+                    editor.keep()
+                } else {
+                    for b in applied.reversed() { try model.restore(b) }
+                }
             } catch {
                 c.error = String(describing: error)
             }
             cases.append(c)
+            if sequential, checkpoints.contains(i + 1) {
+                var scored = cases
+                for j in scored.indices where scored[j].post != nil { scored[j].post = try CounterFactEval.score(records[j], with: scorer) }
+                let m = Metrics.aggregate(scored.compactMap(\.post))
+                curve.append(Checkpoint(edits: i + 1, metrics: m))
+                log(String(format: "after %d edits: ES %.1f PS %.1f NS %.1f S %.1f", i + 1, m.es, m.ps, m.ns, m.s))
+            }
             bar.update(i + 1, records.count, unit: "cases", seconds: Date().timeIntervalSince(t0))
         }
         bar.finish()
@@ -46,19 +71,14 @@ struct CounterFactRunner {
             for b in backups.reversed() { try model.restore(b) }
         }
         guard model.weightHash == hashBefore else { throw fail("internal error: the weights were not restored exactly") }
-        return (cases, Date().timeIntervalSince(t0))
+        return (cases, Date().timeIntervalSince(t0), curve)
     }
 
-    /// Settings recorded with every report: hyperparameters, templates, statistics, BLAS.
+    /// Settings recorded with every report: the method's hyperparameters and BLAS.
     func settings() -> [String: String] {
-        let h = editor.hparams
-        var s: [String: String] = [
-            "layer": "\(h.layer)", "v_num_grad_steps": "\(h.vNumGradSteps)", "v_lr": "\(h.vLr)", "v_weight_decay": "\(h.vWeightDecay)",
-            "clamp_norm_factor": "\(h.clampNormFactor)", "kl_factor": "\(h.klFactor)", "early_stop_loss": "\(h.earlyStopLoss)",
-            "mom2_adjustment": "\(h.mom2Adjustment)", "context_templates": "\(editor.templates.prefixes.count)",
-            "template_seed": "\(h.templateSeed)", "key_averaging": h.keyAveraging.rawValue, "blas": BLAS.configuration.description,
-        ]
-        if let st = editor.statistics { s["mom2_tokens"] = "\(st.count)"; s["mom2_ridge"] = "\(h.mom2Ridge)" }
+        var s = editor.settings
+        s["method"] = editor.method
+        s["blas"] = BLAS.configuration.description
         return s
     }
 }

@@ -37,4 +37,24 @@ import Testing
             #expect(!schema.validate(try JSONValue.parse(data)).valid, "\(key) = \(value) must be rejected")
         }
     }
+
+    /// deploy/hparams/{memit,alphaedit} conform to memit-hparams.schema.json and decode; AlphaEdit
+    /// files must carry its two settings.
+    @Test(arguments: ["memit", "alphaedit"])
+    func memitAndAlphaEditFilesConform(_ method: String) throws {
+        var registry = SchemaRegistry()
+        let uri = try registry.registerFile(at: EditTestPaths.repoRoot.appendingPathComponent("Schemas/memit-hparams.schema.json").path)
+        let schema = try registry.compile(uri)
+        let dir = EditTestPaths.repoRoot.appendingPathComponent("deploy/hparams/\(method)")
+        let data = try Data(contentsOf: dir.appendingPathComponent("SmolLM2-135M-Instruct.json"))
+        #expect(schema.validate(try JSONValue.parse(data)).valid)
+        let h = try MemitHyperparameters.decode(data)
+        try h.validate(layers: 30)
+        #expect((h.nullspaceEnergy != nil) == (method == "alphaedit"))
+        if method == "alphaedit" {
+            var o = try JSONSerialization.jsonObject(with: data) as! [String: Any]
+            o["l2"] = nil
+            #expect(!schema.validate(try JSONValue.parse(try JSONSerialization.data(withJSONObject: o))).valid)
+        }
+    }
 }

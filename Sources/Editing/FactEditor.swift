@@ -1,0 +1,80 @@
+import Foundation
+import ModelRuntime
+
+/// An editing method as the evaluation and the daemon drive it: compute the updates of one request
+/// without changing the weights; the caller applies them (in order) and says whether it keeps them.
+public protocol FactEditor: AnyObject {
+    /// "ROME", "MEMIT", "AlphaEdit".
+    var method: String { get }
+    /// The updates for `request`, in the order they must be applied, and seconds per phase.
+    func computeUpdates(for request: EditRequest) throws -> (updates: [LowRankUpdate], phases: [String: Double])
+    /// The updates last computed were applied and are kept (sequential editing): methods with state
+    /// across edits (AlphaEdit's accumulated keys) record them.
+    func keep()
+    /// Settings recorded with every report.
+    var settings: [String: String] { get }
+}
+
+extension RankOneUpdate {
+    /// As a rank-1 low-rank update: L = r [d, 1], R = uᵀ [1, ff].
+    public var lowRank: LowRankUpdate {
+        LowRankUpdate(parameter: parameter, layer: layer, rows: r.count, cols: u.count, rank: 1, left: r, right: u)
+    }
+}
+
+extension RomeEditor: FactEditor {
+    public var method: String { "ROME" }
+
+    public func computeUpdates(for request: EditRequest) throws -> (updates: [LowRankUpdate], phases: [String: Double]) {
+        let r = try computeUpdate(request)
+        return ([r.update.lowRank], r.phases)
+    }
+
+    public func keep() {}
+
+    public var settings: [String: String] {
+        let h = hparams
+        var s: [String: String] = [
+            "layer": "\(h.layer)", "v_num_grad_steps": "\(h.vNumGradSteps)", "v_lr": "\(h.vLr)", "v_weight_decay": "\(h.vWeightDecay)",
+            "clamp_norm_factor": "\(h.clampNormFactor)", "kl_factor": "\(h.klFactor)", "early_stop_loss": "\(h.earlyStopLoss)",
+            "mom2_adjustment": "\(h.mom2Adjustment)", "context_templates": "\(templates.prefixes.count)",
+            "template_seed": "\(h.templateSeed)", "key_averaging": h.keyAveraging.rawValue,
+        ]
+        if let st = statistics { s["mom2_tokens"] = "\(st.count)"; s["mom2_ridge"] = "\(h.mom2Ridge)" }
+        return s
+    }
+}
+
+extension MemitEditor: FactEditor {
+    public var method: String {
+        if case .alphaEdit = solver { return "AlphaEdit" }
+        return "MEMIT"
+    }
+
+    public func computeUpdates(for request: EditRequest) throws -> (updates: [LowRankUpdate], phases: [String: Double]) {
+        let r = try computeUpdates([request])
+        lastKeysAfter = r.keysAfter
+        return (r.updates, r.phases)
+    }
+
+    public func keep() {
+        if case .alphaEdit(let state) = solver, let keys = lastKeysAfter { state.accumulate(keys) }
+        lastKeysAfter = nil
+    }
+
+    public var settings: [String: String] {
+        let h = hparams
+        var s: [String: String] = [
+            "layers": h.layers.map(String.init).joined(separator: ","), "v_num_grad_steps": "\(h.vNumGradSteps)", "v_lr": "\(h.vLr)",
+            "v_weight_decay": "\(h.vWeightDecay)", "clamp_norm_factor": "\(h.clampNormFactor)", "kl_factor": "\(h.klFactor)",
+            "early_stop_loss": "\(h.earlyStopLoss)", "mom2_update_weight": "\(h.mom2UpdateWeight)", "mom2_tokens": "\(h.mom2Tokens)",
+            "context_templates": "\(templates.prefixes.count)", "template_seed": "\(h.templateSeed)",
+        ]
+        if case .alphaEdit(let st) = solver {
+            s["nullspace_energy"] = "\(h.nullspaceEnergy ?? .nan)"
+            s["l2"] = "\(st.l2)"
+            s["nullity"] = st.nullity.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",")
+        }
+        return s
+    }
+}
