@@ -50,13 +50,11 @@ public enum Auditor {
         var ok = base == host.baseHash
         // Snapshots are numbered in commit order and a parent always precedes its child, so most
         // records extend the state just built; a branch (after a rollback) is rebuilt from the base.
-        let db = try store.environment.database("snapshots")
-        let keys = try store.environment.read { t in try t.entries(db).map(\.key) }
+        let sequence = try store.sequenceNumbers()
         var built: UInt64? = 0
         _ = try host.rebuild([])
-        for (i, key) in keys.enumerated() {
-            let seq = key.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-            progress?(i + 1, keys.count)
+        for (i, seq) in sequence.enumerated() {
+            progress?(i + 1, sequence.count)
             let r: SnapshotRecord
             do { r = try store.record(seq) } catch {
                 ok = false
@@ -99,7 +97,7 @@ public enum Auditor {
         }
         return AuditReport(model: modelName, baseHash: base, baseHashMatches: base == host.baseHash, verified: ok, head: try store.head(),
                            snapshots: rows, journal: journal, blas: blas, seconds: Date().timeIntervalSince(t0),
-                           createdAt: JSONCoding.timestamp())
+                           createdAt: Timestamp.now())
     }
 
     public static func encode(_ r: AuditReport) throws -> Data { try JSONCoding.encoder().encode(r) }

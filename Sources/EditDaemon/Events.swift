@@ -1,5 +1,4 @@
 import Foundation
-import Storage
 
 /// A fact update (Schemas/fact-update.schema.json), decoded after it validated.
 public struct FactUpdate: Codable, Sendable, Equatable {
@@ -110,5 +109,4 @@ enum JSONCoding {
         return d
     }
 
-    static func timestamp(_ date: Date = Date()) -> String { Timestamp.now(date) }
 }

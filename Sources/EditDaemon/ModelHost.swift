@@ -49,17 +49,15 @@ public final class ModelHost: @unchecked Sendable {
         return BLASInfo(library: c.build, core: c.coreName, threads: c.threads)
     }
 
-    /// ΔW = L·R added to the factor's tensor, by the same code that applies edits everywhere
+    /// ΔW = L·R added to the update's tensor, by the same code that applies edits everywhere
     /// (`LanguageModel.apply(LowRankUpdate)`), so a replay reproduces the recorded weights bit for bit.
-    public func apply(_ f: StoredFactor) throws {
-        guard let p = model.weights.all.first(where: { $0.name == f.parameter }) else {
-            throw WeightStateError("the model has no tensor \(f.parameter)")
+    public func apply(_ u: LowRankUpdate) throws {
+        guard let p = model.weights.all.first(where: { $0.name == u.parameter }) else {
+            throw WeightStateError("the model has no tensor \(u.parameter)")
         }
-        if base[f.parameter] == nil { base[f.parameter] = p.data }
-        do {
-            try model.apply(LowRankUpdate(parameter: f.parameter, layer: f.layer, rows: f.rows, cols: f.cols, rank: f.rank, left: f.left, right: f.right))
-        } catch let e as EditError {
-            throw WeightStateError("factor of \(f.parameter): \(e.message)")
+        if base[u.parameter] == nil { base[u.parameter] = p.data }
+        do { try model.apply(u) } catch let e as EditError {
+            throw WeightStateError("update of \(u.parameter): \(e.message)")
         }
     }
 
@@ -76,8 +74,9 @@ public final class ModelHost: @unchecked Sendable {
     public func materialize(_ seq: UInt64) throws {
         let previous = head
         do {
-            let got = try rebuild(try store.lineage(to: seq))
-            let want = try store.hash(at: seq)
+            let lineage = try store.lineage(to: seq)
+            let got = try rebuild(lineage)
+            let want = lineage.last?.hashAfter ?? baseHash
             guard got == want else { throw WeightStateError("replaying snapshot \(seq) gives weight hash \(got), recorded \(want)") }
         } catch {
             _ = try rebuild(try store.lineage(to: previous))
@@ -106,11 +105,11 @@ public final class ModelHost: @unchecked Sendable {
         }
     }
 
-    /// Applies a ROME update on top of the head. Returns the factor as stored and what undoes it.
-    public func applyEdit(_ update: RankOneUpdate) throws -> StoredFactor {
-        let f = Self.factor(update)
-        try apply(f)
-        return f
+    /// Applies a ROME update on top of the head; returns it in the form the snapshot stores.
+    public func applyEdit(_ update: RankOneUpdate) throws -> LowRankUpdate {
+        let u = update.lowRank
+        try apply(u)
+        return u
     }
 
     /// Records an applied edit. If the store refuses it, the weights go back to the head.
@@ -127,9 +126,4 @@ public final class ModelHost: @unchecked Sendable {
 
     /// Undoes an applied but unrecorded edit (a dry run, or a failure before the commit).
     public func discardUncommitted() throws { try materialize(head) }
-
-    /// A ROME update as a stored rank-one factor: L = r [d, 1], R = uᵀ [1, ff].
-    public static func factor(_ u: RankOneUpdate) -> StoredFactor {
-        StoredFactor(parameter: u.parameter, layer: u.layer, rows: u.r.count, cols: u.u.count, rank: 1, left: u.r, right: u.u)
-    }
 }

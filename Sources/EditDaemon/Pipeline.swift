@@ -152,7 +152,7 @@ public final class Pipeline: @unchecked Sendable {
             let rec = try host.store.record(seq)
             var result = try JSONCoding.decoder().decode(EditResultDocument.self, from: Data(rec.result.utf8))
             result.redelivery = true
-            result.processedAt = JSONCoding.timestamp()
+            result.processedAt = Timestamp.now()
             return Outcome(kind: .redelivery, records: [resultRecord(result)], editSeconds: 0, eventId: e.id,
                            summary: "event \(e.id) already applied as snapshot \(seq)")
         case .journal:
@@ -200,7 +200,7 @@ public final class Pipeline: @unchecked Sendable {
             metrics: .init(pre: .init(pre), post: .init(post)),
             timings: result.phases.merging(["edit_seconds": editSeconds], uniquingKeysWith: { a, _ in a }),
             snapshotBytes: nil, label: nil, source: .init(topic: m.topic, partition: Int(m.partition), offset: Int(m.offset)),
-            processedAt: JSONCoding.timestamp())
+            processedAt: Timestamp.now())
 
         if e.dryRun == true {
             try host.discardUncommitted()
@@ -308,14 +308,17 @@ public final class Pipeline: @unchecked Sendable {
             throw Rejection(.schema, "the command does not decode: \(error)", eventId: value["id"]?.stringValue)
         }
         try checkModel(c.model.name, eventId: c.id)
-        if case .journal(let j)? = try host.store.outcome(ofEvent: c.id) {
+        switch try host.store.outcome(ofEvent: c.id) {
+        case .journal(let j):
             let entry = try host.store.journalEntry(j)
             var doc = commandResult(c, entry: entry, source: m)
             doc.redelivery = true
             return Outcome(kind: .redelivery, records: [resultRecord(doc)], editSeconds: 0, eventId: c.id,
                            summary: "command \(c.id) already done (journal \(j))")
-        } else if try host.store.outcome(ofEvent: c.id) != nil {
+        case .snapshot:
             throw Rejection(.schema, "command id \(c.id) was already used by a fact update", eventId: c.id)
+        case nil:
+            break
         }
         switch c.command {
         case .rollback:
@@ -349,7 +352,7 @@ public final class Pipeline: @unchecked Sendable {
             redelivery: nil, model: .init(name: host.modelName, baseHash: host.baseHash), snapshot: nil, parent: entry.headBefore,
             head: entry.headAfter, hashBefore: nil, weightHash: entry.hash, method: nil, subject: nil, targetNew: nil, targetTrue: nil,
             targetTrueInferred: nil, metrics: nil, timings: nil, snapshotBytes: nil, label: entry.label,
-            source: .init(topic: m.topic, partition: Int(m.partition), offset: Int(m.offset)), processedAt: JSONCoding.timestamp())
+            source: .init(topic: m.topic, partition: Int(m.partition), offset: Int(m.offset)), processedAt: Timestamp.now())
     }
 
     // MARK: output records
@@ -367,7 +370,7 @@ public final class Pipeline: @unchecked Sendable {
             original: .init(topic: m.topic, partition: Int(m.partition), offset: Int(m.offset),
                             keyBase64: m.key.map { Data($0).base64EncodedString() }, payloadBase64: Data(m.payload).base64EncodedString(),
                             headers: m.headers.map { .init(key: $0.key, valueBase64: $0.value.map { Data($0).base64EncodedString() }) }),
-            deadLetteredAt: JSONCoding.timestamp())
+            deadLetteredAt: Timestamp.now())
         let payload = (try? JSONCoding.encoder().encode(doc)).map(Array.init) ?? []
         let ce = CloudEvent(id: UUID().uuidString.lowercased(), source: EventTypes.source, type: EventTypes.deadLetter,
                             subject: r.eventId, datacontenttype: "application/json", data: payload)

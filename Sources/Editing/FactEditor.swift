@@ -1,5 +1,6 @@
 import Foundation
 import ModelRuntime
+import Tensor
 
 /// An editing method as the evaluation and the daemon drive it: compute the updates of one request
 /// without changing the weights; the caller applies them (in order) and says whether it keeps them.
@@ -13,13 +14,6 @@ public protocol FactEditor: AnyObject {
     func keep()
     /// Settings recorded with every report.
     var settings: [String: String] { get }
-}
-
-extension RankOneUpdate {
-    /// As a rank-1 low-rank update: L = r [d, 1], R = uᵀ [1, ff].
-    public var lowRank: LowRankUpdate {
-        LowRankUpdate(parameter: parameter, layer: layer, rows: r.count, cols: u.count, rank: 1, left: r, right: u)
-    }
 }
 
 extension RomeEditor: FactEditor {

@@ -2,57 +2,6 @@ import Foundation
 import ModelRuntime
 import Tensor
 
-/// ΔW = L·R of one down projection W [rows, cols]: L [rows, rank], R [rank, cols], row-major. A
-/// MEMIT edit of N facts is one such update of rank N per edited layer.
-public struct LowRankUpdate: Codable, Sendable, Equatable {
-    public var parameter: String
-    public var layer: Int
-    public var rows: Int
-    public var cols: Int
-    public var rank: Int
-    /// [rows, rank]
-    public var left: [Float]
-    /// [rank, cols]
-    public var right: [Float]
-
-    public init(parameter: String, layer: Int, rows: Int, cols: Int, rank: Int, left: [Float], right: [Float]) {
-        self.parameter = parameter
-        self.layer = layer
-        self.rows = rows
-        self.cols = cols
-        self.rank = rank
-        self.left = left
-        self.right = right
-    }
-}
-
-extension LanguageModel {
-    /// W += L·R (rank 1 by `sger`, as `apply(RankOneUpdate)`; higher ranks by one `sgemm`). Returns
-    /// what restores W exactly.
-    @discardableResult
-    public func apply(_ u: LowRankUpdate) throws -> WeightBackup {
-        guard u.layer >= 0, u.layer < config.layers else { throw EditError(.hyperparameters, "no layer \(u.layer)") }
-        let w = weights.layers[u.layer].wDown
-        guard w.name == u.parameter, w.shape == [u.rows, u.cols], u.rank >= 1,
-              u.left.count == u.rows * u.rank, u.right.count == u.rank * u.cols else {
-            throw EditError(.hyperparameters, "update of \(u.parameter) [\(u.rows), \(u.cols)] rank \(u.rank) does not fit \(w.name) \(w.shape)")
-        }
-        guard u.left.allSatisfy(\.isFinite), u.right.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "the update has non-finite values") }
-        let backup = WeightBackup(parameter: w.name, values: w.data)
-        w.mutate { buf in
-            u.left.withUnsafeBufferPointer { l in u.right.withUnsafeBufferPointer { r in
-                if u.rank == 1 {
-                    BLAS.sger(m: u.rows, n: u.cols, x: l.baseAddress!, y: r.baseAddress!, a: buf.baseAddress!, lda: u.cols)
-                } else {
-                    BLAS.sgemm(m: u.rows, n: u.cols, k: u.rank, a: l.baseAddress!, lda: u.rank, b: r.baseAddress!, ldb: u.cols,
-                               beta: 1, c: buf.baseAddress!, ldc: u.cols)
-                }
-            } }
-        }
-        return backup
-    }
-}
-
 /// MEMIT's hyperparameters (METHODS §2.1), `deploy/hparams/memit/<model>.json`.
 public struct MemitHyperparameters: Codable, Sendable, Equatable {
     /// The edited layers, ascending; δ is optimized on the residual after the last one.
@@ -131,8 +80,8 @@ public struct MemitResult: Sendable {
     /// ‖δ_i‖ per request and the final loss of each request's optimization.
     public var deltaNorms: [Float]
     public var finalLosses: [Double]
-    /// Per edited layer, the requests' keys recomputed with all updates applied: [n][ff] (what
-    /// AlphaEdit adds to its accumulated K_pK_pᵀ once the updates are kept).
+    /// AlphaEdit only (empty for MEMIT): per edited layer, the requests' keys recomputed with all
+    /// updates applied, [n][ff], which it adds to its accumulated K_pK_pᵀ once the updates are kept.
     public var keysAfter: [Int: [[Double]]]
     public var phases: [String: Double]
 }
@@ -281,7 +230,7 @@ public final class MemitEditor: @unchecked Sendable {
         defer { for b in backups.reversed() { try? model.restore(b) } }
         for (i, l) in h.layers.enumerated() {
             // K: each request's template-weighted mean key on the partially edited model, [n][ff].
-            let keys = try meanKeys(layer: l, prompts: prompts, weights: weights)
+            let keys = try meanKeys(layers: [l], prompts: prompts, weights: weights)[l]!
             // R [d, n] = (z − h_L(current)) / (remaining layers).
             var resid = [Float](repeating: 0, count: d * n)
             let share = Float(h.layers.count - i)
@@ -302,22 +251,26 @@ public final class MemitEditor: @unchecked Sendable {
             backups.append(try model.apply(u))
             updates.append(u)
         }
-        // The keys with every update in place (AlphaEdit accumulates them once the edit is kept).
+        // AlphaEdit accumulates the keys with every update in place once the edit is kept.
         var keysAfter: [Int: [[Double]]] = [:]
-        for l in h.layers { keysAfter[l] = try meanKeys(layer: l, prompts: prompts, weights: weights) }
+        if case .alphaEdit = solver { keysAfter = try meanKeys(layers: h.layers, prompts: prompts, weights: weights) }
         lap("spread")
         return MemitResult(updates: updates, deltaNorms: norms, finalLosses: finals, keysAfter: keysAfter, phases: phases)
     }
 
-    /// Each request's template-weighted key at `layer` on the current weights: [n][ff].
-    func meanKeys(layer l: Int, prompts: [[SubjectPrompt]], weights: [Double]) throws -> [[Double]] {
+    /// Each request's template-weighted key at each of `layers` on the current weights: layer →
+    /// [n][ff]. One forward pass per prompt captures every layer.
+    func meanKeys(layers: [Int], prompts: [[SubjectPrompt]], weights: [Double]) throws -> [Int: [[Double]]] {
         let ff = model.config.intermediate
-        var keys = [[Double]](repeating: [Double](repeating: 0, count: ff), count: prompts.count)
+        let sites = Set(layers.map { Site(layer: $0, kind: .mlpKey) })
+        var keys = Dictionary(uniqueKeysWithValues: layers.map { ($0, [[Double]](repeating: [Double](repeating: 0, count: ff), count: prompts.count)) })
         for (j, ps) in prompts.enumerated() {
             for (t, p) in ps.enumerated() {
-                let f = try model.forward(p.tokens, options: ForwardOptions(capture: [Site(layer: l, kind: .mlpKey)], logits: .none, stopAfterLayer: l))
-                let k = f.activations[Site(layer: l, kind: .mlpKey)]!.row(p.subjectLast)
-                for c in 0..<ff { keys[j][c] += weights[t] * Double(k[c]) }
+                let f = try model.forward(p.tokens, options: ForwardOptions(capture: sites, logits: .none, stopAfterLayer: layers.max()!))
+                for l in layers {
+                    let k = f.activations[Site(layer: l, kind: .mlpKey)]!.row(p.subjectLast)
+                    for c in 0..<ff { keys[l]![j][c] += weights[t] * Double(k[c]) }
+                }
             }
         }
         return keys

@@ -28,27 +28,39 @@ public struct WeightBackup: Sendable {
     public var values: [Float]
 }
 
-extension LanguageModel {
-    /// The down projection of `layer`, checked against the update's shapes.
-    func downProjection(for u: RankOneUpdate) throws -> Parameter {
-        guard u.layer >= 0, u.layer < config.layers else { throw EditError(.hyperparameters, "no layer \(u.layer)") }
-        let w = weights.layers[u.layer].wDown
-        guard w.name == u.parameter else { throw EditError(.hyperparameters, "update targets \(u.parameter), layer \(u.layer) holds \(w.name)") }
-        guard w.shape == [u.r.count, u.u.count] else {
-            throw EditError(.hyperparameters, "update of shape [\(u.r.count), \(u.u.count)] does not fit \(w.name) \(w.shape)")
-        }
-        guard u.u.allSatisfy(\.isFinite), u.r.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "the update has non-finite values") }
-        return w
+extension RankOneUpdate {
+    /// As a rank-1 low-rank update: L = r [d, 1], R = uᵀ [1, ff].
+    public var lowRank: LowRankUpdate {
+        LowRankUpdate(parameter: parameter, layer: layer, rows: r.count, cols: u.count, rank: 1, left: r, right: u)
     }
+}
 
+extension LanguageModel {
     /// W += r uᵀ. Returns what restores W exactly.
     @discardableResult
-    public func apply(_ update: RankOneUpdate) throws -> WeightBackup {
-        let w = try downProjection(for: update)
+    public func apply(_ update: RankOneUpdate) throws -> WeightBackup { try apply(update.lowRank) }
+
+    /// W += L·R for the down projection the update names (rank 1 by `sger`, higher ranks by one
+    /// `sgemm`): the one code path every edit, replay and rollback goes through. Returns what
+    /// restores W exactly.
+    @discardableResult
+    public func apply(_ u: LowRankUpdate) throws -> WeightBackup {
+        guard u.layer >= 0, u.layer < config.layers else { throw EditError(.hyperparameters, "no layer \(u.layer)") }
+        let w = weights.layers[u.layer].wDown
+        guard w.name == u.parameter, w.shape == [u.rows, u.cols], u.rank >= 1,
+              u.left.count == u.rows * u.rank, u.right.count == u.rank * u.cols else {
+            throw EditError(.hyperparameters, "update of \(u.parameter) [\(u.rows), \(u.cols)] rank \(u.rank) does not fit \(w.name) \(w.shape)")
+        }
+        guard u.left.allSatisfy(\.isFinite), u.right.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "the update has non-finite values") }
         let backup = WeightBackup(parameter: w.name, values: w.data)
         w.mutate { buf in
-            update.r.withUnsafeBufferPointer { r in update.u.withUnsafeBufferPointer { u in
-                BLAS.sger(m: update.r.count, n: update.u.count, x: r.baseAddress!, y: u.baseAddress!, a: buf.baseAddress!, lda: update.u.count)
+            u.left.withUnsafeBufferPointer { l in u.right.withUnsafeBufferPointer { r in
+                if u.rank == 1 {
+                    BLAS.sger(m: u.rows, n: u.cols, x: l.baseAddress!, y: r.baseAddress!, a: buf.baseAddress!, lda: u.cols)
+                } else {
+                    BLAS.sgemm(m: u.rows, n: u.cols, k: u.rank, a: l.baseAddress!, lda: u.rank, b: r.baseAddress!, ldb: u.cols,
+                               beta: 1, c: buf.baseAddress!, ldc: u.cols)
+                }
             } }
         }
         return backup

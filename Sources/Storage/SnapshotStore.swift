@@ -26,30 +26,6 @@ public struct SnapshotStoreError: Error, CustomStringConvertible, Equatable, Sen
     public var description: String { "snapshot store (\(code.rawValue)): \(message)" }
 }
 
-/// One low-rank factor pair ΔW = L·R of one tensor W [rows, cols]: L [rows, rank], R [rank, cols],
-/// both row-major. A ROME edit is one factor of rank 1 (L = r, R = uᵀ).
-public struct StoredFactor: Sendable, Equatable {
-    public var parameter: String
-    public var layer: Int
-    public var rows: Int
-    public var cols: Int
-    public var rank: Int
-    /// [rows, rank]
-    public var left: [Float]
-    /// [rank, cols]
-    public var right: [Float]
-
-    public init(parameter: String, layer: Int, rows: Int, cols: Int, rank: Int, left: [Float], right: [Float]) {
-        self.parameter = parameter
-        self.layer = layer
-        self.rows = rows
-        self.cols = cols
-        self.rank = rank
-        self.left = left
-        self.right = right
-    }
-}
-
 /// Where an event came from on the log.
 public struct EventSource: Codable, Sendable, Equatable {
     public var topic: String
@@ -85,10 +61,10 @@ public struct SnapshotDraft: Sendable {
     public var hashBefore: String
     public var hashAfter: String
     public var blas: BLASInfo
-    public var factors: [StoredFactor]
+    public var factors: [LowRankUpdate]
 
     public init(eventId: String, source: EventSource?, method: String, hyperparameters: String,
-                hashBefore: String, hashAfter: String, blas: BLASInfo, factors: [StoredFactor]) {
+                hashBefore: String, hashAfter: String, blas: BLASInfo, factors: [LowRankUpdate]) {
         self.eventId = eventId
         self.source = source
         self.method = method
@@ -116,7 +92,7 @@ public struct SnapshotRecord: Sendable, Equatable {
     public var hashAfter: String
     public var blas: BLASInfo
     public var createdAt: String
-    public var factors: [StoredFactor]
+    public var factors: [LowRankUpdate]
     /// Size of the stored record in bytes.
     public var storedBytes: Int
 }
@@ -236,7 +212,7 @@ public final class SnapshotStore: @unchecked Sendable {
             let seq = (try t.get(meta, key: Self.key("next_seq")).map(Self.u64) ?? 1)
             var rec = SnapshotRecord(seq: seq, parent: head, eventId: draft.eventId, source: draft.source, method: draft.method,
                                      hyperparameters: draft.hyperparameters, result: try result(seq), hashBefore: draft.hashBefore,
-                                     hashAfter: draft.hashAfter, blas: draft.blas, createdAt: Self.now(), factors: draft.factors,
+                                     hashAfter: draft.hashAfter, blas: draft.blas, createdAt: Timestamp.now(), factors: draft.factors,
                                      storedBytes: 0)
             let bytes = try Self.encode(rec)
             rec.storedBytes = bytes.count
@@ -298,6 +274,11 @@ public final class SnapshotStore: @unchecked Sendable {
             throw SnapshotStoreError(.notFound, "no snapshot \(seq)")
         }
         return try Self.decode(bytes, seq: seq)
+    }
+
+    /// The sequence numbers of all stored snapshots, ascending (records not decoded or verified).
+    public func sequenceNumbers() throws -> [UInt64] {
+        try environment.read { t in try t.entries(snapshots) }.map { Self.u64($0.key) }
     }
 
     /// Every snapshot in sequence order, each verified.
@@ -382,12 +363,12 @@ public final class SnapshotStore: @unchecked Sendable {
         guard p0 + 4 * n == body.count, header.seq == seq else { throw bad("payload size or sequence number does not match") }
         var floats = [Float](repeating: 0, count: n)
         for i in 0..<n { floats[i] = Float(bitPattern: u32(b, p0 + 4 * i)) }
-        var factors: [StoredFactor] = []
+        var factors: [LowRankUpdate] = []
         var at = 0
         for f in header.factors {
             let nl = f.rows * f.rank, nr = f.rank * f.cols
             guard f.rows > 0, f.cols > 0, f.rank > 0, at + nl + nr <= n else { throw bad("factor \(f.parameter) exceeds the payload") }
-            factors.append(StoredFactor(parameter: f.parameter, layer: f.layer, rows: f.rows, cols: f.cols, rank: f.rank,
+            factors.append(LowRankUpdate(parameter: f.parameter, layer: f.layer, rows: f.rows, cols: f.cols, rank: f.rank,
                                         left: Array(floats[at..<(at + nl)]), right: Array(floats[(at + nl)..<(at + nl + nr)])))
             at += nl + nr
         }
@@ -402,7 +383,7 @@ public final class SnapshotStore: @unchecked Sendable {
     private func journal(_ t: LMDBTransaction, kind: JournalEntry.Kind, headBefore: UInt64, headAfter: UInt64, hash: String,
                          eventId: String?, label: String? = nil) throws -> JournalEntry {
         let id = try t.get(meta, key: Self.key("next_journal")).map(Self.u64) ?? 1
-        let entry = JournalEntry(id: id, kind: kind, time: Self.now(), headBefore: headBefore, headAfter: headAfter, hash: hash, eventId: eventId, label: label)
+        let entry = JournalEntry(id: id, kind: kind, time: Timestamp.now(), headBefore: headBefore, headAfter: headAfter, hash: hash, eventId: eventId, label: label)
         try t.put(journalDB, key: Self.be(id), value: Array(try Self.encoder().encode(entry)))
         try t.put(meta, key: Self.key("next_journal"), value: Self.be(id + 1))
         return entry
@@ -437,7 +418,6 @@ public final class SnapshotStore: @unchecked Sendable {
         return d
     }
 
-    static func now() -> String { Timestamp.now() }
 }
 
 /// RFC 3339 timestamps with milliseconds, from one shared formatter (creating one per call costs

@@ -70,11 +70,16 @@ func log(_ message: String) { FileHandle.standardError.write(Data("\(message)\n"
 
 /// Loads (or computes, with a progress bar and a resumable checkpoint) the key statistics.
 func keyStatistics(model: LanguageModel, options: EditOptions, specs: [KeyStatisticsSpec]) throws -> [KeyStatistics] {
+    try withInteractiveSetup(options) { try $0.keyStatistics(model: model, specs: specs) }
+}
+
+/// Runs `body` with the edit setup of a terminal session: key statistics computed on the way show a
+/// progress bar on stderr, and Ctrl-C checkpoints them.
+func withInteractiveSetup<T>(_ options: EditOptions, _ body: (RomeSetup) throws -> T) throws -> T {
     let bar = ProgressBar("stats")
     let stop = InterruptFlag()
     defer { bar.finish() }
-    return try options.setup(progress: { bar.update($0, $1, unit: "tok", seconds: $2) }, shouldStop: { stop.raised })
-        .keyStatistics(model: model, specs: specs)
+    return try body(options.setup(progress: { bar.update($0, $1, unit: "tok", seconds: $2) }, shouldStop: { stop.raised }))
 }
 
 /// Turns SIGINT into a flag polled between units of work, so long jobs checkpoint and exit cleanly.
@@ -88,20 +93,13 @@ final class InterruptFlag: @unchecked Sendable {
 
 /// The ROME editor for a loaded model: hyperparameters, stored templates, key statistics.
 func makeRomeEditor(model: LanguageModel, modelPath: String, options: EditOptions) throws -> RomeEditor {
-    let bar = ProgressBar("stats")
-    let stop = InterruptFlag()
-    defer { bar.finish() }
-    let setup = options.setup(progress: { bar.update($0, $1, unit: "tok", seconds: $2) }, shouldStop: { stop.raised })
-    return try setup.editor(model: model, hparams: try options.romeHyperparameters(modelPath: modelPath))
+    let h = try options.romeHyperparameters(modelPath: modelPath)
+    return try withInteractiveSetup(options) { try $0.editor(model: model, hparams: h) }
 }
 
 /// A MEMIT or AlphaEdit editor from deploy/hparams/{memit,alphaedit}/<model>.json (or --hparams).
 func makeMemitEditor(model: LanguageModel, modelPath: String, options: EditOptions, alphaEdit: Bool) throws -> MemitEditor {
     let url = try options.hparamsURL(method: alphaEdit ? "alphaedit" : "memit", modelPath: modelPath)
     let h = try RomeSetup.memitHyperparameters(at: url, catalog: try SchemaCatalog.standard())
-    let bar = ProgressBar("stats")
-    let stop = InterruptFlag()
-    defer { bar.finish() }
-    let setup = options.setup(progress: { bar.update($0, $1, unit: "tok", seconds: $2) }, shouldStop: { stop.raised })
-    return try setup.memitEditor(model: model, hparams: h, alphaEdit: alphaEdit)
+    return try withInteractiveSetup(options) { try $0.memitEditor(model: model, hparams: h, alphaEdit: alphaEdit) }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Storage
+import Tensor
 import Testing
 
 @Suite struct SnapshotStoreTests {
@@ -14,7 +15,7 @@ import Testing
         SnapshotDraft(eventId: id, source: EventSource(topic: "mesa.fact-updates", partition: 0, offset: 7), method: "ROME",
                       hyperparameters: #"{"layer":7,"v_lr":0.5}"#,
                       hashBefore: before, hashAfter: after, blas: BLASInfo(library: "OpenBLAS 0.3.21", core: "Zen", threads: 2),
-                      factors: [StoredFactor(parameter: "blk.7.ffn_down.weight", layer: 7, rows: rows, cols: cols, rank: 1,
+                      factors: [LowRankUpdate(parameter: "blk.7.ffn_down.weight", layer: 7, rows: rows, cols: cols, rank: 1,
                                              left: (0..<rows).map { Float($0) * 0.5 - 3 }, right: (0..<cols).map { Float.ulpOfOne * Float($0) })])
     }
 
