@@ -31,17 +31,19 @@ let package = Package(
         .target(name: "Tensor", dependencies: ["COpenBLAS", "CKernels"], swiftSettings: numericFlags),
         .target(name: "Tokenizers", swiftSettings: numericFlags),
         .target(name: "ModelRuntime", dependencies: ["Tensor", "Tokenizers"], swiftSettings: numericFlags),
-        .target(name: "Editing", dependencies: ["ModelRuntime", "Tensor", "Tokenizers"], swiftSettings: numericFlags),
+        // BatchTopK sparse autoencoders: training, files (SAELens / dictionary_learning), activation harvesting.
+        .target(name: "SparseAutoencoder", dependencies: ["ModelRuntime", "Tensor"], swiftSettings: numericFlags),
+        .target(name: "Editing", dependencies: ["ModelRuntime", "Tensor", "Tokenizers", "SparseAutoencoder"], swiftSettings: numericFlags),
         .target(name: "Evaluation"),
         .target(name: "Contracts"),
         .target(name: "Storage", dependencies: ["CLMDB", "Tensor"]),
         .target(name: "Messaging", dependencies: ["CRdKafka"]),
         // The daemon: the one place that composes the model, the editor, storage and messaging.
-        .target(name: "EditDaemon", dependencies: ["Tensor", "ModelRuntime", "Editing", "Evaluation", "Contracts", "Storage", "Messaging"]),
+        .target(name: "EditDaemon", dependencies: ["Tensor", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "Contracts", "Storage", "Messaging"]),
         .executableTarget(
             name: "mesa",
             dependencies: [
-                "Tensor", "Tokenizers", "ModelRuntime", "Editing", "Evaluation", "Contracts", "Storage", "Messaging", "EditDaemon",
+                "Tensor", "Tokenizers", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "Contracts", "Storage", "Messaging", "EditDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
@@ -61,6 +63,7 @@ let package = Package(
         .testTarget(name: "ModelRuntimeTests", dependencies: ["ModelRuntime", "Tensor", "Tokenizers"]),
         .testTarget(name: "EditingTests", dependencies: ["Editing", "ModelRuntime", "Tensor", "Tokenizers", "Contracts", "TestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["EditDaemon", "Messaging", "Storage", "Editing", "ModelRuntime", "TestSupport", "Contracts"]),
+        .testTarget(name: "SparseAutoencoderTests", dependencies: ["SparseAutoencoder", "ModelRuntime", "Tensor", "TestSupport"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation"]),
         .testTarget(name: "ContractsTests", dependencies: ["Contracts"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Tensor"]),

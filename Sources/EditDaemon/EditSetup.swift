@@ -2,6 +2,7 @@ import Contracts
 import Editing
 import Foundation
 import ModelRuntime
+import SparseAutoencoder
 
 /// A setup failure (missing file, invalid configuration) with a message for the operator.
 public struct SetupError: Error, CustomStringConvertible, Sendable {
@@ -181,7 +182,24 @@ public struct RomeSetup {
                 throw SetupError("no key statistics for layer \(h.layer) (\(h.mom2Tokens) tokens): run `mesa stats --layer \(h.layer)` first")
             }
         }
-        return try RomeEditor(model: model, hparams: h, templates: templates, statistics: stats)
+        let (sae, reason) = try mesaSAE(model: model, hparams: h, state: state)
+        return try RomeEditor(model: model, hparams: h, templates: templates, statistics: stats, sae: sae, fallbackReason: reason)
+    }
+
+    /// The SAE `h.mesa` names, checked against the edit site. A missing, corrupt or mismatched SAE is
+    /// an error, unless `mesa.fallback` is true: then the editor runs without refinement and says why.
+    func mesaSAE(model: LanguageModel, hparams h: RomeHyperparameters, state: EditState) throws -> (SparseAutoencoder?, String?) {
+        guard let m = h.mesa else { return (nil, nil) }
+        let dir = m.saeDirectory(stateDirectory: state.root)
+        do {
+            let sae = try SparseAutoencoder.load(from: dir)
+            try sae.check(site: Site(layer: h.layer, kind: .mlpOut), width: model.config.hidden)
+            return (sae, nil)
+        } catch {
+            guard m.fallsBack else { throw SetupError("MESA refinement: the SAE at \(dir.path) is unusable: \(error)") }
+            log("warning: MESA refinement is off (mesa.fallback is true): the SAE at \(dir.path) is unusable: \(error)")
+            return (nil, "the SAE at \(dir.path) is unusable: \(error)")
+        }
     }
 
     /// Reads and checks a MEMIT or AlphaEdit hyperparameter file (Schemas/memit-hparams.schema.json).

@@ -106,10 +106,9 @@ public final class ModelHost: @unchecked Sendable {
     }
 
     /// Applies a ROME update on top of the head; returns it in the form the snapshot stores.
-    public func applyEdit(_ update: RankOneUpdate) throws -> LowRankUpdate {
-        let u = update.lowRank
-        try apply(u)
-        return u
+    public func applyEdit(_ update: LowRankUpdate) throws -> LowRankUpdate {
+        try apply(update)
+        return update
     }
 
     /// Records an applied edit. If the store refuses it, the weights go back to the head.

@@ -175,7 +175,7 @@ public final class Pipeline: @unchecked Sendable {
         } catch let err as EditError {
             throw rejection(err, eventId: e.id)
         }
-        let factor = try host.applyEdit(result.update)
+        let factor = try host.applyEdit(result.applied)
         // Hash the edited tensor on another core while the edited model is scored (both only read
         // the weights); the hash is then ready when scoring ends.
         let hashing = DispatchGroup()

@@ -30,7 +30,9 @@ public struct EditLoss: Sendable {
         public var nll: Double
         public var kl: Double
         public var norm: Double
-        public var total: Double { nll + kl + norm }
+        /// MESA's l1·‖enc(δ) − enc(0)‖₁ (0 without refinement).
+        public var sparsity: Double = 0
+        public var total: Double { nll + kl + norm + sparsity }
     }
 
     /// log-softmax of one row [vocab], in Double for the reduction.

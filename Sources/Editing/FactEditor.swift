@@ -1,5 +1,6 @@
 import Foundation
 import ModelRuntime
+import SparseAutoencoder
 import Tensor
 
 /// An editing method as the evaluation and the daemon drive it: compute the updates of one request
@@ -14,14 +15,17 @@ public protocol FactEditor: AnyObject {
     func keep()
     /// Settings recorded with every report.
     var settings: [String: String] { get }
+    /// The SAE coverage of the update last computed, when the method has an SAE attached.
+    var lastCoverage: SAECoverage? { get }
 }
 
 extension RomeEditor: FactEditor {
-    public var method: String { "ROME" }
+    public var method: String { refinementSettings != nil ? "ROME+MESA" : "ROME" }
 
     public func computeUpdates(for request: EditRequest) throws -> (updates: [LowRankUpdate], phases: [String: Double]) {
         let r = try computeUpdate(request)
-        return ([r.update.lowRank], r.phases)
+        lastCoverage = r.coverage
+        return ([r.applied], r.phases)
     }
 
     public func keep() {}
@@ -35,11 +39,21 @@ extension RomeEditor: FactEditor {
             "template_seed": "\(h.templateSeed)", "key_averaging": h.keyAveraging.rawValue,
         ]
         if let st = statistics { s["mom2_tokens"] = "\(st.count)"; s["mom2_ridge"] = "\(h.mom2Ridge)" }
+        if let m = refinementSettings, let sae {
+            s["mesa_sae"] = m.sae
+            s["mesa_sae_width"] = "\(sae.width)"
+            s["mesa_sae_k"] = sae.k.map(String.init) ?? "?"
+            s["mesa_l1"] = "\(m.l1Weight)"
+            s["mesa_kl"] = "\(m.keepsKL)"
+        }
+        if let reason = fallbackReason { s["mesa_fallback"] = reason }
         return s
     }
 }
 
 extension MemitEditor: FactEditor {
+    public var lastCoverage: SAECoverage? { nil }
+
     public var method: String {
         if case .alphaEdit = solver { return "AlphaEdit" }
         return "MEMIT"

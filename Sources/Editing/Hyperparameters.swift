@@ -38,11 +38,13 @@ public struct RomeHyperparameters: Codable, Sendable, Equatable {
     public var mom2Seed: UInt64
     /// Ridge added to C, relative to its mean diagonal, before solving.
     public var mom2Ridge: Double
+    /// MESA refinement of v* through an SAE at `mlp_out@layer` (absent: plain ROME).
+    public var mesa: MesaHyperparameters?
 
     public init(layer: Int, contextTemplates: [ContextTemplates.Group] = [.init(length: 5, count: 5), .init(length: 10, count: 5)],
                 templateSeed: UInt64 = 0, keyAveraging: KeyAveraging = .templates, vNumGradSteps: Int = 25, vLr: Float = 0.5, vWeightDecay: Float = 1e-3,
                 clampNormFactor: Float = 4, klFactor: Float = 0.0625, earlyStopLoss: Float = 0.05, mom2Adjustment: Bool = true,
-                mom2Tokens: Int = 300_000, mom2SequenceLength: Int = 512, mom2Seed: UInt64 = 0, mom2Ridge: Double = 1e-4) {
+                mom2Tokens: Int = 300_000, mom2SequenceLength: Int = 512, mom2Seed: UInt64 = 0, mom2Ridge: Double = 1e-4, mesa: MesaHyperparameters? = nil) {
         self.layer = layer
         self.contextTemplates = contextTemplates
         self.templateSeed = templateSeed
@@ -58,6 +60,7 @@ public struct RomeHyperparameters: Codable, Sendable, Equatable {
         self.mom2SequenceLength = mom2SequenceLength
         self.mom2Seed = mom2Seed
         self.mom2Ridge = mom2Ridge
+        self.mesa = mesa
     }
 
     /// Decodes a hyperparameter file (extra keys such as `$schema`, `model` and `layer_sweep` are allowed).

@@ -1,5 +1,6 @@
 import Foundation
 import ModelRuntime
+import SparseAutoencoder
 import Tensor
 
 /// The prompts of one ROME edit, tokenized: what the optimization sees (and what a reference
@@ -39,7 +40,17 @@ public struct RomeBatch: Sendable {
 
 /// What one ROME computation produced, with diagnostics.
 public struct RomeResult: Sendable {
+    /// The rank-one form ΔW = r uᵀ. Without refinement it is what `applied` holds; with MESA refinement
+    /// under `each` key averaging, r is the mean refined change / uᵀk* (a summary, not what is written).
     public var update: RankOneUpdate
+    /// What is written into the weights: `update` itself, or with MESA refinement under `each` the
+    /// rank-n update (n rewrite prompts) that adds exactly the refined change Δ_i the optimization
+    /// evaluated at every prompt i: ΔW = [Δ_1 … Δ_n](KᵀC⁻¹K + εI)⁻¹(C⁻¹K)ᵀ.
+    public var applied: LowRankUpdate
+    /// True if δ was refined through the SAE.
+    public var refined: Bool
+    /// How much of the written change at the bare prompt the SAE represents (when an SAE is attached).
+    public var coverage: SAECoverage?
     /// k*: the mean key over the templates [ff].
     public var keyStar: [Float]
     public var valueInitNorm: Float
@@ -65,10 +76,31 @@ public final class RomeEditor: @unchecked Sendable {
     public let hparams: RomeHyperparameters
     public let templates: ContextTemplates
     public let statistics: KeyStatistics?
+    /// The SAE at `mlp_out@layer`: used for MESA refinement when the hyperparameters ask for it, and for
+    /// the coverage figure of every edit.
+    public let sae: SparseAutoencoder?
+    /// Why refinement was asked for but is off (the SAE could not be loaded and `mesa.fallback` is true).
+    public let fallbackReason: String?
+    /// The coverage figure of the update last computed through `FactEditor`.
+    public internal(set) var lastCoverage: SAECoverage?
     let tokenizer: EditTokenizer
 
-    public init(model: LanguageModel, hparams: RomeHyperparameters, templates: ContextTemplates, statistics: KeyStatistics?) throws {
+    public init(model: LanguageModel, hparams: RomeHyperparameters, templates: ContextTemplates, statistics: KeyStatistics?,
+                sae: SparseAutoencoder? = nil, fallbackReason: String? = nil) throws {
         try hparams.validate(layers: model.config.layers)
+        if let mesa = hparams.mesa {
+            try mesa.validate()
+            guard sae != nil || (mesa.fallsBack && fallbackReason != nil) else {
+                throw EditError(.state, "MESA refinement needs the SAE \(mesa.sae)\(fallbackReason.map { ": \($0)" } ?? "")")
+            }
+        }
+        if let sae {
+            do { try sae.check(site: Site(layer: hparams.layer, kind: .mlpOut), width: model.config.hidden) } catch {
+                throw EditError(.hyperparameters, "the SAE does not fit the edit site: \(error)")
+            }
+        }
+        self.sae = sae
+        self.fallbackReason = sae == nil ? fallbackReason : nil
         if hparams.mom2Adjustment {
             guard let s = statistics else { throw EditError(.state, "mom2_adjustment needs key statistics for layer \(hparams.layer)") }
             guard s.spec.layer == hparams.layer, s.dim == model.config.intermediate else {
@@ -84,6 +116,9 @@ public final class RomeEditor: @unchecked Sendable {
     }
 
     public var site: Site { Site(layer: hparams.layer, kind: .mlpOut) }
+
+    /// The refinement in force: the hyperparameters ask for it and the SAE is loaded.
+    public var refinementSettings: MesaHyperparameters? { sae != nil ? hparams.mesa : nil }
 
     /// Tokenizes the request into the optimization batch.
     public func batch(for request: EditRequest) throws -> RomeBatch {
@@ -107,7 +142,39 @@ public final class RomeEditor: @unchecked Sendable {
     /// u = C⁻¹K(KᵀC⁻¹K + εI)⁻¹1 for the keys K [ff, n]: the minimizer of uᵀCu subject to Kᵀu = 1
     /// (C = I without mom2 adjustment), ε = 1e-6·tr(KᵀC⁻¹K)/n keeping near-duplicate keys solvable.
     func equalGainDirection(keys: [[Float]]) throws -> [Float] {
+        let (ck, g) = try keyGram(keys: keys)
         let n = keys.count, ff = model.config.intermediate
+        let a: [Double]
+        do { a = try LAPACK.solveSPD(g, [Double](repeating: 1, count: n), n: n, nrhs: 1) } catch {
+            throw EditError(.degenerateKey, "the template keys' Gram matrix is singular (\(error))")
+        }
+        var u = [Double](repeating: 0, count: ff)
+        for i in 0..<n { for j in 0..<ff { u[j] += a[i] * Double(ck[i][j]) } }
+        return u.map { Float($0) }
+    }
+
+    /// ΔW = V(KᵀC⁻¹K + εI)⁻¹(C⁻¹K)ᵀ for keys K [ff, n] and values V = [v_1 … v_n] [d, n]: the update of
+    /// least C-norm with ΔW k_i = v_i (up to ε) for every i. Rank n; `equalGainDirection` is the case v_i = δ.
+    func exactDelivery(keys: [[Float]], values: [[Float]]) throws -> LowRankUpdate {
+        let (ck, g) = try keyGram(keys: keys)
+        let n = keys.count, d = model.config.hidden, ff = model.config.intermediate
+        // X [n, d] = G⁻¹Vᵀ; left = Xᵀ [d, n]; right = (C⁻¹K)ᵀ [n, ff].
+        var vt = [Double](repeating: 0, count: n * d)
+        for i in 0..<n { for k in 0..<d { vt[i * d + k] = Double(values[i][k]) } }
+        let x: [Double]
+        do { x = try LAPACK.solveSPD(g, vt, n: n, nrhs: d) } catch {
+            throw EditError(.degenerateKey, "the template keys' Gram matrix is singular (\(error))")
+        }
+        var left = [Float](repeating: 0, count: d * n)
+        for i in 0..<n { for k in 0..<d { left[k * n + i] = Float(x[i * d + k]) } }
+        guard left.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "the refined update is non-finite") }
+        return LowRankUpdate(parameter: model.weights.layers[hparams.layer].wDown.name, layer: hparams.layer, rows: d, cols: ff,
+                             rank: n, left: left, right: ck.flatMap { $0 })
+    }
+
+    /// C⁻¹k_i for each key ([n][ff]) and G = KᵀC⁻¹K + εI ([n, n]).
+    func keyGram(keys: [[Float]]) throws -> ([[Float]], [Double]) {
+        let n = keys.count
         // ck[i] = C⁻¹k_i [ff]
         let ck: [[Float]] = try keys.map { k in
             if hparams.mom2Adjustment, let stats = statistics { return try stats.solve(k, ridge: hparams.mom2Ridge) }
@@ -119,13 +186,7 @@ public final class RomeEditor: @unchecked Sendable {
         var trace = 0.0
         for i in 0..<n { trace += g[i * n + i] }
         for i in 0..<n { g[i * n + i] += 1e-6 * trace / Double(n) }
-        let a: [Double]
-        do { a = try LAPACK.solveSPD(g, [Double](repeating: 1, count: n), n: n, nrhs: 1) } catch {
-            throw EditError(.degenerateKey, "the template keys' Gram matrix is singular (\(error))")
-        }
-        var u = [Double](repeating: 0, count: ff)
-        for i in 0..<n { for j in 0..<ff { u[j] += a[i] * Double(ck[i][j]) } }
-        return u.map { Float($0) }
+        return (ck, g)
     }
 
     /// Computes the rank-one update for `request` without changing the weights.
@@ -173,18 +234,39 @@ public final class RomeEditor: @unchecked Sendable {
         let vInitNorm = Vector.norm(vInit)
         guard vInitNorm > 0, vInitNorm.isFinite else { throw EditError(.nonFinite, "the MLP output at the subject is zero or non-finite") }
 
-        // v* = W k* + δ: Adam on δ with NLL + KL + weight decay, early stop, and the norm clamp.
-        let (delta, losses) = try DeltaOptimization(steps: h.vNumGradSteps, lr: h.vLr, weightDecay: h.vWeightDecay, klFactor: h.klFactor,
-                                                    earlyStopLoss: h.earlyStopLoss, maxNorm: h.clampNormFactor * vInitNorm, referenceNorm: vInitNorm)
-            .run(pass: pass, batch: batch)
+        // v* = W k* + δ: Adam on δ with NLL + KL + weight decay, early stop, and the norm clamp; with MESA,
+        // every prompt sees its SAE-refined change instead of δ.
+        let mesa = refinementSettings
+        let refinement = mesa.map { SAERefinement(sae: sae!, l1: $0.l1Weight, activations: pass.mlpOutputs) }
+        let outcome = try DeltaOptimization(steps: h.vNumGradSteps, lr: h.vLr, weightDecay: h.vWeightDecay,
+                                            klFactor: mesa?.keepsKL == false ? 0 : h.klFactor, earlyStopLoss: h.earlyStopLoss,
+                                            maxNorm: h.clampNormFactor * vInitNorm, referenceNorm: vInitNorm)
+            .run(pass: pass, batch: batch, refinement: refinement)
+        let delta = outcome.delta
         lap("v_star")
 
+        // The written vector per rewrite prompt: δ, or the refined change that prompt was optimized with.
+        let n = batch.rewrite.count
+        let written = outcome.changes.map { Array($0.prefix(n)) }
+        var summary = delta
+        if let written {
+            let w = try keyWeights(prompts: n)
+            summary = (0..<delta.count).map { k in Float((0..<n).reduce(0.0) { $0 + w[$1] * Double(written[$1][k]) }) }
+        }
         // r = δ / (uᵀk*).
-        let r = delta.map { $0 / denom }
+        let r = summary.map { $0 / denom }
         guard r.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "the update vector is non-finite") }
         let update = RankOneUpdate(parameter: model.weights.layers[h.layer].wDown.name, layer: h.layer, u: u, r: r)
-        return RomeResult(update: update, keyStar: keyStar, valueInitNorm: vInitNorm, deltaNorm: Vector.norm(delta),
-                          denominator: denom, keyGains: Array(gains.prefix(batch.rewrite.count)), losses: losses, phases: phases)
+        var applied = update.lowRank
+        if let written, h.keyAveraging == .each {
+            applied = try exactDelivery(keys: Array(pass.keys.prefix(n)), values: written)
+        }
+        lap("update")
+        let change0 = written?[0] ?? delta.map { $0 * gains[0] }
+        let coverage = sae.map { $0.coverage(before: vInit, after: zip(vInit, change0).map { $0 + $1 }) }
+        return RomeResult(update: update, applied: applied, refined: refinement != nil, coverage: coverage, keyStar: keyStar,
+                          valueInitNorm: vInitNorm, deltaNorm: Vector.norm(delta), denominator: denom,
+                          keyGains: Array(gains.prefix(n)), losses: outcome.losses, phases: phases)
     }
 }
 
@@ -212,26 +294,50 @@ public struct DeltaOptimization: Sendable {
 
     /// δ [d] and the loss of every evaluated step. `pass` holds the rewrite prompts, then the KL prompts.
     public func run(pass: DeltaPass, batch: RomeBatch) throws -> ([Float], [EditLoss.Value]) {
+        let r = try run(pass: pass, batch: batch, refinement: nil)
+        return (r.delta, r.losses)
+    }
+
+    public struct Outcome {
+        /// δ [d] after the last evaluated step.
+        public var delta: [Float]
+        public var losses: [EditLoss.Value]
+        /// With refinement: the change Δ_i each prompt saw at the final δ, [prompts][d] (the vectors to write).
+        public var changes: [[Float]]?
+    }
+
+    /// As `run(pass:batch:)`; with `refinement`, each prompt sees its SAE-refined change Δ_i(δ) instead
+    /// of δ, and the loss adds the refinement's L1 term.
+    public func run(pass: DeltaPass, batch: RomeBatch, refinement: SAERefinement?) throws -> Outcome {
         let d = pass.model.config.hidden
         var loss = EditLoss(rewriteTargets: batch.rewriteTargets, klRows: batch.kl.count, klFactor: klFactor,
                             normWeight: weightDecay / (referenceNorm * referenceNorm))
         var delta = [Float](repeating: 0, count: d)
         var adam = Adam(lr: lr, count: d)
         var losses: [EditLoss.Value] = []
+        var changes: [[Float]]?
         for it in 0..<steps {
-            let logits = try pass.forward(delta: delta)
+            let state = refinement?.evaluate(delta)
+            changes = state?.changes
+            let logits = try state.map { try pass.forward(deltas: $0.changes) } ?? pass.forward(delta: delta)
             if it == 0 { loss.setReference(from: logits) }
-            let (value, dLogits, dNorm) = loss.evaluate(logits: logits, delta: delta)
+            var (value, dLogits, dNorm) = loss.evaluate(logits: logits, delta: delta)
+            if let state, let refinement { value.sparsity = Double(refinement.l1) * state.l1Norm }
             losses.append(value)
             guard value.total.isFinite else { throw EditError(.nonFinite, "the edit loss became non-finite at step \(it)") }
             if value.total < Double(earlyStopLoss) || it == steps - 1 { break }
-            var g = try pass.backward(logitGradient: dLogits)
+            var g: [Float]
+            if let state, let refinement {
+                g = refinement.gradient(state, changeGradients: try pass.backwardPerPrompt(logitGradient: dLogits))
+            } else {
+                g = try pass.backward(logitGradient: dLogits)
+            }
             for i in 0..<d { g[i] += dNorm[i] }
             guard g.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "the gradient became non-finite at step \(it)") }
             adam.step(&delta, gradient: g)
             let n = Vector.norm(delta)
             if n > maxNorm { for i in 0..<d { delta[i] *= maxNorm / n } }
         }
-        return (delta, losses)
+        return Outcome(delta: delta, losses: losses, changes: changes)
     }
 }

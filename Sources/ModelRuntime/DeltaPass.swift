@@ -163,13 +163,21 @@ public final class DeltaPass: @unchecked Sendable {
     /// Logits at every prompt's `logitPositions` (in prompt order) with `delta` added after layer l
     /// at each prompt's position: [logitCount, vocab].
     public func forward(delta: [Float]) throws -> Tensor {
+        try forward(deltas: [[Float]](repeating: delta, count: prompts.count))
+    }
+
+    /// As `forward(delta:)`, with a vector of its own for each prompt: deltas [prompts][d].
+    public func forward(deltas: [[Float]]) throws -> Tensor {
         let d = c.hidden, ff = c.intermediate, hd = c.headDim, qd = c.heads * hd, kvd = c.kvHeads * hd
         let qkvw = qkvWidth, R = rowCount, group = c.heads / c.kvHeads
-        guard delta.count == d else { throw ModelError(.invalidInput, "δ has \(delta.count) values, expected \(d)") }
-        guard delta.allSatisfy(\.isFinite) else { throw ModelError(.nonFinite, "δ has a non-finite value") }
+        guard deltas.count == prompts.count else { throw ModelError(.invalidInput, "\(deltas.count) δ vectors for \(prompts.count) prompts") }
+        for delta in deltas {
+            guard delta.count == d else { throw ModelError(.invalidInput, "δ has \(delta.count) values, expected \(d)") }
+            guard delta.allSatisfy(\.isFinite) else { throw ModelError(.nonFinite, "δ has a non-finite value") }
+        }
         let w = model.weights
         x.p.update(from: base.p, count: R * d)
-        delta.withUnsafeBufferPointer { dp in for off in offsets { Kernels.add(x.p + off * d, dp.baseAddress!, count: d) } }
+        for (i, off) in offsets.enumerated() { deltas[i].withUnsafeBufferPointer { Kernels.add(x.p + off * d, $0.baseAddress!, count: d) } }
         let scale = 1 / Float(hd).squareRoot()
 
         for (s, j) in upperLayers.enumerated() {
@@ -239,6 +247,22 @@ public final class DeltaPass: @unchecked Sendable {
 
     /// ∂loss/∂δ given ∂loss/∂logits [logitCount, vocab] for the logits of the last `forward`.
     public func backward(logitGradient: Tensor) throws -> [Float] {
+        try backwardRows(logitGradient: logitGradient)
+        let d = c.hidden
+        var grad = [Float](repeating: 0, count: d)
+        grad.withUnsafeMutableBufferPointer { g in for off in offsets { Kernels.add(g.baseAddress!, dx.p + off * d, count: d) } }
+        return grad
+    }
+
+    /// ∂loss/∂δ_i for each prompt's own vector (see `forward(deltas:)`): [prompts][d].
+    public func backwardPerPrompt(logitGradient: Tensor) throws -> [[Float]] {
+        try backwardRows(logitGradient: logitGradient)
+        let d = c.hidden
+        return offsets.map { Array(UnsafeBufferPointer(start: dx.p + $0 * d, count: d)) }
+    }
+
+    /// Leaves ∂loss/∂x_l for every batch row in `dx`.
+    private func backwardRows(logitGradient: Tensor) throws {
         let d = c.hidden, ff = c.intermediate, hd = c.headDim, qd = c.heads * hd, kvd = c.kvHeads * hd
         let qkvw = qkvWidth, R = rowCount, group = c.heads / c.kvHeads, L = logitCount, V = c.vocabSize
         guard forwardDone else { throw ModelError(.invalidInput, "backward needs a forward pass first") }
@@ -322,10 +346,6 @@ public final class DeltaPass: @unchecked Sendable {
             dx.p.update(from: dMid.p, count: R * d)
             normBackward(savedIn[s].p, lw.attnNorm, lw.attnNormBias, dy: dh.p, dx: dx.p, rows: R)
         }
-
-        var grad = [Float](repeating: 0, count: d)
-        grad.withUnsafeMutableBufferPointer { g in for off in offsets { Kernels.add(g.baseAddress!, dx.p + off * d, count: d) } }
-        return grad
     }
 
     // MARK: helpers

@@ -43,11 +43,13 @@ public final class SafetensorsFile: @unchecked Sendable {
                 throw ModelError(.malformed, "tensor \(name): malformed header entry", path: path)
             }
             guard shape.allSatisfy({ $0 >= 0 }) else { throw ModelError(.malformed, "tensor \(name): negative dimension", path: path) }
+            // Integer tensors (e.g. a saved `k`) are indexed; only `floats` refuses them.
             let width: Int
             switch dtype {
-            case "F32": width = 4
+            case "F32", "I32": width = 4
             case "F16", "BF16": width = 2
-            default: throw ModelError(.unsupportedTensorType, "tensor \(name) has dtype \(dtype), which mesa does not support (F32, F16, BF16)", path: path)
+            case "I64": width = 8
+            default: throw ModelError(.unsupportedTensorType, "tensor \(name) has dtype \(dtype), which mesa does not support (F32, F16, BF16, I32, I64)", path: path)
             }
             let count = shape.reduce(1, *)
             guard offs[0] >= 0, offs[1] - offs[0] == count * width else {
@@ -66,8 +68,13 @@ public final class SafetensorsFile: @unchecked Sendable {
     public func floats(_ name: String) throws -> [Float] {
         guard let e = entries[name] else { throw ModelError(.missingTensor, "tensor \(name) is missing", path: path) }
         let count = e.shape.reduce(1, *)
-        var out = [Float](repeating: 0, count: count)
         let src = file.bytes.baseAddress! + e.range.lowerBound
+        switch e.dtype {
+        case "I32": return (0..<count).map { Float(Int32(littleEndian: src.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self))) }
+        case "I64": return (0..<count).map { Float(Int64(littleEndian: src.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self))) }
+        default: break
+        }
+        var out = [Float](repeating: 0, count: count)
         try out.withUnsafeMutableBufferPointer { dst in
             switch e.dtype {
             case "F32": try Dequantize.run(.f32, src: src, count: count, dst: dst.baseAddress!)

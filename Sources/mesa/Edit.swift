@@ -50,7 +50,7 @@ struct Edit: ParsableCommand {
 
             let t0 = Date()
             let result = try editor.computeUpdate(request)
-            try model.apply(result.update)
+            try model.apply(result.applied)
             let editSeconds = Date().timeIntervalSince(t0)
 
             let post = targetTrue != nil ? try CounterFactEval.score(record, with: scorer) : nil
@@ -61,7 +61,7 @@ struct Edit: ParsableCommand {
             if let saveUpdate {
                 let enc = JSONEncoder()
                 enc.outputFormatting = [.sortedKeys]
-                try enc.encode(result.update).write(to: URL(fileURLWithPath: saveUpdate))
+                try enc.encode(result.applied).write(to: URL(fileURLWithPath: saveUpdate))
             }
             if let save { try ModelExporter.writeGGUF(model, to: save) }
 

@@ -18,6 +18,15 @@ struct EditOptions: ParsableArguments {
     @Option(name: .long, help: "Directory for edit state: templates and key statistics (default: $MESA_HOME).")
     var stateHome: String?
 
+    @Option(name: .long, help: "MESA: refine v* through this SAE (a directory, or a name under <state>/<hash16>/sae/), overriding the file's \"mesa\" block.")
+    var mesa: String?
+
+    @Flag(name: .long, help: "Plain ROME even if the hyperparameter file has a \"mesa\" block.")
+    var noMesa = false
+
+    @Option(name: .long, help: "MESA: weight of the L1 penalty on the δ features (default: the file's, else 1e-4).")
+    var mesaL1: Float?
+
     static func modelName(_ path: String) -> String { Installation.modelName(path) }
 
     func hparamsURL(method: String, modelPath: String) throws -> URL {
@@ -28,6 +37,9 @@ struct EditOptions: ParsableArguments {
     func romeHyperparameters(modelPath: String) throws -> RomeHyperparameters {
         var h = try RomeSetup.hyperparameters(at: try hparamsURL(method: "rome", modelPath: modelPath), catalog: try SchemaCatalog.standard())
         if let layer { h.layer = layer }
+        if let mesa { h.mesa = MesaHyperparameters(sae: mesa, l1: h.mesa?.l1, kl: h.mesa?.kl) }
+        if let mesaL1, h.mesa != nil { h.mesa?.l1 = mesaL1 }
+        if noMesa { h.mesa = nil }
         return h
     }
 
@@ -51,7 +63,7 @@ final class ProgressBar {
     private let tty = isatty(2) != 0
     init(_ label: String) { self.label = label }
 
-    func update(_ done: Int, _ total: Int, unit: String, seconds: Double, force: Bool = false) {
+    func update(_ done: Int, _ total: Int, unit: String, seconds: Double, force: Bool = false, extra: String = "") {
         guard force || Date().timeIntervalSince(last) > 0.25 || done >= total else { return }
         last = Date()
         let frac = total > 0 ? min(1, Double(done) / Double(total)) : 1
@@ -60,6 +72,7 @@ final class ProgressBar {
         let eta = rate > 0 ? Double(total - done) / rate : 0
         let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
         let line = String(format: "%@ [%@] %3.0f%% %d/%d %@ %.0f %@/s ETA %.0fs", label, bar, frac * 100, done, total, unit, rate, unit, eta)
+            + (extra.isEmpty ? "" : "  " + extra)
         FileHandle.standardError.write(Data(((tty ? "\r" : "") + line + (tty ? "" : "\n")).utf8))
     }
 

@@ -1,0 +1,123 @@
+import Foundation
+import ModelRuntime
+import SparseAutoencoder
+import Tensor
+
+/// MESA settings inside a method's hyperparameters (`"mesa": {...}`): the value vector is refined
+/// through a sparse autoencoder trained on the site where δ is injected (METHODS §5).
+public struct MesaHyperparameters: Codable, Sendable, Equatable {
+    /// The SAE directory: absolute, or a name under `<state>/sae/`.
+    public var sae: String
+    /// Weight of ‖enc(δ) − enc(0)‖₁, the L1 penalty on the δ features (MESA-AE's v_alpha); default 1e-4.
+    public var l1: Float?
+    /// Keep the method's KL term (MESA-AE drops it); default true.
+    public var kl: Bool?
+    /// When the SAE cannot be loaded: true edits without refinement (and says so in every result),
+    /// false refuses to start; default false.
+    public var fallback: Bool?
+
+    public init(sae: String, l1: Float? = nil, kl: Bool? = nil, fallback: Bool? = nil) {
+        self.sae = sae
+        self.l1 = l1
+        self.kl = kl
+        self.fallback = fallback
+    }
+
+    public var l1Weight: Float { l1 ?? 1e-4 }
+    public var keepsKL: Bool { kl ?? true }
+    public var fallsBack: Bool { fallback ?? false }
+
+    public func validate() throws {
+        guard !sae.isEmpty else { throw EditError(.hyperparameters, "mesa.sae must name an SAE directory") }
+        guard l1Weight >= 0, l1Weight.isFinite else { throw EditError(.hyperparameters, "mesa.l1 must be finite and non-negative") }
+    }
+
+    /// The SAE directory: `sae` itself if absolute, else `<stateDirectory>/sae/<sae>`.
+    public func saeDirectory(stateDirectory: URL) -> URL {
+        sae.hasPrefix("/") ? URL(fileURLWithPath: sae) : stateDirectory.appendingPathComponent("sae").appendingPathComponent(sae)
+    }
+}
+
+/// The MESA refinement of δ at one site for a batch of prompts (METHODS §5.3, with its pitfalls fixed).
+///
+/// For prompt i with unedited activation h_i at the site, the vector the model sees is
+///
+///     h_i' = dec(ReLU(enc(h_i) + g)) + (h_i − dec(enc(h_i)))   with   g = enc(δ) − enc(0)
+///
+/// i.e. the SAE's reconstruction with the δ features added, plus h_i's reconstruction error, so that
+/// h_i' = h_i at δ = 0 (the public code uses enc(δ) and misses the −enc(0)). The change it adds is
+/// Δ_i = W_decᵀ(ReLU(f_i + g) − f_i), f_i = enc(h_i) held fixed; the loss adds l1·‖g‖₁.
+///
+/// Gradient: exact through the decoder and the outer ReLU where a latent is on; where a δ latent is
+/// off (g_j = 0) the thresholds are crossed straight-through (∂g_j/∂δ := W_enc[j]), since otherwise
+/// δ = 0 is a stationary point whenever enc(0) has no active latent and the optimization never starts.
+/// Shapes: D = d_in, F = latents, n = prompts.
+public struct SAERefinement {
+    public let sae: SparseAutoencoder
+    public let l1: Float
+    /// enc(h_i): [n][F].
+    let features: [[Float]]
+    /// enc(0): [F].
+    let zeroFeatures: [Float]
+
+    /// `activations`: h_i at the site for each prompt, [n][D].
+    public init(sae: SparseAutoencoder, l1: Float, activations: [[Float]]) {
+        self.sae = sae
+        self.l1 = l1
+        let D = sae.dIn
+        features = activations.map { sae.encode($0, rows: 1) }
+        zeroFeatures = sae.encode([Float](repeating: 0, count: D), rows: 1)
+    }
+
+    /// What one evaluation at δ produced: the per-prompt changes and what the gradient needs.
+    public struct State {
+        /// Δ_i: [n][D].
+        public var changes: [[Float]]
+        /// g = enc(δ) − enc(0): [F].
+        public var g: [Float]
+        /// ‖g‖₁.
+        public var l1Norm: Double
+    }
+
+    /// Δ_i(δ) for every prompt.
+    public func evaluate(_ delta: [Float]) -> State {
+        let F = sae.width
+        let fd = sae.encode(delta, rows: 1)
+        var g = [Float](repeating: 0, count: F)
+        var l1n: Double = 0
+        for j in 0..<F { g[j] = fd[j] - zeroFeatures[j]; l1n += Double(abs(g[j])) }
+        let changes: [[Float]] = features.map { f in
+            var c = [Float](repeating: 0, count: F)
+            for j in 0..<F where g[j] != 0 { c[j] = max(0, f[j] + g[j]) - f[j] }
+            return sae.decodeLinear(c)
+        }
+        return State(changes: changes, g: g, l1Norm: l1n)
+    }
+
+    /// ∂L/∂δ from ∂L/∂Δ_i ([n][D]) and the L1 term, at `state`.
+    public func gradient(_ state: State, changeGradients: [[Float]]) -> [Float] {
+        let F = sae.width, D = sae.dIn, n = features.count
+        precondition(changeGradients.count == n)
+        // c[i, j] = W_dec[j]·∂L/∂Δ_i  ([n, F] = [n, D]·W_decᵀ)
+        var flat = [Float](repeating: 0, count: n * D)
+        for i in 0..<n { for k in 0..<D { flat[i * D + k] = changeGradients[i][k] } }
+        var c = [Float](repeating: 0, count: n * F)
+        flat.withUnsafeBufferPointer { a in sae.decoder.withUnsafeBufferPointer { w in c.withUnsafeMutableBufferPointer { cp in
+            BLAS.sgemm(transB: true, m: n, n: F, k: D, a: a.baseAddress!, lda: D, b: w.baseAddress!, ldb: D, c: cp.baseAddress!, ldc: F)
+        } } }
+        var dg = [Float](repeating: 0, count: F)
+        for j in 0..<F {
+            let gj = state.g[j]
+            var s: Float = 0
+            for i in 0..<n where gj == 0 || features[i][j] + gj > 0 { s += c[i * F + j] }
+            if gj != 0 { s += l1 * (gj > 0 ? 1 : -1) }
+            dg[j] = s
+        }
+        // ∂L/∂δ = W_encᵀ·dg  ([D])
+        var out = [Float](repeating: 0, count: D)
+        sae.encoder.withUnsafeBufferPointer { w in dg.withUnsafeBufferPointer { x in out.withUnsafeMutableBufferPointer { y in
+            BLAS.sgemv(trans: true, rows: F, cols: D, a: w.baseAddress!, lda: D, x: x.baseAddress!, y: y.baseAddress!)
+        } } }
+        return out
+    }
+}

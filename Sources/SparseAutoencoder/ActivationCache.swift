@@ -1,0 +1,146 @@
+import Foundation
+import ModelRuntime
+import Tensor
+
+/// What a harvest of activations is keyed by.
+public struct ActivationSpec: Codable, Sendable, Equatable {
+    /// The weight hash of the (unedited) model.
+    public var modelHash: String
+    public var site: Site
+    /// Activation rows to collect (N).
+    public var tokens: Int
+    /// Each article contributes up to this many tokens (one forward pass).
+    public var sequenceLength: Int
+    /// Article shuffle seed of the corpus.
+    public var seed: UInt64
+    /// Positions dropped at the start of every sequence. Position 0 attends only to itself and carries
+    /// activations orders of magnitude larger than the rest (an attention sink); SAEs are trained without it.
+    public var skipFirst: Int
+
+    public init(modelHash: String, site: Site, tokens: Int, sequenceLength: Int = 256, seed: UInt64 = 0, skipFirst: Int = 1) {
+        self.modelHash = modelHash
+        self.site = site
+        self.tokens = tokens
+        self.sequenceLength = sequenceLength
+        self.seed = seed
+        self.skipFirst = skipFirst
+    }
+
+    /// File name stem.
+    public var key: String {
+        "\(modelHash.prefix(16))-\(site.kind.rawValue)\(site.layer)-n\(tokens)-seq\(sequenceLength)-seed\(seed)-skip\(skipFirst)"
+    }
+}
+
+/// Activations harvested at one site, stored on disk as IEEE half floats: "MESAACT1", a 4,088-byte
+/// JSON header padded with spaces (spec, width, rows, articles read, SHA-256 of the payload), then the
+/// payload [rows, dim] F16. The file is memory-mapped; rows are converted to Float32 when read.
+public final class ActivationCache: @unchecked Sendable {
+    static let magic = Array("MESAACT1".utf8)
+    static let headerBytes = 4096
+
+    struct Header: Codable {
+        var spec: ActivationSpec
+        var dim: Int
+        var rows: Int
+        /// Articles of the shuffled corpus consumed (held-out text starts after them).
+        var articles: Int
+        var sha256: String
+        var created: String
+    }
+
+    public let url: URL
+    public let spec: ActivationSpec
+    public let dim: Int
+    public let rows: Int
+    public let articles: Int
+    let file: MappedFile
+
+    /// Opens a cache file, checking its header and (if `verify`) the payload checksum.
+    public init(url: URL, verify: Bool = false) throws {
+        do { file = try MappedFile(path: url.path) } catch { throw SAEError(.io, "cannot open \(url.path): \(error)") }
+        let b = file.bytes
+        guard b.count >= Self.headerBytes, Array(b.prefix(8)) == Self.magic else { throw SAEError(.corrupt, "\(url.path) is not an activation cache") }
+        let json = Data(b[8..<Self.headerBytes])
+        guard let h = try? JSONDecoder().decode(Header.self, from: json) else { throw SAEError(.corrupt, "\(url.path): malformed header") }
+        guard h.dim > 0, h.rows >= 0, b.count == Self.headerBytes + h.rows * h.dim * 2 else {
+            throw SAEError(.corrupt, "\(url.path): \(b.count) bytes do not hold \(h.rows) rows of \(h.dim) halves")
+        }
+        self.url = url
+        spec = h.spec
+        dim = h.dim
+        rows = h.rows
+        articles = h.articles
+        if verify {
+            var sha = SHA256()
+            sha.update(UnsafeRawBufferPointer(rebasing: b[Self.headerBytes...]))
+            guard SHA256.hex(sha.finalize()) == h.sha256 else { throw SAEError(.corrupt, "\(url.path): checksum mismatch") }
+        }
+    }
+
+    /// Converts rows `indices` into `out` [indices.count, dim].
+    public func read(rows indices: ArraySlice<Int>, into out: UnsafeMutablePointer<Float>) {
+        let base = file.bytes.baseAddress! + Self.headerBytes
+        for (r, i) in indices.enumerated() {
+            let src = (base + i * dim * 2).assumingMemoryBound(to: UInt16.self)
+            let dst = out + r * dim
+            for j in 0..<dim { dst[j] = Dequantize.half(UInt16(littleEndian: src[j])) }
+        }
+    }
+
+    /// Harvests activations at `spec.site` from articles `0..<articleCount` (in the order `article`
+    /// returns them), writing the cache to `url` atomically. `progress(rows, articles)` is called after
+    /// each article; `shouldStop` is polled between articles (nil is returned, nothing is written).
+    public static func harvest(model: LanguageModel, spec: ActivationSpec, articleCount: Int, article: (Int) -> String, to url: URL,
+                               progress: ((Int, Int) -> Void)? = nil, shouldStop: (() -> Bool)? = nil) throws -> ActivationCache? {
+        let c = model.config
+        guard spec.site.layer >= 0, spec.site.layer < c.layers else { throw SAEError(.settings, "no layer \(spec.site.layer)") }
+        guard spec.tokens > 0, spec.sequenceLength > spec.skipFirst, spec.skipFirst >= 0 else {
+            throw SAEError(.settings, "tokens must be positive and the sequence longer than the skipped prefix")
+        }
+        let dim = model.width(of: spec.site.kind)
+        let fm = FileManager.default
+        try? fm.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        let tmp = url.appendingPathExtension("tmp")
+        guard fm.createFile(atPath: tmp.path, contents: Data(count: headerBytes)), let out = FileHandle(forWritingAtPath: tmp.path) else {
+            throw SAEError(.io, "cannot create \(tmp.path)")
+        }
+        defer { try? out.close() }
+        out.seekToEndOfFile()
+        let tok = model.tokenizer
+        let seqLen = min(spec.sequenceLength, c.contextLength)
+        var rows = 0, articles = 0
+        var sha = SHA256()
+        var halves = [UInt16]()
+        while rows < spec.tokens && articles < articleCount {
+            if shouldStop?() == true { try? fm.removeItem(at: tmp); return nil }
+            let text = article(articles)
+            articles += 1
+            var ids = (tok.addBOS ? tok.bosId.map { [$0] } ?? [] : []) + tok.encode(text, addSpecial: false, parseSpecial: false)
+            ids = Array(ids.prefix(min(seqLen, spec.skipFirst + spec.tokens - rows)))
+            guard ids.count > spec.skipFirst else { continue }
+            let r = try model.forward(ids, options: ForwardOptions(capture: [spec.site], logits: .none, stopAfterLayer: spec.site.layer))
+            let act = r.activations[spec.site]!.data  // [T, dim]
+            let kept = ids.count - spec.skipFirst
+            halves.removeAll(keepingCapacity: true)
+            halves.reserveCapacity(kept * dim)
+            for v in act[(spec.skipFirst * dim)...] { halves.append(Dequantize.halfBits(v).littleEndian) }
+            let data = halves.withUnsafeBytes { Data($0) }
+            data.withUnsafeBytes { sha.update($0) }
+            out.write(data)
+            rows += kept
+            progress?(rows, articles)
+        }
+        guard rows > 0 else { try? fm.removeItem(at: tmp); throw SAEError(.settings, "the corpus gave no tokens") }
+        let header = Header(spec: spec, dim: dim, rows: rows, articles: articles, sha256: SHA256.hex(sha.finalize()),
+                            created: ISO8601DateFormatter().string(from: Date()))
+        var json = try JSONEncoder().encode(header)
+        guard json.count <= headerBytes - 8 else { throw SAEError(.settings, "activation cache header too long") }
+        json.append(Data(repeating: 0x20, count: headerBytes - 8 - json.count))
+        out.seek(toFileOffset: 0)
+        out.write(Data(magic) + json)
+        try out.synchronize()
+        guard rename(tmp.path, url.path) == 0 else { throw SAEError(.io, "cannot rename \(tmp.path) to \(url.path): errno \(errno)") }
+        return try ActivationCache(url: url)
+    }
+}

@@ -1,0 +1,180 @@
+import ArgumentParser
+import Editing
+import Foundation
+import ModelRuntime
+import SparseAutoencoder
+import Tensor
+
+struct SAE: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sae",
+        abstract: "Train and inspect BatchTopK sparse autoencoders on the model's activations.",
+        subcommands: [SAETrain.self, SAEInfo.self])
+}
+
+/// Where SAEs and activation caches of a model live: `<state>/<hash16>/sae/<name>/`, `.../activations/`.
+extension EditState {
+    var saeDirectory: URL { root.appendingPathComponent("sae") }
+    func activationCacheURL(_ spec: ActivationSpec) -> URL { root.appendingPathComponent("activations").appendingPathComponent(spec.key + ".f16") }
+}
+
+struct SAETrain: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Harvest activations at a site from the Wikipedia sample (cached) and train a BatchTopK SAE on them.",
+        discussion: """
+        Activations are collected from shuffled articles (the first --sequence-length tokens of each, \
+        position 0 dropped) and cached as half floats under $MESA_HOME/state/<model hash>/activations/. \
+        Training follows dictionary_learning's BatchTopK (METHODS.md §4); the progress bar reports the \
+        fraction of variance unexplained (FVU), L0 and dead latents on the training batches. At the end \
+        the SAE is evaluated on held-out articles (the last ones of the shuffled order): FVU, L0 and \
+        the next-token loss recovered when its reconstruction replaces the site's activation. The SAE \
+        is written in SAELens' layout (cfg.json, sae_weights.safetensors, sparsity.safetensors) to \
+        $MESA_HOME/state/<model hash>/sae/<name>/ unless --out is given.
+        """)
+
+    @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup var editOptions: EditOptions
+
+    @Option(name: .long, help: "Activation site: mlp_out, resid_out, resid_in.") var site: String = "mlp_out"
+    @Option(name: .long, help: "Latents (d_sae).") var width: Int = 4608
+    @Option(name: .long, help: "Mean active latents per token (BatchTopK k).") var k: Int = 32
+    @Option(name: .long, help: "Training tokens (rows seen; the cache is reused in shuffled epochs when smaller).") var tokens: Int = 2_000_000
+    @Option(name: .long, help: "Activation rows to harvest (default: min(--tokens, 1,000,000)).") var harvestTokens: Int?
+    @Option(name: .long, help: "Tokens per article.") var sequenceLength: Int = 256
+    @Option(name: .long, help: "Activations per step.") var batchSize: Int = 1024
+    @Option(name: .long, help: "Learning rate (default 2e-4/sqrt(width/2^14)).") var lr: Float?
+    @Option(name: .long, help: "Seed for initialization and shuffling.") var seed: UInt64 = 0
+    @Option(name: .long, help: "Held-out articles for the quality figures.") var heldOutArticles: Int = 12
+    @Option(name: .long, help: "SAE name under the state's sae/ directory (default: <site><layer>-w<width>-k<k>).") var name: String?
+    @Option(name: .long, help: "Write the SAE here instead.") var out: String?
+    @Option(name: .long, help: "Also write the training report (JSON) here.") var report: String?
+
+    func run() throws {
+        try reportingErrors {
+            guard let kind = SiteKind(rawValue: site), kind != .mlpKey else { throw fail("--site must be mlp_out, resid_out or resid_in") }
+            guard let layer = editOptions.layer else { throw fail("give --layer L") }
+            let path = try modelOptions.path
+            let model = try modelOptions.load()
+            guard layer >= 0, layer < model.config.layers else { throw fail("layer \(layer) is outside 0..<\(model.config.layers)") }
+            let hash = model.weightHash
+            let state = EditState(home: editOptions.home, baseHash: hash)
+            let where_ = Site(layer: layer, kind: kind)
+            let spec = ActivationSpec(modelHash: hash, site: where_, tokens: harvestTokens ?? min(tokens, 1_000_000),
+                                      sequenceLength: sequenceLength, seed: seed)
+            let corpus = try Corpus(path: editOptions.corpusPath, seed: seed)
+            let stop = InterruptFlag()
+            let cacheURL = state.activationCacheURL(spec)
+            let cache: ActivationCache
+            let harvestStart = Date()
+            var harvestSeconds = 0.0
+            if FileManager.default.fileExists(atPath: cacheURL.path) {
+                cache = try ActivationCache(url: cacheURL)
+                log("using cached activations \(cacheURL.path) (\(cache.rows) rows)")
+            } else {
+                log("harvesting \(spec.tokens) activations at \(where_) from \(editOptions.corpusPath)")
+                let bar = ProgressBar("harvest")
+                // Held-out articles come from the end of the shuffled order, so the harvest stops before them.
+                guard let c = try ActivationCache.harvest(
+                    model: model, spec: spec, articleCount: max(0, corpus.count - heldOutArticles), article: corpus.article, to: cacheURL,
+                    progress: { rows, _ in bar.update(rows, spec.tokens, unit: "tok", seconds: Date().timeIntervalSince(harvestStart)) },
+                    shouldStop: { stop.raised }) else { bar.finish(); throw fail("interrupted") }
+                bar.finish()
+                cache = c
+                harvestSeconds = Date().timeIntervalSince(harvestStart)
+                log(String(format: "harvested %d rows in %.0f s (%.0f tokens/s)", c.rows, harvestSeconds, Double(c.rows) / harvestSeconds))
+            }
+            var settings = BatchTopKSettings(width: width, k: k, tokens: tokens, batchSize: batchSize)
+            settings.lr = lr
+            settings.seed = seed
+            let metadata = SAEMetadata(modelName: EditOptions.modelName(path), modelHash: hash, site: where_,
+                                       contextSize: sequenceLength, prependBos: model.tokenizer.addBOS)
+            let trainer = try BatchTopKTrainer(dIn: cache.dim, settings: settings, metadata: metadata)
+            let run = try SAETrainingRun(trainer: trainer, cache: cache)
+            let bar = ProgressBar("train")
+            var smooth: (fvu: Double, l0: Double)?
+            var last: SAEStepStats?
+            let t0 = Date()
+            let finished = try run.run(progress: { s, secs in
+                let a = 0.05
+                smooth = smooth.map { ((1 - a) * $0.fvu + a * s.fvu, (1 - a) * $0.l0 + a * s.l0) } ?? (s.fvu, s.l0)
+                last = s
+                bar.update(s.tokens, settings.steps * batchSize, unit: "tok", seconds: secs,
+                           extra: String(format: "FVU %.3f L0 %.1f dead %d", smooth!.fvu, smooth!.l0, s.dead))
+            }, shouldStop: { stop.raised })
+            bar.finish()
+            guard finished else { throw fail("interrupted (training is not resumable; nothing was written)") }
+            let trainSeconds = Date().timeIntervalSince(t0)
+            let sae = try trainer.finish()
+
+            // Held-out quality.
+            let tok = model.tokenizer
+            var sequences: [[Int32]] = []
+            for i in 0..<min(heldOutArticles, corpus.count) {
+                var ids = (tok.addBOS ? tok.bosId.map { [$0] } ?? [] : []) + tok.encode(corpus.article(corpus.count - 1 - i), addSpecial: false, parseSpecial: false)
+                ids = Array(ids.prefix(min(sequenceLength, model.config.contextLength)))
+                if ids.count > spec.skipFirst + 1 { sequences.append(ids) }
+            }
+            var heldOut: [Float] = []
+            for ids in sequences {
+                let r = try model.forward(ids, options: ForwardOptions(capture: [where_], logits: .none, stopAfterLayer: layer))
+                heldOut += r.activations[where_]!.data[(spec.skipFirst * cache.dim)...]
+            }
+            log("evaluating on \(sequences.count) held-out articles (\(heldOut.count / cache.dim) tokens)")
+            let q = try sae.quality(model: model, heldOut: heldOut, rows: heldOut.count / cache.dim, sequences: sequences, skipFirst: spec.skipFirst)
+            let throughput = Double(trainer.step * batchSize) / trainSeconds
+            sae.training["fvu_held_out"] = .number(q.fvu)
+            sae.training["l0_held_out"] = .number(q.l0)
+            sae.training["loss_recovered"] = .number(q.lossRecovered)
+            sae.training["train_tokens_per_second"] = .number(throughput)
+            sae.training["activation_rows"] = .number(Double(cache.rows))
+            let dest = out.map { URL(fileURLWithPath: $0) }
+                ?? state.saeDirectory.appendingPathComponent(name ?? "\(kind.rawValue)\(layer)-w\(width)-k\(k)")
+            try sae.save(to: dest)
+            let dead = (sae.logSparsity ?? []).filter { $0 < -9 }.count
+            print(String(format: "SAE %@: d_in %d, width %d, k %d, %d steps of %d (%d tokens, %.0f tokens/s, %.0f s)",
+                         where_.description, sae.dIn, width, k, trainer.step, batchSize, trainer.step * batchSize, throughput, trainSeconds))
+            if let last { print(String(format: "last batch: FVU %.4f, L0 %.1f, dead %d, θ %.4g (normalized)", last.fvu, last.l0, last.dead, last.threshold)) }
+            print(String(format: "held out (%d tokens): FVU %.4f, L0 %.1f, never fired %d; CE clean %.4f, spliced %.4f, zero-ablated %.4f: loss recovered %.4f",
+                         q.heldOutTokens, q.fvu, q.l0, q.deadOnHeldOut, q.lossClean, q.lossSpliced, q.lossZero, q.lossRecovered))
+            print("latents that never fired in training: \(dead)")
+            print("wrote \(dest.path)")
+            if let report {
+                let doc: [String: Any] = [
+                    "model": EditOptions.modelName(path), "model_hash": hash, "site": where_.description, "width": width, "k": k,
+                    "batch_size": batchSize, "steps": trainer.step, "training_tokens": trainer.step * batchSize,
+                    "activation_rows": cache.rows, "harvest_seconds": harvestSeconds, "train_seconds": trainSeconds,
+                    "train_tokens_per_second": throughput, "lr": Double(settings.effectiveLR()),
+                    "held_out": ["tokens": q.heldOutTokens, "fvu": q.fvu, "l0": q.l0, "never_fired": q.deadOnHeldOut,
+                                 "ce_clean": q.lossClean, "ce_spliced": q.lossSpliced, "ce_zero": q.lossZero,
+                                 "loss_recovered": q.lossRecovered, "loss_tokens": q.lossTokens] as [String: Any],
+                    "dead_in_training": dead, "command": CommandLine.arguments.joined(separator: " "),
+                    "blas": BLASInfo.current,
+                ]
+                try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: report))
+                print("wrote \(report)")
+            }
+        }
+    }
+}
+
+struct SAEInfo: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "info",
+        abstract: "Load an SAE directory (SAELens or dictionary_learning layout) and print its shape, site and training figures.")
+
+    @Argument(help: "The SAE directory.") var directory: String
+
+    func run() throws {
+        try reportingErrors {
+            let sae = try SparseAutoencoder.load(from: URL(fileURLWithPath: directory))
+            print("site \(sae.metadata.site) (\(sae.metadata.hookName)), model \(sae.metadata.modelName)")
+            print("d_in \(sae.dIn), d_sae \(sae.width), k \(sae.k.map(String.init) ?? "?"), threshold \(sae.threshold.first ?? 0)")
+            for (key, v) in sae.training.sorted(by: { $0.key < $1.key }) { print("  \(key): \(v)") }
+        }
+    }
+}
+
+enum BLASInfo {
+    static var current: String { BLAS.configuration.description }
+}

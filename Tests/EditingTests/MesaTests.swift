@@ -1,0 +1,141 @@
+@testable import Editing
+import Foundation
+import ModelRuntime
+import SparseAutoencoder
+import Tensor
+import Testing
+
+@Suite struct MesaTests {
+    /// A lossless SAE of width 2d: latent pairs ±e_i, threshold 0, so dec(enc(x)) = x for every x.
+    static func losslessSAE(d: Int, site: Site) throws -> SparseAutoencoder {
+        var enc = [Float](repeating: 0, count: 2 * d * d)
+        for i in 0..<d { enc[i * d + i] = 1; enc[(d + i) * d + i] = -1 }
+        return try SparseAutoencoder(dIn: d, width: 2 * d, encoder: enc, encoderBias: .init(repeating: 0, count: 2 * d), decoder: enc,
+                                     decoderBias: .init(repeating: 0, count: d), threshold: .init(repeating: 0, count: 2 * d), k: nil,
+                                     metadata: SAEMetadata(modelName: "tiny", modelHash: nil, site: site, contextSize: 64, prependBos: false))
+    }
+
+    /// An SAE whose latents are all on near the origin (b_enc = 5, θ = 0): enc is affine there, so the
+    /// refinement is linear in δ and its gradient must match finite differences exactly.
+    static func alwaysOnSAE(d: Int, f: Int, site: Site) throws -> SparseAutoencoder {
+        var rng = Xoshiro256(seed: 9)
+        func r() -> Float { Float(Int(rng.next() % 2001) - 1000) / 4000 }
+        return try SparseAutoencoder(dIn: d, width: f, encoder: (0..<(f * d)).map { _ in r() }, encoderBias: .init(repeating: 5, count: f),
+                                     decoder: (0..<(f * d)).map { _ in r() }, decoderBias: (0..<d).map { _ in r() },
+                                     threshold: .init(repeating: 0, count: f), k: nil,
+                                     metadata: SAEMetadata(modelName: "tiny", modelHash: nil, site: site, contextSize: 64, prependBos: false))
+    }
+
+    @Test func noChangeAtZeroDelta() throws {
+        let d = 8
+        let sae = try Self.alwaysOnSAE(d: d, f: 20, site: Site(layer: 1, kind: .mlpOut))
+        let h: [[Float]] = [(0..<d).map { Float($0) / 10 }, (0..<d).map { -Float($0) / 7 }]
+        let ref = SAERefinement(sae: sae, l1: 0.01, activations: h)
+        let s = ref.evaluate([Float](repeating: 0, count: d))
+        // enc(0) is subtracted, so δ = 0 leaves every prompt's activation unchanged (the public code adds enc(0)).
+        #expect(s.changes.allSatisfy { $0.allSatisfy { $0 == 0 } } && s.l1Norm == 0)
+    }
+
+    @Test func gradientMatchesFiniteDifferencesWhereTheRefinementIsSmooth() throws {
+        let d = 8, f = 20, n = 3
+        let sae = try Self.alwaysOnSAE(d: d, f: f, site: Site(layer: 1, kind: .mlpOut))
+        var rng = Xoshiro256(seed: 4)
+        func r() -> Float { Float(Int(rng.next() % 2001) - 1000) / 1000 }
+        let h = (0..<n).map { _ in (0..<d).map { _ in r() } }
+        let ref = SAERefinement(sae: sae, l1: 0.05, activations: h)
+        let c = (0..<n).map { _ in (0..<d).map { _ in r() } }  // L = Σ_i c_i·Δ_i + l1‖g‖₁
+        func loss(_ delta: [Float]) -> Double {
+            let s = ref.evaluate(delta)
+            var v = Double(ref.l1) * s.l1Norm
+            for i in 0..<n { for k in 0..<d { v += Double(c[i][k] * s.changes[i][k]) } }
+            return v
+        }
+        let delta = (0..<d).map { _ in r() * 0.3 }
+        let g = ref.gradient(ref.evaluate(delta), changeGradients: c)
+        for k in 0..<d {
+            var p = delta, m = delta
+            p[k] += 1e-2; m[k] -= 1e-2
+            let fd = (loss(p) - loss(m)) / 2e-2
+            #expect(abs(fd - Double(g[k])) < 2e-3 * max(1, abs(fd)), "component \(k): finite difference \(fd), gradient \(g[k])")
+        }
+    }
+
+    static func editor(_ m: LanguageModel, sae: SparseAutoencoder?, averaging: RomeHyperparameters.KeyAveraging) throws -> RomeEditor {
+        var h = RomeHyperparameters(layer: 1)
+        h.mom2Adjustment = false
+        h.vNumGradSteps = 12
+        h.keyAveraging = averaging
+        if sae != nil { h.mesa = MesaHyperparameters(sae: "test", l1: 0) }
+        let templates = try ContextTemplates.generate(model: m, groups: [.init(length: 4, count: 2)], seed: 3)
+        return try RomeEditor(model: m, hparams: h, templates: templates, statistics: nil, sae: sae)
+    }
+
+    /// The vectors written are the ones the optimization evaluated: ΔW k_i = Δ_i for every rewrite prompt.
+    @Test func refinedUpdateDeliversEachPromptsRefinedChange() throws {
+        let m = try TinyEditModel.load()
+        let site = Site(layer: 1, kind: .mlpOut)
+        let sae = try Self.alwaysOnSAE(d: m.config.hidden, f: 48, site: site)
+        let editor = try Self.editor(m, sae: sae, averaging: .each)
+        let request = EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome", targetTrue: "is")
+        let hash = m.weightHash
+        let r = try editor.computeUpdate(request)
+        #expect(m.weightHash == hash)
+        #expect(r.refined && editor.method == "ROME+MESA")
+        #expect(r.losses.last!.nll < r.losses.first!.nll)
+        let batch = try editor.batch(for: request)
+        #expect(r.applied.rank == batch.rewrite.count)
+        // Applying ΔW changes each rewrite prompt's MLP output by exactly ΔW k_i.
+        let pass = try DeltaPass(model: m, site: site, prompts: batch.rewrite)
+        let u = r.applied
+        func deltaW(_ k: [Float]) -> [Float] {
+            var rk = [Float](repeating: 0, count: u.rank)  // R k
+            for j in 0..<u.rank { for c in 0..<u.cols { rk[j] += u.right[j * u.cols + c] * k[c] } }
+            var out = [Float](repeating: 0, count: u.rows)  // L (R k)
+            for row in 0..<u.rows { for j in 0..<u.rank { out[row] += u.left[row * u.rank + j] * rk[j] } }
+            return out
+        }
+        let delivered = pass.keys.map(deltaW)
+        // All prompts get changes refined from one δ: they differ from each other only where f_i + g crosses 0.
+        #expect(delivered.allSatisfy { Vector.norm($0) > 0 })
+        let backup = try m.apply(u)
+        let after = try DeltaPass(model: m, site: site, prompts: batch.rewrite)
+        for i in 0..<batch.rewrite.count {
+            let got = zip(after.mlpOutputs[i], pass.mlpOutputs[i]).map { $0 - $1 }
+            #expect(Vector.maxAbsDifference(got, delivered[i]) < 1e-3 * max(1, Vector.norm(delivered[i])))
+        }
+        try m.restore(backup)
+        #expect(m.weightHash == hash)
+    }
+
+    /// Through a lossless SAE with no L1 the refined change is δ itself, so MESA reproduces ROME.
+    @Test func losslessSAEReproducesROME() throws {
+        let m = try TinyEditModel.load()
+        let site = Site(layer: 1, kind: .mlpOut)
+        let sae = try Self.losslessSAE(d: m.config.hidden, site: site)
+        let request = EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome", targetTrue: "is")
+        let plain = try Self.editor(m, sae: nil, averaging: .templates).computeUpdate(request)
+        let mesa = try Self.editor(m, sae: sae, averaging: .templates).computeUpdate(request)
+        #expect(mesa.refined && !plain.refined && mesa.applied.rank == 1)
+        #expect(abs(mesa.losses.first!.nll - plain.losses.first!.nll) < 1e-9)
+        // Adam is invariant to the gradient's scale (the straight-through pass doubles it here), so the
+        // trajectories agree up to Adam's ε.
+        #expect(abs(mesa.deltaNorm - plain.deltaNorm) < 1e-3 * plain.deltaNorm, "‖δ‖ \(mesa.deltaNorm) vs \(plain.deltaNorm)")
+        #expect(Vector.maxAbsDifference(mesa.update.r, plain.update.r) < 2e-3 * Vector.norm(plain.update.r))
+        let c = try #require(mesa.coverage)
+        #expect(c.outside < 1e-6, "a lossless SAE covers every change (outside \(c.outside))")
+    }
+
+    @Test func refinementNeedsAnSAEThatFitsTheSite() throws {
+        let m = try TinyEditModel.load()
+        let wrongSite = try Self.losslessSAE(d: m.config.hidden, site: Site(layer: 2, kind: .mlpOut))
+        #expect(throws: EditError.self) { _ = try Self.editor(m, sae: wrongSite, averaging: .each) }
+        var h = RomeHyperparameters(layer: 1)
+        h.mom2Adjustment = false
+        h.mesa = MesaHyperparameters(sae: "missing")
+        let templates = try ContextTemplates.generate(model: m, groups: [.init(length: 4, count: 1)], seed: 3)
+        #expect(throws: EditError.self) { _ = try RomeEditor(model: m, hparams: h, templates: templates, statistics: nil) }
+        h.mesa?.fallback = true
+        let e = try RomeEditor(model: m, hparams: h, templates: templates, statistics: nil, fallbackReason: "no such SAE")
+        #expect(e.method == "ROME" && e.settings["mesa_fallback"] == "no such SAE")
+    }
+}
