@@ -16,6 +16,8 @@ public struct EvalCase: Codable, Sendable {
     public var phases: [String: Double]?
     /// Why the case has no post-edit scores.
     public var error: String?
+    /// The part of the written change the method's SAE represents (MESA), when it has one.
+    public var saeCoverage: Double?
 
     public init(
         caseId: Int, subject: String, targetNew: String, targetTrue: String, pre: CaseScores,

@@ -93,54 +93,85 @@ public final class ActivationCache: @unchecked Sendable {
     /// each article; `shouldStop` is polled between articles (nil is returned, nothing is written).
     public static func harvest(model: LanguageModel, spec: ActivationSpec, articleCount: Int, article: (Int) -> String, to url: URL,
                                progress: ((Int, Int) -> Void)? = nil, shouldStop: (() -> Bool)? = nil) throws -> ActivationCache? {
+        try harvest(model: model, specs: [spec], articleCount: articleCount, article: article, to: [url],
+                    progress: progress, shouldStop: shouldStop)?.first
+    }
+
+    /// One pass over the corpus for several sites at once (one forward pass per article up to the
+    /// deepest layer); the specs must agree on everything but the site.
+    public static func harvest(model: LanguageModel, specs: [ActivationSpec], articleCount: Int, article: (Int) -> String, to urls: [URL],
+                               progress: ((Int, Int) -> Void)? = nil, shouldStop: (() -> Bool)? = nil) throws -> [ActivationCache]? {
         let c = model.config
-        guard spec.site.layer >= 0, spec.site.layer < c.layers else { throw SAEError(.settings, "no layer \(spec.site.layer)") }
+        guard let spec = specs.first, specs.count == urls.count else { throw SAEError(.settings, "one cache file per site is needed") }
+        for s in specs {
+            guard s.site.layer >= 0, s.site.layer < c.layers else { throw SAEError(.settings, "no layer \(s.site.layer)") }
+            guard s.site.kind != .mlpKey else { throw SAEError(.settings, "mlp_key activations are not harvested for SAEs") }
+            guard s.tokens == spec.tokens, s.sequenceLength == spec.sequenceLength, s.seed == spec.seed, s.skipFirst == spec.skipFirst,
+                  s.modelHash == spec.modelHash else { throw SAEError(.settings, "sites harvested together must share every other setting") }
+        }
+        guard Set(specs.map(\.site)).count == specs.count else { throw SAEError(.settings, "a site is listed twice") }
         guard spec.tokens > 0, spec.sequenceLength > spec.skipFirst, spec.skipFirst >= 0 else {
             throw SAEError(.settings, "tokens must be positive and the sequence longer than the skipped prefix")
         }
-        let dim = model.width(of: spec.site.kind)
         let fm = FileManager.default
-        try? fm.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
-        let tmp = url.appendingPathExtension("tmp")
-        guard fm.createFile(atPath: tmp.path, contents: Data(count: headerBytes)), let out = FileHandle(forWritingAtPath: tmp.path) else {
-            throw SAEError(.io, "cannot create \(tmp.path)")
+        var outs: [FileHandle] = []
+        var tmps: [URL] = []
+        defer { for o in outs { try? o.close() } }
+        func abandon() { for t in tmps { try? fm.removeItem(at: t) } }
+        for url in urls {
+            try? fm.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+            let tmp = url.appendingPathExtension("tmp")
+            guard fm.createFile(atPath: tmp.path, contents: Data(count: headerBytes)), let out = FileHandle(forWritingAtPath: tmp.path) else {
+                abandon()
+                throw SAEError(.io, "cannot create \(tmp.path)")
+            }
+            out.seekToEndOfFile()
+            outs.append(out)
+            tmps.append(tmp)
         }
-        defer { try? out.close() }
-        out.seekToEndOfFile()
         let tok = model.tokenizer
         let seqLen = min(spec.sequenceLength, c.contextLength)
+        let capture = Set(specs.map(\.site))
+        let deepest = specs.map(\.site.layer).max()!
         var rows = 0, articles = 0
-        var sha = SHA256()
+        var shas = [SHA256](repeating: SHA256(), count: specs.count)
         var halves = [UInt16]()
         while rows < spec.tokens && articles < articleCount {
-            if shouldStop?() == true { try? fm.removeItem(at: tmp); return nil }
+            if shouldStop?() == true { abandon(); return nil }
             let text = article(articles)
             articles += 1
             var ids = (tok.addBOS ? tok.bosId.map { [$0] } ?? [] : []) + tok.encode(text, addSpecial: false, parseSpecial: false)
             ids = Array(ids.prefix(min(seqLen, spec.skipFirst + spec.tokens - rows)))
             guard ids.count > spec.skipFirst else { continue }
-            let r = try model.forward(ids, options: ForwardOptions(capture: [spec.site], logits: .none, stopAfterLayer: spec.site.layer))
-            let act = r.activations[spec.site]!.data  // [T, dim]
+            let r = try model.forward(ids, options: ForwardOptions(capture: capture, logits: .none, stopAfterLayer: deepest))
             let kept = ids.count - spec.skipFirst
-            halves.removeAll(keepingCapacity: true)
-            halves.reserveCapacity(kept * dim)
-            for v in act[(spec.skipFirst * dim)...] { halves.append(Dequantize.halfBits(v).littleEndian) }
-            let data = halves.withUnsafeBytes { Data($0) }
-            data.withUnsafeBytes { sha.update($0) }
-            out.write(data)
+            for (i, s) in specs.enumerated() {
+                let act = r.activations[s.site]!.data  // [T, dim]
+                let dim = act.count / ids.count
+                halves.removeAll(keepingCapacity: true)
+                halves.reserveCapacity(kept * dim)
+                for v in act[(spec.skipFirst * dim)...] { halves.append(Dequantize.halfBits(v).littleEndian) }
+                let data = halves.withUnsafeBytes { Data($0) }
+                data.withUnsafeBytes { shas[i].update($0) }
+                outs[i].write(data)
+            }
             rows += kept
             progress?(rows, articles)
         }
-        guard rows > 0 else { try? fm.removeItem(at: tmp); throw SAEError(.settings, "the corpus gave no tokens") }
-        let header = Header(spec: spec, dim: dim, rows: rows, articles: articles, sha256: SHA256.hex(sha.finalize()),
-                            created: ISO8601DateFormatter().string(from: Date()))
-        var json = try JSONEncoder().encode(header)
-        guard json.count <= headerBytes - 8 else { throw SAEError(.settings, "activation cache header too long") }
-        json.append(Data(repeating: 0x20, count: headerBytes - 8 - json.count))
-        out.seek(toFileOffset: 0)
-        out.write(Data(magic) + json)
-        try out.synchronize()
-        guard rename(tmp.path, url.path) == 0 else { throw SAEError(.io, "cannot rename \(tmp.path) to \(url.path): errno \(errno)") }
-        return try ActivationCache(url: url)
+        guard rows > 0 else { abandon(); throw SAEError(.settings, "the corpus gave no tokens") }
+        var caches: [ActivationCache] = []
+        for (i, s) in specs.enumerated() {
+            let header = Header(spec: s, dim: model.width(of: s.site.kind), rows: rows, articles: articles, sha256: SHA256.hex(shas[i].finalize()),
+                                created: ISO8601DateFormatter().string(from: Date()))
+            var json = try JSONEncoder().encode(header)
+            guard json.count <= headerBytes - 8 else { abandon(); throw SAEError(.settings, "activation cache header too long") }
+            json.append(Data(repeating: 0x20, count: headerBytes - 8 - json.count))
+            outs[i].seek(toFileOffset: 0)
+            outs[i].write(Data(magic) + json)
+            try outs[i].synchronize()
+            guard rename(tmps[i].path, urls[i].path) == 0 else { throw SAEError(.io, "cannot rename \(tmps[i].path) to \(urls[i].path): errno \(errno)") }
+            caches.append(try ActivationCache(url: urls[i]))
+        }
+        return caches
     }
 }

@@ -3,6 +3,7 @@ import Editing
 import Evaluation
 import Foundation
 import ModelRuntime
+import SparseAutoencoder
 
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -48,9 +49,12 @@ struct Eval: ParsableCommand {
                 let v = cases.compactMap { $0.phases?[phase] }
                 if !v.isEmpty { timing["\(phase)Mean"] = v.reduce(0, +) / Double(v.count) }
             }
-            let report = EvalReport(method: method, model: EditOptions.modelName(path), modelHash: model.weightHash, data: dataPath,
+            let coverage = cases.compactMap(\.saeCoverage)
+            if !coverage.isEmpty { timing["saeCoverageMean"] = coverage.reduce(0, +) / Double(coverage.count) }
+            let label = editor.method.lowercased().replacingOccurrences(of: "+", with: "-")
+            let report = EvalReport(method: label, model: EditOptions.modelName(path), modelHash: model.weightHash, data: dataPath,
                                     start: start, limit: limit, sequential: sequential, settings: runner.settings(), cases: cases, timing: timing)
-            let base = "\(method)-\(URL(fileURLWithPath: dataPath).deletingPathExtension().lastPathComponent)-\(start)-\(records.count)\(sequential ? "-seq" : "")"
+            let base = "\(label)-\(URL(fileURLWithPath: dataPath).deletingPathExtension().lastPathComponent)-\(start)-\(records.count)\(sequential ? "-seq" : "")"
             let files = try ReportWriter.write(report, to: out, basename: base)
             func line(_ name: String, _ m: Metrics) {
                 print(String(format: "%@  ES %6.2f  EM %6.2f  PS %6.2f  PM %6.2f  NS %6.2f  NM %6.2f  S %6.2f  (%d cases)",
@@ -60,6 +64,7 @@ struct Eval: ParsableCommand {
             if let post = report.post { line("post", post) }
             if !report.failedCases.isEmpty { print("\(report.failedCases.count) case(s) failed; see the report") }
             print(String(format: "edit %.2f s mean; total %.0f s", timing["editMean"] ?? .nan, seconds))
+            if let c = timing["saeCoverageMean"] { print(String(format: "SAE coverage of the written change: %.3f mean", c)) }
             for f in files { print("wrote \(f)") }
             if !curve.isEmpty {
                 let url = URL(fileURLWithPath: out).appendingPathComponent(base + "-curve.json")
@@ -93,6 +98,9 @@ struct Layers: ParsableCommand {
     @Option(name: .long, help: "Records per layer.") var limit: Int = 20
     @Option(name: .long, help: "Directory for the sweep's JSON and SVG.") var out: String = "out"
     @Option(name: .long, help: "Hyperparameter file to store the sweep in.") var record: String?
+    @Option(name: .long, help: "SAE per candidate layer, {layer} standing for the layer: a directory pattern or a name under <state>/<hash16>/sae/ (e.g. mlp_out{layer}-w2304-k32). Adds MESA's template commonality and a specificity score per layer, and recommends a layer.")
+    var sae: String?
+    @Flag(name: .long, help: "With --sae: skip the edit sweep and use the one recorded in the hyperparameter file.") var saeOnly = false
 
     func run() throws {
         try reportingErrors {
@@ -102,8 +110,15 @@ struct Layers: ParsableCommand {
             let model = try modelOptions.load()
             let layers = candidates.isEmpty ? Array(0..<model.config.layers) : candidates
             var h = try editOptions.romeHyperparameters(modelPath: path)
+            h.mesa = nil
             let state = EditState(home: editOptions.home, baseHash: model.weightHash)
             let templates = try state.templates(model: model, groups: h.contextTemplates, seed: h.templateSeed, log: log)
+            guard !saeOnly || sae != nil else { throw fail("--sae-only needs --sae") }
+            if saeOnly {
+                let recorded = try recordedSweep(try editOptions.hparamsURL(method: "rome", modelPath: path))
+                try printSAEScores(model: model, state: state, records: records, templates: templates, layers: layers, sweepS: recorded)
+                return
+            }
             var stats: [Int: KeyStatistics] = [:]
             if h.mom2Adjustment {
                 let specs = layers.map { h.statisticsSpec(modelHash: state.baseHash, layer: $0) }
@@ -130,7 +145,50 @@ struct Layers: ParsableCommand {
                 try storeSweep(rows, records: records.count, dataPath: dataPath, into: record)
                 print("stored the sweep in \(record) under \"layer_sweep\"")
             }
+            if sae != nil {
+                try printSAEScores(model: model, state: state, records: records, templates: templates, layers: layers,
+                                   sweepS: Dictionary(uniqueKeysWithValues: rows.map { ($0.layer, $0.metrics.s) }))
+            }
         }
+    }
+
+    /// S per layer from a hyperparameter file's "layer_sweep".
+    func recordedSweep(_ url: URL) throws -> [Int: Double] {
+        guard let d = FileManager.default.contents(atPath: url.path),
+              let obj = try JSONSerialization.jsonObject(with: d) as? [String: Any],
+              let sweep = obj["layer_sweep"] as? [String: Any], let results = sweep["results"] as? [[String: Any]] else { return [:] }
+        var out: [Int: Double] = [:]
+        for r in results { if let l = (r["layer"] as? NSNumber)?.intValue, let s = (r["s"] as? NSNumber)?.doubleValue { out[l] = s } }
+        log("using the sweep recorded in \(url.path) (\(out.count) layers)")
+        return out
+    }
+
+    func printSAEScores(model: LanguageModel, state: EditState, records: [CounterFactRecord], templates: ContextTemplates,
+                        layers: [Int], sweepS: [Int: Double]) throws {
+        guard let pattern = sae else { return }
+        let requests = records.map { EditRequest(subject: $0.subject, prompt: $0.prompt, targetNew: $0.targetNew, targetTrue: $0.targetTrue) }
+        var scores: [SAELayerScore] = []
+        for l in layers {
+            let name = pattern.replacingOccurrences(of: "{layer}", with: String(l))
+            let dir = name.hasPrefix("/") ? URL(fileURLWithPath: name) : state.saeDirectory.appendingPathComponent(name)
+            let sae: SparseAutoencoder
+            do { sae = try SparseAutoencoder.load(from: dir) } catch { throw fail("layer \(l): \(error)") }
+            scores.append(try SAELayerChoice.score(model: model, sae: sae, layer: l, requests: requests, templates: templates))
+        }
+        print("layer   S(sweep)  common  jaccard  contrast  specificity  |A_t|")
+        for s in scores {
+            let sw = sweepS[s.layer].map { String(format: "%8.2f", $0) } ?? "       -"
+            print(String(format: "%5d  %@  %6.4f  %7.3f  %8.3f  %11.3f  %5.1f", s.layer, sw, s.common, s.jaccard, s.contrast, s.specificity, s.activeMean))
+        }
+        if let best = SAELayerChoice.recommend(scores: scores, sweepS: sweepS) {
+            print("recommended layer: \(best) (the most specific layer among those within 2 S points of the sweep's best)")
+        }
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        let file = "\(out)/layers-sae-\(records.count).json"
+        try enc.encode(scores).write(to: URL(fileURLWithPath: file))
+        print("wrote \(file)")
     }
 
     /// Adds or replaces "layer_sweep" in a hyperparameter file, keeping everything else.

@@ -42,6 +42,7 @@ struct CounterFactRunner {
                 }
                 c.editSeconds = Date().timeIntervalSince(e0)
                 c.phases = phases
+                c.saeCoverage = editor.lastCoverage?.coverage
                 c.post = try CounterFactEval.score(r, with: scorer)
                 if sequential {
                     backups += applied

@@ -50,110 +50,127 @@ struct SAETrain: ParsableCommand {
     @Option(name: .long, help: "Write the SAE here instead.") var out: String?
     @Option(name: .long, help: "Also write the training report (JSON) here.") var report: String?
 
+    @Option(name: .customLong("layers"), parsing: .upToNextOption, help: "Several layers: one harvest pass, then one SAE per layer.")
+    var layers: [Int] = []
+
     func run() throws {
         try reportingErrors {
             guard let kind = SiteKind(rawValue: site), kind != .mlpKey else { throw fail("--site must be mlp_out, resid_out or resid_in") }
-            guard let layer = editOptions.layer else { throw fail("give --layer L") }
+            let wanted = Array(Set(layers + (editOptions.layer.map { [$0] } ?? []))).sorted()
+            guard !wanted.isEmpty else { throw fail("give --layer L (or --layers L1 L2 …)") }
+            guard wanted.count == 1 || (out == nil && name == nil) else { throw fail("--out and --name name one SAE; use them with a single layer") }
             let path = try modelOptions.path
             let model = try modelOptions.load()
-            guard layer >= 0, layer < model.config.layers else { throw fail("layer \(layer) is outside 0..<\(model.config.layers)") }
+            for l in wanted where l < 0 || l >= model.config.layers { throw fail("layer \(l) is outside 0..<\(model.config.layers)") }
             let hash = model.weightHash
             let state = EditState(home: editOptions.home, baseHash: hash)
-            let where_ = Site(layer: layer, kind: kind)
-            let spec = ActivationSpec(modelHash: hash, site: where_, tokens: harvestTokens ?? min(tokens, 1_000_000),
-                                      sequenceLength: sequenceLength, seed: seed)
+            let specs = wanted.map {
+                ActivationSpec(modelHash: hash, site: Site(layer: $0, kind: kind), tokens: harvestTokens ?? min(tokens, 1_000_000),
+                               sequenceLength: sequenceLength, seed: seed)
+            }
             let corpus = try Corpus(path: editOptions.corpusPath, seed: seed)
             let stop = InterruptFlag()
-            let cacheURL = state.activationCacheURL(spec)
-            let cache: ActivationCache
-            let harvestStart = Date()
+            var caches: [Int: ActivationCache] = [:]
+            for s in specs where FileManager.default.fileExists(atPath: state.activationCacheURL(s).path) {
+                caches[s.site.layer] = try ActivationCache(url: state.activationCacheURL(s))
+                log("using cached activations \(state.activationCacheURL(s).path) (\(caches[s.site.layer]!.rows) rows)")
+            }
+            let missing = specs.filter { caches[$0.site.layer] == nil }
             var harvestSeconds = 0.0
-            if FileManager.default.fileExists(atPath: cacheURL.path) {
-                cache = try ActivationCache(url: cacheURL)
-                log("using cached activations \(cacheURL.path) (\(cache.rows) rows)")
-            } else {
-                log("harvesting \(spec.tokens) activations at \(where_) from \(editOptions.corpusPath)")
+            if !missing.isEmpty {
+                let target = missing[0].tokens
+                log("harvesting \(target) activations at \(missing.map(\.site.description).joined(separator: ", ")) from \(editOptions.corpusPath)")
                 let bar = ProgressBar("harvest")
+                let t0 = Date()
                 // Held-out articles come from the end of the shuffled order, so the harvest stops before them.
-                guard let c = try ActivationCache.harvest(
-                    model: model, spec: spec, articleCount: max(0, corpus.count - heldOutArticles), article: corpus.article, to: cacheURL,
-                    progress: { rows, _ in bar.update(rows, spec.tokens, unit: "tok", seconds: Date().timeIntervalSince(harvestStart)) },
+                guard let got = try ActivationCache.harvest(
+                    model: model, specs: missing, articleCount: max(0, corpus.count - heldOutArticles), article: corpus.article,
+                    to: missing.map { state.activationCacheURL($0) },
+                    progress: { rows, _ in bar.update(rows, target, unit: "tok", seconds: Date().timeIntervalSince(t0)) },
                     shouldStop: { stop.raised }) else { bar.finish(); throw fail("interrupted") }
                 bar.finish()
-                cache = c
-                harvestSeconds = Date().timeIntervalSince(harvestStart)
-                log(String(format: "harvested %d rows in %.0f s (%.0f tokens/s)", c.rows, harvestSeconds, Double(c.rows) / harvestSeconds))
+                harvestSeconds = Date().timeIntervalSince(t0)
+                for c in got { caches[c.spec.site.layer] = c }
+                log(String(format: "harvested %d rows per site in %.0f s (%.0f tokens/s)", got[0].rows, harvestSeconds, Double(got[0].rows) / harvestSeconds))
             }
-            var settings = BatchTopKSettings(width: width, k: k, tokens: tokens, batchSize: batchSize)
-            settings.lr = lr
-            settings.seed = seed
-            let metadata = SAEMetadata(modelName: EditOptions.modelName(path), modelHash: hash, site: where_,
-                                       contextSize: sequenceLength, prependBos: model.tokenizer.addBOS)
-            let trainer = try BatchTopKTrainer(dIn: cache.dim, settings: settings, metadata: metadata)
-            let run = try SAETrainingRun(trainer: trainer, cache: cache)
-            let bar = ProgressBar("train")
-            var smooth: (fvu: Double, l0: Double)?
-            var last: SAEStepStats?
-            let t0 = Date()
-            let finished = try run.run(progress: { s, secs in
-                let a = 0.05
-                smooth = smooth.map { ((1 - a) * $0.fvu + a * s.fvu, (1 - a) * $0.l0 + a * s.l0) } ?? (s.fvu, s.l0)
-                last = s
-                bar.update(s.tokens, settings.steps * batchSize, unit: "tok", seconds: secs,
-                           extra: String(format: "FVU %.3f L0 %.1f dead %d", smooth!.fvu, smooth!.l0, s.dead))
-            }, shouldStop: { stop.raised })
-            bar.finish()
-            guard finished else { throw fail("interrupted (training is not resumable; nothing was written)") }
-            let trainSeconds = Date().timeIntervalSince(t0)
-            let sae = try trainer.finish()
-
-            // Held-out quality.
+            // Held-out sequences (the last articles of the shuffled order).
             let tok = model.tokenizer
             var sequences: [[Int32]] = []
             for i in 0..<min(heldOutArticles, corpus.count) {
                 var ids = (tok.addBOS ? tok.bosId.map { [$0] } ?? [] : []) + tok.encode(corpus.article(corpus.count - 1 - i), addSpecial: false, parseSpecial: false)
                 ids = Array(ids.prefix(min(sequenceLength, model.config.contextLength)))
-                if ids.count > spec.skipFirst + 1 { sequences.append(ids) }
+                if ids.count > specs[0].skipFirst + 1 { sequences.append(ids) }
             }
-            var heldOut: [Float] = []
-            for ids in sequences {
-                let r = try model.forward(ids, options: ForwardOptions(capture: [where_], logits: .none, stopAfterLayer: layer))
-                heldOut += r.activations[where_]!.data[(spec.skipFirst * cache.dim)...]
+            for l in wanted {
+                try train(model: model, modelPath: path, cache: caches[l]!, sequences: sequences, state: state, harvestSeconds: harvestSeconds,
+                          reportPath: report.map { wanted.count == 1 ? $0 : ($0 as NSString).deletingPathExtension + "-layer\(l).json" }, stop: stop)
             }
-            log("evaluating on \(sequences.count) held-out articles (\(heldOut.count / cache.dim) tokens)")
-            let q = try sae.quality(model: model, heldOut: heldOut, rows: heldOut.count / cache.dim, sequences: sequences, skipFirst: spec.skipFirst)
-            let throughput = Double(trainer.step * batchSize) / trainSeconds
-            sae.training["fvu_held_out"] = .number(q.fvu)
-            sae.training["l0_held_out"] = .number(q.l0)
-            sae.training["loss_recovered"] = .number(q.lossRecovered)
-            sae.training["train_tokens_per_second"] = .number(throughput)
-            sae.training["activation_rows"] = .number(Double(cache.rows))
-            let dest = out.map { URL(fileURLWithPath: $0) }
-                ?? state.saeDirectory.appendingPathComponent(name ?? "\(kind.rawValue)\(layer)-w\(width)-k\(k)")
-            try sae.save(to: dest)
-            let dead = (sae.logSparsity ?? []).filter { $0 < -9 }.count
-            print(String(format: "SAE %@: d_in %d, width %d, k %d, %d steps of %d (%d tokens, %.0f tokens/s, %.0f s)",
-                         where_.description, sae.dIn, width, k, trainer.step, batchSize, trainer.step * batchSize, throughput, trainSeconds))
-            if let last { print(String(format: "last batch: FVU %.4f, L0 %.1f, dead %d, θ %.4g (normalized)", last.fvu, last.l0, last.dead, last.threshold)) }
-            print(String(format: "held out (%d tokens): FVU %.4f, L0 %.1f, never fired %d; CE clean %.4f, spliced %.4f, zero-ablated %.4f: loss recovered %.4f",
-                         q.heldOutTokens, q.fvu, q.l0, q.deadOnHeldOut, q.lossClean, q.lossSpliced, q.lossZero, q.lossRecovered))
-            print("latents that never fired in training: \(dead)")
-            print("wrote \(dest.path)")
-            if let report {
-                let doc: [String: Any] = [
-                    "model": EditOptions.modelName(path), "model_hash": hash, "site": where_.description, "width": width, "k": k,
-                    "batch_size": batchSize, "steps": trainer.step, "training_tokens": trainer.step * batchSize,
-                    "activation_rows": cache.rows, "harvest_seconds": harvestSeconds, "train_seconds": trainSeconds,
-                    "train_tokens_per_second": throughput, "lr": Double(settings.effectiveLR()),
-                    "held_out": ["tokens": q.heldOutTokens, "fvu": q.fvu, "l0": q.l0, "never_fired": q.deadOnHeldOut,
-                                 "ce_clean": q.lossClean, "ce_spliced": q.lossSpliced, "ce_zero": q.lossZero,
-                                 "loss_recovered": q.lossRecovered, "loss_tokens": q.lossTokens] as [String: Any],
-                    "dead_in_training": dead, "command": CommandLine.arguments.joined(separator: " "),
-                    "blas": BLASInfo.current,
-                ]
-                try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: report))
-                print("wrote \(report)")
-            }
+        }
+    }
+
+    func train(model: LanguageModel, modelPath path: String, cache: ActivationCache, sequences: [[Int32]], state: EditState,
+               harvestSeconds: Double, reportPath: String?, stop: InterruptFlag) throws {
+        let where_ = cache.spec.site, layer = where_.layer, kind = where_.kind, hash = model.weightHash
+        var settings = BatchTopKSettings(width: width, k: k, tokens: tokens, batchSize: batchSize)
+        settings.lr = lr
+        settings.seed = seed
+        let metadata = SAEMetadata(modelName: EditOptions.modelName(path), modelHash: hash, site: where_,
+                                   contextSize: sequenceLength, prependBos: model.tokenizer.addBOS)
+        let trainer = try BatchTopKTrainer(dIn: cache.dim, settings: settings, metadata: metadata)
+        let run = try SAETrainingRun(trainer: trainer, cache: cache)
+        let bar = ProgressBar("train \(where_)")
+        var smooth: (fvu: Double, l0: Double)?
+        var last: SAEStepStats?
+        let t0 = Date()
+        let finished = try run.run(progress: { s, secs in
+            let a = 0.05
+            smooth = smooth.map { ((1 - a) * $0.fvu + a * s.fvu, (1 - a) * $0.l0 + a * s.l0) } ?? (s.fvu, s.l0)
+            last = s
+            bar.update(s.tokens, settings.steps * batchSize, unit: "tok", seconds: secs,
+                       extra: String(format: "FVU %.3f L0 %.1f dead %d", smooth!.fvu, smooth!.l0, s.dead))
+        }, shouldStop: { stop.raised })
+        bar.finish()
+        guard finished else { throw fail("interrupted (training is not resumable; nothing was written)") }
+        let trainSeconds = Date().timeIntervalSince(t0)
+        let sae = try trainer.finish()
+        var heldOut: [Float] = []
+        for ids in sequences {
+            let r = try model.forward(ids, options: ForwardOptions(capture: [where_], logits: .none, stopAfterLayer: layer))
+            heldOut += r.activations[where_]!.data[(cache.spec.skipFirst * cache.dim)...]
+        }
+        log("evaluating on \(sequences.count) held-out articles (\(heldOut.count / cache.dim) tokens)")
+        let q = try sae.quality(model: model, heldOut: heldOut, rows: heldOut.count / cache.dim, sequences: sequences, skipFirst: cache.spec.skipFirst)
+        let throughput = Double(trainer.step * batchSize) / trainSeconds
+        sae.training["fvu_held_out"] = .number(q.fvu)
+        sae.training["l0_held_out"] = .number(q.l0)
+        sae.training["loss_recovered"] = .number(q.lossRecovered)
+        sae.training["train_tokens_per_second"] = .number(throughput)
+        sae.training["activation_rows"] = .number(Double(cache.rows))
+        let dest = out.map { URL(fileURLWithPath: $0) }
+            ?? state.saeDirectory.appendingPathComponent(name ?? "\(kind.rawValue)\(layer)-w\(width)-k\(k)")
+        try sae.save(to: dest)
+        let dead = (sae.logSparsity ?? []).filter { $0 < -9 }.count
+        print(String(format: "SAE %@: d_in %d, width %d, k %d, %d steps of %d (%d tokens, %.0f tokens/s, %.0f s)",
+                     where_.description, sae.dIn, width, k, trainer.step, batchSize, trainer.step * batchSize, throughput, trainSeconds))
+        if let last { print(String(format: "last batch: FVU %.4f, L0 %.1f, dead %d, θ %.4g (normalized)", last.fvu, last.l0, last.dead, last.threshold)) }
+        print(String(format: "held out (%d tokens): FVU %.4f, L0 %.1f, never fired %d; CE clean %.4f, spliced %.4f, zero-ablated %.4f: loss recovered %.4f",
+                     q.heldOutTokens, q.fvu, q.l0, q.deadOnHeldOut, q.lossClean, q.lossSpliced, q.lossZero, q.lossRecovered))
+        print("latents that never fired in training: \(dead)")
+        print("wrote \(dest.path)")
+        if let reportPath {
+            let doc: [String: Any] = [
+                "model": EditOptions.modelName(path), "model_hash": hash, "site": where_.description, "width": width, "k": k,
+                "batch_size": batchSize, "steps": trainer.step, "training_tokens": trainer.step * batchSize,
+                "activation_rows": cache.rows, "harvest_seconds": harvestSeconds, "train_seconds": trainSeconds,
+                "train_tokens_per_second": throughput, "lr": Double(settings.effectiveLR()),
+                "held_out": ["tokens": q.heldOutTokens, "fvu": q.fvu, "l0": q.l0, "never_fired": q.deadOnHeldOut,
+                             "ce_clean": q.lossClean, "ce_spliced": q.lossSpliced, "ce_zero": q.lossZero,
+                             "loss_recovered": q.lossRecovered, "loss_tokens": q.lossTokens] as [String: Any],
+                "dead_in_training": dead, "command": CommandLine.arguments.joined(separator: " "),
+                "blas": BLASInfo.current, "sae": dest.path,
+            ]
+            try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: reportPath))
+            print("wrote \(reportPath)")
         }
     }
 }

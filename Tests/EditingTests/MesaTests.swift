@@ -17,10 +17,10 @@ import Testing
 
     /// An SAE whose latents are all on near the origin (b_enc = 5, θ = 0): enc is affine there, so the
     /// refinement is linear in δ and its gradient must match finite differences exactly.
-    static func alwaysOnSAE(d: Int, f: Int, site: Site) throws -> SparseAutoencoder {
+    static func alwaysOnSAE(d: Int, f: Int, site: Site, bias: Float = 5) throws -> SparseAutoencoder {
         var rng = Xoshiro256(seed: 9)
         func r() -> Float { Float(Int(rng.next() % 2001) - 1000) / 4000 }
-        return try SparseAutoencoder(dIn: d, width: f, encoder: (0..<(f * d)).map { _ in r() }, encoderBias: .init(repeating: 5, count: f),
+        return try SparseAutoencoder(dIn: d, width: f, encoder: (0..<(f * d)).map { _ in r() }, encoderBias: .init(repeating: bias, count: f),
                                      decoder: (0..<(f * d)).map { _ in r() }, decoderBias: (0..<d).map { _ in r() },
                                      threshold: .init(repeating: 0, count: f), k: nil,
                                      metadata: SAEMetadata(modelName: "tiny", modelHash: nil, site: site, contextSize: 64, prependBos: false))
@@ -137,5 +137,31 @@ import Testing
         h.mesa?.fallback = true
         let e = try RomeEditor(model: m, hparams: h, templates: templates, statistics: nil, fallbackReason: "no such SAE")
         #expect(e.method == "ROME" && e.settings["mesa_fallback"] == "no such SAE")
+    }
+}
+
+@Suite struct SAELayerChoiceTests {
+    @Test func scoresAreFractionsAndTheRecommendationFollowsTheSweep() throws {
+        let m = try TinyEditModel.load()
+        let templates = try ContextTemplates.generate(model: m, groups: [.init(length: 4, count: 2)], seed: 3)
+        let requests = [EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome", targetTrue: "is"),
+                        EditRequest(subject: "Rome", prompt: "{} is the capital of", targetNew: "Paris", targetTrue: "is")]
+        var scores: [SAELayerScore] = []
+        for layer in [0, 1] {
+            let sae = try MesaTests.alwaysOnSAE(d: m.config.hidden, f: 24, site: Site(layer: layer, kind: .mlpOut), bias: 1e4)
+            #expect(throws: EditError.self) { _ = try SAELayerChoice.score(model: m, sae: sae, layer: layer, requests: requests, templates: templates) }
+            sae.logSparsity = [Float](repeating: -3, count: 24)
+            let s = try SAELayerChoice.score(model: m, sae: sae, layer: layer, requests: requests, templates: templates)
+            // Every latent of this SAE is on for every input: all sets are equal, and each latent fires on
+            // 100% of the edit prompts against 0.1% of Wikipedia tokens.
+            #expect(s.common == 1 && s.jaccard == 1 && abs(s.contrast) < 1e-12 && s.specificity == 1 && s.activeMean == 24)
+            scores.append(s)
+        }
+        scores[1].specificity = 0.5
+        #expect(SAELayerChoice.recommend(scores: scores, sweepS: [0: 80, 1: 90]) == 1, "layer 0 is more than 2 S points behind")
+        #expect(SAELayerChoice.recommend(scores: scores, sweepS: [0: 89, 1: 90]) == 0)
+        #expect(SAELayerChoice.recommend(scores: scores, sweepS: [:]) == 0)
+        let wrong = try MesaTests.alwaysOnSAE(d: m.config.hidden, f: 24, site: Site(layer: 2, kind: .mlpOut))
+        #expect(throws: EditError.self) { _ = try SAELayerChoice.score(model: m, sae: wrong, layer: 1, requests: requests, templates: templates) }
     }
 }
