@@ -62,7 +62,7 @@ let package = Package(
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "ModelRuntime"]),
         .testTarget(name: "ModelRuntimeTests", dependencies: ["ModelRuntime", "Tensor", "Tokenizers"]),
         .testTarget(name: "EditingTests", dependencies: ["Editing", "ModelRuntime", "Tensor", "Tokenizers", "Contracts", "TestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["EditDaemon", "Messaging", "Storage", "Editing", "ModelRuntime", "TestSupport", "Contracts"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["EditDaemon", "Messaging", "Storage", "Editing", "ModelRuntime", "SparseAutoencoder", "TestSupport", "Contracts"]),
         .testTarget(name: "SparseAutoencoderTests", dependencies: ["SparseAutoencoder", "ModelRuntime", "Tensor", "TestSupport"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation"]),
         .testTarget(name: "ContractsTests", dependencies: ["Contracts"]),

@@ -1,3 +1,4 @@
+import Editing
 import Foundation
 
 /// `mesa serve` configuration (Schemas/serve-config.schema.json). Precedence: flags > environment >
@@ -24,6 +25,15 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         public var results: String?
         public var deadLetters: String?
     }
+    /// MESA refinement for the ROME editor (overrides the hyperparameter file's "mesa" block).
+    public struct Mesa: Codable, Sendable, Equatable {
+        /// SAE directory, or a name under <state>/<hash16>/sae/.
+        public var sae: String?
+        /// Serve plain ROME (saying so in every result) when the SAE cannot be loaded, instead of refusing to start.
+        public var fallback: Bool?
+        public var l1: Double?
+        public init(sae: String? = nil, fallback: Bool? = nil, l1: Double? = nil) { self.sae = sae; self.fallback = fallback; self.l1 = l1 }
+    }
     public struct HTTP: Codable, Sendable, Equatable {
         public var listen: String?
         public init(listen: String? = nil) { self.listen = listen }
@@ -38,6 +48,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     public var lmdbMapBytes: Int?
     public var kafka: Kafka?
     public var http: HTTP?
+    public var mesa: Mesa?
 
     public init() {}
 
@@ -69,6 +80,16 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         return p
     }
 
+    /// `h` with the configured MESA settings applied over the file's "mesa" block.
+    public func applyingMesa(to h: RomeHyperparameters) -> RomeHyperparameters {
+        var h = h
+        guard let m = mesa else { return h }
+        if let sae = m.sae { h.mesa = MesaHyperparameters(sae: sae, l1: h.mesa?.l1, kl: h.mesa?.kl, fallback: h.mesa?.fallback) }
+        if let f = m.fallback, h.mesa != nil { h.mesa?.fallback = f }
+        if let l1 = m.l1, h.mesa != nil { h.mesa?.l1 = Float(l1) }
+        return h
+    }
+
     /// The state directory: the configured one, or $MESA_HOME/state.
     public func stateDirectory(home: URL) -> URL {
         stateDir.map { URL(fileURLWithPath: $0) } ?? home.appendingPathComponent("state")
@@ -91,7 +112,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     }
 
     /// MESA_MODEL, MESA_STATE_DIR, MESA_HPARAMS_DIR, MESA_CORPUS, MESA_THREADS, MESA_KAFKA_BOOTSTRAP_SERVERS,
-    /// MESA_KAFKA_GROUP_ID, MESA_HTTP_LISTEN.
+    /// MESA_KAFKA_GROUP_ID, MESA_HTTP_LISTEN, MESA_SAE, MESA_SAE_FALLBACK.
     public mutating func applyEnvironment(_ env: [String: String]) throws {
         func value(_ k: String) -> String? { env[k].flatMap { $0.isEmpty ? nil : $0 } }
         if let v = value("MESA_MODEL") { model = v }
@@ -105,6 +126,11 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         if let v = value("MESA_KAFKA_BOOTSTRAP_SERVERS") { setKafka { $0.bootstrapServers = v } }
         if let v = value("MESA_KAFKA_GROUP_ID") { setKafka { $0.groupId = v } }
         if let v = value("MESA_HTTP_LISTEN") { http = HTTP(listen: v) }
+        if let v = value("MESA_SAE") { mesa = Mesa(sae: v, fallback: mesa?.fallback, l1: mesa?.l1) }
+        if let v = value("MESA_SAE_FALLBACK") {
+            guard let b = Bool(v) else { throw SetupError("MESA_SAE_FALLBACK=\(v) is not true or false") }
+            mesa = Mesa(sae: mesa?.sae, fallback: b, l1: mesa?.l1)
+        }
     }
 
     public mutating func setKafka(_ body: (inout Kafka) -> Void) {

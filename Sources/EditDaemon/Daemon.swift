@@ -109,10 +109,16 @@ public final class Daemon: @unchecked Sendable {
 
         setReadiness("preparing the editor")
         let hparamsDirs = c.hparamsDir.map { [URL(fileURLWithPath: $0)] }
-        let hp = try RomeSetup.hyperparameters(at: try Installation.hparamsFile(method: "rome", modelName: name, directories: hparamsDirs), catalog: catalog)
+        let hp = c.applyingMesa(to: try RomeSetup.hyperparameters(at: try Installation.hparamsFile(method: "rome", modelName: name, directories: hparamsDirs),
+                                                                   catalog: catalog))
         let corpus = c.corpus ?? settings.home.appendingPathComponent("corpus/enwiki-2015-sample.txt").path
         let setup = RomeSetup(stateDirectory: stateDir, corpusPath: corpus, log: log, shouldStop: { StopSignal.raised })
         let editor = try setup.editor(model: model, hparams: hp)
+        if let m = editor.refinementSettings, let sae = editor.sae {
+            log("editor: ROME with MESA refinement through \(m.sae) (\(sae.metadata.site), width \(sae.width), k \(sae.k.map(String.init) ?? "?"), l1 \(m.l1Weight))")
+        } else if let why = editor.fallbackReason {
+            log("editor: plain ROME; MESA refinement is off: \(why)")
+        }
 
         setReadiness("opening the snapshot store")
         let lmdbDir = EditState(directory: stateDir, baseHash: model.weightHash).root.appendingPathComponent("lmdb")

@@ -195,12 +195,12 @@ public final class Pipeline: @unchecked Sendable {
         var doc = EditResultDocument(
             eventId: e.id, kind: "edit", status: e.dryRun == true ? "dry_run" : "applied", redelivery: nil,
             model: .init(name: host.modelName, baseHash: host.baseHash), snapshot: nil, parent: parent, head: parent,
-            hashBefore: hashBefore, weightHash: hashAfter, method: "ROME", subject: e.subject, targetNew: e.targetNew.str,
+            hashBefore: hashBefore, weightHash: hashAfter, method: editor.method, subject: e.subject, targetNew: e.targetNew.str,
             targetTrue: record.targetTrue, targetTrueInferred: inferred ? true : nil,
             metrics: .init(pre: .init(pre), post: .init(post)),
             timings: result.phases.merging(["edit_seconds": editSeconds], uniquingKeysWith: { a, _ in a }),
             snapshotBytes: nil, label: nil, source: .init(topic: m.topic, partition: Int(m.partition), offset: Int(m.offset)),
-            processedAt: Timestamp.now())
+            refinement: Self.refinement(editor, result), processedAt: Timestamp.now())
 
         if e.dryRun == true {
             try host.discardUncommitted()
@@ -210,14 +210,22 @@ public final class Pipeline: @unchecked Sendable {
         }
 
         let draft = SnapshotDraft(
-            eventId: e.id, source: EventSource(topic: m.topic, partition: m.partition, offset: m.offset), method: "ROME",
+            eventId: e.id, source: EventSource(topic: m.topic, partition: m.partition, offset: m.offset), method: editor.method,
             hyperparameters: String(decoding: try JSONCoding.encoder().encode(editor.hparams), as: UTF8.self),
             hashBefore: hashBefore, hashAfter: hashAfter, blas: ModelHost.blasInfo, factors: [factor])
         let t2 = Date()
         let stored = try commitWithResult(draft, doc)
-        return Outcome(kind: .applied(method: "ROME"), records: [resultRecord(stored)], editSeconds: editSeconds, eventId: e.id,
+        return Outcome(kind: .applied(method: editor.method), records: [resultRecord(stored)], editSeconds: editSeconds, eventId: e.id,
                        summary: "applied \(e.id) as snapshot \(stored.snapshot ?? 0): \(e.subject) → \(e.targetNew.str)",
                        steps: ["hash": hashSeconds, "snapshot": Date().timeIntervalSince(t2)])
+    }
+
+    static func refinement(_ editor: RomeEditor, _ result: RomeResult) -> EditResultDocument.Refinement? {
+        if let m = editor.refinementSettings {
+            return .init(sae: m.sae, coverage: result.coverage?.coverage, outside: result.coverage?.outside, fallback: nil)
+        }
+        if let why = editor.fallbackReason { return .init(sae: editor.hparams.mesa?.sae, coverage: nil, outside: nil, fallback: why) }
+        return nil
     }
 
     /// Stores the edit together with its result document, finalized with the sequence number the
@@ -352,7 +360,7 @@ public final class Pipeline: @unchecked Sendable {
             redelivery: nil, model: .init(name: host.modelName, baseHash: host.baseHash), snapshot: nil, parent: entry.headBefore,
             head: entry.headAfter, hashBefore: nil, weightHash: entry.hash, method: nil, subject: nil, targetNew: nil, targetTrue: nil,
             targetTrueInferred: nil, metrics: nil, timings: nil, snapshotBytes: nil, label: entry.label,
-            source: .init(topic: m.topic, partition: Int(m.partition), offset: Int(m.offset)), processedAt: Timestamp.now())
+            source: .init(topic: m.topic, partition: Int(m.partition), offset: Int(m.offset)), refinement: nil, processedAt: Timestamp.now())
     }
 
     // MARK: output records
@@ -414,7 +422,17 @@ public struct EditResultDocument: Codable, Sendable, Equatable {
     public var snapshotBytes: Int?
     public var label: String?
     public var source: Source?
+    /// MESA: the SAE the value vector was refined through and how much of the written change it
+    /// represents, or why refinement is off.
+    public var refinement: Refinement?
     public var processedAt: String
+
+    public struct Refinement: Codable, Sendable, Equatable {
+        public var sae: String?
+        public var coverage: Double?
+        public var outside: Double?
+        public var fallback: String?
+    }
 }
 
 /// Schemas/dead-letter.schema.json.

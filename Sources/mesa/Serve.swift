@@ -64,6 +64,12 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "BLAS threads (0 = one per core).")
     var threads: Int?
 
+    @Option(name: .long, help: "MESA: refine ROME's v* through this SAE (a directory, or a name under <state>/<hash16>/sae/; default: $MESA_SAE, the file's).")
+    var mesa: String?
+
+    @Flag(name: .long, help: "MESA: if the SAE cannot be loaded, serve plain ROME and say so in every result (default: refuse to start).")
+    var mesaFallback = false
+
     func run() throws {
         try reportingErrors {
             var c = try daemonOptions.resolve()
@@ -71,6 +77,8 @@ struct Serve: ParsableCommand {
             if let groupId { c.setKafka { $0.groupId = groupId } }
             if let httpListen { c.http = .init(listen: httpListen) }
             if let threads { c.threads = threads }
+            if let mesa { c.mesa = .init(sae: mesa, fallback: c.mesa?.fallback, l1: c.mesa?.l1) }
+            if mesaFallback { c.mesa = .init(sae: c.mesa?.sae, fallback: true, l1: c.mesa?.l1) }
             let path = try c.model ?? ModelLocator.defaultModelPath()
             if c.corpus == nil {
                 c.corpus = ProcessInfo.processInfo.environment["MESA_CORPUS"] ?? FileManager.default.currentDirectoryPath + "/../shared/data/corpus/enwiki-2015-sample.txt"

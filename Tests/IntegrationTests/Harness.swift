@@ -69,6 +69,9 @@ final class DaemonHarness: @unchecked Sendable {
         try TinyModel.romeHyperparameters(model: Self.modelName, steps: steps, earlyStop: early).write(to: d.appendingPathComponent("\(Self.modelName).json"))
     }
 
+    /// The config's "mesa" block (nil: none).
+    var mesa: [String: Any]?
+
     func writeConfig(maxEventBytes: Int = 8192, extra: [String: String] = [:], createTopics: Bool = true) throws -> URL {
         let t = topics
         var props = ["session.timeout.ms": "6000", "heartbeat.interval.ms": "1000", "topic.metadata.refresh.interval.ms": "2000"]
@@ -80,7 +83,7 @@ final class DaemonHarness: @unchecked Sendable {
                       "topics": ["fact_updates": t.factUpdates, "control": t.control, "results": t.results, "dead_letters": t.deadLetters],
                       "properties": props],
             "http": ["listen": "127.0.0.1:\(httpPort)"],
-        ]
+        ].merging(mesa.map { ["mesa": $0] } ?? [:]) { a, _ in a }
         let url = dir.appendingPathComponent("mesa.json")
         try JSONSerialization.data(withJSONObject: c, options: [.sortedKeys]).write(to: url)
         return url
@@ -314,6 +317,11 @@ enum SharedBroker {
 extension JSONValue {
     var intValue: Int? {
         if case .number(let n) = self { return n.int64Value.map(Int.init) }
+        return nil
+    }
+
+    var doubleValue: Double? {
+        if case .number(let n) = self { return n.doubleValue }
         return nil
     }
 }
