@@ -49,7 +49,7 @@ let package = Package(
 
         .executableTarget(
             name: "mesa-bench",
-            dependencies: ["Tensor", "ModelRuntime", "Editing", "Evaluation", "EditDaemon", "Messaging", "Storage", "TestSupport",
+            dependencies: ["Tensor", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "EditDaemon", "Messaging", "Storage", "TestSupport",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/mesa-bench"),
 

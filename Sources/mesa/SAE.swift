@@ -121,17 +121,31 @@ struct SAETrain: ParsableCommand {
         let bar = ProgressBar("train \(where_)")
         var smooth: (fvu: Double, l0: Double)?
         var last: SAEStepStats?
+        // Loss recovered on two held-out articles, every tenth of the run once θ is set.
+        let probe = Array(sequences.prefix(2))
+        let every = max(1, settings.steps / 10)
+        var recovered: Double?
+        var probeSeconds = 0.0
         let t0 = Date()
         let finished = try run.run(progress: { s, secs in
             let a = 0.05
             smooth = smooth.map { ((1 - a) * $0.fvu + a * s.fvu, (1 - a) * $0.l0 + a * s.l0) } ?? (s.fvu, s.l0)
             last = s
+            if s.step % every == 0, s.threshold >= 0, !probe.isEmpty, let snap = try? trainer.finish() {
+                let p0 = Date()
+                if let l = try? snap.spliceLosses(model: model, sequences: probe, skipFirst: cache.spec.skipFirst), l.zero != l.clean {
+                    recovered = (l.zero - l.spliced) / (l.zero - l.clean)
+                }
+                probeSeconds += Date().timeIntervalSince(p0)
+            }
             bar.update(s.tokens, settings.steps * batchSize, unit: "tok", seconds: secs,
-                       extra: String(format: "FVU %.3f L0 %.1f dead %d", smooth!.fvu, smooth!.l0, s.dead))
+                       extra: String(format: "FVU %.3f L0 %.1f dead %d", smooth!.fvu, smooth!.l0, s.dead)
+                           + (recovered.map { String(format: " loss recovered %.3f", $0) } ?? ""))
         }, shouldStop: { stop.raised })
         bar.finish()
         guard finished else { throw fail("interrupted (training is not resumable; nothing was written)") }
-        let trainSeconds = Date().timeIntervalSince(t0)
+        // Throughput counts training only, not the loss-recovered probes.
+        let trainSeconds = Date().timeIntervalSince(t0) - probeSeconds
         let sae = try trainer.finish()
         var heldOut: [Float] = []
         for ids in sequences {

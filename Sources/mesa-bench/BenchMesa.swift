@@ -1,0 +1,90 @@
+import ArgumentParser
+import Editing
+import Evaluation
+import Foundation
+import ModelRuntime
+import SparseAutoencoder
+import Tensor
+
+struct MesaCostBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mesa",
+        abstract: "The cost of a MESA edit against a ROME edit: the same records, the same hyperparameters, alternating in one process.",
+        discussion: """
+        Early stopping is disabled so both run exactly --steps optimization steps (the refinement's cost \
+        is per step). Each record is edited with ROME, then with ROME+MESA, --repeats times after a \
+        warm-up; the ratio of the median edit times is the figure (the target is ≤ 1.2; the authors' \
+        code pays about 2× on a GPU). Phases are reported separately.
+        """)
+
+    @Option(help: "Model path (default: the installed SmolLM2-135M-Instruct).") var model: String?
+    @Option(help: "ROME hyperparameters.") var hparams = "deploy/hparams/rome/SmolLM2-135M-Instruct.json"
+    @Option(help: "SAE directory, or a name under <state>/<hash16>/sae/.") var sae: String
+    @Option(help: "CounterFact file.") var data = "../shared/data/counterfact/counterfact-val.json"
+    @Option(help: "Records to edit (the first N).") var records = 3
+    @Option(help: "Optimization steps (early stop disabled).") var steps: Int?
+    @Option(help: "BLAS threads.") var threads = 1
+    @Option(help: "Timed repetitions per record and method, after one warm-up.") var repeats = 2
+    @Option(help: "Results file (JSON).") var out = "ops/bench/results/mesa-cost.json"
+
+    func run() throws {
+        BLAS.setThreads(threads)
+        let path = try model ?? ModelLocator.defaultModelPath()
+        let m = try ModelLoader.load(path: path)
+        guard let hd = FileManager.default.contents(atPath: hparams) else { throw ValidationError("cannot read \(hparams)") }
+        var h = try RomeHyperparameters.decode(hd)
+        if let steps { h.vNumGradSteps = steps }
+        h.earlyStopLoss = 0
+        h.mesa = nil
+        let state = EditState(home: EditState.defaultHome, baseHash: m.weightHash)
+        let templates = try state.templates(model: m, groups: h.contextTemplates, seed: h.templateSeed, log: { print($0) })
+        var stats: KeyStatistics?
+        if h.mom2Adjustment {
+            guard let s = try state.cachedStatistics(h.statisticsSpec(modelHash: state.baseHash)) else {
+                throw ValidationError("no key statistics for layer \(h.layer): run `mesa stats --layer \(h.layer)` first")
+            }
+            stats = s
+        }
+        let settings = MesaHyperparameters(sae: sae)
+        let dir = settings.saeDirectory(stateDirectory: state.root)
+        let loaded = try SparseAutoencoder.load(from: dir)
+        var hm = h
+        hm.mesa = settings
+        let rome = try RomeEditor(model: m, hparams: h, templates: templates, statistics: stats)
+        let mesa = try RomeEditor(model: m, hparams: hm, templates: templates, statistics: stats, sae: loaded)
+        let recs = Array(try CounterFact.load(path: data).records.prefix(records))
+        var times: [String: [Double]] = ["rome": [], "mesa": []]
+        var phases: [String: [String: [Double]]] = ["rome": [:], "mesa": [:]]
+        for (ri, rec) in recs.enumerated() {
+            let request = EditRequest(subject: rec.subject, prompt: rec.prompt, targetNew: rec.targetNew, targetTrue: rec.targetTrue)
+            for i in 0...repeats {
+                for (name, editor) in [("rome", rome), ("mesa", mesa)] {
+                    var result: RomeResult?
+                    let t = try timed { result = try editor.computeUpdate(request) }
+                    guard i > 0 || ri > 0 else { continue }  // the first round warms up
+                    times[name]!.append(t)
+                    for (p, v) in result!.phases { phases[name]![p, default: []].append(v) }
+                }
+            }
+        }
+        let tr = median(times["rome"]!), tm = median(times["mesa"]!)
+        print(String(format: "ROME      %.3f s per edit (median of %d)", tr, times["rome"]!.count))
+        print(String(format: "ROME+MESA %.3f s per edit (median of %d)", tm, times["mesa"]!.count))
+        print(String(format: "ratio MESA / ROME: %.3f (SAE width %d, %d steps, %d thread(s))", tm / tr, loaded.width, h.vNumGradSteps, threads))
+        for name in ["rome", "mesa"] {
+            let p = phases[name]!.sorted { $0.key < $1.key }.map { String(format: "%@ %.3f", $0.key, median($0.value)) }.joined(separator: ", ")
+            print("  \(name) phases (median s): \(p)")
+        }
+        let doc: [String: Any] = [
+            "model": (path as NSString).lastPathComponent, "sae": dir.path, "sae_width": loaded.width, "sae_k": loaded.k ?? 0,
+            "steps": h.vNumGradSteps, "threads": threads, "records": recs.count, "repeats": repeats,
+            "rome_seconds_median": tr, "mesa_seconds_median": tm, "ratio": tm / tr,
+            "rome_seconds": times["rome"]!, "mesa_seconds": times["mesa"]!,
+            "phases_median": phases.mapValues { $0.mapValues(median) },
+            "blas": BLAS.configuration.description, "command": CommandLine.arguments.joined(separator: " "),
+            "created": ISO8601DateFormatter().string(from: Date()),
+        ]
+        try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: out))
+        print("wrote \(out)")
+    }
+}
