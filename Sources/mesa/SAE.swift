@@ -138,7 +138,7 @@ struct SAETrain: ParsableCommand {
                 }
                 probeSeconds += Date().timeIntervalSince(p0)
             }
-            bar.update(s.tokens, settings.steps * batchSize, unit: "tok", seconds: secs,
+            bar.update(s.tokens, settings.steps * batchSize, unit: "tok", seconds: secs - probeSeconds,
                        extra: String(format: "FVU %.3f L0 %.1f dead %d", smooth!.fvu, smooth!.l0, s.dead)
                            + (recovered.map { String(format: " loss recovered %.3f", $0) } ?? ""))
         }, shouldStop: { stop.raised })
