@@ -182,18 +182,18 @@ public struct RomeSetup {
                 throw SetupError("no key statistics for layer \(h.layer) (\(h.mom2Tokens) tokens): run `mesa stats --layer \(h.layer)` first")
             }
         }
-        let (sae, reason) = try mesaSAE(model: model, hparams: h, state: state)
+        let (sae, reason) = try mesaSAE(model: model, settings: h.mesa, site: Site(layer: h.layer, kind: .mlpOut), state: state)
         return try RomeEditor(model: model, hparams: h, templates: templates, statistics: stats, sae: sae, fallbackReason: reason)
     }
 
-    /// The SAE `h.mesa` names, checked against the edit site. A missing, corrupt or mismatched SAE is
+    /// The SAE `settings` names, checked against the edit site. A missing, corrupt or mismatched SAE is
     /// an error, unless `mesa.fallback` is true: then the editor runs without refinement and says why.
-    func mesaSAE(model: LanguageModel, hparams h: RomeHyperparameters, state: EditState) throws -> (SparseAutoencoder?, String?) {
-        guard let m = h.mesa else { return (nil, nil) }
+    func mesaSAE(model: LanguageModel, settings: MesaHyperparameters?, site: Site, state: EditState) throws -> (SparseAutoencoder?, String?) {
+        guard let m = settings else { return (nil, nil) }
         let dir = m.saeDirectory(stateDirectory: state.root)
         do {
             let sae = try SparseAutoencoder.load(from: dir)
-            try sae.check(site: Site(layer: h.layer, kind: .mlpOut), width: model.config.hidden)
+            try sae.check(site: site, width: model.config.hidden)
             return (sae, nil)
         } catch {
             guard m.fallsBack else { throw SetupError("MESA refinement: the SAE at \(dir.path) is unusable: \(error)") }
@@ -232,6 +232,7 @@ public struct RomeSetup {
                        st.nullity.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: " "), Date().timeIntervalSince(t0)))
             solver = .alphaEdit(st)
         }
-        return try MemitEditor(model: model, hparams: h, templates: templates, statistics: stats, solver: solver)
+        let (sae, reason) = try mesaSAE(model: model, settings: h.mesa, site: Site(layer: h.layers.last!, kind: .residOut), state: state)
+        return try MemitEditor(model: model, hparams: h, templates: templates, statistics: stats, solver: solver, sae: sae, fallbackReason: reason)
     }
 }

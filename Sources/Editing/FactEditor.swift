@@ -52,11 +52,10 @@ extension RomeEditor: FactEditor {
 }
 
 extension MemitEditor: FactEditor {
-    public var lastCoverage: SAECoverage? { nil }
-
     public var method: String {
-        if case .alphaEdit = solver { return "AlphaEdit" }
-        return "MEMIT"
+        let base: String
+        if case .alphaEdit = solver { base = "AlphaEdit" } else { base = "MEMIT" }
+        return refinementSettings != nil ? base + "+MESA" : base
     }
 
     public func computeUpdates(for request: EditRequest) throws -> (updates: [LowRankUpdate], phases: [String: Double]) {
@@ -83,6 +82,13 @@ extension MemitEditor: FactEditor {
             s["l2"] = "\(st.l2)"
             s["nullity"] = st.nullity.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",")
         }
+        if let m = refinementSettings, let sae {
+            s["mesa_sae"] = m.sae
+            s["mesa_sae_width"] = "\(sae.width)"
+            s["mesa_l1"] = "\(m.l1Weight)"
+            s["mesa_kl"] = "\(m.keepsKL)"
+        }
+        if let reason = fallbackReason { s["mesa_fallback"] = reason }
         return s
     }
 }

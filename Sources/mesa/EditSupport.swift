@@ -113,6 +113,9 @@ func makeRomeEditor(model: LanguageModel, modelPath: String, options: EditOption
 /// A MEMIT or AlphaEdit editor from deploy/hparams/{memit,alphaedit}/<model>.json (or --hparams).
 func makeMemitEditor(model: LanguageModel, modelPath: String, options: EditOptions, alphaEdit: Bool) throws -> MemitEditor {
     let url = try options.hparamsURL(method: alphaEdit ? "alphaedit" : "memit", modelPath: modelPath)
-    let h = try RomeSetup.memitHyperparameters(at: url, catalog: try SchemaCatalog.standard())
+    var h = try RomeSetup.memitHyperparameters(at: url, catalog: try SchemaCatalog.standard())
+    if let mesa = options.mesa { h.mesa = MesaHyperparameters(sae: mesa, l1: h.mesa?.l1, kl: h.mesa?.kl) }
+    if let l1 = options.mesaL1, h.mesa != nil { h.mesa?.l1 = l1 }
+    if options.noMesa { h.mesa = nil }
     return try withInteractiveSetup(options) { try $0.memitEditor(model: model, hparams: h, alphaEdit: alphaEdit) }
 }

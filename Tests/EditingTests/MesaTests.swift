@@ -165,3 +165,31 @@ import Testing
         #expect(throws: EditError.self) { _ = try SAELayerChoice.score(model: m, sae: wrong, layer: 1, requests: requests, templates: templates) }
     }
 }
+
+@Suite struct MemitMesaTests {
+    /// MEMIT and AlphaEdit refine z through an SAE at resid_out of the last edited layer; through a
+    /// lossless SAE the refined change is δ, so the updates match the unrefined ones.
+    @Test func losslessSAEReproducesMEMITAndTheSiteIsChecked() throws {
+        let m = try TinyEditModel.load()
+        let layers = [0, 1]
+        var h = MemitHyperparameters(layers: layers, contextTemplates: [.init(length: 4, count: 2)], vNumGradSteps: 12,
+                                     clampNormFactor: 4, mom2UpdateWeight: 0.5, mom2Ridge: 0)
+        let templates = try ContextTemplates.generate(model: m, groups: h.contextTemplates, seed: 3)
+        let stats = Dictionary(uniqueKeysWithValues: layers.map { ($0, MemitTests.statistics(m, layer: $0)) })
+        let requests = [EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome")]
+        let plain = try MemitEditor(model: m, hparams: h, templates: templates, statistics: stats).computeUpdates(requests)
+        h.mesa = MesaHyperparameters(sae: "lossless", l1: 0)
+        let sae = try MesaTests.losslessSAE(d: m.config.hidden, site: Site(layer: 1, kind: .residOut))
+        let editor = try MemitEditor(model: m, hparams: h, templates: templates, statistics: stats, sae: sae)
+        #expect(editor.method == "MEMIT+MESA")
+        let refined = try editor.computeUpdates(requests)
+        #expect(abs(refined.deltaNorms[0] - plain.deltaNorms[0]) < 1e-3 * plain.deltaNorms[0], "‖δ‖ \(refined.deltaNorms[0]) vs \(plain.deltaNorms[0])")
+        for (a, b) in zip(refined.updates, plain.updates) {
+            #expect(Vector.maxAbsDifference(a.left, b.left) < 2e-3 * max(1e-6, Vector.norm(b.left)))
+        }
+        #expect(try #require(editor.lastCoverage).outside < 1e-6)
+        // An mlp_out SAE (the public code's site) is refused for MEMIT's residual δ.
+        let wrong = try MesaTests.losslessSAE(d: m.config.hidden, site: Site(layer: 1, kind: .mlpOut))
+        #expect(throws: EditError.self) { _ = try MemitEditor(model: m, hparams: h, templates: templates, statistics: stats, sae: wrong) }
+    }
+}
