@@ -51,6 +51,8 @@ public struct RomeResult: Sendable {
     public var refined: Bool
     /// How much of the written change at the bare prompt the SAE represents (when an SAE is attached).
     public var coverage: SAECoverage?
+    /// With refinement: latents of g = enc(δ) − enc(0) that are nonzero at the final δ.
+    public var deltaFeatures: Int?
     /// k*: the mean key over the templates [ff].
     public var keyStar: [Float]
     public var valueInitNorm: Float
@@ -264,7 +266,8 @@ public final class RomeEditor: @unchecked Sendable {
         lap("update")
         let change0 = written?[0] ?? delta.map { $0 * gains[0] }
         let coverage = sae.map { $0.coverage(before: vInit, after: zip(vInit, change0).map { $0 + $1 }) }
-        return RomeResult(update: update, applied: applied, refined: refinement != nil, coverage: coverage, keyStar: keyStar,
+        let deltaFeatures = refinement.map { $0.evaluate(delta).g.filter { $0 != 0 }.count }
+        return RomeResult(update: update, applied: applied, refined: refinement != nil, coverage: coverage, deltaFeatures: deltaFeatures, keyStar: keyStar,
                           valueInitNorm: vInitNorm, deltaNorm: Vector.norm(delta), denominator: denom,
                           keyGains: Array(gains.prefix(n)), losses: outcome.losses, phases: phases)
     }
@@ -325,7 +328,9 @@ public struct DeltaOptimization: Sendable {
             if let state, let refinement { value.sparsity = Double(refinement.l1) * state.l1Norm }
             losses.append(value)
             guard value.total.isFinite else { throw EditError(.nonFinite, "the edit loss became non-finite at step \(it)") }
-            if value.total < Double(earlyStopLoss) || it == steps - 1 { break }
+            // Early stop on the edit objective (NLL + KL + decay): MESA's L1 term does not vanish at a
+            // solved edit and would otherwise keep every refined edit running to the last step.
+            if value.total - value.sparsity < Double(earlyStopLoss) || it == steps - 1 { break }
             var g: [Float]
             if let state, let refinement {
                 g = refinement.gradient(state, changeGradients: try pass.backwardPerPrompt(logitGradient: dLogits))

@@ -77,11 +77,13 @@ struct Edit: ParsableCommand {
                     out["post"] = ["es": post.es, "em": post.em, "ps": post.ps, "pm": post.pm, "ns": post.ns, "nm": post.nm]
                 }
                 if let genBefore, let genAfter { out["generation_before"] = genBefore; out["generation_after"] = genAfter }
+                if let c = result.coverage { out["sae_coverage"] = ["coverage": c.coverage, "outside": c.outside, "change_norm": c.changeNorm] }
+                if let n = result.deltaFeatures { out["delta_features"] = n }
                 let data = try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys])
                 print(String(decoding: data, as: UTF8.self))
                 return
             }
-            print("edit: \(request.filledPrompt) → \(targetNew)   (ROME, layer \(editor.hparams.layer))")
+            print("edit: \(request.filledPrompt) → \(targetNew)   (\(editor.method), layer \(editor.hparams.layer))")
             print(String(format: "  %.2f s: k* %.3f s, v* %.3f s (%d steps, loss %.3f → %.3f), closed form %.3f s",
                          editSeconds, result.phases["k_star"] ?? 0, result.phases["v_star"] ?? 0, result.losses.count,
                          result.losses.first?.total ?? .nan, result.losses.last?.total ?? .nan, result.phases["closed_form"] ?? 0))
@@ -97,6 +99,10 @@ struct Edit: ParsableCommand {
             if let genBefore, let genAfter {
                 print("  before: \(request.filledPrompt)\(genBefore)")
                 print("  after:  \(request.filledPrompt)\(genAfter)")
+            }
+            if let c = result.coverage {
+                print(String(format: "  SAE: refined %@, δ latents %@, written change ‖Δ‖ %.3f, coverage %.3f (outside %.3f)",
+                             result.refined ? "yes" : "no", result.deltaFeatures.map(String.init) ?? "-", c.changeNorm, c.coverage, c.outside))
             }
             print("  weights: \(hashBefore.prefix(16)) → \(hashAfter.prefix(16))")
             if let saveUpdate { print("  update written to \(saveUpdate)") }
