@@ -88,3 +88,57 @@ struct MesaCostBench: ParsableCommand {
         print("wrote \(out)")
     }
 }
+
+struct SAETrainBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sae",
+        abstract: "BatchTopK training throughput: mesa's trainer against the same step in PyTorch (ops/reference/sae_reference.py), same rows, same threads, same run.")
+
+    @Option(help: "Activation cache (.f16) written by `mesa sae train`.") var cache: String
+    @Option(help: "Latents.") var width = 4608
+    @Option(help: "BatchTopK k.") var k = 32
+    @Option(help: "Activations per step.") var batch = 1024
+    @Option(help: "Timed steps (after --warmup).") var steps = 20
+    @Option(help: "Untimed steps first.") var warmup = 2
+    @Option(help: "BLAS / torch threads.") var threads = 1
+    @Option(help: "Python of the PyTorch reference environment ('none' to skip).")
+    var reference = (ModelLocator.mesaHome as NSString).appendingPathComponent("refenv/bin/python")
+    @Option(help: "Results file (JSON).") var out = "ops/bench/results/sae-train.json"
+
+    func run() throws {
+        BLAS.setThreads(threads)
+        let c = try ActivationCache(url: URL(fileURLWithPath: cache))
+        guard c.rows >= (steps + warmup) * batch + batch else { throw ValidationError("the cache has \(c.rows) rows; need \((steps + warmup + 1) * batch)") }
+        var s = BatchTopKSettings(width: width, k: k, tokens: (steps + warmup) * batch, batchSize: batch)
+        s.deadTokens = 10 * batch
+        let t = try BatchTopKTrainer(dIn: c.dim, settings: s,
+                                     metadata: SAEMetadata(modelName: "bench", modelHash: nil, site: c.spec.site, contextSize: 0, prependBos: false))
+        var x = [Float](repeating: 0, count: batch * c.dim)
+        var times: [Double] = []
+        for step in 0..<(steps + warmup) {
+            x.withUnsafeMutableBufferPointer { c.read(rows: Array(step * batch..<(step + 1) * batch)[...], into: $0.baseAddress!) }
+            let sec = try timed { try t.step(x) }
+            if step >= warmup { times.append(sec) }
+        }
+        let total = times.reduce(0, +)
+        let mesaRate = Double(times.count * batch) / total
+        print(String(format: "mesa:    %.0f tokens/s (%d steps of %d, width %d, k %d, d_in %d, %d thread(s))", mesaRate, times.count, batch, width, k, c.dim, threads))
+        var doc: [String: Any] = [
+            "cache": cache, "width": width, "k": k, "batch": batch, "steps": times.count, "threads": threads, "d_in": c.dim,
+            "mesa_tokens_per_second": mesaRate, "mesa_step_seconds_median": median(times),
+            "blas": BLAS.configuration.description, "command": CommandLine.arguments.joined(separator: " "),
+            "created": ISO8601DateFormatter().string(from: Date()),
+        ]
+        if reference != "none", let ref = try runReferenceScript(python: reference, [
+            "ops/reference/sae_reference.py", "--cache", cache, "--width", "\(width)", "--k", "\(k)", "--batch", "\(batch)",
+            "--steps", "\(steps)", "--warmup", "\(warmup)", "--threads", "\(threads)"]),
+            let rate = ref["tokens_per_second"] as? Double {
+            print(String(format: "PyTorch: %.0f tokens/s (%@)", rate, ref["torch"] as? String ?? "?"))
+            print(String(format: "ratio mesa / PyTorch: %.2f×", mesaRate / rate))
+            doc["reference"] = ref
+            doc["ratio"] = mesaRate / rate
+        }
+        try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: out))
+        print("wrote \(out)")
+    }
+}
