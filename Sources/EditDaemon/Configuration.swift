@@ -40,6 +40,8 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     }
 
     public var model: String?
+    /// rome (default), memit or alphaedit: the method and its `<hparams_dir>/<method>/<model>.json`.
+    public var method: String?
     public var stateDir: String?
     public var hparamsDir: String?
     public var corpus: String?
@@ -80,14 +82,17 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         return p
     }
 
-    /// `h` with the configured MESA settings applied over the file's "mesa" block.
-    public func applyingMesa(to h: RomeHyperparameters) -> RomeHyperparameters {
-        var h = h
-        guard let m = mesa else { return h }
-        if let sae = m.sae { h.mesa = MesaHyperparameters(sae: sae, l1: h.mesa?.l1, kl: h.mesa?.kl, fallback: h.mesa?.fallback) }
-        if let f = m.fallback, h.mesa != nil { h.mesa?.fallback = f }
-        if let l1 = m.l1, h.mesa != nil { h.mesa?.l1 = Float(l1) }
-        return h
+    /// The editing method, lowercased.
+    public var editMethod: String { (method ?? "rome").lowercased() }
+
+    /// The configured MESA settings applied over a hyperparameter file's "mesa" block.
+    public func mesaSettings(over file: MesaHyperparameters?) -> MesaHyperparameters? {
+        var out = file
+        guard let m = mesa else { return out }
+        if let sae = m.sae { out = MesaHyperparameters(sae: sae, l1: file?.l1, kl: file?.kl, fallback: file?.fallback) }
+        if let f = m.fallback, out != nil { out?.fallback = f }
+        if let l1 = m.l1, out != nil { out?.l1 = Float(l1) }
+        return out
     }
 
     /// The state directory: the configured one, or $MESA_HOME/state.
@@ -112,10 +117,11 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     }
 
     /// MESA_MODEL, MESA_STATE_DIR, MESA_HPARAMS_DIR, MESA_CORPUS, MESA_THREADS, MESA_KAFKA_BOOTSTRAP_SERVERS,
-    /// MESA_KAFKA_GROUP_ID, MESA_HTTP_LISTEN, MESA_SAE, MESA_SAE_FALLBACK.
+    /// MESA_KAFKA_GROUP_ID, MESA_HTTP_LISTEN, MESA_SAE, MESA_SAE_FALLBACK, MESA_METHOD.
     public mutating func applyEnvironment(_ env: [String: String]) throws {
         func value(_ k: String) -> String? { env[k].flatMap { $0.isEmpty ? nil : $0 } }
         if let v = value("MESA_MODEL") { model = v }
+        if let v = value("MESA_METHOD") { method = v }
         if let v = value("MESA_STATE_DIR") { stateDir = v }
         if let v = value("MESA_HPARAMS_DIR") { hparamsDir = v }
         if let v = value("MESA_CORPUS") { corpus = v }

@@ -109,15 +109,33 @@ public final class Daemon: @unchecked Sendable {
 
         setReadiness("preparing the editor")
         let hparamsDirs = c.hparamsDir.map { [URL(fileURLWithPath: $0)] }
-        let hp = c.applyingMesa(to: try RomeSetup.hyperparameters(at: try Installation.hparamsFile(method: "rome", modelName: name, directories: hparamsDirs),
-                                                                   catalog: catalog))
         let corpus = c.corpus ?? settings.home.appendingPathComponent("corpus/enwiki-2015-sample.txt").path
         let setup = RomeSetup(stateDirectory: stateDir, corpusPath: corpus, log: log, shouldStop: { StopSignal.raised })
-        let editor = try setup.editor(model: model, hparams: hp)
-        if let m = editor.refinementSettings, let sae = editor.sae {
-            log("editor: ROME with MESA refinement through \(m.sae) (\(sae.metadata.site), width \(sae.width), k \(sae.k.map(String.init) ?? "?"), l1 \(m.l1Weight))")
-        } else if let why = editor.fallbackReason {
-            log("editor: plain ROME; MESA refinement is off: \(why)")
+        let method = c.editMethod
+        let hparamsFile = try Installation.hparamsFile(method: method, modelName: name, directories: hparamsDirs)
+        let methodSettings: MethodSettings
+        let editor: FactEditor
+        switch method {
+        case "rome":
+            var hp = try RomeSetup.hyperparameters(at: hparamsFile, catalog: catalog)
+            hp.mesa = c.mesaSettings(over: hp.mesa)
+            methodSettings = .rome(hp)
+            editor = try setup.editor(model: model, hparams: hp)
+        case "memit", "alphaedit":
+            var hp = try RomeSetup.memitHyperparameters(at: hparamsFile, catalog: catalog)
+            hp.mesa = c.mesaSettings(over: hp.mesa)
+            methodSettings = .memit(hp, alphaEdit: method == "alphaedit")
+            editor = try setup.memitEditor(model: model, hparams: hp, alphaEdit: method == "alphaedit")
+        default:
+            throw SetupError("method \(method) is not one of rome, memit, alphaedit")
+        }
+        let info = editor.refinementInfo
+        if let sae = info.sae {
+            log("editor: \(editor.method) (\(hparamsFile.path)) with MESA refinement through \(sae)")
+        } else if let why = info.fallback {
+            log("editor: \(editor.method) (\(hparamsFile.path)); MESA refinement is off: \(why)")
+        } else {
+            log("editor: \(editor.method) (\(hparamsFile.path))")
         }
 
         setReadiness("opening the snapshot store")
@@ -128,7 +146,7 @@ public final class Daemon: @unchecked Sendable {
         log("snapshots: \(lmdbDir.path), head \(modelHost.head), weights \(model.weightHash.prefix(16))")
         let topics = c.topics
         let pipeline = try Pipeline(host: modelHost, catalog: catalog, topics: topics, maxEventBytes: c.eventLimit, setup: setup,
-                                    hparams: hp, editor: editor, log: log)
+                                    settings: methodSettings, editor: editor, log: log)
 
         setReadiness("connecting to Kafka")
         let props = c.kafkaProperties

@@ -5,6 +5,7 @@ import Foundation
 import Messaging
 import ModelRuntime
 import Storage
+import Tensor
 
 /// The topics the daemon reads and writes.
 public struct Topics: Codable, Sendable, Equatable {
@@ -47,6 +48,27 @@ public struct Outcome: Sendable {
     public var steps: [String: Double] = [:]
 }
 
+/// The method a daemon runs, with its default hyperparameters.
+public enum MethodSettings: Sendable, Equatable {
+    case rome(RomeHyperparameters)
+    case memit(MemitHyperparameters, alphaEdit: Bool)
+
+    /// The event `method` values this daemon accepts.
+    public func accepts(_ method: String, refined: Bool) -> Bool {
+        switch self {
+        case .rome: return method == "ROME" || (refined && method == "MESA")
+        case .memit(_, let alpha): return method == (alpha ? "AlphaEdit" : "MEMIT")
+        }
+    }
+
+    public var name: String {
+        switch self {
+        case .rome: return "ROME"
+        case .memit(_, let alpha): return alpha ? "AlphaEdit" : "MEMIT"
+        }
+    }
+}
+
 /// decode → validate → dedupe → edit → evaluate → snapshot, for one consumed message. Publishing and
 /// committing are the caller's (the daemon publishes `Outcome.records`, then commits offset+1).
 ///
@@ -60,14 +82,16 @@ public final class Pipeline: @unchecked Sendable {
     public let topics: Topics
     public let maxEventBytes: Int
     let setup: RomeSetup
-    let defaultHparams: RomeHyperparameters
-    let defaultEditor: RomeEditor
-    private var editors: [String: RomeEditor] = [:]
+    let settings: MethodSettings
+    let defaultEditor: FactEditor
+    private var editors: [String: FactEditor] = [:]
     let scorer: CandidateScorer
     let log: (String) -> Void
 
+    /// `editor` is the default editor for `settings`; its method state (AlphaEdit's accumulated keys)
+    /// is rebuilt here from the snapshots the weights hold.
     public init(host: ModelHost, catalog: SchemaCatalog, topics: Topics, maxEventBytes: Int, setup: RomeSetup,
-                hparams: RomeHyperparameters, editor: RomeEditor, log: @escaping (String) -> Void) throws {
+                settings: MethodSettings, editor: FactEditor, log: @escaping (String) -> Void) throws {
         self.host = host
         self.catalog = catalog
         factSchema = try catalog.schema("fact-update.schema.json")
@@ -75,10 +99,19 @@ public final class Pipeline: @unchecked Sendable {
         self.topics = topics
         self.maxEventBytes = maxEventBytes
         self.setup = setup
-        defaultHparams = hparams
+        self.settings = settings
         defaultEditor = editor
         scorer = CounterFactScorer.make(host.model)
         self.log = log
+        try rebuildEditState()
+    }
+
+    /// Brings the editor's method state to the weights' head: the state blocks of its lineage.
+    func rebuildEditState() throws {
+        guard case .memit(_, alphaEdit: true) = settings else { return }
+        let lineage = try host.store.lineage(to: host.head)
+        try defaultEditor.rebuildState(lineage.map(\.state))
+        if !lineage.isEmpty { log("AlphaEdit: accumulated the keys of \(lineage.count) edit(s) up to snapshot \(host.head)") }
     }
 
     // MARK: entry point
@@ -142,8 +175,8 @@ public final class Pipeline: @unchecked Sendable {
         if e.model.revision.range(of: "^[0-9a-f]{8,64}$", options: .regularExpression) != nil, !host.baseHash.hasPrefix(e.model.revision) {
             throw Rejection(.unknownModel, "revision \(e.model.revision) is not this daemon's base model \(host.baseHash.prefix(16))", eventId: e.id)
         }
-        guard e.method == "ROME" else {
-            throw Rejection(.unsupportedMethod, "method \(e.method) is not available in this daemon (supported: ROME)", eventId: e.id)
+        guard settings.accepts(e.method, refined: defaultEditor.refinementInfo.sae != nil) else {
+            throw Rejection(.unsupportedMethod, "method \(e.method) is not available in this daemon (it runs \(defaultEditor.method))", eventId: e.id)
         }
 
         // Dedupe: a redelivered event republishes its recorded result and changes nothing.
@@ -168,14 +201,18 @@ public final class Pipeline: @unchecked Sendable {
         let parent = host.head
         let (record, inferred) = try evaluationRecord(e)
         let pre: CaseScores
-        let result: RomeResult
+        let updates: [LowRankUpdate], phases: [String: Double]
         do {
             pre = try CounterFactEval.score(record, with: scorer)
-            result = try editor.computeUpdate(request)
+            (updates, phases) = try editor.computeUpdates(for: request)
         } catch let err as EditError {
             throw rejection(err, eventId: e.id)
         }
-        let factor = try host.applyEdit(result.applied)
+        var factors: [LowRankUpdate] = []
+        do { for u in updates { factors.append(try host.applyEdit(u)) } } catch {
+            try host.discardUncommitted()
+            throw Rejection(.editFailed, "applying the update failed: \(error)", eventId: e.id)
+        }
         // Hash the edited tensor on another core while the edited model is scored (both only read
         // the weights); the hash is then ready when scoring ends.
         let hashing = DispatchGroup()
@@ -198,9 +235,9 @@ public final class Pipeline: @unchecked Sendable {
             hashBefore: hashBefore, weightHash: hashAfter, method: editor.method, subject: e.subject, targetNew: e.targetNew.str,
             targetTrue: record.targetTrue, targetTrueInferred: inferred ? true : nil,
             metrics: .init(pre: .init(pre), post: .init(post)),
-            timings: result.phases.merging(["edit_seconds": editSeconds], uniquingKeysWith: { a, _ in a }),
+            timings: phases.merging(["edit_seconds": editSeconds], uniquingKeysWith: { a, _ in a }),
             snapshotBytes: nil, label: nil, source: .init(topic: m.topic, partition: Int(m.partition), offset: Int(m.offset)),
-            refinement: Self.refinement(editor, result), processedAt: Timestamp.now())
+            refinement: Self.refinement(editor), processedAt: Timestamp.now())
 
         if e.dryRun == true {
             try host.discardUncommitted()
@@ -211,21 +248,31 @@ public final class Pipeline: @unchecked Sendable {
 
         let draft = SnapshotDraft(
             eventId: e.id, source: EventSource(topic: m.topic, partition: m.partition, offset: m.offset), method: editor.method,
-            hyperparameters: String(decoding: try JSONCoding.encoder().encode(editor.hparams), as: UTF8.self),
-            hashBefore: hashBefore, hashAfter: hashAfter, blas: ModelHost.blasInfo, factors: [factor])
+            hyperparameters: try Self.hyperparameters(editor), hashBefore: hashBefore, hashAfter: hashAfter, blas: ModelHost.blasInfo,
+            factors: factors, state: editor.pendingState())
         let t2 = Date()
         let stored = try commitWithResult(draft, doc)
+        editor.keep()
         return Outcome(kind: .applied(method: editor.method), records: [resultRecord(stored)], editSeconds: editSeconds, eventId: e.id,
                        summary: "applied \(e.id) as snapshot \(stored.snapshot ?? 0): \(e.subject) → \(e.targetNew.str)",
                        steps: ["hash": hashSeconds, "snapshot": Date().timeIntervalSince(t2)])
     }
 
-    static func refinement(_ editor: RomeEditor, _ result: RomeResult) -> EditResultDocument.Refinement? {
-        if let m = editor.refinementSettings {
-            return .init(sae: m.sae, coverage: result.coverage?.coverage, outside: result.coverage?.outside, fallback: nil)
+    static func refinement(_ editor: FactEditor) -> EditResultDocument.Refinement? {
+        let info = editor.refinementInfo
+        if let sae = info.sae {
+            return .init(sae: sae, coverage: editor.lastCoverage?.coverage, outside: editor.lastCoverage?.outside, fallback: nil)
         }
-        if let why = editor.fallbackReason { return .init(sae: editor.hparams.mesa?.sae, coverage: nil, outside: nil, fallback: why) }
+        if let why = info.fallback { return .init(sae: nil, coverage: nil, outside: nil, fallback: why) }
         return nil
+    }
+
+    /// The editor's effective hyperparameters as JSON text (stored with the snapshot).
+    static func hyperparameters(_ editor: FactEditor) throws -> String {
+        let enc = JSONCoding.encoder()
+        if let r = editor as? RomeEditor { return String(decoding: try enc.encode(r.hparams), as: UTF8.self) }
+        if let m = editor as? MemitEditor { return String(decoding: try enc.encode(m.hparams), as: UTF8.self) }
+        return "{}"
     }
 
     /// Stores the edit together with its result document, finalized with the sequence number the
@@ -265,33 +312,73 @@ public final class Pipeline: @unchecked Sendable {
     }
 
     /// The editor for an event: the default one, or one with the event's bounded overrides.
-    func editor(for e: FactUpdate) throws -> RomeEditor {
+    func editor(for e: FactUpdate) throws -> FactEditor {
         guard let o = e.hyperparameters else { return defaultEditor }
-        var h = defaultHparams
-        if let layers = o.layers {
-            guard layers.count == 1 else { throw Rejection(.invalidHyperparameters, "ROME edits one layer; the event names \(layers)", eventId: e.id) }
-            h.layer = layers[0]
+        switch settings {
+        case .rome(let defaults):
+            var h = defaults
+            if let layers = o.layers {
+                guard layers.count == 1 else { throw Rejection(.invalidHyperparameters, "ROME edits one layer; the event names \(layers)", eventId: e.id) }
+                h.layer = layers[0]
+            }
+            if let lr = o.learningRate { h.vLr = Float(lr) }
+            if let steps = o.steps { h.vNumGradSteps = steps }
+            if let c = o.clampNormFactor { h.clampNormFactor = Float(c) }
+            if let k = o.klFactor { h.klFactor = Float(k) }
+            if o.mom2UpdateWeight != nil {
+                throw Rejection(.invalidHyperparameters, "mom2_update_weight is a MEMIT setting; ROME does not take it", eventId: e.id)
+            }
+            if h == defaults { return defaultEditor }
+            do { try h.validate(layers: host.model.config.layers) } catch {
+                throw Rejection(.invalidHyperparameters, "\(error)", eventId: e.id)
+            }
+            return try cachedEditor(h, eventId: e.id) {
+                try setup.editor(model: host.model, hparams: h, baseHash: host.baseHash, computeMissing: false)
+            }
+        case .memit(let defaults, let alphaEdit):
+            var h = defaults
+            if let layers = o.layers {
+                guard !alphaEdit || layers == defaults.layers else {
+                    throw Rejection(.invalidHyperparameters, "AlphaEdit's accumulated state is per layer; its layers \(defaults.layers) are fixed", eventId: e.id)
+                }
+                h.layers = layers
+            }
+            if let lr = o.learningRate { h.vLr = Float(lr) }
+            if let steps = o.steps { h.vNumGradSteps = steps }
+            if let c = o.clampNormFactor { h.clampNormFactor = Float(c) }
+            if let k = o.klFactor { h.klFactor = Float(k) }
+            if let w = o.mom2UpdateWeight {
+                guard !alphaEdit else { throw Rejection(.invalidHyperparameters, "mom2_update_weight is MEMIT's λ; AlphaEdit does not use it", eventId: e.id) }
+                h.mom2UpdateWeight = w
+            }
+            if h == defaults { return defaultEditor }
+            do { try h.validate(layers: host.model.config.layers) } catch {
+                throw Rejection(.invalidHyperparameters, "\(error)", eventId: e.id)
+            }
+            return try cachedEditor(h, eventId: e.id) {
+                guard let base = defaultEditor as? MemitEditor else { throw SetupError("the default editor is not MEMIT") }
+                if h.layers == defaults.layers {
+                    // Same layers: share the statistics, templates, SAE and (AlphaEdit) the accumulated state.
+                    return try MemitEditor(model: host.model, hparams: h, templates: base.templates, statistics: base.statistics,
+                                           solver: base.solver, sae: base.sae, fallbackReason: base.fallbackReason)
+                }
+                return try setup.memitEditor(model: host.model, hparams: h, alphaEdit: false, baseHash: host.baseHash, computeMissing: false)
+            }
         }
-        if let lr = o.learningRate { h.vLr = Float(lr) }
-        if let steps = o.steps { h.vNumGradSteps = steps }
-        if let c = o.clampNormFactor { h.clampNormFactor = Float(c) }
-        if let k = o.klFactor { h.klFactor = Float(k) }
-        if o.mom2UpdateWeight != nil {
-            throw Rejection(.invalidHyperparameters, "mom2_update_weight is a MEMIT setting; ROME does not take it", eventId: e.id)
-        }
-        if h == defaultHparams { return defaultEditor }
-        do { try h.validate(layers: host.model.config.layers) } catch {
-            throw Rejection(.invalidHyperparameters, "\(error)", eventId: e.id)
-        }
+    }
+
+    func cachedEditor<H: Encodable>(_ h: H, eventId: String, make: () throws -> FactEditor) throws -> FactEditor {
         let key = String(decoding: try JSONCoding.encoder().encode(h), as: UTF8.self)
         if let cached = editors[key] { return cached }
         do {
-            let ed = try setup.editor(model: host.model, hparams: h, baseHash: host.baseHash, computeMissing: false)
+            let ed = try make()
             if editors.count >= 8 { editors.removeAll() }
             editors[key] = ed
             return ed
+        } catch let r as Rejection {
+            throw r
         } catch {
-            throw Rejection(.invalidHyperparameters, "the overrides need state this daemon does not have: \(error)", eventId: e.id)
+            throw Rejection(.invalidHyperparameters, "the overrides need state this daemon does not have: \(error)", eventId: eventId)
         }
     }
 
@@ -343,6 +430,7 @@ public final class Pipeline: @unchecked Sendable {
             } catch let err as SnapshotStoreError where err.code == .corrupted || err.code == .notFound {
                 throw Rejection(.rollbackFailed, err.message, eventId: c.id)
             }
+            try rebuildEditState()
             var doc = commandResult(c, entry: entry, source: m)
             doc.timings = ["rollback_seconds": Date().timeIntervalSince(t0)]
             return Outcome(kind: .rolledBack, records: [resultRecord(doc)], editSeconds: 0, eventId: c.id,

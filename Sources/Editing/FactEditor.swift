@@ -17,6 +17,14 @@ public protocol FactEditor: AnyObject {
     var settings: [String: String] { get }
     /// The SAE coverage of the update last computed, when the method has an SAE attached.
     var lastCoverage: SAECoverage? { get }
+    /// Method state the last computed updates add once kept (AlphaEdit: their keys, in the Float32
+    /// form `keep` accumulates), to be stored with the snapshot. Empty for stateless methods.
+    func pendingState() -> [StateBlock]
+    /// Rebuilds the method state from the state blocks of every edit the weights hold, oldest first
+    /// (after a restart or a rollback).
+    func rebuildState(_ edits: [[StateBlock]]) throws
+    /// MESA: the SAE when refinement is on; why it is off when it fell back.
+    var refinementInfo: (sae: String?, fallback: String?) { get }
 }
 
 extension RomeEditor: FactEditor {
@@ -29,6 +37,11 @@ extension RomeEditor: FactEditor {
     }
 
     public func keep() {}
+    public func pendingState() -> [StateBlock] { [] }
+    public func rebuildState(_ edits: [[StateBlock]]) throws {}
+    public var refinementInfo: (sae: String?, fallback: String?) {
+        (refinementSettings?.sae, fallbackReason)
+    }
 
     public var settings: [String: String] {
         let h = hparams
@@ -65,8 +78,24 @@ extension MemitEditor: FactEditor {
     }
 
     public func keep() {
-        if case .alphaEdit(let state) = solver, let keys = lastKeysAfter { state.accumulate(keys) }
+        if case .alphaEdit(let state) = solver, let keys = lastKeysAfter {
+            // Exactly what a rebuild from the stored (Float32) blocks accumulates.
+            state.accumulate(keys.mapValues { $0.map { $0.map { Double(Float($0)) } } })
+        }
         lastKeysAfter = nil
+    }
+
+    public func pendingState() -> [StateBlock] {
+        guard case .alphaEdit = solver, let keys = lastKeysAfter else { return [] }
+        return AlphaEditState.blocks(keys)
+    }
+
+    public func rebuildState(_ edits: [[StateBlock]]) throws {
+        if case .alphaEdit(let state) = solver { try state.rebuild(edits) }
+    }
+
+    public var refinementInfo: (sae: String?, fallback: String?) {
+        (refinementSettings?.sae, fallbackReason)
     }
 
     public var settings: [String: String] {

@@ -145,12 +145,42 @@ public final class AlphaEditState: @unchecked Sendable {
         self.l2 = l2
     }
 
-    /// Adds the kept edits' keys: K_pK_pᵀ += Σ k kᵀ.
+    /// Adds the kept edits' keys: K_pK_pᵀ += KᵀK with K [n, ff] the keys as rows (one GEMM per layer).
     public func accumulate(_ keys: [Int: [[Double]]]) {
-        for (layer, ks) in keys {
+        for (layer, ks) in keys where !ks.isEmpty {
             guard var a = accumulated[layer] else { continue }
-            for k in ks { for r in 0..<dim where k[r] != 0 { let kr = k[r]; for c in 0..<dim { a[r * dim + c] += kr * k[c] } } }
+            let flat = ks.flatMap { $0 }
+            flat.withUnsafeBufferPointer { k in a.withUnsafeMutableBufferPointer { out in
+                BLAS.dgemm(transA: true, m: dim, n: dim, k: ks.count, a: k.baseAddress!, lda: dim, b: k.baseAddress!, ldb: dim,
+                           beta: 1, c: out.baseAddress!, ldc: dim)
+            } }
             accumulated[layer] = a
+        }
+    }
+
+    /// The state blocks of `keys` as stored with a snapshot: Float32, one block per layer ("alphaedit.keys",
+    /// [n, ff]). Kept edits accumulate exactly these values, so a rebuild from snapshots gives the same state.
+    public static func blocks(_ keys: [Int: [[Double]]]) -> [StateBlock] {
+        keys.keys.sorted().compactMap { l in
+            guard let ks = keys[l], let ff = ks.first?.count else { return nil }
+            return StateBlock(name: blockName, layer: l, rows: ks.count, cols: ff, values: ks.flatMap { $0.map { Float($0) } })
+        }
+    }
+
+    public static let blockName = "alphaedit.keys"
+
+    /// Resets, then accumulates the keys of every edit in `edits` (a lineage, oldest first).
+    public func rebuild(_ edits: [[StateBlock]]) throws {
+        reset()
+        for blocks in edits {
+            var keys: [Int: [[Double]]] = [:]
+            for b in blocks where b.name == Self.blockName {
+                guard b.cols == dim, accumulated[b.layer] != nil else {
+                    throw EditError(.state, "stored AlphaEdit keys for layer \(b.layer) with width \(b.cols) do not fit this editor (layers \(accumulated.keys.sorted()), width \(dim))")
+                }
+                keys[b.layer] = (0..<b.rows).map { r in (0..<b.cols).map { Double(b.values[r * b.cols + $0]) } }
+            }
+            accumulate(keys)
         }
     }
 

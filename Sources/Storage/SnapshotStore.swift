@@ -62,9 +62,11 @@ public struct SnapshotDraft: Sendable {
     public var hashAfter: String
     public var blas: BLASInfo
     public var factors: [LowRankUpdate]
+    /// Method state the edit adds (AlphaEdit's keys), replayed with the factors.
+    public var state: [StateBlock]
 
     public init(eventId: String, source: EventSource?, method: String, hyperparameters: String,
-                hashBefore: String, hashAfter: String, blas: BLASInfo, factors: [LowRankUpdate]) {
+                hashBefore: String, hashAfter: String, blas: BLASInfo, factors: [LowRankUpdate], state: [StateBlock] = []) {
         self.eventId = eventId
         self.source = source
         self.method = method
@@ -73,6 +75,7 @@ public struct SnapshotDraft: Sendable {
         self.hashAfter = hashAfter
         self.blas = blas
         self.factors = factors
+        self.state = state
     }
 }
 
@@ -93,6 +96,8 @@ public struct SnapshotRecord: Sendable, Equatable {
     public var blas: BLASInfo
     public var createdAt: String
     public var factors: [LowRankUpdate]
+    /// Method state the edit added (empty for ROME and MEMIT).
+    public var state: [StateBlock] = []
     /// Size of the stored record in bytes.
     public var storedBytes: Int
 }
@@ -213,7 +218,7 @@ public final class SnapshotStore: @unchecked Sendable {
             var rec = SnapshotRecord(seq: seq, parent: head, eventId: draft.eventId, source: draft.source, method: draft.method,
                                      hyperparameters: draft.hyperparameters, result: try result(seq), hashBefore: draft.hashBefore,
                                      hashAfter: draft.hashAfter, blas: draft.blas, createdAt: Timestamp.now(), factors: draft.factors,
-                                     storedBytes: 0)
+                                     state: draft.state, storedBytes: 0)
             let bytes = try Self.encode(rec)
             rec.storedBytes = bytes.count
             try t.put(snapshots, key: Self.be(seq), value: bytes, noOverwrite: true)
@@ -320,6 +325,15 @@ public final class SnapshotStore: @unchecked Sendable {
         var blas: BLASInfo
         var createdAt: String
         var factors: [FactorHeader]
+        /// Absent in records written before method state existed.
+        var state: [StateHeader]?
+    }
+
+    struct StateHeader: Codable {
+        var name: String
+        var layer: Int
+        var rows: Int
+        var cols: Int
     }
 
     struct FactorHeader: Codable {
@@ -336,12 +350,16 @@ public final class SnapshotStore: @unchecked Sendable {
         for f in r.factors where f.left.count != f.rows * f.rank || f.right.count != f.rank * f.cols {
             throw SnapshotStoreError(.state, "factor of \(f.parameter) does not match its shape")
         }
+        for s in r.state where s.values.count != s.rows * s.cols || s.rows <= 0 || s.cols <= 0 {
+            throw SnapshotStoreError(.state, "state block \(s.name) does not match its shape")
+        }
         let header = Header(seq: r.seq, parent: r.parent, eventId: r.eventId, source: r.source, method: r.method,
                             hyperparameters: r.hyperparameters, result: r.result, hashBefore: r.hashBefore, hashAfter: r.hashAfter,
                             blas: r.blas, createdAt: r.createdAt,
-                            factors: r.factors.map { FactorHeader(parameter: $0.parameter, layer: $0.layer, rows: $0.rows, cols: $0.cols, rank: $0.rank) })
+                            factors: r.factors.map { FactorHeader(parameter: $0.parameter, layer: $0.layer, rows: $0.rows, cols: $0.cols, rank: $0.rank) },
+                            state: r.state.isEmpty ? nil : r.state.map { StateHeader(name: $0.name, layer: $0.layer, rows: $0.rows, cols: $0.cols) })
         let h = try encoder().encode(header)
-        let floats = r.factors.flatMap { $0.left + $0.right }
+        let floats = r.factors.flatMap { $0.left + $0.right } + r.state.flatMap(\.values)
         var out = magic
         out += le32(UInt32(h.count)) + Array(h) + le32(UInt32(floats.count))
         out.reserveCapacity(out.count + floats.count * 4 + 32)
@@ -372,11 +390,18 @@ public final class SnapshotStore: @unchecked Sendable {
                                         left: Array(floats[at..<(at + nl)]), right: Array(floats[(at + nl)..<(at + nl + nr)])))
             at += nl + nr
         }
+        var state: [StateBlock] = []
+        for s in header.state ?? [] {
+            let m = s.rows * s.cols
+            guard s.rows > 0, s.cols > 0, at + m <= n else { throw bad("state block \(s.name) exceeds the payload") }
+            state.append(StateBlock(name: s.name, layer: s.layer, rows: s.rows, cols: s.cols, values: Array(floats[at..<(at + m)])))
+            at += m
+        }
         guard at == n else { throw bad("payload has \(n - at) unclaimed values") }
         return SnapshotRecord(seq: header.seq, parent: header.parent, eventId: header.eventId, source: header.source, method: header.method,
                               hyperparameters: header.hyperparameters, result: header.result, hashBefore: header.hashBefore,
                               hashAfter: header.hashAfter, blas: header.blas, createdAt: header.createdAt, factors: factors,
-                              storedBytes: b.count)
+                              state: state, storedBytes: b.count)
     }
 
     @discardableResult

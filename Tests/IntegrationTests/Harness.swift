@@ -67,7 +67,15 @@ final class DaemonHarness: @unchecked Sendable {
         let d = dir.appendingPathComponent("hparams/rome")
         try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
         try TinyModel.romeHyperparameters(model: Self.modelName, steps: steps, earlyStop: early).write(to: d.appendingPathComponent("\(Self.modelName).json"))
+        for (method, alpha) in [("memit", false), ("alphaedit", true)] {
+            let m = dir.appendingPathComponent("hparams/\(method)")
+            try FileManager.default.createDirectory(at: m, withIntermediateDirectories: true)
+            try TinyModel.memitHyperparameters(model: Self.modelName, alphaEdit: alpha, steps: steps).write(to: m.appendingPathComponent("\(Self.modelName).json"))
+        }
     }
+
+    /// The config's "method" (nil: the default, ROME).
+    var method: String?
 
     /// The config's "mesa" block (nil: none).
     var mesa: [String: Any]?
@@ -83,7 +91,7 @@ final class DaemonHarness: @unchecked Sendable {
                       "topics": ["fact_updates": t.factUpdates, "control": t.control, "results": t.results, "dead_letters": t.deadLetters],
                       "properties": props],
             "http": ["listen": "127.0.0.1:\(httpPort)"],
-        ].merging(mesa.map { ["mesa": $0] } ?? [:]) { a, _ in a }
+        ].merging(mesa.map { ["mesa": $0] } ?? [:]) { a, _ in a }.merging(method.map { ["method": $0] } ?? [:]) { a, _ in a }
         let url = dir.appendingPathComponent("mesa.json")
         try JSONSerialization.data(withJSONObject: c, options: [.sortedKeys]).write(to: url)
         return url
