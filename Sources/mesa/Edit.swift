@@ -7,7 +7,7 @@ import Tensor
 
 struct Edit: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Apply one ROME edit to the resident model and print its metrics.",
+        abstract: "Apply one edit (ROME, MEMIT or AlphaEdit; --mesa refines it through an SAE) to the resident model and print its metrics.",
         discussion: """
         The prompt holds {} where the subject goes: --subject "Eiffel Tower" --prompt "The {} is located in" \
         --target-new Rome. With --target-true the edit is scored as a CounterFact case (ES/EM on the \
@@ -27,14 +27,20 @@ struct Edit: ParsableCommand {
     @Option(name: .long, help: "Write the rank-one update (JSON) here.") var saveUpdate: String?
     @Option(name: .long, help: "Write the edited model here as GGUF (edited tensors in F32, the rest as loaded).") var save: String?
     @Flag(name: .long, help: "Print JSON.") var json = false
+    @Option(name: .long, help: "Editing method: rome, memit or alphaedit.") var method: String = "rome"
 
     func run() throws {
         try reportingErrors {
+            guard ["rome", "memit", "alphaedit"].contains(method) else { throw fail("unknown method \(method) (rome, memit, alphaedit)") }
             let path = try modelOptions.path
             let model = try modelOptions.load()
-            let editor = try makeRomeEditor(model: model, modelPath: path, options: editOptions)
             let request = EditRequest(subject: subject, prompt: prompt, targetNew: targetNew, targetTrue: targetTrue)
             try request.validate()
+            if method != "rome" {
+                try runMemit(model: model, path: path, request: request)
+                return
+            }
+            let editor = try makeRomeEditor(model: model, modelPath: path, options: editOptions)
             let record = CounterFactRecord(caseId: 0, subject: subject, prompt: prompt, targetNew: targetNew, targetTrue: targetTrue ?? "",
                                            paraphrasePrompts: paraphrase, neighborhoodPrompts: neighborhood)
             let scorer = CounterFactScorer.make(model)
@@ -108,5 +114,49 @@ struct Edit: ParsableCommand {
             if let saveUpdate { print("  update written to \(saveUpdate)") }
             if let save { print("  edited model written to \(save)") }
         }
+    }
+
+    /// MEMIT / AlphaEdit: the low-rank updates of every edited layer, applied in order.
+    func runMemit(model: LanguageModel, path: String, request: EditRequest) throws {
+        guard saveUpdate == nil else { throw fail("--save-update writes ROME's rank-one update; use `mesa serve` snapshots for MEMIT/AlphaEdit") }
+        let editor = try makeMemitEditor(model: model, modelPath: path, options: editOptions, alphaEdit: method == "alphaedit")
+        let record = CounterFactRecord(caseId: 0, subject: subject, prompt: prompt, targetNew: targetNew, targetTrue: targetTrue ?? "",
+                                       paraphrasePrompts: paraphrase, neighborhoodPrompts: neighborhood)
+        let scorer = CounterFactScorer.make(model)
+        let hashBefore = model.weightHash
+        let pre = targetTrue != nil ? try CounterFactEval.score(record, with: scorer) : nil
+        let preNew = try pre?.rewrite[0].nllNew ?? scorer(request.filledPrompt, [targetNew])[0]
+        let t0 = Date()
+        let (updates, phases) = try editor.computeUpdates(for: request)
+        for u in updates { try model.apply(u) }
+        let seconds = Date().timeIntervalSince(t0)
+        let post = targetTrue != nil ? try CounterFactEval.score(record, with: scorer) : nil
+        let postNew = try post?.rewrite[0].nllNew ?? scorer(request.filledPrompt, [targetNew])[0]
+        if let save { try ModelExporter.writeGGUF(model, to: save) }
+        if json {
+            var out: [String: Any] = [
+                "method": editor.method, "subject": subject, "prompt": prompt, "target_new": targetNew, "edit_seconds": seconds, "phases": phases,
+                "layers": updates.map(\.layer), "ranks": updates.map(\.rank), "p_new_before": exp(-preNew), "p_new_after": exp(-postNew),
+                "hash_before": hashBefore, "hash_after": model.weightHash,
+            ]
+            if let pre, let post {
+                out["pre"] = ["es": pre.es, "ps": pre.ps, "ns": pre.ns]
+                out["post"] = ["es": post.es, "ps": post.ps, "ns": post.ns]
+            }
+            if let c = editor.lastCoverage { out["sae_coverage"] = ["coverage": c.coverage, "outside": c.outside] }
+            print(String(decoding: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), as: UTF8.self))
+            return
+        }
+        print("edit: \(request.filledPrompt) → \(targetNew)   (\(editor.method), layers \(updates.map(\.layer)))")
+        print(String(format: "  %.2f s (%@)", seconds, phases.sorted { $0.key < $1.key }.map { String(format: "%@ %.2f s", $0.key, $0.value) }.joined(separator: ", ")))
+        print(String(format: "  P(%@ | prompt): %.4f → %.4f", targetNew, exp(-preNew), exp(-postNew)))
+        if let pre, let post {
+            print(String(format: "  ES %.3f → %.3f", pre.es, post.es))
+            if !paraphrase.isEmpty { print(String(format: "  PS %.3f → %.3f", pre.ps, post.ps)) }
+            if !neighborhood.isEmpty { print(String(format: "  NS %.3f → %.3f", pre.ns, post.ns)) }
+        }
+        if let c = editor.lastCoverage { print(String(format: "  SAE coverage %.3f (outside %.3f)", c.coverage, c.outside)) }
+        print("  weights: \(hashBefore.prefix(16)) → \(model.weightHash.prefix(16))")
+        if let save { print("  edited model written to \(save)") }
     }
 }
