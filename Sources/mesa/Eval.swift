@@ -27,6 +27,8 @@ struct Eval: ParsableCommand {
             help: "With --sequential: also score every record edited so far after this many edits (e.g. 100 250 500 1000).")
     var checkpoints: [Int] = []
     @Option(name: .long, help: "Directory for the report.") var out: String = "out"
+    @Option(name: .long, help: "With --sequential: commit every edit to a snapshot store in this directory, so that an interrupted run (Ctrl-C, kill, a closed session) resumes where it stopped when the same command is run again.")
+    var resume: String?
 
     func run() throws {
         try reportingErrors {
@@ -41,6 +43,14 @@ struct Eval: ParsableCommand {
                 : try makeMemitEditor(model: model, modelPath: path, options: editOptions, alphaEdit: method == "alphaedit")
             var runner = CounterFactRunner(model: model, editor: editor, sequential: sequential)
             runner.checkpoints = checkpoints
+            if let resume {
+                guard sequential else { throw fail("--resume needs --sequential") }
+                let fingerprint = "\(editor.method) \(editor.settings.sorted { $0.key < $1.key }.filter { $0.key != "nullity" }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")) data=\(dataPath) start=\(start) model=\(model.weightHash)"
+                runner.journal = try SequentialJournal(directory: URL(fileURLWithPath: resume), model: model, modelName: EditOptions.modelName(path),
+                                                       editor: editor, fingerprint: fingerprint)
+                let stop = InterruptFlag()
+                runner.shouldStop = { stop.raised }
+            }
             let (cases, seconds, curve) = try runner.run(records)
             let edits = cases.compactMap(\.editSeconds)
             var timing: [String: Double] = ["total": seconds]

@@ -1,7 +1,9 @@
 import Editing
 import Evaluation
 import Foundation
+import EditDaemon
 import ModelRuntime
+import Storage
 import Tensor
 
 /// Runs CounterFact cases through an editor: score, edit, score again, and restore the weights
@@ -21,7 +23,13 @@ struct CounterFactRunner {
         var metrics: Metrics
     }
 
+    /// With a journal (sequential runs only), edits go through its store and the run resumes where it stopped.
+    var journal: SequentialJournal?
+    /// Polled between cases; a journaled run stops there and can be resumed.
+    var shouldStop: () -> Bool = { false }
+
     func run(_ records: [CounterFactRecord]) throws -> (cases: [EvalCase], seconds: Double, checkpoints: [Checkpoint]) {
+        if let journal { return try runJournaled(records, journal) }
         let scorer = CounterFactScorer.make(model)
         let bar = ProgressBar(label)
         let t0 = Date()
@@ -75,6 +83,56 @@ struct CounterFactRunner {
         return (cases, Date().timeIntervalSince(t0), curve)
     }
 
+    /// The sequential protocol with every edit committed to `journal`, resuming after the cases it holds.
+    func runJournaled(_ records: [CounterFactRecord], _ journal: SequentialJournal) throws -> (cases: [EvalCase], seconds: Double, checkpoints: [Checkpoint]) {
+        precondition(sequential)
+        let scorer = CounterFactScorer.make(model)
+        let bar = ProgressBar(label)
+        let t0 = Date()
+        let done = journal.cases.count
+        guard done <= records.count else { throw fail("the journal holds \(done) cases, more than the \(records.count) records asked for") }
+        for (i, r) in records.enumerated().dropFirst(done) {
+            if shouldStop() {
+                bar.finish()
+                throw fail("interrupted after \(i) edits; run the same command again to resume")
+            }
+            var c = EvalCase(record: r, pre: try CounterFactEval.score(r, with: scorer))
+            let request = EditRequest(subject: r.subject, prompt: r.prompt, targetNew: r.targetNew, targetTrue: r.targetTrue)
+            let hashBefore = model.weightHash
+            let e0 = Date()
+            var factors: [LowRankUpdate] = [], state: [StateBlock] = []
+            do {
+                let (updates, phases) = try editor.computeUpdates(for: request)
+                do { for u in updates { factors.append(try journal.host.applyEdit(u)) } } catch {
+                    try journal.host.discardUncommitted()
+                    factors = []
+                    throw error
+                }
+                c.editSeconds = Date().timeIntervalSince(e0)
+                c.phases = phases
+                c.saeCoverage = editor.lastCoverage?.coverage
+                c.post = try CounterFactEval.score(r, with: scorer)
+                state = editor.pendingState()
+            } catch {
+                c.error = String(describing: error)
+            }
+            try journal.commit(c, factors: factors, state: state, method: editor.method, hashBefore: hashBefore)
+            if c.error == nil { editor.keep() }
+            if checkpoints.contains(i + 1) {
+                var scored = journal.cases
+                for j in scored.indices where scored[j].post != nil { scored[j].post = try CounterFactEval.score(records[j], with: scorer) }
+                let m = Metrics.aggregate(scored.compactMap(\.post))
+                try journal.addCheckpoint(Checkpoint(edits: i + 1, metrics: m))
+                log(String(format: "after %d edits: ES %.1f PS %.1f NS %.1f S %.1f", i + 1, m.es, m.ps, m.ns, m.s))
+            }
+            bar.update(i + 1, records.count, unit: "cases", seconds: Date().timeIntervalSince(t0))
+        }
+        bar.finish()
+        var cases = journal.cases
+        for i in cases.indices where cases[i].post != nil { cases[i].post = try CounterFactEval.score(records[i], with: scorer) }
+        return (cases, Date().timeIntervalSince(t0), journal.curve)
+    }
+
     /// Settings recorded with every report: the method's hyperparameters and BLAS.
     func settings() -> [String: String] {
         var s = editor.settings
@@ -91,3 +149,52 @@ func loadRecords(_ path: String, start: Int, limit: Int) throws -> [CounterFactR
 }
 
 var defaultDataPath: String { FileManager.default.currentDirectoryPath + "/../shared/data/counterfact/counterfact-val.json" }
+
+/// Makes a sequential run resumable: every edit is committed to an LMDB snapshot store under
+/// `directory` (its updates, the method's state blocks, and the scored case as the snapshot's result),
+/// and the checkpoint curve is a JSON file beside it. A run that stops anywhere (Ctrl-C, kill, the
+/// end of a session) continues with the same command: the stored updates are replayed onto the
+/// freshly loaded model (checked against the recorded weight hash), the editor's state is rebuilt
+/// from the stored blocks, and the records already done are skipped.
+final class SequentialJournal {
+    let host: ModelHost
+    let curveURL: URL
+    private(set) var cases: [EvalCase]
+    private(set) var curve: [CounterFactRunner.Checkpoint]
+
+    /// `fingerprint` identifies the run (method, settings, data, records); a directory holding another run is refused.
+    init(directory: URL, model: LanguageModel, modelName: String, editor: FactEditor, fingerprint: String) throws {
+        let fm = FileManager.default
+        try fm.createDirectory(at: directory, withIntermediateDirectories: true)
+        let runURL = directory.appendingPathComponent("run.json")
+        if let old = fm.contents(atPath: runURL.path) {
+            guard String(decoding: old, as: UTF8.self) == fingerprint else {
+                throw fail("\(directory.path) holds another run (\(runURL.path)); use a fresh --resume directory")
+            }
+        } else {
+            try Data(fingerprint.utf8).write(to: runURL, options: .atomic)
+        }
+        let store = try SnapshotStore(path: directory.appendingPathComponent("lmdb").path)
+        host = try ModelHost(model: model, modelName: modelName, store: store)
+        let lineage = try store.lineage(to: host.head)
+        try editor.rebuildState(lineage.map(\.state))
+        cases = try lineage.map { try JSONDecoder().decode(EvalCase.self, from: Data($0.result.utf8)) }
+        curveURL = directory.appendingPathComponent("curve.json")
+        curve = (fm.contents(atPath: curveURL.path)).flatMap { try? JSONDecoder().decode([CounterFactRunner.Checkpoint].self, from: $0) } ?? []
+        if !cases.isEmpty { log("resuming after \(cases.count) edit(s) from \(directory.path) (weights at snapshot \(host.head))") }
+    }
+
+    /// Records case `c` with the updates already applied through `host` and the editor's new state.
+    func commit(_ c: EvalCase, factors: [LowRankUpdate], state: [StateBlock], method: String, hashBefore: String) throws {
+        let draft = SnapshotDraft(eventId: "case-\(cases.count)-\(c.caseId)", source: nil, method: method, hyperparameters: "{}",
+                                  hashBefore: hashBefore, hashAfter: host.model.weightHash, blas: ModelHost.blasInfo, factors: factors, state: state)
+        let doc = String(decoding: try JSONEncoder().encode(c), as: UTF8.self)
+        _ = try host.commit(draft) { _ in doc }
+        cases.append(c)
+    }
+
+    func addCheckpoint(_ p: CounterFactRunner.Checkpoint) throws {
+        curve.append(p)
+        try JSONEncoder().encode(curve).write(to: curveURL, options: .atomic)
+    }
+}
