@@ -142,3 +142,111 @@ struct SAETrainBench: ParsableCommand {
         print("wrote \(out)")
     }
 }
+
+struct MemitBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "memit",
+        abstract: "One MEMIT or AlphaEdit edit timed by phase, next to the same algorithm in PyTorch (ops/reference/memit_reference.py, same token ids, same steps) in the same run.",
+        discussion: """
+        Early stopping is disabled on both sides so both run exactly the file's v_num_grad_steps. The key \
+        statistics (and AlphaEdit's projectors) are computed once beforehand on both sides and not timed, \
+        as the methods' public code caches them. Phases: z (the δ optimization at the last edited layer) \
+        and spread (keys, residual gaps and closed-form solves, layer by layer).
+        """)
+
+    @Option(help: "memit or alphaedit.") var method = "alphaedit"
+    @Option(help: "Model path (default: the installed SmolLM2-135M-Instruct).") var model: String?
+    @Option(help: "Hyperparameters (default: deploy/hparams/<method>/SmolLM2-135M-Instruct.json).") var hparams: String?
+    @Option(help: "CounterFact file; the edit is record --record of it.") var data = "../shared/data/counterfact/counterfact-val.json"
+    @Option(help: "Which record to edit.") var record = 0
+    @Option(help: "BLAS / torch threads.") var threads = 1
+    @Option(help: "Timed repetitions (median reported), after one warm-up.") var repeats = 2
+    @Option(help: "Python of the PyTorch reference environment ('none' to skip).")
+    var reference = (ModelLocator.mesaHome as NSString).appendingPathComponent("refenv/bin/python")
+    @Option(help: "Results file (JSON; default ops/bench/results/<method>.json).") var out: String?
+
+    func run() throws {
+        guard ["memit", "alphaedit"].contains(method) else { throw ValidationError("--method memit or alphaedit") }
+        BLAS.setThreads(threads)
+        let path = try model ?? ModelLocator.defaultModelPath()
+        let m = try ModelLoader.load(path: path)
+        let file = hparams ?? "deploy/hparams/\(method)/SmolLM2-135M-Instruct.json"
+        guard let hd = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read \(file)") }
+        var h = try MemitHyperparameters.decode(hd)
+        h.earlyStopLoss = 0
+        h.mesa = nil
+        let state = EditState(home: EditState.defaultHome, baseHash: m.weightHash)
+        let templates = try state.templates(model: m, groups: h.contextTemplates, seed: h.templateSeed, log: { print($0) })
+        var stats: [Int: KeyStatistics] = [:]
+        var statPaths: [String] = []
+        for l in h.layers {
+            let spec = h.statisticsSpec(modelHash: state.baseHash, layer: l)
+            guard let s = try state.cachedStatistics(spec) else { throw ValidationError("no key statistics for layer \(l): run `mesa stats --layers \(h.layers.map(String.init).joined(separator: " "))` first") }
+            stats[l] = s
+            statPaths.append(state.statisticsURL(spec).path)
+        }
+        let solver: SpreadSolver = method == "alphaedit"
+            ? .alphaEdit(try AlphaEditState(statistics: stats, nullspaceEnergy: h.nullspaceEnergy ?? 0.02, l2: h.l2 ?? 10)) : .memit
+        let editor = try MemitEditor(model: m, hparams: h, templates: templates, statistics: stats, solver: solver)
+        let rec = try CounterFact.load(path: data).records[record]
+        let request = EditRequest(subject: rec.subject, prompt: rec.prompt, targetNew: rec.targetNew, targetTrue: rec.targetTrue)
+        var runs: [[String: Double]] = []
+        var last: MemitResult?
+        for i in 0...repeats {
+            var r: MemitResult?
+            let t = try timed { r = try editor.computeUpdates([request]) }
+            if i > 0 { runs.append((r!.phases).merging(["edit": t]) { a, _ in a }) }
+            last = r
+        }
+        let med = Dictionary(uniqueKeysWithValues: ["z", "spread", "edit"].map { k in (k, median(runs.compactMap { $0[k] })) })
+        let norms = last!.updates.map { Double(Vector.norm($0.left)) * Double(Vector.norm($0.right)) }
+        print(String(format: "mesa %@: edit %.3f s (z %.3f, spread %.3f), ‖δ‖ %.4f", editor.method, med["edit"]!, med["z"]!, med["spread"]!, last!.deltaNorms[0]))
+        var doc: [String: Any] = [
+            "method": editor.method, "model": (path as NSString).lastPathComponent, "record": record, "layers": h.layers, "steps": h.vNumGradSteps,
+            "threads": threads, "repeats": repeats, "mesa_seconds": med, "mesa_delta_norm": Double(last!.deltaNorms[0]),
+            "mesa_update_norms": norms, "blas": BLAS.configuration.description, "command": CommandLine.arguments.joined(separator: " "),
+            "created": ISO8601DateFormatter().string(from: Date()),
+        ]
+        if reference != "none" {
+            let tok = EditTokenizer(model: m)
+            let batch = try RomeBatch(request: request, prefixes: templates.prefixes, tokenizer: tok, contextLength: m.config.contextLength)
+            let keys = try templates.prefixes.map { try tok.subjectPrompt(prefix: $0, prompt: request.prompt, subject: request.subject) }
+            let bare = try tok.subjectPrompt(prefix: "", prompt: request.prompt, subject: request.subject)
+            guard let weights = templates.groupWeights else { throw ValidationError("the templates do not match their groups") }
+            var job: [String: Any] = [
+                "model": path, "method": method, "layers": h.layers, "steps": h.vNumGradSteps, "lr": h.vLr, "weight_decay": h.vWeightDecay,
+                "clamp_norm_factor": h.clampNormFactor, "kl_factor": h.klFactor, "early_stop_loss": 0, "mom2_update_weight": h.mom2UpdateWeight,
+                "mom2_ridge": h.mom2Ridge, "statistics": statPaths, "repeats": repeats,
+                "rewrite_prompts": zip(batch.rewrite, batch.rewriteTargets).map { p, t in
+                    ["tokens": p.tokens.map(Int.init), "position": p.position, "targets": zip(p.logitPositions, t).map { [$0, Int($1)] }]
+                },
+                "kl_prompts": batch.kl.map { ["tokens": $0.tokens.map(Int.init), "position": $0.position] },
+                "key_prompts": keys.map { ["tokens": $0.tokens.map(Int.init), "position": $0.subjectLast] },
+                "key_weights": weights, "bare_prompt": ["tokens": bare.tokens.map(Int.init), "position": bare.subjectLast],
+            ]
+            if method == "alphaedit" { job["nullspace_energy"] = h.nullspaceEnergy ?? 0.02; job["l2"] = h.l2 ?? 10 }
+            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("mesa-bench-memit-\(getpid())")
+            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: dir) }
+            let jobURL = dir.appendingPathComponent("job.json")
+            try JSONSerialization.data(withJSONObject: job).write(to: jobURL)
+            if let ref = try runReferenceScript(python: reference, ["ops/reference/memit_reference.py", "--job", jobURL.path, "--threads", "\(threads)"]),
+               let phases = ref["phases"] as? [String: Double], let edit = phases["edit_s"] {
+                print(String(format: "PyTorch: edit %.3f s (z %.3f, spread %.3f), ‖δ‖ %.4f", edit, phases["z_s"] ?? .nan, phases["spread_s"] ?? .nan,
+                             ref["delta_norm"] as? Double ?? .nan))
+                print(String(format: "ratio PyTorch / mesa: %.2f× (z %.2f×, spread %.2f×)", edit / med["edit"]!, (phases["z_s"] ?? .nan) / med["z"]!,
+                             (phases["spread_s"] ?? .nan) / med["spread"]!))
+                if let rn = ref["update_norms"] as? [Double] {
+                    let rel = zip(norms, rn).map { abs($0 - $1) / max(1e-12, $1) }
+                    print(String(format: "per-layer ‖ΔW‖ relative difference: max %.2e", rel.max() ?? .nan))
+                    doc["update_norm_relative_difference"] = rel
+                }
+                doc["reference"] = ref
+                doc["speedup"] = edit / med["edit"]!
+            }
+        }
+        let dest = out ?? "ops/bench/results/\(method).json"
+        try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: dest))
+        print("wrote \(dest)")
+    }
+}
