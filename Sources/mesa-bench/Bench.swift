@@ -1,4 +1,5 @@
 import ArgumentParser
+import Editing
 import Foundation
 import ModelRuntime
 import Tensor
@@ -173,4 +174,36 @@ func runReferenceScript(python: String, _ arguments: [String]) throws -> [String
         return nil
     }
     return obj
+}
+
+/// What the ROME benchmarks share: the model, its ROME hyperparameters (with `steps` and early stopping
+/// off, so every run does the same work), the stored templates and the cached key statistics.
+struct RomeBenchSetup {
+    let path: String
+    let model: LanguageModel
+    var hparams: RomeHyperparameters
+    let state: EditState
+    let templates: ContextTemplates
+    let statistics: KeyStatistics?
+
+    init(model: String?, hparams file: String, steps: Int?) throws {
+        path = try model ?? ModelLocator.defaultModelPath()
+        self.model = try ModelLoader.load(path: path)
+        guard let hd = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read \(file)") }
+        var h = try RomeHyperparameters.decode(hd)
+        if let steps { h.vNumGradSteps = steps }
+        h.earlyStopLoss = 0
+        h.mesa = nil
+        hparams = h
+        state = EditState(home: EditState.defaultHome, baseHash: self.model.weightHash)
+        templates = try state.templates(model: self.model, groups: h.contextTemplates, seed: h.templateSeed, log: { print($0) })
+        if h.mom2Adjustment {
+            guard let s = try state.cachedStatistics(h.statisticsSpec(modelHash: state.baseHash)) else {
+                throw ValidationError("no key statistics for layer \(h.layer) with \(h.mom2Tokens) tokens: run `mesa stats --layer \(h.layer) --tokens \(h.mom2Tokens)` first")
+            }
+            statistics = s
+        } else {
+            statistics = nil
+        }
+    }
 }

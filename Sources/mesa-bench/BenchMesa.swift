@@ -29,22 +29,8 @@ struct MesaCostBench: ParsableCommand {
 
     func run() throws {
         BLAS.setThreads(threads)
-        let path = try model ?? ModelLocator.defaultModelPath()
-        let m = try ModelLoader.load(path: path)
-        guard let hd = FileManager.default.contents(atPath: hparams) else { throw ValidationError("cannot read \(hparams)") }
-        var h = try RomeHyperparameters.decode(hd)
-        if let steps { h.vNumGradSteps = steps }
-        h.earlyStopLoss = 0
-        h.mesa = nil
-        let state = EditState(home: EditState.defaultHome, baseHash: m.weightHash)
-        let templates = try state.templates(model: m, groups: h.contextTemplates, seed: h.templateSeed, log: { print($0) })
-        var stats: KeyStatistics?
-        if h.mom2Adjustment {
-            guard let s = try state.cachedStatistics(h.statisticsSpec(modelHash: state.baseHash)) else {
-                throw ValidationError("no key statistics for layer \(h.layer): run `mesa stats --layer \(h.layer)` first")
-            }
-            stats = s
-        }
+        let setup = try RomeBenchSetup(model: model, hparams: hparams, steps: steps)
+        let (path, m, h, state, templates, stats) = (setup.path, setup.model, setup.hparams, setup.state, setup.templates, setup.statistics)
         let settings = MesaHyperparameters(sae: sae)
         let dir = settings.saeDirectory(stateDirectory: state.root)
         let loaded = try SparseAutoencoder.load(from: dir)

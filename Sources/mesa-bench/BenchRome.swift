@@ -30,24 +30,12 @@ struct RomeBench: ParsableCommand {
 
     func run() throws {
         BLAS.setThreads(threads)
-        let path = try model ?? ModelLocator.defaultModelPath()
-        let m = try ModelLoader.load(path: path)
-        guard let hd = FileManager.default.contents(atPath: hparams) else { throw ValidationError("cannot read \(hparams)") }
-        var h = try RomeHyperparameters.decode(hd)
+        let setup = try RomeBenchSetup(model: model, hparams: hparams, steps: steps)
+        let (path, m, templates, stats) = (setup.path, setup.model, setup.templates, setup.statistics)
+        var h = setup.hparams
         // The reference implements ROME's u = C⁻¹k* with k* the mean key; run mesa the same way so
         // u and δ are comparable (key_averaging only changes how u is chosen, not the cost).
         h.keyAveraging = .templates
-        if let steps { h.vNumGradSteps = steps }
-        h.earlyStopLoss = 0
-        let state = EditState(home: EditState.defaultHome, baseHash: m.weightHash)
-        let templates = try state.templates(model: m, groups: h.contextTemplates, seed: h.templateSeed, log: { print($0) })
-        var stats: KeyStatistics?
-        if h.mom2Adjustment {
-            guard let s = try state.cachedStatistics(h.statisticsSpec(modelHash: state.baseHash)) else {
-                throw ValidationError("no key statistics for layer \(h.layer) with \(h.mom2Tokens) tokens: run `mesa stats --layer \(h.layer) --tokens \(h.mom2Tokens)` first")
-            }
-            stats = s
-        }
         let editor = try RomeEditor(model: m, hparams: h, templates: templates, statistics: stats)
         let rec = try CounterFact.load(path: data).records[record]
         let request = EditRequest(subject: rec.subject, prompt: rec.prompt, targetNew: rec.targetNew, targetTrue: rec.targetTrue)
