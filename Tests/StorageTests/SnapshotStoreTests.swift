@@ -19,6 +19,27 @@ import Testing
                                              left: (0..<rows).map { Float($0) * 0.5 - 3 }, right: (0..<cols).map { Float.ulpOfOne * Float($0) })])
     }
 
+    /// Method state (AlphaEdit's keys) is stored after the factors and comes back exactly; a record
+    /// without state decodes with none, and a block that does not match its shape is refused.
+    @Test func stateBlocksRoundTrip() throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = try SnapshotStore(path: dir)
+        try store.attachBase(modelHash: "base", modelName: "tiny")
+        var d = Self.draft("e1", before: "base", after: "h1", rows: 8, cols: 12)
+        d.state = [StateBlock(name: "alphaedit.keys", layer: 3, rows: 2, cols: 12, values: (0..<24).map { Float($0) / 7 }),
+                   StateBlock(name: "alphaedit.keys", layer: 4, rows: 1, cols: 12, values: (0..<12).map { -Float($0) })]
+        _ = try store.commitEdit(d, expectedHead: 0)
+        let back = try store.record(1)
+        #expect(back.state == d.state && back.factors == d.factors)
+        _ = try store.commitEdit(Self.draft("e2", before: "h1", after: "h2", rows: 8, cols: 12), expectedHead: 1)
+        #expect(try store.record(2).state.isEmpty)
+        var bad = Self.draft("e3", before: "h2", after: "h3", rows: 8, cols: 12)
+        bad.state = [StateBlock(name: "alphaedit.keys", layer: 3, rows: 2, cols: 12, values: [1, 2, 3])]
+        #expect { try store.commitEdit(bad, expectedHead: 2) } throws: { ($0 as? SnapshotStoreError)?.code == .state }
+        #expect(try store.head() == 2)
+    }
+
     @Test func editsRoundTripWithLineageJournalAndDedupe() throws {
         let dir = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
