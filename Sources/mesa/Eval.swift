@@ -215,3 +215,36 @@ struct Layers: ParsableCommand {
         try (String(decoding: out, as: UTF8.self) + "\n").write(toFile: file, atomically: true, encoding: .utf8)
     }
 }
+
+struct Curves: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Plot the S-vs-edits curves of several sequential runs side by side (SVG), from their -curve.json files.",
+        discussion: "Each series is named after its method label (alphaedit, memit, rome, alphaedit-mesa, …), or a --resume directory's name.")
+
+    @Argument(help: "Curve files written by `mesa eval --sequential --checkpoints …` (or a --resume directory's curve.json).") var files: [String]
+    @Option(name: .long, help: "The SVG to write.") var out: String
+    @Option(name: .long, help: "Plot title.") var title = "S after n sequential edits"
+
+    func run() throws {
+        try reportingErrors {
+            guard !files.isEmpty else { throw fail("give at least one curve file") }
+            var series: [(String, [(Double, Double)])] = []
+            for f in files {
+                guard let d = FileManager.default.contents(atPath: f) else { throw fail("cannot read \(f)") }
+                let points: [CounterFactRunner.Checkpoint]
+                do { points = try JSONDecoder().decode([CounterFactRunner.Checkpoint].self, from: d) } catch {
+                    throw fail("\(f) is not a curve file: \(error)")
+                }
+                var name = URL(fileURLWithPath: f).lastPathComponent
+                // "<method>-<data>-<start>-<n>-seq-curve.json" → the method label; a journal's curve.json → its directory.
+                let labels = ["alphaedit-mesa", "memit-mesa", "rome-mesa", "alphaedit", "memit", "rome"]
+                if let label = labels.first(where: { name.hasPrefix($0 + "-") }) { name = label }
+                if name == "curve.json" { name = URL(fileURLWithPath: f).deletingLastPathComponent().lastPathComponent }
+                series.append((name, points.map { (Double($0.edits), $0.metrics.s) }))
+                print(name + ": " + points.map { String(format: "%d → S %.1f", $0.edits, $0.metrics.s) }.joined(separator: ", "))
+            }
+            try ReportWriter.curveSVG(title: title, series: series).write(toFile: out, atomically: true, encoding: .utf8)
+            print("wrote \(out)")
+        }
+    }
+}

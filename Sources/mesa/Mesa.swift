@@ -8,7 +8,7 @@ struct Mesa: ParsableCommand {
         commandName: "mesa",
         abstract: "A streaming knowledge-edit daemon for resident language models.",
         subcommands: [Serve.self, Publish.self, Results.self, Rollback.self, Snapshots.self, Replay.self,
-                      Generate.self, Score.self, Inspect.self, Validate.self, Stats.self, Edit.self, Eval.self, Layers.self, SAE.self])
+                      Generate.self, Score.self, Inspect.self, Validate.self, Stats.self, Edit.self, Eval.self, Layers.self, Curves.self, SAE.self])
 
     static func main() {
         BLAS.selectCoreType()

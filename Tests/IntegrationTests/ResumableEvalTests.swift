@@ -45,6 +45,12 @@ import Testing
         }
         let resumed = try report("resumed"), straight = try report("straight")
         #expect(posts(resumed).count == 4 && posts(resumed) == posts(straight), "the resumed run scored differently")
+        // The curves of both runs side by side.
+        let svg = h.dir.appendingPathComponent("curves.svg").path
+        let (s5, o5) = try h.mesa(["curves", h.dir.appendingPathComponent("journal/curve.json").path,
+                                   h.dir.appendingPathComponent("straight/alphaedit-cf-0-4-seq-curve.json").path, "--out", svg])
+        #expect(s5 == 0 && o5.contains("journal: 2 → S") && o5.contains("alphaedit: 2 → S"), "\(o5)")
+        #expect((try? String(contentsOfFile: svg, encoding: .utf8))?.contains("<svg") == true)
         // A journal belongs to one run: another method's run is refused.
         let (s4, o4) = try h.mesa(["eval", "--model", h.modelPath, "--method", "memit", "--hparams",
                                    h.dir.appendingPathComponent("hparams/memit/\(DaemonHarness.modelName).json").path, "--data", data.path,
