@@ -87,12 +87,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
 
     /// The configured MESA settings applied over a hyperparameter file's "mesa" block.
     public func mesaSettings(over file: MesaHyperparameters?) -> MesaHyperparameters? {
-        var out = file
-        guard let m = mesa else { return out }
-        if let sae = m.sae { out = MesaHyperparameters(sae: sae, l1: file?.l1, kl: file?.kl, fallback: file?.fallback) }
-        if let f = m.fallback, out != nil { out?.fallback = f }
-        if let l1 = m.l1, out != nil { out?.l1 = Float(l1) }
-        return out
+        .overriding(file, sae: mesa?.sae, l1: mesa?.l1.map(Float.init), fallback: mesa?.fallback)
     }
 
     /// The state directory: the configured one, or $MESA_HOME/state.

@@ -129,10 +129,9 @@ public final class Daemon: @unchecked Sendable {
         default:
             throw SetupError("method \(method) is not one of rome, memit, alphaedit")
         }
-        let info = editor.refinementInfo
-        if let sae = info.sae {
+        if let sae = editor.mesaSetup.settings?.sae {
             log("editor: \(editor.method) (\(hparamsFile.path)) with MESA refinement through \(sae)")
-        } else if let why = info.fallback {
+        } else if let why = editor.mesaSetup.fallbackReason {
             log("editor: \(editor.method) (\(hparamsFile.path)); MESA refinement is off: \(why)")
         } else {
             log("editor: \(editor.method) (\(hparamsFile.path))")

@@ -105,12 +105,6 @@ public final class ModelHost: @unchecked Sendable {
         }
     }
 
-    /// Applies a ROME update on top of the head; returns it in the form the snapshot stores.
-    public func applyEdit(_ update: LowRankUpdate) throws -> LowRankUpdate {
-        try apply(update)
-        return update
-    }
-
     /// Records an applied edit. If the store refuses it, the weights go back to the head.
     public func commit(_ draft: SnapshotDraft, result: (UInt64) throws -> String) throws -> SnapshotRecord {
         do {

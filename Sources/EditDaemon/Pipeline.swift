@@ -175,7 +175,7 @@ public final class Pipeline: @unchecked Sendable {
         if e.model.revision.range(of: "^[0-9a-f]{8,64}$", options: .regularExpression) != nil, !host.baseHash.hasPrefix(e.model.revision) {
             throw Rejection(.unknownModel, "revision \(e.model.revision) is not this daemon's base model \(host.baseHash.prefix(16))", eventId: e.id)
         }
-        guard settings.accepts(e.method, refined: defaultEditor.refinementInfo.sae != nil) else {
+        guard settings.accepts(e.method, refined: defaultEditor.mesaSetup.settings != nil) else {
             throw Rejection(.unsupportedMethod, "method \(e.method) is not available in this daemon (it runs \(defaultEditor.method))", eventId: e.id)
         }
 
@@ -208,8 +208,7 @@ public final class Pipeline: @unchecked Sendable {
         } catch let err as EditError {
             throw rejection(err, eventId: e.id)
         }
-        var factors: [LowRankUpdate] = []
-        do { for u in updates { factors.append(try host.applyEdit(u)) } } catch {
+        do { for u in updates { try host.apply(u) } } catch {
             try host.discardUncommitted()
             throw Rejection(.editFailed, "applying the update failed: \(error)", eventId: e.id)
         }
@@ -249,7 +248,7 @@ public final class Pipeline: @unchecked Sendable {
         let draft = SnapshotDraft(
             eventId: e.id, source: EventSource(topic: m.topic, partition: m.partition, offset: m.offset), method: editor.method,
             hyperparameters: try Self.hyperparameters(editor), hashBefore: hashBefore, hashAfter: hashAfter, blas: ModelHost.blasInfo,
-            factors: factors, state: editor.pendingState())
+            factors: updates, state: editor.pendingState())
         let t2 = Date()
         let stored = try commitWithResult(draft, doc)
         editor.keep()
@@ -259,11 +258,10 @@ public final class Pipeline: @unchecked Sendable {
     }
 
     static func refinement(_ editor: FactEditor) -> EditResultDocument.Refinement? {
-        let info = editor.refinementInfo
-        if let sae = info.sae {
+        if let sae = editor.mesaSetup.settings?.sae {
             return .init(sae: sae, coverage: editor.lastCoverage?.coverage, outside: editor.lastCoverage?.outside, fallback: nil)
         }
-        if let why = info.fallback { return .init(sae: nil, coverage: nil, outside: nil, fallback: why) }
+        if let why = editor.mesaSetup.fallbackReason { return .init(sae: nil, coverage: nil, outside: nil, fallback: why) }
         return nil
     }
 
@@ -360,7 +358,7 @@ public final class Pipeline: @unchecked Sendable {
                 if h.layers == defaults.layers {
                     // Same layers: share the statistics, templates, SAE and (AlphaEdit) the accumulated state.
                     return try MemitEditor(model: host.model, hparams: h, templates: base.templates, statistics: base.statistics,
-                                           solver: base.solver, sae: base.sae, fallbackReason: base.fallbackReason)
+                                           solver: base.solver, sae: base.mesaSetup.sae, fallbackReason: base.mesaSetup.fallbackReason)
                 }
                 return try setup.memitEditor(model: host.model, hparams: h, alphaEdit: false, baseHash: host.baseHash, computeMissing: false)
             }

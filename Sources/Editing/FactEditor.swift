@@ -23,12 +23,12 @@ public protocol FactEditor: AnyObject {
     /// Rebuilds the method state from the state blocks of every edit the weights hold, oldest first
     /// (after a restart or a rollback).
     func rebuildState(_ edits: [[StateBlock]]) throws
-    /// MESA: the SAE when refinement is on; why it is off when it fell back.
-    var refinementInfo: (sae: String?, fallback: String?) { get }
+    /// MESA: the SAE and the refinement in force, or why refinement is off.
+    var mesaSetup: MesaAttachment { get }
 }
 
 extension RomeEditor: FactEditor {
-    public var method: String { refinementSettings != nil ? "ROME+MESA" : "ROME" }
+    public var method: String { mesaSetup.label("ROME") }
 
     public func computeUpdates(for request: EditRequest) throws -> (updates: [LowRankUpdate], phases: [String: Double]) {
         let r = try computeUpdate(request)
@@ -39,9 +39,6 @@ extension RomeEditor: FactEditor {
     public func keep() {}
     public func pendingState() -> [StateBlock] { [] }
     public func rebuildState(_ edits: [[StateBlock]]) throws {}
-    public var refinementInfo: (sae: String?, fallback: String?) {
-        (refinementSettings?.sae, fallbackReason)
-    }
 
     public var settings: [String: String] {
         let h = hparams
@@ -52,15 +49,7 @@ extension RomeEditor: FactEditor {
             "template_seed": "\(h.templateSeed)", "key_averaging": h.keyAveraging.rawValue,
         ]
         if let st = statistics { s["mom2_tokens"] = "\(st.count)"; s["mom2_ridge"] = "\(h.mom2Ridge)" }
-        if let m = refinementSettings, let sae {
-            s["mesa_sae"] = m.sae
-            s["mesa_sae_width"] = "\(sae.width)"
-            s["mesa_sae_k"] = sae.k.map(String.init) ?? "?"
-            s["mesa_l1"] = "\(m.l1Weight)"
-            s["mesa_kl"] = "\(m.keepsKL)"
-        }
-        if let reason = fallbackReason { s["mesa_fallback"] = reason }
-        return s
+        return s.merging(mesaSetup.report) { a, _ in a }
     }
 }
 
@@ -68,7 +57,7 @@ extension MemitEditor: FactEditor {
     public var method: String {
         let base: String
         if case .alphaEdit = solver { base = "AlphaEdit" } else { base = "MEMIT" }
-        return refinementSettings != nil ? base + "+MESA" : base
+        return mesaSetup.label(base)
     }
 
     public func computeUpdates(for request: EditRequest) throws -> (updates: [LowRankUpdate], phases: [String: Double]) {
@@ -94,10 +83,6 @@ extension MemitEditor: FactEditor {
         if case .alphaEdit(let state) = solver { try state.rebuild(edits) }
     }
 
-    public var refinementInfo: (sae: String?, fallback: String?) {
-        (refinementSettings?.sae, fallbackReason)
-    }
-
     public var settings: [String: String] {
         let h = hparams
         var s: [String: String] = [
@@ -111,13 +96,6 @@ extension MemitEditor: FactEditor {
             s["l2"] = "\(st.l2)"
             s["nullity"] = st.nullity.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",")
         }
-        if let m = refinementSettings, let sae {
-            s["mesa_sae"] = m.sae
-            s["mesa_sae_width"] = "\(sae.width)"
-            s["mesa_l1"] = "\(m.l1Weight)"
-            s["mesa_kl"] = "\(m.keepsKL)"
-        }
-        if let reason = fallbackReason { s["mesa_fallback"] = reason }
-        return s
+        return s.merging(mesaSetup.report) { a, _ in a }
     }
 }

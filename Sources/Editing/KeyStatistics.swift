@@ -255,7 +255,7 @@ public struct KeyStatisticsBuilder {
             if shouldStop?() == true { try save(); return nil }
             let text = corpus.article(articles)
             articles += 1
-            var ids = (tok.addBOS ? tok.bosId.map { [$0] } ?? [] : []) + tok.encode(text, addSpecial: false, parseSpecial: false)
+            var ids = tok.encode(text, addSpecial: true, parseSpecial: false)
             ids = Array(ids.prefix(min(seqLen, target - tokens)))
             guard ids.count >= 2 else { continue }
             let r = try model.forward(ids, options: ForwardOptions(capture: capture, logits: .none, stopAfterLayer: stopAfter))

@@ -206,30 +206,17 @@ public final class MemitEditor: @unchecked Sendable {
     let tokenizer: EditTokenizer
     /// The keys after the last computed updates (for `keep`).
     var lastKeysAfter: [Int: [[Double]]]?
-    /// The SAE at `resid_out` of the last edited layer, for MESA refinement (METHODS §5.6 (c): the
-    /// public code applies an mlp_out SAE to this residual).
-    public let sae: SparseAutoencoder?
-    /// Why refinement was asked for but is off.
-    public let fallbackReason: String?
+    /// MESA: the SAE at `resid_out` of the last edited layer, where δ enters (METHODS §5.6 (c): the
+    /// public code applies an mlp_out SAE to this residual), or why refinement is off.
+    public let mesaSetup: MesaAttachment
     /// The coverage of the update last computed (first request).
     public internal(set) var lastCoverage: SAECoverage?
 
     public init(model: LanguageModel, hparams: MemitHyperparameters, templates: ContextTemplates, statistics: [Int: KeyStatistics],
                 solver: SpreadSolver = .memit, sae: SparseAutoencoder? = nil, fallbackReason: String? = nil) throws {
         try hparams.validate(layers: model.config.layers)
-        if let mesa = hparams.mesa {
-            try mesa.validate()
-            guard sae != nil || (mesa.fallsBack && fallbackReason != nil) else {
-                throw EditError(.state, "MESA refinement needs the SAE \(mesa.sae)\(fallbackReason.map { ": \($0)" } ?? "")")
-            }
-        }
-        if let sae {
-            do { try sae.check(site: Site(layer: hparams.layers.last!, kind: .residOut), width: model.config.hidden) } catch {
-                throw EditError(.hyperparameters, "the SAE does not fit the edit site: \(error)")
-            }
-        }
-        self.sae = sae
-        self.fallbackReason = sae == nil ? fallbackReason : nil
+        mesaSetup = try MesaAttachment(hparams.mesa, sae: sae, fallbackReason: fallbackReason,
+                                       site: Site(layer: hparams.layers.last!, kind: .residOut), width: model.config.hidden)
         for l in hparams.layers {
             guard let s = statistics[l], s.dim == model.config.intermediate else {
                 throw EditError(.state, "MEMIT needs key statistics of width \(model.config.intermediate) for layer \(l)")
@@ -243,9 +230,6 @@ public final class MemitEditor: @unchecked Sendable {
         self.solver = solver
         tokenizer = EditTokenizer(model: model)
     }
-
-    /// The refinement in force: the hyperparameters ask for it and the SAE is loaded.
-    public var refinementSettings: MesaHyperparameters? { sae != nil ? hparams.mesa : nil }
 
     public func computeUpdates(_ requests: [EditRequest]) throws -> MemitResult {
         guard !requests.isEmpty else { throw EditError(.hyperparameters, "no requests") }
@@ -261,7 +245,6 @@ public final class MemitEditor: @unchecked Sendable {
         // z_i = h_L + δ_i on the unedited model: [n][d].
         var z: [[Float]] = [], norms: [Float] = [], finals: [Double] = []
         var coverages: [SAECoverage] = []
-        let mesa = refinementSettings
         for r in requests {
             let batch = try RomeBatch(request: r, prefixes: templates.prefixes, tokenizer: tokenizer, contextLength: model.config.contextLength)
             let pass = try DeltaPass(model: model, site: Site(layer: zLayer, kind: .residOut), prompts: batch.rewrite + batch.kl)
@@ -270,14 +253,14 @@ public final class MemitEditor: @unchecked Sendable {
             guard hNorm > 0, hNorm.isFinite else { throw EditError(.nonFinite, "the residual at the subject is zero or non-finite") }
             // With MESA every prompt sees its SAE-refined change; z takes the bare prompt's refined change,
             // the vector the optimization evaluated there.
-            let refinement = mesa.map { SAERefinement(sae: sae!, l1: $0.l1Weight, activations: pass.residuals) }
+            let refinement = mesaSetup.refinement(activations: pass.residuals)
             let outcome = try DeltaOptimization(steps: h.vNumGradSteps, lr: h.vLr, weightDecay: h.vWeightDecay,
-                                                klFactor: mesa?.keepsKL == false ? 0 : h.klFactor, earlyStopLoss: h.earlyStopLoss,
+                                                klFactor: mesaSetup.klFactor(h.klFactor), earlyStopLoss: h.earlyStopLoss,
                                                 maxNorm: h.clampNormFactor * hNorm, referenceNorm: hNorm)
                 .run(pass: pass, batch: batch, refinement: refinement)
             let change = outcome.changes?[0] ?? outcome.delta
             let target = zip(hL, change).map { $0 + $1 }
-            if let sae { coverages.append(sae.coverage(before: hL, after: target)) }
+            if let sae = mesaSetup.sae { coverages.append(sae.coverage(before: hL, after: target)) }
             z.append(target)
             norms.append(Vector.norm(change))
             finals.append(outcome.losses.last?.total ?? .nan)

@@ -121,3 +121,70 @@ public struct SAERefinement {
         return out
     }
 }
+
+/// An editor's MESA setup, checked once: what the hyperparameters ask for, the SAE loaded for it, and
+/// why refinement is off when it fell back. ROME and MEMIT/AlphaEdit share it.
+public struct MesaAttachment: Sendable {
+    /// The SAE at the site where δ enters (also used for the coverage figure).
+    public let sae: SparseAutoencoder?
+    /// Why refinement was asked for but is off (the SAE could not be loaded and `mesa.fallback` is true).
+    public let fallbackReason: String?
+    /// The refinement in force: asked for, and the SAE is loaded.
+    public let settings: MesaHyperparameters?
+
+    /// Refinement asked for needs the SAE, or a fallback with its reason; the SAE must read `site`.
+    public init(_ asked: MesaHyperparameters?, sae: SparseAutoencoder?, fallbackReason: String?, site: Site, width: Int) throws {
+        if let asked {
+            try asked.validate()
+            guard sae != nil || (asked.fallsBack && fallbackReason != nil) else {
+                throw EditError(.state, "MESA refinement needs the SAE \(asked.sae)\(fallbackReason.map { ": \($0)" } ?? "")")
+            }
+        }
+        if let sae {
+            do { try sae.check(site: site, width: width) } catch {
+                throw EditError(.hyperparameters, "the SAE does not fit the edit site: \(error)")
+            }
+        }
+        self.sae = sae
+        self.fallbackReason = sae == nil ? fallbackReason : nil
+        settings = sae != nil ? asked : nil
+    }
+
+    /// The refinement of one δ batch whose prompts have `activations` at the site, when refinement is on.
+    public func refinement(activations: [[Float]]) -> SAERefinement? {
+        guard let settings, let sae else { return nil }
+        return SAERefinement(sae: sae, l1: settings.l1Weight, activations: activations)
+    }
+
+    /// The method's KL factor, or 0 when refinement is on with `kl: false`.
+    public func klFactor(_ base: Float) -> Float { settings?.keepsKL == false ? 0 : base }
+
+    /// `base` with "+MESA" when refinement is on.
+    public func label(_ base: String) -> String { settings != nil ? base + "+MESA" : base }
+
+    /// Report settings: the SAE and penalty in force, or the fallback's reason.
+    public var report: [String: String] {
+        var s: [String: String] = [:]
+        if let m = settings, let sae {
+            s["mesa_sae"] = m.sae
+            s["mesa_sae_width"] = "\(sae.width)"
+            s["mesa_sae_k"] = sae.k.map(String.init) ?? "?"
+            s["mesa_l1"] = "\(m.l1Weight)"
+            s["mesa_kl"] = "\(m.keepsKL)"
+        }
+        if let reason = fallbackReason { s["mesa_fallback"] = reason }
+        return s
+    }
+}
+
+extension MesaHyperparameters {
+    /// A hyperparameter file's "mesa" block with an operator's overrides on top: a new SAE keeps the
+    /// file's l1, kl and fallback; l1 and fallback apply only when refinement is asked for.
+    public static func overriding(_ file: MesaHyperparameters?, sae: String?, l1: Float?, fallback: Bool?) -> MesaHyperparameters? {
+        var out = file
+        if let sae { out = MesaHyperparameters(sae: sae, l1: file?.l1, kl: file?.kl, fallback: file?.fallback) }
+        if let l1, out != nil { out?.l1 = l1 }
+        if let fallback, out != nil { out?.fallback = fallback }
+        return out
+    }
+}

@@ -78,11 +78,9 @@ public final class RomeEditor: @unchecked Sendable {
     public let hparams: RomeHyperparameters
     public let templates: ContextTemplates
     public let statistics: KeyStatistics?
-    /// The SAE at `mlp_out@layer`: used for MESA refinement when the hyperparameters ask for it, and for
-    /// the coverage figure of every edit.
-    public let sae: SparseAutoencoder?
-    /// Why refinement was asked for but is off (the SAE could not be loaded and `mesa.fallback` is true).
-    public let fallbackReason: String?
+    /// MESA: the SAE at `mlp_out@layer` (refinement when the hyperparameters ask for it, and the
+    /// coverage figure of every edit) or why refinement is off.
+    public let mesaSetup: MesaAttachment
     /// The coverage figure of the update last computed through `FactEditor`.
     public internal(set) var lastCoverage: SAECoverage?
     let tokenizer: EditTokenizer
@@ -90,19 +88,8 @@ public final class RomeEditor: @unchecked Sendable {
     public init(model: LanguageModel, hparams: RomeHyperparameters, templates: ContextTemplates, statistics: KeyStatistics?,
                 sae: SparseAutoencoder? = nil, fallbackReason: String? = nil) throws {
         try hparams.validate(layers: model.config.layers)
-        if let mesa = hparams.mesa {
-            try mesa.validate()
-            guard sae != nil || (mesa.fallsBack && fallbackReason != nil) else {
-                throw EditError(.state, "MESA refinement needs the SAE \(mesa.sae)\(fallbackReason.map { ": \($0)" } ?? "")")
-            }
-        }
-        if let sae {
-            do { try sae.check(site: Site(layer: hparams.layer, kind: .mlpOut), width: model.config.hidden) } catch {
-                throw EditError(.hyperparameters, "the SAE does not fit the edit site: \(error)")
-            }
-        }
-        self.sae = sae
-        self.fallbackReason = sae == nil ? fallbackReason : nil
+        mesaSetup = try MesaAttachment(hparams.mesa, sae: sae, fallbackReason: fallbackReason,
+                                       site: Site(layer: hparams.layer, kind: .mlpOut), width: model.config.hidden)
         if hparams.mom2Adjustment {
             guard let s = statistics else { throw EditError(.state, "mom2_adjustment needs key statistics for layer \(hparams.layer)") }
             guard s.spec.layer == hparams.layer, s.dim == model.config.intermediate else {
@@ -118,9 +105,6 @@ public final class RomeEditor: @unchecked Sendable {
     }
 
     public var site: Site { Site(layer: hparams.layer, kind: .mlpOut) }
-
-    /// The refinement in force: the hyperparameters ask for it and the SAE is loaded.
-    public var refinementSettings: MesaHyperparameters? { sae != nil ? hparams.mesa : nil }
 
     /// Tokenizes the request into the optimization batch.
     public func batch(for request: EditRequest) throws -> RomeBatch {
@@ -238,10 +222,9 @@ public final class RomeEditor: @unchecked Sendable {
 
         // v* = W k* + δ: Adam on δ with NLL + KL + weight decay, early stop, and the norm clamp; with MESA,
         // every prompt sees its SAE-refined change instead of δ.
-        let mesa = refinementSettings
-        let refinement = mesa.map { SAERefinement(sae: sae!, l1: $0.l1Weight, activations: pass.mlpOutputs) }
+        let refinement = mesaSetup.refinement(activations: pass.mlpOutputs)
         let outcome = try DeltaOptimization(steps: h.vNumGradSteps, lr: h.vLr, weightDecay: h.vWeightDecay,
-                                            klFactor: mesa?.keepsKL == false ? 0 : h.klFactor, earlyStopLoss: h.earlyStopLoss,
+                                            klFactor: mesaSetup.klFactor(h.klFactor), earlyStopLoss: h.earlyStopLoss,
                                             maxNorm: h.clampNormFactor * vInitNorm, referenceNorm: vInitNorm)
             .run(pass: pass, batch: batch, refinement: refinement)
         let delta = outcome.delta
@@ -265,9 +248,8 @@ public final class RomeEditor: @unchecked Sendable {
         }
         lap("update")
         let change0 = written?[0] ?? delta.map { $0 * gains[0] }
-        let coverage = sae.map { $0.coverage(before: vInit, after: zip(vInit, change0).map { $0 + $1 }) }
-        let deltaFeatures = refinement.map { $0.evaluate(delta).g.filter { $0 != 0 }.count }
-        return RomeResult(update: update, applied: applied, refined: refinement != nil, coverage: coverage, deltaFeatures: deltaFeatures, keyStar: keyStar,
+        let coverage = mesaSetup.sae.map { $0.coverage(before: vInit, after: zip(vInit, change0).map { $0 + $1 }) }
+        return RomeResult(update: update, applied: applied, refined: refinement != nil, coverage: coverage, deltaFeatures: outcome.latents, keyStar: keyStar,
                           valueInitNorm: vInitNorm, deltaNorm: Vector.norm(delta), denominator: denom,
                           keyGains: Array(gains.prefix(n)), losses: outcome.losses, phases: phases)
     }
@@ -307,6 +289,8 @@ public struct DeltaOptimization: Sendable {
         public var losses: [EditLoss.Value]
         /// With refinement: the change Δ_i each prompt saw at the final δ, [prompts][d] (the vectors to write).
         public var changes: [[Float]]?
+        /// With refinement: latents of g = enc(δ) − enc(0) that are nonzero at the final δ.
+        public var latents: Int?
     }
 
     /// As `run(pass:batch:)`; with `refinement`, each prompt sees its SAE-refined change Δ_i(δ) instead
@@ -318,10 +302,10 @@ public struct DeltaOptimization: Sendable {
         var delta = [Float](repeating: 0, count: d)
         var adam = Adam(lr: lr, count: d)
         var losses: [EditLoss.Value] = []
-        var changes: [[Float]]?
+        var last: SAERefinement.State?
         for it in 0..<steps {
             let state = refinement?.evaluate(delta)
-            changes = state?.changes
+            last = state
             let logits = try state.map { try pass.forward(deltas: $0.changes) } ?? pass.forward(delta: delta)
             if it == 0 { loss.setReference(from: logits) }
             var (value, dLogits, dNorm) = loss.evaluate(logits: logits, delta: delta)
@@ -343,6 +327,6 @@ public struct DeltaOptimization: Sendable {
             let n = Vector.norm(delta)
             if n > maxNorm { for i in 0..<d { delta[i] *= maxNorm / n } }
         }
-        return Outcome(delta: delta, losses: losses, changes: changes)
+        return Outcome(delta: delta, losses: losses, changes: last?.changes, latents: last.map { $0.g.filter { $0 != 0 }.count })
     }
 }

@@ -140,7 +140,7 @@ public final class ActivationCache: @unchecked Sendable {
             if shouldStop?() == true { abandon(); return nil }
             let text = article(articles)
             articles += 1
-            var ids = (tok.addBOS ? tok.bosId.map { [$0] } ?? [] : []) + tok.encode(text, addSpecial: false, parseSpecial: false)
+            var ids = tok.encode(text, addSpecial: true, parseSpecial: false)
             ids = Array(ids.prefix(min(seqLen, spec.skipFirst + spec.tokens - rows)))
             guard ids.count > spec.skipFirst else { continue }
             let r = try model.forward(ids, options: ForwardOptions(capture: capture, logits: .none, stopAfterLayer: deepest))

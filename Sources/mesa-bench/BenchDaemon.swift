@@ -200,7 +200,8 @@ struct RollbackBench: ParsableCommand {
             u = u.map { $0 / n }
             let update = RankOneUpdate(parameter: w.name, layer: layer, u: u, r: gauss(w.shape[0], 2))
             let before = m.weightHash
-            let f = try host.applyEdit(update.lowRank)
+            let f = update.lowRank
+            try host.apply(f)
             let draft = SnapshotDraft(eventId: "bench-\(i)", source: EventSource(topic: "mesa.fact-updates", partition: 0, offset: Int64(i)),
                                       method: "ROME", hyperparameters: #"{"layer":\#(layer)}"#, hashBefore: before, hashAfter: m.weightHash,
                                       blas: ModelHost.blasInfo, factors: [f])

@@ -37,10 +37,13 @@ struct EditOptions: ParsableArguments {
     func romeHyperparameters(modelPath: String) throws -> RomeHyperparameters {
         var h = try RomeSetup.hyperparameters(at: try hparamsURL(method: "rome", modelPath: modelPath), catalog: try SchemaCatalog.standard())
         if let layer { h.layer = layer }
-        if let mesa { h.mesa = MesaHyperparameters(sae: mesa, l1: h.mesa?.l1, kl: h.mesa?.kl) }
-        if let mesaL1, h.mesa != nil { h.mesa?.l1 = mesaL1 }
-        if noMesa { h.mesa = nil }
+        h.mesa = mesa(over: h.mesa)
         return h
+    }
+
+    /// The file's "mesa" block with --mesa / --mesa-l1 on top, or none with --no-mesa.
+    func mesa(over file: MesaHyperparameters?) -> MesaHyperparameters? {
+        noMesa ? nil : .overriding(file, sae: mesa, l1: mesaL1, fallback: nil)
     }
 
     var corpusPath: String {
@@ -114,8 +117,6 @@ func makeRomeEditor(model: LanguageModel, modelPath: String, options: EditOption
 func makeMemitEditor(model: LanguageModel, modelPath: String, options: EditOptions, alphaEdit: Bool) throws -> MemitEditor {
     let url = try options.hparamsURL(method: alphaEdit ? "alphaedit" : "memit", modelPath: modelPath)
     var h = try RomeSetup.memitHyperparameters(at: url, catalog: try SchemaCatalog.standard())
-    if let mesa = options.mesa { h.mesa = MesaHyperparameters(sae: mesa, l1: h.mesa?.l1, kl: h.mesa?.kl) }
-    if let l1 = options.mesaL1, h.mesa != nil { h.mesa?.l1 = l1 }
-    if options.noMesa { h.mesa = nil }
+    h.mesa = options.mesa(over: h.mesa)
     return try withInteractiveSetup(options) { try $0.memitEditor(model: model, hparams: h, alphaEdit: alphaEdit) }
 }

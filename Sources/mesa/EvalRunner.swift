@@ -29,23 +29,34 @@ struct CounterFactRunner {
     var shouldStop: () -> Bool = { false }
 
     func run(_ records: [CounterFactRecord]) throws -> (cases: [EvalCase], seconds: Double, checkpoints: [Checkpoint]) {
-        if let journal { return try runJournaled(records, journal) }
+        precondition(journal == nil || sequential, "a journal records sequential runs")
         let scorer = CounterFactScorer.make(model)
         let bar = ProgressBar(label)
         let t0 = Date()
-        var cases: [EvalCase] = []
+        let done = journal?.cases.count ?? 0
+        guard done <= records.count else { throw fail("the journal holds \(done) cases, more than the \(records.count) records asked for") }
+        var cases = journal?.cases ?? []
+        var curve = journal?.curve ?? []
         var backups: [WeightBackup] = []
-        var curve: [Checkpoint] = []
         let hashBefore = model.weightHash
-        for (i, r) in records.enumerated() {
+        for (i, r) in records.enumerated().dropFirst(done) {
+            if journal != nil, shouldStop() {
+                bar.finish()
+                throw fail("interrupted after \(i) edits; run the same command again to resume")
+            }
             var c = EvalCase(record: r, pre: try CounterFactEval.score(r, with: scorer))
             let request = EditRequest(subject: r.subject, prompt: r.prompt, targetNew: r.targetNew, targetTrue: r.targetTrue)
+            let caseHash = journal == nil ? "" : model.weightHash
             let e0 = Date()
+            var kept: [LowRankUpdate] = []
             do {
                 let (updates, phases) = try editor.computeUpdates(for: request)
                 var applied: [WeightBackup] = []
-                do { for u in updates { applied.append(try model.apply(u)) } } catch {
-                    for b in applied.reversed() { try model.restore(b) }
+                do {
+                    // A journaled run applies through its host, which keeps the base values for a replay.
+                    for u in updates { if let journal { try journal.host.apply(u) } else { applied.append(try model.apply(u)) } }
+                } catch {
+                    if let journal { try journal.host.discardUncommitted() } else { for b in applied.reversed() { try model.restore(b) } }
                     throw error
                 }
                 c.editSeconds = Date().timeIntervalSince(e0)
@@ -54,19 +65,25 @@ struct CounterFactRunner {
                 c.post = try CounterFactEval.score(r, with: scorer)
                 if sequential {
                     backups += applied
-                    editor.keep()
+                    kept = updates
                 } else {
                     for b in applied.reversed() { try model.restore(b) }
                 }
             } catch {
                 c.error = String(describing: error)
             }
+            if let journal {
+                try journal.commit(c, index: i, factors: kept, state: c.error == nil ? editor.pendingState() : [], method: editor.method,
+                                   hashBefore: caseHash)
+            }
+            if sequential, c.error == nil { editor.keep() }
             cases.append(c)
             if sequential, checkpoints.contains(i + 1) {
                 var scored = cases
                 for j in scored.indices where scored[j].post != nil { scored[j].post = try CounterFactEval.score(records[j], with: scorer) }
                 let m = Metrics.aggregate(scored.compactMap(\.post))
                 curve.append(Checkpoint(edits: i + 1, metrics: m))
+                try journal?.save(curve)
                 log(String(format: "after %d edits: ES %.1f PS %.1f NS %.1f S %.1f", i + 1, m.es, m.ps, m.ns, m.s))
             }
             bar.update(i + 1, records.count, unit: "cases", seconds: Date().timeIntervalSince(t0))
@@ -77,60 +94,12 @@ struct CounterFactRunner {
             for i in cases.indices where cases[i].post != nil {
                 cases[i].post = try CounterFactEval.score(records[i], with: scorer)
             }
+        }
+        if journal == nil {
             for b in backups.reversed() { try model.restore(b) }
+            guard model.weightHash == hashBefore else { throw fail("internal error: the weights were not restored exactly") }
         }
-        guard model.weightHash == hashBefore else { throw fail("internal error: the weights were not restored exactly") }
         return (cases, Date().timeIntervalSince(t0), curve)
-    }
-
-    /// The sequential protocol with every edit committed to `journal`, resuming after the cases it holds.
-    func runJournaled(_ records: [CounterFactRecord], _ journal: SequentialJournal) throws -> (cases: [EvalCase], seconds: Double, checkpoints: [Checkpoint]) {
-        precondition(sequential)
-        let scorer = CounterFactScorer.make(model)
-        let bar = ProgressBar(label)
-        let t0 = Date()
-        let done = journal.cases.count
-        guard done <= records.count else { throw fail("the journal holds \(done) cases, more than the \(records.count) records asked for") }
-        for (i, r) in records.enumerated().dropFirst(done) {
-            if shouldStop() {
-                bar.finish()
-                throw fail("interrupted after \(i) edits; run the same command again to resume")
-            }
-            var c = EvalCase(record: r, pre: try CounterFactEval.score(r, with: scorer))
-            let request = EditRequest(subject: r.subject, prompt: r.prompt, targetNew: r.targetNew, targetTrue: r.targetTrue)
-            let hashBefore = model.weightHash
-            let e0 = Date()
-            var factors: [LowRankUpdate] = [], state: [StateBlock] = []
-            do {
-                let (updates, phases) = try editor.computeUpdates(for: request)
-                do { for u in updates { factors.append(try journal.host.applyEdit(u)) } } catch {
-                    try journal.host.discardUncommitted()
-                    factors = []
-                    throw error
-                }
-                c.editSeconds = Date().timeIntervalSince(e0)
-                c.phases = phases
-                c.saeCoverage = editor.lastCoverage?.coverage
-                c.post = try CounterFactEval.score(r, with: scorer)
-                state = editor.pendingState()
-            } catch {
-                c.error = String(describing: error)
-            }
-            try journal.commit(c, factors: factors, state: state, method: editor.method, hashBefore: hashBefore)
-            if c.error == nil { editor.keep() }
-            if checkpoints.contains(i + 1) {
-                var scored = journal.cases
-                for j in scored.indices where scored[j].post != nil { scored[j].post = try CounterFactEval.score(records[j], with: scorer) }
-                let m = Metrics.aggregate(scored.compactMap(\.post))
-                try journal.addCheckpoint(Checkpoint(edits: i + 1, metrics: m))
-                log(String(format: "after %d edits: ES %.1f PS %.1f NS %.1f S %.1f", i + 1, m.es, m.ps, m.ns, m.s))
-            }
-            bar.update(i + 1, records.count, unit: "cases", seconds: Date().timeIntervalSince(t0))
-        }
-        bar.finish()
-        var cases = journal.cases
-        for i in cases.indices where cases[i].post != nil { cases[i].post = try CounterFactEval.score(records[i], with: scorer) }
-        return (cases, Date().timeIntervalSince(t0), journal.curve)
     }
 
     /// Settings recorded with every report: the method's hyperparameters and BLAS.
@@ -159,8 +128,9 @@ var defaultDataPath: String { FileManager.default.currentDirectoryPath + "/../sh
 final class SequentialJournal {
     let host: ModelHost
     let curveURL: URL
-    private(set) var cases: [EvalCase]
-    private(set) var curve: [CounterFactRunner.Checkpoint]
+    /// The cases and the checkpoint curve already recorded when the journal was opened.
+    let cases: [EvalCase]
+    let curve: [CounterFactRunner.Checkpoint]
 
     /// `fingerprint` identifies the run (method, settings, data, records); a directory holding another run is refused.
     init(directory: URL, model: LanguageModel, modelName: String, editor: FactEditor, fingerprint: String) throws {
@@ -184,17 +154,15 @@ final class SequentialJournal {
         if !cases.isEmpty { log("resuming after \(cases.count) edit(s) from \(directory.path) (weights at snapshot \(host.head))") }
     }
 
-    /// Records case `c` with the updates already applied through `host` and the editor's new state.
-    func commit(_ c: EvalCase, factors: [LowRankUpdate], state: [StateBlock], method: String, hashBefore: String) throws {
-        let draft = SnapshotDraft(eventId: "case-\(cases.count)-\(c.caseId)", source: nil, method: method, hyperparameters: "{}",
+    /// Records case `index` with the updates already applied through `host` and the editor's new state.
+    func commit(_ c: EvalCase, index: Int, factors: [LowRankUpdate], state: [StateBlock], method: String, hashBefore: String) throws {
+        let draft = SnapshotDraft(eventId: "case-\(index)-\(c.caseId)", source: nil, method: method, hyperparameters: "{}",
                                   hashBefore: hashBefore, hashAfter: host.model.weightHash, blas: ModelHost.blasInfo, factors: factors, state: state)
         let doc = String(decoding: try JSONEncoder().encode(c), as: UTF8.self)
         _ = try host.commit(draft) { _ in doc }
-        cases.append(c)
     }
 
-    func addCheckpoint(_ p: CounterFactRunner.Checkpoint) throws {
-        curve.append(p)
+    func save(_ curve: [CounterFactRunner.Checkpoint]) throws {
         try JSONEncoder().encode(curve).write(to: curveURL, options: .atomic)
     }
 }

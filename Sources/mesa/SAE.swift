@@ -97,7 +97,7 @@ struct SAETrain: ParsableCommand {
             let tok = model.tokenizer
             var sequences: [[Int32]] = []
             for i in 0..<min(heldOutArticles, corpus.count) {
-                var ids = (tok.addBOS ? tok.bosId.map { [$0] } ?? [] : []) + tok.encode(corpus.article(corpus.count - 1 - i), addSpecial: false, parseSpecial: false)
+                var ids = tok.encode(corpus.article(corpus.count - 1 - i), addSpecial: true, parseSpecial: false)
                 ids = Array(ids.prefix(min(sequenceLength, model.config.contextLength)))
                 if ids.count > specs[0].skipFirst + 1 { sequences.append(ids) }
             }

@@ -36,7 +36,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from make_fixtures import log  # noqa: E402
-from rome_reference import load_model, right_pad  # noqa: E402
+from rome_reference import delta_batch, load_model, right_pad  # noqa: E402
 
 
 def read_stats(path: str) -> np.ndarray:
@@ -60,16 +60,7 @@ def run_edit(model, job, stats, projectors, torch):
 
     # ---- z ------------------------------------------------------------------------------------
     t0 = time.perf_counter()
-    ids, mask = right_pad([p["tokens"] for p in rw] + [p["tokens"] for p in kl])
-    rows = torch.arange(n_rw + n_kl)
-    pos = torch.tensor([p["position"] for p in rw] + [p["position"] for p in kl], dtype=torch.long)
-    t_row, t_pos, t_tok, t_w = [], [], [], []
-    for i, p in enumerate(rw):
-        for tp, tt in p["targets"]:
-            t_row.append(i); t_pos.append(tp); t_tok.append(tt); t_w.append(1.0 / len(p["targets"]))
-    t_row, t_pos, t_tok = torch.tensor(t_row), torch.tensor(t_pos), torch.tensor(t_tok)
-    t_w = torch.tensor(t_w, dtype=torch.float32)
-    kl_rows, kl_pos = torch.arange(n_rw, n_rw + n_kl), pos[n_rw:]
+    ids, mask, rows, pos, t_row, t_pos, t_tok, t_w, kl_rows, kl_pos = delta_batch(rw, kl)
     d = model.config.hidden_size
     delta = torch.zeros(d, dtype=torch.float32, requires_grad=True)
     state = {"h": None}
@@ -140,7 +131,8 @@ def run_edit(model, job, stats, projectors, torch):
             x = torch.linalg.solve(a, k)
         else:
             p = projectors[l]
-            a = p @ (k @ k.T + job_acc(stats[l])) + float(job["l2"]) * torch.eye(k.shape[0], dtype=torch.float64)
+            # One edit from a fresh state: no kept keys, K_pK_pᵀ = 0.
+            a = p @ (k @ k.T) + float(job["l2"]) * torch.eye(k.shape[0], dtype=torch.float64)
             x = torch.linalg.solve(a, p @ k)
         dw = (r @ x.T).float()
         with torch.no_grad():
@@ -149,12 +141,6 @@ def run_edit(model, job, stats, projectors, torch):
     times["spread_s"] = time.perf_counter() - t0
     times["edit_s"] = times["z_s"] + times["spread_s"]
     return {"times": times, "losses": losses, "delta_norm": float(delta.detach().norm()), "update_norms": norms}
-
-
-def job_acc(c):
-    """No edits kept before this one: K_pK_pᵀ = 0."""
-    import torch
-    return torch.zeros_like(c)
 
 
 def main() -> None:

@@ -81,6 +81,27 @@ def right_pad(seqs: list[list[int]]):
     return ids, mask
 
 
+def delta_batch(rw: list[dict], kl: list[dict]):
+    """The padded batch of rewrite + KL prompts and where δ enters and the loss reads it:
+    (ids, mask, rows, pos, t_row, t_pos, t_tok, t_w, kl_rows, kl_pos). Targets are flattened with a
+    weight 1/(n_targets of their prompt); the caller divides by the number of rewrite prompts."""
+    import torch
+
+    n_rw, n_kl = len(rw), len(kl)
+    ids, mask = right_pad([p["tokens"] for p in rw] + [p["tokens"] for p in kl])
+    rows = torch.arange(n_rw + n_kl)
+    pos = torch.tensor([p["position"] for p in rw] + [p["position"] for p in kl], dtype=torch.long)
+    t_row, t_pos, t_tok, t_w = [], [], [], []
+    for i, p in enumerate(rw):
+        for tp, tt in p["targets"]:
+            t_row.append(i)
+            t_pos.append(tp)
+            t_tok.append(tt)
+            t_w.append(1.0 / len(p["targets"]))
+    return (ids, mask, rows, pos, torch.tensor(t_row), torch.tensor(t_pos), torch.tensor(t_tok),
+            torch.tensor(t_w, dtype=torch.float32), torch.arange(n_rw, n_rw + n_kl), pos[n_rw:])
+
+
 def check_prompts(job: dict) -> None:
     for kind in ("rewrite_prompts", "kl_prompts", "eval_prompts"):
         for i, p in enumerate(job.get(kind) or []):
@@ -160,23 +181,7 @@ def run_edit(model, job: dict, chol) -> dict:
 
     # ---- v* optimization ---------------------------------------------------------------------
     t0, c0 = time.perf_counter(), time.process_time()
-    ids, mask = right_pad([p["tokens"] for p in rw] + [p["tokens"] for p in kl])
-    rows = torch.arange(n_rw + n_kl)
-    pos = torch.tensor([p["position"] for p in rw] + [p["position"] for p in kl], dtype=torch.long)
-    # target rows / ids, flattened, with a per-target weight 1/(n_targets of its prompt)/n_rw
-    t_row, t_pos, t_tok, t_w = [], [], [], []
-    for i, p in enumerate(rw):
-        for tp, tt in p["targets"]:
-            t_row.append(i)
-            t_pos.append(tp)
-            t_tok.append(tt)
-            t_w.append(1.0 / len(p["targets"]))
-    t_row = torch.tensor(t_row)
-    t_pos = torch.tensor(t_pos)
-    t_tok = torch.tensor(t_tok)
-    t_w = torch.tensor(t_w, dtype=torch.float32)
-    kl_rows = torch.arange(n_rw, n_rw + n_kl)
-    kl_pos = pos[n_rw:]
+    ids, mask, rows, pos, t_row, t_pos, t_tok, t_w, kl_rows, kl_pos = delta_batch(rw, kl)
 
     delta = torch.zeros(W.shape[0], dtype=torch.float32, requires_grad=True)
     state = {"v_init": None}
