@@ -34,6 +34,14 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         public var l1: Double?
         public init(sae: String? = nil, fallback: Bool? = nil, l1: Double? = nil) { self.sae = sae; self.fallback = fallback; self.l1 = l1 }
     }
+    /// Batch edits (MEMIT, AlphaEdit): consecutive fact updates edited together in one computation.
+    public struct Batch: Codable, Sendable, Equatable {
+        /// At most this many events per edit (1: every event alone, the default).
+        public var maxEvents: Int?
+        /// How long the first event waits for more to arrive, in milliseconds.
+        public var lingerMs: Int?
+        public init(maxEvents: Int? = nil, lingerMs: Int? = nil) { self.maxEvents = maxEvents; self.lingerMs = lingerMs }
+    }
     public struct HTTP: Codable, Sendable, Equatable {
         public var listen: String?
         public init(listen: String? = nil) { self.listen = listen }
@@ -51,6 +59,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     public var kafka: Kafka?
     public var http: HTTP?
     public var mesa: Mesa?
+    public var batch: Batch?
 
     public init() {}
 
@@ -65,6 +74,17 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     public var httpListen: String { http?.listen ?? Self.defaultListen }
     public var eventLimit: Int { maxEventBytes ?? 65_536 }
     public var mapBytes: Int { lmdbMapBytes ?? (1 << 32) }
+    public var batchMaxEvents: Int { batch?.maxEvents ?? 1 }
+    public var batchLinger: Double { Double(batch?.lingerMs ?? 50) / 1000 }
+
+    /// Checks the settings that depend on one another (the schema checks each one alone).
+    public func validate() throws {
+        guard (1...256).contains(batchMaxEvents) else { throw SetupError("batch.max_events \(batchMaxEvents) is outside 1...256") }
+        guard (0...60_000).contains(batch?.lingerMs ?? 0) else { throw SetupError("batch.linger_ms is outside 0...60000") }
+        if batchMaxEvents > 1, editMethod == "rome" {
+            throw SetupError("batch.max_events \(batchMaxEvents): ROME edits one fact at a time; batch edits need method memit or alphaedit")
+        }
+    }
 
     public var topics: Topics {
         var t = Topics()
@@ -112,7 +132,8 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     }
 
     /// MESA_MODEL, MESA_STATE_DIR, MESA_HPARAMS_DIR, MESA_CORPUS, MESA_THREADS, MESA_KAFKA_BOOTSTRAP_SERVERS,
-    /// MESA_KAFKA_GROUP_ID, MESA_HTTP_LISTEN, MESA_SAE, MESA_SAE_FALLBACK, MESA_METHOD.
+    /// MESA_KAFKA_GROUP_ID, MESA_HTTP_LISTEN, MESA_SAE, MESA_SAE_FALLBACK, MESA_METHOD, MESA_BATCH_MAX_EVENTS,
+    /// MESA_BATCH_LINGER_MS.
     public mutating func applyEnvironment(_ env: [String: String]) throws {
         func value(_ k: String) -> String? { env[k].flatMap { $0.isEmpty ? nil : $0 } }
         if let v = value("MESA_MODEL") { model = v }
@@ -128,6 +149,14 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         if let v = value("MESA_KAFKA_GROUP_ID") { setKafka { $0.groupId = v } }
         if let v = value("MESA_HTTP_LISTEN") { http = HTTP(listen: v) }
         if let v = value("MESA_SAE") { mesa = Mesa(sae: v, fallback: mesa?.fallback, l1: mesa?.l1) }
+        for (key, set) in [("MESA_BATCH_MAX_EVENTS", { (c: inout Batch, n: Int) in c.maxEvents = n }),
+                           ("MESA_BATCH_LINGER_MS", { (c: inout Batch, n: Int) in c.lingerMs = n })] {
+            guard let v = value(key) else { continue }
+            guard let n = Int(v), n >= 0 else { throw SetupError("\(key)=\(v) is not a count") }
+            var b = batch ?? Batch()
+            set(&b, n)
+            batch = b
+        }
         if let v = value("MESA_SAE_FALLBACK") {
             guard let b = Bool(v) else { throw SetupError("MESA_SAE_FALLBACK=\(v) is not true or false") }
             mesa = Mesa(sae: mesa?.sae, fallback: b, l1: mesa?.l1)

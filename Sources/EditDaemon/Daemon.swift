@@ -33,9 +33,10 @@ public enum StopSignal {
 /// `mesa serve`: the model host, the consumer (fact updates and control commands), the producer
 /// (results and dead letters), the snapshot store and the HTTP endpoint, composed.
 ///
-/// One worker thread (the caller of `run`) processes one event at a time; the consumer polls on its
-/// own thread and keeps the partition paused while an edit runs. Per event: process (decode →
-/// validate → dedupe → edit → evaluate → snapshot), publish its records, then commit offset+1.
+/// One worker thread (the caller of `run`) processes one event, or one batch of consecutive events of a
+/// partition (`batch.max_events` > 1, MEMIT and AlphaEdit), at a time; the consumer polls on its own
+/// thread and keeps the partition paused while an edit runs. Per event or batch: process (decode →
+/// validate → dedupe → edit → evaluate → snapshot), publish the records, then commit the last offset+1.
 public final class Daemon: @unchecked Sendable {
     public struct Settings: Sendable {
         public var config: DaemonConfiguration
@@ -87,6 +88,7 @@ public final class Daemon: @unchecked Sendable {
     /// Starts everything, processes events until stopped, then shuts down in order.
     public func run() throws {
         let c = settings.config
+        try c.validate()
         let catalog = try SchemaCatalog.standard()
         if let t = c.threads { BLAS.setThreads(t) }
 
@@ -162,7 +164,9 @@ public final class Daemon: @unchecked Sendable {
         consumerProps["group.id"] = c.groupId
         // Notice re-created topics (after a broker lost them) in seconds, not at the 5-minute default.
         if consumerProps["topic.metadata.refresh.interval.ms"] == nil { consumerProps["topic.metadata.refresh.interval.ms"] = "10000" }
-        let consumer = try KafkaConsumer(properties: consumerProps, topics: topics.inputs, logger: log)
+        // A batch needs its events buffered while the first waits for the others.
+        let consumer = try KafkaConsumer(properties: consumerProps, topics: topics.inputs, logger: log,
+                                         maxBufferedPerPartition: max(2, c.batchMaxEvents + 1))
         defer { consumer.close() }
         metrics.setConsumerLagSource {
             consumer.lag().map { key, lag in
@@ -171,32 +175,36 @@ public final class Daemon: @unchecked Sendable {
             }
         }
         setReadiness("ready")
-        log("consuming \(topics.inputs.joined(separator: ", ")) as group \(c.groupId) from \(c.bootstrapServers)")
+        log("consuming \(topics.inputs.joined(separator: ", ")) as group \(c.groupId) from \(c.bootstrapServers)"
+            + (c.batchMaxEvents > 1 ? "; batch edits of up to \(c.batchMaxEvents) events (linger \(Int(c.batchLinger * 1000)) ms)" : ""))
 
         while !stopping {
-            guard let m = consumer.next(timeout: 0.25) else { continue }
-            handle(m, pipeline: pipeline, producer: producer, consumer: consumer)
+            let batch = consumer.nextBatch(max: c.batchMaxEvents, linger: c.batchLinger, timeout: 0.25)
+            guard !batch.isEmpty else { continue }
+            handle(batch, pipeline: pipeline, producer: producer, consumer: consumer)
             metrics.snapshotHead.set(Double(modelHost.head))
         }
         setReadiness("stopping")
         log("stopping: intake closed, no edit in flight")
     }
 
-    /// Processes, publishes and commits one event. An event whose records could not be published or
-    /// whose processing hit a store failure is released uncommitted: it is redelivered, and the
-    /// dedupe index makes the second pass publish without editing again.
-    func handle(_ m: KafkaMessage, pipeline: Pipeline, producer: ProducerSlot, consumer: KafkaConsumer) {
+    /// Processes, publishes and commits one event or one batch of consecutive events of a partition.
+    /// Events whose records could not be published or whose processing hit a store failure are
+    /// released uncommitted: they are redelivered, and the dedupe index makes the second pass
+    /// publish without editing again.
+    func handle(_ batch: [KafkaMessage], pipeline: Pipeline, producer: ProducerSlot, consumer: KafkaConsumer) {
         let t0 = Date()
-        metrics.eventConsumed(topic: m.topic)
-        var outcome: Outcome
-        do { outcome = try pipeline.process(m) } catch {
-            log("error: \(m.topic)/\(m.partition)@\(m.offset) not processed (will be redelivered): \(error)")
-            consumer.release(m)
+        for m in batch { metrics.eventConsumed(topic: m.topic) }
+        var outcomes: [Outcome]
+        do { outcomes = try pipeline.process(batch: batch) } catch {
+            let m = batch[0]
+            log("error: \(m.topic)/\(m.partition)@\(m.offset)\(batch.count > 1 ? " and \(batch.count - 1) more" : "") not processed (will be redelivered): \(error)")
+            consumer.release(batch)
             Thread.sleep(forTimeInterval: 1)
             return
         }
         let tPublish = Date()
-        for r in outcome.records {
+        for r in outcomes.flatMap(\.records) {
             var attempt = 0
             while true {
                 do {
@@ -207,23 +215,33 @@ public final class Daemon: @unchecked Sendable {
                     attempt += 1
                     log("error: publishing to \(r.topic) failed (attempt \(attempt)): \(error)")
                     if stopping {
-                        consumer.release(m)
+                        consumer.release(batch)
                         return
                     }
                     Thread.sleep(forTimeInterval: min(5, 0.2 * Double(attempt)))
                 }
             }
         }
-        outcome.steps["publish"] = Date().timeIntervalSince(tPublish)
+        let publishSeconds = Date().timeIntervalSince(tPublish)
         let tCommit = Date()
-        // The snapshot is durable and the result acknowledged: commit without waiting for the broker
-        // (a lost commit only redelivers the event, which the dedupe index turns into a republish);
+        // The snapshots are durable and the results acknowledged: commit without waiting for the broker
+        // (a lost commit only redelivers the events, which the dedupe index turns into republishes);
         // the last commit before a shutdown waits.
-        do { try consumer.commit(m, wait: stopping) } catch {
-            log("warning: commit of \(m.topic)/\(m.partition)@\(m.offset) failed (it will be redelivered and deduplicated): \(error)")
+        let last = batch[batch.count - 1]
+        do { try consumer.commit(last, wait: stopping) } catch {
+            log("warning: commit of \(last.topic)/\(last.partition)@\(last.offset) failed (it will be redelivered and deduplicated): \(error)")
         }
-        outcome.steps["commit"] = Date().timeIntervalSince(tCommit)
+        let commitSeconds = Date().timeIntervalSince(tCommit)
+        // Every event of a batch waited for the whole batch.
         let total = Date().timeIntervalSince(t0)
+        for var outcome in outcomes {
+            outcome.steps["publish"] = publishSeconds
+            outcome.steps["commit"] = commitSeconds
+            record(outcome, total: total)
+        }
+    }
+
+    func record(_ outcome: Outcome, total: Double) {
         onEvent?(outcome, total)
         switch outcome.kind {
         case .applied(let method):

@@ -107,8 +107,13 @@ public final class ModelHost: @unchecked Sendable {
 
     /// Records an applied edit. If the store refuses it, the weights go back to the head.
     public func commit(_ draft: SnapshotDraft, result: (UInt64) throws -> String) throws -> SnapshotRecord {
+        try commit(draft, results: { seq in [try result(seq)] })
+    }
+
+    /// Records an applied batch edit, one result document per event of `draft.eventIds`.
+    public func commit(_ draft: SnapshotDraft, results: (UInt64) throws -> [String]) throws -> SnapshotRecord {
         do {
-            let r = try store.commitEdit(draft, expectedHead: head, result: result)
+            let r = try store.commitEdit(draft, expectedHead: head, results: results)
             head = r.seq
             return r
         } catch {

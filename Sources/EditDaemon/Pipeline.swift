@@ -4,6 +4,7 @@ import Evaluation
 import Foundation
 import Messaging
 import ModelRuntime
+import SparseAutoencoder
 import Storage
 import Tensor
 
@@ -164,7 +165,34 @@ public final class Pipeline: @unchecked Sendable {
 
     // MARK: fact updates
 
+    /// A fact update that passed every check and is ready to edit: its editor, request, evaluation
+    /// record and scores on the weights before the edit.
+    struct PendingEdit {
+        var message: KafkaMessage
+        var event: FactUpdate
+        var editor: FactEditor
+        var request: EditRequest
+        var record: CounterFactRecord
+        var inferred: Bool
+        var pre: CaseScores
+        var preSeconds: Double
+    }
+
+    enum Prepared {
+        /// Nothing to edit (a redelivery): the outcome is final.
+        case done(Outcome)
+        case edit(PendingEdit)
+    }
+
     func factUpdate(_ m: KafkaMessage) throws -> Outcome {
+        switch try prepareFactUpdate(m) {
+        case .done(let o): return o
+        case .edit(let p): return try edit(p)
+        }
+    }
+
+    /// decode → validate → dedupe → the editor and the pre-edit scores. Throws `Rejection`.
+    func prepareFactUpdate(_ m: KafkaMessage) throws -> Prepared {
         let (value, data) = try body(m, expectedType: EventTypes.factUpdate)
         try validate(value, factSchema, name: "fact-update v1")
         let e: FactUpdate
@@ -183,11 +211,12 @@ public final class Pipeline: @unchecked Sendable {
         switch try host.store.outcome(ofEvent: e.id) {
         case .snapshot(let seq):
             let rec = try host.store.record(seq)
-            var result = try JSONCoding.decoder().decode(EditResultDocument.self, from: Data(rec.result.utf8))
+            guard let text = rec.result(ofEvent: e.id) else { throw SnapshotStoreError(.corrupted, "snapshot \(seq) does not hold event \(e.id)") }
+            var result = try JSONCoding.decoder().decode(EditResultDocument.self, from: Data(text.utf8))
             result.redelivery = true
             result.processedAt = Timestamp.now()
-            return Outcome(kind: .redelivery, records: [resultRecord(result)], editSeconds: 0, eventId: e.id,
-                           summary: "event \(e.id) already applied as snapshot \(seq)")
+            return .done(Outcome(kind: .redelivery, records: [resultRecord(result)], editSeconds: 0, eventId: e.id,
+                                 summary: "event \(e.id) already applied as snapshot \(seq)"))
         case .journal:
             throw Rejection(.schema, "event id \(e.id) was already used by a control command", eventId: e.id)
         case nil:
@@ -197,14 +226,24 @@ public final class Pipeline: @unchecked Sendable {
         let editor = try editor(for: e)
         let request = EditRequest(subject: e.subject, prompt: e.prompt, targetNew: e.targetNew.str, targetTrue: e.targetTrue?.str)
         let t0 = Date()
-        let hashBefore = host.model.weightHash
-        let parent = host.head
         let (record, inferred) = try evaluationRecord(e)
         let pre: CaseScores
+        do { pre = try CounterFactEval.score(record, with: scorer) } catch let err as EditError {
+            throw rejection(err, eventId: e.id)
+        }
+        return .edit(PendingEdit(message: m, event: e, editor: editor, request: request, record: record, inferred: inferred, pre: pre,
+                                 preSeconds: Date().timeIntervalSince(t0)))
+    }
+
+    /// edit → evaluate → snapshot, for one prepared fact update. Throws `Rejection`.
+    func edit(_ p: PendingEdit) throws -> Outcome {
+        let e = p.event, m = p.message, editor = p.editor, record = p.record
+        let t0 = Date()
+        let hashBefore = host.model.weightHash
+        let parent = host.head
         let updates: [LowRankUpdate], phases: [String: Double]
         do {
-            pre = try CounterFactEval.score(record, with: scorer)
-            (updates, phases) = try editor.computeUpdates(for: request)
+            (updates, phases) = try editor.computeUpdates(for: p.request)
         } catch let err as EditError {
             throw rejection(err, eventId: e.id)
         }
@@ -223,20 +262,14 @@ public final class Pipeline: @unchecked Sendable {
             try host.discardUncommitted()
             throw Rejection(.editFailed, "scoring the edited model failed: \(error)", eventId: e.id)
         }
-        let editSeconds = Date().timeIntervalSince(t0)
+        let editSeconds = p.preSeconds + Date().timeIntervalSince(t0)
         let t1 = Date()
         hashing.wait()
         let hashAfter = host.model.weightHash
         let hashSeconds = Date().timeIntervalSince(t1)
-        var doc = EditResultDocument(
-            eventId: e.id, kind: "edit", status: e.dryRun == true ? "dry_run" : "applied", redelivery: nil,
-            model: .init(name: host.modelName, baseHash: host.baseHash), snapshot: nil, parent: parent, head: parent,
-            hashBefore: hashBefore, weightHash: hashAfter, method: editor.method, subject: e.subject, targetNew: e.targetNew.str,
-            targetTrue: record.targetTrue, targetTrueInferred: inferred ? true : nil,
-            metrics: .init(pre: .init(pre), post: .init(post)),
-            timings: phases.merging(["edit_seconds": editSeconds], uniquingKeysWith: { a, _ in a }),
-            snapshotBytes: nil, label: nil, source: .init(topic: m.topic, partition: Int(m.partition), offset: Int(m.offset)),
-            refinement: Self.refinement(editor), processedAt: Timestamp.now())
+        var doc = resultDocument(p, parent: parent, hashBefore: hashBefore, hashAfter: hashAfter, post: post,
+                                 timings: phases.merging(["edit_seconds": editSeconds], uniquingKeysWith: { a, _ in a }),
+                                 refinement: Self.refinement(editor))
 
         if e.dryRun == true {
             try host.discardUncommitted()
@@ -255,6 +288,150 @@ public final class Pipeline: @unchecked Sendable {
         return Outcome(kind: .applied(method: editor.method), records: [resultRecord(stored)], editSeconds: editSeconds, eventId: e.id,
                        summary: "applied \(e.id) as snapshot \(stored.snapshot ?? 0): \(e.subject) → \(e.targetNew.str)",
                        steps: ["hash": hashSeconds, "snapshot": Date().timeIntervalSince(t2)])
+    }
+
+    func resultDocument(_ p: PendingEdit, parent: UInt64, hashBefore: String, hashAfter: String, post: CaseScores,
+                        timings: [String: Double], refinement: EditResultDocument.Refinement?) -> EditResultDocument {
+        let e = p.event, m = p.message
+        return EditResultDocument(
+            eventId: e.id, kind: "edit", status: e.dryRun == true ? "dry_run" : "applied", redelivery: nil,
+            model: .init(name: host.modelName, baseHash: host.baseHash), snapshot: nil, parent: parent, head: parent,
+            hashBefore: hashBefore, weightHash: hashAfter, method: p.editor.method, subject: e.subject, targetNew: e.targetNew.str,
+            targetTrue: p.record.targetTrue, targetTrueInferred: p.inferred ? true : nil,
+            metrics: .init(pre: .init(p.pre), post: .init(post)), timings: timings,
+            snapshotBytes: nil, label: nil, source: .init(topic: m.topic, partition: Int(m.partition), offset: Int(m.offset)),
+            refinement: refinement, processedAt: Timestamp.now())
+    }
+
+    // MARK: batches
+
+    /// Processes consecutive messages of one partition. Fact updates for the default editor of a
+    /// method that edits several facts in one computation (MEMIT, AlphaEdit), other than dry runs,
+    /// are edited together and stored as one snapshot that indexes all their ids; a fact that repeats
+    /// a pending one (same id, or same subject and prompt) waits for the pending edit, so the later
+    /// update wins as it would one at a time. Everything else is processed alone, in order. One
+    /// outcome per message, in order; throws only for failures of the daemon's own resources.
+    public func process(batch ms: [KafkaMessage]) throws -> [Outcome] {
+        guard ms.count > 1, defaultEditor.editsTogether else { return try ms.map(process) }
+        var outcomes = [Outcome?](repeating: nil, count: ms.count)
+        var group: [(index: Int, edit: PendingEdit)] = []
+        func flush() throws {
+            let g = group
+            group = []
+            for (i, o) in try editTogether(g) { outcomes[i] = o }
+        }
+        func prepare(_ m: KafkaMessage) throws -> Prepared {
+            do { return try prepareFactUpdate(m) } catch let r as Rejection { return .done(deadLetter(m, r)) }
+        }
+        for (i, m) in ms.enumerated() {
+            guard m.topic == topics.factUpdates else {
+                try flush()
+                outcomes[i] = try process(m)
+                continue
+            }
+            var prepared = try prepare(m)
+            if case .edit(let p) = prepared, !group.isEmpty, !joins(p, group.map(\.edit)) {
+                // It is edited after the pending group: dedupe and score it on the weights that follow.
+                try flush()
+                prepared = try prepare(m)
+            }
+            switch prepared {
+            case .done(let o):
+                outcomes[i] = o
+            case .edit(let p):
+                if joins(p, []) {
+                    group.append((i, p))
+                } else {
+                    do { outcomes[i] = try edit(p) } catch let r as Rejection { outcomes[i] = deadLetter(m, r) }
+                }
+            }
+        }
+        try flush()
+        return outcomes.map { $0! }
+    }
+
+    /// Whether `p` can be edited together with `group`.
+    func joins(_ p: PendingEdit, _ group: [PendingEdit]) -> Bool {
+        p.editor === defaultEditor && p.event.dryRun != true
+            && !group.contains { $0.event.id == p.event.id || ($0.request.subject == p.request.subject && $0.request.prompt == p.request.prompt) }
+    }
+
+    /// One computation for the group's requests, one snapshot for its events. If the methods cannot
+    /// edit them together (one request fails, the system is singular), each event is processed alone.
+    func editTogether(_ g: [(index: Int, edit: PendingEdit)]) throws -> [(Int, Outcome)] {
+        guard g.count > 1 else {
+            return g.map { i, p in
+                do { return (i, try edit(p)) } catch let r as Rejection { return (i, deadLetter(p.message, r)) } catch {
+                    return (i, deadLetter(p.message, Rejection(.editFailed, "\(error)", eventId: p.event.id)))
+                }
+            }
+        }
+        let editor = defaultEditor, n = g.count
+        let t0 = Date()
+        let hashBefore = host.model.weightHash
+        let parent = host.head
+        func alone(_ why: Error, applied: Bool = false) throws -> [(Int, Outcome)] {
+            log("a batch of \(n) fact updates could not be edited together (\(why)); editing them one at a time")
+            if applied { try host.discardUncommitted() }
+            return try g.map { ($0.index, try process($0.edit.message)) }
+        }
+        let updates: [LowRankUpdate], phases: [String: Double], coverages: [SAECoverage]
+        do { (updates, phases, coverages) = try editor.computeUpdates(together: g.map(\.edit.request)) } catch { return try alone(error) }
+        do { for u in updates { try host.apply(u) } } catch { return try alone(error, applied: true) }
+        let hashing = DispatchGroup()
+        let model = host.model
+        DispatchQueue.global().async(group: hashing) { _ = model.weightHash }
+        var posts: [CaseScores] = []
+        do { for (_, p) in g { posts.append(try CounterFactEval.score(p.record, with: scorer)) } } catch {
+            hashing.wait()
+            return try alone(error, applied: true)
+        }
+        let editSeconds = g.map(\.edit.preSeconds).reduce(0, +) + Date().timeIntervalSince(t0)
+        let t1 = Date()
+        hashing.wait()
+        let hashAfter = host.model.weightHash
+        let hashSeconds = Date().timeIntervalSince(t1)
+        let ids = g.map(\.edit.event.id)
+        var timings = phases.merging(["edit_seconds": editSeconds], uniquingKeysWith: { a, _ in a })
+        timings["batch_size"] = Double(n)
+        let docs = g.enumerated().map { j, member -> EditResultDocument in
+            var refinement = Self.refinement(editor)
+            if refinement?.sae != nil, j < coverages.count {
+                refinement?.coverage = coverages[j].coverage
+                refinement?.outside = coverages[j].outside
+            }
+            var doc = resultDocument(member.edit, parent: parent, hashBefore: hashBefore, hashAfter: hashAfter, post: posts[j],
+                                     timings: timings, refinement: refinement)
+            doc.batch = .init(size: n, index: j, eventIds: ids)
+            return doc
+        }
+        let first = g[0].edit.message
+        let draft = SnapshotDraft(
+            eventId: ids[0], source: EventSource(topic: first.topic, partition: first.partition, offset: first.offset), method: editor.method,
+            hyperparameters: try Self.hyperparameters(editor), hashBefore: hashBefore, hashAfter: hashAfter, blas: ModelHost.blasInfo,
+            factors: updates, state: editor.pendingState(),
+            batch: g.dropFirst().map { BatchMember(eventId: $0.edit.event.id, source: EventSource(topic: $0.edit.message.topic,
+                                                                                                   partition: $0.edit.message.partition,
+                                                                                                   offset: $0.edit.message.offset)) })
+        let t2 = Date()
+        var stored = docs
+        let rec = try host.commit(draft) { seq in
+            try stored.indices.map { j in
+                stored[j].snapshot = seq
+                stored[j].head = seq
+                return String(decoding: try JSONCoding.encoder().encode(stored[j]), as: UTF8.self)
+            }
+        }
+        editor.keep()
+        let snapshotSeconds = Date().timeIntervalSince(t2)
+        return g.enumerated().map { j, member in
+            var doc = stored[j]
+            doc.snapshotBytes = rec.storedBytes
+            let e = member.edit.event
+            return (member.index, Outcome(kind: .applied(method: editor.method), records: [resultRecord(doc)], editSeconds: editSeconds, eventId: e.id,
+                                          summary: "applied \(e.id) as snapshot \(rec.seq) (batch edit \(j + 1) of \(n)): \(e.subject) → \(e.targetNew.str)",
+                                          steps: ["hash": hashSeconds, "snapshot": snapshotSeconds]))
+        }
     }
 
     static func refinement(_ editor: FactEditor) -> EditResultDocument.Refinement? {
@@ -511,7 +688,16 @@ public struct EditResultDocument: Codable, Sendable, Equatable {
     /// MESA: the SAE the value vector was refined through and how much of the written change it
     /// represents, or why refinement is off.
     public var refinement: Refinement?
+    /// A batch edit: the events edited together in one computation and stored as one snapshot.
+    public var batch: Batch?
     public var processedAt: String
+
+    public struct Batch: Codable, Sendable, Equatable {
+        public var size: Int
+        /// This event's place in the batch, from 0.
+        public var index: Int
+        public var eventIds: [String]
+    }
 
     public struct Refinement: Codable, Sendable, Equatable {
         public var sae: String?

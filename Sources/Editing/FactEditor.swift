@@ -10,6 +10,11 @@ public protocol FactEditor: AnyObject {
     var method: String { get }
     /// The updates for `request`, in the order they must be applied, and seconds per phase.
     func computeUpdates(for request: EditRequest) throws -> (updates: [LowRankUpdate], phases: [String: Double])
+    /// Whether `computeUpdates(together:)` solves several requests in one computation (MEMIT, AlphaEdit).
+    var editsTogether: Bool { get }
+    /// The updates for several requests edited together (one batch edit), and per request the SAE
+    /// coverage of its change when MESA is on. Methods without batch edits take one request only.
+    func computeUpdates(together requests: [EditRequest]) throws -> (updates: [LowRankUpdate], phases: [String: Double], coverages: [SAECoverage])
     /// The updates last computed were applied and are kept (sequential editing): methods with state
     /// across edits (AlphaEdit's accumulated keys) record them.
     func keep()
@@ -34,6 +39,14 @@ extension RomeEditor: FactEditor {
         let r = try computeUpdate(request)
         lastCoverage = r.coverage
         return ([r.applied], r.phases)
+    }
+
+    public var editsTogether: Bool { false }
+
+    public func computeUpdates(together requests: [EditRequest]) throws -> (updates: [LowRankUpdate], phases: [String: Double], coverages: [SAECoverage]) {
+        guard requests.count == 1 else { throw EditError(.hyperparameters, "ROME edits one fact at a time; \(requests.count) were given") }
+        let r = try computeUpdates(for: requests[0])
+        return (r.updates, r.phases, lastCoverage.map { [$0] } ?? [])
     }
 
     public func keep() {}
@@ -64,6 +77,14 @@ extension MemitEditor: FactEditor {
         let r = try computeUpdates([request])
         lastKeysAfter = r.keysAfter
         return (r.updates, r.phases)
+    }
+
+    public var editsTogether: Bool { true }
+
+    public func computeUpdates(together requests: [EditRequest]) throws -> (updates: [LowRankUpdate], phases: [String: Double], coverages: [SAECoverage]) {
+        let r = try computeUpdates(requests)
+        lastKeysAfter = r.keysAfter
+        return (r.updates, r.phases, r.coverages)
     }
 
     public func keep() {

@@ -87,6 +87,8 @@ public struct MemitResult: Sendable {
     /// updates applied, [n][ff], which it adds to its accumulated K_pK_pᵀ once the updates are kept.
     public var keysAfter: [Int: [[Double]]]
     public var phases: [String: Double]
+    /// MESA only: per request, the SAE coverage of its change at the bare prompt.
+    public var coverages: [SAECoverage] = []
 }
 
 /// How the closed form of one layer is solved: X [ff, n] with ΔW = R·Xᵀ.
@@ -304,7 +306,7 @@ public final class MemitEditor: @unchecked Sendable {
         var keysAfter: [Int: [[Double]]] = [:]
         if case .alphaEdit = solver { keysAfter = try meanKeys(layers: h.layers, prompts: prompts, weights: weights) }
         lap("spread")
-        return MemitResult(updates: updates, deltaNorms: norms, finalLosses: finals, keysAfter: keysAfter, phases: phases)
+        return MemitResult(updates: updates, deltaNorms: norms, finalLosses: finals, keysAfter: keysAfter, phases: phases, coverages: coverages)
     }
 
     /// Each request's template-weighted key at each of `layers` on the current weights: layer →

@@ -13,8 +13,10 @@ import Foundation
 ///         try consumer.commit(m)      // or consumer.release(m) to have it handed out again
 ///     }
 ///
-/// - Only one message is in flight: `next` hands out another one only after the previous one was
-///   committed or released.
+/// - Only one message, or one batch, is in flight: `next` hands out another one only after the
+///   previous one was committed or released. `nextBatch` hands out up to `max` consecutive messages
+///   of one partition, waiting up to `linger` seconds for the batch to fill; committing the last of
+///   them settles the whole batch.
 /// - A partition is paused (`rd_kafka_pause_partitions`) while it holds `maxBufferedPerPartition`
 ///   messages (in flight plus buffered), so nothing piles up during a long piece of work; committing
 ///   resumes it, and fetching continues right after the last message received. The default, 2, keeps
@@ -68,7 +70,14 @@ public final class KafkaConsumer: @unchecked Sendable {
 
     /// The next message, or nil if none arrived within `timeout` seconds or the consumer is closing.
     /// Waits while the previous message is still in flight (not yet committed or released).
-    public func next(timeout: Double) -> KafkaMessage? { core.next(timeout: timeout) }
+    public func next(timeout: Double) -> KafkaMessage? { core.nextBatch(max: 1, linger: 0, timeout: timeout).first }
+
+    /// Up to `max` consecutive messages of one partition (empty after `timeout` seconds without any):
+    /// once the first is there, waits up to `linger` seconds for more. The partition must be allowed
+    /// to hold that many (`maxBufferedPerPartition` > `max`) for a batch to fill.
+    public func nextBatch(max: Int, linger: Double, timeout: Double) -> [KafkaMessage] {
+        core.nextBatch(max: Swift.max(1, max), linger: linger, timeout: timeout)
+    }
 
     /// Commits `m.offset + 1` for m's partition (synchronously, retrying transient coordinator errors),
     /// then resumes the partition.
@@ -82,7 +91,10 @@ public final class KafkaConsumer: @unchecked Sendable {
     public func commit(_ m: KafkaMessage, wait: Bool = true) throws { try core.commit(m, wait: wait) }
 
     /// Gives m back without committing it: the next `next` hands it out again (for a retry).
-    public func release(_ m: KafkaMessage) { core.release(m) }
+    public func release(_ m: KafkaMessage) { core.release([m]) }
+
+    /// Gives messages in flight back uncommitted, in order: the next `next` or `nextBatch` hands them out again.
+    public func release(_ messages: [KafkaMessage]) { core.release(messages) }
 
     /// Messages not yet committed per "topic/partition" of the current assignment: the high watermark
     /// from the last fetch minus the first unsettled offset. Local, no broker round trip; a partition
@@ -134,7 +146,8 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
     private var partitions: [TopicPartition: Partition] = [:]
     /// Received, not yet handed out, in arrival order (partition order preserved).
     private var buffer: [KafkaMessage] = []
-    private var inFlight: KafkaMessage?
+    /// Handed out, not yet committed or released: one message or one batch of one partition, in offset order.
+    private var inFlight: [KafkaMessage] = []
     private var committed: [TopicPartition: Int64] = [:]
 
     private let drainTimeout: Double
@@ -313,11 +326,12 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
         let revoked = partitionsToRevoke ?? Set(partitions.keys)
         for tp in revoked { partitions[tp]?.revoking = true }
         buffer.removeAll { revoked.contains(TopicPartition($0)) }
-        if !lost, let m = inFlight, revoked.contains(TopicPartition(m)) {
-            log("waiting up to \(drainTimeout) s for \(m.partitionKey)@\(m.offset) to be committed or released")
+        func pending() -> KafkaMessage? { inFlight.first { revoked.contains(TopicPartition($0)) } }
+        if !lost, let m = pending() {
+            log("waiting up to \(drainTimeout) s for \(m.partitionKey)@\(m.offset) (\(inFlight.count) in flight) to be committed or released")
             let deadline = Date(timeIntervalSinceNow: drainTimeout)
-            while let m = inFlight, revoked.contains(TopicPartition(m)), cond.wait(until: deadline) {}
-            if let m = inFlight, revoked.contains(TopicPartition(m)) {
+            while pending() != nil, cond.wait(until: deadline) {}
+            if let m = pending() {
                 log("drain timeout: \(m.partitionKey)@\(m.offset) is still in flight; it is not committed, so the partition's next owner redelivers it")
             }
         }
@@ -328,20 +342,30 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
 
     // MARK: worker side
 
-    func next(timeout: Double) -> KafkaMessage? {
+    func nextBatch(max: Int, linger: Double, timeout: Double) -> [KafkaMessage] {
         let deadline = Date(timeIntervalSinceNow: timeout)
         cond.lock()
         defer { cond.unlock() }
         while true {
-            guard state == .running else { return nil }
-            if inFlight == nil, !buffer.isEmpty {
-                let m = buffer.removeFirst()
-                inFlight = m
-                return m
-            }
-            guard Date() < deadline else { return nil }
+            guard state == .running else { return [] }
+            if inFlight.isEmpty, !buffer.isEmpty { break }
+            guard Date() < deadline else { return [] }
             _ = cond.wait(until: deadline)
         }
+        let first = buffer.removeFirst()
+        let tp = TopicPartition(first)
+        inFlight = [first]
+        let lingerEnd = Date(timeIntervalSinceNow: linger)
+        while inFlight.count < max {
+            // The partition's next messages, wherever other partitions' messages sit between them.
+            while inFlight.count < max, let i = buffer.firstIndex(where: { TopicPartition($0) == tp }) {
+                inFlight.append(buffer.remove(at: i))
+            }
+            guard inFlight.count < max, state == .running, partitions[tp].map({ !$0.revoking }) ?? false,
+                  Date() < lingerEnd else { break }
+            _ = cond.wait(until: lingerEnd)
+        }
+        return inFlight
     }
 
     private static func same(_ a: KafkaMessage, _ b: KafkaMessage) -> Bool {
@@ -356,15 +380,16 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
         RD_KAFKA_RESP_ERR__WAIT_COORD,
     ].map(\.rawValue))
 
+    /// Commits `m.offset + 1`, settling every message in flight up to `m`.
     func commit(_ m: KafkaMessage, wait: Bool = true) throws {
         let tp = TopicPartition(m)
         cond.lock()
-        guard let current = inFlight, Self.same(current, m) else {
+        guard inFlight.contains(where: { Self.same($0, m) }) else {
             cond.unlock()
-            throw KafkaError("commit \(m.partitionKey)@\(m.offset): not the message in flight", code: KafkaError.Code.state)
+            throw KafkaError("commit \(m.partitionKey)@\(m.offset): not a message in flight", code: KafkaError.Code.state)
         }
         guard partitions[tp] != nil else {
-            inFlight = nil
+            inFlight.removeAll { TopicPartition($0) == tp && $0.offset <= m.offset }
             cond.broadcast()
             cond.unlock()
             throw KafkaError("commit \(m.partitionKey)@\(m.offset): the partition was revoked; its next owner redelivers the message",
@@ -400,24 +425,29 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
         }
         if let failure { throw failure }
         committed[tp] = m.offset + 1
-        if let current = inFlight, Self.same(current, m) { inFlight = nil }
+        let flying = inFlight.count
+        inFlight.removeAll { TopicPartition($0) == tp && $0.offset <= m.offset }
         guard partitions[tp] != nil else { return }
         // A partition revoked and assigned back may have refetched what is now committed.
         let before = buffer.count
         buffer.removeAll { TopicPartition($0) == tp && $0.offset <= m.offset }
-        partitions[tp]!.held -= 1 + (before - buffer.count)
+        partitions[tp]!.held -= (flying - inFlight.count) + (before - buffer.count)
         reconcilePause(tp)
     }
 
-    func release(_ m: KafkaMessage) {
+    func release(_ messages: [KafkaMessage]) {
         cond.lock()
         defer { cond.unlock() }
-        guard let current = inFlight, Self.same(current, m) else {
-            log("release \(m.partitionKey)@\(m.offset): not the message in flight; ignored")
-            return
+        var back: [KafkaMessage] = []
+        for m in messages {
+            guard let i = inFlight.firstIndex(where: { Self.same($0, m) }) else {
+                log("release \(m.partitionKey)@\(m.offset): not a message in flight; ignored")
+                continue
+            }
+            let current = inFlight.remove(at: i)
+            if let p = partitions[TopicPartition(m)], !p.revoking { back.append(current) }
         }
-        inFlight = nil
-        if let p = partitions[TopicPartition(m)], !p.revoking { buffer.insert(current, at: 0) }
+        buffer.insert(contentsOf: back.sorted { ($0.topic, $0.partition, $0.offset) < ($1.topic, $1.partition, $1.offset) }, at: 0)
         cond.broadcast()
     }
 
@@ -426,7 +456,7 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
         defer { cond.unlock() }
         guard let handle = rk, !partitions.isEmpty else { return [:] }
         var firstUnsettled: [TopicPartition: Int64] = [:]
-        for m in buffer + (inFlight.map { [$0] } ?? []) {
+        for m in buffer + inFlight {
             let tp = TopicPartition(m)
             firstUnsettled[tp] = min(firstUnsettled[tp] ?? .max, m.offset)
         }

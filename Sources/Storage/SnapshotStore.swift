@@ -51,6 +51,20 @@ public struct BLASInfo: Codable, Sendable, Equatable {
     }
 }
 
+/// An event edited together with a snapshot's first event (a batch of consecutive fact updates
+/// solved jointly), with its own result document.
+public struct BatchMember: Codable, Sendable, Equatable {
+    public var eventId: String
+    public var source: EventSource?
+    /// The event's result document as published (JSON text); empty in a draft, filled at commit.
+    public var result: String
+    public init(eventId: String, source: EventSource?, result: String = "") {
+        self.eventId = eventId
+        self.source = source
+        self.result = result
+    }
+}
+
 /// What the caller supplies for one applied edit; the store assigns the sequence number and parent.
 public struct SnapshotDraft: Sendable {
     public var eventId: String
@@ -64,9 +78,12 @@ public struct SnapshotDraft: Sendable {
     public var factors: [LowRankUpdate]
     /// Method state the edit adds (AlphaEdit's keys), replayed with the factors.
     public var state: [StateBlock]
+    /// The other events of a batch edit, after `eventId` in log order (empty for a single edit).
+    public var batch: [BatchMember]
 
     public init(eventId: String, source: EventSource?, method: String, hyperparameters: String,
-                hashBefore: String, hashAfter: String, blas: BLASInfo, factors: [LowRankUpdate], state: [StateBlock] = []) {
+                hashBefore: String, hashAfter: String, blas: BLASInfo, factors: [LowRankUpdate], state: [StateBlock] = [],
+                batch: [BatchMember] = []) {
         self.eventId = eventId
         self.source = source
         self.method = method
@@ -76,7 +93,11 @@ public struct SnapshotDraft: Sendable {
         self.blas = blas
         self.factors = factors
         self.state = state
+        self.batch = batch
     }
+
+    /// Every event the edit applies, `eventId` first.
+    public var eventIds: [String] { [eventId] + batch.map(\.eventId) }
 }
 
 /// A stored snapshot: the weights after edit `seq`, reached from snapshot `parent` by `factors`.
@@ -98,8 +119,18 @@ public struct SnapshotRecord: Sendable, Equatable {
     public var factors: [LowRankUpdate]
     /// Method state the edit added (empty for ROME and MEMIT).
     public var state: [StateBlock] = []
+    /// The other events of a batch edit, with their result documents (empty for a single edit).
+    public var batch: [BatchMember] = []
     /// Size of the stored record in bytes.
     public var storedBytes: Int
+
+    /// Every event the snapshot applies, `eventId` first.
+    public var eventIds: [String] { [eventId] + batch.map(\.eventId) }
+
+    /// The result document recorded for `id`, one of `eventIds`.
+    public func result(ofEvent id: String) -> String? {
+        id == eventId ? result : batch.first { $0.eventId == id }?.result
+    }
 }
 
 /// One journal entry: every change of the head (an edit, a rollback) in order.
@@ -200,29 +231,42 @@ public final class SnapshotStore: @unchecked Sendable {
     // MARK: writes
 
     /// Stores an applied edit on top of the current head, in one transaction with its event index
-    /// entry, the new head and a journal entry. Throws `duplicateEvent` (writing nothing) when the
+    /// entry, the new head and a journal entry. Throws `duplicateEvent` (writing nothing) when an
     /// event id is already recorded, and `state` when the head moved since `hashBefore` was taken.
     /// `result` makes the result document for the assigned sequence number, inside the transaction.
     @discardableResult
     public func commitEdit(_ draft: SnapshotDraft, expectedHead: UInt64, result: (UInt64) throws -> String = { _ in "{}" }) throws -> SnapshotRecord {
-        try environment.write { t in
+        try commitEdit(draft, expectedHead: expectedHead, results: { seq in try [result(seq)] + draft.batch.map { _ in "{}" } })
+    }
+
+    /// `commitEdit` for a batch edit: `results` makes one result document per event of
+    /// `draft.eventIds`, in that order. Every event id is indexed to the one snapshot.
+    @discardableResult
+    public func commitEdit(_ draft: SnapshotDraft, expectedHead: UInt64, results: (UInt64) throws -> [String]) throws -> SnapshotRecord {
+        let ids = draft.eventIds
+        guard Set(ids).count == ids.count else { throw SnapshotStoreError(.state, "a batch edit names an event twice: \(ids)") }
+        return try environment.write { t in
             guard try t.get(meta, key: Self.key("base_hash")) != nil else { throw SnapshotStoreError(.state, "the store has no base model") }
-            if try t.get(events, key: Array(draft.eventId.utf8)) != nil {
-                throw SnapshotStoreError(.duplicateEvent, "event \(draft.eventId) is already recorded")
+            for id in ids where try t.get(events, key: Array(id.utf8)) != nil {
+                throw SnapshotStoreError(.duplicateEvent, "event \(id) is already recorded")
             }
             let head = try t.get(meta, key: Self.key("head")).map(Self.u64) ?? 0
             guard head == expectedHead else {
                 throw SnapshotStoreError(.state, "the head is \(head), the edit was computed on \(expectedHead)")
             }
             let seq = (try t.get(meta, key: Self.key("next_seq")).map(Self.u64) ?? 1)
+            let docs = try results(seq)
+            guard docs.count == ids.count else { throw SnapshotStoreError(.state, "\(docs.count) result documents for \(ids.count) events") }
+            var batch = draft.batch
+            for i in batch.indices { batch[i].result = docs[i + 1] }
             var rec = SnapshotRecord(seq: seq, parent: head, eventId: draft.eventId, source: draft.source, method: draft.method,
-                                     hyperparameters: draft.hyperparameters, result: try result(seq), hashBefore: draft.hashBefore,
+                                     hyperparameters: draft.hyperparameters, result: docs[0], hashBefore: draft.hashBefore,
                                      hashAfter: draft.hashAfter, blas: draft.blas, createdAt: Timestamp.now(), factors: draft.factors,
-                                     state: draft.state, storedBytes: 0)
+                                     state: draft.state, batch: batch, storedBytes: 0)
             let bytes = try Self.encode(rec)
             rec.storedBytes = bytes.count
             try t.put(snapshots, key: Self.be(seq), value: bytes, noOverwrite: true)
-            try t.put(events, key: Array(draft.eventId.utf8), value: [UInt8(ascii: "s")] + Self.be(seq))
+            for id in ids { try t.put(events, key: Array(id.utf8), value: [UInt8(ascii: "s")] + Self.be(seq)) }
             try t.put(meta, key: Self.key("next_seq"), value: Self.be(seq + 1))
             try t.put(meta, key: Self.key("head"), value: Self.be(seq))
             try journal(t, kind: .edit, headBefore: head, headAfter: seq, hash: draft.hashAfter, eventId: draft.eventId)
@@ -327,6 +371,8 @@ public final class SnapshotStore: @unchecked Sendable {
         var factors: [FactorHeader]
         /// Absent in records written before method state existed.
         var state: [StateHeader]?
+        /// Absent for single edits.
+        var batch: [BatchMember]?
     }
 
     struct StateHeader: Codable {
@@ -357,7 +403,8 @@ public final class SnapshotStore: @unchecked Sendable {
                             hyperparameters: r.hyperparameters, result: r.result, hashBefore: r.hashBefore, hashAfter: r.hashAfter,
                             blas: r.blas, createdAt: r.createdAt,
                             factors: r.factors.map { FactorHeader(parameter: $0.parameter, layer: $0.layer, rows: $0.rows, cols: $0.cols, rank: $0.rank) },
-                            state: r.state.isEmpty ? nil : r.state.map { StateHeader(name: $0.name, layer: $0.layer, rows: $0.rows, cols: $0.cols) })
+                            state: r.state.isEmpty ? nil : r.state.map { StateHeader(name: $0.name, layer: $0.layer, rows: $0.rows, cols: $0.cols) },
+                            batch: r.batch.isEmpty ? nil : r.batch)
         let h = try encoder().encode(header)
         let floats = r.factors.flatMap { $0.left + $0.right } + r.state.flatMap(\.values)
         var out = magic
@@ -401,7 +448,7 @@ public final class SnapshotStore: @unchecked Sendable {
         return SnapshotRecord(seq: header.seq, parent: header.parent, eventId: header.eventId, source: header.source, method: header.method,
                               hyperparameters: header.hyperparameters, result: header.result, hashBefore: header.hashBefore,
                               hashAfter: header.hashAfter, blas: header.blas, createdAt: header.createdAt, factors: factors,
-                              state: state, storedBytes: b.count)
+                              state: state, batch: header.batch ?? [], storedBytes: b.count)
     }
 
     @discardableResult

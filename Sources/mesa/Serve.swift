@@ -73,6 +73,12 @@ struct Serve: ParsableCommand {
     @Flag(name: .long, help: "MESA: if the SAE cannot be loaded, serve plain ROME and say so in every result (default: refuse to start).")
     var mesaFallback = false
 
+    @Option(name: .long, help: "MEMIT/AlphaEdit: edit up to this many consecutive fact updates together, as one snapshot (default: $MESA_BATCH_MAX_EVENTS, the file's, or 1).")
+    var batchMaxEvents: Int?
+
+    @Option(name: .long, help: "How long the first event of a batch waits for more, in ms (default: $MESA_BATCH_LINGER_MS, the file's, or 50).")
+    var batchLingerMs: Int?
+
     func run() throws {
         try reportingErrors {
             var c = try daemonOptions.resolve()
@@ -83,6 +89,9 @@ struct Serve: ParsableCommand {
             if let method { c.method = method }
             if let mesa { c.mesa = .init(sae: mesa, fallback: c.mesa?.fallback, l1: c.mesa?.l1) }
             if mesaFallback { c.mesa = .init(sae: c.mesa?.sae, fallback: true, l1: c.mesa?.l1) }
+            if batchMaxEvents != nil || batchLingerMs != nil {
+                c.batch = .init(maxEvents: batchMaxEvents ?? c.batch?.maxEvents, lingerMs: batchLingerMs ?? c.batch?.lingerMs)
+            }
             let path = try c.model ?? ModelLocator.defaultModelPath()
             if c.corpus == nil {
                 c.corpus = ProcessInfo.processInfo.environment["MESA_CORPUS"] ?? FileManager.default.currentDirectoryPath + "/../shared/data/corpus/enwiki-2015-sample.txt"

@@ -80,6 +80,9 @@ final class DaemonHarness: @unchecked Sendable {
     /// The config's "mesa" block (nil: none).
     var mesa: [String: Any]?
 
+    /// The config's "batch" block (nil: none).
+    var batch: [String: Any]?
+
     func writeConfig(maxEventBytes: Int = 8192, extra: [String: String] = [:], createTopics: Bool = true) throws -> URL {
         let t = topics
         var props = ["session.timeout.ms": "6000", "heartbeat.interval.ms": "1000", "topic.metadata.refresh.interval.ms": "2000"]
@@ -91,7 +94,7 @@ final class DaemonHarness: @unchecked Sendable {
                       "topics": ["fact_updates": t.factUpdates, "control": t.control, "results": t.results, "dead_letters": t.deadLetters],
                       "properties": props],
             "http": ["listen": "127.0.0.1:\(httpPort)"],
-        ].merging(mesa.map { ["mesa": $0] } ?? [:]) { a, _ in a }.merging(method.map { ["method": $0] } ?? [:]) { a, _ in a }
+        ].merging(mesa.map { ["mesa": $0] } ?? [:]) { a, _ in a }.merging(batch.map { ["batch": $0] } ?? [:]) { a, _ in a }.merging(method.map { ["method": $0] } ?? [:]) { a, _ in a }
         let url = dir.appendingPathComponent("mesa.json")
         try JSONSerialization.data(withJSONObject: c, options: [.sortedKeys]).write(to: url)
         return url

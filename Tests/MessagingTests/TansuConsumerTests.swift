@@ -127,6 +127,40 @@ struct TansuConsumerTests {
         #expect(consumer.next(timeout: 1) == nil)
     }
 
+    /// `nextBatch` hands out consecutive messages of one partition, waits `linger` for a batch to
+    /// fill, and hands out nothing more until the batch is settled: committing its last message
+    /// settles all of it; releasing it gives every message back in order.
+    @Test func batchesAreConsecutiveAndSettledTogether() throws {
+        let broker = try DevelopmentBroker()
+        defer { broker.stop() }
+        try KafkaAdmin(properties: ["bootstrap.servers": broker.bootstrapServers])
+            .createTopics(["batched"], partitions: 1, replicationFactor: 1, timeout: 10)
+        let producer = try KafkaProducer(properties: ["bootstrap.servers": broker.bootstrapServers])
+        defer { producer.close() }
+        for i in 0..<7 { _ = try producer.send(topic: "batched", key: nil, payload: "b\(i)".bytes, timeout: 10) }
+        let consumer = try KafkaConsumer(properties: groupProperties(broker.bootstrapServers, group: "batcher"),
+                                         topics: ["batched"], maxBufferedPerPartition: 4)
+        defer { consumer.close() }
+        let first = consumer.nextBatch(max: 3, linger: 2, timeout: 15)
+        #expect(first.map(\.offset) == [0, 1, 2])
+        #expect(consumer.nextBatch(max: 3, linger: 0, timeout: 0.3).isEmpty, "a second batch while one is in flight")
+        consumer.release(first)
+        let again = consumer.nextBatch(max: 3, linger: 2, timeout: 5)
+        #expect(again == first)
+        try consumer.commit(again[2])
+        #expect(waitUntil(timeout: 10) { consumer.lag() == ["batched/0": 4] }, "\(consumer.lag())")
+        let second = consumer.nextBatch(max: 3, linger: 2, timeout: 5)
+        #expect(second.map(\.payloadString) == ["b3", "b4", "b5"])
+        try consumer.commit(second[2])
+        // One message left: the batch waits out its linger and comes back short.
+        let t0 = Date()
+        let last = consumer.nextBatch(max: 3, linger: 0.5, timeout: 5)
+        #expect(last.map(\.offset) == [6] && Date().timeIntervalSince(t0) >= 0.45)
+        try consumer.commit(last[0])
+        #expect(consumer.nextBatch(max: 3, linger: 0, timeout: 0.5).isEmpty)
+        #expect(consumer.lag() == ["batched/0": 0])
+    }
+
     @Test func cloudEventBinaryHeadersRoundTrip() throws {
         let broker = try DevelopmentBroker()
         defer { broker.stop() }

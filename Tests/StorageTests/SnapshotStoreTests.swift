@@ -40,6 +40,39 @@ import Testing
         #expect(try store.head() == 2)
     }
 
+    /// A batch edit is one snapshot that indexes every event of the batch, each with its own result;
+    /// an id already recorded (in the batch, or twice in it) refuses the whole batch.
+    @Test func batchEditIndexesEveryEventWithItsResult() throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = try SnapshotStore(path: dir)
+        try store.attachBase(modelHash: "base", modelName: "tiny")
+        _ = try store.commitEdit(Self.draft("solo", before: "base", after: "h1", rows: 8, cols: 12), expectedHead: 0)
+        var d = Self.draft("b1", before: "h1", after: "h2", rows: 8, cols: 12)
+        d.batch = [BatchMember(eventId: "b2", source: EventSource(topic: "mesa.fact-updates", partition: 0, offset: 8)),
+                   BatchMember(eventId: "b3", source: EventSource(topic: "mesa.fact-updates", partition: 0, offset: 9))]
+        #expect(d.eventIds == ["b1", "b2", "b3"])
+        let r = try store.commitEdit(d, expectedHead: 1) { seq in (1...3).map { #"{"seq":\#(seq),"n":\#($0)}"# } }
+        #expect(r.seq == 2 && r.eventIds == ["b1", "b2", "b3"])
+        for (i, id) in ["b1", "b2", "b3"].enumerated() {
+            #expect(try store.outcome(ofEvent: id) == .snapshot(2))
+            #expect(r.result(ofEvent: id) == #"{"seq":2,"n":\#(i + 1)}"#)
+        }
+        let back = try store.record(2)
+        #expect(back == r)
+        #expect(back.batch.map(\.source?.offset) == [8, 9])
+        #expect(try store.record(1).batch.isEmpty && store.record(1).result(ofEvent: "b2") == nil)
+
+        var again = Self.draft("b4", before: "h2", after: "h3", rows: 8, cols: 12)
+        again.batch = [BatchMember(eventId: "b2", source: nil)]
+        #expect { try store.commitEdit(again, expectedHead: 2) { _ in ["{}", "{}"] } } throws: { ($0 as? SnapshotStoreError)?.code == .duplicateEvent }
+        again.batch = [BatchMember(eventId: "b4", source: nil)]
+        #expect { try store.commitEdit(again, expectedHead: 2) { _ in ["{}", "{}"] } } throws: { ($0 as? SnapshotStoreError)?.code == .state }
+        again.batch = [BatchMember(eventId: "b5", source: nil)]
+        #expect { try store.commitEdit(again, expectedHead: 2) { _ in ["{}"] } } throws: { ($0 as? SnapshotStoreError)?.code == .state }
+        #expect(try store.head() == 2 && store.outcome(ofEvent: "b4") == nil && store.outcome(ofEvent: "b5") == nil)
+    }
+
     @Test func editsRoundTripWithLineageJournalAndDedupe() throws {
         let dir = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
