@@ -38,6 +38,8 @@ struct CounterFactRunner {
         var cases = journal?.cases ?? []
         var curve = journal?.curve ?? []
         var backups: [WeightBackup] = []
+        // The cases scored at a checkpoint after the last edit are the final scores.
+        var scoredAtEnd: [EvalCase]?
         let hashBefore = model.weightHash
         for (i, r) in records.enumerated().dropFirst(done) {
             if journal != nil, shouldStop() {
@@ -82,14 +84,17 @@ struct CounterFactRunner {
                 var scored = cases
                 for j in scored.indices where scored[j].post != nil { scored[j].post = try CounterFactEval.score(records[j], with: scorer) }
                 let m = Metrics.aggregate(scored.compactMap(\.post))
+                if i + 1 == records.count { scoredAtEnd = scored }
                 curve.append(Checkpoint(edits: i + 1, metrics: m))
                 try journal?.save(curve)
                 log(String(format: "after %d edits: ES %.1f PS %.1f NS %.1f S %.1f", i + 1, m.es, m.ps, m.ns, m.s))
             }
-            bar.update(i + 1, records.count, unit: "cases", seconds: Date().timeIntervalSince(t0))
+            bar.update(i + 1, records.count, unit: "cases", seconds: Date().timeIntervalSince(t0), start: done)
         }
         bar.finish()
-        if sequential {
+        if let scoredAtEnd {
+            cases = scoredAtEnd
+        } else if sequential {
             // Every case again, on the model that holds all edits.
             for i in cases.indices where cases[i].post != nil {
                 cases[i].post = try CounterFactEval.score(records[i], with: scorer)
