@@ -150,9 +150,12 @@ struct MemitBench: ParsableCommand {
     @Option(help: "Python of the PyTorch reference environment ('none' to skip).")
     var reference = (ModelLocator.mesaHome as NSString).appendingPathComponent("refenv/bin/python")
     @Option(help: "Results file (JSON; default ops/bench/results/<method>.json).") var out: String?
+    @Option(help: "Also time records record..<record+N edited together (one batch edit, as the daemon's batch.max_events does) against the same N edited one at a time.")
+    var batch = 1
 
     func run() throws {
         guard ["memit", "alphaedit"].contains(method) else { throw ValidationError("--method memit or alphaedit") }
+        guard batch >= 1 else { throw ValidationError("--batch must be at least 1") }
         BLAS.setThreads(threads)
         let path = try model ?? ModelLocator.defaultModelPath()
         let m = try ModelLoader.load(path: path)
@@ -193,6 +196,22 @@ struct MemitBench: ParsableCommand {
             "mesa_update_norms": norms, "blas": BLAS.configuration.description, "command": CommandLine.arguments.joined(separator: " "),
             "created": ISO8601DateFormatter().string(from: Date()),
         ]
+        if batch > 1 {
+            let all = try CounterFact.load(path: data).records
+            guard record + batch <= all.count else { throw ValidationError("--batch \(batch) from record \(record) exceeds the data") }
+            let requests = all[record..<(record + batch)].map {
+                EditRequest(subject: $0.subject, prompt: $0.prompt, targetNew: $0.targetNew, targetTrue: $0.targetTrue)
+            }
+            // Both on the unedited weights (computeUpdates leaves them untouched), each timed once.
+            var alone = 0.0
+            for r in requests { alone += try timed { _ = try editor.computeUpdates([r]) } }
+            var joint: MemitResult?
+            let together = try timed { joint = try editor.computeUpdates(requests) }
+            print(String(format: "batch of %d: %.3f s per fact together (z %.3f s, spread %.3f s in all), %.3f s per fact alone; %.2f× the throughput",
+                         batch, together / Double(batch), joint!.phases["z"] ?? .nan, joint!.phases["spread"] ?? .nan, alone / Double(batch), alone / together))
+            doc["batch"] = ["size": batch, "together_seconds": together, "alone_seconds": alone, "together_phases": joint!.phases,
+                            "throughput_ratio": alone / together] as [String: Any]
+        }
         if reference != "none" {
             let tok = EditTokenizer(model: m)
             let batch = try RomeBatch(request: request, prefixes: templates.prefixes, tokenizer: tok, contextLength: m.config.contextLength)
