@@ -8,6 +8,8 @@ public struct AuditReport: Codable, Sendable {
         public var seq: UInt64
         public var parent: UInt64
         public var eventId: String
+        /// A batch edit: every event it applied, `eventId` first.
+        public var batchEventIds: [String]?
         public var method: String
         public var source: EventSource?
         public var recordedHash: String
@@ -74,13 +76,13 @@ public enum Auditor {
                 built = seq
                 let match = hash == r.hashAfter
                 ok = ok && match
-                rows.append(.init(seq: seq, parent: r.parent, eventId: r.eventId, method: r.method, source: r.source, recordedHash: r.hashAfter,
+                rows.append(.init(seq: seq, parent: r.parent, eventId: r.eventId, batchEventIds: r.batch.isEmpty ? nil : r.eventIds, method: r.method, source: r.source, recordedHash: r.hashAfter,
                                   replayedHash: hash, status: match ? "match" : "mismatch", blasMatches: r.blas == blas, error: nil))
             } catch {
                 // The record is sound but an ancestor is not: it cannot be rebuilt.
                 ok = false
                 built = nil
-                rows.append(.init(seq: seq, parent: r.parent, eventId: r.eventId, method: r.method, source: r.source, recordedHash: r.hashAfter,
+                rows.append(.init(seq: seq, parent: r.parent, eventId: r.eventId, batchEventIds: r.batch.isEmpty ? nil : r.eventIds, method: r.method, source: r.source, recordedHash: r.hashAfter,
                                   replayedHash: nil, status: "unverifiable", blasMatches: r.blas == blas, error: "\(error)"))
             }
         }

@@ -67,6 +67,15 @@ import Testing
         let base = try store.hash(at: 0)
         #expect(rolled["head"]?.intValue == 0 && rolled["weight_hash"]?.stringValue == base)
         #expect(x.terminate() == 0)
+        // The audit rebuilds the batch snapshot in a fresh process and names every event it applied.
+        let report = x.dir.appendingPathComponent("audit.json").path
+        let (status, out) = try x.mesa(["replay", "--verify", "--model", x.modelPath, "--state-dir", x.stateDir.path, "--report", report])
+        #expect(status == 0, "\(out)")
+        let audit = try JSONValue.parse(try Data(contentsOf: URL(fileURLWithPath: report)))
+        #expect(try DaemonTests.schema("audit-report.schema.json").validate(audit).valid)
+        let rows = audit["snapshots"]?.arrayValue ?? []
+        #expect(rows.map { $0["status"]?.stringValue } == ["match", "match"], "\(out)")
+        #expect(rows.first?["batch_event_ids"] == .array([.string("bt-a"), .string("bt-b")]) && rows.last?["batch_event_ids"] == nil)
 
         // Edited together is not edited one after the other: a daemon without batches gets other weights.
         let y = try DaemonHarness(bootstrap: bootstrap, label: "bt-y")
