@@ -60,6 +60,27 @@ import Testing
         #expect(throws: EditError.self) { try MemitHyperparameters(layers: [2, 1]).validate(layers: 3) }
     }
 
+    /// A NaN that reaches the last layer's solve (here through AlphaEdit's accumulated keys) is a
+    /// typed error, and the earlier layer's update, applied while the later keys were computed, is undone.
+    @Test func nonFiniteAlphaEditStateIsATypedErrorAndLeavesTheWeights() throws {
+        let m = try TinyEditModel.load()
+        let hash = m.weightHash
+        let ff = m.config.intermediate
+        let stats = Dictionary(uniqueKeysWithValues: [0, 1].map { ($0, Self.statistics(m, layer: $0)) })
+        let state = try AlphaEditState(statistics: stats, nullspaceEnergy: 0.3, l2: 1)
+        var poisoned = [Double](repeating: 0, count: ff)
+        poisoned[3] = .nan
+        state.accumulate([1: [poisoned]])
+        var h = MemitHyperparameters(layers: [0, 1], contextTemplates: [.init(length: 4, count: 2)], vNumGradSteps: 5, clampNormFactor: 4)
+        h.earlyStopLoss = 0
+        let templates = try ContextTemplates.generate(model: m, groups: h.contextTemplates, seed: 3)
+        let editor = try MemitEditor(model: m, hparams: h, templates: templates, statistics: stats, solver: .alphaEdit(state))
+        #expect { try editor.computeUpdates([EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome")]) } throws: {
+            [.nonFinite, .degenerateKey].contains(($0 as? EditError)?.code)
+        }
+        #expect(m.weightHash == hash)
+    }
+
     /// AlphaEdit: P is a projector onto the low-energy eigenspace of C, the update vanishes on the
     /// high-energy directions (ΔW = R·Xᵀ with X in range(P)), and it still makes the edit.
     @Test func alphaEditUpdatesStayInTheNullSpaceAndEdit() throws {
