@@ -38,6 +38,8 @@ struct Eval: ParsableCommand {
             let dataPath = data ?? defaultDataPath
             let records = try loadRecords(dataPath, start: start, limit: limit)
             let model = try modelOptions.load()
+            // The base model's hash: a resumed journal moves the weights to its last edit.
+            let baseHash = model.weightHash
             let editor: FactEditor = method == "rome"
                 ? try makeRomeEditor(model: model, modelPath: path, options: editOptions)
                 : try makeMemitEditor(model: model, modelPath: path, options: editOptions, alphaEdit: method == "alphaedit")
@@ -45,7 +47,7 @@ struct Eval: ParsableCommand {
             runner.checkpoints = checkpoints
             if let resume {
                 guard sequential else { throw fail("--resume needs --sequential") }
-                let fingerprint = "\(editor.method) \(editor.settings.sorted { $0.key < $1.key }.filter { $0.key != "nullity" }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")) data=\(dataPath) start=\(start) model=\(model.weightHash)"
+                let fingerprint = "\(editor.method) \(editor.settings.sorted { $0.key < $1.key }.filter { $0.key != "nullity" }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")) data=\(dataPath) start=\(start) model=\(baseHash)"
                 runner.journal = try SequentialJournal(directory: URL(fileURLWithPath: resume), model: model, modelName: EditOptions.modelName(path),
                                                        editor: editor, fingerprint: fingerprint)
                 let stop = InterruptFlag()
@@ -62,7 +64,7 @@ struct Eval: ParsableCommand {
             let coverage = cases.compactMap(\.saeCoverage)
             if !coverage.isEmpty { timing["saeCoverageMean"] = coverage.reduce(0, +) / Double(coverage.count) }
             let label = editor.method.lowercased().replacingOccurrences(of: "+", with: "-")
-            let report = EvalReport(method: label, model: EditOptions.modelName(path), modelHash: model.weightHash, data: dataPath,
+            let report = EvalReport(method: label, model: EditOptions.modelName(path), modelHash: baseHash, data: dataPath,
                                     start: start, limit: limit, sequential: sequential, settings: runner.settings(), cases: cases, timing: timing)
             let base = "\(label)-\(URL(fileURLWithPath: dataPath).deletingPathExtension().lastPathComponent)-\(start)-\(records.count)\(sequential ? "-seq" : "")"
             let files = try ReportWriter.write(report, to: out, basename: base)
