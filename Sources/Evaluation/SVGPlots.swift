@@ -152,7 +152,9 @@ extension ReportWriter {
             svg.polyline(points, stroke: color, width: 2)
             for p in points { svg.circle(cx: p.0, cy: p.1, r: 3, fill: color) }
         }
-        svg.legend(x: area.right - 230, y: 48, series.enumerated().map { ($0.element.0, colors[$0.offset % colors.count]) }, horizontal: true)
+        let entries = series.enumerated().map { ($0.element.0, colors[$0.offset % colors.count]) }
+        let span = entries.map { SVGCanvas.legendAdvance($0.0) }.reduce(0, +)
+        svg.legend(x: min(area.right - 230, area.right + 20 - span), y: 48, entries, horizontal: true)
         return svg.render(title: title)
     }
 
@@ -253,13 +255,17 @@ struct SVGCanvas {
 
     /// Color swatches with labels, stacked vertically or laid out in a row.
     mutating func legend(x: Double, y: Double, _ entries: [(String, String)], horizontal: Bool = false) {
+        var ex = x
         for (position, entry) in entries.enumerated() {
-            let ex = horizontal ? x + Double(position) * 60 : x
+            if horizontal, position > 0 { ex += Self.legendAdvance(entries[position - 1].0) }
             let ey = horizontal ? y : y + Double(position) * 18
             rect(x: ex, y: ey - 10, width: 14, height: 12, fill: entry.1)
             text(x: ex + 20, y: ey, entry.0, size: 12)
         }
     }
+
+    /// The horizontal space one legend entry takes: swatch, gap, the label at about 7 px a character, margin.
+    static func legendAdvance(_ label: String) -> Double { max(60, 34 + 7 * Double(label.count)) }
 
     /// Escapes the five XML special characters and drops characters XML 1.0 does not allow.
     static func escape(_ text: String) -> String {
