@@ -65,6 +65,9 @@ public enum Auditor {
                                   status: "corrupted", blasMatches: nil, error: "\(error)"))
                 continue
             }
+            var row = AuditReport.Snapshot(seq: seq, parent: r.parent, eventId: r.eventId, batchEventIds: r.batch.isEmpty ? nil : r.eventIds,
+                                           method: r.method, source: r.source, recordedHash: r.hashAfter, replayedHash: nil,
+                                           status: "unverifiable", blasMatches: r.blas == blas, error: nil)
             do {
                 let hash: String
                 if built == r.parent {
@@ -76,15 +79,15 @@ public enum Auditor {
                 built = seq
                 let match = hash == r.hashAfter
                 ok = ok && match
-                rows.append(.init(seq: seq, parent: r.parent, eventId: r.eventId, batchEventIds: r.batch.isEmpty ? nil : r.eventIds, method: r.method, source: r.source, recordedHash: r.hashAfter,
-                                  replayedHash: hash, status: match ? "match" : "mismatch", blasMatches: r.blas == blas, error: nil))
+                row.replayedHash = hash
+                row.status = match ? "match" : "mismatch"
             } catch {
                 // The record is sound but an ancestor is not: it cannot be rebuilt.
                 ok = false
                 built = nil
-                rows.append(.init(seq: seq, parent: r.parent, eventId: r.eventId, batchEventIds: r.batch.isEmpty ? nil : r.eventIds, method: r.method, source: r.source, recordedHash: r.hashAfter,
-                                  replayedHash: nil, status: "unverifiable", blasMatches: r.blas == blas, error: "\(error)"))
+                row.error = "\(error)"
             }
+            rows.append(row)
         }
         _ = try host.rebuild([])
 

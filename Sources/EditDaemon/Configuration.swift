@@ -149,14 +149,13 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         if let v = value("MESA_KAFKA_GROUP_ID") { setKafka { $0.groupId = v } }
         if let v = value("MESA_HTTP_LISTEN") { http = HTTP(listen: v) }
         if let v = value("MESA_SAE") { mesa = Mesa(sae: v, fallback: mesa?.fallback, l1: mesa?.l1) }
-        for (key, set) in [("MESA_BATCH_MAX_EVENTS", { (c: inout Batch, n: Int) in c.maxEvents = n }),
-                           ("MESA_BATCH_LINGER_MS", { (c: inout Batch, n: Int) in c.lingerMs = n })] {
-            guard let v = value(key) else { continue }
+        func count(_ key: String) throws -> Int? {
+            guard let v = value(key) else { return nil }
             guard let n = Int(v), n >= 0 else { throw SetupError("\(key)=\(v) is not a count") }
-            var b = batch ?? Batch()
-            set(&b, n)
-            batch = b
+            return n
         }
+        if let n = try count("MESA_BATCH_MAX_EVENTS") { batch = Batch(maxEvents: n, lingerMs: batch?.lingerMs) }
+        if let n = try count("MESA_BATCH_LINGER_MS") { batch = Batch(maxEvents: batch?.maxEvents, lingerMs: n) }
         if let v = value("MESA_SAE_FALLBACK") {
             guard let b = Bool(v) else { throw SetupError("MESA_SAE_FALLBACK=\(v) is not true or false") }
             mesa = Mesa(sae: mesa?.sae, fallback: b, l1: mesa?.l1)

@@ -237,7 +237,7 @@ public final class Pipeline: @unchecked Sendable {
 
     /// edit → evaluate → snapshot, for one prepared fact update. Throws `Rejection`.
     func edit(_ p: PendingEdit) throws -> Outcome {
-        let e = p.event, m = p.message, editor = p.editor, record = p.record
+        let e = p.event, editor = p.editor
         let t0 = Date()
         let hashBefore = host.model.weightHash
         let parent = host.head
@@ -247,27 +247,9 @@ public final class Pipeline: @unchecked Sendable {
         } catch let err as EditError {
             throw rejection(err, eventId: e.id)
         }
-        do { for u in updates { try host.apply(u) } } catch {
-            try host.discardUncommitted()
-            throw Rejection(.editFailed, "applying the update failed: \(error)", eventId: e.id)
-        }
-        // Hash the edited tensor on another core while the edited model is scored (both only read
-        // the weights); the hash is then ready when scoring ends.
-        let hashing = DispatchGroup()
-        let model = host.model
-        DispatchQueue.global().async(group: hashing) { _ = model.weightHash }
-        let post: CaseScores
-        do { post = try CounterFactEval.score(record, with: scorer) } catch {
-            hashing.wait()
-            try host.discardUncommitted()
-            throw Rejection(.editFailed, "scoring the edited model failed: \(error)", eventId: e.id)
-        }
-        let editSeconds = p.preSeconds + Date().timeIntervalSince(t0)
-        let t1 = Date()
-        hashing.wait()
-        let hashAfter = host.model.weightHash
-        let hashSeconds = Date().timeIntervalSince(t1)
-        var doc = resultDocument(p, parent: parent, hashBefore: hashBefore, hashAfter: hashAfter, post: post,
+        let applied = try applyAndScore(updates, [p.record], eventId: e.id)
+        let editSeconds = p.preSeconds + applied.scoredAt.timeIntervalSince(t0)
+        var doc = resultDocument(p, parent: parent, hashBefore: hashBefore, hashAfter: applied.hashAfter, post: applied.posts[0],
                                  timings: phases.merging(["edit_seconds": editSeconds], uniquingKeysWith: { a, _ in a }),
                                  refinement: Self.refinement(editor))
 
@@ -275,19 +257,63 @@ public final class Pipeline: @unchecked Sendable {
             try host.discardUncommitted()
             doc.weightHash = host.model.weightHash
             return Outcome(kind: .dryRun, records: [resultRecord(doc)], editSeconds: editSeconds, eventId: e.id,
-                           summary: "dry run of \(e.id): ES \(post.es) (not applied)")
+                           summary: "dry run of \(e.id): ES \(applied.posts[0].es) (not applied)")
         }
 
-        let draft = SnapshotDraft(
-            eventId: e.id, source: EventSource(topic: m.topic, partition: m.partition, offset: m.offset), method: editor.method,
-            hyperparameters: try Self.hyperparameters(editor), hashBefore: hashBefore, hashAfter: hashAfter, blas: ModelHost.blasInfo,
-            factors: updates, state: editor.pendingState())
         let t2 = Date()
-        let stored = try commitWithResult(draft, doc)
-        editor.keep()
+        let stored = try commit([p], docs: [doc], updates: updates, hashBefore: hashBefore, hashAfter: applied.hashAfter)[0]
         return Outcome(kind: .applied(method: editor.method), records: [resultRecord(stored)], editSeconds: editSeconds, eventId: e.id,
                        summary: "applied \(e.id) as snapshot \(stored.snapshot ?? 0): \(e.subject) → \(e.targetNew.str)",
-                       steps: ["hash": hashSeconds, "snapshot": Date().timeIntervalSince(t2)])
+                       steps: ["hash": applied.hashSeconds, "snapshot": Date().timeIntervalSince(t2)])
+    }
+
+    /// Applies `updates` and scores `records` on the edited weights, hashing the weights on another
+    /// core meanwhile (both only read them). On failure the weights go back to the head and the
+    /// error is an `editFailed` rejection. `scoredAt`: when scoring ended, before waiting for the hash.
+    func applyAndScore(_ updates: [LowRankUpdate], _ records: [CounterFactRecord], eventId: String?) throws
+        -> (posts: [CaseScores], hashAfter: String, hashSeconds: Double, scoredAt: Date) {
+        do { for u in updates { try host.apply(u) } } catch {
+            try host.discardUncommitted()
+            throw Rejection(.editFailed, "applying the update failed: \(error)", eventId: eventId)
+        }
+        let hashing = DispatchGroup()
+        let model = host.model
+        DispatchQueue.global().async(group: hashing) { _ = model.weightHash }
+        let posts: [CaseScores]
+        do { posts = try records.map { try CounterFactEval.score($0, with: scorer) } } catch {
+            hashing.wait()
+            try host.discardUncommitted()
+            throw Rejection(.editFailed, "scoring the edited model failed: \(error)", eventId: eventId)
+        }
+        let scoredAt = Date()
+        hashing.wait()
+        let hashAfter = host.model.weightHash
+        return (posts, hashAfter, Date().timeIntervalSince(scoredAt), scoredAt)
+    }
+
+    /// Stores the applied updates of `edits` as one snapshot (a batch when there are several) with
+    /// each event's result document, finalized with the sequence number the store assigns inside the
+    /// same transaction (the documents are what redeliveries republish), and keeps the method state.
+    func commit(_ edits: [PendingEdit], docs: [EditResultDocument], updates: [LowRankUpdate], hashBefore: String,
+                hashAfter: String) throws -> [EditResultDocument] {
+        let editor = edits[0].editor
+        func source(_ m: KafkaMessage) -> EventSource { EventSource(topic: m.topic, partition: m.partition, offset: m.offset) }
+        let draft = SnapshotDraft(
+            eventId: edits[0].event.id, source: source(edits[0].message), method: editor.method,
+            hyperparameters: try Self.hyperparameters(editor), hashBefore: hashBefore, hashAfter: hashAfter, blas: ModelHost.blasInfo,
+            factors: updates, state: editor.pendingState(),
+            batch: edits.dropFirst().map { BatchMember(eventId: $0.event.id, source: source($0.message)) })
+        var stored = docs
+        let rec = try host.commit(draft) { seq in
+            try stored.indices.map { j in
+                stored[j].snapshot = seq
+                stored[j].head = seq
+                return String(decoding: try JSONCoding.encoder().encode(stored[j]), as: UTF8.self)
+            }
+        }
+        editor.keep()
+        for j in stored.indices { stored[j].snapshotBytes = rec.storedBytes }
+        return stored
     }
 
     func resultDocument(_ p: PendingEdit, parent: UInt64, hashBefore: String, hashAfter: String, post: CaseScores,
@@ -330,7 +356,7 @@ public final class Pipeline: @unchecked Sendable {
                 continue
             }
             var prepared = try prepare(m)
-            if case .edit(let p) = prepared, !group.isEmpty, !joins(p, group.map(\.edit)) {
+            if case .edit(let p) = prepared, !group.isEmpty, !batchable(p) || conflicts(p, group.map(\.edit)) {
                 // It is edited after the pending group: dedupe and score it on the weights that follow.
                 try flush()
                 prepared = try prepare(m)
@@ -339,7 +365,7 @@ public final class Pipeline: @unchecked Sendable {
             case .done(let o):
                 outcomes[i] = o
             case .edit(let p):
-                if joins(p, []) {
+                if batchable(p) {
                     group.append((i, p))
                 } else {
                     do { outcomes[i] = try edit(p) } catch let r as Rejection { outcomes[i] = deadLetter(m, r) }
@@ -350,10 +376,12 @@ public final class Pipeline: @unchecked Sendable {
         return outcomes.map { $0! }
     }
 
-    /// Whether `p` can be edited together with `group`.
-    func joins(_ p: PendingEdit, _ group: [PendingEdit]) -> Bool {
-        p.editor === defaultEditor && p.event.dryRun != true
-            && !group.contains { $0.event.id == p.event.id || ($0.request.subject == p.request.subject && $0.request.prompt == p.request.prompt) }
+    /// Whether `p` can be part of a batch edit: the default editor (no overrides), not a dry run.
+    func batchable(_ p: PendingEdit) -> Bool { p.editor === defaultEditor && p.event.dryRun != true }
+
+    /// Whether `p` repeats an event or a fact (subject and prompt) of `group`.
+    func conflicts(_ p: PendingEdit, _ group: [PendingEdit]) -> Bool {
+        group.contains { $0.event.id == p.event.id || ($0.request.subject == p.request.subject && $0.request.prompt == p.request.prompt) }
     }
 
     /// One computation for the group's requests, one snapshot for its events. If the methods cannot
@@ -370,27 +398,16 @@ public final class Pipeline: @unchecked Sendable {
         let t0 = Date()
         let hashBefore = host.model.weightHash
         let parent = host.head
-        func alone(_ why: Error, applied: Bool = false) throws -> [(Int, Outcome)] {
-            log("a batch of \(n) fact updates could not be edited together (\(why)); editing them one at a time")
-            if applied { try host.discardUncommitted() }
+        let updates: [LowRankUpdate], phases: [String: Double], coverages: [SAECoverage]
+        let applied: (posts: [CaseScores], hashAfter: String, hashSeconds: Double, scoredAt: Date)
+        do {
+            (updates, phases, coverages) = try editor.computeUpdates(together: g.map(\.edit.request))
+            applied = try applyAndScore(updates, g.map(\.edit.record), eventId: nil)
+        } catch {
+            log("a batch of \(n) fact updates could not be edited together (\(error)); editing them one at a time")
             return try g.map { ($0.index, try process($0.edit.message)) }
         }
-        let updates: [LowRankUpdate], phases: [String: Double], coverages: [SAECoverage]
-        do { (updates, phases, coverages) = try editor.computeUpdates(together: g.map(\.edit.request)) } catch { return try alone(error) }
-        do { for u in updates { try host.apply(u) } } catch { return try alone(error, applied: true) }
-        let hashing = DispatchGroup()
-        let model = host.model
-        DispatchQueue.global().async(group: hashing) { _ = model.weightHash }
-        var posts: [CaseScores] = []
-        do { for (_, p) in g { posts.append(try CounterFactEval.score(p.record, with: scorer)) } } catch {
-            hashing.wait()
-            return try alone(error, applied: true)
-        }
-        let editSeconds = g.map(\.edit.preSeconds).reduce(0, +) + Date().timeIntervalSince(t0)
-        let t1 = Date()
-        hashing.wait()
-        let hashAfter = host.model.weightHash
-        let hashSeconds = Date().timeIntervalSince(t1)
+        let editSeconds = g.map(\.edit.preSeconds).reduce(0, +) + applied.scoredAt.timeIntervalSince(t0)
         let ids = g.map(\.edit.event.id)
         var timings = phases.merging(["edit_seconds": editSeconds], uniquingKeysWith: { a, _ in a })
         timings["batch_size"] = Double(n)
@@ -400,37 +417,19 @@ public final class Pipeline: @unchecked Sendable {
                 refinement?.coverage = coverages[j].coverage
                 refinement?.outside = coverages[j].outside
             }
-            var doc = resultDocument(member.edit, parent: parent, hashBefore: hashBefore, hashAfter: hashAfter, post: posts[j],
+            var doc = resultDocument(member.edit, parent: parent, hashBefore: hashBefore, hashAfter: applied.hashAfter, post: applied.posts[j],
                                      timings: timings, refinement: refinement)
             doc.batch = .init(size: n, index: j, eventIds: ids)
             return doc
         }
-        let first = g[0].edit.message
-        let draft = SnapshotDraft(
-            eventId: ids[0], source: EventSource(topic: first.topic, partition: first.partition, offset: first.offset), method: editor.method,
-            hyperparameters: try Self.hyperparameters(editor), hashBefore: hashBefore, hashAfter: hashAfter, blas: ModelHost.blasInfo,
-            factors: updates, state: editor.pendingState(),
-            batch: g.dropFirst().map { BatchMember(eventId: $0.edit.event.id, source: EventSource(topic: $0.edit.message.topic,
-                                                                                                   partition: $0.edit.message.partition,
-                                                                                                   offset: $0.edit.message.offset)) })
         let t2 = Date()
-        var stored = docs
-        let rec = try host.commit(draft) { seq in
-            try stored.indices.map { j in
-                stored[j].snapshot = seq
-                stored[j].head = seq
-                return String(decoding: try JSONCoding.encoder().encode(stored[j]), as: UTF8.self)
-            }
-        }
-        editor.keep()
+        let stored = try commit(g.map(\.edit), docs: docs, updates: updates, hashBefore: hashBefore, hashAfter: applied.hashAfter)
         let snapshotSeconds = Date().timeIntervalSince(t2)
         return g.enumerated().map { j, member in
-            var doc = stored[j]
-            doc.snapshotBytes = rec.storedBytes
             let e = member.edit.event
-            return (member.index, Outcome(kind: .applied(method: editor.method), records: [resultRecord(doc)], editSeconds: editSeconds, eventId: e.id,
-                                          summary: "applied \(e.id) as snapshot \(rec.seq) (batch edit \(j + 1) of \(n)): \(e.subject) → \(e.targetNew.str)",
-                                          steps: ["hash": hashSeconds, "snapshot": snapshotSeconds]))
+            return (member.index, Outcome(kind: .applied(method: editor.method), records: [resultRecord(stored[j])], editSeconds: editSeconds, eventId: e.id,
+                                          summary: "applied \(e.id) as snapshot \(stored[j].snapshot ?? 0) (batch edit \(j + 1) of \(n)): \(e.subject) → \(e.targetNew.str)",
+                                          steps: ["hash": applied.hashSeconds, "snapshot": snapshotSeconds]))
         }
     }
 
@@ -448,19 +447,6 @@ public final class Pipeline: @unchecked Sendable {
         if let r = editor as? RomeEditor { return String(decoding: try enc.encode(r.hparams), as: UTF8.self) }
         if let m = editor as? MemitEditor { return String(decoding: try enc.encode(m.hparams), as: UTF8.self) }
         return "{}"
-    }
-
-    /// Stores the edit together with its result document, finalized with the sequence number the
-    /// store assigns inside the same transaction (the document is what a redelivery republishes).
-    func commitWithResult(_ draft: SnapshotDraft, _ doc: EditResultDocument) throws -> EditResultDocument {
-        var result = doc
-        let rec = try host.commit(draft) { seq in
-            result.snapshot = seq
-            result.head = seq
-            return String(decoding: try JSONCoding.encoder().encode(result), as: UTF8.self)
-        }
-        result.snapshotBytes = rec.storedBytes
-        return result
     }
 
     /// The event as a CounterFact record for scoring. Without target_true, the unedited model's

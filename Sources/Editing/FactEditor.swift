@@ -8,12 +8,11 @@ import Tensor
 public protocol FactEditor: AnyObject {
     /// "ROME", "MEMIT", "AlphaEdit".
     var method: String { get }
-    /// The updates for `request`, in the order they must be applied, and seconds per phase.
-    func computeUpdates(for request: EditRequest) throws -> (updates: [LowRankUpdate], phases: [String: Double])
     /// Whether `computeUpdates(together:)` solves several requests in one computation (MEMIT, AlphaEdit).
     var editsTogether: Bool { get }
-    /// The updates for several requests edited together (one batch edit), and per request the SAE
-    /// coverage of its change when MESA is on. Methods without batch edits take one request only.
+    /// The updates for the requests edited together (one batch edit), in the order they must be
+    /// applied; seconds per phase; and per request the SAE coverage of its change when MESA is on.
+    /// Methods without batch edits take one request only.
     func computeUpdates(together requests: [EditRequest]) throws -> (updates: [LowRankUpdate], phases: [String: Double], coverages: [SAECoverage])
     /// The updates last computed were applied and are kept (sequential editing): methods with state
     /// across edits (AlphaEdit's accumulated keys) record them.
@@ -32,21 +31,24 @@ public protocol FactEditor: AnyObject {
     var mesaSetup: MesaAttachment { get }
 }
 
+extension FactEditor {
+    /// The updates for one request, in the order they must be applied, and seconds per phase.
+    public func computeUpdates(for request: EditRequest) throws -> (updates: [LowRankUpdate], phases: [String: Double]) {
+        let r = try computeUpdates(together: [request])
+        return (r.updates, r.phases)
+    }
+}
+
 extension RomeEditor: FactEditor {
     public var method: String { mesaSetup.label("ROME") }
-
-    public func computeUpdates(for request: EditRequest) throws -> (updates: [LowRankUpdate], phases: [String: Double]) {
-        let r = try computeUpdate(request)
-        lastCoverage = r.coverage
-        return ([r.applied], r.phases)
-    }
 
     public var editsTogether: Bool { false }
 
     public func computeUpdates(together requests: [EditRequest]) throws -> (updates: [LowRankUpdate], phases: [String: Double], coverages: [SAECoverage]) {
         guard requests.count == 1 else { throw EditError(.hyperparameters, "ROME edits one fact at a time; \(requests.count) were given") }
-        let r = try computeUpdates(for: requests[0])
-        return (r.updates, r.phases, lastCoverage.map { [$0] } ?? [])
+        let r = try computeUpdate(requests[0])
+        lastCoverage = r.coverage
+        return ([r.applied], r.phases, r.coverage.map { [$0] } ?? [])
     }
 
     public func keep() {}
@@ -71,12 +73,6 @@ extension MemitEditor: FactEditor {
         let base: String
         if case .alphaEdit = solver { base = "AlphaEdit" } else { base = "MEMIT" }
         return mesaSetup.label(base)
-    }
-
-    public func computeUpdates(for request: EditRequest) throws -> (updates: [LowRankUpdate], phases: [String: Double]) {
-        let r = try computeUpdates([request])
-        lastKeysAfter = r.keysAfter
-        return (r.updates, r.phases)
     }
 
     public var editsTogether: Bool { true }

@@ -236,7 +236,7 @@ public final class SnapshotStore: @unchecked Sendable {
     /// `result` makes the result document for the assigned sequence number, inside the transaction.
     @discardableResult
     public func commitEdit(_ draft: SnapshotDraft, expectedHead: UInt64, result: (UInt64) throws -> String = { _ in "{}" }) throws -> SnapshotRecord {
-        try commitEdit(draft, expectedHead: expectedHead, results: { seq in try [result(seq)] + draft.batch.map { _ in "{}" } })
+        try commitEdit(draft, expectedHead: expectedHead, results: { seq in [try result(seq)] })
     }
 
     /// `commitEdit` for a batch edit: `results` makes one result document per event of

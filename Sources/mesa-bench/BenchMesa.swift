@@ -177,7 +177,9 @@ struct MemitBench: ParsableCommand {
         let solver: SpreadSolver = method == "alphaedit"
             ? .alphaEdit(try AlphaEditState(statistics: stats, nullspaceEnergy: h.nullspaceEnergy ?? 0.02, l2: h.l2 ?? 10)) : .memit
         let editor = try MemitEditor(model: m, hparams: h, templates: templates, statistics: stats, solver: solver)
-        let rec = try CounterFact.load(path: data).records[record]
+        let all = try CounterFact.load(path: data).records
+        guard record + batch <= all.count else { throw ValidationError("--record \(record) with --batch \(batch) exceeds the data") }
+        let rec = all[record]
         let request = EditRequest(subject: rec.subject, prompt: rec.prompt, targetNew: rec.targetNew, targetTrue: rec.targetTrue)
         var runs: [[String: Double]] = []
         var last: MemitResult?
@@ -197,8 +199,6 @@ struct MemitBench: ParsableCommand {
             "created": ISO8601DateFormatter().string(from: Date()),
         ]
         if batch > 1 {
-            let all = try CounterFact.load(path: data).records
-            guard record + batch <= all.count else { throw ValidationError("--batch \(batch) from record \(record) exceeds the data") }
             let requests = all[record..<(record + batch)].map {
                 EditRequest(subject: $0.subject, prompt: $0.prompt, targetNew: $0.targetNew, targetTrue: $0.targetTrue)
             }

@@ -41,6 +41,12 @@ struct CounterFactRunner {
         // The cases scored at a checkpoint after the last edit are the final scores.
         var scoredAtEnd: [EvalCase]?
         let hashBefore = model.weightHash
+        // Every edited case scored again on the current weights (which hold all edits so far).
+        func rescored(_ cases: [EvalCase]) throws -> [EvalCase] {
+            var out = cases
+            for j in out.indices where out[j].post != nil { out[j].post = try CounterFactEval.score(records[j], with: scorer) }
+            return out
+        }
         for (i, r) in records.enumerated().dropFirst(done) {
             if journal != nil, shouldStop() {
                 bar.finish()
@@ -81,8 +87,7 @@ struct CounterFactRunner {
             if sequential, c.error == nil { editor.keep() }
             cases.append(c)
             if sequential, checkpoints.contains(i + 1) {
-                var scored = cases
-                for j in scored.indices where scored[j].post != nil { scored[j].post = try CounterFactEval.score(records[j], with: scorer) }
+                let scored = try rescored(cases)
                 let m = Metrics.aggregate(scored.compactMap(\.post))
                 if i + 1 == records.count { scoredAtEnd = scored }
                 curve.append(Checkpoint(edits: i + 1, metrics: m))
@@ -95,10 +100,7 @@ struct CounterFactRunner {
         if let scoredAtEnd {
             cases = scoredAtEnd
         } else if sequential {
-            // Every case again, on the model that holds all edits.
-            for i in cases.indices where cases[i].post != nil {
-                cases[i].post = try CounterFactEval.score(records[i], with: scorer)
-            }
+            cases = try rescored(cases)
         }
         if journal == nil {
             for b in backups.reversed() { try model.restore(b) }

@@ -68,10 +68,8 @@ import Testing
         #expect(rolled["head"]?.intValue == 0 && rolled["weight_hash"]?.stringValue == base)
         #expect(x.terminate() == 0)
         // The audit rebuilds the batch snapshot in a fresh process and names every event it applied.
-        let report = x.dir.appendingPathComponent("audit.json").path
-        let (status, out) = try x.mesa(["replay", "--verify", "--model", x.modelPath, "--state-dir", x.stateDir.path, "--report", report])
+        let (status, out, audit) = try x.replayVerify()
         #expect(status == 0, "\(out)")
-        let audit = try JSONValue.parse(try Data(contentsOf: URL(fileURLWithPath: report)))
         #expect(try DaemonTests.schema("audit-report.schema.json").validate(audit).valid)
         let rows = audit["snapshots"]?.arrayValue ?? []
         #expect(rows.map { $0["status"]?.stringValue } == ["match", "match"], "\(out)")

@@ -117,10 +117,8 @@ import Testing
 
         // The audit finds the corrupted record, cannot rebuild its child 3, and fails; 1 and 4 match.
         #expect(h.terminate() == 0)
-        let report = h.dir.appendingPathComponent("audit.json").path
-        let (status, out) = try h.mesa(["replay", "--verify", "--model", h.modelPath, "--state-dir", h.stateDir.path, "--report", report])
+        let (status, out, audit) = try h.replayVerify()
         #expect(status == 1, "\(out)")
-        let audit = try JSONValue.parse(try Data(contentsOf: URL(fileURLWithPath: report)))
         #expect(try Self.schema("audit-report.schema.json").validate(audit).valid)
         #expect(audit["verified"] == false)
         let statuses = audit["snapshots"]?.arrayValue?.compactMap { $0["status"]?.stringValue } ?? []
@@ -142,10 +140,8 @@ import Testing
         try h.publish(DaemonHarness.rollback(to: 1, id: cid), topic: h.topics.control, cloudEvent: EventTypes.control)
         #expect(try h.results(for: [cid]).count == 1)
         #expect(h.terminate() == 0)
-        let report = h.dir.appendingPathComponent("audit.json").path
-        let (status, out) = try h.mesa(["replay", "--verify", "--model", h.modelPath, "--state-dir", h.stateDir.path, "--report", report])
+        let (status, out, audit) = try h.replayVerify()
         #expect(status == 0, "\(out)")
-        let audit = try JSONValue.parse(try Data(contentsOf: URL(fileURLWithPath: report)))
         #expect(try Self.schema("audit-report.schema.json").validate(audit).valid)
         #expect(audit["verified"] == true && audit["head"]?.intValue == 1)
         #expect(audit["journal"]?.arrayValue?.map { $0["kind"]?.stringValue ?? "" } == ["base", "edit", "edit", "rollback"])

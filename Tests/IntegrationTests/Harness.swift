@@ -275,6 +275,14 @@ final class DaemonHarness: @unchecked Sendable {
         throw HarnessError("no snapshot store under \(stateDir.path)")
     }
 
+    /// `mesa replay --verify` over the daemon's state in a fresh process: its exit status, its output
+    /// and the audit report it wrote.
+    func replayVerify() throws -> (status: Int32, output: String, audit: JSONValue) {
+        let report = dir.appendingPathComponent("audit.json").path
+        let (status, out) = try mesa(["replay", "--verify", "--model", modelPath, "--state-dir", stateDir.path, "--report", report])
+        return (status, out, try JSONValue.parse(try Data(contentsOf: URL(fileURLWithPath: report))))
+    }
+
     /// Runs the `mesa` executable with arguments; returns (status, output).
     func mesa(_ args: [String]) throws -> (Int32, String) {
         let p = Process()
