@@ -388,10 +388,9 @@ public final class Pipeline: @unchecked Sendable {
     /// edit them together (one request fails, the system is singular), each event is processed alone.
     func editTogether(_ g: [(index: Int, edit: PendingEdit)]) throws -> [(Int, Outcome)] {
         guard g.count > 1 else {
-            return g.map { i, p in
-                do { return (i, try edit(p)) } catch let r as Rejection { return (i, deadLetter(p.message, r)) } catch {
-                    return (i, deadLetter(p.message, Rejection(.editFailed, "\(error)", eventId: p.event.id)))
-                }
+            // A failure of the daemon's own resources (the store) propagates: the batch is released uncommitted.
+            return try g.map { i, p in
+                do { return (i, try edit(p)) } catch let r as Rejection { return (i, deadLetter(p.message, r)) }
             }
         }
         let editor = defaultEditor, n = g.count
