@@ -37,7 +37,8 @@ let package = Package(
         .target(name: "Evaluation"),
         .target(name: "Contracts"),
         .target(name: "Storage", dependencies: ["CLMDB", "Tensor"]),
-        .target(name: "Messaging", dependencies: ["CRdKafka"]),
+        // Contracts: the JSON parser structured CloudEvents are read with (the one that validates events).
+        .target(name: "Messaging", dependencies: ["CRdKafka", "Contracts"]),
         // The daemon: the one place that composes the model, the editor, storage and messaging.
         .target(name: "EditDaemon", dependencies: ["Tensor", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "Contracts", "Storage", "Messaging"]),
         .executableTarget(
@@ -67,7 +68,7 @@ let package = Package(
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation"]),
         .testTarget(name: "ContractsTests", dependencies: ["Contracts"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Tensor"]),
-        .testTarget(name: "MessagingTests", dependencies: ["Messaging"]),
+        .testTarget(name: "MessagingTests", dependencies: ["Messaging", "Contracts"]),
         .testTarget(name: "EditDaemonTests", dependencies: ["EditDaemon"]),
     ],
     swiftLanguageModes: [.v5]

@@ -42,6 +42,21 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         public var lingerMs: Int?
         public init(maxEvents: Int? = nil, lingerMs: Int? = nil) { self.maxEvents = maxEvents; self.lingerMs = lingerMs }
     }
+    /// Failures that are not the event's fault (the snapshot store, a bug, a resource): the event is
+    /// tried again with exponential backoff, then dead-lettered with reason `processing_failed`.
+    public struct Retry: Codable, Sendable, Equatable {
+        /// Attempts in all before the event is dead-lettered (default 5).
+        public var maxAttempts: Int?
+        /// The wait after the first failure, in milliseconds (default 500); it doubles after each.
+        public var backoffMs: Int?
+        /// The longest wait, in milliseconds (default 30000).
+        public var maxBackoffMs: Int?
+        public init(maxAttempts: Int? = nil, backoffMs: Int? = nil, maxBackoffMs: Int? = nil) {
+            self.maxAttempts = maxAttempts
+            self.backoffMs = backoffMs
+            self.maxBackoffMs = maxBackoffMs
+        }
+    }
     public struct HTTP: Codable, Sendable, Equatable {
         public var listen: String?
         public init(listen: String? = nil) { self.listen = listen }
@@ -60,6 +75,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     public var http: HTTP?
     public var mesa: Mesa?
     public var batch: Batch?
+    public var retry: Retry?
 
     public init() {}
 
@@ -76,11 +92,21 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     public var mapBytes: Int { lmdbMapBytes ?? (1 << 32) }
     public var batchMaxEvents: Int { batch?.maxEvents ?? 1 }
     public var batchLinger: Double { Double(batch?.lingerMs ?? 50) / 1000 }
+    public var retryMaxAttempts: Int { retry?.maxAttempts ?? 5 }
+    /// Seconds to wait after failed attempt `n` (from 1): the backoff doubling up to its maximum.
+    public func retryDelay(after n: Int) -> Double {
+        let base = Double(retry?.backoffMs ?? 500) / 1000, cap = Double(retry?.maxBackoffMs ?? 30_000) / 1000
+        return min(cap, base * pow(2, Double(min(max(n - 1, 0), 30))))
+    }
 
     /// Checks the settings that depend on one another (the schema checks each one alone).
     public func validate() throws {
         guard (1...256).contains(batchMaxEvents) else { throw SetupError("batch.max_events \(batchMaxEvents) is outside 1...256") }
         guard (0...60_000).contains(batch?.lingerMs ?? 0) else { throw SetupError("batch.linger_ms is outside 0...60000") }
+        guard (1...100).contains(retryMaxAttempts) else { throw SetupError("retry.max_attempts \(retryMaxAttempts) is outside 1...100") }
+        guard (0...600_000).contains(retry?.backoffMs ?? 0), (0...600_000).contains(retry?.maxBackoffMs ?? 0) else {
+            throw SetupError("retry.backoff_ms and retry.max_backoff_ms must be within 0...600000")
+        }
         if batchMaxEvents > 1, editMethod == "rome" {
             throw SetupError("batch.max_events \(batchMaxEvents): ROME edits one fact at a time; batch edits need method memit or alphaedit")
         }
@@ -133,7 +159,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
 
     /// MESA_MODEL, MESA_STATE_DIR, MESA_HPARAMS_DIR, MESA_CORPUS, MESA_THREADS, MESA_KAFKA_BOOTSTRAP_SERVERS,
     /// MESA_KAFKA_GROUP_ID, MESA_HTTP_LISTEN, MESA_SAE, MESA_SAE_FALLBACK, MESA_METHOD, MESA_BATCH_MAX_EVENTS,
-    /// MESA_BATCH_LINGER_MS.
+    /// MESA_BATCH_LINGER_MS, MESA_RETRY_MAX_ATTEMPTS, MESA_RETRY_BACKOFF_MS.
     public mutating func applyEnvironment(_ env: [String: String]) throws {
         func value(_ k: String) -> String? { env[k].flatMap { $0.isEmpty ? nil : $0 } }
         if let v = value("MESA_MODEL") { model = v }
@@ -156,6 +182,8 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         }
         if let n = try count("MESA_BATCH_MAX_EVENTS") { batch = Batch(maxEvents: n, lingerMs: batch?.lingerMs) }
         if let n = try count("MESA_BATCH_LINGER_MS") { batch = Batch(maxEvents: batch?.maxEvents, lingerMs: n) }
+        if let n = try count("MESA_RETRY_MAX_ATTEMPTS") { retry = Retry(maxAttempts: n, backoffMs: retry?.backoffMs, maxBackoffMs: retry?.maxBackoffMs) }
+        if let n = try count("MESA_RETRY_BACKOFF_MS") { retry = Retry(maxAttempts: retry?.maxAttempts, backoffMs: n, maxBackoffMs: retry?.maxBackoffMs) }
         if let v = value("MESA_SAE_FALLBACK") {
             guard let b = Bool(v) else { throw SetupError("MESA_SAE_FALLBACK=\(v) is not true or false") }
             mesa = Mesa(sae: mesa?.sae, fallback: b, l1: mesa?.l1)

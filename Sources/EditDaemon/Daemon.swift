@@ -188,37 +188,66 @@ public final class Daemon: @unchecked Sendable {
         log("stopping: intake closed, no edit in flight")
     }
 
+    /// The event at the head of the line whose processing keeps failing, and how often it failed.
+    private var failing: (key: String, attempts: Int, error: String)?
+    /// Per "topic/partition", the highest offset counted as consumed (retries are not counted again).
+    private var counted: [String: Int64] = [:]
+
     /// Processes, publishes and commits one event or one batch of consecutive events of a partition.
-    /// Events whose records could not be published or whose processing hit a store failure are
-    /// released uncommitted: they are redelivered, and the dedupe index makes the second pass
-    /// publish without editing again.
+    ///
+    /// A failure that is not the event's fault (the snapshot store, a bug) releases the events
+    /// uncommitted and retries them after a backoff that doubles, the failing event alone; after
+    /// `retry.max_attempts` attempts it is dead-lettered (reason `processing_failed`, with the error
+    /// and the attempts) and the offset moves on, so no single record can stop the daemon. Records
+    /// that could not be published are retried until the broker takes them (a dead letter too large
+    /// for the broker is replaced by one without the original bytes); the dedupe index makes the
+    /// second pass of an edit publish without editing again.
     func handle(_ batch: [KafkaMessage], pipeline: Pipeline, producer: ProducerSlot, consumer: KafkaConsumer) {
         let t0 = Date()
-        for m in batch { metrics.eventConsumed(topic: m.topic) }
+        var batch = batch
+        let first = batch[0]
+        let key = "\(first.topic)/\(first.partition)@\(first.offset)"
+        let earlier = failing?.key == key ? failing!.attempts : 0
+        if earlier > 0, batch.count > 1 {
+            // Retried alone, so that one bad event cannot hold the others of its batch.
+            consumer.release(Array(batch.dropFirst()))
+            batch = [first]
+        }
+        for m in batch where m.offset > counted[m.partitionKey, default: -1] {
+            counted[m.partitionKey] = m.offset
+            metrics.eventConsumed(topic: m.topic)
+        }
         var outcomes: [Outcome]
         do { outcomes = try pipeline.process(batch: batch) } catch {
-            let m = batch[0]
-            log("error: \(m.topic)/\(m.partition)@\(m.offset)\(batch.count > 1 ? " and \(batch.count - 1) more" : "") not processed (will be redelivered): \(error)")
-            consumer.release(batch)
-            Thread.sleep(forTimeInterval: 1)
-            return
+            let attempts = earlier + 1
+            let more = batch.count > 1 ? " and \(batch.count - 1) more" : ""
+            if attempts < settings.config.retryMaxAttempts {
+                let delay = settings.config.retryDelay(after: attempts)
+                failing = (key, attempts, "\(error)")
+                metrics.processingRetries.inc()
+                metrics.eventAttempts.set(Double(attempts))
+                setReadiness("not making progress: \(key) failed \(attempts) of \(settings.config.retryMaxAttempts) attempts (\(error)); retrying")
+                log("error: \(key)\(more) not processed (attempt \(attempts) of \(settings.config.retryMaxAttempts); retrying in "
+                    + "\(String(format: "%.1f", delay)) s): \(error)")
+                consumer.release(batch)
+                sleepUnlessStopping(delay)
+                return
+            }
+            log("error: \(key) failed \(attempts) attempts; dead-lettering it (processing_failed): \(error)")
+            if batch.count > 1 {
+                consumer.release(Array(batch.dropFirst()))
+                batch = [first]
+            }
+            let r = Rejection(.processingFailed, "processing failed \(attempts) times; the last error: \(error)",
+                              details: ["attempts: \(attempts)", "error: \(error)"], eventId: pipeline.eventIdHint(first))
+            outcomes = [pipeline.deadLetter(first, r)]
         }
         let tPublish = Date()
-        for r in outcomes.flatMap(\.records) {
-            var attempt = 0
-            while true {
-                do {
-                    try producer.send(r)
-                    break
-                } catch {
-                    metrics.publishFailures.inc()
-                    attempt += 1
-                    log("error: publishing to \(r.topic) failed (attempt \(attempt)): \(error)")
-                    if stopping {
-                        consumer.release(batch)
-                        return
-                    }
-                    Thread.sleep(forTimeInterval: min(5, 0.2 * Double(attempt)))
+        for outcome in outcomes {
+            for record in outcome.records {
+                guard publish(record, outcome: outcome, producer: producer) else {
+                    consumer.release(batch)
+                    return
                 }
             }
         }
@@ -228,8 +257,16 @@ public final class Daemon: @unchecked Sendable {
         // (a lost commit only redelivers the events, which the dedupe index turns into republishes);
         // the last commit before a shutdown waits.
         let last = batch[batch.count - 1]
-        do { try consumer.commit(last, wait: stopping) } catch {
+        do {
+            try consumer.commit(last, wait: stopping)
+            metrics.committed(topic: last.topic, partition: last.partition, nextOffset: last.offset + 1, events: batch.count)
+        } catch {
             log("warning: commit of \(last.topic)/\(last.partition)@\(last.offset) failed (it will be redelivered and deduplicated): \(error)")
+        }
+        if failing != nil {
+            failing = nil
+            metrics.eventAttempts.set(0)
+            if !stopping { setReadiness("ready") }
         }
         let commitSeconds = Date().timeIntervalSince(tCommit)
         // Every event of a batch waited for the whole batch.
@@ -239,6 +276,36 @@ public final class Daemon: @unchecked Sendable {
             outcome.steps["commit"] = commitSeconds
             record(outcome, total: total)
         }
+    }
+
+    /// Publishes one record, retrying until the broker takes it; false when stopping first. A dead
+    /// letter the broker refuses as too large is replaced by one without the original bytes.
+    func publish(_ record: OutboundRecord, outcome: Outcome, producer: ProducerSlot) -> Bool {
+        var r = record
+        var attempt = 0
+        while true {
+            do {
+                try producer.send(r)
+                return true
+            } catch {
+                metrics.publishFailures.inc()
+                attempt += 1
+                log("error: publishing to \(r.topic) failed (attempt \(attempt)): \(error)")
+                if let smaller = r.smaller, (error as? KafkaError)?.code == KafkaError.Code.messageTooLarge {
+                    log("publishing the dead letter without the original bytes instead")
+                    r = smaller()
+                    continue
+                }
+                if stopping { return false }
+                sleepUnlessStopping(min(5, 0.2 * Double(attempt)))
+            }
+        }
+    }
+
+    /// Sleeps up to `seconds`, waking early when a stop was asked for.
+    func sleepUnlessStopping(_ seconds: Double) {
+        let until = Date().addingTimeInterval(seconds)
+        while !stopping, Date() < until { Thread.sleep(forTimeInterval: min(0.05, max(0, until.timeIntervalSinceNow))) }
     }
 
     func record(_ outcome: Outcome, total: Double) {

@@ -30,7 +30,11 @@ public struct ConsumerLag: Equatable, Sendable {
 ///   pipeline per event), `mesa_event_overhead_seconds` (pipeline minus edit math): histograms;
 /// - `mesa_consumer_lag{topic,partition}`, computed at scrape time from `setConsumerLagSource`;
 /// - `mesa_rollbacks_total`, `mesa_publish_failures_total`, `mesa_snapshot_head`, `mesa_ready`,
-///   `mesa_build_info{version}` (always 1).
+///   `mesa_build_info{version}` (always 1);
+/// - progress: `mesa_events_committed_total{topic}` (events settled: their offset committed),
+///   `mesa_committed_offset{topic,partition}` (the next offset to read), `mesa_processing_retries_total`
+///   (failed attempts that will be retried) and `mesa_event_attempts` (failed attempts of the event at
+///   the head of the line, 0 when none is failing).
 ///
 /// Every known skip and dead-letter reason starts at 0, so rates and alerts see the series
 /// before the first occurrence.
@@ -61,6 +65,14 @@ public final class DaemonMetrics: @unchecked Sendable {
     public let ready: Gauge
     /// `mesa_build_info{version}` (1).
     public let buildInfo: Gauge
+    /// `mesa_events_committed_total{topic}`.
+    public let eventsCommitted: Counter
+    /// `mesa_committed_offset{topic,partition}`.
+    public let committedOffset: Gauge
+    /// `mesa_processing_retries_total`.
+    public let processingRetries: Counter
+    /// `mesa_event_attempts`.
+    public let eventAttempts: Gauge
 
     private let lagLock = NSLock()
     private var lagSource: @Sendable () -> [ConsumerLag] = { [] }
@@ -90,11 +102,23 @@ public final class DaemonMetrics: @unchecked Sendable {
         ready = registry.gauge(name: "mesa_ready", help: "1 when the daemon is ready to take events, else 0.")
         buildInfo = registry.gauge(name: "mesa_build_info", help: "Always 1; the version is a label.", labels: ["version"])
         buildInfo.set(1, labels: ["version": version])
+        eventsCommitted = registry.counter(name: "mesa_events_committed_total",
+                                           help: "Events settled: processed (applied, skipped or dead-lettered) and their offset committed.",
+                                           labels: ["topic"])
+        committedOffset = registry.gauge(name: "mesa_committed_offset", help: "The next offset to read, as last committed.",
+                                         labels: ["topic", "partition"])
+        processingRetries = registry.counter(name: "mesa_processing_retries_total",
+                                             help: "Failed processing attempts that were retried (not rejections of the event).")
+        eventAttempts = registry.gauge(name: "mesa_event_attempts",
+                                       help: "Failed attempts of the event at the head of the line; 0 when none is failing.")
 
         for reason in SkipReason.allCases { editsSkipped.inc(0, labels: ["reason": reason.rawValue]) }
         for reason in DeadLetterReason.allCases { deadLetters.inc(0, labels: ["reason": reason.rawValue]) }
         for method in methods { editsApplied.inc(0, labels: ["method": method]) }
-        for topic in topics { eventsConsumed.inc(0, labels: ["topic": topic]) }
+        for topic in topics {
+            eventsConsumed.inc(0, labels: ["topic": topic])
+            eventsCommitted.inc(0, labels: ["topic": topic])
+        }
 
         registry.registerGaugeFunction(name: "mesa_consumer_lag",
                                        help: "Messages between the committed offset and the high watermark.",
@@ -117,6 +141,12 @@ public final class DaemonMetrics: @unchecked Sendable {
 
     /// Counts one event read from `topic`.
     public func eventConsumed(topic: String) { eventsConsumed.inc(labels: ["topic": topic]) }
+
+    /// Counts the events of a committed batch and the partition's next offset.
+    public func committed(topic: String, partition: Int32, nextOffset: Int64, events: Int) {
+        eventsCommitted.inc(Double(events), labels: ["topic": topic])
+        committedOffset.set(Double(nextOffset), labels: ["topic": topic, "partition": String(partition)])
+    }
 
     /// Counts one edit applied with `method`.
     public func editApplied(method: String) { editsApplied.inc(labels: ["method": method]) }

@@ -71,7 +71,8 @@ public final class SchemaCatalog: @unchecked Sendable {
     private let lock = NSLock()
 
     public init(directory: URL) throws {
-        var r = SchemaRegistry()
+        // Formats are asserted: the events rely on them (ids are UUIDs, times are RFC 3339 date-times).
+        var r = SchemaRegistry(options: ValidatorOptions(formatAssertion: true))
         var files: [String: String] = [:]
         let names = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.hasSuffix(".schema.json") }.sorted()
         for name in names {
@@ -100,7 +101,9 @@ public final class SchemaCatalog: @unchecked Sendable {
     /// Validates a document's bytes; throws SetupError listing the first violations.
     public func check(_ data: Data, against file: String, what: String) throws {
         let value: JSONValue
-        do { value = try JSONValue.parse(data) } catch { throw SetupError("\(what) is not valid JSON: \(error)") }
+        do { value = try JSONValue.parse(data, limits: JSONParseLimits(rejectDuplicateKeys: true)) } catch {
+            throw SetupError("\(what) is not valid JSON: \(error)")
+        }
         let result = try schema(file).validate(value)
         guard result.valid else {
             let why = result.errors.prefix(5).map { "\($0.instanceLocation): \($0.message)" }.joined(separator: "; ")

@@ -77,6 +77,9 @@ public enum DeadLetterReason: String, Codable, Sendable, CaseIterable {
     case editFailed = "edit_failed"
     case unknownSnapshot = "unknown_snapshot"
     case rollbackFailed = "rollback_failed"
+    /// Processing failed for a reason other than the event (the snapshot store, a bug) on every
+    /// attempt of the retry policy; the details carry the attempts and the last error.
+    case processingFailed = "processing_failed"
 }
 
 /// An event that cannot be processed: it becomes a dead letter with this reason and message.

@@ -25,6 +25,8 @@ public struct OutboundRecord: Sendable {
     public var key: [UInt8]?
     public var payload: [UInt8]
     public var headers: [KafkaHeader]
+    /// A smaller record to send instead when the broker refuses this one as too large (dead letters).
+    public var smaller: (@Sendable () -> OutboundRecord)?
 }
 
 /// What processing one event produced: records to publish before its offset is committed, and what
@@ -82,6 +84,8 @@ public final class Pipeline: @unchecked Sendable {
     let controlSchema: CompiledSchema
     public let topics: Topics
     public let maxEventBytes: Int
+    /// How much of a rejected record its dead letter carries.
+    public var deadLetterLimits = DeadLetterDocument.Limits()
     let setup: RomeSetup
     let settings: MethodSettings
     let defaultEditor: FactEditor
@@ -126,31 +130,72 @@ public final class Pipeline: @unchecked Sendable {
         }
     }
 
-    /// The event's JSON body: the CloudEvents data (binary or structured mode) or the plain payload.
-    func body(_ m: KafkaMessage, expectedType: String) throws -> (JSONValue, Data) {
+    /// The event's JSON body (the CloudEvents data in binary or structured mode, or the plain payload),
+    /// parsed once: this value is what the schema validates and what the event is decoded from. A key
+    /// that appears twice in one object is refused: readers disagree on which copy counts.
+    func body(_ m: KafkaMessage, expectedType: String) throws -> JSONValue {
         guard m.payload.count <= maxEventBytes else {
             throw Rejection(.tooLarge, "the event has \(m.payload.count) bytes; the limit is \(maxEventBytes)")
         }
-        var data = Data(m.payload)
+        var data = m.payload
         let envelope: CloudEvent?
         do { envelope = try CloudEvent.decode(m) } catch { throw Rejection(.malformedJSON, "invalid CloudEvents envelope: \(error)") }
         if let ce = envelope {
             guard ce.type == expectedType else {
                 throw Rejection(.unknownType, "CloudEvents type \(ce.type) on \(m.topic); expected \(expectedType)", eventId: ce.id)
             }
-            data = Data(ce.data)
+            data = ce.data
         }
-        guard String(data: data, encoding: .utf8) != nil else { throw Rejection(.malformedJSON, "the event is not UTF-8 text") }
-        do { return (try JSONValue.parse(data), data) } catch {
+        guard String(validating: data, as: UTF8.self) != nil else {
+            throw Rejection(.malformedJSON, "the event is not UTF-8 text", eventId: envelope?.id)
+        }
+        do {
+            return try JSONValue.parse(data, limits: JSONParseLimits(maxDepth: 64, maxInputBytes: maxEventBytes, rejectDuplicateKeys: true))
+        } catch {
+            if case .duplicateKey(let key) = error.kind {
+                throw Rejection(.malformedJSON, "the event is ambiguous: the key \"\(key)\" appears twice in one object (byte \(error.offset)); "
+                                + "JSON readers disagree on which copy counts, so each key must appear once", eventId: envelope?.id)
+            }
             throw Rejection(.malformedJSON, "the event is not valid JSON: \(error)", eventId: envelope?.id)
         }
+    }
+
+    /// Decodes a validated document from the same parsed value.
+    func decode<T: Decodable>(_ type: T.Type, from value: JSONValue, what: String) throws -> T {
+        do { return try JSONValueDecoder(keyStrategy: .convertFromSnakeCase).decode(type, from: value) } catch {
+            throw Rejection(.schema, "the \(what) does not decode: \(Self.describe(error))", eventId: Self.eventId(value))
+        }
+    }
+
+    /// A decoding error as one line: the field's path and what is wrong with it.
+    static func describe(_ error: Error) -> String {
+        // The document's own (snake_case) names, not the Swift properties'.
+        func snake(_ name: String) -> String {
+            name.reduce(into: "") { out, c in
+                if c.isUppercase { out += "_" + c.lowercased() } else { out.append(c) }
+            }
+        }
+        func path(_ keys: [CodingKey]) -> String {
+            keys.isEmpty ? "the document" : keys.map { $0.intValue.map { "[\($0)]" } ?? snake($0.stringValue) }.joined(separator: ".")
+        }
+        switch error as? DecodingError {
+        case .typeMismatch(_, let c)?, .valueNotFound(_, let c)?, .dataCorrupted(let c)?: return "\(path(c.codingPath)): \(c.debugDescription)"
+        case .keyNotFound(let k, let c)?: return "\(path(c.codingPath + [k])) is missing"
+        default: return "\(error)"
+        }
+    }
+
+    /// The document's id when it is a string of a length the store can index (for dead letters).
+    static func eventId(_ value: JSONValue) -> String? {
+        guard let id = value["id"]?.stringValue, (1...256).contains(id.utf8.count) else { return nil }
+        return id
     }
 
     func validate(_ value: JSONValue, _ schema: CompiledSchema, name: String) throws {
         let result = schema.validate(value)
         guard result.valid else {
             let details = result.errors.prefix(20).map(\.description)
-            let id = value["id"]?.stringValue
+            let id = Self.eventId(value)
             throw Rejection(.schema, "the event does not conform to \(name) (\(result.errors.count) error(s)): \(details.first ?? "")",
                             details: Array(details), eventId: id)
         }
@@ -193,12 +238,9 @@ public final class Pipeline: @unchecked Sendable {
 
     /// decode → validate → dedupe → the editor and the pre-edit scores. Throws `Rejection`.
     func prepareFactUpdate(_ m: KafkaMessage) throws -> Prepared {
-        let (value, data) = try body(m, expectedType: EventTypes.factUpdate)
+        let value = try body(m, expectedType: EventTypes.factUpdate)
         try validate(value, factSchema, name: "fact-update v1")
-        let e: FactUpdate
-        do { e = try JSONCoding.decoder().decode(FactUpdate.self, from: data) } catch {
-            throw Rejection(.schema, "the event does not decode as a fact update: \(error)", eventId: value["id"]?.stringValue)
-        }
+        let e = try decode(FactUpdate.self, from: value, what: "fact update")
         try checkModel(e.model.name, eventId: e.id)
         if e.model.revision.range(of: "^[0-9a-f]{8,64}$", options: .regularExpression) != nil, !host.baseHash.hasPrefix(e.model.revision) {
             throw Rejection(.unknownModel, "revision \(e.model.revision) is not this daemon's base model \(host.baseHash.prefix(16))", eventId: e.id)
@@ -215,8 +257,20 @@ public final class Pipeline: @unchecked Sendable {
             var result = try JSONCoding.decoder().decode(EditResultDocument.self, from: Data(text.utf8))
             result.redelivery = true
             result.processedAt = Timestamp.now()
+            // The record this result answers (the same offset after a crash, another one when the id was published again).
+            result.source = .init(topic: m.topic, partition: Int(m.partition), offset: Int(m.offset))
+            // Where the weights are now, not where they were when the event was applied.
+            let head = host.head
+            result.head = head
+            result.weightHash = try host.store.hash(at: head)
+            let live = try seq == head || host.store.lineage(to: head).contains { $0.seq == seq }
+            result.onHeadLineage = live
+            if !live {
+                result.note = "snapshot \(seq), which applied this event, is not on the lineage of the head (snapshot \(head)): a rollback undid it, "
+                    + "so the live weights do not hold this edit; publish the fact again with a new id to apply it again"
+            }
             return .done(Outcome(kind: .redelivery, records: [resultRecord(result)], editSeconds: 0, eventId: e.id,
-                                 summary: "event \(e.id) already applied as snapshot \(seq)"))
+                                 summary: "event \(e.id) already applied as snapshot \(seq)" + (live ? "" : " (since rolled back; the head is \(head))")))
         case .journal:
             throw Rejection(.schema, "event id \(e.id) was already used by a control command", eventId: e.id)
         case nil:
@@ -225,10 +279,15 @@ public final class Pipeline: @unchecked Sendable {
 
         let editor = try editor(for: e)
         let request = EditRequest(subject: e.subject, prompt: e.prompt, targetNew: e.targetNew.str, targetTrue: e.targetTrue?.str)
+        try checkFits(e, request, editor)
         let t0 = Date()
-        let (record, inferred) = try evaluationRecord(e)
-        let pre: CaseScores
-        do { pre = try CounterFactEval.score(record, with: scorer) } catch let err as EditError {
+        let record: CounterFactRecord, inferred: Bool, pre: CaseScores
+        do {
+            (record, inferred) = try evaluationRecord(e)
+            pre = try CounterFactEval.score(record, with: scorer)
+        } catch let err as EditError {
+            throw rejection(err, eventId: e.id)
+        } catch let err as ModelError {
             throw rejection(err, eventId: e.id)
         }
         return .edit(PendingEdit(message: m, event: e, editor: editor, request: request, record: record, inferred: inferred, pre: pre,
@@ -245,6 +304,8 @@ public final class Pipeline: @unchecked Sendable {
         do {
             (updates, phases) = try editor.computeUpdates(for: p.request)
         } catch let err as EditError {
+            throw rejection(err, eventId: e.id)
+        } catch let err as ModelError {
             throw rejection(err, eventId: e.id)
         }
         let applied = try applyAndScore(updates, [p.record], eventId: e.id)
@@ -542,6 +603,28 @@ public final class Pipeline: @unchecked Sendable {
         }
     }
 
+    /// Checks the event's texts against the model's context before any model work.
+    func checkFits(_ e: FactUpdate, _ request: EditRequest, _ editor: FactEditor) throws {
+        let scored = [("the prompt", request.filledPrompt)]
+            + (e.paraphrasePrompts ?? []).enumerated().map { ("paraphrase_prompts[\($0)]", $1) }
+            + (e.neighborhoodPrompts ?? []).enumerated().map { ("neighborhood_prompts[\($0)]", $1) }
+        do {
+            try request.validate()
+            try EditTokenizer(model: host.model).checkFits(request, prefixes: editor.templates.prefixes, scoredPrompts: scored,
+                                                           candidates: e.targetTrue.map { [$0.str] } ?? [], generated: e.targetTrue == nil ? 4 : 0)
+        } catch let err as EditError {
+            throw rejection(err, eventId: e.id)
+        }
+    }
+
+    /// A model failure on this event's input: too long or unusable input is the event's fault.
+    func rejection(_ err: ModelError, eventId: String) -> Rejection {
+        switch err.code {
+        case .contextOverflow, .invalidInput: return Rejection(.invalidEdit, err.description, eventId: eventId)
+        default: return Rejection(.editFailed, err.description, eventId: eventId)
+        }
+    }
+
     func rejection(_ err: EditError, eventId: String) -> Rejection {
         switch err.code {
         case .promptPlaceholder, .subjectNotFound, .emptyTarget, .targetUnchanged, .tooLong:
@@ -556,12 +639,9 @@ public final class Pipeline: @unchecked Sendable {
     // MARK: control
 
     func control(_ m: KafkaMessage) throws -> Outcome {
-        let (value, data) = try body(m, expectedType: EventTypes.control)
+        let value = try body(m, expectedType: EventTypes.control)
         try validate(value, controlSchema, name: "control-command v1")
-        let c: ControlCommand
-        do { c = try JSONCoding.decoder().decode(ControlCommand.self, from: data) } catch {
-            throw Rejection(.schema, "the command does not decode: \(error)", eventId: value["id"]?.stringValue)
-        }
+        let c = try decode(ControlCommand.self, from: value, what: "control command")
         try checkModel(c.model.name, eventId: c.id)
         switch try host.store.outcome(ofEvent: c.id) {
         case .journal(let j):
@@ -620,18 +700,37 @@ public final class Pipeline: @unchecked Sendable {
         return OutboundRecord(topic: topics.results, key: Array(host.modelName.utf8), payload: payload, headers: ce.kafkaHeaders())
     }
 
-    func deadLetter(_ m: KafkaMessage, _ r: Rejection) -> Outcome {
-        let doc = DeadLetterDocument(
-            reason: r.reason.rawValue, message: r.message, eventId: r.eventId, details: r.details.isEmpty ? nil : r.details,
-            original: .init(topic: m.topic, partition: Int(m.partition), offset: Int(m.offset),
-                            keyBase64: m.key.map { Data($0).base64EncodedString() }, payloadBase64: Data(m.payload).base64EncodedString(),
-                            headers: m.headers.map { .init(key: $0.key, valueBase64: $0.value.map { Data($0).base64EncodedString() }) }),
-            deadLetteredAt: Timestamp.now())
-        let payload = (try? JSONCoding.encoder().encode(doc)).map(Array.init) ?? []
-        let ce = CloudEvent(id: UUID().uuidString.lowercased(), source: EventTypes.source, type: EventTypes.deadLetter,
-                            subject: r.eventId, datacontenttype: "application/json", data: payload)
-        return Outcome(kind: .deadLetter(r.reason), records: [OutboundRecord(topic: topics.deadLetters, key: m.key, payload: payload, headers: ce.kafkaHeaders())],
-                       editSeconds: 0, eventId: r.eventId, summary: "dead letter (\(r.reason.rawValue)) for \(m.topic)/\(m.partition)@\(m.offset): \(r.message)")
+    /// The dead letter for `m`: the reason, the message and the original record, bounded so that it
+    /// always fits the broker's message limit (`DeadLetterDocument.Limits`).
+    public func deadLetter(_ m: KafkaMessage, _ r: Rejection) -> Outcome {
+        let doc = DeadLetterDocument(m, r, limits: deadLetterLimits)
+        return Outcome(kind: .deadLetter(r.reason), records: [deadLetterRecord(doc, key: m.key)], editSeconds: 0, eventId: r.eventId,
+                       summary: "dead letter (\(r.reason.rawValue)) for \(m.topic)/\(m.partition)@\(m.offset): \(r.message)")
+    }
+
+    /// The record of a dead letter, keyed by the original key when that is short; its smaller form
+    /// carries none of the original bytes (only their lengths and SHA-256), for a broker whose message
+    /// limit is below the dead letter's.
+    public func deadLetterRecord(_ doc: DeadLetterDocument, key: [UInt8]?) -> OutboundRecord {
+        let topic = topics.deadLetters
+        @Sendable func record(_ doc: DeadLetterDocument, key: [UInt8]?) -> OutboundRecord {
+            let payload = (try? JSONCoding.encoder().encode(doc)).map(Array.init) ?? []
+            let ce = CloudEvent(id: UUID().uuidString.lowercased(), source: EventTypes.source, type: EventTypes.deadLetter,
+                                subject: doc.eventId, datacontenttype: "application/json", data: payload)
+            return OutboundRecord(topic: topic, key: key, payload: payload, headers: ce.kafkaHeaders())
+        }
+        var r = record(doc, key: key.flatMap { $0.count <= deadLetterLimits.keyBytes ? $0 : nil })
+        let bare = doc.withoutOriginalBytes()
+        r.smaller = { record(bare, key: nil) }
+        return r
+    }
+
+    /// The id a record claims, for a dead letter that cannot say more (best effort: the CloudEvents id
+    /// or the JSON body's "id").
+    public func eventIdHint(_ m: KafkaMessage) -> String? {
+        if let ce = try? CloudEvent.decode(m) { return ce.id.utf8.count <= 256 ? ce.id : nil }
+        guard m.payload.count <= maxEventBytes, let v = try? JSONValue.parse(m.payload, limits: JSONParseLimits(maxDepth: 64)) else { return nil }
+        return Self.eventId(v)
     }
 }
 
@@ -675,6 +774,10 @@ public struct EditResultDocument: Codable, Sendable, Equatable {
     public var refinement: Refinement?
     /// A batch edit: the events edited together in one computation and stored as one snapshot.
     public var batch: Batch?
+    /// A redelivery: whether the snapshot that applied the event is still on the head's lineage.
+    public var onHeadLineage: Bool?
+    /// A word to the subscriber, e.g. why a redelivered edit is no longer in the live weights.
+    public var note: String?
     public var processedAt: String
 
     public struct Batch: Codable, Sendable, Equatable {
@@ -694,14 +797,38 @@ public struct EditResultDocument: Codable, Sendable, Equatable {
 
 /// Schemas/dead-letter.schema.json.
 public struct DeadLetterDocument: Codable, Sendable, Equatable {
-    public struct Header: Codable, Sendable, Equatable { public var key: String; public var valueBase64: String? }
+    /// How much of the original record a dead letter carries. Past a limit it carries the first bytes,
+    /// the whole length and the SHA-256 of the whole, so that it always fits the broker's message
+    /// limit (1 MB by default) whatever the original was.
+    public struct Limits: Sendable, Equatable {
+        public var payloadBytes = 65_536
+        public var keyBytes = 1_024
+        public var headerValueBytes = 1_024
+        public var headers = 64
+        public var messageCharacters = 4_096
+        public init() {}
+    }
+    public struct Header: Codable, Sendable, Equatable {
+        public var key: String
+        public var valueBase64: String?
+        public var valueBytes: Int?
+        public var valueSha256: String?
+    }
     public struct Original: Codable, Sendable, Equatable {
         public var topic: String
         public var partition: Int
         public var offset: Int
         public var keyBase64: String?
+        /// The key's length and SHA-256 when `key_base64` holds only its first bytes.
+        public var keyBytes: Int?
+        public var keySha256: String?
         public var payloadBase64: String
+        /// The payload's length and SHA-256 when `payload_base64` holds only its first bytes.
+        public var payloadBytes: Int?
+        public var payloadSha256: String?
         public var headers: [Header]
+        /// How many headers were left out past the limit.
+        public var headersOmitted: Int?
     }
     public var reason: String
     public var message: String
@@ -709,4 +836,56 @@ public struct DeadLetterDocument: Codable, Sendable, Equatable {
     public var details: [String]?
     public var original: Original
     public var deadLetteredAt: String
+
+    public init(reason: String, message: String, eventId: String?, details: [String]?, original: Original, deadLetteredAt: String) {
+        self.reason = reason
+        self.message = message
+        self.eventId = eventId
+        self.details = details
+        self.original = original
+        self.deadLetteredAt = deadLetteredAt
+    }
+
+    /// The same dead letter with none of the original bytes: lengths and SHA-256 only.
+    public func withoutOriginalBytes() -> DeadLetterDocument {
+        var d = self
+        func bytes(_ b64: String?, _ n: Int?) -> Int? { n ?? b64.flatMap { Data(base64Encoded: $0)?.count } }
+        func digest(_ b64: String?, _ h: String?) -> String? { h ?? b64.flatMap { Data(base64Encoded: $0) }.map { SHA256.hex(SHA256.hash(Array($0))) } }
+        let o = original
+        d.original.payloadBytes = bytes(o.payloadBase64, o.payloadBytes)
+        d.original.payloadSha256 = digest(o.payloadBase64, o.payloadSha256)
+        d.original.payloadBase64 = ""
+        if o.keyBase64 != nil {
+            d.original.keyBytes = bytes(o.keyBase64, o.keyBytes)
+            d.original.keySha256 = digest(o.keyBase64, o.keySha256)
+            d.original.keyBase64 = ""
+        }
+        d.original.headersOmitted = (o.headersOmitted ?? 0) + o.headers.count
+        d.original.headers = []
+        if d.original.headersOmitted == 0 { d.original.headersOmitted = nil }
+        return d
+    }
+
+    /// The dead letter of `m` rejected for `r`, within `limits`.
+    public init(_ m: KafkaMessage, _ r: Rejection, limits: Limits) {
+        /// The first `limit` bytes in base64, and the whole length and SHA-256 when cut.
+        func cut(_ b: [UInt8], _ limit: Int) -> (String, Int?, String?) {
+            guard b.count > limit else { return (Data(b).base64EncodedString(), nil, nil) }
+            return (Data(b.prefix(limit)).base64EncodedString(), b.count, SHA256.hex(SHA256.hash(b)))
+        }
+        func clip(_ s: String, _ n: Int) -> String { s.count <= n ? s : String(s.prefix(n)) + "… (\(s.count) characters)" }
+        let key = m.key.map { cut($0, limits.keyBytes) }
+        let payload = cut(m.payload, limits.payloadBytes)
+        let headers = m.headers.prefix(limits.headers).map { h -> Header in
+            let v = h.value.map { cut($0, limits.headerValueBytes) }
+            return Header(key: clip(h.key, 256), valueBase64: v?.0, valueBytes: v?.1, valueSha256: v?.2)
+        }
+        self.init(
+            reason: r.reason.rawValue, message: clip(r.message, limits.messageCharacters),
+            eventId: r.eventId.map { clip($0, 256) }, details: r.details.isEmpty ? nil : r.details.prefix(20).map { clip($0, 1_024) },
+            original: Original(topic: m.topic, partition: Int(m.partition), offset: Int(m.offset), keyBase64: key?.0, keyBytes: key?.1,
+                               keySha256: key?.2, payloadBase64: payload.0, payloadBytes: payload.1, payloadSha256: payload.2,
+                               headers: headers, headersOmitted: m.headers.count > limits.headers ? m.headers.count - limits.headers : nil),
+            deadLetteredAt: Timestamp.now())
+    }
 }

@@ -95,6 +95,36 @@ public struct EditTokenizer: Sendable {
         return SubjectPrompt(tokens: tokens, subjectLast: last + bos.count)
     }
 
+    /// Checks, before any model work, that every sequence an edit of `request` and its evaluation
+    /// run fits the model's context: each template prefix with the prompt, the "{} is a" prompt and
+    /// target_new (the optimization), and each scored prompt (the rewrite prompt, paraphrases,
+    /// neighbourhood prompts) with the longest of `candidates` or `generated` tokens. Parts are
+    /// tokenized separately, which never undercounts by more than the merges at their seams, so the
+    /// bound keeps one token of slack per seam. Throws `.tooLong` naming the text that does not fit.
+    public func checkFits(_ request: EditRequest, prefixes: [String], scoredPrompts: [(what: String, text: String)],
+                          candidates: [String], generated: Int = 0) throws {
+        func count(_ text: String) -> Int { tokenizer.encode(text, addSpecial: false, parseSpecial: false).count }
+        func check(_ n: Int, _ what: String) throws {
+            guard n <= contextLength else {
+                throw EditError(.tooLong, "\(what) needs about \(n) tokens; the model's context is \(contextLength) tokens")
+            }
+        }
+        // Each text alone first, so that the error names the culprit.
+        try check(count(request.subject) + bos.count, "the subject")
+        let targetNew = try target(request.targetNew).count
+        try check(targetNew, "target_new")
+        let lengths = try candidates.map { try target($0).count }
+        let answer = max(lengths.max() ?? 0, generated, targetNew)
+        let filled = bos.count + count(request.filledPrompt)
+        try check(filled, "the prompt with the subject filled in")
+        let prefix = prefixes.map(count).max() ?? 0
+        try check(prefix + filled + targetNew + 2, "the longest context template with the prompt and target_new")
+        try check(bos.count + count(request.subject + " is a") + targetNew + 1, "the \"{} is a\" prompt with target_new")
+        for (what, text) in scoredPrompts {
+            try check(bos.count + count(text) + answer + 1, "\(what) with its longest answer")
+        }
+    }
+
     /// Bytes the tokens stand for; equal to the text's UTF-8 length exactly when nothing was dropped.
     func byteCount(_ ids: [Int32]) -> Int { ids.reduce(0) { $0 + tokenizer.tokenBytes($1).count } }
 

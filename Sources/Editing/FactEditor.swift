@@ -29,6 +29,8 @@ public protocol FactEditor: AnyObject {
     func rebuildState(_ edits: [[StateBlock]]) throws
     /// MESA: the SAE and the refinement in force, or why refinement is off.
     var mesaSetup: MesaAttachment { get }
+    /// The context templates every rewrite prompt is optimized under (the bare prompt first).
+    var templates: ContextTemplates { get }
 }
 
 extension FactEditor {

@@ -1,3 +1,4 @@
+import Contracts
 import Foundation
 
 /// A CloudEvents 1.0 event with its Kafka protocol binding
@@ -64,19 +65,19 @@ public struct CloudEvent: Equatable, Sendable {
     /// JSON and `data` is valid JSON, otherwise `data_base64`. Send it with a `content-type` header of
     /// `CloudEvent.structuredContentType`.
     public func structuredPayload() throws -> [UInt8] {
-        var envelope: [String: Any] = ["specversion": specversion, "id": id, "source": source, "type": type]
-        if let time { envelope["time"] = Self.formatTime(time) }
-        if let subject { envelope["subject"] = subject }
-        if let datacontenttype { envelope["datacontenttype"] = datacontenttype }
-        if let dataschema { envelope["dataschema"] = dataschema }
-        for (name, value) in extensions { envelope[name] = value }
-        if Self.isJSON(datacontenttype),
-           let value = try? JSONSerialization.jsonObject(with: Data(data), options: [.fragmentsAllowed]) {
-            envelope["data"] = value
+        var envelope: [(String, JSONValue)] = [("specversion", .string(specversion)), ("id", .string(id)), ("source", .string(source)),
+                                               ("type", .string(type))]
+        if let time { envelope.append(("time", .string(Self.formatTime(time)))) }
+        if let subject { envelope.append(("subject", .string(subject))) }
+        if let datacontenttype { envelope.append(("datacontenttype", .string(datacontenttype))) }
+        if let dataschema { envelope.append(("dataschema", .string(dataschema))) }
+        for (name, value) in extensions.sorted(by: { $0.key < $1.key }) { envelope.append((name, .string(value))) }
+        if Self.isJSON(datacontenttype), let value = try? JSONValue.parse(data, limits: JSONParseLimits(rejectDuplicateKeys: true)) {
+            envelope.append(("data", value))
         } else if !data.isEmpty {
-            envelope["data_base64"] = Data(data).base64EncodedString()
+            envelope.append(("data_base64", .string(Data(data).base64EncodedString())))
         }
-        return Array(try JSONSerialization.data(withJSONObject: envelope, options: [.sortedKeys, .withoutEscapingSlashes]))
+        return Array(JSONValue.object(JSONObject(envelope)).jsonText().utf8)
     }
 
     /// Decodes a CloudEvent from a record in binary mode (`ce_` headers) or structured mode
@@ -111,19 +112,22 @@ public struct CloudEvent: Equatable, Sendable {
             extensions: attributes.filter { !knownAttributes.contains($0.key) }, data: m.payload)
     }
 
+    /// Structured mode, read with the same JSON parser that validates events: a repeated key is an
+    /// error (readers disagree on which copy counts), and a JSON `data` value is passed on as its
+    /// exact text (numbers and strings as written, not as Foundation re-reads them).
     private static func decodeStructured(_ payload: [UInt8]) throws -> CloudEvent {
-        let object: Any
+        let parsed: JSONValue
         do {
-            object = try JSONSerialization.jsonObject(with: Data(payload), options: [])
+            parsed = try JSONValue.parse(payload, limits: JSONParseLimits(maxDepth: 64, rejectDuplicateKeys: true))
         } catch {
-            throw CloudEventError("structured mode: the value is not JSON (\(error.localizedDescription))")
+            throw CloudEventError("structured mode: the value is not usable JSON (\(error))")
         }
-        guard let envelope = object as? [String: Any] else {
+        guard case .object(let envelope) = parsed else {
             throw CloudEventError("structured mode: the value is not a JSON object")
         }
         func string(_ name: String) throws -> String? {
-            guard let v = envelope[name], !(v is NSNull) else { return nil }
-            guard let s = v as? String else { throw CloudEventError("structured mode: \(name) is not a string") }
+            guard let v = envelope[name], v != .null else { return nil }
+            guard case .string(let s) = v else { throw CloudEventError("structured mode: \(name) is not a string") }
             return s
         }
         func required(_ name: String) throws -> String {
@@ -135,21 +139,25 @@ public struct CloudEvent: Equatable, Sendable {
         let datacontenttype = try string("datacontenttype")
         var data: [UInt8] = []
         if let b64 = try string("data_base64") {
+            guard envelope["data"] == nil || envelope["data"] == .null else {
+                throw CloudEventError("structured mode: both data and data_base64 are present")
+            }
             guard let d = Data(base64Encoded: b64) else { throw CloudEventError("structured mode: data_base64 is not base64") }
             data = Array(d)
-        } else if let value = envelope["data"], !(value is NSNull) {
-            if let s = value as? String, !isJSON(datacontenttype) {
+        } else if let value = envelope["data"], value != .null {
+            if case .string(let s) = value, !isJSON(datacontenttype) {
                 data = Array(s.utf8)
             } else {
-                data = Array(try JSONSerialization.data(withJSONObject: value, options: [.fragmentsAllowed, .sortedKeys, .withoutEscapingSlashes]))
+                data = Array(value.jsonText().utf8)
             }
         }
         var extensions: [String: String] = [:]
         for (name, value) in envelope where !knownAttributes.contains(name) {
             switch value {
-            case let s as String: extensions[name] = s
-            case let n as NSNumber: extensions[name] = n.stringValue
-            case is NSNull: continue
+            case .string(let s): extensions[name] = s
+            case .number(let n): extensions[name] = n.description
+            case .bool(let b): extensions[name] = b ? "true" : "false"
+            case .null: continue
             default: throw CloudEventError("structured mode: extension \(name) is not a string, number or boolean")
             }
         }

@@ -48,6 +48,8 @@ public struct KafkaError: Error, CustomStringConvertible, Equatable, Sendable {
         /// The message's partition was revoked from this consumer before it was committed (`_ASSIGNMENT_LOST`);
         /// its offset was not committed, so the partition's next owner redelivers it.
         public static let partitionRevoked = RD_KAFKA_RESP_ERR__ASSIGNMENT_LOST.rawValue
+        /// The record is larger than the client's `message.max.bytes` or the broker's limit (`MSG_SIZE_TOO_LARGE`).
+        public static let messageTooLarge = RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE.rawValue
     }
 }
 

@@ -12,9 +12,9 @@ import Testing
 /// recognized as a redelivery, and a rollback undoes the batch as a whole.
 @Suite(.serialized) struct BatchDaemonTests {
     static let ae: [String: Any] = ["method": "AlphaEdit"]
-    static let a = DaemonHarness.factUpdate(id: "bt-a", subject: "Paris", targetNew: "Rome", extra: ae)
-    static let b = DaemonHarness.factUpdate(id: "bt-b", subject: "Rome", targetNew: "Paris", extra: ae)
-    static let c = DaemonHarness.factUpdate(id: "bt-c", subject: "Paris", prompt: "The city of {} lies in", targetNew: "Italy", extra: ae)
+    static let a = DaemonHarness.factUpdate(id: tid("bt-a"), subject: "Paris", targetNew: "Rome", extra: ae)
+    static let b = DaemonHarness.factUpdate(id: tid("bt-b"), subject: "Rome", targetNew: "Paris", extra: ae)
+    static let c = DaemonHarness.factUpdate(id: tid("bt-c"), subject: "Paris", prompt: "The city of {} lies in", targetNew: "Italy", extra: ae)
 
     @Test func consecutiveEventsAreEditedTogetherAsOneSnapshot() throws {
         let bootstrap = try SharedBroker.get().bootstrapServers
@@ -31,18 +31,18 @@ import Testing
         try x.publish(Self.a)
         try x.publish(Self.c)
         let results = try x.collect(x.topics.results, timeout: 120) { rs in
-            rs.contains { $0["event_id"]?.stringValue == "bt-c" } && rs.filter { $0["event_id"]?.stringValue == "bt-a" }.count >= 2
+            rs.contains { $0["event_id"]?.stringValue == tid("bt-c") } && rs.filter { $0["event_id"]?.stringValue == tid("bt-a") }.count >= 2
         }
         let schema = try DaemonTests.schema("edit-result.schema.json")
         for r in results { #expect(schema.validate(r).valid, "\(r)") }
-        let ra = try #require(results.first { $0["event_id"]?.stringValue == "bt-a" }, "daemon log:\n\(x.tail())")
-        let rb = try #require(results.first { $0["event_id"]?.stringValue == "bt-b" })
-        let again = try #require(results.last { $0["event_id"]?.stringValue == "bt-a" })
-        let rc = try #require(results.first { $0["event_id"]?.stringValue == "bt-c" })
+        let ra = try #require(results.first { $0["event_id"]?.stringValue == tid("bt-a") }, "daemon log:\n\(x.tail())")
+        let rb = try #require(results.first { $0["event_id"]?.stringValue == tid("bt-b") })
+        let again = try #require(results.last { $0["event_id"]?.stringValue == tid("bt-a") })
+        let rc = try #require(results.first { $0["event_id"]?.stringValue == tid("bt-c") })
         for (r, i) in [(ra, 0), (rb, 1)] {
             #expect(r["status"]?.stringValue == "applied" && r["snapshot"]?.intValue == 1 && r["parent"]?.intValue == 0, "\(r)")
             #expect(r["batch"]?["size"]?.intValue == 2 && r["batch"]?["index"]?.intValue == i, "\(r)")
-            #expect(r["batch"]?["event_ids"] == .array([.string("bt-a"), .string("bt-b")]))
+            #expect(r["batch"]?["event_ids"] == .array([.string(tid("bt-a")), .string(tid("bt-b"))]))
             #expect(r["metrics"]?["post"]?["es"] != nil && r["metrics"]?["pre"]?["es"] != nil)
         }
         #expect(ra["target_new"]?.stringValue == "Rome" && rb["target_new"]?.stringValue == "Paris")
@@ -54,16 +54,16 @@ import Testing
         // One snapshot for the batch: both events indexed, rank-2 factors, both requests' keys kept.
         let store = try x.store()
         let r1 = try store.record(1)
-        #expect(r1.eventIds == ["bt-a", "bt-b"] && r1.factors.count == 2 && r1.factors.allSatisfy { $0.rank == 2 })
+        #expect(r1.eventIds == [tid("bt-a"), tid("bt-b")] && r1.factors.count == 2 && r1.factors.allSatisfy { $0.rank == 2 })
         #expect(r1.state.count == 2 && r1.state.allSatisfy { $0.rows == 2 })
-        #expect(try store.outcome(ofEvent: "bt-b") == .snapshot(1))
+        #expect(try store.outcome(ofEvent: tid("bt-b")) == .snapshot(1))
 
         // A crash and a restart: the state of the batch is rebuilt; a rollback undoes A and B together.
         x.kill9()
         try x.start()
         #expect(x.tail(60).contains("accumulated the keys of 2 edit(s) up to snapshot 2"), "\(x.tail())")
-        try x.publish(DaemonHarness.rollback(to: 0, id: "bt-rb"), topic: x.topics.control, cloudEvent: EventTypes.control)
-        let rolled = try #require(try x.results(for: ["bt-rb"])["bt-rb"])
+        try x.publish(DaemonHarness.rollback(to: 0, id: tid("bt-rb")), topic: x.topics.control, cloudEvent: EventTypes.control)
+        let rolled = try #require(try x.results(for: [tid("bt-rb")])[tid("bt-rb")])
         let base = try store.hash(at: 0)
         #expect(rolled["head"]?.intValue == 0 && rolled["weight_hash"]?.stringValue == base)
         #expect(x.terminate() == 0)
@@ -73,7 +73,7 @@ import Testing
         #expect(try DaemonTests.schema("audit-report.schema.json").validate(audit).valid)
         let rows = audit["snapshots"]?.arrayValue ?? []
         #expect(rows.map { $0["status"]?.stringValue } == ["match", "match"], "\(out)")
-        #expect(rows.first?["batch_event_ids"] == .array([.string("bt-a"), .string("bt-b")]) && rows.last?["batch_event_ids"] == nil)
+        #expect(rows.first?["batch_event_ids"] == .array([.string(tid("bt-a")), .string(tid("bt-b"))]) && rows.last?["batch_event_ids"] == nil)
 
         // Edited together is not edited one after the other: a daemon without batches gets other weights.
         let y = try DaemonHarness(bootstrap: bootstrap, label: "bt-y")
@@ -82,9 +82,9 @@ import Testing
         try y.start()
         try y.publish(Self.a)
         try y.publish(Self.b)
-        let ry = try y.results(for: ["bt-a", "bt-b"])
-        #expect(ry["bt-b"]?["snapshot"]?.intValue == 2 && ry["bt-b"]?["batch"] == nil, "\(ry)")
-        #expect(ry["bt-b"]?["weight_hash"] != rb["weight_hash"] && ry["bt-b"]?["weight_hash"] != nil)
+        let ry = try y.results(for: [tid("bt-a"), tid("bt-b")])
+        #expect(ry[tid("bt-b")]?["snapshot"]?.intValue == 2 && ry[tid("bt-b")]?["batch"] == nil, "\(ry)")
+        #expect(ry[tid("bt-b")]?["weight_hash"] != rb["weight_hash"] && ry[tid("bt-b")]?["weight_hash"] != nil)
         #expect(y.terminate() == 0)
     }
 

@@ -83,6 +83,9 @@ final class DaemonHarness: @unchecked Sendable {
     /// The config's "batch" block (nil: none).
     var batch: [String: Any]?
 
+    /// More top-level config settings (e.g. "retry", "lmdb_map_bytes").
+    var settings: [String: Any] = [:]
+
     func writeConfig(maxEventBytes: Int = 8192, extra: [String: String] = [:], createTopics: Bool = true) throws -> URL {
         let t = topics
         var props = ["session.timeout.ms": "6000", "heartbeat.interval.ms": "1000", "topic.metadata.refresh.interval.ms": "2000"]
@@ -94,7 +97,7 @@ final class DaemonHarness: @unchecked Sendable {
                       "topics": ["fact_updates": t.factUpdates, "control": t.control, "results": t.results, "dead_letters": t.deadLetters],
                       "properties": props],
             "http": ["listen": "127.0.0.1:\(httpPort)"],
-        ].merging(mesa.map { ["mesa": $0] } ?? [:]) { a, _ in a }.merging(batch.map { ["batch": $0] } ?? [:]) { a, _ in a }.merging(method.map { ["method": $0] } ?? [:]) { a, _ in a }
+        ].merging(mesa.map { ["mesa": $0] } ?? [:]) { a, _ in a }.merging(batch.map { ["batch": $0] } ?? [:]) { a, _ in a }.merging(method.map { ["method": $0] } ?? [:]) { a, _ in a }.merging(settings) { _, b in b }
         let url = dir.appendingPathComponent("mesa.json")
         try JSONSerialization.data(withJSONObject: c, options: [.sortedKeys]).write(to: url)
         return url
@@ -203,14 +206,15 @@ final class DaemonHarness: @unchecked Sendable {
         let c = try KafkaConsumer(properties: ["bootstrap.servers": bootstrap, "group.id": "\(prefix)-reader-\(UUID().uuidString.prefix(6))",
                                                "auto.offset.reset": "earliest", "session.timeout.ms": "6000", "heartbeat.interval.ms": "1000",
                                                "topic.metadata.refresh.interval.ms": "1000"],
-                                  topics: [topic])
+                                  topics: [topic], maxBufferedPerPartition: 1000)
         defer { c.close() }
         var out: [JSONValue] = []
         let end = Date().addingTimeInterval(timeout)
         while Date() < end && !done(out) {
-            guard let m = c.next(timeout: 0.2) else { continue }
-            try? c.commit(m)
-            if let v = try? JSONValue.parse(Data(m.payload)) { out.append(v) }
+            let ms = c.nextBatch(max: 500, linger: 0, timeout: 0.2)
+            guard let last = ms.last else { continue }
+            try? c.commit(last, wait: false)
+            for m in ms { if let v = try? JSONValue.parse(Data(m.payload)) { out.append(v) } }
         }
         return out
     }
@@ -343,4 +347,13 @@ extension JSONValue {
         if case .number(let n) = self { return n.doubleValue }
         return nil
     }
+}
+
+/// A fixed event id (a UUID, as the event schemas require) named by `name` in the tests.
+func tid(_ name: String) -> String {
+    var h: UInt64 = 0xcbf2_9ce4_8422_2325
+    for b in name.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+    let hex = String(h, radix: 16)
+    let x = String(repeating: "0", count: 16 - hex.count) + hex
+    return "\(x.prefix(8))-\(x.dropFirst(8).prefix(4))-4\(x.dropFirst(12).prefix(3))-8\(x.suffix(1))00-000000000000"
 }
