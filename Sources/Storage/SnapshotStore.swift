@@ -342,10 +342,21 @@ public final class SnapshotStore: @unchecked Sendable {
         try environment.read { t in try t.entries(snapshots) }.map { Self.u64($0.key) }
     }
 
-    /// Every snapshot in sequence order, each verified.
+    /// Every snapshot in sequence order, each verified; throws the first record's failure.
     public func records() throws -> [SnapshotRecord] {
-        let all = try environment.read { t in try t.entries(snapshots) }
-        return try all.map { try Self.decode($0.value, seq: Self.u64($0.key)) }
+        try scan().map { try $0.result.get() }
+    }
+
+    /// Every stored snapshot in sequence order, each decoded and verified on its own: a record that
+    /// fails its checksum or does not parse is in its place with its `corrupted` error, and the
+    /// records after it are still read.
+    public func scan() throws -> [(seq: UInt64, result: Result<SnapshotRecord, SnapshotStoreError>)] {
+        try environment.read { t in try t.entries(snapshots) }.map { entry in
+            let seq = Self.u64(entry.key)
+            return (seq, Result { try Self.decode(entry.value, seq: seq) }.mapError {
+                $0 as? SnapshotStoreError ?? SnapshotStoreError(.corrupted, "snapshot \(seq): \($0)")
+            })
+        }
     }
 
     /// The snapshots whose factors, applied in order to the base weights, give snapshot `seq`.
