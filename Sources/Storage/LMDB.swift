@@ -182,7 +182,7 @@ public struct LMDBFileDamage: Error, CustomStringConvertible, Sendable {
     public var reason: String
 
     public var description: String {
-        "\(file) is damaged: \(reason) (the file is \(size) bytes" + (requiredSize.map { ", its meta page needs \($0)" } ?? "") + ")"
+        "\(file) is damaged: \(reason); the file is \(size) bytes" + (requiredSize.map { ", its meta page needs \($0)" } ?? "")
     }
 }
 
