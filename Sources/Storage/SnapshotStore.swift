@@ -15,6 +15,9 @@ public struct SnapshotStoreError: Error, CustomStringConvertible, Equatable, Sen
         case duplicateEvent
         /// The store has no base yet, or an argument does not fit the store.
         case state
+        /// The store's data file is damaged (cut short, or its meta pages are unreadable): the store
+        /// is not opened, so LMDB never maps it.
+        case damaged
     }
 
     public var code: Code
@@ -165,9 +168,18 @@ public final class SnapshotStore: @unchecked Sendable {
 
     static let magic = Array("MESASNP1".utf8)
 
-    /// Opens (creating if needed) the store in directory `path`.
+    /// Opens (creating if needed) the store in directory `path`. Throws `damaged` when its data file
+    /// is damaged (`LMDBFileCheck`).
     public init(path: String, mapSize: Int = 1 << 30) throws {
-        environment = try LMDBEnvironment(path: path, mapSize: mapSize)
+        do {
+            environment = try LMDBEnvironment(path: path, mapSize: mapSize)
+        } catch let damage as LMDBFileDamage {
+            throw SnapshotStoreError(.damaged, """
+                \(damage). The snapshot store is not opened. Restore \(path) from a backup \
+                (one that passes `mesa replay --verify`), or move it aside to start an empty history: \
+                the edited weights can then be rebuilt by replaying the fact updates from the event log.
+                """)
+        }
         meta = try environment.database("meta")
         snapshots = try environment.database("snapshots")
         events = try environment.database("events")
@@ -330,10 +342,21 @@ public final class SnapshotStore: @unchecked Sendable {
         try environment.read { t in try t.entries(snapshots) }.map { Self.u64($0.key) }
     }
 
-    /// Every snapshot in sequence order, each verified.
+    /// Every snapshot in sequence order, each verified; throws the first record's failure.
     public func records() throws -> [SnapshotRecord] {
-        let all = try environment.read { t in try t.entries(snapshots) }
-        return try all.map { try Self.decode($0.value, seq: Self.u64($0.key)) }
+        try scan().map { try $0.result.get() }
+    }
+
+    /// Every stored snapshot in sequence order, each decoded and verified on its own: a record that
+    /// fails its checksum or does not parse is in its place with its `corrupted` error, and the
+    /// records after it are still read.
+    public func scan() throws -> [(seq: UInt64, result: Result<SnapshotRecord, SnapshotStoreError>)] {
+        try environment.read { t in try t.entries(snapshots) }.map { entry in
+            let seq = Self.u64(entry.key)
+            return (seq, Result { try Self.decode(entry.value, seq: seq) }.mapError {
+                $0 as? SnapshotStoreError ?? SnapshotStoreError(.corrupted, "snapshot \(seq): \($0)")
+            })
+        }
     }
 
     /// The snapshots whose factors, applied in order to the base weights, give snapshot `seq`.

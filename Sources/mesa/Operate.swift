@@ -187,7 +187,14 @@ func snapshotStores(in stateDir: URL) throws -> [(URL, SnapshotStore)] {
 }
 
 struct Snapshots: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List the recorded snapshots and the journal of every model under the state directory.")
+    static let configuration = CommandConfiguration(
+        abstract: "List the recorded snapshots and the journal of every model under the state directory.",
+        discussion: """
+        A record that fails its checksum or does not parse is listed as CORRUPT with the reason (in \
+        --json, under "corrupt"), and the listing goes on. Exit status: 0 when every record is intact; \
+        2 after listing everything when any record is corrupt; 1 on an error (no store, a damaged \
+        data.mdb), with the reason on stderr.
+        """)
 
     @OptionGroup var daemonOptions: DaemonOptions
     @Flag(name: .long, help: "Print JSON.") var json = false
@@ -198,33 +205,50 @@ struct Snapshots: ParsableCommand {
             let dir = config.stateDirectory(home: daemonOptions.home)
             let stores = try snapshotStores(in: dir)
             guard !stores.isEmpty else { throw fail("no snapshot store under \(dir.path)") }
+            var corruptRecords = 0
             for (path, store) in stores {
                 let head = try store.head()
-                let records = try store.records()
+                let scanned = try store.scan()
+                let records = scanned.compactMap { try? $0.result.get() }
+                let corrupt = scanned.compactMap { s -> (seq: UInt64, error: SnapshotStoreError)? in
+                    guard case .failure(let e) = s.result else { return nil }
+                    return (s.seq, e)
+                }
+                corruptRecords += corrupt.count
                 if json {
                     let rows: [[String: Any]] = records.map {
                         ["seq": $0.seq, "parent": $0.parent, "event_id": $0.eventId, "method": $0.method, "hash_before": $0.hashBefore,
                          "hash_after": $0.hashAfter, "created_at": $0.createdAt, "bytes": $0.storedBytes, "head": $0.seq == head]
                     }
+                    let bad: [[String: Any]] = corrupt.map { ["seq": $0.seq, "error": $0.error.message, "head": $0.seq == head] }
                     let doc: [String: Any] = ["store": path.path, "model": try store.modelName() ?? "", "base_hash": try store.baseHash() ?? "",
-                                              "head": head, "snapshots": rows]
+                                              "head": head, "snapshots": rows, "corrupt": bad]
                     print(String(decoding: try JSONSerialization.data(withJSONObject: doc, options: [.sortedKeys]), as: UTF8.self))
                     continue
                 }
                 print("\(try store.modelName() ?? "?") — base \(try store.baseHash()?.prefix(16) ?? "?") — \(path.path)")
+                func pad(_ s: String, _ n: Int, right: Bool = false) -> String {
+                    s.count >= n ? s : (right ? String(repeating: " ", count: n - s.count) + s : s + String(repeating: " ", count: n - s.count))
+                }
                 func row(_ mark: String, _ seq: String, _ parent: String, _ event: String, _ method: String, _ hash: String, _ bytes: String, _ time: String) {
-                    func pad(_ s: String, _ n: Int, right: Bool = false) -> String {
-                        s.count >= n ? s : (right ? String(repeating: " ", count: n - s.count) + s : s + String(repeating: " ", count: n - s.count))
-                    }
                     print("\(mark) \(pad(seq, 5, right: true)) \(pad(parent, 6, right: true))  \(pad(event, 36))  \(pad(method, 6))  \(pad(hash, 16))  \(pad(bytes, 6, right: true))  \(time)")
                 }
                 row(" ", "seq", "parent", "event", "method", "weights", "bytes", "created")
                 row(head == 0 ? "*" : " ", "0", "-", "(base model)", "-", String(try store.baseHash()?.prefix(16) ?? ""), "-", "-")
-                for r in records {
-                    row(r.seq == head ? "*" : " ", "\(r.seq)", "\(r.parent)", r.eventId, r.method, String(r.hashAfter.prefix(16)), "\(r.storedBytes)", r.createdAt)
+                for s in scanned {
+                    let mark = s.seq == head ? "*" : " "
+                    switch s.result {
+                    case .success(let r):
+                        row(mark, "\(r.seq)", "\(r.parent)", r.eventId, r.method, String(r.hashAfter.prefix(16)), "\(r.storedBytes)", r.createdAt)
+                    case .failure(let e):
+                        print("\(mark) \(pad("\(s.seq)", 5, right: true)) \(pad("?", 6, right: true))  CORRUPT  \(e.message)")
+                    }
                 }
                 let rollbacks = try store.journal().filter { $0.kind == .rollback }
                 for j in rollbacks { print("  rollback \(j.headBefore) → \(j.headAfter) at \(j.time) (\(j.eventId ?? "-"))") }
+            }
+            if corruptRecords > 0 {
+                throw fail("\(corruptRecords) corrupt snapshot record(s), listed as CORRUPT: they are refused, never used (ops/runbooks/replay.md)", code: 2)
             }
         }
     }

@@ -140,4 +140,38 @@ import Testing
         try store.environment.write { try $0.put(db, key: key, value: bytes) }
         #expect { try store.record(1) } throws: { ($0 as? SnapshotStoreError)?.code == .corrupted }
     }
+
+    /// A scan lists every record it can verify and marks each one it cannot, in sequence order,
+    /// where `records()` stops at the first.
+    @Test func scanListsGoodRecordsAndMarksCorruptOnes() throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = try SnapshotStore(path: dir)
+        try store.attachBase(modelHash: "base", modelName: "tiny")
+        var written: [SnapshotRecord] = []
+        for i in 1...4 {
+            written.append(try store.commitEdit(Self.draft("e\(i)", before: i == 1 ? "base" : "h\(i - 1)", after: "h\(i)", rows: 8, cols: 16),
+                                                expectedHead: UInt64(i - 1)))
+        }
+        let db = try store.environment.database("snapshots")
+        let key2: [UInt8] = [0, 0, 0, 0, 0, 0, 0, 2], key4: [UInt8] = [0, 0, 0, 0, 0, 0, 0, 4]
+        var bytes = try #require(try store.environment.read { try $0.get(db, key: key2) })
+        bytes[bytes.count / 2] ^= 0x40
+        try store.environment.write { t in
+            try t.put(db, key: key2, value: bytes)
+            try t.put(db, key: key4, value: Array("not a record".utf8))
+        }
+
+        let scanned = try store.scan()
+        #expect(scanned.map(\.seq) == [1, 2, 3, 4])
+        #expect(try scanned[0].result.get() == written[0])
+        #expect(try scanned[2].result.get() == written[2])
+        guard case .failure(let e2) = scanned[1].result, case .failure(let e4) = scanned[3].result else {
+            Issue.record("records 2 and 4 were not reported corrupt: \(scanned.map(\.result))")
+            return
+        }
+        #expect(e2.code == .corrupted && e2.message.contains("snapshot 2: checksum mismatch"))
+        #expect(e4.code == .corrupted && e4.message.contains("snapshot 4: not a snapshot record"))
+        #expect { try store.records() } throws: { ($0 as? SnapshotStoreError) == e2 }
+    }
 }
