@@ -114,7 +114,7 @@ public final class KafkaAdmin: @unchecked Sendable {
         }
     }
 
-    /// Runs `body` on the cluster's metadata. Asks in growing slices (0.5 s, 1 s, 2 s, …) so that a
+    /// Runs `body` on the cluster's metadata. Asks in growing slices (0.5 s, 1 s, then 2 s each) so that a
     /// connection failure ends the wait early: librdkafka answers `_TRANSPORT` for a slice in which no
     /// broker was up, and its log says why.
     private func withMetadata<T>(allTopics: Bool, timeout: Double, what: String,
@@ -139,7 +139,7 @@ public final class KafkaAdmin: @unchecked Sendable {
                 let code = err == RD_KAFKA_RESP_ERR_NO_ERROR ? RD_KAFKA_RESP_ERR__TIMED_OUT : err
                 throw KafkaError("\(what) (bootstrap.servers \(bootstrapServers))", err: code, cause: cause)
             }
-            slice *= 2
+            slice = min(slice * 2, 2)
         }
     }
 }

@@ -13,9 +13,27 @@ enum Client {
         ProcessInfo.processInfo.environment["USER"].flatMap { $0.isEmpty ? nil : $0 } ?? "mesa-cli"
     }
 
+    /// The librdkafka properties of the operator verbs' clients: the daemon's, with connection setup
+    /// (TCP, TLS, SASL) bounded at 5 s unless configured, so that a wrong address or TLS setting is
+    /// reported in seconds.
+    static func properties(_ config: DaemonConfiguration) -> [String: String] {
+        var p = config.kafkaProperties
+        if p["socket.connection.setup.timeout.ms"] == nil { p["socket.connection.setup.timeout.ms"] = "5000" }
+        return p
+    }
+
+    /// Fails (exit 1) with librdkafka's reason when no broker of the cluster answers within `timeout` seconds.
+    static func checkBroker(_ config: DaemonConfiguration, timeout: Double = 10) throws {
+        let admin = try KafkaAdmin(properties: properties(config))
+        defer { admin.close() }
+        do { try admin.checkConnection(timeout: timeout) } catch {
+            throw fail("cannot reach Kafka: \(error)")
+        }
+    }
+
     /// Sends one event (CloudEvents binary mode) and returns its partition and offset.
     static func send(_ json: Data, id: String, type: String, topic: String, key: String?, config: DaemonConfiguration) throws -> (Int32, Int64) {
-        let producer = try KafkaProducer(properties: config.kafkaProperties)
+        let producer = try KafkaProducer(properties: properties(config))
         defer { producer.close() }
         let ce = CloudEvent(id: id, source: "urn:mesa:cli:\(principal())", type: type, subject: nil, datacontenttype: "application/json", data: Array(json))
         let r = try producer.send(topic: topic, key: key.map { Array($0.utf8) }, payload: Array(json), headers: ce.kafkaHeaders(), timeout: 30)
@@ -24,7 +42,7 @@ enum Client {
 
     /// A consumer that reads `topic` from the beginning in a group of its own, committing nothing.
     static func reader(_ topic: String, config: DaemonConfiguration, fromBeginning: Bool = true) throws -> KafkaConsumer {
-        var p = config.kafkaProperties
+        var p = properties(config)
         p["group.id"] = "mesa-cli-\(UUID().uuidString.lowercased())"
         p["auto.offset.reset"] = fromBeginning ? "earliest" : "latest"
         p["session.timeout.ms"] = "6000"
@@ -100,6 +118,7 @@ struct Publish: ParsableCommand {
                 data = try JSONSerialization.data(withJSONObject: event, options: [.sortedKeys])
             }
             if !raw { try SchemaCatalog.standard().check(data, against: "fact-update.schema.json", what: "the event") }
+            try Client.checkBroker(config)
             let (partition, offset) = try Client.send(data, id: eventId, type: EventTypes.factUpdate, topic: config.topics.factUpdates,
                                                       key: nil, config: config)
             print(eventId)
@@ -128,6 +147,7 @@ struct Results: ParsableCommand {
         try reportingErrors {
             let config = try daemonOptions.resolve()
             let topic = deadLetters ? config.topics.deadLetters : config.topics.results
+            try Client.checkBroker(config)
             let c = try Client.reader(topic, config: config)
             defer { c.close() }
             StopSignal.install()
@@ -167,6 +187,7 @@ struct Rollback: ParsableCommand {
             if let reason { cmd["reason"] = reason }
             let data = try JSONSerialization.data(withJSONObject: cmd, options: [.sortedKeys])
             try SchemaCatalog.standard().check(data, against: "control-command.schema.json", what: "the command")
+            try Client.checkBroker(config)
             _ = try Client.send(data, id: id, type: EventTypes.control, topic: config.topics.control, key: nil, config: config)
             let (dead, json) = try Client.awaitResult(of: id, config: config, timeout: timeout)
             print(json)
