@@ -96,16 +96,21 @@ struct Publish: ParsableCommand {
             let config = try daemonOptions.resolve()
             var data: Data
             var eventId: String
+            // The record key: the model's name, so one model's edits share a partition and keep their order.
+            var modelKey: String?
             if let file {
                 guard let d = file == "-" ? FileHandle.standardInput.readDataToEndOfFile() : FileManager.default.contents(atPath: file) else {
                     throw fail("cannot read \(file)")
                 }
                 data = d
-                eventId = (try? JSONValue.parse(d))?["id"]?.stringValue ?? id ?? UUID().uuidString.lowercased()
+                let event = try? JSONValue.parse(d)
+                eventId = event?["id"]?.stringValue ?? id ?? UUID().uuidString.lowercased()
+                modelKey = event?["model"]?["name"]?.stringValue
             } else {
                 guard let subject, let prompt, let targetNew else { throw fail("give --subject, --prompt and --target-new, or --file") }
                 eventId = id ?? UUID().uuidString.lowercased()
                 let name = try modelName ?? Installation.modelName(ModelLocator.defaultModelPath())
+                modelKey = name
                 var event: [String: Any] = [
                     "id": eventId, "model": ["name": name, "revision": "main"], "subject": subject, "prompt": prompt,
                     "target_new": ["str": targetNew], "method": method, "issued_by": ["principal": Client.principal()],
@@ -120,7 +125,7 @@ struct Publish: ParsableCommand {
             if !raw { try SchemaCatalog.standard().check(data, against: "fact-update.schema.json", what: "the event") }
             try Client.checkBroker(config)
             let (partition, offset) = try Client.send(data, id: eventId, type: EventTypes.factUpdate, topic: config.topics.factUpdates,
-                                                      key: nil, config: config)
+                                                      key: modelKey, config: config)
             print(eventId)
             log("published to \(config.topics.factUpdates)/\(partition)@\(offset)")
             if wait {
@@ -179,16 +184,16 @@ struct Rollback: ParsableCommand {
         try reportingErrors {
             let config = try daemonOptions.resolve()
             let id = UUID().uuidString.lowercased()
+            let model = try modelName ?? Installation.modelName(ModelLocator.defaultModelPath())
             var cmd: [String: Any] = [
-                "id": id, "command": "rollback", "to": to,
-                "model": ["name": try modelName ?? Installation.modelName(ModelLocator.defaultModelPath())],
+                "id": id, "command": "rollback", "to": to, "model": ["name": model],
                 "issued_by": ["principal": Client.principal()], "issued_at": ISO8601DateFormatter().string(from: Date()),
             ]
             if let reason { cmd["reason"] = reason }
             let data = try JSONSerialization.data(withJSONObject: cmd, options: [.sortedKeys])
             try SchemaCatalog.standard().check(data, against: "control-command.schema.json", what: "the command")
             try Client.checkBroker(config)
-            _ = try Client.send(data, id: id, type: EventTypes.control, topic: config.topics.control, key: nil, config: config)
+            _ = try Client.send(data, id: id, type: EventTypes.control, topic: config.topics.control, key: model, config: config)
             let (dead, json) = try Client.awaitResult(of: id, config: config, timeout: timeout)
             print(json)
             if dead { throw ExitCode(1) }
