@@ -1,23 +1,43 @@
 import Editing
 import Foundation
+import Messaging
 
 /// `mesa serve` configuration (Schemas/serve-config.schema.json). Precedence: flags > environment >
 /// file > defaults; `resolve` applies the file and the environment, the executable applies flags.
 public struct DaemonConfiguration: Codable, Sendable, Equatable {
-    public struct Kafka: Codable, Sendable, Equatable {
+    /// Printing it (or a configuration holding it) never shows a secret property's value (`Kafka.redacted`).
+    public struct Kafka: Codable, Sendable, Equatable, CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
         public var bootstrapServers: String?
         public var groupId: String?
         public var createTopics: Bool?
         public var topics: TopicNames?
         public var properties: [String: String]?
+        /// The operator's statement that every producer keys fact updates by model name, so that a
+        /// fact-update topic with several partitions still delivers one model's edits in order.
+        public var keyedByModel: Bool?
         public init(bootstrapServers: String? = nil, groupId: String? = nil, createTopics: Bool? = nil, topics: TopicNames? = nil,
-                    properties: [String: String]? = nil) {
+                    properties: [String: String]? = nil, keyedByModel: Bool? = nil) {
             self.bootstrapServers = bootstrapServers
             self.groupId = groupId
             self.createTopics = createTopics
             self.topics = topics
             self.properties = properties
+            self.keyedByModel = keyedByModel
         }
+
+        public var customMirror: Mirror {
+            Mirror(self, children: [
+                "bootstrapServers": bootstrapServers as Any, "groupId": groupId as Any, "createTopics": createTopics as Any,
+                "topics": topics as Any, "properties": properties.map { Messaging.Kafka.redacted($0) } as Any,
+                "keyedByModel": keyedByModel as Any,
+            ], displayStyle: .struct)
+        }
+
+        public var description: String {
+            "Kafka(" + customMirror.children.map { "\($0.label!): \(String(describing: $0.value))" }.joined(separator: ", ") + ")"
+        }
+
+        public var debugDescription: String { description }
     }
     public struct TopicNames: Codable, Sendable, Equatable {
         public var factUpdates: String?
@@ -87,6 +107,9 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     public var bootstrapServers: String { kafka?.bootstrapServers ?? Self.defaultBootstrap }
     public var groupId: String { kafka?.groupId ?? "mesa" }
     public var createTopics: Bool { kafka?.createTopics ?? true }
+    /// Whether fact updates are keyed by model name (`kafka.keyed_by_model`, default false): allows a
+    /// fact-update topic with more than one partition (`checkInputPartitions`).
+    public var keyedByModel: Bool { kafka?.keyedByModel ?? false }
     public var httpListen: String { http?.listen ?? Self.defaultListen }
     public var eventLimit: Int { maxEventBytes ?? 65_536 }
     public var mapBytes: Int { lmdbMapBytes ?? (1 << 32) }
@@ -158,8 +181,8 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     }
 
     /// MESA_MODEL, MESA_STATE_DIR, MESA_HPARAMS_DIR, MESA_CORPUS, MESA_THREADS, MESA_KAFKA_BOOTSTRAP_SERVERS,
-    /// MESA_KAFKA_GROUP_ID, MESA_HTTP_LISTEN, MESA_SAE, MESA_SAE_FALLBACK, MESA_METHOD, MESA_BATCH_MAX_EVENTS,
-    /// MESA_BATCH_LINGER_MS, MESA_RETRY_MAX_ATTEMPTS, MESA_RETRY_BACKOFF_MS.
+    /// MESA_KAFKA_GROUP_ID, MESA_KAFKA_KEYED_BY_MODEL, MESA_HTTP_LISTEN, MESA_SAE, MESA_SAE_FALLBACK, MESA_METHOD,
+    /// MESA_BATCH_MAX_EVENTS, MESA_BATCH_LINGER_MS, MESA_RETRY_MAX_ATTEMPTS, MESA_RETRY_BACKOFF_MS.
     public mutating func applyEnvironment(_ env: [String: String]) throws {
         func value(_ k: String) -> String? { env[k].flatMap { $0.isEmpty ? nil : $0 } }
         if let v = value("MESA_MODEL") { model = v }
@@ -173,6 +196,10 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         }
         if let v = value("MESA_KAFKA_BOOTSTRAP_SERVERS") { setKafka { $0.bootstrapServers = v } }
         if let v = value("MESA_KAFKA_GROUP_ID") { setKafka { $0.groupId = v } }
+        if let v = value("MESA_KAFKA_KEYED_BY_MODEL") {
+            guard let b = Bool(v) else { throw SetupError("MESA_KAFKA_KEYED_BY_MODEL=\(v) is not true or false") }
+            setKafka { $0.keyedByModel = b }
+        }
         if let v = value("MESA_HTTP_LISTEN") { http = HTTP(listen: v) }
         if let v = value("MESA_SAE") { mesa = Mesa(sae: v, fallback: mesa?.fallback, l1: mesa?.l1) }
         func count(_ key: String) throws -> Int? {

@@ -42,10 +42,14 @@ public enum HTTPServerError: Error, Equatable, CustomStringConvertible {
 /// A small HTTP/1.1 server for health and metrics endpoints, on POSIX sockets.
 ///
 /// One dedicated thread accepts connections; each connection is served on its own short-lived
-/// thread (at most `maxConnections` at once; more are answered 503 and closed), so a slow client
-/// delays no one else. A request head may be at most `maxRequestBytes` (else 431) and must arrive
-/// within `readTimeout` seconds (else 408). Only GET and HEAD reach the handler; other methods get
-/// 405 and malformed requests 400. Every response carries `Content-Length` and `Connection: close`.
+/// thread (at most `maxConnections` at once), so a slow client delays no one else. A request head may
+/// be at most `maxRequestBytes` (else 431) and must arrive whole within `readTimeout` seconds of the
+/// connection's acceptance (else 408): a deadline for the head, which a client trickling bytes cannot
+/// extend. At capacity, a new connection makes room by closing the one that has been reading its head
+/// the longest, so that half-sent requests (a slowloris) cannot lock out a health probe; only when every
+/// connection is past its head (its response being computed or sent) is the newcomer answered 503.
+/// Only GET and HEAD reach the handler; other methods get 405 and malformed requests 400. Every
+/// response carries `Content-Length` and `Connection: close`.
 ///
 /// The handler runs on the connection threads, several at once. Call `stop()` (not from the
 /// handler) before dropping the server: its threads keep it alive while it runs.
@@ -59,9 +63,9 @@ public final class HTTPServer: @unchecked Sendable {
     public let port: UInt16
     /// The largest request head accepted, in bytes.
     public let maxRequestBytes: Int
-    /// Seconds a client has to send its whole request head; also the send timeout.
+    /// Seconds a client has, from its connection's acceptance, to send its whole request head; also the send timeout.
     public let readTimeout: TimeInterval
-    /// The most connections served at once.
+    /// The most connections served at once (connections closed to make room are not counted while they close).
     public let maxConnections: Int
 
     private let handler: Handler
@@ -71,7 +75,8 @@ public final class HTTPServer: @unchecked Sendable {
     private var listenFD: Int32 = -1
     private var wakeFDs: [Int32] = [-1, -1]
     private var port_: UInt16 = 0
-    private var active: Set<Int32> = []
+    /// The connections being served, by descriptor. Under `state`.
+    private var connections: [Int32: Connection] = [:]
     private let acceptLoopDone = DispatchSemaphore(value: 0)
 
     public init(host: String = "127.0.0.1", port: UInt16 = 0, maxRequestBytes: Int = 8192,
@@ -172,8 +177,8 @@ public final class HTTPServer: @unchecked Sendable {
         listenFD = -1
         wakeFDs = [-1, -1]
         port_ = 0
-        for fd in active { shutdown(fd, Int32(SHUT_RDWR)) }
-        while !active.isEmpty { state.wait() }
+        for fd in connections.keys { shutdown(fd, Int32(SHUT_RDWR)) }
+        while !connections.isEmpty { state.wait() }
         state.unlock()
     }
 
@@ -250,9 +255,9 @@ public final class HTTPServer: @unchecked Sendable {
             setCloseOnExec(fd)
             // Linux does not pass O_NONBLOCK on to accepted sockets; make sure of it elsewhere too.
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+            let acceptedAt = monotonicSeconds()
             state.lock()
-            let admitted = active.count < maxConnections
-            if admitted { active.insert(fd) }
+            let admitted = admit(fd, at: acceptedAt)
             state.unlock()
             guard admitted else {
                 // Read what has arrived, so that closing does not reset the connection under the 503.
@@ -264,9 +269,9 @@ public final class HTTPServer: @unchecked Sendable {
                 continue
             }
             let thread = Thread { [self] in
-                serve(fd)
+                serve(fd, deadline: acceptedAt + readTimeout)
                 state.lock()
-                active.remove(fd)
+                connections[fd] = nil
                 close(fd)
                 state.broadcast()
                 state.unlock()
@@ -276,17 +281,54 @@ public final class HTTPServer: @unchecked Sendable {
         }
     }
 
+    // MARK: - Capacity
+
+    /// A connection being served.
+    private struct Connection {
+        /// When it was accepted, while it is still reading its request head; nil once it is past it.
+        var readingSince: TimeInterval?
+        /// Closed to make room for a newer connection; its thread is finishing.
+        var evicted = false
+    }
+
+    /// Takes `fd` in if there is room, making room by closing the connection that has been reading its
+    /// head the longest when the server is at capacity. Under `state`.
+    private func admit(_ fd: Int32, at now: TimeInterval) -> Bool {
+        if connections.values.filter({ !$0.evicted }).count >= maxConnections {
+            let oldest = connections.filter { !$0.value.evicted && $0.value.readingSince != nil }
+                .min { $0.value.readingSince! < $1.value.readingSince! }
+            guard let oldest else { return false }
+            connections[oldest.key]!.evicted = true
+            // Wakes its thread's recv (end of stream); the thread closes the descriptor, so it is not reused meanwhile.
+            shutdown(oldest.key, Int32(SHUT_RDWR))
+        }
+        connections[fd] = Connection(readingSince: now)
+        return true
+    }
+
+    /// Marks `fd` as past its request head, so it is no longer closed to make room; false if it was
+    /// closed to make room already.
+    private func finishReading(_ fd: Int32) -> Bool {
+        state.lock()
+        defer { state.unlock() }
+        guard connections[fd]?.evicted == false else { return false }
+        connections[fd]!.readingSince = nil
+        return true
+    }
+
     // MARK: - One connection
 
-    private func serve(_ fd: Int32) {
+    /// Reads the request head until `deadline` (monotonic seconds), then answers.
+    private func serve(_ fd: Int32, deadline: TimeInterval) {
         setTimeout(fd, SO_SNDTIMEO, readTimeout)
-        let deadline = monotonicSeconds() + readTimeout
         var buffer: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         var response: HTTPResponse
         var isHead = false
         while true {
             if let end = HTTPParser.headEnd(buffer) {
+                // Past the head: the handler's time does not count as reading, nor make it evictable.
+                guard finishReading(fd) else { return }
                 if end > maxRequestBytes {
                     response = .text(431, "request head larger than \(maxRequestBytes) bytes\n")
                 } else {
@@ -320,6 +362,7 @@ public final class HTTPServer: @unchecked Sendable {
                 return
             }
         }
+        guard finishReading(fd) else { return }  // closed to make room: nothing to answer on
         sendAll(fd, response.serialized(includeBody: !isHead, date: httpDate()))
         lingeringClose(fd)
     }

@@ -58,6 +58,13 @@ extension KafkaError {
         self.init("\(context): \(String(cString: rd_kafka_err2str(err)))", code: err.rawValue)
     }
 
+    /// `context: <librdkafka's text for err>`, followed by the connection failure librdkafka reported
+    /// before (its own words: connection refused, TLS handshake, authentication), when there was one.
+    init(_ context: String, err: rd_kafka_resp_err_t, cause: KafkaError?) {
+        self.init(context, err: err)
+        if let cause { message += " (librdkafka: \(cause.message))" }
+    }
+
     /// Takes ownership of an `rd_kafka_error_t` (destroys it).
     init(_ context: String, error: OpaquePointer) {
         let code = rd_kafka_error_code(error)
@@ -71,6 +78,99 @@ public enum Kafka {
     /// The librdkafka version loaded at run time (which may be newer than the headers built against).
     public static var version: String { String(cString: rd_kafka_version_str()) }
     public static var versionNumber: Int { Int(rd_kafka_version()) }
+
+    // MARK: secrets
+
+    /// What is shown instead of a secret property's value.
+    public static let redactedValue = "[redacted]"
+
+    /// Whether the value of property `key` is a secret: its name contains password, secret, key, token or
+    /// credential, in any case (`sasl.password`, `ssl.key.password`, `ssl.key.pem`,
+    /// `sasl.oauthbearer.client.secret`, …), or it is a typo of such a property (`sasl.pasword`).
+    /// Harmless names that match, like `ssl.key.location`, are hidden too.
+    public static func isSecret(_ key: String) -> Bool {
+        func named(_ k: String) -> Bool {
+            let k = k.lowercased()
+            return ["password", "secret", "key", "token", "credential"].contains { k.contains($0) }
+        }
+        if named(key) { return true }
+        guard !propertyNames.contains(key), let near = closestProperty(to: key) else { return false }
+        return named(near)
+    }
+
+    /// `value` as it may be printed, logged or thrown: `[redacted]` when `key` names a secret. Every
+    /// message of mesa that shows a Kafka property's value goes through here.
+    public static func redacted(_ value: String, key: String) -> String {
+        isSecret(key) ? redactedValue : value
+    }
+
+    /// The properties with every secret value redacted.
+    public static func redacted(_ properties: [String: String]) -> [String: String] {
+        Dictionary(uniqueKeysWithValues: properties.map { ($0.key, redacted($0.value, key: $0.key)) })
+    }
+
+    /// `key=value` with the value redacted when it is a secret.
+    public static func describe(key: String, value: String) -> String { "\(key)=\(redacted(value, key: key))" }
+
+    /// The values of the secret properties among `properties`, for `scrub`. Values shorter than 3
+    /// characters are left out: replacing them in a message would mangle it and hide nothing.
+    static func secretValues(_ properties: [String: String]) -> [String] {
+        properties.compactMap { redacted($0.value, key: $0.key) == $0.value || $0.value.count < 3 ? nil : $0.value }
+            .sorted { $0.count > $1.count }
+    }
+
+    /// `text` with every occurrence of a secret value replaced by `[redacted]` (librdkafka's own messages
+    /// may quote a value).
+    static func scrub(_ text: String, secrets: [String]) -> String {
+        secrets.reduce(text) { $0.replacingOccurrences(of: $1, with: redactedValue) }
+    }
+
+    // MARK: property names
+
+    /// Every configuration property this librdkafka accepts through `rd_kafka_conf_set` (global and
+    /// topic ones, aliases included; not those set through a dedicated API), from its own table.
+    public static let propertyNames: [String] = {
+        var buffer: UnsafeMutablePointer<CChar>?
+        var length = 0
+        guard let stream = open_memstream(&buffer, &length) else { return [] }
+        rd_kafka_conf_properties_show(stream)
+        fclose(stream)
+        guard let buffer else { return [] }
+        defer { free(buffer) }
+        var names = Set<String>()
+        for line in String(cString: buffer).split(separator: "\n") where line.contains("|") {
+            guard !line.contains("see dedicated API"), !line.contains("Type: pointer") else { continue }
+            let name = line.prefix { $0 != "|" }.trimmingCharacters(in: .whitespaces)
+            guard !name.isEmpty, name != "Property", !name.hasPrefix("-") else { continue }
+            names.insert(name)
+        }
+        return names.sorted()
+    }()
+
+    /// The known property nearest to `key` (a typo fixed by a few edits), or nil if none is close.
+    public static func closestProperty(to key: String) -> String? {
+        let limit = max(1, min(3, key.count / 4))
+        let best = propertyNames.map { ($0, editDistance(key.lowercased(), $0)) }.min { $0.1 < $1.1 }
+        guard let best, best.1 <= limit else { return nil }
+        return best.0
+    }
+
+    /// Levenshtein distance.
+    static func editDistance(_ a: String, _ b: String) -> Int {
+        let a = Array(a.utf8), b = Array(b.utf8)
+        guard !a.isEmpty else { return b.count }
+        guard !b.isEmpty else { return a.count }
+        var previous = Array(0...b.count)
+        var current = [Int](repeating: 0, count: b.count + 1)
+        for i in 1...a.count {
+            current[0] = i
+            for j in 1...b.count {
+                current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+            }
+            swap(&previous, &current)
+        }
+        return previous[b.count]
+    }
 }
 
 /// Receives librdkafka's log lines and client errors (called from librdkafka's own threads).
@@ -80,7 +180,8 @@ public typealias KafkaLogger = @Sendable (String) -> Void
 /// `bootstrap.servers`, `security.protocol`, `sasl.mechanism`, `ssl.ca.location`, …).
 ///
 /// Every property is checked by librdkafka when set, so a typo is an error at start, not a surprise later.
-public final class KafkaConfiguration: @unchecked Sendable {
+/// Errors and `description` never show the value of a secret property (see `Kafka.isSecret`).
+public final class KafkaConfiguration: CustomStringConvertible, @unchecked Sendable {
     let handle: OpaquePointer
     private var consumed = false
     public private(set) var properties: [String: String] = [:]
@@ -92,13 +193,27 @@ public final class KafkaConfiguration: @unchecked Sendable {
 
     deinit { if !consumed { rd_kafka_conf_destroy(handle) } }
 
+    /// Sets one property.
+    /// - Throws: `KafkaError` naming only the key for an unknown property (with the nearest known one, if
+    ///   any), and librdkafka's reason for an invalid value; a secret value is never part of the message.
     public func set(_ key: String, _ value: String) throws {
         var err = [CChar](repeating: 0, count: 512)
         let rc = rd_kafka_conf_set(handle, key, value, &err, err.count)
         guard rc == RD_KAFKA_CONF_OK else {
-            throw KafkaError("configuration \(key)=\(value): \(String(cString: err))")
+            if rc == RD_KAFKA_CONF_UNKNOWN {
+                let hint = Kafka.closestProperty(to: key).map { " (did you mean \($0)?)" } ?? ""
+                throw KafkaError("configuration: unknown property \(key)\(hint)")
+            }
+            let reason = Kafka.scrub(String(cString: err), secrets: Kafka.secretValues([key: value]))
+            throw KafkaError("configuration \(Kafka.describe(key: key, value: value)): \(reason)")
         }
         properties[key] = value
+    }
+
+    /// The properties set, secret values redacted.
+    public var description: String {
+        "KafkaConfiguration(" + properties.sorted { $0.key < $1.key }.map { Kafka.describe(key: $0.key, value: $0.value) }
+            .joined(separator: ", ") + ")"
     }
 
     /// Reads a property back as librdkafka holds it.
@@ -115,7 +230,7 @@ public final class KafkaConfiguration: @unchecked Sendable {
         precondition(!consumed, "a KafkaConfiguration creates one client")
         var err = [CChar](repeating: 0, count: 512)
         guard let rk = rd_kafka_new(type, handle, &err, err.count) else {
-            throw KafkaError("creating the client: \(String(cString: err))")
+            throw KafkaError("creating the client: \(Kafka.scrub(String(cString: err), secrets: Kafka.secretValues(properties)))")
         }
         consumed = true
         return rk
@@ -124,31 +239,75 @@ public final class KafkaConfiguration: @unchecked Sendable {
 
 /// The owner of a librdkafka handle: the handle's opaque points at it, so the C callbacks can reach it.
 /// Every owner destroys its handle from one of its own methods, so it outlives the handle's callbacks.
+///
+/// It remembers the latest connection failure librdkafka reported (refused connections, TLS handshakes,
+/// authentication, the broker's own errors), so that a call that fails or times out can say why in
+/// librdkafka's words instead of only "timed out". Log lines never carry a secret property's value.
 class KafkaHandleOwner: @unchecked Sendable {
     let logger: KafkaLogger?
+    private let failureLock = NSLock()
+    private var failure: (error: KafkaError, at: Date)?
+    private var secrets: [String] = []
 
     init(logger: KafkaLogger?) { self.logger = logger }
 
-    func log(_ line: String) { logger?(line) }
+    func log(_ line: String) { logger?(Kafka.scrub(line, secrets: secrets)) }
+
+    /// Records a failure librdkafka reported (`code` nil for one that came as a log line).
+    func noteFailure(_ text: String, code: rd_kafka_resp_err_t?) {
+        let error = code.map { KafkaError(Kafka.scrub(text, secrets: secrets), code: $0.rawValue) } ?? KafkaError(Kafka.scrub(text, secrets: secrets))
+        failureLock.lock()
+        defer { failureLock.unlock() }
+        // "n/n brokers are down" says less than the failure that brought the last one down.
+        if code == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN, failure != nil { return }
+        failure = (error, Date())
+    }
+
+    /// The latest failure librdkafka reported at or after `since` (any time if nil), if any.
+    func lastFailure(since: Date? = nil) -> KafkaError? {
+        failureLock.lock()
+        defer { failureLock.unlock() }
+        guard let failure, since.map({ failure.at >= $0 }) ?? true else { return nil }
+        return failure.error
+    }
+
+    /// Forgets the recorded failure (after a call succeeded).
+    func clearFailure() {
+        failureLock.lock()
+        failure = nil
+        failureLock.unlock()
+    }
 
     /// Installs the log and error callbacks and makes this object the handle's opaque.
     func install(on conf: KafkaConfiguration) {
+        secrets = Kafka.secretValues(conf.properties)
         rd_kafka_conf_set_opaque(conf.handle, Unmanaged.passUnretained(self).toOpaque())
         rd_kafka_conf_set_log_cb(conf.handle) { rk, level, facility, buf in
             guard let owner = KafkaHandleOwner.owner(of: rk) else { return }
-            owner.log("librdkafka \(KafkaHandleOwner.levelName(level)) \(facility.map { String(cString: $0) } ?? ""): \(buf.map { String(cString: $0) } ?? "")")
+            let fac = facility.map { String(cString: $0) } ?? ""
+            let text = buf.map { String(cString: $0) } ?? ""
+            // Connection failures come as FAIL lines at once (the error callback waits for a poll).
+            if level <= 3 || fac == "FAIL" { owner.noteFailure(KafkaHandleOwner.withoutThreadPrefix(text), code: nil) }
+            owner.log("librdkafka \(KafkaHandleOwner.levelName(level)) \(fac): \(text)")
         }
         rd_kafka_conf_set_error_cb(conf.handle) { rk, err, reason, _ in
             guard let owner = KafkaHandleOwner.owner(of: rk) else { return }
             let code = rd_kafka_resp_err_t(rawValue: err)
-            var line = "librdkafka error \(String(cString: rd_kafka_err2name(code))): \(reason.map { String(cString: $0) } ?? "")"
+            var text = reason.map { String(cString: $0) } ?? ""
             if code == RD_KAFKA_RESP_ERR__FATAL, let rk {
                 var buf = [CChar](repeating: 0, count: 512)
                 let fatal = rd_kafka_fatal_error(rk, &buf, buf.count)
-                line += " (fatal \(String(cString: rd_kafka_err2name(fatal))): \(String(cString: buf)))"
+                text += " (fatal \(String(cString: rd_kafka_err2name(fatal))): \(String(cString: buf)))"
             }
-            owner.log(line)
+            owner.noteFailure(text, code: code)
+            owner.log("librdkafka error \(String(cString: rd_kafka_err2name(code))): \(text)")
         }
+    }
+
+    /// librdkafka's log text without its "[thrd:…]: " prefix.
+    static func withoutThreadPrefix(_ text: String) -> String {
+        guard text.hasPrefix("[thrd:"), let end = text.range(of: "]: ") else { return text }
+        return String(text[end.upperBound...])
     }
 
     static func owner(of rk: OpaquePointer?) -> KafkaHandleOwner? {

@@ -244,7 +244,9 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
         let err = m.pointee.err
         guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
             if err != RD_KAFKA_RESP_ERR__PARTITION_EOF {
-                log("consumer error \(String(cString: rd_kafka_err2name(err))): \(String(cString: rd_kafka_message_errstr(m)))")
+                let text = String(cString: rd_kafka_message_errstr(m))
+                noteFailure(text, code: err)
+                log("consumer error \(String(cString: rd_kafka_err2name(err))): \(text)")
             }
             rd_kafka_message_destroy(m)
             return

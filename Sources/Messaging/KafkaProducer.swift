@@ -11,6 +11,8 @@ import Foundation
 /// (default 300 s): a record whose `send` timed out may still be delivered later. Set
 /// `message.timeout.ms` below the send timeout to get librdkafka's own verdict (`_MSG_TIMED_OUT`) instead.
 /// After a `KafkaError.Code.fatal` error the producer is unusable: close it and create a new one.
+/// A failed or timed-out send names the connection failure librdkafka reported meanwhile, if any
+/// (connection refused, TLS handshake, authentication).
 public final class KafkaProducer: @unchecked Sendable {
     private let core: ProducerCore
 
@@ -145,6 +147,7 @@ final class ProducerCore: KafkaHandleOwner, @unchecked Sendable {
 
     func send(topic: String, key: [UInt8]?, payload: [UInt8], headers: [KafkaHeader],
               timeout: Double) throws -> (partition: Int32, offset: Int64) {
+        let start = Date()
         let deadline = Date(timeIntervalSinceNow: timeout)
         let waiter = DeliveryWaiter()
         try withHandle("send to \(topic)") { handle in
@@ -163,9 +166,15 @@ final class ProducerCore: KafkaHandleOwner, @unchecked Sendable {
         }
         guard let result = waiter.wait(until: deadline) else {
             throw KafkaError("no delivery report for \(topic) within \(timeout) s (the record may still be delivered)",
-                             code: KafkaError.Code.timedOut)
+                             err: RD_KAFKA_RESP_ERR__TIMED_OUT, cause: lastFailure(since: start))
         }
-        return try result.get()
+        switch result {
+        case .success(let placed):
+            return placed
+        case .failure(var error):
+            if let cause = lastFailure(since: start) { error.message += " (librdkafka: \(cause.message))" }
+            throw error
+        }
     }
 
     /// `rd_kafka_produceva` with copies of every buffer (`RD_KAFKA_MSG_F_COPY`); returns librdkafka's error.

@@ -13,9 +13,27 @@ enum Client {
         ProcessInfo.processInfo.environment["USER"].flatMap { $0.isEmpty ? nil : $0 } ?? "mesa-cli"
     }
 
+    /// The librdkafka properties of the operator verbs' clients: the daemon's, with connection setup
+    /// (TCP, TLS, SASL) bounded at 5 s unless configured, so that a wrong address or TLS setting is
+    /// reported in seconds.
+    static func properties(_ config: DaemonConfiguration) -> [String: String] {
+        var p = config.kafkaProperties
+        if p["socket.connection.setup.timeout.ms"] == nil { p["socket.connection.setup.timeout.ms"] = "5000" }
+        return p
+    }
+
+    /// Fails (exit 1) with librdkafka's reason when no broker of the cluster answers within `timeout` seconds.
+    static func checkBroker(_ config: DaemonConfiguration, timeout: Double = 10) throws {
+        let admin = try KafkaAdmin(properties: properties(config))
+        defer { admin.close() }
+        do { try admin.checkConnection(timeout: timeout) } catch {
+            throw fail("cannot reach Kafka: \(error)")
+        }
+    }
+
     /// Sends one event (CloudEvents binary mode) and returns its partition and offset.
     static func send(_ json: Data, id: String, type: String, topic: String, key: String?, config: DaemonConfiguration) throws -> (Int32, Int64) {
-        let producer = try KafkaProducer(properties: config.kafkaProperties)
+        let producer = try KafkaProducer(properties: properties(config))
         defer { producer.close() }
         let ce = CloudEvent(id: id, source: "urn:mesa:cli:\(principal())", type: type, subject: nil, datacontenttype: "application/json", data: Array(json))
         let r = try producer.send(topic: topic, key: key.map { Array($0.utf8) }, payload: Array(json), headers: ce.kafkaHeaders(), timeout: 30)
@@ -24,7 +42,7 @@ enum Client {
 
     /// A consumer that reads `topic` from the beginning in a group of its own, committing nothing.
     static func reader(_ topic: String, config: DaemonConfiguration, fromBeginning: Bool = true) throws -> KafkaConsumer {
-        var p = config.kafkaProperties
+        var p = properties(config)
         p["group.id"] = "mesa-cli-\(UUID().uuidString.lowercased())"
         p["auto.offset.reset"] = fromBeginning ? "earliest" : "latest"
         p["session.timeout.ms"] = "6000"
@@ -78,16 +96,21 @@ struct Publish: ParsableCommand {
             let config = try daemonOptions.resolve()
             var data: Data
             var eventId: String
+            // The record key: the model's name, so one model's edits share a partition and keep their order.
+            var modelKey: String?
             if let file {
                 guard let d = file == "-" ? FileHandle.standardInput.readDataToEndOfFile() : FileManager.default.contents(atPath: file) else {
                     throw fail("cannot read \(file)")
                 }
                 data = d
-                eventId = (try? JSONValue.parse(d))?["id"]?.stringValue ?? id ?? UUID().uuidString.lowercased()
+                let event = try? JSONValue.parse(d)
+                eventId = event?["id"]?.stringValue ?? id ?? UUID().uuidString.lowercased()
+                modelKey = event?["model"]?["name"]?.stringValue
             } else {
                 guard let subject, let prompt, let targetNew else { throw fail("give --subject, --prompt and --target-new, or --file") }
                 eventId = id ?? UUID().uuidString.lowercased()
                 let name = try modelName ?? Installation.modelName(ModelLocator.defaultModelPath())
+                modelKey = name
                 var event: [String: Any] = [
                     "id": eventId, "model": ["name": name, "revision": "main"], "subject": subject, "prompt": prompt,
                     "target_new": ["str": targetNew], "method": method, "issued_by": ["principal": Client.principal()],
@@ -100,8 +123,9 @@ struct Publish: ParsableCommand {
                 data = try JSONSerialization.data(withJSONObject: event, options: [.sortedKeys])
             }
             if !raw { try SchemaCatalog.standard().check(data, against: "fact-update.schema.json", what: "the event") }
+            try Client.checkBroker(config)
             let (partition, offset) = try Client.send(data, id: eventId, type: EventTypes.factUpdate, topic: config.topics.factUpdates,
-                                                      key: nil, config: config)
+                                                      key: modelKey, config: config)
             print(eventId)
             log("published to \(config.topics.factUpdates)/\(partition)@\(offset)")
             if wait {
@@ -128,6 +152,7 @@ struct Results: ParsableCommand {
         try reportingErrors {
             let config = try daemonOptions.resolve()
             let topic = deadLetters ? config.topics.deadLetters : config.topics.results
+            try Client.checkBroker(config)
             let c = try Client.reader(topic, config: config)
             defer { c.close() }
             StopSignal.install()
@@ -159,15 +184,16 @@ struct Rollback: ParsableCommand {
         try reportingErrors {
             let config = try daemonOptions.resolve()
             let id = UUID().uuidString.lowercased()
+            let model = try modelName ?? Installation.modelName(ModelLocator.defaultModelPath())
             var cmd: [String: Any] = [
-                "id": id, "command": "rollback", "to": to,
-                "model": ["name": try modelName ?? Installation.modelName(ModelLocator.defaultModelPath())],
+                "id": id, "command": "rollback", "to": to, "model": ["name": model],
                 "issued_by": ["principal": Client.principal()], "issued_at": ISO8601DateFormatter().string(from: Date()),
             ]
             if let reason { cmd["reason"] = reason }
             let data = try JSONSerialization.data(withJSONObject: cmd, options: [.sortedKeys])
             try SchemaCatalog.standard().check(data, against: "control-command.schema.json", what: "the command")
-            _ = try Client.send(data, id: id, type: EventTypes.control, topic: config.topics.control, key: nil, config: config)
+            try Client.checkBroker(config)
+            _ = try Client.send(data, id: id, type: EventTypes.control, topic: config.topics.control, key: model, config: config)
             let (dead, json) = try Client.awaitResult(of: id, config: config, timeout: timeout)
             print(json)
             if dead { throw ExitCode(1) }

@@ -2,6 +2,7 @@ import ArgumentParser
 import EditDaemon
 import Editing
 import Foundation
+import Messaging
 import ModelRuntime
 
 /// Where the daemon and the operator verbs find their configuration.
@@ -26,7 +27,10 @@ struct DaemonOptions: ParsableArguments {
         if let b = bootstrapServers { c.setKafka { $0.bootstrapServers = b } }
         if let s = stateDir { c.stateDir = s }
         for kv in kafkaProperties {
-            guard let eq = kv.firstIndex(of: "="), eq != kv.startIndex else { throw fail("--kafka-property wants KEY=VALUE, got \(kv)") }
+            guard let eq = kv.firstIndex(of: "="), eq != kv.startIndex else {
+                // Without "=" there is no telling the key from the value: show nothing that may be a secret.
+                throw fail("--kafka-property wants KEY=VALUE, got \(Kafka.isSecret(kv) ? "an argument without \"=\" (not shown: it may hold a secret)" : kv)")
+            }
             let key = String(kv[..<eq]), value = String(kv[kv.index(after: eq)...])
             c.setKafka { k in
                 var p = k.properties ?? [:]

@@ -294,16 +294,100 @@ func monotonicNow() -> Double {
         #expect(try get("/healthz", port: port).status == 200)
     }
 
-    @Test func limitsConcurrentConnections() throws {
+    @Test func atCapacityTheLongestHalfOpenConnectionMakesRoom() throws {
         let server = try startServer(readTimeout: 3, maxConnections: 2)
         defer { server.stop() }
         let port = server.boundPort
-        let idle = try (0..<2).map { _ in try connectTCP(port: port) }
+        let first = try connectTCP(port: port)
+        defer { close(first) }
+        Thread.sleep(forTimeInterval: 0.1)
+        let second = try connectTCP(port: port)
+        defer { close(second) }
         Thread.sleep(forTimeInterval: 0.2)
-        let busy = try get("/healthz", port: port)
-        #expect(busy.status == 503)
-        idle.forEach { close($0) }
+        let started = monotonicNow()
+        #expect(try get("/healthz", port: port).status == 200)
+        #expect(monotonicNow() - started < 1)
+        // The oldest was closed to make room; the other one still has its time.
+        var byte: UInt8 = 0
+        #expect(recv(first, &byte, 1, 0) <= 0)
+        #expect(recv(second, &byte, 1, Int32(MSG_DONTWAIT)) < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+    }
+
+    @Test func answers503OnlyWhenEveryConnectionIsPastItsHead() throws {
+        let gate = DispatchSemaphore(value: 0)
+        let server = HTTPServer(readTimeout: 3, maxConnections: 2) { request in
+            if request.path == "/block" { gate.wait() }
+            return .text(200, request.path)
+        }
+        try server.start()
+        defer { server.stop() }
+        let port = server.boundPort
+        let statuses = LockedBox([Int]())
+        let finished = DispatchGroup()
+        for _ in 0..<2 {
+            finished.enter()
+            Thread {
+                let status = (try? get("/block", port: port))?.status ?? -1
+                statuses.update { $0.append(status) }
+                finished.leave()
+            }.start()
+        }
+        Thread.sleep(forTimeInterval: 0.3)
+        #expect(try get("/healthz", port: port).status == 503)
+        gate.signal()
+        gate.signal()
+        finished.wait()
+        #expect(statuses.value == [200, 200])
         #expect(try statusOnceFree("/healthz", port: port) == 200)
+    }
+
+    /// A slowloris: many connections that send part of a request head and then a byte every 100 ms.
+    /// Health checks are answered at once, and every half-open connection is closed by its deadline.
+    @Test func healthIsAnsweredWhileHalfSentRequestsTrickle() throws {
+        let server = try startServer()
+        defer { server.stop() }
+        let port = server.boundPort
+        let opened = monotonicNow()
+        let slow = try (0..<64).map { _ in
+            let fd = try connectTCP(port: port)
+            sendBytes(fd, Array("GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ".utf8))
+            return fd
+        }
+        defer { slow.forEach { close($0) } }
+        let closed = LockedBox(Set<Int32>())
+        let stop = LockedBox(false)
+        let stopped = DispatchSemaphore(value: 0)
+        Thread {
+            while !stop.value {
+                for fd in slow where !closed.value.contains(fd) {
+                    var scratch = [UInt8](repeating: 0, count: 512)
+                    let n = recv(fd, &scratch, scratch.count, Int32(MSG_DONTWAIT))
+                    if n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+                        closed.update { $0.insert(fd) }
+                    } else if n < 0 {
+                        var byte = UInt8(ascii: "a")
+                        _ = send(fd, &byte, 1, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+                    }
+                }
+                Thread.sleep(forTimeInterval: 0.1)
+            }
+            stopped.signal()
+        }.start()
+        defer {
+            stop.value = true
+            stopped.wait()
+        }
+
+        Thread.sleep(forTimeInterval: 0.5)
+        for _ in 0..<3 {
+            let started = monotonicNow()
+            #expect(try get("/healthz", port: port).status == 200)
+            #expect(monotonicNow() - started < 1)
+            Thread.sleep(forTimeInterval: 0.3)
+        }
+        let deadline = opened + server.readTimeout + 3
+        while closed.value.count < slow.count, monotonicNow() < deadline { Thread.sleep(forTimeInterval: 0.1) }
+        #expect(closed.value.count == slow.count, "\(slow.count - closed.value.count) half-open connections still open")
     }
 
     @Test func stopClosesTheSocketPromptlyAndIsIdempotent() throws {
