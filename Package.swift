@@ -69,7 +69,7 @@ let package = Package(
         .testTarget(name: "ContractsTests", dependencies: ["Contracts"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Tensor"]),
         .testTarget(name: "MessagingTests", dependencies: ["Messaging", "Contracts"]),
-        .testTarget(name: "EditDaemonTests", dependencies: ["EditDaemon"]),
+        .testTarget(name: "EditDaemonTests", dependencies: ["EditDaemon", "Contracts", "Messaging"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -109,6 +109,11 @@ public final class Daemon: @unchecked Sendable {
         let stateDir = c.stateDirectory(home: settings.home)
         log("model: \(name) loaded in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s, base hash \(model.weightHash.prefix(16)); BLAS \(BLAS.configuration.description)")
 
+        // The store first: a damaged one is reported at once, not after minutes of key statistics.
+        setReadiness("opening the snapshot store")
+        let lmdbDir = EditState(directory: stateDir, baseHash: model.weightHash).root.appendingPathComponent("lmdb")
+        let store = try SnapshotStore(path: lmdbDir.path, mapSize: c.mapBytes)
+
         setReadiness("preparing the editor")
         let hparamsDirs = c.hparamsDir.map { [URL(fileURLWithPath: $0)] }
         let corpus = c.corpus ?? settings.home.appendingPathComponent("corpus/enwiki-2015-sample.txt").path
@@ -139,9 +144,6 @@ public final class Daemon: @unchecked Sendable {
             log("editor: \(editor.method) (\(hparamsFile.path))")
         }
 
-        setReadiness("opening the snapshot store")
-        let lmdbDir = EditState(directory: stateDir, baseHash: model.weightHash).root.appendingPathComponent("lmdb")
-        let store = try SnapshotStore(path: lmdbDir.path, mapSize: c.mapBytes)
         let modelHost = try ModelHost(model: model, modelName: name, store: store)
         metrics.snapshotHead.set(Double(modelHost.head))
         log("snapshots: \(lmdbDir.path), head \(modelHost.head), weights \(model.weightHash.prefix(16))")
@@ -156,6 +158,7 @@ public final class Daemon: @unchecked Sendable {
             defer { admin.close() }
             try admin.createTopics(topics.all, partitions: 1, replicationFactor: 1, timeout: 30)
         }
+        try checkInputPartitions(properties: props, topics: topics, keyedByModel: c.keyedByModel)
         let producer = try ProducerSlot(properties: props, log: log)
         defer { producer.close() }
         let keeper = c.createTopics ? TopicKeeper(properties: props, topics: topics.all, log: log) : nil
