@@ -77,6 +77,32 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
             self.maxBackoffMs = maxBackoffMs
         }
     }
+    /// The quality guard: a canary set scored after every edit or batch; an edit that crosses a
+    /// threshold against the base model is undone and dead-lettered (`quality_gate`).
+    public struct QualityGuard: Codable, Sendable, Equatable {
+        /// On by default.
+        public var enabled: Bool?
+        /// A canary file ({"facts": [{"prompt", "answer"}], "text"}); default: built once from the data
+        /// directory's known facts and WikiText-2 and kept in the state directory.
+        public var canaryFile: String?
+        /// Canary facts drawn for the default set (default 100).
+        public var facts: Int?
+        /// Tokens of the text sample whose perplexity is measured (default 256).
+        public var perplexityTokens: Int?
+        /// Refuse an edit that lowers canary accuracy by more than this many points (default 2).
+        public var maxAccuracyDrop: Double?
+        /// Refuse an edit that raises canary perplexity by more than this fraction (default 0.03).
+        public var maxPerplexityRise: Double?
+        public init(enabled: Bool? = nil, canaryFile: String? = nil, facts: Int? = nil, perplexityTokens: Int? = nil,
+                    maxAccuracyDrop: Double? = nil, maxPerplexityRise: Double? = nil) {
+            self.enabled = enabled
+            self.canaryFile = canaryFile
+            self.facts = facts
+            self.perplexityTokens = perplexityTokens
+            self.maxAccuracyDrop = maxAccuracyDrop
+            self.maxPerplexityRise = maxPerplexityRise
+        }
+    }
     public struct HTTP: Codable, Sendable, Equatable {
         public var listen: String?
         public init(listen: String? = nil) { self.listen = listen }
@@ -96,6 +122,9 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     public var mesa: Mesa?
     public var batch: Batch?
     public var retry: Retry?
+    public var qualityGuard: QualityGuard?
+    /// The shared data directory (known facts, WikiText-2) for the default canary set.
+    public var dataDir: String?
 
     public init() {}
 
@@ -116,6 +145,16 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     public var batchMaxEvents: Int { batch?.maxEvents ?? 1 }
     public var batchLinger: Double { Double(batch?.lingerMs ?? 50) / 1000 }
     public var retryMaxAttempts: Int { retry?.maxAttempts ?? 5 }
+    public var guardEnabled: Bool { qualityGuard?.enabled ?? true }
+    public var guardFacts: Int { qualityGuard?.facts ?? 100 }
+    public var guardPerplexityTokens: Int { qualityGuard?.perplexityTokens ?? 256 }
+    public var guardMaxAccuracyDrop: Double { qualityGuard?.maxAccuracyDrop ?? 2 }
+    public var guardMaxPerplexityRise: Double { qualityGuard?.maxPerplexityRise ?? 0.03 }
+    /// The data directory: the configured one, or ../shared/data beside the working directory.
+    public var dataDirectory: URL {
+        dataDir.map { URL(fileURLWithPath: $0) }
+            ?? URL(fileURLWithPath: FileManager.default.currentDirectoryPath).deletingLastPathComponent().appendingPathComponent("shared/data")
+    }
     /// Seconds to wait after failed attempt `n` (from 1): the backoff doubling up to its maximum.
     public func retryDelay(after n: Int) -> Double {
         let base = Double(retry?.backoffMs ?? 500) / 1000, cap = Double(retry?.maxBackoffMs ?? 30_000) / 1000
@@ -126,6 +165,9 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     public func validate() throws {
         guard (1...256).contains(batchMaxEvents) else { throw SetupError("batch.max_events \(batchMaxEvents) is outside 1...256") }
         guard (0...60_000).contains(batch?.lingerMs ?? 0) else { throw SetupError("batch.linger_ms is outside 0...60000") }
+        guard (1...10_000).contains(guardFacts), (0...4_096).contains(guardPerplexityTokens), guardMaxAccuracyDrop >= 0, guardMaxPerplexityRise >= 0 else {
+            throw SetupError("quality_guard: facts must be in 1...10000, perplexity_tokens in 0...4096, the limits at least 0")
+        }
         guard (1...100).contains(retryMaxAttempts) else { throw SetupError("retry.max_attempts \(retryMaxAttempts) is outside 1...100") }
         guard (0...600_000).contains(retry?.backoffMs ?? 0), (0...600_000).contains(retry?.maxBackoffMs ?? 0) else {
             throw SetupError("retry.backoff_ms and retry.max_backoff_ms must be within 0...600000")
@@ -182,7 +224,8 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
 
     /// MESA_MODEL, MESA_STATE_DIR, MESA_HPARAMS_DIR, MESA_CORPUS, MESA_THREADS, MESA_KAFKA_BOOTSTRAP_SERVERS,
     /// MESA_KAFKA_GROUP_ID, MESA_KAFKA_KEYED_BY_MODEL, MESA_HTTP_LISTEN, MESA_SAE, MESA_SAE_FALLBACK, MESA_METHOD,
-    /// MESA_BATCH_MAX_EVENTS, MESA_BATCH_LINGER_MS, MESA_RETRY_MAX_ATTEMPTS, MESA_RETRY_BACKOFF_MS.
+    /// MESA_BATCH_MAX_EVENTS, MESA_BATCH_LINGER_MS, MESA_RETRY_MAX_ATTEMPTS, MESA_RETRY_BACKOFF_MS, MESA_QUALITY_GUARD,
+    /// MESA_CANARY_FILE, MESA_DATA_DIR.
     public mutating func applyEnvironment(_ env: [String: String]) throws {
         func value(_ k: String) -> String? { env[k].flatMap { $0.isEmpty ? nil : $0 } }
         if let v = value("MESA_MODEL") { model = v }
@@ -209,6 +252,18 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         }
         if let n = try count("MESA_BATCH_MAX_EVENTS") { batch = Batch(maxEvents: n, lingerMs: batch?.lingerMs) }
         if let n = try count("MESA_BATCH_LINGER_MS") { batch = Batch(maxEvents: batch?.maxEvents, lingerMs: n) }
+        if let v = value("MESA_QUALITY_GUARD") {
+            guard let b = Bool(v) else { throw SetupError("MESA_QUALITY_GUARD=\(v) is not true or false") }
+            var g = qualityGuard ?? QualityGuard()
+            g.enabled = b
+            qualityGuard = g
+        }
+        if let v = value("MESA_CANARY_FILE") {
+            var g = qualityGuard ?? QualityGuard()
+            g.canaryFile = v
+            qualityGuard = g
+        }
+        if let v = value("MESA_DATA_DIR") { dataDir = v }
         if let n = try count("MESA_RETRY_MAX_ATTEMPTS") { retry = Retry(maxAttempts: n, backoffMs: retry?.backoffMs, maxBackoffMs: retry?.maxBackoffMs) }
         if let n = try count("MESA_RETRY_BACKOFF_MS") { retry = Retry(maxAttempts: retry?.maxAttempts, backoffMs: n, maxBackoffMs: retry?.maxBackoffMs) }
         if let v = value("MESA_SAE_FALLBACK") {

@@ -109,6 +109,21 @@ public final class Daemon: @unchecked Sendable {
         let stateDir = c.stateDirectory(home: settings.home)
         log("model: \(name) loaded in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s, base hash \(model.weightHash.prefix(16)); BLAS \(BLAS.configuration.description)")
 
+        // The guard's base figures need the base weights: measured before the host brings them to the head.
+        var qualityGuard: QualityGuard?
+        if c.guardEnabled {
+            setReadiness("measuring the canary set")
+            let g = try QualityGuard.make(model: model, config: c, stateDirectory: stateDir, log: log)
+            qualityGuard = g
+            metrics.setCanary(g.base, weights: "base")
+            log(String(format: "quality guard: %d canary facts, perplexity over %d tokens; base accuracy %.1f%%, perplexity %.3f; "
+                       + "an edit may cost %.1f points of accuracy and %.1f%% of perplexity",
+                       g.canary.facts.count, c.guardPerplexityTokens, g.base.accuracy, g.base.perplexity,
+                       c.guardMaxAccuracyDrop, 100 * c.guardMaxPerplexityRise))
+        } else {
+            log("quality guard: off (quality_guard.enabled=false)")
+        }
+
         // The store first: a damaged one is reported at once, not after minutes of key statistics.
         setReadiness("opening the snapshot store")
         let lmdbDir = EditState(directory: stateDir, baseHash: model.weightHash).root.appendingPathComponent("lmdb")
@@ -150,6 +165,10 @@ public final class Daemon: @unchecked Sendable {
         let topics = c.topics
         let pipeline = try Pipeline(host: modelHost, catalog: catalog, topics: topics, maxEventBytes: c.eventLimit, setup: setup,
                                     settings: methodSettings, editor: editor, log: log)
+        if let g = qualityGuard {
+            pipeline.qualityGuard = g
+            metrics.setCanary(modelHost.head == 0 ? g.base : try g.measure(model), weights: "head")
+        }
 
         setReadiness("connecting to Kafka")
         let props = c.kafkaProperties
@@ -313,6 +332,7 @@ public final class Daemon: @unchecked Sendable {
 
     func record(_ outcome: Outcome, total: Double) {
         onEvent?(outcome, total)
+        if let c = outcome.canary, outcome.kind != .dryRun { metrics.setCanary(c, weights: "head") }
         switch outcome.kind {
         case .applied(let method):
             metrics.editApplied(method: method)

@@ -34,7 +34,9 @@ public struct ConsumerLag: Equatable, Sendable {
 /// - progress: `mesa_events_committed_total{topic}` (events settled: their offset committed),
 ///   `mesa_committed_offset{topic,partition}` (the next offset to read), `mesa_processing_retries_total`
 ///   (failed attempts that will be retried) and `mesa_event_attempts` (failed attempts of the event at
-///   the head of the line, 0 when none is failing).
+///   the head of the line, 0 when none is failing);
+/// - the quality guard: `mesa_canary_accuracy{weights}` and `mesa_canary_perplexity{weights}` for the
+///   "base" and the "head" weights.
 ///
 /// Every known skip and dead-letter reason starts at 0, so rates and alerts see the series
 /// before the first occurrence.
@@ -73,6 +75,9 @@ public final class DaemonMetrics: @unchecked Sendable {
     public let processingRetries: Counter
     /// `mesa_event_attempts`.
     public let eventAttempts: Gauge
+    /// `mesa_canary_accuracy{weights}` and `mesa_canary_perplexity{weights}`, weights "base" or "head".
+    public let canaryAccuracy: Gauge
+    public let canaryPerplexity: Gauge
 
     private let lagLock = NSLock()
     private var lagSource: @Sendable () -> [ConsumerLag] = { [] }
@@ -111,6 +116,10 @@ public final class DaemonMetrics: @unchecked Sendable {
                                              help: "Failed processing attempts that were retried (not rejections of the event).")
         eventAttempts = registry.gauge(name: "mesa_event_attempts",
                                        help: "Failed attempts of the event at the head of the line; 0 when none is failing.")
+        canaryAccuracy = registry.gauge(name: "mesa_canary_accuracy",
+                                        help: "Percent of the quality guard's canary facts answered, on the base or the head weights.", labels: ["weights"])
+        canaryPerplexity = registry.gauge(name: "mesa_canary_perplexity",
+                                          help: "Perplexity of the quality guard's text sample, on the base or the head weights.", labels: ["weights"])
 
         for reason in SkipReason.allCases { editsSkipped.inc(0, labels: ["reason": reason.rawValue]) }
         for reason in DeadLetterReason.allCases { deadLetters.inc(0, labels: ["reason": reason.rawValue]) }
@@ -146,6 +155,12 @@ public final class DaemonMetrics: @unchecked Sendable {
     public func committed(topic: String, partition: Int32, nextOffset: Int64, events: Int) {
         eventsCommitted.inc(Double(events), labels: ["topic": topic])
         committedOffset.set(Double(nextOffset), labels: ["topic": topic, "partition": String(partition)])
+    }
+
+    /// Sets the canary figures of the "base" or "head" weights.
+    public func setCanary(_ f: CanaryFigures, weights: String) {
+        canaryAccuracy.set(f.accuracy, labels: ["weights": weights])
+        canaryPerplexity.set(f.perplexity, labels: ["weights": weights])
     }
 
     /// Counts one edit applied with `method`.

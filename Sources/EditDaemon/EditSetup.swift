@@ -230,9 +230,11 @@ public struct RomeSetup {
         var solver = SpreadSolver.memit
         if alphaEdit {
             let t0 = Date()
-            let st = try AlphaEditState(statistics: stats, nullspaceEnergy: h.nullspaceEnergy ?? 0.02, l2: h.l2 ?? 10)
-            log(String(format: "AlphaEdit null spaces (dimension per layer %@) in %.1f s",
-                       st.nullity.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: " "), Date().timeIntervalSince(t0)))
+            let st = try AlphaEditState(statistics: stats, nullspaceEnergy: h.nullspaceEnergy ?? 0.02, l2: h.l2 ?? 10, relative: h.l2Relative ?? false)
+            log(String(format: "AlphaEdit null spaces (dimension, tr(PC) and α per layer: %@) in %.1f s",
+                       st.nullity.sorted { $0.key < $1.key }.map {
+                           "\($0.key):\($0.value)," + String(format: "%.3g,%.3g", st.nullEnergy[$0.key] ?? 0, st.alpha[$0.key] ?? 0)
+                       }.joined(separator: " "), Date().timeIntervalSince(t0)))
             solver = .alphaEdit(st)
         }
         let (sae, reason) = try mesaSAE(model: model, settings: h.mesa, site: Site(layer: h.layers.last!, kind: .residOut), state: state)

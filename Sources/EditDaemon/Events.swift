@@ -80,6 +80,9 @@ public enum DeadLetterReason: String, Codable, Sendable, CaseIterable {
     /// Processing failed for a reason other than the event (the snapshot store, a bug) on every
     /// attempt of the retry policy; the details carry the attempts and the last error.
     case processingFailed = "processing_failed"
+    /// The edit crossed the quality guard's thresholds on the canary set and was undone; the details
+    /// carry the figures.
+    case qualityGate = "quality_gate"
 }
 
 /// An event that cannot be processed: it becomes a dead letter with this reason and message.

@@ -61,6 +61,9 @@ public final class ModelHost: @unchecked Sendable {
         }
     }
 
+    /// The base values of tensor `name` (the loaded model's), known once an edit touched it.
+    public func baseValues(_ name: String) -> [Float]? { base[name] }
+
     /// Restores the base values of every touched tensor.
     private func restoreBase() {
         for (name, values) in base {

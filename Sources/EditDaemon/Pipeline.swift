@@ -49,6 +49,8 @@ public struct Outcome: Sendable {
     /// Seconds of the daemon's own steps (e.g. "hash", "snapshot"; the daemon adds "publish" and
     /// "commit"), for metrics and benchmarks.
     public var steps: [String: Double] = [:]
+    /// The canary figures of the weights after the event (when a quality guard runs).
+    public var canary: CanaryFigures?
 }
 
 /// The method a daemon runs, with its default hyperparameters.
@@ -86,6 +88,9 @@ public final class Pipeline: @unchecked Sendable {
     public let maxEventBytes: Int
     /// How much of a rejected record its dead letter carries.
     public var deadLetterLimits = DeadLetterDocument.Limits()
+    /// Scores the canary set after every edit or batch; an edit that crosses its thresholds is undone
+    /// and its events dead-lettered (`quality_gate`). Nil: no guard.
+    public var qualityGuard: QualityGuard?
     let setup: RomeSetup
     let settings: MethodSettings
     let defaultEditor: FactEditor
@@ -259,29 +264,47 @@ public final class Pipeline: @unchecked Sendable {
         }
         let applied = try applyAndScore(updates, [p.record], eventId: e.id)
         let editSeconds = p.preSeconds + applied.scoredAt.timeIntervalSince(t0)
+        var timings = phases.merging(["edit_seconds": editSeconds], uniquingKeysWith: { a, _ in a })
+        if let s = applied.canarySeconds { timings["canary_seconds"] = s }
         var doc = resultDocument(p, parent: parent, hashBefore: hashBefore, hashAfter: applied.hashAfter, post: applied.posts[0],
-                                 timings: phases.merging(["edit_seconds": editSeconds], uniquingKeysWith: { a, _ in a }),
-                                 refinement: Self.refinement(editor))
+                                 timings: timings, refinement: Self.refinement(editor))
+        doc.canary = canaryDocument(applied.canary)
 
         if e.dryRun == true {
             try host.discardUncommitted()
             doc.weightHash = host.model.weightHash
+            if let why = applied.canary.flatMap({ qualityGuard?.violation($0) }) { doc.note = "as an edit it would be refused: \(why)" }
             return Outcome(kind: .dryRun, records: [resultRecord(doc)], editSeconds: editSeconds, eventId: e.id,
                            summary: "dry run of \(e.id): ES \(applied.posts[0].es) (not applied)")
         }
+        try gate(applied.canary, eventId: e.id)
 
         let t2 = Date()
         let stored = try commit([p], docs: [doc], updates: updates, hashBefore: hashBefore, hashAfter: applied.hashAfter)[0]
         return Outcome(kind: .applied(method: editor.method), records: [resultRecord(stored)], editSeconds: editSeconds, eventId: e.id,
                        summary: "applied \(e.id) as snapshot \(stored.snapshot ?? 0): \(e.subject) → \(e.targetNew.str)",
-                       steps: ["hash": applied.hashSeconds, "snapshot": Date().timeIntervalSince(t2)])
+                       steps: ["hash": applied.hashSeconds, "snapshot": Date().timeIntervalSince(t2)], canary: applied.canary)
+    }
+
+    /// The quality gate: edited weights whose canary figures cross a threshold go back to the head
+    /// (bit-exactly: the touched tensors are restored and the head's lineage re-applied) and the
+    /// event is refused with the figures.
+    func gate(_ canary: CanaryFigures?, eventId: String?) throws {
+        guard let g = qualityGuard, let f = canary, let why = g.violation(f) else { return }
+        try host.discardUncommitted()
+        throw Rejection(.qualityGate, "the edit was undone: \(why)", details: g.details(f), eventId: eventId)
+    }
+
+    func canaryDocument(_ f: CanaryFigures?) -> EditResultDocument.Canary? {
+        guard let f, let g = qualityGuard else { return nil }
+        return .init(accuracy: f.accuracy, perplexity: f.perplexity, baseAccuracy: g.base.accuracy, basePerplexity: g.base.perplexity)
     }
 
     /// Applies `updates` and scores `records` on the edited weights, hashing the weights on another
     /// core meanwhile (both only read them). On failure the weights go back to the head and the
     /// error is an `editFailed` rejection. `scoredAt`: when scoring ended, before waiting for the hash.
     func applyAndScore(_ updates: [LowRankUpdate], _ records: [CounterFactRecord], eventId: String?) throws
-        -> (posts: [CaseScores], hashAfter: String, hashSeconds: Double, scoredAt: Date) {
+        -> (posts: [CaseScores], hashAfter: String, hashSeconds: Double, scoredAt: Date, canary: CanaryFigures?, canarySeconds: Double?) {
         do { for u in updates { try host.apply(u) } } catch {
             try host.discardUncommitted()
             throw Rejection(.editFailed, "applying the update failed: \(error)", eventId: eventId)
@@ -296,9 +319,19 @@ public final class Pipeline: @unchecked Sendable {
             throw Rejection(.editFailed, "scoring the edited model failed: \(error)", eventId: eventId)
         }
         let scoredAt = Date()
+        // The canary set, while the hash is still being computed.
+        var canary: CanaryFigures?, canarySeconds: Double?
+        if let g = qualityGuard {
+            do { canary = try g.measure(model) } catch {
+                hashing.wait()
+                try host.discardUncommitted()
+                throw Rejection(.editFailed, "scoring the canary set on the edited model failed: \(error)", eventId: eventId)
+            }
+            canarySeconds = Date().timeIntervalSince(scoredAt)
+        }
         hashing.wait()
         let hashAfter = host.model.weightHash
-        return (posts, hashAfter, Date().timeIntervalSince(scoredAt), scoredAt)
+        return (posts, hashAfter, Date().timeIntervalSince(scoredAt), scoredAt, canary, canarySeconds)
     }
 
     /// Stores the applied updates of `edits` as one snapshot (a batch when there are several) with
@@ -408,7 +441,7 @@ public final class Pipeline: @unchecked Sendable {
         let hashBefore = host.model.weightHash
         let parent = host.head
         let updates: [LowRankUpdate], phases: [String: Double], coverages: [SAECoverage]
-        let applied: (posts: [CaseScores], hashAfter: String, hashSeconds: Double, scoredAt: Date)
+        let applied: (posts: [CaseScores], hashAfter: String, hashSeconds: Double, scoredAt: Date, canary: CanaryFigures?, canarySeconds: Double?)
         do {
             (updates, phases, coverages) = try editor.computeUpdates(together: g.map(\.edit.request))
             applied = try applyAndScore(updates, g.map(\.edit.record), eventId: nil)
@@ -416,10 +449,20 @@ public final class Pipeline: @unchecked Sendable {
             log("a batch of \(n) fact updates could not be edited together (\(error)); editing them one at a time")
             return try g.map { ($0.index, try process($0.edit.message)) }
         }
+        do { try gate(applied.canary, eventId: nil) } catch var r as Rejection {
+            // The batch was edited as one: every event of it is refused with the figures.
+            r.message = "the batch of \(n) was undone: " + r.message.replacingOccurrences(of: "the edit was undone: ", with: "")
+            return g.map { i, p in
+                var mine = r
+                mine.eventId = p.event.id
+                return (i, deadLetter(p.message, mine))
+            }
+        }
         let editSeconds = g.map(\.edit.preSeconds).reduce(0, +) + applied.scoredAt.timeIntervalSince(t0)
         let ids = g.map(\.edit.event.id)
         var timings = phases.merging(["edit_seconds": editSeconds], uniquingKeysWith: { a, _ in a })
         timings["batch_size"] = Double(n)
+        if let s = applied.canarySeconds { timings["canary_seconds"] = s }
         let docs = g.enumerated().map { j, member -> EditResultDocument in
             var refinement = Self.refinement(editor)
             if refinement?.sae != nil, j < coverages.count {
@@ -429,6 +472,7 @@ public final class Pipeline: @unchecked Sendable {
             var doc = resultDocument(member.edit, parent: parent, hashBefore: hashBefore, hashAfter: applied.hashAfter, post: applied.posts[j],
                                      timings: timings, refinement: refinement)
             doc.batch = .init(size: n, index: j, eventIds: ids)
+            doc.canary = canaryDocument(applied.canary)
             return doc
         }
         let t2 = Date()
@@ -438,7 +482,7 @@ public final class Pipeline: @unchecked Sendable {
             let e = member.edit.event
             return (member.index, Outcome(kind: .applied(method: editor.method), records: [resultRecord(stored[j])], editSeconds: editSeconds, eventId: e.id,
                                           summary: "applied \(e.id) as snapshot \(stored[j].snapshot ?? 0) (batch edit \(j + 1) of \(n)): \(e.subject) → \(e.targetNew.str)",
-                                          steps: ["hash": applied.hashSeconds, "snapshot": snapshotSeconds]))
+                                          steps: ["hash": applied.hashSeconds, "snapshot": snapshotSeconds], canary: applied.canary))
         }
     }
 
@@ -622,8 +666,10 @@ public final class Pipeline: @unchecked Sendable {
             try rebuildEditState()
             var doc = commandResult(c, entry: entry, source: m)
             doc.timings = ["rollback_seconds": Date().timeIntervalSince(t0)]
+            let canary = try qualityGuard.map { try $0.measure(host.model) }
+            doc.canary = canaryDocument(canary)
             return Outcome(kind: .rolledBack, records: [resultRecord(doc)], editSeconds: 0, eventId: c.id,
-                           summary: "rolled back from \(entry.headBefore) to \(entry.headAfter)")
+                           summary: "rolled back from \(entry.headBefore) to \(entry.headAfter)", canary: canary)
         case .snapshot:
             let entry = try host.store.commitLabel(c.label ?? "", commandId: c.id)
             return Outcome(kind: .labelled, records: [resultRecord(commandResult(c, entry: entry, source: m))], editSeconds: 0,
@@ -727,6 +773,15 @@ public struct EditResultDocument: Codable, Sendable, Equatable {
     public var onHeadLineage: Bool?
     /// A word to the subscriber, e.g. why a redelivered edit is no longer in the live weights.
     public var note: String?
+    /// The quality guard's canary figures on the weights after the event, beside the base model's.
+    public var canary: Canary?
+
+    public struct Canary: Codable, Sendable, Equatable {
+        public var accuracy: Double
+        public var perplexity: Double
+        public var baseAccuracy: Double
+        public var basePerplexity: Double
+    }
     public var processedAt: String
 
     public struct Batch: Codable, Sendable, Equatable {

@@ -112,7 +112,9 @@ extension MemitEditor: FactEditor {
         ]
         if case .alphaEdit(let st) = solver {
             s["nullspace_energy"] = "\(h.nullspaceEnergy ?? .nan)"
-            s["l2"] = "\(st.l2)"
+            s["l2"] = "\(h.l2 ?? .nan)"
+            s["l2_relative"] = "\(h.l2Relative ?? false)"
+            s["alpha"] = st.alpha.sorted { $0.key < $1.key }.map { "\($0.key):" + String(format: "%.4g", $0.value) }.joined(separator: " ")
             s["nullity"] = st.nullity.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",")
         }
         return s.merging(mesaSetup.report) { a, _ in a }

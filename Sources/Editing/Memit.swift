@@ -27,8 +27,12 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable {
     /// AlphaEdit only: the share of C's trace (smallest eigenvalues first) whose eigenvectors span
     /// the null space the update is projected into.
     public var nullspaceEnergy: Double?
-    /// AlphaEdit only: α in (P(KKᵀ + K_pK_pᵀ) + αI).
+    /// AlphaEdit only: α in (P(KKᵀ + K_pK_pᵀ) + αI), or its scale with `l2Relative`.
     public var l2: Double?
+    /// AlphaEdit only: α = l2 · tr(PC) per layer, relative to the energy of the keys in the null space
+    /// (METHODS §9: an absolute α lets a fresh key deliver ‖Pk‖²/(α + ‖Pk‖²) of its share, which
+    /// depends on the cut and the layer's key scale).
+    public var l2Relative: Bool?
     /// MESA refinement of z through an SAE at `resid_out` of the last edited layer, where δ enters.
     public var mesa: MesaHyperparameters?
 
@@ -109,18 +113,21 @@ public final class AlphaEditState: @unchecked Sendable {
     /// Σ K Kᵀ over kept edits, [ff, ff] per layer.
     public private(set) var accumulated: [Int: [Double]]
     public let dim: Int
-    /// α in (P(KKᵀ + K_pK_pᵀ) + αI).
-    public let l2: Double
+    /// α in (P(KKᵀ + K_pK_pᵀ) + αI) per layer.
+    public let alpha: [Int: Double]
+    /// tr(PC) per layer: the key energy in the null space (the expected ‖Pk‖² of a key from the statistics).
+    public let nullEnergy: [Int: Double]
 
     /// P from the eigenvectors of C whose eigenvalues, smallest first, add up to at most
     /// `nullspaceEnergy` of the trace: a threshold relative to the spectrum (the public code's
     /// absolute 2e-2 makes P = I or 0 depending on how the statistics were normalized).
-    public init(statistics: [Int: KeyStatistics], nullspaceEnergy: Double, l2: Double) throws {
+    /// α is `l2`, or `l2` · tr(PC) per layer when `relative`.
+    public init(statistics: [Int: KeyStatistics], nullspaceEnergy: Double, l2: Double, relative: Bool = false) throws {
         guard nullspaceEnergy > 0, nullspaceEnergy < 1, l2 > 0 else {
             throw EditError(.hyperparameters, "nullspace_energy must be in (0, 1) and l2 positive")
         }
         guard let ff = statistics.values.first?.dim else { throw EditError(.state, "AlphaEdit needs key statistics") }
-        var p: [Int: [Double]] = [:], k: [Int: Int] = [:]
+        var p: [Int: [Double]] = [:], k: [Int: Int] = [:], e: [Int: Double] = [:]
         for (layer, s) in statistics {
             let c = s.moment.map(Double.init)
             let (values, vectors) = try LAPACK.symmetricEigen(c, n: ff)   // ascending; row i = eigenvector i
@@ -139,12 +146,29 @@ public final class AlphaEditState: @unchecked Sendable {
             } }
             p[layer] = proj
             k[layer] = kept
+            e[layer] = energy
         }
         projectors = p
         nullity = k
+        nullEnergy = e
+        alpha = e.mapValues { relative ? l2 * $0 : l2 }
         accumulated = statistics.mapValues { _ in [Double](repeating: 0, count: ff * ff) }
         dim = ff
-        self.l2 = l2
+    }
+
+    /// How much of each layer's null space the kept edits' keys occupy, cheaply: the share of the
+    /// system's diagonal mass tr(P K_pK_pᵀ) / (tr(P K_pK_pᵀ) + α · nullity) (0 before any edit; near 1
+    /// when the accumulated keys dominate α over the whole null space and new edits must trade off
+    /// against old ones).
+    public func fill() -> [Int: Double] {
+        var out: [Int: Double] = [:]
+        for (layer, a) in accumulated {
+            guard let p = projectors[layer], let al = alpha[layer], let n = nullity[layer] else { continue }
+            var t = 0.0
+            for i in 0..<(dim * dim) { t += p[i] * a[i] }  // tr(PA) = Σ P∘A for symmetric P and A
+            out[layer] = t / (t + al * Double(n))
+        }
+        return out
     }
 
     /// Adds the kept edits' keys: K_pK_pᵀ += KᵀK with K [n, ff] the keys as rows (one GEMM per layer).
@@ -205,6 +229,11 @@ public final class MemitEditor: @unchecked Sendable {
     /// C for each edited layer.
     public let statistics: [Int: KeyStatistics]
     public let solver: SpreadSolver
+    /// AlphaEdit's state, when the solver is AlphaEdit's.
+    public var alphaEditState: AlphaEditState? {
+        if case .alphaEdit(let s) = solver { return s }
+        return nil
+    }
     let tokenizer: EditTokenizer
     /// The keys after the last computed updates (for `keep`).
     var lastKeysAfter: [Int: [[Double]]]?
@@ -357,7 +386,8 @@ public final class MemitEditor: @unchecked Sendable {
                     BLAS.dgemm(m: ff, n: n, k: ff, a: pp.baseAddress!, lda: ff, b: k.baseAddress!, ldb: n, c: out.baseAddress!, ldc: n)
                 } }
             }
-            for i in 0..<ff { a[i * ff + i] += state.l2 }
+            let alpha = state.alpha[l] ?? 0
+            for i in 0..<ff { a[i * ff + i] += alpha }
             do { return try LAPACK.solve(a, pk, n: ff, nrhs: n) } catch {
                 throw EditError(.degenerateKey, "the AlphaEdit system at layer \(l) is singular (\(error))")
             }

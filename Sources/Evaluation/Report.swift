@@ -18,6 +18,14 @@ public struct EvalCase: Codable, Sendable {
     public var error: String?
     /// The part of the written change the method's SAE represents (MESA), when it has one.
     public var saeCoverage: Double?
+    /// Sequential runs: the scores right after this case's own edit (`post` holds the scores after
+    /// the whole run, or at the checkpoint that ended it).
+    public var immediate: CaseScores?
+    /// Sequential runs: ‖W − W₀‖_F of every tensor edited so far, after this case's edit.
+    public var updateNorms: [String: Double]?
+    /// Sequential AlphaEdit runs: per layer, how full the null space is after this case's edit
+    /// (`AlphaEditState.fill`).
+    public var nullspaceFill: [String: Double]?
 
     public init(
         caseId: Int, subject: String, targetNew: String, targetTrue: String, pre: CaseScores,
@@ -56,6 +64,8 @@ public struct EvalReport: Codable, Sendable {
     public var settings: [String: String]
     public var pre: Metrics
     public var post: Metrics?
+    /// Sequential runs: every case scored right after its own edit.
+    public var immediate: Metrics?
     public var cases: [EvalCase]
     /// Run-level timings in seconds, e.g. "editMean", "total".
     public var timing: [String: Double]
@@ -90,6 +100,8 @@ public struct EvalReport: Codable, Sendable {
         self.init(
             method: method, model: model, modelHash: modelHash, data: data, start: start, limit: limit, sequential: sequential,
             settings: settings, pre: pre, post: post, cases: cases, timing: timing, createdAt: createdAt)
+        let immediate = cases.compactMap(\.immediate)
+        if !immediate.isEmpty { self.immediate = Metrics.aggregate(immediate) }
     }
 
     /// Pre-edit metrics over all cases and post-edit metrics over the cases that have post-edit

@@ -175,7 +175,7 @@ struct MemitBench: ParsableCommand {
             statPaths.append(state.statisticsURL(spec).path)
         }
         let solver: SpreadSolver = method == "alphaedit"
-            ? .alphaEdit(try AlphaEditState(statistics: stats, nullspaceEnergy: h.nullspaceEnergy ?? 0.02, l2: h.l2 ?? 10)) : .memit
+            ? .alphaEdit(try AlphaEditState(statistics: stats, nullspaceEnergy: h.nullspaceEnergy ?? 0.02, l2: h.l2 ?? 10, relative: h.l2Relative ?? false)) : .memit
         let editor = try MemitEditor(model: m, hparams: h, templates: templates, statistics: stats, solver: solver)
         let all = try CounterFact.load(path: data).records
         guard record + batch <= all.count else { throw ValidationError("--record \(record) with --batch \(batch) exceeds the data") }

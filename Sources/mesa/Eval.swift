@@ -74,6 +74,7 @@ struct Eval: ParsableCommand {
             }
             line("pre ", report.pre)
             if let post = report.post { line("post", post) }
+            if let immediate = report.immediate { line("imm.", immediate) }
             if !report.failedCases.isEmpty { print("\(report.failedCases.count) case(s) failed; see the report") }
             print(String(format: "edit %.2f s mean; total %.0f s", timing["editMean"] ?? .nan, seconds))
             if let c = timing["saeCoverageMean"] { print(String(format: "SAE coverage of the written change: %.3f mean", c)) }

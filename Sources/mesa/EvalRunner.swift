@@ -47,18 +47,27 @@ struct CounterFactRunner {
             for j in out.indices where out[j].post != nil { out[j].post = try CounterFactEval.score(records[j], with: scorer) }
             return out
         }
+        // "pre" is the unedited model's score of every case (a sequential run's weights hold the earlier
+        // edits by the time a case is edited; scoring pre there hides the damage they did).
+        let pres = try basePres(records, from: done, scorer: scorer)
+        var base: [String: [Float]] = [:]
         for (i, r) in records.enumerated().dropFirst(done) {
             if journal != nil, shouldStop() {
                 bar.finish()
                 throw fail("interrupted after \(i) edits; run the same command again to resume")
             }
-            var c = EvalCase(record: r, pre: try CounterFactEval.score(r, with: scorer))
+            var c = EvalCase(record: r, pre: pres[i - done])
             let request = EditRequest(subject: r.subject, prompt: r.prompt, targetNew: r.targetNew, targetTrue: r.targetTrue)
             let caseHash = journal == nil ? "" : model.weightHash
             let e0 = Date()
             var kept: [LowRankUpdate] = []
             do {
                 let (updates, phases) = try editor.computeUpdates(for: request)
+                if sequential {
+                    for u in updates where base[u.parameter] == nil {
+                        base[u.parameter] = journal?.host.baseValues(u.parameter) ?? model.weights.all.first { $0.name == u.parameter }?.data
+                    }
+                }
                 var applied: [WeightBackup] = []
                 do {
                     // A journaled run applies through its host, which keeps the base values for a replay.
@@ -72,6 +81,8 @@ struct CounterFactRunner {
                 c.saeCoverage = editor.lastCoverage?.coverage
                 c.post = try CounterFactEval.score(r, with: scorer)
                 if sequential {
+                    c.immediate = c.post
+                    c.updateNorms = updateNorms(base)
                     backups += applied
                     kept = updates
                 } else {
@@ -84,7 +95,12 @@ struct CounterFactRunner {
                 try journal.commit(c, index: i, factors: kept, state: c.error == nil ? editor.pendingState() : [], method: editor.method,
                                    hashBefore: caseHash)
             }
-            if sequential, c.error == nil { editor.keep() }
+            if sequential, c.error == nil {
+                editor.keep()
+                if let state = (editor as? MemitEditor)?.alphaEditState {
+                    c.nullspaceFill = Dictionary(uniqueKeysWithValues: state.fill().map { ("\($0.key)", $0.value) })
+                }
+            }
             cases.append(c)
             if sequential, checkpoints.contains(i + 1) {
                 let scored = try rescored(cases)
@@ -94,7 +110,13 @@ struct CounterFactRunner {
                 try journal?.save(curve)
                 log(String(format: "after %d edits: ES %.1f PS %.1f NS %.1f S %.1f", i + 1, m.es, m.ps, m.ns, m.s))
             }
-            bar.update(i + 1, records.count, unit: "cases", seconds: Date().timeIntervalSince(t0), start: done)
+            var extra = ""
+            if sequential {
+                let m = Metrics.aggregate(cases.compactMap(\.immediate))
+                extra = String(format: "immediate S %.1f (ES %.1f PS %.1f NS %.1f)", m.s, m.es, m.ps, m.ns)
+                if let n = c.updateNorms?.values.max() { extra += String(format: "  max ‖ΔW‖ %.3g", n) }
+            }
+            bar.update(i + 1, records.count, unit: "cases", seconds: Date().timeIntervalSince(t0), start: done, extra: extra)
         }
         bar.finish()
         if let scoredAtEnd {
@@ -107,6 +129,30 @@ struct CounterFactRunner {
             guard model.weightHash == hashBefore else { throw fail("internal error: the weights were not restored exactly") }
         }
         return (cases, Date().timeIntervalSince(t0), curve)
+    }
+
+    /// The unedited model's scores of `records[from...]`. A resumed journal's weights hold its edits:
+    /// they go back to the base model for the scoring and return to the head (both checked by hash).
+    func basePres(_ records: [CounterFactRecord], from done: Int, scorer: CandidateScorer) throws -> [CaseScores] {
+        let rest = records.dropFirst(done)
+        guard let host = journal?.host, host.head != 0 else { return try rest.map { try CounterFactEval.score($0, with: scorer) } }
+        let head = host.head
+        try host.materialize(0)
+        let pres = Result { try rest.map { try CounterFactEval.score($0, with: scorer) } }
+        try host.materialize(head)
+        return try pres.get()
+    }
+
+    /// ‖W − W₀‖_F of every tensor in `base`, W the current weights (in Double).
+    func updateNorms(_ base: [String: [Float]]) -> [String: Double] {
+        var out: [String: Double] = [:]
+        for (name, w0) in base {
+            guard let w = model.weights.all.first(where: { $0.name == name })?.data, w.count == w0.count else { continue }
+            var sum = 0.0
+            for i in w.indices { let d = Double(w[i]) - Double(w0[i]); sum += d * d }
+            out[name] = sum.squareRoot()
+        }
+        return out
     }
 
     /// Settings recorded with every report: the method's hyperparameters and BLAS.

@@ -8,14 +8,20 @@ import Testing
         let families = text.split(separator: "\n").filter { $0.hasPrefix("# TYPE ") }.map { $0.dropFirst(7) }
         #expect(families == [
             "mesa_build_info gauge",
+            "mesa_canary_accuracy gauge",
+            "mesa_canary_perplexity gauge",
+            "mesa_committed_offset gauge",
             "mesa_consumer_lag gauge",
             "mesa_dead_letters_total counter",
             "mesa_edit_duration_seconds histogram",
             "mesa_edits_applied_total counter",
             "mesa_edits_skipped_total counter",
+            "mesa_event_attempts gauge",
             "mesa_event_duration_seconds histogram",
             "mesa_event_overhead_seconds histogram",
+            "mesa_events_committed_total counter",
             "mesa_events_consumed_total counter",
+            "mesa_processing_retries_total counter",
             "mesa_publish_failures_total counter",
             "mesa_ready gauge",
             "mesa_rollbacks_total counter",
@@ -29,6 +35,8 @@ import Testing
                      "mesa_dead_letters_total{reason=\"too_large\"} 0", "mesa_dead_letters_total{reason=\"unknown_model\"} 0",
                      "mesa_dead_letters_total{reason=\"edit_failed\"} 0",
                      "mesa_dead_letters_total{reason=\"unsupported_method\"} 0",
+                     "mesa_dead_letters_total{reason=\"processing_failed\"} 0",
+                     "mesa_events_committed_total{topic=\"edits\"} 0", "mesa_processing_retries_total 0", "mesa_event_attempts 0",
                      "mesa_event_duration_seconds_count 0"] {
             #expect(text.contains("\n" + line + "\n"), "missing \(line)")
         }

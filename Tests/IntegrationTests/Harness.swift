@@ -97,6 +97,8 @@ final class DaemonHarness: @unchecked Sendable {
                       "topics": ["fact_updates": t.factUpdates, "control": t.control, "results": t.results, "dead_letters": t.deadLetters],
                       "properties": props],
             "http": ["listen": "127.0.0.1:\(httpPort)"],
+            // The tiny model answers no canary fact; the guard's own tests turn it on with their canary file.
+            "quality_guard": ["enabled": false],
         ].merging(mesa.map { ["mesa": $0] } ?? [:]) { a, _ in a }.merging(batch.map { ["batch": $0] } ?? [:]) { a, _ in a }.merging(method.map { ["method": $0] } ?? [:]) { a, _ in a }.merging(settings) { _, b in b }
         let url = dir.appendingPathComponent("mesa.json")
         try JSONSerialization.data(withJSONObject: c, options: [.sortedKeys]).write(to: url)

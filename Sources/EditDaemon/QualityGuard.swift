@@ -1,0 +1,217 @@
+import Editing
+import Foundation
+import ModelRuntime
+import Tensor
+
+/// The canary set a quality guard scores: facts the base model answers (its greedy next token is
+/// the answer's first token) and a text sample for perplexity. Stored as JSON; an operator may
+/// replace it with a file of the same shape.
+public struct CanarySet: Codable, Sendable, Equatable {
+    public struct Fact: Codable, Sendable, Equatable {
+        public var prompt: String
+        public var answer: String
+        public init(prompt: String, answer: String) {
+            self.prompt = prompt
+            self.answer = answer
+        }
+    }
+    public var facts: [Fact]
+    /// Text whose perplexity is measured (its first `perplexityTokens` tokens).
+    public var text: String
+    /// Where the facts and the text came from.
+    public var source: String?
+
+    public init(facts: [Fact], text: String, source: String? = nil) {
+        self.facts = facts
+        self.text = text
+        self.source = source
+    }
+
+    /// Builds the default canary set: facts from ROME's known facts (`known_1000.json`: prompt and
+    /// attribute), shuffled with `seed`, kept when the model answers them, up to `count`; and the
+    /// first `tokens` tokens of WikiText-2 (`tokens.valid.txt`).
+    public static func build(model: LanguageModel, knownFacts: URL, wikitext: URL, count: Int, tokens: Int, seed: UInt64) throws -> CanarySet {
+        guard let data = FileManager.default.contents(atPath: knownFacts.path),
+              let rows = (try? JSONSerialization.jsonObject(with: data)) as? [[String: Any]] else {
+            throw SetupError("cannot read the known facts \(knownFacts.path) (a JSON list of {prompt, attribute})")
+        }
+        var order = Array(rows.indices)
+        var rng = SplitMix(seed)
+        for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+        var facts: [Fact] = []
+        for i in order where facts.count < count {
+            guard let prompt = rows[i]["prompt"] as? String, let answer = rows[i]["attribute"] as? String else { continue }
+            let fact = Fact(prompt: prompt, answer: answer)
+            if try QualityGuard.answers(model, fact) { facts.append(fact) }
+        }
+        guard let raw = try? String(contentsOf: wikitext, encoding: .utf8) else { throw SetupError("cannot read \(wikitext.path)") }
+        // Whole lines of running text (no headings), until the sample holds enough tokens.
+        var text = ""
+        for line in raw.split(separator: "\n") {
+            let l = line.trimmingCharacters(in: .whitespaces)
+            guard !l.isEmpty, !l.hasPrefix("=") else { continue }
+            text += (text.isEmpty ? "" : "\n") + l
+            if model.tokenizer.encode(text, addSpecial: false, parseSpecial: false).count > tokens { break }
+        }
+        return CanarySet(facts: facts, text: text, source: "\(knownFacts.lastPathComponent) (seed \(seed)), \(wikitext.lastPathComponent)")
+    }
+
+    struct SplitMix {
+        var state: UInt64
+        init(_ seed: UInt64) { state = seed }
+        mutating func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+    }
+}
+
+/// What the canary set measures on some weights: the share of canary facts answered (percent) and
+/// the perplexity of the text sample.
+public struct CanaryFigures: Codable, Sendable, Equatable {
+    public var accuracy: Double
+    public var perplexity: Double
+    public init(accuracy: Double, perplexity: Double) {
+        self.accuracy = accuracy
+        self.perplexity = perplexity
+    }
+}
+
+/// The quality guard: scores the canary set after every edit or batch and says when the edited
+/// weights crossed a threshold against the base model (canary accuracy down more than
+/// `maxAccuracyDrop` points, or perplexity up more than `maxPerplexityRise`, a fraction). The
+/// daemon then undoes the edit and dead-letters its events (reason `quality_gate`).
+public final class QualityGuard: @unchecked Sendable {
+    public let canary: CanarySet
+    /// Per fact: the prompt's tokens and the answer's first token, [n].
+    let facts: [(prompt: [Int32], answer: Int32)]
+    /// The text sample's tokens (BOS first when the tokenizer adds one).
+    let text: [Int32]
+    /// The base model's figures.
+    public let base: CanaryFigures
+    public let maxAccuracyDrop: Double
+    public let maxPerplexityRise: Double
+
+    /// Measures the base figures on `model`, which must hold the base weights.
+    public init(model: LanguageModel, canary: CanarySet, perplexityTokens: Int, maxAccuracyDrop: Double, maxPerplexityRise: Double) throws {
+        let tok = model.tokenizer
+        let bos: [Int32] = tok.addBOS ? tok.bosId.map { [$0] } ?? [] : []
+        let facts: [(prompt: [Int32], answer: Int32)] = try canary.facts.map { f in
+            let answer = tok.encode(" " + f.answer.trimmingCharacters(in: .whitespaces), addSpecial: false, parseSpecial: false)
+            guard let first = answer.first else { throw SetupError("canary fact \"\(f.prompt)\" has an empty answer") }
+            return (bos + tok.encode(f.prompt, addSpecial: false, parseSpecial: false), first)
+        }
+        let text = Array((bos + tok.encode(canary.text, addSpecial: false, parseSpecial: false)).prefix(min(perplexityTokens + 1, model.config.contextLength)))
+        guard text.count >= 2 || !facts.isEmpty else { throw SetupError("the canary set has neither facts nor text") }
+        self.facts = facts
+        self.text = text
+        self.canary = canary
+        self.maxAccuracyDrop = maxAccuracyDrop
+        self.maxPerplexityRise = maxPerplexityRise
+        base = try Self.measure(model, facts: facts, text: text)
+    }
+
+    /// Whether `model`'s greedy next token after the fact's prompt is the answer's first token.
+    static func answers(_ model: LanguageModel, _ fact: CanarySet.Fact) throws -> Bool {
+        let tok = model.tokenizer
+        let bos: [Int32] = tok.addBOS ? tok.bosId.map { [$0] } ?? [] : []
+        let answer = tok.encode(" " + fact.answer.trimmingCharacters(in: .whitespaces), addSpecial: false, parseSpecial: false)
+        guard let first = answer.first else { return false }
+        return try argmax(model, bos + tok.encode(fact.prompt, addSpecial: false, parseSpecial: false)) == first
+    }
+
+    /// The most likely next token after `prompt`.
+    static func argmax(_ model: LanguageModel, _ prompt: [Int32]) throws -> Int32 {
+        let r = try model.forward(prompt, options: ForwardOptions(logits: .last))
+        // logits [1, vocab]
+        return r.logits.data.withUnsafeBufferPointer { row -> Int32 in
+            var best = 0
+            for v in 1..<model.config.vocabSize where row[v] > row[best] { best = v }
+            return Int32(best)
+        }
+    }
+
+    /// The canary figures of `model`'s current weights.
+    public func measure(_ model: LanguageModel) throws -> CanaryFigures { try Self.measure(model, facts: facts, text: text) }
+
+    static func measure(_ model: LanguageModel, facts: [(prompt: [Int32], answer: Int32)], text: [Int32]) throws -> CanaryFigures {
+        var right = 0
+        for f in facts where try Self.argmax(model, f.prompt) == f.answer { right += 1 }
+        let accuracy = facts.isEmpty ? 100 : 100 * Double(right) / Double(facts.count)
+        var perplexity = 1.0
+        if text.count >= 2 {
+            let s = try model.score(prompt: [text[0]], target: Array(text.dropFirst()))
+            perplexity = exp(s.meanNLL)
+        }
+        return CanaryFigures(accuracy: accuracy, perplexity: perplexity)
+    }
+
+    /// Why `f` crosses a threshold against the base figures, or nil.
+    public func violation(_ f: CanaryFigures) -> String? {
+        var why: [String] = []
+        if base.accuracy - f.accuracy > maxAccuracyDrop {
+            why.append(String(format: "canary accuracy %.1f%% is %.1f points below the base model's %.1f%% (limit %.1f)",
+                              f.accuracy, base.accuracy - f.accuracy, base.accuracy, maxAccuracyDrop))
+        }
+        if !(f.perplexity <= base.perplexity * (1 + maxPerplexityRise)) {
+            why.append(String(format: "canary perplexity %.3f is %.1f%% above the base model's %.3f (limit %.1f%%)",
+                              f.perplexity, 100 * (f.perplexity / base.perplexity - 1), base.perplexity, 100 * maxPerplexityRise))
+        }
+        return why.isEmpty ? nil : why.joined(separator: "; ")
+    }
+
+    /// The figures as dead-letter details.
+    public func details(_ f: CanaryFigures) -> [String] {
+        [String(format: "canary_accuracy: %.2f", f.accuracy), String(format: "canary_perplexity: %.4f", f.perplexity),
+         String(format: "base_accuracy: %.2f", base.accuracy), String(format: "base_perplexity: %.4f", base.perplexity),
+         "canary_facts: \(facts.count)", "perplexity_tokens: \(max(0, text.count - 1))"]
+    }
+}
+
+extension QualityGuard {
+    /// The guard `config` asks for on `model` (which must hold the base weights): the operator's canary
+    /// file, or the default set, built once and kept in the state directory (announced when built).
+    public static func make(model: LanguageModel, config c: DaemonConfiguration, stateDirectory: URL,
+                            log: (String) -> Void) throws -> QualityGuard {
+        let canary: CanarySet
+        if let path = c.qualityGuard?.canaryFile {
+            guard let data = FileManager.default.contents(atPath: path) else { throw SetupError("cannot read the canary file \(path)") }
+            do { canary = try JSONDecoder().decode(CanarySet.self, from: data) } catch {
+                throw SetupError("\(path) is not a canary file ({\"facts\": [{\"prompt\", \"answer\"}], \"text\"}): \(error)")
+            }
+            let kept = try canary.facts.filter { try answers(model, $0) }
+            log("quality guard: \(path): the base model answers \(kept.count) of its \(canary.facts.count) facts; those are the canary")
+            return try QualityGuard(model: model, canary: CanarySet(facts: kept, text: canary.text, source: path),
+                                    perplexityTokens: c.guardPerplexityTokens, maxAccuracyDrop: c.guardMaxAccuracyDrop,
+                                    maxPerplexityRise: c.guardMaxPerplexityRise)
+        }
+        let dir = EditState(directory: stateDirectory, baseHash: model.weightHash).root
+        let url = dir.appendingPathComponent("canary-\(c.guardFacts)-\(c.guardPerplexityTokens).json")
+        if let data = FileManager.default.contents(atPath: url.path), let stored = try? JSONDecoder().decode(CanarySet.self, from: data) {
+            canary = stored
+        } else {
+            let data = c.dataDirectory
+            let known = data.appendingPathComponent("counterfact/known_1000.json")
+            let wikitext = data.appendingPathComponent("corpus/wikitext-2/tokens.valid.txt")
+            guard FileManager.default.fileExists(atPath: known.path), FileManager.default.fileExists(atPath: wikitext.path) else {
+                throw SetupError("the quality guard needs a canary set: give quality_guard.canary_file, or data_dir (MESA_DATA_DIR) with "
+                                 + "counterfact/known_1000.json and corpus/wikitext-2/tokens.valid.txt (looked in \(data.path)); "
+                                 + "quality_guard.enabled=false turns the guard off")
+            }
+            let t0 = Date()
+            canary = try CanarySet.build(model: model, knownFacts: known, wikitext: wikitext, count: c.guardFacts,
+                                         tokens: c.guardPerplexityTokens, seed: 0)
+            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            try enc.encode(canary).write(to: url, options: .atomic)
+            log(String(format: "quality guard: built the canary set (%d facts the base model answers, %.1f s): %@",
+                       canary.facts.count, Date().timeIntervalSince(t0), url.path))
+        }
+        return try QualityGuard(model: model, canary: canary, perplexityTokens: c.guardPerplexityTokens,
+                                maxAccuracyDrop: c.guardMaxAccuracyDrop, maxPerplexityRise: c.guardMaxPerplexityRise)
+    }
+}
