@@ -13,6 +13,8 @@ MESA_HOME="${MESA_HOME:-$HOME/.local/share/mesa}"
 export MESA_HOME
 export LD_LIBRARY_PATH="$MESA_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export MESA_CORPUS="${MESA_CORPUS:-$PWD/../shared/data/corpus/enwiki-2015-sample.txt}"
+# The quality guard's default canary set is built from ../shared/data (known facts, WikiText-2).
+export MESA_DATA_DIR="${MESA_DATA_DIR:-$PWD/../shared/data}"
 PORT="${MESA_DEMO_PORT:-9092}"
 HTTP="${MESA_DEMO_HTTP:-127.0.0.1:9464}"
 export MESA_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$PORT"
@@ -66,4 +68,6 @@ say "publishing: The Eiffel Tower is located in → Rome"
 say "snapshots"
 "$MESA" snapshots
 say "metrics"
-http_get /metrics | grep -E '^mesa_(edits_applied|events_consumed|snapshot_head|event_overhead_seconds_(sum|count))' || true
+http_get /metrics | grep -E '^mesa_(edits_applied|events_consumed|events_committed|snapshot_head|canary_|event_overhead_seconds_(sum|count))' || true
+say "quality guard on the head"
+"$MESA" health || true

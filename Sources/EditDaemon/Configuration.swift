@@ -85,9 +85,9 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         /// A canary file ({"facts": [{"prompt", "answer"}], "text"}); default: built once from the data
         /// directory's known facts and WikiText-2 and kept in the state directory.
         public var canaryFile: String?
-        /// Canary facts drawn for the default set (default 100).
+        /// Canary facts drawn for the default set (default 32: the guard costs ~15% of a median ROME edit, ops/bench/results/guard.json).
         public var facts: Int?
-        /// Tokens of the text sample whose perplexity is measured (default 256).
+        /// Tokens of the text sample whose perplexity is measured (default 64).
         public var perplexityTokens: Int?
         /// Refuse an edit that lowers canary accuracy by more than this many points (default 2).
         public var maxAccuracyDrop: Double?
@@ -146,8 +146,8 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     public var batchLinger: Double { Double(batch?.lingerMs ?? 50) / 1000 }
     public var retryMaxAttempts: Int { retry?.maxAttempts ?? 5 }
     public var guardEnabled: Bool { qualityGuard?.enabled ?? true }
-    public var guardFacts: Int { qualityGuard?.facts ?? 100 }
-    public var guardPerplexityTokens: Int { qualityGuard?.perplexityTokens ?? 256 }
+    public var guardFacts: Int { qualityGuard?.facts ?? 32 }
+    public var guardPerplexityTokens: Int { qualityGuard?.perplexityTokens ?? 64 }
     public var guardMaxAccuracyDrop: Double { qualityGuard?.maxAccuracyDrop ?? 2 }
     public var guardMaxPerplexityRise: Double { qualityGuard?.maxPerplexityRise ?? 0.03 }
     /// The data directory: the configured one, or ../shared/data beside the working directory.

@@ -100,6 +100,22 @@ public final class LanguageModel: @unchecked Sendable {
         for s in options.capture where s.layer < 0 || s.layer >= layerCount {
             throw ModelError(.invalidInput, "capture at \(s): no such layer (the pass runs layers 0..<\(layerCount))")
         }
+        // Independent sequences packed into the tokens: [start, end) each, positions from 0 in each.
+        var spans = [(start: 0, end: T)]
+        var position = (0..<T).map { past + $0 }
+        if let lengths = options.segments {
+            guard cache == nil else { throw ModelError(.invalidInput, "packed segments cannot extend a KV cache") }
+            guard lengths.allSatisfy({ $0 > 0 }), lengths.reduce(0, +) == T else {
+                throw ModelError(.invalidInput, "segment lengths \(lengths.count) must be positive and add up to the \(T) tokens")
+            }
+            spans = []
+            var a = 0
+            for n in lengths {
+                spans.append((a, a + n))
+                for t in a..<(a + n) { position[t] = t - a }
+                a += n
+            }
+        }
         let rope = ropeTable(upTo: S)
 
         let d = c.hidden, qd = c.heads * c.headDim, kvd = c.kvHeads * c.headDim, ff = c.intermediate, hd = c.headDim
@@ -136,7 +152,7 @@ public final class LanguageModel: @unchecked Sendable {
         let emb = weights.tokenEmbedding.pointer
         for t in 0..<T { (x + t * d).update(from: emb + Int(tokens[t]) * d, count: d) }
         if let pos = weights.positionEmbedding {
-            for t in 0..<T { Kernels.add(x + t * d, pos.pointer + (past + t) * d, count: d) }
+            for t in 0..<T { Kernels.add(x + t * d, pos.pointer + position[t] * d, count: d) }
         }
 
         let scale = 1 / Float(hd).squareRoot()
@@ -173,18 +189,24 @@ public final class LanguageModel: @unchecked Sendable {
             }
             if let rope {
                 for t in 0..<T {
-                    rope.apply(q + t * qStride, heads: c.heads, position: past + t)
-                    rope.apply(kDst + t * kvd, heads: c.kvHeads, position: past + t)
+                    rope.apply(q + t * qStride, heads: c.heads, position: position[t])
+                    rope.apply(kDst + t * kvd, heads: c.kvHeads, position: position[t])
                 }
             }
             let keys = cache?.keys[l] ?? localK!, vals = cache?.values[l] ?? localV!
-            // Causal attention per head: scores[T, S] = Q_h · K_gᵀ / √hd; out_h[T, hd] = softmax(scores) · V_g.
-            for head in 0..<c.heads {
-                let g = head / group
-                BLAS.sgemm(transB: true, m: T, n: S, k: hd, alpha: scale, a: q + head * hd, lda: qStride,
-                           b: keys + g * hd, ldb: kvd, c: scores, ldc: S)
-                Kernels.softmaxRows(scores, rows: T, cols: S, valid: { past + $0 + 1 })
-                BLAS.sgemm(m: T, n: hd, k: S, a: scores, lda: S, b: vals + g * hd, ldb: kvd, c: att + head * hd, ldc: qd)
+            // Causal attention per head and sequence: scores[n, past + n] = Q_h · K_gᵀ / √hd;
+            // out_h[n, hd] = softmax(scores) · V_g, n the sequence's tokens (one sequence unless packed).
+            for (a, b) in spans {
+                let n = b - a, keysSeen = past + n
+                let kBase = spans.count == 1 ? 0 : a
+                for head in 0..<c.heads {
+                    let g = head / group
+                    BLAS.sgemm(transB: true, m: n, n: keysSeen, k: hd, alpha: scale, a: q + a * qStride + head * hd, lda: qStride,
+                               b: keys + kBase * kvd + g * hd, ldb: kvd, c: scores, ldc: keysSeen)
+                    Kernels.softmaxRows(scores, rows: n, cols: keysSeen, valid: { past + $0 + 1 })
+                    BLAS.sgemm(m: n, n: hd, k: keysSeen, a: scores, lda: keysSeen, b: vals + kBase * kvd + g * hd, ldb: kvd,
+                               c: att + a * qd + head * hd, ldc: qd)
+                }
             }
             linear(att, w.wo, w.bo, out: tmp, rows: T)
             Kernels.add(x, tmp, count: T * d)

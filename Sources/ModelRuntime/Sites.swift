@@ -41,11 +41,17 @@ public struct ForwardOptions: Sendable {
     /// Stop after this layer (no logits; a KV cache is filled only up to it). Layer statistics need
     /// only the layers up to the one they read.
     public var stopAfterLayer: Int?
-    public init(capture: Set<Site> = [], interventions: [Intervention] = [], logits: LogitSelection = .last, stopAfterLayer: Int? = nil) {
+    /// Lengths of independent sequences packed one after another into the tokens (no KV cache): each
+    /// starts at position 0 and attends only within itself, so one pass streams the weights once for
+    /// many short prompts. Nil: the tokens are one sequence.
+    public var segments: [Int]?
+    public init(capture: Set<Site> = [], interventions: [Intervention] = [], logits: LogitSelection = .last, stopAfterLayer: Int? = nil,
+                segments: [Int]? = nil) {
         self.capture = capture
         self.interventions = interventions
         self.logits = logits
         self.stopAfterLayer = stopAfterLayer
+        self.segments = segments
     }
 }
 

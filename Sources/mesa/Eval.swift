@@ -26,6 +26,8 @@ struct Eval: ParsableCommand {
     @Option(name: .customLong("checkpoints"), parsing: .upToNextOption,
             help: "With --sequential: also score every record edited so far after this many edits (e.g. 100 250 500 1000).")
     var checkpoints: [Int] = []
+    @Option(name: .long, help: "With --sequential, memit or alphaedit: edit this many records together in one computation (the AlphaEdit paper's protocol: 100).")
+    var batch: Int = 1
     @Option(name: .long, help: "Directory for the report.") var out: String = "out"
     @Option(name: .long, help: "With --sequential: commit every edit to a snapshot store in this directory, so that an interrupted run (Ctrl-C, kill, a closed session) resumes where it stopped when the same command is run again.")
     var resume: String?
@@ -34,6 +36,9 @@ struct Eval: ParsableCommand {
         try reportingErrors {
             guard ["rome", "memit", "alphaedit"].contains(method) else { throw fail("unknown method \(method) (rome, memit, alphaedit)") }
             guard checkpoints.isEmpty || sequential else { throw fail("--checkpoints needs --sequential") }
+            guard batch >= 1, batch == 1 || (sequential && method != "rome") else {
+                throw fail("--batch N needs --sequential and memit or alphaedit (ROME edits one fact at a time)")
+            }
             let path = try modelOptions.path
             let dataPath = data ?? defaultDataPath
             let records = try loadRecords(dataPath, start: start, limit: limit)
@@ -45,9 +50,10 @@ struct Eval: ParsableCommand {
                 : try makeMemitEditor(model: model, modelPath: path, options: editOptions, alphaEdit: method == "alphaedit")
             var runner = CounterFactRunner(model: model, editor: editor, sequential: sequential)
             runner.checkpoints = checkpoints
+            runner.batch = batch
             if let resume {
                 guard sequential else { throw fail("--resume needs --sequential") }
-                let fingerprint = "\(editor.method) \(editor.settings.sorted { $0.key < $1.key }.filter { $0.key != "nullity" }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")) data=\(dataPath) start=\(start) model=\(baseHash)"
+                let fingerprint = "\(editor.method) \(editor.settings.sorted { $0.key < $1.key }.filter { $0.key != "nullity" }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")) data=\(dataPath) start=\(start) model=\(baseHash)" + (batch > 1 ? " batch=\(batch)" : "")
                 runner.journal = try SequentialJournal(directory: URL(fileURLWithPath: resume), model: model, modelName: EditOptions.modelName(path),
                                                        editor: editor, fingerprint: fingerprint)
                 let stop = InterruptFlag()
@@ -66,7 +72,7 @@ struct Eval: ParsableCommand {
             let label = editor.method.lowercased().replacingOccurrences(of: "+", with: "-")
             let report = EvalReport(method: label, model: EditOptions.modelName(path), modelHash: baseHash, data: dataPath,
                                     start: start, limit: limit, sequential: sequential, settings: runner.settings(), cases: cases, timing: timing)
-            let base = "\(label)-\(URL(fileURLWithPath: dataPath).deletingPathExtension().lastPathComponent)-\(start)-\(records.count)\(sequential ? "-seq" : "")"
+            let base = "\(label)-\(URL(fileURLWithPath: dataPath).deletingPathExtension().lastPathComponent)-\(start)-\(records.count)\(sequential ? "-seq" : "")\(batch > 1 ? "-b\(batch)" : "")"
             let files = try ReportWriter.write(report, to: out, basename: base)
             func line(_ name: String, _ m: Metrics) {
                 print(String(format: "%@  ES %6.2f  EM %6.2f  PS %6.2f  PM %6.2f  NS %6.2f  NM %6.2f  S %6.2f  (%d cases)",

@@ -16,6 +16,8 @@ struct CounterFactRunner {
     let sequential: Bool
     var label = "eval"
     var checkpoints: [Int] = []
+    /// Records edited together in one computation (MEMIT, AlphaEdit; 1: one at a time).
+    var batch = 1
 
     /// Metrics of the edited cases after `edits` sequential edits.
     struct Checkpoint: Codable {
@@ -51,18 +53,21 @@ struct CounterFactRunner {
         // edits by the time a case is edited; scoring pre there hides the damage they did).
         let pres = try basePres(records, from: done, scorer: scorer)
         var base: [String: [Float]] = [:]
-        for (i, r) in records.enumerated().dropFirst(done) {
+        var i = done
+        while i < records.count {
             if journal != nil, shouldStop() {
                 bar.finish()
                 throw fail("interrupted after \(i) edits; run the same command again to resume")
             }
-            var c = EvalCase(record: r, pre: pres[i - done])
-            let request = EditRequest(subject: r.subject, prompt: r.prompt, targetNew: r.targetNew, targetTrue: r.targetTrue)
+            // One edit computation per group: `batch` records together (the AlphaEdit paper's protocol), or one.
+            let group = Array(records[i..<min(records.count, i + max(1, batch))])
+            var cs = group.enumerated().map { j, r in EvalCase(record: r, pre: pres[i + j - done]) }
+            let requests = group.map { EditRequest(subject: $0.subject, prompt: $0.prompt, targetNew: $0.targetNew, targetTrue: $0.targetTrue) }
             let caseHash = journal == nil ? "" : model.weightHash
             let e0 = Date()
             var kept: [LowRankUpdate] = []
             do {
-                let (updates, phases) = try editor.computeUpdates(for: request)
+                let (updates, phases, coverages) = try editor.computeUpdates(together: requests)
                 if sequential {
                     for u in updates where base[u.parameter] == nil {
                         base[u.parameter] = journal?.host.baseValues(u.parameter) ?? model.weights.all.first { $0.name == u.parameter }?.data
@@ -76,47 +81,57 @@ struct CounterFactRunner {
                     if let journal { try journal.host.discardUncommitted() } else { for b in applied.reversed() { try model.restore(b) } }
                     throw error
                 }
-                c.editSeconds = Date().timeIntervalSince(e0)
-                c.phases = phases
-                c.saeCoverage = editor.lastCoverage?.coverage
-                c.post = try CounterFactEval.score(r, with: scorer)
+                let seconds = Date().timeIntervalSince(e0) / Double(group.count)
+                let norms = sequential ? updateNorms(base) : nil
+                for j in cs.indices {
+                    cs[j].editSeconds = seconds
+                    cs[j].phases = phases
+                    cs[j].saeCoverage = j < coverages.count ? coverages[j].coverage : editor.lastCoverage?.coverage
+                    cs[j].post = try CounterFactEval.score(group[j], with: scorer)
+                    if sequential {
+                        cs[j].immediate = cs[j].post
+                        cs[j].updateNorms = norms
+                    }
+                }
                 if sequential {
-                    c.immediate = c.post
-                    c.updateNorms = updateNorms(base)
                     backups += applied
                     kept = updates
                 } else {
                     for b in applied.reversed() { try model.restore(b) }
                 }
             } catch {
-                c.error = String(describing: error)
+                for j in cs.indices { cs[j].error = String(describing: error) }
             }
             if let journal {
-                try journal.commit(c, index: i, factors: kept, state: c.error == nil ? editor.pendingState() : [], method: editor.method,
+                try journal.commit(cs, index: i, factors: kept, state: kept.isEmpty ? [] : editor.pendingState(), method: editor.method,
                                    hashBefore: caseHash)
             }
-            if sequential, c.error == nil {
+            if sequential, !kept.isEmpty {
                 editor.keep()
                 if let state = (editor as? MemitEditor)?.alphaEditState {
-                    c.nullspaceFill = Dictionary(uniqueKeysWithValues: state.fill().map { ("\($0.key)", $0.value) })
+                    let fill = Dictionary(uniqueKeysWithValues: state.fill().map { ("\($0.key)", $0.value) })
+                    for j in cs.indices { cs[j].nullspaceFill = fill }
                 }
             }
-            cases.append(c)
-            if sequential, checkpoints.contains(i + 1) {
+            cases += cs
+            let next = i + group.count
+            if sequential, let mark = checkpoints.filter({ $0 > i && $0 <= next }).max() {
                 let scored = try rescored(cases)
                 let m = Metrics.aggregate(scored.compactMap(\.post))
-                if i + 1 == records.count { scoredAtEnd = scored }
-                curve.append(Checkpoint(edits: i + 1, metrics: m))
+                if next == records.count { scoredAtEnd = scored }
+                curve.append(Checkpoint(edits: next, metrics: m))
                 try journal?.save(curve)
-                log(String(format: "after %d edits: ES %.1f PS %.1f NS %.1f S %.1f", i + 1, m.es, m.ps, m.ns, m.s))
+                log(String(format: "after %d edits%@: ES %.1f PS %.1f NS %.1f S %.1f", next, mark == next ? "" : " (checkpoint \(mark))",
+                           m.es, m.ps, m.ns, m.s))
             }
             var extra = ""
             if sequential {
                 let m = Metrics.aggregate(cases.compactMap(\.immediate))
                 extra = String(format: "immediate S %.1f (ES %.1f PS %.1f NS %.1f)", m.s, m.es, m.ps, m.ns)
-                if let n = c.updateNorms?.values.max() { extra += String(format: "  max ‖ΔW‖ %.3g", n) }
+                if let n = cs.last?.updateNorms?.values.max() { extra += String(format: "  max ‖ΔW‖ %.3g", n) }
             }
-            bar.update(i + 1, records.count, unit: "cases", seconds: Date().timeIntervalSince(t0), start: done, extra: extra)
+            bar.update(next, records.count, unit: "cases", seconds: Date().timeIntervalSince(t0), start: done, extra: extra)
+            i = next
         }
         bar.finish()
         if let scoredAtEnd {
@@ -201,18 +216,23 @@ final class SequentialJournal {
         host = try ModelHost(model: model, modelName: modelName, store: store)
         let lineage = try store.lineage(to: host.head)
         try editor.rebuildState(lineage.map(\.state))
-        cases = try lineage.map { try JSONDecoder().decode(EvalCase.self, from: Data($0.result.utf8)) }
+        cases = try lineage.flatMap { rec in
+            try rec.eventIds.map { try JSONDecoder().decode(EvalCase.self, from: Data((rec.result(ofEvent: $0) ?? "").utf8)) }
+        }
         curveURL = directory.appendingPathComponent("curve.json")
         curve = (fm.contents(atPath: curveURL.path)).flatMap { try? JSONDecoder().decode([CounterFactRunner.Checkpoint].self, from: $0) } ?? []
         if !cases.isEmpty { log("resuming after \(cases.count) edit(s) from \(directory.path) (weights at snapshot \(host.head))") }
     }
 
-    /// Records case `index` with the updates already applied through `host` and the editor's new state.
-    func commit(_ c: EvalCase, index: Int, factors: [LowRankUpdate], state: [StateBlock], method: String, hashBefore: String) throws {
-        let draft = SnapshotDraft(eventId: "case-\(index)-\(c.caseId)", source: nil, method: method, hyperparameters: "{}",
-                                  hashBefore: hashBefore, hashAfter: host.model.weightHash, blas: ModelHost.blasInfo, factors: factors, state: state)
-        let doc = String(decoding: try JSONEncoder().encode(c), as: UTF8.self)
-        _ = try host.commit(draft) { _ in doc }
+    /// Records the cases edited together from `index` on, with the updates already applied through
+    /// `host` and the editor's new state, as one snapshot (a batch snapshot for several cases).
+    func commit(_ cs: [EvalCase], index: Int, factors: [LowRankUpdate], state: [StateBlock], method: String, hashBefore: String) throws {
+        let ids = cs.enumerated().map { j, c in "case-\(index + j)-\(c.caseId)" }
+        let draft = SnapshotDraft(eventId: ids[0], source: nil, method: method, hyperparameters: "{}",
+                                  hashBefore: hashBefore, hashAfter: host.model.weightHash, blas: ModelHost.blasInfo, factors: factors, state: state,
+                                  batch: ids.dropFirst().map { BatchMember(eventId: $0, source: nil) })
+        let docs = try cs.map { String(decoding: try JSONEncoder().encode($0), as: UTF8.self) }
+        _ = try host.commit(draft) { _ in docs }
     }
 
     func save(_ curve: [CounterFactRunner.Checkpoint]) throws {

@@ -18,6 +18,26 @@ import Testing
         #expect(cache.length == ids.count)
     }
 
+    /// Sequences packed into one pass give what each gives alone: positions restart and attention
+    /// stays within each sequence (RoPE and learned position embeddings alike).
+    @Test(arguments: ["llama", "qwen2", "gpt2"])
+    func packedSegmentsEqualSeparatePasses(_ arch: String) throws {
+        let m = try TinyModel.load(TinyModel.Spec(architecture: arch))
+        let seqs: [[Int32]] = [[5, 9, 2, 7], [3], [11, 4, 4, 8, 1, 6], [2, 2]]
+        let ends = seqs.reduce(into: [Int]()) { $0.append(($0.last ?? -1) + $1.count) }
+        let packed = try m.forward(seqs.flatMap { $0 }, options: ForwardOptions(logits: .positions(ends), segments: seqs.map(\.count)))
+        let v = m.config.vocabSize
+        for (i, s) in seqs.enumerated() {
+            let alone = try m.forward(s, options: ForwardOptions(logits: .last)).logits.data
+            let row = Array(packed.logits.data[(i * v)..<((i + 1) * v)])
+            let err = zip(alone, row).map { abs($0 - $1) }.max() ?? 0
+            let scale = alone.map(abs).max() ?? 1
+            #expect(err <= 1e-5 * max(1, scale), "\(arch) sequence \(i): max difference \(err)")
+        }
+        #expect(throws: ModelError.self) { try m.forward([1, 2, 3], options: ForwardOptions(segments: [1, 1])) }
+        #expect(throws: ModelError.self) { try m.forward([1, 2], options: ForwardOptions(segments: [2, 0])) }
+    }
+
     @Test func causality() throws {
         let m = try TinyModel.load()
         let a = try m.forward([10, 20, 30, 40], options: ForwardOptions(logits: .all))
