@@ -1,4 +1,5 @@
 import Foundation
+import Storage
 import TestSupport
 import Testing
 
@@ -57,5 +58,48 @@ import Testing
                                    "--limit", "4", "--sequential", "--resume", h.dir.appendingPathComponent("journal").path,
                                    "--out", h.dir.appendingPathComponent("other").path, "--threads", "1"])
         #expect(s4 != 0 && o4.contains("holds another run"), "\(o4)")
+    }
+
+    /// The AlphaEdit paper's protocol: records edited in batches (one computation and one journal
+    /// snapshot per batch), resumable; "pre" is the base model's score also in the resumed process,
+    /// whose weights held the first batch's edits when it started.
+    @Test func aBatchedRunResumesAndScoresPreOnTheBaseModel() throws {
+        let h = try DaemonHarness(bootstrap: "127.0.0.1:1", label: "batch-eval")
+        defer { h.cleanup() }
+        let records: [[String: Any]] = (0..<4).map { i in
+            let (s, t, g) = [("Paris", "Rome", "France"), ("Rome", "France", "Italy"), ("Lyon", "Italy", "France"), ("Rome", "river", "city")][i]
+            return ["case_id": i + 1, "prompt": "\(s) is in", "subject": s, "target_new": t, "ground_truth": g,
+                    "rephrase_prompt": "The city of \(s) is in", "locality_prompt": "Berlin is in", "locality_ground_truth": "Germany"]
+        }
+        let data = h.dir.appendingPathComponent("cf.json")
+        try JSONSerialization.data(withJSONObject: records).write(to: data)
+        let hp = h.dir.appendingPathComponent("hparams/alphaedit/\(DaemonHarness.modelName).json").path
+        func eval(_ extra: [String], out: String) throws -> [String: Any] {
+            let (status, output) = try h.mesa(["eval", "--model", h.modelPath, "--method", "alphaedit", "--hparams", hp, "--data", data.path,
+                                               "--sequential", "--batch", "2", "--checkpoints", "2", "4", "--threads", "1",
+                                               "--out", h.dir.appendingPathComponent(out).path] + extra)
+            #expect(status == 0, "\(output)")
+            let dir = h.dir.appendingPathComponent(out)
+            let name = try #require(try FileManager.default.contentsOfDirectory(atPath: dir.path).first { $0.hasSuffix("-seq-b2.json") }, "\(output)")
+            return try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent(name))) as? [String: Any])
+        }
+        let journal = h.dir.appendingPathComponent("journal").path
+        _ = try eval(["--limit", "2", "--resume", journal], out: "first")
+        let resumed = try eval(["--limit", "4", "--resume", journal], out: "resumed")
+        let straight = try eval(["--limit", "4"], out: "straight")
+        func field(_ r: [String: Any], _ key: String) -> [String] {
+            ((r["cases"] as? [[String: Any]]) ?? []).map { c in
+                String(decoding: (try? JSONSerialization.data(withJSONObject: c[key] ?? NSNull(), options: [.sortedKeys, .fragmentsAllowed])) ?? Data(), as: UTF8.self)
+            }
+        }
+        #expect(field(resumed, "post").count == 4 && field(resumed, "post") == field(straight, "post"))
+        #expect(field(resumed, "pre") == field(straight, "pre"), "pre was not scored on the base model after resuming")
+        #expect(field(resumed, "immediate") == field(straight, "immediate"))
+        let cases = try #require(straight["cases"] as? [[String: Any]])
+        #expect(cases.allSatisfy { ($0["updateNorms"] as? [String: Any])?.isEmpty == false && $0["nullspaceFill"] != nil && $0["immediate"] != nil })
+        #expect(straight["immediate"] != nil)
+        // One snapshot per batch, indexing both of its cases.
+        let store = try SnapshotStore(path: journal + "/lmdb")
+        #expect(try store.head() == 2 && store.record(1).eventIds.count == 2 && store.record(2).eventIds.count == 2)
     }
 }
