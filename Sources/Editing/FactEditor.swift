@@ -110,6 +110,7 @@ extension MemitEditor: FactEditor {
             "early_stop_loss": "\(h.earlyStopLoss)", "mom2_update_weight": "\(h.mom2UpdateWeight)", "mom2_tokens": "\(h.mom2Tokens)",
             "context_templates": "\(templates.prefixes.count)", "template_seed": "\(h.templateSeed)",
         ]
+        if h.earlyStopTop == true { s["early_stop_top"] = "true" }
         if case .alphaEdit(let st) = solver {
             s["nullspace_energy"] = "\(h.nullspaceEnergy ?? .nan)"
             s["l2"] = "\(h.l2 ?? .nan)"

@@ -17,6 +17,9 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable {
     public var clampNormFactor: Float
     public var klFactor: Float
     public var earlyStopLoss: Float
+    /// ENCORE's most-probable early stop: also end z's optimization once the new object is the top
+    /// token in every context (`DeltaOptimization.stopWhenTop`).
+    public var earlyStopTop: Bool?
     /// λ in ΔW = R [(λC + KKᵀ)⁻¹K]ᵀ.
     public var mom2UpdateWeight: Double
     public var mom2Tokens: Int
@@ -274,7 +277,7 @@ public final class MemitEditor: @unchecked Sendable {
         }
 
         // z_i = h_L + δ_i on the unedited model: [n][d].
-        var z: [[Float]] = [], norms: [Float] = [], finals: [Double] = []
+        var z: [[Float]] = [], norms: [Float] = [], finals: [Double] = [], steps: [Int] = []
         var coverages: [SAECoverage] = []
         for r in requests {
             let batch = try RomeBatch(request: r, prefixes: templates.prefixes, tokenizer: tokenizer, contextLength: model.config.contextLength)
@@ -285,10 +288,12 @@ public final class MemitEditor: @unchecked Sendable {
             // With MESA every prompt sees its SAE-refined change; z takes the bare prompt's refined change,
             // the vector the optimization evaluated there.
             let refinement = mesaSetup.refinement(activations: pass.residuals)
-            let outcome = try DeltaOptimization(steps: h.vNumGradSteps, lr: h.vLr, weightDecay: h.vWeightDecay,
-                                                klFactor: mesaSetup.klFactor(h.klFactor), earlyStopLoss: h.earlyStopLoss,
-                                                maxNorm: h.clampNormFactor * hNorm, referenceNorm: hNorm)
-                .run(pass: pass, batch: batch, refinement: refinement)
+            var optimization = DeltaOptimization(steps: h.vNumGradSteps, lr: h.vLr, weightDecay: h.vWeightDecay,
+                                                 klFactor: mesaSetup.klFactor(h.klFactor), earlyStopLoss: h.earlyStopLoss,
+                                                 maxNorm: h.clampNormFactor * hNorm, referenceNorm: hNorm)
+            optimization.stopWhenTop = h.earlyStopTop ?? false
+            let outcome = try optimization.run(pass: pass, batch: batch, refinement: refinement)
+            steps.append(outcome.losses.count)
             let change = outcome.changes?[0] ?? outcome.delta
             let target = zip(hL, change).map { $0 + $1 }
             if let sae = mesaSetup.sae { coverages.append(sae.coverage(before: hL, after: target)) }
@@ -298,6 +303,8 @@ public final class MemitEditor: @unchecked Sendable {
         }
         lastCoverage = coverages.first
         lap("z")
+        // Not seconds: the mean count of loss evaluations per fact (the stop rule's effect).
+        phases["z_steps"] = Double(steps.reduce(0, +)) / Double(max(1, steps.count))
 
         // The bare prompts (no target) and their template variants, for keys and the residual gap.
         let bare = try requests.map { try tokenizer.subjectPrompt(prefix: "", prompt: $0.prompt, subject: $0.subject) }

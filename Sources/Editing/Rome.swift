@@ -266,6 +266,10 @@ public struct DeltaOptimization: Sendable {
     public var maxNorm: Float
     /// The norm the weight decay is relative to (‖v_init‖ for ROME, ‖h_L‖ for MEMIT).
     public var referenceNorm: Float
+    /// ENCORE's most-probable early stop (MPES): also stop once every target token is the most
+    /// probable one at its position in every rewrite prompt (teacher-forced), instead of optimizing
+    /// on to a loss threshold (over-optimization that inflates ‖δ‖ and the update).
+    public var stopWhenTop = false
 
     public init(steps: Int, lr: Float, weightDecay: Float, klFactor: Float, earlyStopLoss: Float, maxNorm: Float, referenceNorm: Float) {
         self.steps = steps
@@ -312,6 +316,7 @@ public struct DeltaOptimization: Sendable {
             if let state, let refinement { value.sparsity = Double(refinement.l1) * state.l1Norm }
             losses.append(value)
             guard value.total.isFinite else { throw EditError(.nonFinite, "the edit loss became non-finite at step \(it)") }
+            if stopWhenTop, Self.targetsOnTop(logits, batch.rewriteTargets) { break }
             // Early stop on the edit objective (NLL + KL + decay): MESA's L1 term does not vanish at a
             // solved edit and would otherwise keep every refined edit running to the last step.
             if value.total - value.sparsity < Double(earlyStopLoss) || it == steps - 1 { break }
@@ -328,5 +333,23 @@ public struct DeltaOptimization: Sendable {
             if n > maxNorm { for i in 0..<d { delta[i] *= maxNorm / n } }
         }
         return Outcome(delta: delta, losses: losses, changes: last?.changes, latents: last.map { $0.g.filter { $0 != 0 }.count })
+    }
+
+    /// Whether each target token is the argmax of its logit row. `logits` [rows, vocab]: the rewrite
+    /// prompts' target positions first, in the order of `targets` flattened.
+    public static func targetsOnTop(_ logits: Tensor, _ targets: [[Int32]]) -> Bool {
+        let v = logits.shape[1]
+        return logits.data.withUnsafeBufferPointer { l in
+            var row = 0
+            for t in targets {
+                for token in t {
+                    let p = l.baseAddress! + row * v
+                    let target = p[Int(token)]
+                    for j in 0..<v where p[j] > target { return false }
+                    row += 1
+                }
+            }
+            return true
+        }
     }
 }

@@ -39,6 +39,15 @@ import Testing
         for (b, a) in zip(before, after) { #expect(a < b - 0.5, "target NLL \(b) → \(a)") }
     }
 
+    /// The most-probable early stop's test: every target token the maximum of its logit row.
+    @Test func targetsOnTopReadsTheRewriteRowsInOrder() {
+        let v = 5
+        var logits = Tensor(shape: [3, v], data: [Float](repeating: 0, count: 3 * v))
+        for (row, token) in [(0, 1), (1, 4), (2, 2)] { logits.data[row * v + token] = 1 }
+        #expect(DeltaOptimization.targetsOnTop(logits, [[1, 4], [2]]))
+        #expect(!DeltaOptimization.targetsOnTop(logits, [[1], [3, 2]]))
+    }
+
     @Test func lowRankUpdateOfRankOneMatchesTheRankOnePathBitForBit() throws {
         let a = try TinyEditModel.load(), b = try TinyEditModel.load()
         let w = a.weights.layers[1].wDown

@@ -34,4 +34,23 @@ import Testing
         #expect(m.weightHash == hash)
         #expect(try score(prompt, ["Rome", "Paris"]) == before)
     }
+
+    /// ENCORE's most-probable early stop on the default model: MEMIT's z optimization (δ on the
+    /// residual after layer 7) ends as soon as "Rome" is on top in every context, well before the
+    /// step budget a loss-only rule (threshold 0) would spend.
+    @Test func mostProbableEarlyStopEndsWhenTheTargetLeadsEverywhere() throws {
+        let m = try ModelLoader.load(path: try ModelLocator.defaultModelPath())
+        let templates = try ContextTemplates.generate(model: m, groups: [.init(length: 5, count: 2)], seed: 0)
+        let request = EditRequest(subject: "Eiffel Tower", prompt: "The {} is located in", targetNew: "Rome", targetTrue: "Paris")
+        let batch = try RomeBatch(request: request, prefixes: templates.prefixes, tokenizer: EditTokenizer(model: m), contextLength: m.config.contextLength)
+        let pass = try DeltaPass(model: m, site: Site(layer: 7, kind: .residOut), prompts: batch.rewrite + batch.kl)
+        let hNorm = Vector.norm(pass.residuals[0])
+        var o = DeltaOptimization(steps: 15, lr: 0.5, weightDecay: 1e-3, klFactor: 0.0625, earlyStopLoss: 0, maxNorm: 0.75 * hNorm, referenceNorm: hNorm)
+        let full = try o.run(pass: pass, batch: batch, refinement: nil)
+        o.stopWhenTop = true
+        let mpes = try o.run(pass: pass, batch: batch, refinement: nil)
+        #expect(full.losses.count == 15 && mpes.losses.count < 15, "steps: \(mpes.losses.count) with MPES, \(full.losses.count) without")
+        #expect(DeltaOptimization.targetsOnTop(try pass.forward(delta: mpes.delta), batch.rewriteTargets))
+        #expect(Vector.norm(mpes.delta) < Vector.norm(full.delta), "the early stop writes a smaller change")
+    }
 }
