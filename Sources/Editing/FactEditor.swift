@@ -66,6 +66,7 @@ extension RomeEditor: FactEditor {
             "template_seed": "\(h.templateSeed)", "key_averaging": h.keyAveraging.rawValue,
         ]
         if let st = statistics { s["mom2_tokens"] = "\(st.count)"; s["mom2_ridge"] = "\(h.mom2Ridge)" }
+        if h.earlyStopTop == true { s["early_stop_top"] = "true" }
         return s.merging(mesaSetup.report) { a, _ in a }
     }
 }

@@ -30,6 +30,9 @@ public struct RomeHyperparameters: Codable, Sendable, Equatable {
     public var klFactor: Float
     /// Stop when the loss falls below this.
     public var earlyStopLoss: Float
+    /// ENCORE's most-probable early stop: also stop once the new object is the top token in every
+    /// rewrite context (`DeltaOptimization.stopWhenTop`).
+    public var earlyStopTop: Bool?
     /// u = C⁻¹k* (true) or u = k* (false).
     public var mom2Adjustment: Bool
     /// Key statistics: tokens, tokens per article, article shuffle seed.

@@ -223,12 +223,15 @@ public final class RomeEditor: @unchecked Sendable {
         // v* = W k* + δ: Adam on δ with NLL + KL + weight decay, early stop, and the norm clamp; with MESA,
         // every prompt sees its SAE-refined change instead of δ.
         let refinement = mesaSetup.refinement(activations: pass.mlpOutputs)
-        let outcome = try DeltaOptimization(steps: h.vNumGradSteps, lr: h.vLr, weightDecay: h.vWeightDecay,
-                                            klFactor: mesaSetup.klFactor(h.klFactor), earlyStopLoss: h.earlyStopLoss,
-                                            maxNorm: h.clampNormFactor * vInitNorm, referenceNorm: vInitNorm)
-            .run(pass: pass, batch: batch, refinement: refinement)
+        var optimization = DeltaOptimization(steps: h.vNumGradSteps, lr: h.vLr, weightDecay: h.vWeightDecay,
+                                             klFactor: mesaSetup.klFactor(h.klFactor), earlyStopLoss: h.earlyStopLoss,
+                                             maxNorm: h.clampNormFactor * vInitNorm, referenceNorm: vInitNorm)
+        optimization.stopWhenTop = h.earlyStopTop ?? false
+        let outcome = try optimization.run(pass: pass, batch: batch, refinement: refinement)
         let delta = outcome.delta
         lap("v_star")
+        // Not seconds: the loss evaluations the stop rule allowed.
+        phases["v_steps"] = Double(outcome.losses.count)
 
         // The written vector per rewrite prompt: δ, or the refined change that prompt was optimized with.
         let n = batch.rewrite.count

@@ -63,7 +63,7 @@ struct Eval: ParsableCommand {
             let edits = cases.compactMap(\.editSeconds)
             var timing: [String: Double] = ["total": seconds]
             if !edits.isEmpty { timing["editMean"] = edits.reduce(0, +) / Double(edits.count) }
-            for phase in ["k_star", "v_star", "closed_form"] {
+            for phase in ["k_star", "v_star", "closed_form", "v_steps", "z_steps"] {
                 let v = cases.compactMap { $0.phases?[phase] }
                 if !v.isEmpty { timing["\(phase)Mean"] = v.reduce(0, +) / Double(v.count) }
             }

@@ -52,7 +52,7 @@ struct CounterFactRunner {
         // "pre" is the unedited model's score of every case (a sequential run's weights hold the earlier
         // edits by the time a case is edited; scoring pre there hides the damage they did).
         let pres = try basePres(records, from: done, scorer: scorer)
-        var base: [String: [Float]] = [:]
+        var base: [String: [Float]] = [:], baseNorms: [String: Double] = [:]
         var i = done
         while i < records.count {
             if journal != nil, shouldStop() {
@@ -71,6 +71,7 @@ struct CounterFactRunner {
                 if sequential {
                     for u in updates where base[u.parameter] == nil {
                         base[u.parameter] = journal?.host.baseValues(u.parameter) ?? model.weights.all.first { $0.name == u.parameter }?.data
+                        baseNorms[u.parameter] = base[u.parameter].map { w in w.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot() }
                     }
                 }
                 var applied: [WeightBackup] = []
@@ -128,7 +129,9 @@ struct CounterFactRunner {
             if sequential {
                 let m = Metrics.aggregate(cases.compactMap(\.immediate))
                 extra = String(format: "immediate S %.1f (ES %.1f PS %.1f NS %.1f)", m.s, m.es, m.ps, m.ns)
-                if let n = cs.last?.updateNorms?.values.max() { extra += String(format: "  max ‖ΔW‖ %.3g", n) }
+                if let norms = cs.last?.updateNorms, let (name, n) = norms.max(by: { $0.value < $1.value }) {
+                    extra += String(format: "  max ‖ΔW‖ %.3g (%.2f‖W₀‖)", n, n / (baseNorms[name] ?? .nan))
+                }
             }
             bar.update(next, records.count, unit: "cases", seconds: Date().timeIntervalSince(t0), start: done, extra: extra)
             i = next
