@@ -63,13 +63,13 @@ let package = Package(
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "ModelRuntime"]),
         .testTarget(name: "ModelRuntimeTests", dependencies: ["ModelRuntime", "Tensor", "Tokenizers"]),
         .testTarget(name: "EditingTests", dependencies: ["Editing", "ModelRuntime", "Tensor", "Tokenizers", "Contracts", "TestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["EditDaemon", "Messaging", "Storage", "Editing", "ModelRuntime", "SparseAutoencoder", "TestSupport", "Contracts"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["EditDaemon", "Messaging", "Storage", "Editing", "ModelRuntime", "SparseAutoencoder", "TestSupport", "Contracts", "Evaluation"]),
         .testTarget(name: "SparseAutoencoderTests", dependencies: ["SparseAutoencoder", "ModelRuntime", "Tensor", "TestSupport"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation"]),
         .testTarget(name: "ContractsTests", dependencies: ["Contracts"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Tensor"]),
         .testTarget(name: "MessagingTests", dependencies: ["Messaging", "Contracts"]),
-        .testTarget(name: "EditDaemonTests", dependencies: ["EditDaemon", "Contracts", "Messaging"]),
+        .testTarget(name: "EditDaemonTests", dependencies: ["EditDaemon", "Contracts", "Messaging", "Evaluation"]),
     ],
     swiftLanguageModes: [.v5]
 )

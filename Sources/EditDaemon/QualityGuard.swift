@@ -1,4 +1,5 @@
 import Editing
+import Evaluation
 import Foundation
 import ModelRuntime
 import Tensor
@@ -36,7 +37,7 @@ public struct CanarySet: Codable, Sendable, Equatable {
             throw SetupError("cannot read the known facts \(knownFacts.path) (a JSON list of {prompt, attribute})")
         }
         var order = Array(rows.indices)
-        var rng = SplitMix(seed)
+        var rng = SplitMix64(seed: seed)
         for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
         var facts: [Fact] = []
         for i in order where facts.count < count {
@@ -54,18 +55,6 @@ public struct CanarySet: Codable, Sendable, Equatable {
             if model.tokenizer.encode(text, addSpecial: false, parseSpecial: false).count > tokens { break }
         }
         return CanarySet(facts: facts, text: text, source: "\(knownFacts.lastPathComponent) (seed \(seed)), \(wikitext.lastPathComponent)")
-    }
-
-    struct SplitMix {
-        var state: UInt64
-        init(_ seed: UInt64) { state = seed }
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
     }
 }
 

@@ -1,5 +1,6 @@
 import Contracts
 import EditDaemon
+import Evaluation
 import Foundation
 import Messaging
 import Testing
@@ -11,16 +12,7 @@ import Testing
 /// - what passes the fact-update schema decodes, and the decoded fields are the validated ones
 ///   (the property the duplicate-key bypass broke).
 @Suite struct EventReadingPropertyTests {
-    struct Rng: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
+    typealias Rng = SplitMix64
 
     static var budget: Double { Double(ProcessInfo.processInfo.environment["MESA_PROPERTY_SECONDS"] ?? "") ?? 3 }
 
@@ -47,7 +39,7 @@ import Testing
     }
 
     @Test func everyValueRoundTripsThroughItsText() throws {
-        var r = Rng(state: 1)
+        var r = Rng(seed: 1)
         let end = Date().addingTimeInterval(Self.budget)
         var n = 0
         while Date() < end {
@@ -82,7 +74,7 @@ import Testing
 
     @Test func whatValidatesDecodesToTheValidatedFields() throws {
         let schema = try SchemaCatalog(directory: Self.schemas).schema("fact-update.schema.json")
-        var r = Rng(state: 2)
+        var r = Rng(seed: 2)
         let end = Date().addingTimeInterval(Self.budget)
         var tried = 0, valid = 0, rejected = 0
         while Date() < end {

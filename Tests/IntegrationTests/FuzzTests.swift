@@ -1,5 +1,6 @@
 import Contracts
 import EditDaemon
+import Evaluation
 import Foundation
 import Messaging
 import TestSupport
@@ -11,16 +12,7 @@ import Testing
 /// one output (a result or a dead letter), the daemon stays up, and its anonymous memory stays flat.
 @Suite(.serialized) struct FuzzTests {
     /// SplitMix64: a small seeded generator, so that a failing corpus can be reproduced.
-    struct Rng: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
+    typealias Rng = SplitMix64
 
     struct Record {
         var topic: Topic
@@ -61,7 +53,7 @@ import Testing
 
     /// The corpus: `count` records drawn from the categories with a fixed seed.
     static func corpus(seed: UInt64, count: Int) -> [Record] {
-        var r = Rng(state: seed)
+        var r = Rng(seed: seed)
         let ce = { (type: String) in
             CloudEvent(id: "fuzz", source: "urn:fuzz", type: type, datacontenttype: "application/json", data: []).kafkaHeaders()
         }
