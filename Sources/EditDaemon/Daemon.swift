@@ -186,9 +186,11 @@ public final class Daemon: @unchecked Sendable {
         consumerProps["group.id"] = c.groupId
         // Notice re-created topics (after a broker lost them) in seconds, not at the 5-minute default.
         if consumerProps["topic.metadata.refresh.interval.ms"] == nil { consumerProps["topic.metadata.refresh.interval.ms"] = "10000" }
-        // A batch needs its events buffered while the first waits for the others.
+        // Events are prefetched (up to 64 per partition, ≤ 4 MiB at the default event limit): with only the
+        // event in flight held, every event waited for a fetch round trip after its commit (a flood of
+        // 2,000 bad records settled 5× slower). A batch needs its events buffered while the first waits.
         let consumer = try KafkaConsumer(properties: consumerProps, topics: topics.inputs, logger: log,
-                                         maxBufferedPerPartition: max(2, c.batchMaxEvents + 1))
+                                         maxBufferedPerPartition: max(64, c.batchMaxEvents + 1))
         defer { consumer.close() }
         metrics.setConsumerLagSource {
             consumer.lag().map { key, lag in

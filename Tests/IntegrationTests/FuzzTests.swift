@@ -188,10 +188,12 @@ import Testing
         try send(corpus[0..<1000])
         #expect(try committed(1000, timeout: 400), "daemon log:\n\(h.tail())")
         let before = try #require(Self.anonymousKB(pid))
+        let t0 = Date()
         try send(corpus[1000...])
         let canary = UUID().uuidString.lowercased()
         try h.publish(DaemonHarness.factUpdate(id: canary))
         #expect(try committed(sent.count + 1, timeout: 900), "daemon log:\n\(h.tail())")
+        let seconds = Date().timeIntervalSince(t0)
         let after = try #require(Self.anonymousKB(pid))
         #expect(try h.results(for: [canary], timeout: 60)[canary]?["status"]?.stringValue == "applied", "daemon log:\n\(h.tail())")
 
@@ -213,7 +215,8 @@ import Testing
         #expect(missing.isEmpty, "records without an output, by category: \(missing)")
         #expect(twice.isEmpty, "records answered more than once, by category: \(twice)")
         #expect(h.isRunning)
-        print("fuzz: \(sent.count) records, anonymous memory \(before) kB after 1000, \(after) kB after \(sent.count)")
+        print("fuzz: \(sent.count) records, anonymous memory \(before) kB after 1000, \(after) kB after \(sent.count); "
+              + String(format: "the last %d settled in %.1f s", sent.count - 1000 + 1, seconds))
         #expect(after - before < 32 * 1024, "anonymous memory grew from \(before) kB to \(after) kB")
         #expect(h.terminate() == 0)
     }
