@@ -53,6 +53,13 @@ struct GuardBench: ParsableCommand {
             for (s, g) in guards { canaryTimes[s, default: []].append(try timed { _ = try g.measure(lm) }) }
             for b in backups.reversed() { try lm.restore(b) }
         }
+        // The reference: the same canary figures from one pass per fact and one for the text (how the
+        // guard scored before packing), on the largest set, base weights.
+        let (refSize, refGuard) = guards[0]
+        var refFigures = CanaryFigures(accuracy: 0, perplexity: 0)
+        let refTimes = try (0..<3).map { _ in try timed { refFigures = try Self.separatePasses(lm, refGuard.canary, tokens: refGuard.perplexityTokens) } }
+        let packedBase = try refGuard.measure(lm)
+        let agree = refFigures.accuracy == packedBase.accuracy && abs(refFigures.perplexity / packedBase.perplexity - 1) < 1e-4
         let edit = median(editTimes)
         let c = BLAS.configuration
         print(String(format: "ROME edit: median %.3f s over %d edits (early stop on); BLAS %@ threads %d", edit, records.count, c.coreName, c.threads))
@@ -63,8 +70,29 @@ struct GuardBench: ParsableCommand {
                          g.perplexityTokens, t, 100 * t / edit))
             rows.append(["size": s, "facts": g.canary.facts.count, "tokens": g.perplexityTokens, "seconds": t, "ratio_to_edit": t / edit])
         }
+        let ref = median(refTimes)
+        print(String(format: "reference, one pass per fact (%@): %.3f s = %.1f%% of the median edit; packed/separate %.2fx; figures agree: %@ (accuracy %.1f / %.1f, perplexity %.5f / %.5f)",
+                     refSize, ref, 100 * ref / edit, ref / max(1e-9, median(canaryTimes[refSize] ?? [])), agree ? "yes" : "NO",
+                     packedBase.accuracy, refFigures.accuracy, packedBase.perplexity, refFigures.perplexity))
         try writeResults(["edit_median_seconds": edit, "edits": records.count, "blas_core": c.coreName, "blas_threads": c.threads,
-                          "canary": rows, "target_ratio": 0.10], to: out)
+                          "canary": rows, "target_ratio": 0.10,
+                          "reference_separate_passes": ["size": refSize, "seconds": ref, "ratio_to_edit": ref / edit, "figures_agree": agree]], to: out)
         print("wrote \(out)")
+    }
+
+    /// The canary figures from one forward pass per fact and one teacher-forced pass over the text.
+    static func separatePasses(_ lm: LanguageModel, _ canary: CanarySet, tokens: Int) throws -> CanaryFigures {
+        let tok = lm.tokenizer
+        let bos: [Int32] = tok.addBOS ? tok.bosId.map { [$0] } ?? [] : []
+        var right = 0
+        for f in canary.facts {
+            let answer = tok.encode(" " + f.answer.trimmingCharacters(in: .whitespaces), addSpecial: false, parseSpecial: false)
+            let logits = try lm.forward(bos + tok.encode(f.prompt, addSpecial: false, parseSpecial: false), options: ForwardOptions(logits: .last)).logits.data
+            let best = logits.indices.max { logits[$0] < logits[$1] }!
+            if Int32(best) == answer.first { right += 1 }
+        }
+        let text = Array((bos + tok.encode(canary.text, addSpecial: false, parseSpecial: false)).prefix(tokens + 1))
+        let s = try lm.score(prompt: [text[0]], target: Array(text.dropFirst()))
+        return CanaryFigures(accuracy: canary.facts.isEmpty ? 100 : 100 * Double(right) / Double(canary.facts.count), perplexity: exp(s.meanNLL))
     }
 }
