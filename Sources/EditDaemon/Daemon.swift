@@ -213,7 +213,7 @@ public final class Daemon: @unchecked Sendable {
     }
 
     /// The event at the head of the line whose processing keeps failing, and how often it failed.
-    private var failing: (key: String, attempts: Int, error: String)?
+    private var failing: (key: String, attempts: Int)?
     /// Per "topic/partition", the highest offset counted as consumed (retries are not counted again).
     private var counted: [String: Int64] = [:]
 
@@ -247,7 +247,7 @@ public final class Daemon: @unchecked Sendable {
             let more = batch.count > 1 ? " and \(batch.count - 1) more" : ""
             if attempts < settings.config.retryMaxAttempts {
                 let delay = settings.config.retryDelay(after: attempts)
-                failing = (key, attempts, "\(error)")
+                failing = (key, attempts)
                 metrics.processingRetries.inc()
                 metrics.eventAttempts.set(Double(attempts))
                 setReadiness("not making progress: \(key) failed \(attempts) of \(settings.config.retryMaxAttempts) attempts (\(error)); retrying")
@@ -267,12 +267,10 @@ public final class Daemon: @unchecked Sendable {
             outcomes = [pipeline.deadLetter(first, r)]
         }
         let tPublish = Date()
-        for outcome in outcomes {
-            for record in outcome.records {
-                guard publish(record, outcome: outcome, producer: producer) else {
-                    consumer.release(batch)
-                    return
-                }
+        for record in outcomes.flatMap(\.records) {
+            guard publish(record, producer: producer) else {
+                consumer.release(batch)
+                return
             }
         }
         let publishSeconds = Date().timeIntervalSince(tPublish)
@@ -304,7 +302,7 @@ public final class Daemon: @unchecked Sendable {
 
     /// Publishes one record, retrying until the broker takes it; false when stopping first. A dead
     /// letter the broker refuses as too large is replaced by one without the original bytes.
-    func publish(_ record: OutboundRecord, outcome: Outcome, producer: ProducerSlot) -> Bool {
+    func publish(_ record: OutboundRecord, producer: ProducerSlot) -> Bool {
         var r = record
         var attempt = 0
         while true {

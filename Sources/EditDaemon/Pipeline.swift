@@ -135,21 +135,11 @@ public final class Pipeline: @unchecked Sendable {
         }
     }
 
-    func body(_ m: KafkaMessage, expectedType: String) throws -> JSONValue {
-        try EventReader.body(m, expectedType: expectedType, maxBytes: maxEventBytes)
-    }
-
-    func decode<T: Decodable>(_ type: T.Type, from value: JSONValue, what: String) throws -> T {
-        try EventReader.decode(type, from: value, what: what)
-    }
-
-    static func eventId(_ value: JSONValue) -> String? { EventReader.eventId(value) }
-
     func validate(_ value: JSONValue, _ schema: CompiledSchema, name: String) throws {
         let result = schema.validate(value)
         guard result.valid else {
             let details = result.errors.prefix(20).map(\.description)
-            let id = Self.eventId(value)
+            let id = EventReader.eventId(value)
             throw Rejection(.schema, "the event does not conform to \(name) (\(result.errors.count) error(s)): \(details.first ?? "")",
                             details: Array(details), eventId: id)
         }
@@ -192,9 +182,9 @@ public final class Pipeline: @unchecked Sendable {
 
     /// decode → validate → dedupe → the editor and the pre-edit scores. Throws `Rejection`.
     func prepareFactUpdate(_ m: KafkaMessage) throws -> Prepared {
-        let value = try body(m, expectedType: EventTypes.factUpdate)
+        let value = try EventReader.body(m, expectedType: EventTypes.factUpdate, maxBytes: maxEventBytes)
         try validate(value, factSchema, name: "fact-update v1")
-        let e = try decode(FactUpdate.self, from: value, what: "fact update")
+        let e = try EventReader.decode(FactUpdate.self, from: value, what: "fact update")
         try checkModel(e.model.name, eventId: e.id)
         if e.model.revision.range(of: "^[0-9a-f]{8,64}$", options: .regularExpression) != nil, !host.baseHash.hasPrefix(e.model.revision) {
             throw Rejection(.unknownModel, "revision \(e.model.revision) is not this daemon's base model \(host.baseHash.prefix(16))", eventId: e.id)
@@ -217,7 +207,7 @@ public final class Pipeline: @unchecked Sendable {
             let head = host.head
             result.head = head
             result.weightHash = try host.store.hash(at: head)
-            let live = try seq == head || host.store.lineage(to: head).contains { $0.seq == seq }
+            let live = try host.store.lineage(to: head, contains: seq)
             result.onHeadLineage = live
             if !live {
                 result.note = "snapshot \(seq), which applied this event, is not on the lineage of the head (snapshot \(head)): a rollback undid it, "
@@ -289,10 +279,10 @@ public final class Pipeline: @unchecked Sendable {
     /// The quality gate: edited weights whose canary figures cross a threshold go back to the head
     /// (bit-exactly: the touched tensors are restored and the head's lineage re-applied) and the
     /// event is refused with the figures.
-    func gate(_ canary: CanaryFigures?, eventId: String?) throws {
+    func gate(_ canary: CanaryFigures?, eventId: String?, what: String = "the edit") throws {
         guard let g = qualityGuard, let f = canary, let why = g.violation(f) else { return }
         try host.discardUncommitted()
-        throw Rejection(.qualityGate, "the edit was undone: \(why)", details: g.details(f), eventId: eventId)
+        throw Rejection(.qualityGate, "\(what) was undone: \(why)", details: g.details(f), eventId: eventId)
     }
 
     func canaryDocument(_ f: CanaryFigures?) -> EditResultDocument.Canary? {
@@ -449,9 +439,8 @@ public final class Pipeline: @unchecked Sendable {
             log("a batch of \(n) fact updates could not be edited together (\(error)); editing them one at a time")
             return try g.map { ($0.index, try process($0.edit.message)) }
         }
-        do { try gate(applied.canary, eventId: nil) } catch var r as Rejection {
+        do { try gate(applied.canary, eventId: nil, what: "the batch of \(n)") } catch let r as Rejection {
             // The batch was edited as one: every event of it is refused with the figures.
-            r.message = "the batch of \(n) was undone: " + r.message.replacingOccurrences(of: "the edit was undone: ", with: "")
             return g.map { i, p in
                 var mine = r
                 mine.eventId = p.event.id
@@ -632,9 +621,9 @@ public final class Pipeline: @unchecked Sendable {
     // MARK: control
 
     func control(_ m: KafkaMessage) throws -> Outcome {
-        let value = try body(m, expectedType: EventTypes.control)
+        let value = try EventReader.body(m, expectedType: EventTypes.control, maxBytes: maxEventBytes)
         try validate(value, controlSchema, name: "control-command v1")
-        let c = try decode(ControlCommand.self, from: value, what: "control command")
+        let c = try EventReader.decode(ControlCommand.self, from: value, what: "control command")
         try checkModel(c.model.name, eventId: c.id)
         switch try host.store.outcome(ofEvent: c.id) {
         case .journal(let j):
@@ -725,7 +714,7 @@ public final class Pipeline: @unchecked Sendable {
     public func eventIdHint(_ m: KafkaMessage) -> String? {
         if let ce = try? CloudEvent.decode(m) { return ce.id.utf8.count <= 256 ? ce.id : nil }
         guard m.payload.count <= maxEventBytes, let v = try? JSONValue.parse(m.payload, limits: JSONParseLimits(maxDepth: 64)) else { return nil }
-        return Self.eventId(v)
+        return EventReader.eventId(v)
     }
 }
 

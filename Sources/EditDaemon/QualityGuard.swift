@@ -39,11 +39,17 @@ public struct CanarySet: Codable, Sendable, Equatable {
         var order = Array(rows.indices)
         var rng = SplitMix64(seed: seed)
         for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+        let candidates = order.compactMap { i -> Fact? in
+            guard let prompt = rows[i]["prompt"] as? String, let answer = rows[i]["attribute"] as? String else { return nil }
+            return Fact(prompt: prompt, answer: answer)
+        }
+        // In chunks of packed passes, until `count` facts are answered.
         var facts: [Fact] = []
-        for i in order where facts.count < count {
-            guard let prompt = rows[i]["prompt"] as? String, let answer = rows[i]["attribute"] as? String else { continue }
-            let fact = Fact(prompt: prompt, answer: answer)
-            if try QualityGuard.answers(model, fact) { facts.append(fact) }
+        var next = 0
+        while facts.count < count, next < candidates.count {
+            let chunk = Array(candidates[next..<min(candidates.count, next + 64)])
+            next += chunk.count
+            facts += try QualityGuard.answered(model, chunk).prefix(count - facts.count)
         }
         guard let raw = try? String(contentsOf: wikitext, encoding: .utf8) else { throw SetupError("cannot read \(wikitext.path)") }
         // Whole lines of running text (no headings), until the sample holds enough tokens.
@@ -88,14 +94,12 @@ public final class QualityGuard: @unchecked Sendable {
 
     /// Measures the base figures on `model`, which must hold the base weights.
     public init(model: LanguageModel, canary: CanarySet, perplexityTokens: Int, maxAccuracyDrop: Double, maxPerplexityRise: Double) throws {
-        let tok = model.tokenizer
-        let bos: [Int32] = tok.addBOS ? tok.bosId.map { [$0] } ?? [] : []
+        let tok = EditTokenizer(model: model)
         let facts: [(prompt: [Int32], answer: Int32)] = try canary.facts.map { f in
-            let answer = tok.encode(" " + f.answer.trimmingCharacters(in: .whitespaces), addSpecial: false, parseSpecial: false)
-            guard let first = answer.first else { throw SetupError("canary fact \"\(f.prompt)\" has an empty answer") }
-            return (bos + tok.encode(f.prompt, addSpecial: false, parseSpecial: false), first)
+            guard let t = Self.tokens(f, tok) else { throw SetupError("canary fact \"\(f.prompt)\" has an empty or untokenizable answer") }
+            return t
         }
-        let text = Array((bos + tok.encode(canary.text, addSpecial: false, parseSpecial: false)).prefix(min(perplexityTokens + 1, model.config.contextLength)))
+        let text = Array(tok.prompt(canary.text).prefix(min(perplexityTokens + 1, model.config.contextLength)))
         guard text.count >= 2 || !facts.isEmpty else { throw SetupError("the canary set has neither facts nor text") }
         self.facts = facts
         self.text = text
@@ -105,37 +109,43 @@ public final class QualityGuard: @unchecked Sendable {
         base = try Self.measure(model, facts: facts, text: text)
     }
 
-    /// Whether `model`'s greedy next token after the fact's prompt is the answer's first token.
-    static func answers(_ model: LanguageModel, _ fact: CanarySet.Fact) throws -> Bool {
-        let tok = model.tokenizer
-        let bos: [Int32] = tok.addBOS ? tok.bosId.map { [$0] } ?? [] : []
-        let answer = tok.encode(" " + fact.answer.trimmingCharacters(in: .whitespaces), addSpecial: false, parseSpecial: false)
-        guard let first = answer.first else { return false }
-        return try argmax(model, bos + tok.encode(fact.prompt, addSpecial: false, parseSpecial: false)) == first
+    /// A fact's prompt tokens and its answer's first token, tokenized as edits are (nil: no answer token).
+    static func tokens(_ f: CanarySet.Fact, _ tok: EditTokenizer) -> (prompt: [Int32], answer: Int32)? {
+        guard let first = (try? tok.target(f.answer))?.first else { return nil }
+        return (tok.prompt(f.prompt), first)
     }
 
-    /// The most likely next token after `prompt`.
-    static func argmax(_ model: LanguageModel, _ prompt: [Int32]) throws -> Int32 {
-        let r = try model.forward(prompt, options: ForwardOptions(logits: .last))
-        // logits [1, vocab]
-        return r.logits.data.withUnsafeBufferPointer { row -> Int32 in
-            var best = 0
-            for v in 1..<model.config.vocabSize where row[v] > row[best] { best = v }
-            return Int32(best)
+    /// The facts `model` answers (its greedy next token is the answer's first token), in packed passes
+    /// of 64 facts.
+    static func answered(_ model: LanguageModel, _ facts: [CanarySet.Fact]) throws -> [CanarySet.Fact] {
+        let tok = EditTokenizer(model: model)
+        let usable = facts.compactMap { f in tokens(f, tok).map { (f, $0) } }
+        var kept: [CanarySet.Fact] = []
+        for start in stride(from: 0, to: usable.count, by: 64) {
+            let chunk = usable[start..<min(usable.count, start + 64)]
+            let hits = try pass(model, facts: chunk.map(\.1), text: []).answered
+            kept += zip(chunk, hits).filter(\.1).map(\.0.0)
         }
+        return kept
     }
 
     /// The canary figures of `model`'s current weights.
     public func measure(_ model: LanguageModel) throws -> CanaryFigures { try Self.measure(model, facts: facts, text: text) }
 
-    /// One pass for the whole canary set: every fact's prompt and the text packed as independent
+    static func measure(_ model: LanguageModel, facts: [(prompt: [Int32], answer: Int32)], text: [Int32]) throws -> CanaryFigures {
+        let r = try pass(model, facts: facts, text: text)
+        let accuracy = facts.isEmpty ? 100 : 100 * Double(r.answered.filter { $0 }.count) / Double(facts.count)
+        return CanaryFigures(accuracy: accuracy, perplexity: r.meanNLL.map(exp) ?? 1)
+    }
+
+    /// One pass for the facts and the text: every fact's prompt and the text packed as independent
     /// sequences (the weights are read once: a pass per short prompt would be bound by memory
     /// bandwidth, ~30 ms each on the default model), logits at each prompt's last token and at every
-    /// text position.
-    static func measure(_ model: LanguageModel, facts: [(prompt: [Int32], answer: Int32)], text: [Int32]) throws -> CanaryFigures {
+    /// text position. Per fact whether its answer is the top token; the text's mean NLL (nil without text).
+    static func pass(_ model: LanguageModel, facts: [(prompt: [Int32], answer: Int32)], text: [Int32]) throws -> (answered: [Bool], meanNLL: Double?) {
         let scored = text.count >= 2 ? text : []
         let segments = facts.map(\.prompt.count) + (scored.isEmpty ? [] : [scored.count])
-        guard !segments.isEmpty else { return CanaryFigures(accuracy: 100, perplexity: 1) }
+        guard !segments.isEmpty else { return ([], nil) }
         var ends: [Int] = [], at = 0
         for f in facts { at += f.prompt.count; ends.append(at - 1) }
         let textRows = scored.isEmpty ? [] : Array(at..<(at + scored.count - 1))
@@ -143,20 +153,18 @@ public final class QualityGuard: @unchecked Sendable {
         let v = model.config.vocabSize
         // logits [facts + text rows, vocab]
         return r.logits.data.withUnsafeBufferPointer { l in
-            var right = 0
-            for (i, f) in facts.enumerated() {
+            let answered = facts.enumerated().map { i, f -> Bool in
                 let row = l.baseAddress! + i * v
                 var best = 0
                 for j in 1..<v where row[j] > row[best] { best = j }
-                if Int32(best) == f.answer { right += 1 }
+                return Int32(best) == f.answer
             }
             var nll = 0.0
-            for (j, _) in textRows.enumerated() {
+            for j in textRows.indices {
                 let row = l.baseAddress! + (facts.count + j) * v
                 nll += Double(Kernels.logSumExp(row, v) - row[Int(scored[j + 1])])
             }
-            let accuracy = facts.isEmpty ? 100 : 100 * Double(right) / Double(facts.count)
-            return CanaryFigures(accuracy: accuracy, perplexity: textRows.isEmpty ? 1 : exp(nll / Double(textRows.count)))
+            return (answered, textRows.isEmpty ? nil : nll / Double(textRows.count))
         }
     }
 
@@ -193,7 +201,7 @@ extension QualityGuard {
             do { canary = try JSONDecoder().decode(CanarySet.self, from: data) } catch {
                 throw SetupError("\(path) is not a canary file ({\"facts\": [{\"prompt\", \"answer\"}], \"text\"}): \(error)")
             }
-            let kept = try canary.facts.filter { try answers(model, $0) }
+            let kept = try answered(model, canary.facts)
             log("quality guard: \(path): the base model answers \(kept.count) of its \(canary.facts.count) facts; those are the canary")
             return try QualityGuard(model: model, canary: CanarySet(facts: kept, text: canary.text, source: path),
                                     perplexityTokens: c.guardPerplexityTokens, maxAccuracyDrop: c.guardMaxAccuracyDrop,

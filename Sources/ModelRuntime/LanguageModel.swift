@@ -72,8 +72,10 @@ public final class LanguageModel: @unchecked Sendable {
         guard T > 0 else { throw ModelError(.invalidInput, "forward pass needs at least one token") }
         let past = cache?.length ?? 0
         let S = past + T
-        guard S <= c.contextLength else {
-            throw ModelError(.contextOverflow, "\(S) tokens exceed the model's context of \(c.contextLength)")
+        // Packed sequences each start at position 0: the context bounds the longest one.
+        let longest = options.segments?.max() ?? S
+        guard longest <= c.contextLength else {
+            throw ModelError(.contextOverflow, "\(longest) tokens exceed the model's context of \(c.contextLength)")
         }
         if let cache, S > cache.capacity {
             throw ModelError(.contextOverflow, "\(S) tokens exceed the KV cache capacity of \(cache.capacity)")
@@ -116,7 +118,7 @@ public final class LanguageModel: @unchecked Sendable {
                 a += n
             }
         }
-        let rope = ropeTable(upTo: S)
+        let rope = ropeTable(upTo: longest)
 
         let d = c.hidden, qd = c.heads * c.headDim, kvd = c.kvHeads * c.headDim, ff = c.intermediate, hd = c.headDim
         let group = c.heads / c.kvHeads

@@ -372,6 +372,18 @@ public final class SnapshotStore: @unchecked Sendable {
         return chain.reversed()
     }
 
+    /// Whether snapshot `seq` is on the lineage of `head` (`head` itself included; 0, the base, always
+    /// is). Reads only the records between them: parents are older than their children.
+    public func lineage(to head: UInt64, contains seq: UInt64) throws -> Bool {
+        var s = head
+        while s > seq {
+            let r = try record(s)
+            guard r.parent < r.seq else { throw SnapshotStoreError(.corrupted, "snapshot \(s) has parent \(r.parent)") }
+            s = r.parent
+        }
+        return s == seq
+    }
+
     public func journal() throws -> [JournalEntry] {
         let dec = Self.decoder()
         return try environment.read { t in try t.entries(journalDB) }.map { try dec.decode(JournalEntry.self, from: Data($0.value)) }

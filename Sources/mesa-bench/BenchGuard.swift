@@ -82,16 +82,15 @@ struct GuardBench: ParsableCommand {
 
     /// The canary figures from one forward pass per fact and one teacher-forced pass over the text.
     static func separatePasses(_ lm: LanguageModel, _ canary: CanarySet, tokens: Int) throws -> CanaryFigures {
-        let tok = lm.tokenizer
-        let bos: [Int32] = tok.addBOS ? tok.bosId.map { [$0] } ?? [] : []
+        let tok = EditTokenizer(model: lm)
         var right = 0
         for f in canary.facts {
-            let answer = tok.encode(" " + f.answer.trimmingCharacters(in: .whitespaces), addSpecial: false, parseSpecial: false)
-            let logits = try lm.forward(bos + tok.encode(f.prompt, addSpecial: false, parseSpecial: false), options: ForwardOptions(logits: .last)).logits.data
+            let answer = try tok.target(f.answer)
+            let logits = try lm.forward(tok.prompt(f.prompt), options: ForwardOptions(logits: .last)).logits.data
             let best = logits.indices.max { logits[$0] < logits[$1] }!
             if Int32(best) == answer.first { right += 1 }
         }
-        let text = Array((bos + tok.encode(canary.text, addSpecial: false, parseSpecial: false)).prefix(tokens + 1))
+        let text = Array(tok.prompt(canary.text).prefix(tokens + 1))
         let s = try lm.score(prompt: [text[0]], target: Array(text.dropFirst()))
         return CanaryFigures(accuracy: canary.facts.isEmpty ? 100 : 100 * Double(right) / Double(canary.facts.count), perplexity: exp(s.meanNLL))
     }
