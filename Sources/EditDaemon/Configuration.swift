@@ -109,7 +109,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     }
 
     public var model: String?
-    /// rome (default), memit or alphaedit: the method and its `<hparams_dir>/<method>/<model>.json`.
+    /// rome (default), memit, alphaedit or encore: the method and its `<hparams_dir>/<method>/<model>.json`.
     public var method: String?
     public var stateDir: String?
     public var hparamsDir: String?
@@ -172,8 +172,9 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         guard (0...600_000).contains(retry?.backoffMs ?? 0), (0...600_000).contains(retry?.maxBackoffMs ?? 0) else {
             throw SetupError("retry.backoff_ms and retry.max_backoff_ms must be within 0...600000")
         }
-        if batchMaxEvents > 1, editMethod == "rome" {
-            throw SetupError("batch.max_events \(batchMaxEvents): ROME edits one fact at a time; batch edits need method memit or alphaedit")
+        let method = try editMethod
+        if batchMaxEvents > 1, !method.editsTogether {
+            throw SetupError("batch.max_events \(batchMaxEvents): ROME edits one fact at a time; batch edits need method memit, alphaedit or encore")
         }
     }
 
@@ -193,8 +194,14 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         return p
     }
 
-    /// The editing method, lowercased.
-    public var editMethod: String { (method ?? "rome").lowercased() }
+    /// The editing method (names are case-insensitive).
+    public var editMethod: EditMethod {
+        get throws {
+            let name = (method ?? "rome").lowercased()
+            guard let m = EditMethod(rawValue: name) else { throw SetupError("method \(name) is not one of \(EditMethod.names)") }
+            return m
+        }
+    }
 
     /// The configured MESA settings applied over a hyperparameter file's "mesa" block.
     public func mesaSettings(over file: MesaHyperparameters?) -> MesaHyperparameters? {

@@ -133,23 +133,21 @@ public final class Daemon: @unchecked Sendable {
         let hparamsDirs = c.hparamsDir.map { [URL(fileURLWithPath: $0)] }
         let corpus = c.corpus ?? settings.home.appendingPathComponent("corpus/enwiki-2015-sample.txt").path
         let setup = RomeSetup(stateDirectory: stateDir, corpusPath: corpus, log: log, shouldStop: { StopSignal.raised })
-        let method = c.editMethod
-        let hparamsFile = try Installation.hparamsFile(method: method, modelName: name, directories: hparamsDirs)
+        let method = try c.editMethod
+        let hparamsFile = try Installation.hparamsFile(method: method.rawValue, modelName: name, directories: hparamsDirs)
         let methodSettings: MethodSettings
         let editor: FactEditor
         switch method {
-        case "rome":
+        case .rome:
             var hp = try RomeSetup.hyperparameters(at: hparamsFile, catalog: catalog)
             hp.mesa = c.mesaSettings(over: hp.mesa)
             methodSettings = .rome(hp)
             editor = try setup.editor(model: model, hparams: hp)
-        case "memit", "alphaedit":
+        case .memit, .alphaedit, .encore:
             var hp = try RomeSetup.memitHyperparameters(at: hparamsFile, catalog: catalog)
             hp.mesa = c.mesaSettings(over: hp.mesa)
-            methodSettings = .memit(hp, alphaEdit: method == "alphaedit")
-            editor = try setup.memitEditor(model: model, hparams: hp, alphaEdit: method == "alphaedit")
-        default:
-            throw SetupError("method \(method) is not one of rome, memit, alphaedit")
+            methodSettings = .memit(hp, method: method)
+            editor = try setup.memitEditor(model: model, hparams: hp, method: method)
         }
         if let sae = editor.mesaSetup.settings?.sae {
             log("editor: \(editor.method) (\(hparamsFile.path)) with MESA refinement through \(sae)")

@@ -205,16 +205,16 @@ public struct RomeSetup {
         }
     }
 
-    /// Reads and checks a MEMIT or AlphaEdit hyperparameter file (Schemas/memit-hparams.schema.json).
+    /// Reads and checks a MEMIT, AlphaEdit or ENCORE hyperparameter file (Schemas/memit-hparams.schema.json).
     public static func memitHyperparameters(at url: URL, catalog: SchemaCatalog) throws -> MemitHyperparameters {
         guard let data = FileManager.default.contents(atPath: url.path) else { throw SetupError("cannot read \(url.path)") }
         try catalog.check(data, against: "memit-hparams.schema.json", what: url.path)
         return try MemitHyperparameters.decode(data)
     }
 
-    /// A MEMIT editor, or with `alphaEdit` an AlphaEdit editor (its projectors are computed here, one
-    /// eigendecomposition per layer). Templates and statistics come from the edit state as for ROME.
-    public func memitEditor(model: LanguageModel, hparams h: MemitHyperparameters, alphaEdit: Bool, baseHash: String? = nil,
+    /// A MEMIT-family editor: MEMIT, AlphaEdit (its projectors are computed here, one eigendecomposition
+    /// per layer) or ENCORE. Templates and statistics come from the edit state as for ROME.
+    public func memitEditor(model: LanguageModel, hparams h: MemitHyperparameters, method: EditMethod, baseHash: String? = nil,
                             computeMissing: Bool = true) throws -> MemitEditor {
         try h.validate(layers: model.config.layers)
         let state = EditState(directory: stateDirectory, baseHash: baseHash ?? model.weightHash)
@@ -227,8 +227,15 @@ public struct RomeSetup {
             guard computeMissing else { throw SetupError("no key statistics for layer(s) \(missing.map(\.layer)): run `mesa stats --layers …` first") }
             for s in try keyStatistics(model: model, specs: missing) { stats[s.spec.layer] = s }
         }
-        var solver = SpreadSolver.memit
-        if alphaEdit {
+        let solver: SpreadSolver
+        switch method {
+        case .rome:
+            throw SetupError("ROME is not a MEMIT-family method")
+        case .memit:
+            solver = .memit
+        case .encore:
+            solver = .encore(try EncoreState(layers: h.layers, dim: model.config.intermediate, mu: h.updateNormLambda ?? 0))
+        case .alphaedit:
             let t0 = Date()
             let st = try AlphaEditState(statistics: stats, nullspaceEnergy: h.nullspaceEnergy ?? 0.02, l2: h.l2 ?? 10, relative: h.l2Relative ?? false)
             log(String(format: "AlphaEdit null spaces (dimension, tr(PC) and α per layer: %@) in %.1f s",

@@ -56,20 +56,21 @@ public struct Outcome: Sendable {
 /// The method a daemon runs, with its default hyperparameters.
 public enum MethodSettings: Sendable, Equatable {
     case rome(RomeHyperparameters)
-    case memit(MemitHyperparameters, alphaEdit: Bool)
+    /// MEMIT, AlphaEdit or ENCORE.
+    case memit(MemitHyperparameters, method: EditMethod)
 
     /// The event `method` values this daemon accepts.
     public func accepts(_ method: String, refined: Bool) -> Bool {
         switch self {
         case .rome: return method == "ROME" || (refined && method == "MESA")
-        case .memit(_, let alpha): return method == (alpha ? "AlphaEdit" : "MEMIT")
+        case .memit(_, let m): return method == m.label
         }
     }
 
     public var name: String {
         switch self {
         case .rome: return "ROME"
-        case .memit(_, let alpha): return alpha ? "AlphaEdit" : "MEMIT"
+        case .memit(_, let m): return m.label
         }
     }
 }
@@ -118,10 +119,10 @@ public final class Pipeline: @unchecked Sendable {
 
     /// Brings the editor's method state to the weights' head: the state blocks of its lineage.
     func rebuildEditState() throws {
-        guard case .memit(_, alphaEdit: true) = settings else { return }
+        guard case .memit(_, let method) = settings, method.keepsState else { return }
         let lineage = try host.store.lineage(to: host.head)
         try defaultEditor.rebuildState(lineage.map(\.state))
-        if !lineage.isEmpty { log("AlphaEdit: accumulated the keys of \(lineage.count) edit(s) up to snapshot \(host.head)") }
+        if !lineage.isEmpty { log("\(method.label): accumulated the keys of \(lineage.count) edit(s) up to snapshot \(host.head)") }
     }
 
     // MARK: entry point
@@ -538,11 +539,11 @@ public final class Pipeline: @unchecked Sendable {
             return try cachedEditor(h, eventId: e.id) {
                 try setup.editor(model: host.model, hparams: h, baseHash: host.baseHash, computeMissing: false)
             }
-        case .memit(let defaults, let alphaEdit):
+        case .memit(let defaults, let method):
             var h = defaults
             if let layers = o.layers {
-                guard !alphaEdit || layers == defaults.layers else {
-                    throw Rejection(.invalidHyperparameters, "AlphaEdit's accumulated state is per layer; its layers \(defaults.layers) are fixed", eventId: e.id)
+                guard !method.keepsState || layers == defaults.layers else {
+                    throw Rejection(.invalidHyperparameters, "\(method.label)'s accumulated state is per layer; its layers \(defaults.layers) are fixed", eventId: e.id)
                 }
                 h.layers = layers
             }
@@ -551,7 +552,7 @@ public final class Pipeline: @unchecked Sendable {
             if let c = o.clampNormFactor { h.clampNormFactor = Float(c) }
             if let k = o.klFactor { h.klFactor = Float(k) }
             if let w = o.mom2UpdateWeight {
-                guard !alphaEdit else { throw Rejection(.invalidHyperparameters, "mom2_update_weight is MEMIT's λ; AlphaEdit does not use it", eventId: e.id) }
+                guard method != .alphaedit else { throw Rejection(.invalidHyperparameters, "mom2_update_weight is MEMIT's λ; AlphaEdit does not use it", eventId: e.id) }
                 h.mom2UpdateWeight = w
             }
             if h == defaults { return defaultEditor }
@@ -565,7 +566,7 @@ public final class Pipeline: @unchecked Sendable {
                     return try MemitEditor(model: host.model, hparams: h, templates: base.templates, statistics: base.statistics,
                                            solver: base.solver, sae: base.mesaSetup.sae, fallbackReason: base.mesaSetup.fallbackReason)
                 }
-                return try setup.memitEditor(model: host.model, hparams: h, alphaEdit: false, baseHash: host.baseHash, computeMissing: false)
+                return try setup.memitEditor(model: host.model, hparams: h, method: method, baseHash: host.baseHash, computeMissing: false)
             }
         }
     }

@@ -6,7 +6,7 @@ import Tensor
 /// An editing method as the evaluation and the daemon drive it: compute the updates of one request
 /// without changing the weights; the caller applies them (in order) and says whether it keeps them.
 public protocol FactEditor: AnyObject {
-    /// "ROME", "MEMIT", "AlphaEdit".
+    /// "ROME", "MEMIT", "AlphaEdit", "ENCORE" (with MESA refinement, "+MESA" labels).
     var method: String { get }
     /// Whether `computeUpdates(together:)` solves several requests in one computation (MEMIT, AlphaEdit).
     var editsTogether: Bool { get }
@@ -72,11 +72,7 @@ extension RomeEditor: FactEditor {
 }
 
 extension MemitEditor: FactEditor {
-    public var method: String {
-        let base: String
-        if case .alphaEdit = solver { base = "AlphaEdit" } else { base = "MEMIT" }
-        return mesaSetup.label(base)
-    }
+    public var method: String { mesaSetup.label(solver.method.label) }
 
     public var editsTogether: Bool { true }
 
@@ -87,20 +83,20 @@ extension MemitEditor: FactEditor {
     }
 
     public func keep() {
-        if case .alphaEdit(let state) = solver, let keys = lastKeysAfter {
+        if let kept = solver.keptKeys, let keys = lastKeysAfter {
             // Exactly what a rebuild from the stored (Float32) blocks accumulates.
-            state.accumulate(keys.mapValues { $0.map { $0.map { Double(Float($0)) } } })
+            kept.accumulate(keys.mapValues { $0.map { $0.map { Double(Float($0)) } } })
         }
         lastKeysAfter = nil
     }
 
     public func pendingState() -> [StateBlock] {
-        guard case .alphaEdit = solver, let keys = lastKeysAfter else { return [] }
-        return AlphaEditState.blocks(keys)
+        guard let kept = solver.keptKeys, let keys = lastKeysAfter else { return [] }
+        return kept.blocks(keys)
     }
 
     public func rebuildState(_ edits: [[StateBlock]]) throws {
-        if case .alphaEdit(let state) = solver { try state.rebuild(edits) }
+        try solver.keptKeys?.rebuild(edits)
     }
 
     public var settings: [String: String] {
@@ -119,6 +115,7 @@ extension MemitEditor: FactEditor {
             s["alpha"] = st.alpha.sorted { $0.key < $1.key }.map { "\($0.key):" + String(format: "%.4g", $0.value) }.joined(separator: " ")
             s["nullity"] = st.nullity.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",")
         }
+        if case .encore(let st) = solver { s["update_norm_lambda"] = "\(st.mu)" }
         return s.merging(mesaSetup.report) { a, _ in a }
     }
 }

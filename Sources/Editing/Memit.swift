@@ -3,7 +3,7 @@ import ModelRuntime
 import SparseAutoencoder
 import Tensor
 
-/// MEMIT's hyperparameters (METHODS §2.1), `deploy/hparams/memit/<model>.json`.
+/// The MEMIT family's hyperparameters (METHODS §2.1), `deploy/hparams/{memit,alphaedit,encore}/<model>.json`.
 public struct MemitHyperparameters: Codable, Sendable, Equatable {
     /// The edited layers, ascending; δ is optimized on the residual after the last one.
     public var layers: [Int]
@@ -36,6 +36,8 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable {
     /// (METHODS §9: an absolute α lets a fresh key deliver ‖Pk‖²/(α + ‖Pk‖²) of its share, which
     /// depends on the cut and the layer's key scale).
     public var l2Relative: Bool?
+    /// ENCORE only: μ in (λC + μI + K_pK_pᵀ + KKᵀ), the weight of the Frobenius-norm term on each update.
+    public var updateNormLambda: Double?
     /// MESA refinement of z through an SAE at `resid_out` of the last edited layer, where δ enters.
     public var mesa: MesaHyperparameters?
 
@@ -44,7 +46,7 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable {
         let d = JSONDecoder()
         d.keyDecodingStrategy = .convertFromSnakeCase
         do { return try d.decode(MemitHyperparameters.self, from: data) } catch {
-            throw EditError(.hyperparameters, "malformed MEMIT/AlphaEdit hyperparameters: \(error)")
+            throw EditError(.hyperparameters, "malformed MEMIT/AlphaEdit/ENCORE hyperparameters: \(error)")
         }
     }
 
@@ -90,8 +92,8 @@ public struct MemitResult: Sendable {
     /// ‖δ_i‖ per request and the final loss of each request's optimization.
     public var deltaNorms: [Float]
     public var finalLosses: [Double]
-    /// AlphaEdit only (empty for MEMIT): per edited layer, the requests' keys recomputed with all
-    /// updates applied, [n][ff], which it adds to its accumulated K_pK_pᵀ once the updates are kept.
+    /// AlphaEdit and ENCORE only (empty for MEMIT): per edited layer, the requests' keys recomputed with
+    /// all updates applied, [n][ff], which they add to their accumulated K_pK_pᵀ once the updates are kept.
     public var keysAfter: [Int: [[Double]]]
     public var phases: [String: Double]
     /// MESA only: per request, the SAE coverage of its change at the bare prompt.
@@ -104,6 +106,84 @@ public enum SpreadSolver: Sendable {
     case memit
     /// AlphaEdit: X = (P(KKᵀ + K_pK_pᵀ) + αI)⁻¹PK, P the null-space projector of C.
     case alphaEdit(AlphaEditState)
+    /// ENCORE: X = (λC + μI + K_pK_pᵀ + KKᵀ)⁻¹K.
+    case encore(EncoreState)
+
+    /// The method this solver implements.
+    public var method: EditMethod {
+        switch self {
+        case .memit: return .memit
+        case .alphaEdit: return .alphaedit
+        case .encore: return .encore
+        }
+    }
+
+    /// The keys of the kept edits, for the methods that keep them.
+    public var keptKeys: KeyAccumulator? {
+        switch self {
+        case .memit: return nil
+        case .alphaEdit(let s): return s.kept
+        case .encore(let s): return s.kept
+        }
+    }
+}
+
+/// The keys of the edits kept so far, Σ K Kᵀ per layer ([ff, ff] each): AlphaEdit's K_pK_pᵀ and
+/// ENCORE's sequential preservation term. Stored with every snapshot as Float32 state blocks named
+/// `blockName` ([n, ff] per layer), so that a restart or a rollback rebuilds exactly the same sums.
+public final class KeyAccumulator: @unchecked Sendable {
+    /// Σ K Kᵀ over kept edits, [ff, ff] per layer.
+    public private(set) var accumulated: [Int: [Double]]
+    public let dim: Int
+    public let blockName: String
+
+    public init(layers: [Int], dim: Int, blockName: String) {
+        accumulated = Dictionary(uniqueKeysWithValues: layers.map { ($0, [Double](repeating: 0, count: dim * dim)) })
+        self.dim = dim
+        self.blockName = blockName
+    }
+
+    /// Adds the kept edits' keys: K_pK_pᵀ += KᵀK with K [n, ff] the keys as rows (one GEMM per layer).
+    public func accumulate(_ keys: [Int: [[Double]]]) {
+        for (layer, ks) in keys where !ks.isEmpty {
+            guard var a = accumulated[layer] else { continue }
+            let flat = ks.flatMap { $0 }
+            flat.withUnsafeBufferPointer { k in a.withUnsafeMutableBufferPointer { out in
+                BLAS.dgemm(transA: true, m: dim, n: dim, k: ks.count, a: k.baseAddress!, lda: dim, b: k.baseAddress!, ldb: dim,
+                           beta: 1, c: out.baseAddress!, ldc: dim)
+            } }
+            accumulated[layer] = a
+        }
+    }
+
+    /// The state blocks of `keys` as stored with a snapshot: Float32, one block per layer ([n, ff]).
+    /// Kept edits accumulate exactly these values, so a rebuild from snapshots gives the same state.
+    public func blocks(_ keys: [Int: [[Double]]]) -> [StateBlock] {
+        keys.keys.sorted().compactMap { l in
+            guard let ks = keys[l], let ff = ks.first?.count else { return nil }
+            return StateBlock(name: blockName, layer: l, rows: ks.count, cols: ff, values: ks.flatMap { $0.map { Float($0) } })
+        }
+    }
+
+    /// Resets, then accumulates the keys of every edit in `edits` (a lineage, oldest first).
+    public func rebuild(_ edits: [[StateBlock]]) throws {
+        reset()
+        for blocks in edits {
+            var keys: [Int: [[Double]]] = [:]
+            for b in blocks where b.name == blockName {
+                guard b.cols == dim, accumulated[b.layer] != nil else {
+                    throw EditError(.state, "stored \(blockName) for layer \(b.layer) with width \(b.cols) do not fit this editor (layers \(accumulated.keys.sorted()), width \(dim))")
+                }
+                keys[b.layer] = (0..<b.rows).map { r in (0..<b.cols).map { Double(b.values[r * b.cols + $0]) } }
+            }
+            accumulate(keys)
+        }
+    }
+
+    /// Forgets the accumulated keys (a rollback to the base model).
+    public func reset() {
+        for l in Array(accumulated.keys) { accumulated[l] = [Double](repeating: 0, count: dim * dim) }
+    }
 }
 
 /// AlphaEdit's per-layer state (METHODS §2.2): the null-space projectors P = ÛÛᵀ of the key
@@ -113,13 +193,16 @@ public final class AlphaEditState: @unchecked Sendable {
     public let projectors: [Int: [Double]]
     /// Null-space dimension per layer.
     public let nullity: [Int: Int]
-    /// Σ K Kᵀ over kept edits, [ff, ff] per layer.
-    public private(set) var accumulated: [Int: [Double]]
+    /// The kept edits' keys (K_pK_pᵀ).
+    public let kept: KeyAccumulator
     public let dim: Int
     /// α in (P(KKᵀ + K_pK_pᵀ) + αI) per layer.
     public let alpha: [Int: Double]
     /// tr(PC) per layer: the key energy in the null space (the expected ‖Pk‖² of a key from the statistics).
     public let nullEnergy: [Int: Double]
+
+    /// Σ K Kᵀ over kept edits, [ff, ff] per layer.
+    public var accumulated: [Int: [Double]] { kept.accumulated }
 
     /// P from the eigenvectors of C whose eigenvalues, smallest first, add up to at most
     /// `nullspaceEnergy` of the trace: a threshold relative to the spectrum (the public code's
@@ -155,7 +238,7 @@ public final class AlphaEditState: @unchecked Sendable {
         nullity = k
         nullEnergy = e
         alpha = e.mapValues { relative ? l2 * $0 : l2 }
-        accumulated = statistics.mapValues { _ in [Double](repeating: 0, count: ff * ff) }
+        kept = KeyAccumulator(layers: Array(statistics.keys), dim: ff, blockName: Self.blockName)
         dim = ff
     }
 
@@ -174,49 +257,32 @@ public final class AlphaEditState: @unchecked Sendable {
         return out
     }
 
-    /// Adds the kept edits' keys: K_pK_pᵀ += KᵀK with K [n, ff] the keys as rows (one GEMM per layer).
-    public func accumulate(_ keys: [Int: [[Double]]]) {
-        for (layer, ks) in keys where !ks.isEmpty {
-            guard var a = accumulated[layer] else { continue }
-            let flat = ks.flatMap { $0 }
-            flat.withUnsafeBufferPointer { k in a.withUnsafeMutableBufferPointer { out in
-                BLAS.dgemm(transA: true, m: dim, n: dim, k: ks.count, a: k.baseAddress!, lda: dim, b: k.baseAddress!, ldb: dim,
-                           beta: 1, c: out.baseAddress!, ldc: dim)
-            } }
-            accumulated[layer] = a
-        }
-    }
-
-    /// The state blocks of `keys` as stored with a snapshot: Float32, one block per layer ("alphaedit.keys",
-    /// [n, ff]). Kept edits accumulate exactly these values, so a rebuild from snapshots gives the same state.
-    public static func blocks(_ keys: [Int: [[Double]]]) -> [StateBlock] {
-        keys.keys.sorted().compactMap { l in
-            guard let ks = keys[l], let ff = ks.first?.count else { return nil }
-            return StateBlock(name: blockName, layer: l, rows: ks.count, cols: ff, values: ks.flatMap { $0.map { Float($0) } })
-        }
-    }
+    /// Adds the kept edits' keys (`KeyAccumulator.accumulate`).
+    public func accumulate(_ keys: [Int: [[Double]]]) { kept.accumulate(keys) }
 
     public static let blockName = "alphaedit.keys"
+}
 
-    /// Resets, then accumulates the keys of every edit in `edits` (a lineage, oldest first).
-    public func rebuild(_ edits: [[StateBlock]]) throws {
-        reset()
-        for blocks in edits {
-            var keys: [Int: [[Double]]] = [:]
-            for b in blocks where b.name == Self.blockName {
-                guard b.cols == dim, accumulated[b.layer] != nil else {
-                    throw EditError(.state, "stored AlphaEdit keys for layer \(b.layer) with width \(b.cols) do not fit this editor (layers \(accumulated.keys.sorted()), width \(dim))")
-                }
-                keys[b.layer] = (0..<b.rows).map { r in (0..<b.cols).map { Double(b.values[r * b.cols + $0]) } }
-            }
-            accumulate(keys)
-        }
+/// ENCORE's per-layer state (Gupta et al., "Lifelong Sequential Knowledge Editing without Model
+/// Degradation", arXiv 2502.01636; METHODS §9): MEMIT's normal equations with the kept edits' keys
+/// preserved beside the general ones (sequential MEMIT: an old edit's key is held at its written
+/// value like any other key) and a Frobenius-norm term μ‖ΔW‖²_F on each update, which bounds the
+/// norm growth of the edited matrices: X = (λC + μI + K_pK_pᵀ + KKᵀ)⁻¹K. With μ = 0 and no kept
+/// edits it is MEMIT. The third part of ENCORE, the most-probable early stop of z, is the shared
+/// `early_stop_top` setting.
+public final class EncoreState: @unchecked Sendable {
+    /// The kept edits' keys (K_pK_pᵀ).
+    public let kept: KeyAccumulator
+    /// μ, absolute (the paper's `update_norm_lambda`).
+    public let mu: Double
+
+    public init(layers: [Int], dim: Int, mu: Double) throws {
+        guard mu >= 0, mu.isFinite else { throw EditError(.hyperparameters, "update_norm_lambda must be finite and non-negative") }
+        kept = KeyAccumulator(layers: layers, dim: dim, blockName: Self.blockName)
+        self.mu = mu
     }
 
-    /// Forgets the accumulated keys (a rollback to the base model).
-    public func reset() {
-        for l in Array(accumulated.keys) { accumulated[l] = [Double](repeating: 0, count: dim * dim) }
-    }
+    public static let blockName = "encore.keys"
 }
 
 /// MEMIT (METHODS §2.1): a target residual z_i = h_L + δ_i per request (δ on the residual after the
@@ -338,9 +404,9 @@ public final class MemitEditor: @unchecked Sendable {
             backups.append(try model.apply(u))
             updates.append(u)
         }
-        // AlphaEdit accumulates the keys with every update in place once the edit is kept.
+        // AlphaEdit and ENCORE accumulate the keys with every update in place once the edit is kept.
         var keysAfter: [Int: [[Double]]] = [:]
-        if case .alphaEdit = solver { keysAfter = try meanKeys(layers: h.layers, prompts: prompts, weights: weights) }
+        if solver.keptKeys != nil { keysAfter = try meanKeys(layers: h.layers, prompts: prompts, weights: weights) }
         lap("spread")
         return MemitResult(updates: updates, deltaNorms: norms, finalLosses: finals, keysAfter: keysAfter, phases: phases, coverages: coverages)
     }
@@ -379,6 +445,15 @@ public final class MemitEditor: @unchecked Sendable {
             for x in 0..<(ff * ff) { a[x] = h.mom2UpdateWeight * a[x] + kkt[x] }
             do { return try LAPACK.solveSPD(a, b, n: ff, nrhs: n) } catch {
                 throw EditError(.degenerateKey, "λC + KKᵀ at layer \(l) is not positive definite (\(error)); raise mom2_ridge or recompute the statistics")
+            }
+        case .encore(let state):
+            // (λC + μI + K_pK_pᵀ + KKᵀ) X = K.
+            guard let acc = state.kept.accumulated[l] else { throw EditError(.state, "no ENCORE state for layer \(l)") }
+            var a = statistics[l]!.regularizedMoment(ridge: h.mom2Ridge)
+            for x in 0..<(ff * ff) { a[x] = h.mom2UpdateWeight * a[x] + acc[x] + kkt[x] }
+            for i in 0..<ff { a[i * ff + i] += state.mu }
+            do { return try LAPACK.solveSPD(a, b, n: ff, nrhs: n) } catch {
+                throw EditError(.degenerateKey, "λC + μI + K_pK_pᵀ + KKᵀ at layer \(l) is not positive definite (\(error)); raise mom2_ridge or recompute the statistics")
             }
         case .alphaEdit(let state):
             // (P(KKᵀ + K_pK_pᵀ) + αI) X = PK.

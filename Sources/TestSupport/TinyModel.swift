@@ -101,14 +101,15 @@ extension TinyModel {
 extension TinyModel {
     /// An AlphaEdit (or MEMIT) hyperparameter file for the tiny model (`Schemas/memit-hparams.schema.json`):
     /// layers 0 and 1, one 4-token template group, key statistics over 2,000 corpus tokens.
-    public static func memitHyperparameters(model name: String, alphaEdit: Bool, steps: Int = 8) throws -> Data {
+    public static func memitHyperparameters(model name: String, method: String, steps: Int = 8) throws -> Data {
         var h: [String: Any] = [
-            "method": alphaEdit ? "alphaedit" : "memit", "model": name, "layers": [0, 1], "context_templates": [["length": 4, "count": 2]],
+            "method": method, "model": name, "layers": [0, 1], "context_templates": [["length": 4, "count": 2]],
             "template_seed": 0, "v_num_grad_steps": steps, "v_lr": 0.5, "v_weight_decay": 0.001, "clamp_norm_factor": 4, "kl_factor": 0.0625,
             "early_stop_loss": 0.05, "mom2_update_weight": 100, "mom2_tokens": 2000, "mom2_sequence_length": 64, "mom2_seed": 0,
             "mom2_ridge": 0.01,
         ]
-        if alphaEdit { h["nullspace_energy"] = 0.3; h["l2"] = 1 }
+        if method == "alphaedit" { h["nullspace_energy"] = 0.3; h["l2"] = 1 }
+        if method == "encore" { h["update_norm_lambda"] = 0.5; h["early_stop_top"] = true }
         return try JSONSerialization.data(withJSONObject: h, options: [.sortedKeys])
     }
 }

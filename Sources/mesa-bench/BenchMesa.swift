@@ -140,7 +140,7 @@ struct MemitBench: ParsableCommand {
         and spread (keys, residual gaps and closed-form solves, layer by layer).
         """)
 
-    @Option(help: "memit or alphaedit.") var method = "alphaedit"
+    @Option(help: "memit, alphaedit or encore.") var method = "alphaedit"
     @Option(help: "Model path (default: the installed SmolLM2-135M-Instruct).") var model: String?
     @Option(help: "Hyperparameters (default: deploy/hparams/<method>/SmolLM2-135M-Instruct.json).") var hparams: String?
     @Option(help: "CounterFact file; the edit is record --record of it.") var data = "../shared/data/counterfact/counterfact-val.json"
@@ -154,7 +154,7 @@ struct MemitBench: ParsableCommand {
     var batch = 1
 
     func run() throws {
-        guard ["memit", "alphaedit"].contains(method) else { throw ValidationError("--method memit or alphaedit") }
+        guard let kind = EditMethod(rawValue: method), kind.editsTogether else { throw ValidationError("--method memit, alphaedit or encore") }
         guard batch >= 1 else { throw ValidationError("--batch must be at least 1") }
         BLAS.setThreads(threads)
         let path = try model ?? ModelLocator.defaultModelPath()
@@ -174,8 +174,15 @@ struct MemitBench: ParsableCommand {
             stats[l] = s
             statPaths.append(state.statisticsURL(spec).path)
         }
-        let solver: SpreadSolver = method == "alphaedit"
-            ? .alphaEdit(try AlphaEditState(statistics: stats, nullspaceEnergy: h.nullspaceEnergy ?? 0.02, l2: h.l2 ?? 10, relative: h.l2Relative ?? false)) : .memit
+        let solver: SpreadSolver
+        switch kind {
+        case .alphaedit:
+            solver = .alphaEdit(try AlphaEditState(statistics: stats, nullspaceEnergy: h.nullspaceEnergy ?? 0.02, l2: h.l2 ?? 10, relative: h.l2Relative ?? false))
+        case .encore:
+            solver = .encore(try EncoreState(layers: h.layers, dim: m.config.intermediate, mu: h.updateNormLambda ?? 0))
+        case .memit, .rome:
+            solver = .memit
+        }
         let editor = try MemitEditor(model: m, hparams: h, templates: templates, statistics: stats, solver: solver)
         let all = try CounterFact.load(path: data).records
         guard record + batch <= all.count else { throw ValidationError("--record \(record) with --batch \(batch) exceeds the data") }
@@ -221,7 +228,7 @@ struct MemitBench: ParsableCommand {
             var job: [String: Any] = [
                 "model": path, "method": method, "layers": h.layers, "steps": h.vNumGradSteps, "lr": h.vLr, "weight_decay": h.vWeightDecay,
                 "clamp_norm_factor": h.clampNormFactor, "kl_factor": h.klFactor, "early_stop_loss": 0, "mom2_update_weight": h.mom2UpdateWeight,
-                "mom2_ridge": h.mom2Ridge, "statistics": statPaths, "repeats": repeats,
+                "mom2_ridge": h.mom2Ridge, "statistics": statPaths, "repeats": repeats, "early_stop_top": h.earlyStopTop ?? false,
                 "rewrite_prompts": zip(batch.rewrite, batch.rewriteTargets).map { p, t in
                     ["tokens": p.tokens.map(Int.init), "position": p.position, "targets": zip(p.logitPositions, t).map { [$0, Int($1)] }]
                 },
@@ -229,7 +236,8 @@ struct MemitBench: ParsableCommand {
                 "key_prompts": keys.map { ["tokens": $0.tokens.map(Int.init), "position": $0.subjectLast] },
                 "key_weights": weights, "bare_prompt": ["tokens": bare.tokens.map(Int.init), "position": bare.subjectLast],
             ]
-            if method == "alphaedit" { job["nullspace_energy"] = h.nullspaceEnergy ?? 0.02; job["l2"] = h.l2 ?? 10 }
+            if kind == .alphaedit { job["nullspace_energy"] = h.nullspaceEnergy ?? 0.02; job["l2"] = h.l2 ?? 10 }
+            if kind == .encore { job["update_norm_lambda"] = h.updateNormLambda ?? 0 }
             let dir = FileManager.default.temporaryDirectory.appendingPathComponent("mesa-bench-memit-\(getpid())")
             try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
             defer { try? FileManager.default.removeItem(at: dir) }

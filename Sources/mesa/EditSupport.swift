@@ -114,10 +114,19 @@ func makeRomeEditor(model: LanguageModel, modelPath: String, options: EditOption
     return try withInteractiveSetup(options) { try $0.editor(model: model, hparams: h) }
 }
 
-/// A MEMIT or AlphaEdit editor from deploy/hparams/{memit,alphaedit}/<model>.json (or --hparams).
-func makeMemitEditor(model: LanguageModel, modelPath: String, options: EditOptions, alphaEdit: Bool) throws -> MemitEditor {
-    let url = try options.hparamsURL(method: alphaEdit ? "alphaedit" : "memit", modelPath: modelPath)
+/// A MEMIT, AlphaEdit or ENCORE editor from deploy/hparams/<method>/<model>.json (or --hparams).
+func makeMemitEditor(model: LanguageModel, modelPath: String, options: EditOptions, method: EditMethod) throws -> MemitEditor {
+    let url = try options.hparamsURL(method: method.rawValue, modelPath: modelPath)
     var h = try RomeSetup.memitHyperparameters(at: url, catalog: try SchemaCatalog.standard())
     h.mesa = options.mesa(over: h.mesa)
-    return try withInteractiveSetup(options) { try $0.memitEditor(model: model, hparams: h, alphaEdit: alphaEdit) }
+    return try withInteractiveSetup(options) { try $0.memitEditor(model: model, hparams: h, method: method) }
 }
+
+/// The editor of `method`, from its hyperparameter file (or --hparams).
+func makeEditor(_ method: EditMethod, model: LanguageModel, modelPath: String, options: EditOptions) throws -> FactEditor {
+    method == .rome
+        ? try makeRomeEditor(model: model, modelPath: modelPath, options: options)
+        : try makeMemitEditor(model: model, modelPath: modelPath, options: options, method: method)
+}
+
+extension EditMethod: ExpressibleByArgument {}

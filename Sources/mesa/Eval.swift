@@ -18,7 +18,7 @@ struct Eval: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var editOptions: EditOptions
 
-    @Option(name: .long, help: "Editing method: rome, memit or alphaedit (hyperparameters from deploy/hparams/<method>/<model>.json, or --hparams).") var method: String = "rome"
+    @Option(name: .long, help: "Editing method: rome, memit, alphaedit or encore (hyperparameters from deploy/hparams/<method>/<model>.json, or --hparams).") var method: EditMethod = .rome
     @Option(name: .long, help: "CounterFact file (either layout).") var data: String?
     @Option(name: .long, help: "First record.") var start: Int = 0
     @Option(name: .long, help: "Number of records.") var limit: Int = 10
@@ -26,7 +26,7 @@ struct Eval: ParsableCommand {
     @Option(name: .customLong("checkpoints"), parsing: .upToNextOption,
             help: "With --sequential: also score every record edited so far after this many edits (e.g. 100 250 500 1000).")
     var checkpoints: [Int] = []
-    @Option(name: .long, help: "With --sequential, memit or alphaedit: edit this many records together in one computation (the AlphaEdit paper's protocol: 100).")
+    @Option(name: .long, help: "With --sequential, memit, alphaedit or encore: edit this many records together in one computation (the AlphaEdit paper's protocol: 100).")
     var batch: Int = 1
     @Option(name: .long, help: "Directory for the report.") var out: String = "out"
     @Option(name: .long, help: "With --sequential: commit every edit to a snapshot store in this directory, so that an interrupted run (Ctrl-C, kill, a closed session) resumes where it stopped when the same command is run again.")
@@ -34,10 +34,9 @@ struct Eval: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            guard ["rome", "memit", "alphaedit"].contains(method) else { throw fail("unknown method \(method) (rome, memit, alphaedit)") }
             guard checkpoints.isEmpty || sequential else { throw fail("--checkpoints needs --sequential") }
-            guard batch >= 1, batch == 1 || (sequential && method != "rome") else {
-                throw fail("--batch N needs --sequential and memit or alphaedit (ROME edits one fact at a time)")
+            guard batch >= 1, batch == 1 || (sequential && method.editsTogether) else {
+                throw fail("--batch N needs --sequential and memit, alphaedit or encore (ROME edits one fact at a time)")
             }
             let path = try modelOptions.path
             let dataPath = data ?? defaultDataPath
@@ -45,9 +44,7 @@ struct Eval: ParsableCommand {
             let model = try modelOptions.load()
             // The base model's hash: a resumed journal moves the weights to its last edit.
             let baseHash = model.weightHash
-            let editor: FactEditor = method == "rome"
-                ? try makeRomeEditor(model: model, modelPath: path, options: editOptions)
-                : try makeMemitEditor(model: model, modelPath: path, options: editOptions, alphaEdit: method == "alphaedit")
+            let editor = try makeEditor(method, model: model, modelPath: path, options: editOptions)
             var runner = CounterFactRunner(model: model, editor: editor, sequential: sequential)
             runner.checkpoints = checkpoints
             runner.batch = batch
@@ -91,7 +88,7 @@ struct Eval: ParsableCommand {
                 enc.outputFormatting = [.prettyPrinted, .sortedKeys]
                 try enc.encode(curve).write(to: url)
                 let svg = ReportWriter.curveSVG(title: "\(method) on \(EditOptions.modelName(path)): S after n sequential edits",
-                                                series: [(method, curve.map { (Double($0.edits), $0.metrics.s) })])
+                                                series: [(method.rawValue, curve.map { (Double($0.edits), $0.metrics.s) })])
                 try svg.write(toFile: url.deletingPathExtension().path + ".svg", atomically: true, encoding: .utf8)
                 print("wrote \(url.path) and its .svg")
             }
@@ -228,7 +225,7 @@ struct Layers: ParsableCommand {
 struct Curves: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Plot the S-vs-edits curves of several sequential runs side by side (SVG), from their -curve.json files.",
-        discussion: "Each series is named after its method label (alphaedit, memit, rome, alphaedit-mesa, …), or a --resume directory's name.")
+        discussion: "Each series is named after its method label (alphaedit, encore, memit, rome, alphaedit-mesa, …), or a --resume directory's name.")
 
     @Argument(help: "Curve files written by `mesa eval --sequential --checkpoints …` (or a --resume directory's curve.json).") var files: [String]
     @Option(name: .long, help: "The SVG to write.") var out: String
@@ -246,7 +243,7 @@ struct Curves: ParsableCommand {
                 }
                 var name = URL(fileURLWithPath: f).lastPathComponent
                 // "<method>-<data>-<start>-<n>-seq-curve.json" → the method label; a journal's curve.json → its directory.
-                let labels = ["alphaedit-mesa", "memit-mesa", "rome-mesa", "alphaedit", "memit", "rome"]
+                let labels = EditMethod.allCases.map { $0.rawValue + "-mesa" } + EditMethod.allCases.map(\.rawValue)
                 if let label = labels.first(where: { name.hasPrefix($0 + "-") }) { name = label }
                 if name == "curve.json" { name = URL(fileURLWithPath: f).deletingLastPathComponent().lastPathComponent }
                 series.append((name, points.map { (Double($0.edits), $0.metrics.s) }))

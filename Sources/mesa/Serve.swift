@@ -68,8 +68,8 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "BLAS threads (0 = one per core).")
     var threads: Int?
 
-    @Option(name: .long, help: "Editing method: rome, memit or alphaedit (default: $MESA_METHOD, the file's, or rome).")
-    var method: String?
+    @Option(name: .long, help: "Editing method: rome, memit, alphaedit or encore (default: $MESA_METHOD, the file's, or rome).")
+    var method: EditMethod?
 
     @Option(name: .long, help: "MESA: refine ROME's v* through this SAE (a directory, or a name under <state>/<hash16>/sae/; default: $MESA_SAE, the file's).")
     var mesa: String?
@@ -90,7 +90,7 @@ struct Serve: ParsableCommand {
             if let groupId { c.setKafka { $0.groupId = groupId } }
             if let httpListen { c.http = .init(listen: httpListen) }
             if let threads { c.threads = threads }
-            if let method { c.method = method }
+            if let method { c.method = method.rawValue }
             if let mesa { c.mesa = .init(sae: mesa, fallback: c.mesa?.fallback, l1: c.mesa?.l1) }
             if mesaFallback { c.mesa = .init(sae: c.mesa?.sae, fallback: true, l1: c.mesa?.l1) }
             if batchMaxEvents != nil || batchLingerMs != nil {

@@ -38,9 +38,9 @@ import Testing
         }
     }
 
-    /// deploy/hparams/{memit,alphaedit} conform to memit-hparams.schema.json and decode; AlphaEdit
-    /// files must carry its two settings.
-    @Test(arguments: ["memit", "alphaedit"])
+    /// deploy/hparams/{memit,alphaedit,encore} conform to memit-hparams.schema.json and decode;
+    /// AlphaEdit files must carry its two settings, ENCORE files its μ.
+    @Test(arguments: ["memit", "alphaedit", "encore"])
     func memitAndAlphaEditFilesConform(_ method: String) throws {
         var registry = SchemaRegistry()
         let uri = try registry.registerFile(at: EditTestPaths.repoRoot.appendingPathComponent("Schemas/memit-hparams.schema.json").path)
@@ -51,9 +51,11 @@ import Testing
         let h = try MemitHyperparameters.decode(data)
         try h.validate(layers: 30)
         #expect((h.nullspaceEnergy != nil) == (method == "alphaedit"))
-        if method == "alphaedit" {
+        #expect((h.updateNormLambda != nil) == (method == "encore"))
+        let required = ["alphaedit": "l2", "encore": "update_norm_lambda"]
+        if let key = required[method] {
             var o = try JSONSerialization.jsonObject(with: data) as! [String: Any]
-            o["l2"] = nil
+            o[key] = nil
             #expect(!schema.validate(try JSONValue.parse(try JSONSerialization.data(withJSONObject: o))).valid)
         }
     }

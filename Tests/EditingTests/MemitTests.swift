@@ -14,13 +14,97 @@ import Testing
         return KeyStatistics(spec: KeyStatisticsSpec(modelHash: m.weightHash, layer: l, tokens: 1), dim: ff, count: 1, moment: c)
     }
 
-    static func editor(_ m: LanguageModel, layers: [Int] = [0, 1], lambda: Double = 0.5, scale: Float = 1) throws -> MemitEditor {
+    static func editor(_ m: LanguageModel, layers: [Int] = [0, 1], lambda: Double = 0.5, scale: Float = 1,
+                       solver: SpreadSolver = .memit) throws -> MemitEditor {
         var h = MemitHyperparameters(layers: layers, contextTemplates: [.init(length: 4, count: 2)], vNumGradSteps: 20,
                                      clampNormFactor: 4, mom2UpdateWeight: lambda, mom2Ridge: 0)
         h.earlyStopLoss = 0.01
         let templates = try ContextTemplates.generate(model: m, groups: h.contextTemplates, seed: 3)
         return try MemitEditor(model: m, hparams: h, templates: templates,
-                               statistics: Dictionary(uniqueKeysWithValues: layers.map { ($0, statistics(m, layer: $0, scale: scale)) }))
+                               statistics: Dictionary(uniqueKeysWithValues: layers.map { ($0, statistics(m, layer: $0, scale: scale)) }),
+                               solver: solver)
+    }
+
+    static func encore(_ m: LanguageModel, mu: Double, layers: [Int] = [0, 1]) throws -> MemitEditor {
+        try editor(m, layers: layers, solver: .encore(try EncoreState(layers: layers, dim: m.config.intermediate, mu: mu)))
+    }
+
+    /// ‖ΔW k‖ for an update and a key [ff].
+    static func moved(_ u: LowRankUpdate, _ k: [Double]) -> Double {
+        var out = [Double](repeating: 0, count: u.rows)
+        for i in 0..<u.rank {
+            let dot = (0..<u.cols).reduce(0.0) { $0 + Double(u.right[i * u.cols + $1]) * k[$1] }
+            for r in 0..<u.rows { out[r] += Double(u.left[r * u.rank + i]) * dot }
+        }
+        return out.reduce(0) { $0 + $1 * $1 }.squareRoot()
+    }
+
+    static func frobenius(_ u: LowRankUpdate) -> Double {
+        var sum = 0.0
+        for r in 0..<u.rows {
+            for c in 0..<u.cols {
+                var v = 0.0
+                for i in 0..<u.rank { v += Double(u.left[r * u.rank + i]) * Double(u.right[i * u.cols + c]) }
+                sum += v * v
+            }
+        }
+        return sum.squareRoot()
+    }
+
+    static let paris = EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome")
+    static let rome = EditRequest(subject: "Rome", prompt: "{} is in", targetNew: "Paris")
+
+    /// ENCORE with μ = 0 and no kept edits solves MEMIT's system: the same updates, bit for bit.
+    @Test func encoreWithoutNormTermOrKeptEditsIsMemit() throws {
+        let m = try TinyEditModel.load()
+        let a = try Self.editor(m).computeUpdates([Self.paris, Self.rome])
+        let b = try Self.encore(m, mu: 0).computeUpdates([Self.paris, Self.rome])
+        #expect(a.updates == b.updates)
+        #expect(try Self.encore(m, mu: 0).method == "ENCORE")
+        #expect(throws: EditError.self) { try EncoreState(layers: [0], dim: 4, mu: -1) }
+    }
+
+    /// The Frobenius-norm term μ‖ΔW‖² shrinks every layer's update, and more with a larger μ; the edit
+    /// still lands at a moderate μ.
+    @Test func encoreNormTermShrinksTheUpdates() throws {
+        let m = try TinyEditModel.load()
+        let plain = try Self.encore(m, mu: 0).computeUpdates([Self.paris]).updates.map(Self.frobenius)
+        let some = try Self.encore(m, mu: 0.5).computeUpdates([Self.paris])
+        let more = try Self.encore(m, mu: 5).computeUpdates([Self.paris]).updates.map(Self.frobenius)
+        for (p, (s, x)) in zip(plain, zip(some.updates.map(Self.frobenius), more)) {
+            #expect(s < p && x < s, "‖ΔW‖: μ=0 \(p), μ=0.5 \(s), μ=5 \(x)")
+        }
+        let score = CounterFactScorer.make(m)
+        let before = try score("Paris is in", ["Rome"])[0]
+        for u in some.updates { try m.apply(u) }
+        #expect(try score("Paris is in", ["Rome"])[0] < before - 0.5)
+    }
+
+    /// Sequential ENCORE: a kept edit's keys join the preserved ones, so the next edit moves the earlier
+    /// edit's key less than MEMIT's update does; the stored state blocks rebuild the same sums.
+    @Test func encoreKeptKeysProtectEarlierEditsAndRebuildExactly() throws {
+        let m = try TinyEditModel.load()
+        let state = try EncoreState(layers: [0, 1], dim: m.config.intermediate, mu: 0.1)
+        let enc = try Self.editor(m, solver: .encore(state))
+        let first = try enc.computeUpdates(together: [Self.paris])
+        for u in first.updates { try m.apply(u) }
+        let blocks = enc.pendingState()
+        #expect(blocks.map(\.name) == ["encore.keys", "encore.keys"] && blocks.map(\.layer) == [0, 1])
+        enc.keep()
+        let kept = state.kept.accumulated
+        #expect(kept[1]!.contains { $0 != 0 })
+        let rebuilt = KeyAccumulator(layers: [0, 1], dim: m.config.intermediate, blockName: EncoreState.blockName)
+        try rebuilt.rebuild([blocks])
+        #expect(rebuilt.accumulated == kept)
+
+        let keyA = try #require(blocks.first { $0.layer == 1 }).values.map(Double.init)
+        let withKept = try enc.computeUpdates([Self.rome]).updates
+        let without = try Self.encore(m, mu: 0.1).computeUpdates([Self.rome]).updates
+        let a = Self.moved(try #require(withKept.first { $0.layer == 1 }), keyA)
+        let b = Self.moved(try #require(without.first { $0.layer == 1 }), keyA)
+        #expect(a < 0.9 * b, "‖ΔW k_A‖ with A's keys kept \(a), without \(b)")
+        state.kept.reset()
+        #expect(state.kept.accumulated[1]!.allSatisfy { $0 == 0 })
     }
 
     @Test func batchEditSpreadsRankNUpdatesAndRaisesEveryTarget() throws {

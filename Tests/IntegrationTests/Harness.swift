@@ -67,10 +67,10 @@ final class DaemonHarness: @unchecked Sendable {
         let d = dir.appendingPathComponent("hparams/rome")
         try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
         try TinyModel.romeHyperparameters(model: Self.modelName, steps: steps, earlyStop: early).write(to: d.appendingPathComponent("\(Self.modelName).json"))
-        for (method, alpha) in [("memit", false), ("alphaedit", true)] {
+        for method in ["memit", "alphaedit", "encore"] {
             let m = dir.appendingPathComponent("hparams/\(method)")
             try FileManager.default.createDirectory(at: m, withIntermediateDirectories: true)
-            try TinyModel.memitHyperparameters(model: Self.modelName, alphaEdit: alpha, steps: steps).write(to: m.appendingPathComponent("\(Self.modelName).json"))
+            try TinyModel.memitHyperparameters(model: Self.modelName, method: method, steps: steps).write(to: m.appendingPathComponent("\(Self.modelName).json"))
         }
     }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch MEMIT / AlphaEdit edit (kmeng01/memit, jianghoucheng/AlphaEdit style) on SmolLM2 from the
+"""PyTorch MEMIT / AlphaEdit / ENCORE edit (kmeng01/memit, jianghoucheng/AlphaEdit, ENCORE style) on SmolLM2 from the
 GGUF, driven by a JSON job that `mesa-bench memit` writes (the same token ids mesa uses).
 
     PY=~/.local/share/mesa/refenv/bin/python
@@ -9,13 +9,16 @@ One edit of one request, all on CPU in float32 (solves in float64), parameters f
 
   z        δ on the residual after the last edited layer L (a forward hook on layers[L] adds δ at every
            prompt's subject position), NLL + KL + weight decay, Adam, clamp to clamp·‖h_L‖; z = h_L + δ,
-           h_L from the bare prompt (compute_z).
+           h_L from the bare prompt (compute_z). With early_stop_top (ENCORE's most-probable early stop)
+           the loop also ends, before the step, once every target token is the argmax of its row.
   spread   for each edited layer l in ascending order, on the partially edited model: the key K (the
            template-weighted mean input of layers[l].mlp.down_proj at the subject's last token over the
            key prompts), the residual gap (z − h_L(current)) / (layers left), and
              MEMIT:     X = (λC + KKᵀ)⁻¹K
              AlphaEdit: X = (P(KKᵀ + K_pK_pᵀ) + αI)⁻¹PK   (P from eigh(C), smallest eigenvalues up to
                         nullspace_energy of the trace; computed once, untimed, like the cached statistics)
+             ENCORE:    X = (λC + μI + K_pK_pᵀ + KKᵀ)⁻¹K     (μ = update_norm_lambda)
+           (one edit from a fresh state: no kept keys, K_pK_pᵀ = 0)
            ΔW = R Xᵀ added to layers[l].mlp.down_proj.weight.
 
 The edit runs once untimed, then `repeats` times timed with the weights restored in between. One
@@ -56,6 +59,7 @@ def run_edit(model, job, stats, projectors, torch):
     n_rw, n_kl = len(rw), len(kl)
     steps, lr, wd = int(job["steps"]), float(job["lr"]), float(job["weight_decay"])
     clamp, kl_factor, early = float(job["clamp_norm_factor"]), float(job["kl_factor"]), float(job["early_stop_loss"])
+    stop_top = bool(job.get("early_stop_top", False))
     times = {}
 
     # ---- z ------------------------------------------------------------------------------------
@@ -91,6 +95,8 @@ def run_edit(model, job, stats, projectors, torch):
             h = state["h"]
             loss = nll + kl_loss + wd * (torch.norm(delta) / torch.norm(h) ** 2)
             losses.append(float(loss.detach()))
+            if stop_top and bool((logits[t_row, t_pos].argmax(dim=-1) == t_tok).all()):
+                break
             if losses[-1] < early or it == steps - 1:
                 break
             loss.backward()
@@ -128,6 +134,10 @@ def run_edit(model, job, stats, projectors, torch):
         r = ((z - cap["h"].double()) / (len(layers) - i))[:, None]  # [d, 1]
         if job["method"] == "memit":
             a = float(job["mom2_update_weight"]) * stats[l] + k @ k.T
+            x = torch.linalg.solve(a, k)
+        elif job["method"] == "encore":
+            eye = torch.eye(k.shape[0], dtype=torch.float64)
+            a = float(job["mom2_update_weight"]) * stats[l] + float(job["update_norm_lambda"]) * eye + k @ k.T
             x = torch.linalg.solve(a, k)
         else:
             p = projectors[l]
