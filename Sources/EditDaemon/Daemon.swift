@@ -164,6 +164,8 @@ public final class Daemon: @unchecked Sendable {
         let pipeline = try Pipeline(host: modelHost, catalog: catalog, topics: topics, maxEventBytes: c.eventLimit, setup: setup,
                                     settings: methodSettings, editor: editor, log: log)
         if let g = qualityGuard {
+            // The canary pass skips the layers below the first one the method edits while they are unchanged.
+            g.startLayer = methodSettings.lowestLayer
             pipeline.qualityGuard = g
             metrics.setCanary(modelHost.head == 0 ? g.base : try g.measure(model), weights: "head")
         }

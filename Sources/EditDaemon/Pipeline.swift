@@ -67,6 +67,14 @@ public enum MethodSettings: Sendable, Equatable {
         }
     }
 
+    /// The lowest layer the default hyperparameters edit.
+    public var lowestLayer: Int {
+        switch self {
+        case .rome(let h): return h.layer
+        case .memit(let h, _): return h.layers.first ?? 0
+        }
+    }
+
     public var name: String {
         switch self {
         case .rome: return "ROME"

@@ -91,6 +91,17 @@ public final class QualityGuard: @unchecked Sendable {
     public let base: CanaryFigures
     public let maxAccuracyDrop: Double
     public let maxPerplexityRise: Double
+    /// The lowest layer the daemon's edits write (its method's first edited layer). Above 0, the canary
+    /// pass starts there, from the residual stream it cached together with a digest of the weights
+    /// below it; when those weights change (an edit or a rollback that reaches them) the pass runs
+    /// from the embeddings again and refreshes the cache. The figures are the same either way.
+    public var startLayer: Int {
+        get { lock.lock(); defer { lock.unlock() }; return start }
+        set { lock.lock(); start = max(0, newValue); resumeCache = nil; lock.unlock() }
+    }
+    private var start = 0
+    private var resumeCache: (key: [UInt8], point: ResumePoint)?
+    private let lock = NSLock()
 
     /// Measures the base figures on `model`, which must hold the base weights.
     public init(model: LanguageModel, canary: CanarySet, perplexityTokens: Int, maxAccuracyDrop: Double, maxPerplexityRise: Double) throws {
@@ -130,29 +141,60 @@ public final class QualityGuard: @unchecked Sendable {
     }
 
     /// The canary figures of `model`'s current weights.
-    public func measure(_ model: LanguageModel) throws -> CanaryFigures { try Self.measure(model, facts: facts, text: text) }
+    public func measure(_ model: LanguageModel) throws -> CanaryFigures {
+        lock.lock(); defer { lock.unlock() }
+        guard start > 0, start < model.config.layers else { return try Self.measure(model, facts: facts, text: text) }
+        let key = Self.digest(model, below: start)
+        let cached = resumeCache?.key == key ? resumeCache?.point : nil
+        let r = try Self.pass(model, facts: facts, text: text, resume: cached, capture: cached == nil ? start : nil)
+        if let residual = r.residual { resumeCache = (key, ResumePoint(layer: start, residual: residual)) }
+        return Self.figures(r.answered, r.meanNLL, facts: facts.count)
+    }
 
     static func measure(_ model: LanguageModel, facts: [(prompt: [Int32], answer: Int32)], text: [Int32]) throws -> CanaryFigures {
         let r = try pass(model, facts: facts, text: text)
-        let accuracy = facts.isEmpty ? 100 : 100 * Double(r.answered.filter { $0 }.count) / Double(facts.count)
-        return CanaryFigures(accuracy: accuracy, perplexity: r.meanNLL.map(exp) ?? 1)
+        return figures(r.answered, r.meanNLL, facts: facts.count)
+    }
+
+    static func figures(_ answered: [Bool], _ meanNLL: Double?, facts: Int) -> CanaryFigures {
+        let accuracy = facts == 0 ? 100 : 100 * Double(answered.filter { $0 }.count) / Double(facts)
+        return CanaryFigures(accuracy: accuracy, perplexity: meanNLL.map(exp) ?? 1)
+    }
+
+    /// SHA-256 over the digests of the embeddings and of every tensor of the layers below `layer`:
+    /// what the residual stream entering `layer` depends on. Digests are cached per tensor until it
+    /// is written, so this is cheap while those weights stay as they are.
+    static func digest(_ model: LanguageModel, below layer: Int) -> [UInt8] {
+        let w = model.weights
+        var h = SHA256()
+        for p in [w.tokenEmbedding] + [w.positionEmbedding].compactMap({ $0 }) + w.layers.prefix(layer).flatMap(\.all) {
+            h.update(Array(p.name.utf8) + [0])
+            h.update(p.digest)
+        }
+        return h.finalize()
     }
 
     /// One pass for the facts and the text: every fact's prompt and the text packed as independent
     /// sequences (the weights are read once: a pass per short prompt would be bound by memory
     /// bandwidth, ~30 ms each on the default model), logits at each prompt's last token and at every
-    /// text position. Per fact whether its answer is the top token; the text's mean NLL (nil without text).
-    static func pass(_ model: LanguageModel, facts: [(prompt: [Int32], answer: Int32)], text: [Int32]) throws -> (answered: [Bool], meanNLL: Double?) {
+    /// text position. Per fact whether its answer is the top token; the text's mean NLL (nil without
+    /// text). With `resume` the pass starts from that residual stream; with `capture` it returns the
+    /// residual stream entering that layer ([tokens, d]), to resume later passes from.
+    static func pass(_ model: LanguageModel, facts: [(prompt: [Int32], answer: Int32)], text: [Int32], resume: ResumePoint? = nil,
+                     capture: Int? = nil) throws -> (answered: [Bool], meanNLL: Double?, residual: Tensor?) {
         let scored = text.count >= 2 ? text : []
         let segments = facts.map(\.prompt.count) + (scored.isEmpty ? [] : [scored.count])
-        guard !segments.isEmpty else { return ([], nil) }
+        guard !segments.isEmpty else { return ([], nil, nil) }
         var ends: [Int] = [], at = 0
         for f in facts { at += f.prompt.count; ends.append(at - 1) }
         let textRows = scored.isEmpty ? [] : Array(at..<(at + scored.count - 1))
-        let r = try model.forward(facts.flatMap(\.prompt) + scored, options: ForwardOptions(logits: .positions(ends + textRows), segments: segments))
+        let site = capture.map { Site(layer: $0, kind: .residIn) }
+        let r = try model.forward(facts.flatMap(\.prompt) + scored, options: ForwardOptions(
+            capture: site.map { [$0] } ?? [], logits: .positions(ends + textRows), segments: segments, resume: resume))
+        let residual = site.flatMap { r.activations[$0] }
         let v = model.config.vocabSize
         // logits [facts + text rows, vocab]
-        return r.logits.data.withUnsafeBufferPointer { l in
+        let (answered, meanNLL) = r.logits.data.withUnsafeBufferPointer { l in
             let answered = facts.enumerated().map { i, f -> Bool in
                 let row = l.baseAddress! + i * v
                 var best = 0
@@ -166,6 +208,7 @@ public final class QualityGuard: @unchecked Sendable {
             }
             return (answered, textRows.isEmpty ? nil : nll / Double(textRows.count))
         }
+        return (answered, meanNLL, residual)
     }
 
     /// Why `f` crosses a threshold against the base figures, or nil.

@@ -99,8 +99,19 @@ public final class LanguageModel: @unchecked Sendable {
         if layerCount < c.layers && options.logits != .none {
             throw ModelError(.invalidInput, "a pass that stops after layer \(layerCount - 1) has no logits")
         }
-        for s in options.capture where s.layer < 0 || s.layer >= layerCount {
-            throw ModelError(.invalidInput, "capture at \(s): no such layer (the pass runs layers 0..<\(layerCount))")
+        let firstLayer = options.resume?.layer ?? 0
+        if let r = options.resume {
+            guard cache == nil else { throw ModelError(.invalidInput, "a pass resumed at layer \(r.layer) cannot use a KV cache") }
+            guard r.layer >= 0, r.layer < layerCount else { throw ModelError(.invalidInput, "resume at layer \(r.layer): outside 0..<\(layerCount)") }
+            guard r.residual.shape == [T, c.hidden] else {
+                throw ModelError(.invalidInput, "resume residual has shape \(r.residual.shape), expected [\(T), \(c.hidden)]")
+            }
+        }
+        for s in options.capture where s.layer < firstLayer || s.layer >= layerCount {
+            throw ModelError(.invalidInput, "capture at \(s): no such layer (the pass runs layers \(firstLayer)..<\(layerCount))")
+        }
+        for iv in options.interventions where iv.site.layer < firstLayer {
+            throw ModelError(.invalidInput, "intervention at \(iv.site): the pass resumes at layer \(firstLayer)")
         }
         // Independent sequences packed into the tokens: [start, end) each, positions from 0 in each.
         var spans = [(start: 0, end: T)]
@@ -150,15 +161,19 @@ public final class LanguageModel: @unchecked Sendable {
             }
         }
 
-        // Embeddings.
-        let emb = weights.tokenEmbedding.pointer
-        for t in 0..<T { (x + t * d).update(from: emb + Int(tokens[t]) * d, count: d) }
-        if let pos = weights.positionEmbedding {
-            for t in 0..<T { Kernels.add(x + t * d, pos.pointer + position[t] * d, count: d) }
+        if let r = options.resume {
+            r.residual.data.withUnsafeBufferPointer { x.update(from: $0.baseAddress!, count: T * d) }
+        } else {
+            // Embeddings.
+            let emb = weights.tokenEmbedding.pointer
+            for t in 0..<T { (x + t * d).update(from: emb + Int(tokens[t]) * d, count: d) }
+            if let pos = weights.positionEmbedding {
+                for t in 0..<T { Kernels.add(x + t * d, pos.pointer + position[t] * d, count: d) }
+            }
         }
 
         let scale = 1 / Float(hd).squareRoot()
-        for l in 0..<layerCount {
+        for l in firstLayer..<layerCount {
             let w = weights.layers[l]
             site(.residIn, l, x, d)
             norm(x, w.attnNorm, w.attnNormBias, out: h, rows: T)

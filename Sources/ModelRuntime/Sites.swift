@@ -45,13 +45,29 @@ public struct ForwardOptions: Sendable {
     /// starts at position 0 and attends only within itself, so one pass streams the weights once for
     /// many short prompts. Nil: the tokens are one sequence.
     public var segments: [Int]?
+    /// Start at a layer from a residual stream captured earlier instead of from the embeddings: a
+    /// pass over the same tokens whose lower layers are unchanged (the quality guard's canary after an
+    /// edit above them) skips them. No KV cache; no captures or interventions below the layer.
+    public var resume: ResumePoint?
     public init(capture: Set<Site> = [], interventions: [Intervention] = [], logits: LogitSelection = .last, stopAfterLayer: Int? = nil,
-                segments: [Int]? = nil) {
+                segments: [Int]? = nil, resume: ResumePoint? = nil) {
         self.capture = capture
         self.interventions = interventions
         self.logits = logits
         self.stopAfterLayer = stopAfterLayer
         self.segments = segments
+        self.resume = resume
+    }
+}
+
+/// Where a forward pass starts: layer `layer`, whose input is `residual` [T, d] (the `resid_in`
+/// capture of that layer from a pass over the same tokens).
+public struct ResumePoint: Sendable {
+    public var layer: Int
+    public var residual: Tensor
+    public init(layer: Int, residual: Tensor) {
+        self.layer = layer
+        self.residual = residual
     }
 }
 

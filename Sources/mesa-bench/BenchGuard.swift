@@ -1,3 +1,4 @@
+import Contracts
 import ArgumentParser
 import EditDaemon
 import Editing
@@ -6,77 +7,102 @@ import Foundation
 import ModelRuntime
 import Tensor
 
-/// The quality guard's cost: scoring the canary set on edited weights against the median ROME edit
-/// (the daemon's default method and hyperparameters, early stop on) on the same model, same run.
+/// The quality guard's cost: scoring the canary set on edited weights against the median edit of a
+/// method (its deployed hyperparameters, early stops as deployed) on the same model, same run; each
+/// canary size timed as the daemon runs it (from the cached residual at the method's first edited
+/// layer) and from the embeddings.
 struct GuardBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "guard",
-        abstract: "Quality guard cost: canary scoring time per canary size against the median ROME edit time, same run.")
+        abstract: "Quality guard cost: canary scoring time per canary size against the median edit time of a method, same run.")
 
     @Option(help: "Model (default: the installed SmolLM2-135M-Instruct).") var model: String?
-    @Option(help: "ROME hyperparameter file.") var hparams = "deploy/hparams/rome/SmolLM2-135M-Instruct.json"
+    @Option(help: "Editing method (rome, memit, alphaedit, encore).") var method = "rome"
+    @Option(help: "Hyperparameter file (default: deploy/hparams/<method>/SmolLM2-135M-Instruct.json).") var hparams: String?
     @Option(help: "CounterFact records edited for the median edit time.") var edits = 5
     @Option(help: "Data directory (known facts, WikiText-2, CounterFact).") var data = "../shared/data"
     @Option(parsing: .upToNextOption, help: "Canary sizes to time, as facts:tokens.") var sizes = ["100:256", "50:128", "32:128", "32:64"]
     @Option(help: "Results file (JSON).") var out = "ops/bench/results/guard.json"
 
     func run() throws {
+        guard let kind = EditMethod(rawValue: method) else { throw ValidationError("--method: one of \(EditMethod.names)") }
         let path = try model ?? ModelLocator.defaultModelPath()
         let lm = try ModelLoader.load(path: path)
-        guard let hd = FileManager.default.contents(atPath: hparams) else { throw ValidationError("cannot read \(hparams)") }
-        let h = try RomeHyperparameters.decode(hd)
-        let state = EditState(home: EditState.defaultHome, baseHash: lm.weightHash)
-        let templates = try state.templates(model: lm, groups: h.contextTemplates, seed: h.templateSeed, log: { print($0) })
-        guard let stats = try state.cachedStatistics(h.statisticsSpec(modelHash: state.baseHash)) else {
-            throw ValidationError("no key statistics for layer \(h.layer): run `mesa stats --layer \(h.layer)` (or the demo) first")
+        let file = URL(fileURLWithPath: hparams ?? "deploy/hparams/\(method)/SmolLM2-135M-Instruct.json")
+        let setup = RomeSetup(stateDirectory: EditState.defaultHome.appendingPathComponent("state"), corpusPath: "", log: { print($0) })
+        let catalog = try SchemaCatalog.standard()
+        let editor: FactEditor
+        let firstLayer: Int
+        if kind == .rome {
+            let h = try RomeSetup.hyperparameters(at: file, catalog: catalog)
+            editor = try setup.editor(model: lm, hparams: h, computeMissing: false)
+            firstLayer = h.layer
+        } else {
+            let h = try RomeSetup.memitHyperparameters(at: file, catalog: catalog)
+            editor = try setup.memitEditor(model: lm, hparams: h, method: kind, computeMissing: false)
+            firstLayer = h.layers.first ?? 0
         }
-        let editor = try RomeEditor(model: lm, hparams: h, templates: templates, statistics: stats)
         let records = Array(try CounterFact.load(path: data + "/counterfact/counterfact-val.json").records.prefix(edits))
         let dataDir = URL(fileURLWithPath: data)
-        // Guards on the base weights, one per size (their canary sets are built from the same seed).
-        var guards: [(String, QualityGuard)] = []
+        // Guards on the base weights, one per size (their canary sets are built from the same seed): as the
+        // daemon runs them (resumed at the first edited layer; the cache is filled here, on the base
+        // weights, as the daemon's start does) and from the embeddings.
+        var guards: [(String, QualityGuard, QualityGuard)] = []
         for s in sizes {
             let p = s.split(separator: ":").compactMap { Int($0) }
             guard p.count == 2 else { throw ValidationError("size \(s) is not facts:tokens") }
             let canary = try CanarySet.build(model: lm, knownFacts: dataDir.appendingPathComponent("counterfact/known_1000.json"),
                                              wikitext: dataDir.appendingPathComponent("corpus/wikitext-2/tokens.valid.txt"),
                                              count: p[0], tokens: p[1], seed: 0)
-            guards.append((s, try QualityGuard(model: lm, canary: canary, perplexityTokens: p[1], maxAccuracyDrop: 2, maxPerplexityRise: 0.03)))
+            let resumed = try QualityGuard(model: lm, canary: canary, perplexityTokens: p[1], maxAccuracyDrop: 2, maxPerplexityRise: 0.03)
+            resumed.startLayer = firstLayer
+            _ = try resumed.measure(lm)
+            let full = try QualityGuard(model: lm, canary: canary, perplexityTokens: p[1], maxAccuracyDrop: 2, maxPerplexityRise: 0.03)
+            guards.append((s, resumed, full))
         }
         var editTimes: [Double] = []
-        var canaryTimes: [String: [Double]] = [:]
+        var resumedTimes: [String: [Double]] = [:], fullTimes: [String: [Double]] = [:]
+        var agree = true
         for r in records {
             let request = EditRequest(subject: r.subject, prompt: r.prompt, targetNew: r.targetNew, targetTrue: r.targetTrue)
             var updates: [LowRankUpdate] = []
             editTimes.append(try timed { updates = try editor.computeUpdates(for: request).updates })
             let backups = try updates.map { try lm.apply($0) }
-            for (s, g) in guards { canaryTimes[s, default: []].append(try timed { _ = try g.measure(lm) }) }
+            for (s, resumed, full) in guards {
+                var a = CanaryFigures(accuracy: 0, perplexity: 0), b = a
+                resumedTimes[s, default: []].append(try timed { a = try resumed.measure(lm) })
+                fullTimes[s, default: []].append(try timed { b = try full.measure(lm) })
+                agree = agree && a == b
+            }
             for b in backups.reversed() { try lm.restore(b) }
         }
         // The reference: the same canary figures from one pass per fact and one for the text (how the
         // guard scored before packing), on the largest set, base weights.
-        let (refSize, refGuard) = guards[0]
+        let (refSize, _, refGuard) = guards[0]
         var refFigures = CanaryFigures(accuracy: 0, perplexity: 0)
         let refTimes = try (0..<3).map { _ in try timed { refFigures = try Self.separatePasses(lm, refGuard.canary, tokens: refGuard.perplexityTokens) } }
         let packedBase = try refGuard.measure(lm)
-        let agree = refFigures.accuracy == packedBase.accuracy && abs(refFigures.perplexity / packedBase.perplexity - 1) < 1e-4
+        let refAgree = refFigures.accuracy == packedBase.accuracy && abs(refFigures.perplexity / packedBase.perplexity - 1) < 1e-4
         let edit = median(editTimes)
         let c = BLAS.configuration
-        print(String(format: "ROME edit: median %.3f s over %d edits (early stop on); BLAS %@ threads %d", edit, records.count, c.coreName, c.threads))
+        print(String(format: "%@ edit: median %.3f s over %d edits; BLAS %@ threads %d; canary passes start at layer %d",
+                     editor.method, edit, records.count, c.coreName, c.threads, firstLayer))
         var rows: [[String: Any]] = []
-        for (s, g) in guards {
-            let t = median(canaryTimes[s] ?? [])
-            print(String(format: "canary %@ (%d facts, %d tokens): %.3f s = %.1f%% of the median edit", s, g.canary.facts.count,
-                         g.perplexityTokens, t, 100 * t / edit))
-            rows.append(["size": s, "facts": g.canary.facts.count, "tokens": g.perplexityTokens, "seconds": t, "ratio_to_edit": t / edit])
+        for (s, g, _) in guards {
+            let t = median(resumedTimes[s] ?? []), f = median(fullTimes[s] ?? [])
+            print(String(format: "canary %@ (%d facts, %d tokens): %.3f s = %.1f%% of the median edit (from the embeddings: %.3f s = %.1f%%)", s,
+                         g.canary.facts.count, g.perplexityTokens, t, 100 * t / edit, f, 100 * f / edit))
+            rows.append(["size": s, "facts": g.canary.facts.count, "tokens": g.perplexityTokens, "seconds": t, "ratio_to_edit": t / edit,
+                         "from_embeddings_seconds": f, "from_embeddings_ratio_to_edit": f / edit])
         }
+        print("resumed and full passes give the same figures: \(agree ? "yes" : "NO")")
         let ref = median(refTimes)
-        print(String(format: "reference, one pass per fact (%@): %.3f s = %.1f%% of the median edit; packed/separate %.2fx; figures agree: %@ (accuracy %.1f / %.1f, perplexity %.5f / %.5f)",
-                     refSize, ref, 100 * ref / edit, ref / max(1e-9, median(canaryTimes[refSize] ?? [])), agree ? "yes" : "NO",
+        print(String(format: "reference, one pass per fact (%@): %.3f s = %.1f%% of the median edit; separate/packed %.2fx; figures agree: %@ (accuracy %.1f / %.1f, perplexity %.5f / %.5f)",
+                     refSize, ref, 100 * ref / edit, ref / max(1e-9, median(fullTimes[refSize] ?? [])), refAgree ? "yes" : "NO",
                      packedBase.accuracy, refFigures.accuracy, packedBase.perplexity, refFigures.perplexity))
-        try writeResults(["edit_median_seconds": edit, "edits": records.count, "blas_core": c.coreName, "blas_threads": c.threads,
-                          "canary": rows, "target_ratio": 0.10,
-                          "reference_separate_passes": ["size": refSize, "seconds": ref, "ratio_to_edit": ref / edit, "figures_agree": agree]], to: out)
+        try writeResults(["method": editor.method, "edit_median_seconds": edit, "edits": records.count, "blas_core": c.coreName,
+                          "blas_threads": c.threads, "start_layer": firstLayer, "canary": rows, "target_ratio": 0.10, "resumed_figures_agree": agree,
+                          "reference_separate_passes": ["size": refSize, "seconds": ref, "ratio_to_edit": ref / edit, "figures_agree": refAgree]], to: out)
         print("wrote \(out)")
     }
 

@@ -2,7 +2,9 @@ import Contracts
 import EditDaemon
 import Foundation
 import Messaging
+import ModelRuntime
 import TestSupport
+import Tensor
 import Testing
 
 /// The quality guard in the daemon: edits that damage the canary set are undone bit-exactly and
@@ -20,6 +22,33 @@ import Testing
         try JSONSerialization.data(withJSONObject: doc).write(to: canary)
         h.settings = ["quality_guard": ["enabled": true, "canary_file": canary.path, "perplexity_tokens": 64, "max_perplexity_rise": 0.25]]
         return h
+    }
+
+    /// Starting the canary pass at the first edited layer from the cached residual gives exactly the
+    /// figures of a full pass, after an edit above that layer and after one below it (which must
+    /// invalidate the cache).
+    @Test func resumedCanaryPassGivesTheFullPassFigures() throws {
+        let m = try TinyModel.load()
+        let canary = CanarySet(facts: [.init(prompt: "Paris is in", answer: "France"), .init(prompt: "Rome is the capital of", answer: "Italy")],
+                               text: Self.text)
+        let full = try QualityGuard(model: m, canary: canary, perplexityTokens: 64, maxAccuracyDrop: 2, maxPerplexityRise: 0.03)
+        let resumed = try QualityGuard(model: m, canary: canary, perplexityTokens: 64, maxAccuracyDrop: 2, maxPerplexityRise: 0.03)
+        resumed.startLayer = 1
+        #expect(try resumed.measure(m) == full.base)
+        func bump(_ layer: Int, _ scale: Float) throws {
+            let w = m.weights.layers[layer].wDown
+            let (rows, cols) = (w.shape[0], w.shape[1])
+            try m.apply(LowRankUpdate(parameter: w.name, layer: layer, rows: rows, cols: cols, rank: 1,
+                                      left: (0..<rows).map { Float($0 % 5) * scale }, right: (0..<cols).map { Float(($0 * 3) % 7) * 0.1 }))
+        }
+        try bump(2, 0.05)
+        let afterHigh = try full.measure(m)
+        #expect(afterHigh != full.base)
+        #expect(try resumed.measure(m) == afterHigh)
+        try bump(0, 0.2)
+        let afterLow = try full.measure(m)
+        #expect(afterLow.perplexity != afterHigh.perplexity)
+        #expect(try resumed.measure(m) == afterLow, "an edit below the start layer must refresh the cached residual")
     }
 
     @Test func damagingEditsAreUndoneAndDeadLetteredAndTheStreamEndsAsIfTheyWereNeverSent() throws {

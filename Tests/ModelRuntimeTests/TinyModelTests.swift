@@ -38,6 +38,25 @@ import Testing
         #expect(throws: ModelError.self) { try m.forward([1, 2], options: ForwardOptions(segments: [2, 0])) }
     }
 
+    /// A pass resumed at a layer from the residual stream an earlier pass captured there gives the same
+    /// logits bit for bit (the quality guard skips the layers an edit did not touch).
+    @Test(arguments: ["llama", "gpt2"])
+    func resumedPassEqualsTheFullPass(_ arch: String) throws {
+        let m = try TinyModel.load(TinyModel.Spec(architecture: arch))
+        let seqs: [[Int32]] = [[5, 9, 2, 7], [3], [11, 4, 4, 8, 1, 6]]
+        let tokens = seqs.flatMap { $0 }
+        let site = Site(layer: 1, kind: .residIn)
+        let full = try m.forward(tokens, options: ForwardOptions(capture: [site], logits: .all, segments: seqs.map(\.count)))
+        let point = ResumePoint(layer: 1, residual: try #require(full.activations[site]))
+        let resumed = try m.forward(tokens, options: ForwardOptions(logits: .all, segments: seqs.map(\.count), resume: point))
+        #expect(resumed.logits.data == full.logits.data)
+        #expect(throws: ModelError.self) { try m.forward(Array(tokens.prefix(3)), options: ForwardOptions(resume: point)) }
+        #expect(throws: ModelError.self) {
+            try m.forward(tokens, options: ForwardOptions(capture: [Site(layer: 0, kind: .mlpOut)], resume: point))
+        }
+        #expect(throws: ModelError.self) { try m.forward(tokens, cache: KVCache(config: m.config), options: ForwardOptions(resume: point)) }
+    }
+
     @Test func causality() throws {
         let m = try TinyModel.load()
         let a = try m.forward([10, 20, 30, 40], options: ForwardOptions(logits: .all))
