@@ -67,6 +67,7 @@ extension RomeEditor: FactEditor {
         ]
         if let st = statistics { s["mom2_tokens"] = "\(st.count)"; s["mom2_ridge"] = "\(h.mom2Ridge)" }
         if h.earlyStopTop == true { s["early_stop_top"] = "true" }
+        if let n = h.earlyStopTopChecks, n != 1 { s["early_stop_top_checks"] = "\(n)" }
         return s.merging(mesaSetup.report) { a, _ in a }
     }
 }
@@ -108,6 +109,7 @@ extension MemitEditor: FactEditor {
             "context_templates": "\(templates.prefixes.count)", "template_seed": "\(h.templateSeed)",
         ]
         if h.earlyStopTop == true { s["early_stop_top"] = "true" }
+        if let n = h.earlyStopTopChecks, n != 1 { s["early_stop_top_checks"] = "\(n)" }
         if case .alphaEdit(let st) = solver {
             s["nullspace_energy"] = "\(h.nullspaceEnergy ?? .nan)"
             s["l2"] = "\(h.l2 ?? .nan)"

@@ -33,6 +33,8 @@ public struct RomeHyperparameters: Codable, Sendable, Equatable {
     /// ENCORE's most-probable early stop: also stop once the new object is the top token in every
     /// rewrite context (`DeltaOptimization.stopWhenTop`).
     public var earlyStopTop: Bool?
+    /// With `earlyStopTop`: stop the n-th time every target is on top (`DeltaOptimization.topChecks`).
+    public var earlyStopTopChecks: Int?
     /// u = C⁻¹k* (true) or u = k* (false).
     public var mom2Adjustment: Bool
     /// Key statistics: tokens, tokens per article, article shuffle seed.

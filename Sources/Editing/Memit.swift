@@ -20,6 +20,8 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable {
     /// ENCORE's most-probable early stop: also end z's optimization once the new object is the top
     /// token in every context (`DeltaOptimization.stopWhenTop`).
     public var earlyStopTop: Bool?
+    /// With `earlyStopTop`: stop the n-th time every target is on top (`DeltaOptimization.topChecks`).
+    public var earlyStopTopChecks: Int?
     /// λ in ΔW = R [(λC + KKᵀ)⁻¹K]ᵀ.
     public var mom2UpdateWeight: Double
     public var mom2Tokens: Int
@@ -358,6 +360,7 @@ public final class MemitEditor: @unchecked Sendable {
                                                  klFactor: mesaSetup.klFactor(h.klFactor), earlyStopLoss: h.earlyStopLoss,
                                                  maxNorm: h.clampNormFactor * hNorm, referenceNorm: hNorm)
             optimization.stopWhenTop = h.earlyStopTop ?? false
+            optimization.topChecks = h.earlyStopTopChecks ?? 1
             let outcome = try optimization.run(pass: pass, batch: batch, refinement: refinement)
             steps.append(outcome.losses.count)
             let change = outcome.changes?[0] ?? outcome.delta

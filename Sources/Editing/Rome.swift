@@ -227,6 +227,7 @@ public final class RomeEditor: @unchecked Sendable {
                                              klFactor: mesaSetup.klFactor(h.klFactor), earlyStopLoss: h.earlyStopLoss,
                                              maxNorm: h.clampNormFactor * vInitNorm, referenceNorm: vInitNorm)
         optimization.stopWhenTop = h.earlyStopTop ?? false
+        optimization.topChecks = h.earlyStopTopChecks ?? 1
         let outcome = try optimization.run(pass: pass, batch: batch, refinement: refinement)
         let delta = outcome.delta
         lap("v_star")
@@ -273,6 +274,9 @@ public struct DeltaOptimization: Sendable {
     /// probable one at its position in every rewrite prompt (teacher-forced), instead of optimizing
     /// on to a loss threshold (over-optimization that inflates ‖δ‖ and the update).
     public var stopWhenTop = false
+    /// With `stopWhenTop`: stop the n-th time every target is on top (ENCORE's |prob_cutoff|: 2 for
+    /// Llama3-8B, 4 for GPT2-XL), so that the new object wins with some margin. 1: the first time.
+    public var topChecks = 1
 
     public init(steps: Int, lr: Float, weightDecay: Float, klFactor: Float, earlyStopLoss: Float, maxNorm: Float, referenceNorm: Float) {
         self.steps = steps
@@ -310,6 +314,7 @@ public struct DeltaOptimization: Sendable {
         var adam = Adam(lr: lr, count: d)
         var losses: [EditLoss.Value] = []
         var last: SAERefinement.State?
+        var onTop = 0
         for it in 0..<steps {
             let state = refinement?.evaluate(delta)
             last = state
@@ -319,7 +324,10 @@ public struct DeltaOptimization: Sendable {
             if let state, let refinement { value.sparsity = Double(refinement.l1) * state.l1Norm }
             losses.append(value)
             guard value.total.isFinite else { throw EditError(.nonFinite, "the edit loss became non-finite at step \(it)") }
-            if stopWhenTop, Self.targetsOnTop(logits, batch.rewriteTargets) { break }
+            if stopWhenTop, Self.targetsOnTop(logits, batch.rewriteTargets) {
+                onTop += 1
+                if onTop >= topChecks { break }
+            }
             // Early stop on the edit objective (NLL + KL + decay): MESA's L1 term does not vanish at a
             // solved edit and would otherwise keep every refined edit running to the last step.
             if value.total - value.sparsity < Double(earlyStopLoss) || it == steps - 1 { break }

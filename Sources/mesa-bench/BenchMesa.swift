@@ -229,6 +229,7 @@ struct MemitBench: ParsableCommand {
                 "model": path, "method": method, "layers": h.layers, "steps": h.vNumGradSteps, "lr": h.vLr, "weight_decay": h.vWeightDecay,
                 "clamp_norm_factor": h.clampNormFactor, "kl_factor": h.klFactor, "early_stop_loss": 0, "mom2_update_weight": h.mom2UpdateWeight,
                 "mom2_ridge": h.mom2Ridge, "statistics": statPaths, "repeats": repeats, "early_stop_top": h.earlyStopTop ?? false,
+                "early_stop_top_checks": h.earlyStopTopChecks ?? 1,
                 "rewrite_prompts": zip(batch.rewrite, batch.rewriteTargets).map { p, t in
                     ["tokens": p.tokens.map(Int.init), "position": p.position, "targets": zip(p.logitPositions, t).map { [$0, Int($1)] }]
                 },

@@ -52,5 +52,10 @@ import Testing
         #expect(full.losses.count == 15 && mpes.losses.count < 15, "steps: \(mpes.losses.count) with MPES, \(full.losses.count) without")
         #expect(DeltaOptimization.targetsOnTop(try pass.forward(delta: mpes.delta), batch.rewriteTargets))
         #expect(Vector.norm(mpes.delta) < Vector.norm(full.delta), "the early stop writes a smaller change")
+        // ENCORE's counter: stop the third time every target is on top, so at least two steps later.
+        o.topChecks = 3
+        let later = try o.run(pass: pass, batch: batch, refinement: nil)
+        #expect(later.losses.count >= min(15, mpes.losses.count + 2), "steps: \(later.losses.count) with 3 checks, \(mpes.losses.count) with 1")
+        #expect(later.losses.last!.nll < mpes.losses.last!.nll, "the later stop wins with a larger margin")
     }
 }

@@ -10,7 +10,8 @@ One edit of one request, all on CPU in float32 (solves in float64), parameters f
   z        δ on the residual after the last edited layer L (a forward hook on layers[L] adds δ at every
            prompt's subject position), NLL + KL + weight decay, Adam, clamp to clamp·‖h_L‖; z = h_L + δ,
            h_L from the bare prompt (compute_z). With early_stop_top (ENCORE's most-probable early stop)
-           the loop also ends, before the step, once every target token is the argmax of its row.
+           the loop also ends, before the step, the early_stop_top_checks-th time every target token is
+           the argmax of its row.
   spread   for each edited layer l in ascending order, on the partially edited model: the key K (the
            template-weighted mean input of layers[l].mlp.down_proj at the subject's last token over the
            key prompts), the residual gap (z − h_L(current)) / (layers left), and
@@ -59,7 +60,7 @@ def run_edit(model, job, stats, projectors, torch):
     n_rw, n_kl = len(rw), len(kl)
     steps, lr, wd = int(job["steps"]), float(job["lr"]), float(job["weight_decay"])
     clamp, kl_factor, early = float(job["clamp_norm_factor"]), float(job["kl_factor"]), float(job["early_stop_loss"])
-    stop_top = bool(job.get("early_stop_top", False))
+    stop_top, top_checks, on_top = bool(job.get("early_stop_top", False)), int(job.get("early_stop_top_checks", 1)), 0
     times = {}
 
     # ---- z ------------------------------------------------------------------------------------
@@ -96,7 +97,9 @@ def run_edit(model, job, stats, projectors, torch):
             loss = nll + kl_loss + wd * (torch.norm(delta) / torch.norm(h) ** 2)
             losses.append(float(loss.detach()))
             if stop_top and bool((logits[t_row, t_pos].argmax(dim=-1) == t_tok).all()):
-                break
+                on_top += 1
+                if on_top >= top_checks:
+                    break
             if losses[-1] < early or it == steps - 1:
                 break
             loss.backward()
