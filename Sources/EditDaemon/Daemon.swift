@@ -132,7 +132,8 @@ public final class Daemon: @unchecked Sendable {
         setReadiness("preparing the editor")
         let hparamsDirs = c.hparamsDir.map { [URL(fileURLWithPath: $0)] }
         let corpus = c.corpus ?? settings.home.appendingPathComponent("corpus/enwiki-2015-sample.txt").path
-        let setup = RomeSetup(stateDirectory: stateDir, corpusPath: corpus, log: log, shouldStop: { StopSignal.raised })
+        var setup = RomeSetup(stateDirectory: stateDir, corpusPath: corpus, log: log, shouldStop: { StopSignal.raised })
+        setup.anchorRecords = c.dataDirectory.appendingPathComponent("counterfact/counterfact-train.json")
         let method = try c.editMethod
         let hparamsFile = try Installation.hparamsFile(method: method.rawValue, modelName: name, directories: hparamsDirs)
         let methodSettings: MethodSettings

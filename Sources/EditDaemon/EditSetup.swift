@@ -1,8 +1,10 @@
 import Contracts
 import Editing
+import Evaluation
 import Foundation
 import ModelRuntime
 import SparseAutoencoder
+import Tensor
 
 /// A setup failure (missing file, invalid configuration) with a message for the operator.
 public struct SetupError: Error, CustomStringConvertible, Sendable {
@@ -122,6 +124,9 @@ public struct RomeSetup {
     /// Progress of a key-statistics computation: (tokens done, tokens wanted, seconds).
     public var progress: ((Int, Int, Double) -> Void)?
     public var shouldStop: (() -> Bool)?
+    /// CounterFact records whose base-model edits give NAS's anchor (`norm_anchor_samples`), e.g.
+    /// `<data_dir>/counterfact/counterfact-train.json` (tuning data, never the evaluation split).
+    public var anchorRecords: URL?
 
     public init(stateDirectory: URL, corpusPath: String, log: @escaping (String) -> Void,
                 progress: ((Int, Int, Double) -> Void)? = nil, shouldStop: (() -> Bool)? = nil) {
@@ -245,6 +250,39 @@ public struct RomeSetup {
             solver = .alphaEdit(st)
         }
         let (sae, reason) = try mesaSAE(model: model, settings: h.mesa, site: Site(layer: h.layers.last!, kind: .residOut), state: state)
-        return try MemitEditor(model: model, hparams: h, templates: templates, statistics: stats, solver: solver, sae: sae, fallbackReason: reason)
+        let editor = try MemitEditor(model: model, hparams: h, templates: templates, statistics: stats, solver: solver, sae: sae, fallbackReason: reason)
+        if let n = h.normAnchorSamples, n > 0 {
+            editor.normAnchor = try normAnchor(editor, samples: n, state: state, computeMissing: computeMissing)
+        }
+        return editor
+    }
+
+    /// NAS's anchor for `editor`'s settings: cached in the state directory, or computed on the base
+    /// weights from the first `samples` records of `anchorRecords` (a few seconds per record, once).
+    func normAnchor(_ editor: MemitEditor, samples: Int, state: EditState, computeMissing: Bool) throws -> Float {
+        let h = editor.hparams
+        // Everything the anchor depends on: the z layer, the optimization, the templates, the records.
+        let key = "L\(h.layers.last!) steps\(h.vNumGradSteps) lr\(h.vLr) wd\(h.vWeightDecay) clamp\(h.clampNormFactor) kl\(h.klFactor) "
+            + "stop\(h.earlyStopLoss) top\(h.earlyStopTop ?? false)x\(h.earlyStopTopChecks ?? 1) "
+            + "templates\(h.contextTemplates.map { "\($0.length)x\($0.count)" }.joined(separator: "_"))s\(h.templateSeed) "
+            + "records \(anchorRecords?.lastPathComponent ?? "-") n\(samples)"
+        let url = state.root.appendingPathComponent("nas-anchor-\(String(SHA256.hex(SHA256.hash(Array(key.utf8))).prefix(16))).json")
+        struct Stored: Codable { var key: String; var mean: Float; var norms: [Float] }
+        if let data = FileManager.default.contents(atPath: url.path), let s = try? JSONDecoder().decode(Stored.self, from: data), s.key == key {
+            return s.mean
+        }
+        guard computeMissing else { throw SetupError("no NAS anchor for these settings (\(url.lastPathComponent)): run an edit with the CLI first") }
+        guard editor.model.weightHash == state.baseHash else { throw SetupError("the NAS anchor must be computed on the base weights") }
+        guard let records = anchorRecords else { throw SetupError("norm_anchor_samples needs CounterFact records for the anchor (the data directory)") }
+        let all = try CounterFact.load(path: records.path).records
+        guard all.count >= samples else { throw SetupError("\(records.path) has \(all.count) records; norm_anchor_samples is \(samples)") }
+        let t0 = Date()
+        let requests = all.prefix(samples).map { EditRequest(subject: $0.subject, prompt: $0.prompt, targetNew: $0.targetNew, targetTrue: $0.targetTrue) }
+        let (mean, norms) = try editor.normAnchor(for: Array(requests))
+        try FileManager.default.createDirectory(at: state.root, withIntermediateDirectories: true)
+        try JSONEncoder().encode(Stored(key: key, mean: mean, norms: norms)).write(to: url, options: .atomic)
+        log(String(format: "NAS anchor: mean ‖v*‖ %.4g at layer %d over %d base-model edits of %@ (%.0f s)", mean, h.layers.last!, samples,
+                   records.lastPathComponent, Date().timeIntervalSince(t0)))
+        return mean
     }
 }

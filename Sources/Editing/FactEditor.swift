@@ -118,6 +118,7 @@ extension MemitEditor: FactEditor {
             s["nullity"] = st.nullity.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value)" }.joined(separator: ",")
         }
         if case .encore(let st) = solver { s["update_norm_lambda"] = "\(st.mu)" }
+        if let n = h.normAnchorSamples, n > 0 { s["norm_anchor"] = String(format: "%.4g (%d samples)", normAnchor ?? .nan, n) }
         return s.merging(mesaSetup.report) { a, _ in a }
     }
 }

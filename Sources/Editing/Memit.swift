@@ -40,6 +40,10 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable {
     public var l2Relative: Bool?
     /// ENCORE only: μ in (λC + μI + K_pK_pᵀ + KKᵀ), the weight of the Frobenius-norm term on each update.
     public var updateNormLambda: Double?
+    /// NAS, norm-anchor scaling (arXiv 2602.02543): the number of CounterFact edits on the base model
+    /// whose mean ‖v*‖ (v* = v0 + δ, v0 the MLP output of the last edited layer at the subject) is the
+    /// anchor every solved v* is rescaled to (the paper's nas_restart; 0 or absent: off).
+    public var normAnchorSamples: Int?
     /// MESA refinement of z through an SAE at `resid_out` of the last edited layer, where δ enters.
     public var mesa: MesaHyperparameters?
 
@@ -308,6 +312,9 @@ public final class MemitEditor: @unchecked Sendable {
     let tokenizer: EditTokenizer
     /// The keys after the last computed updates (for `keep`).
     var lastKeysAfter: [Int: [[Double]]]?
+    /// NAS: the base model's mean ‖v*‖ at the last edited layer (`normAnchor(for:)`); required when
+    /// `hparams.normAnchorSamples` is positive.
+    public var normAnchor: Float?
     /// MESA: the SAE at `resid_out` of the last edited layer, where δ enters (METHODS §5.6 (c): the
     /// public code applies an mlp_out SAE to this residual), or why refinement is off.
     public let mesaSetup: MesaAttachment
@@ -344,31 +351,29 @@ public final class MemitEditor: @unchecked Sendable {
             clock = Date()
         }
 
+        let anchored = (h.normAnchorSamples ?? 0) > 0
+        guard !anchored || normAnchor != nil else {
+            throw EditError(.state, "norm_anchor_samples is set but the NAS anchor was not computed (MemitEditor.normAnchor(for:))")
+        }
         // z_i = h_L + δ_i on the unedited model: [n][d].
         var z: [[Float]] = [], norms: [Float] = [], finals: [Double] = [], steps: [Int] = []
         var coverages: [SAECoverage] = []
         for r in requests {
-            let batch = try RomeBatch(request: r, prefixes: templates.prefixes, tokenizer: tokenizer, contextLength: model.config.contextLength)
-            let pass = try DeltaPass(model: model, site: Site(layer: zLayer, kind: .residOut), prompts: batch.rewrite + batch.kl)
-            let hL = pass.residuals[0]
-            let hNorm = Vector.norm(hL)
-            guard hNorm > 0, hNorm.isFinite else { throw EditError(.nonFinite, "the residual at the subject is zero or non-finite") }
-            // With MESA every prompt sees its SAE-refined change; z takes the bare prompt's refined change,
-            // the vector the optimization evaluated there.
-            let refinement = mesaSetup.refinement(activations: pass.residuals)
-            var optimization = DeltaOptimization(steps: h.vNumGradSteps, lr: h.vLr, weightDecay: h.vWeightDecay,
-                                                 klFactor: mesaSetup.klFactor(h.klFactor), earlyStopLoss: h.earlyStopLoss,
-                                                 maxNorm: h.clampNormFactor * hNorm, referenceNorm: hNorm)
-            optimization.stopWhenTop = h.earlyStopTop ?? false
-            optimization.topChecks = h.earlyStopTopChecks ?? 1
-            let outcome = try optimization.run(pass: pass, batch: batch, refinement: refinement)
-            steps.append(outcome.losses.count)
-            let change = outcome.changes?[0] ?? outcome.delta
-            let target = zip(hL, change).map { $0 + $1 }
-            if let sae = mesaSetup.sae { coverages.append(sae.coverage(before: hL, after: target)) }
+            let s = try optimizeZ(r)
+            steps.append(s.losses.count)
+            var target = zip(s.hL, s.change).map { $0 + $1 }
+            if anchored, let anchor = normAnchor {
+                // NAS: v* = v0 + Δ rescaled to the anchor, or v* = v0 (no change) when ‖v*‖ > 2·anchor;
+                // z = (h_L − v0) + v*. v0, h_L, Δ, v*: [d].
+                var vStar = zip(s.v0, s.change).map { $0 + $1 }
+                let vn = Vector.norm(vStar)
+                if vn > 2 * anchor { vStar = s.v0 } else if vn > 0 { vStar = vStar.map { $0 * anchor / vn } }
+                target = (0..<d).map { s.hL[$0] - s.v0[$0] + vStar[$0] }
+            }
+            if let sae = mesaSetup.sae { coverages.append(sae.coverage(before: s.hL, after: target)) }
             z.append(target)
-            norms.append(Vector.norm(change))
-            finals.append(outcome.losses.last?.total ?? .nan)
+            norms.append(Vector.norm(s.change))
+            finals.append(s.losses.last?.total ?? .nan)
         }
         lastCoverage = coverages.first
         lap("z")
@@ -412,6 +417,43 @@ public final class MemitEditor: @unchecked Sendable {
         if solver.keptKeys != nil { keysAfter = try meanKeys(layers: h.layers, prompts: prompts, weights: weights) }
         lap("spread")
         return MemitResult(updates: updates, deltaNorms: norms, finalLosses: finals, keysAfter: keysAfter, phases: phases, coverages: coverages)
+    }
+
+    /// One request's optimization of δ on the residual after the last edited layer L, on the current
+    /// weights: h_L and v0 (the MLP output of L) at the bare prompt's subject, [d] each; the change Δ
+    /// that prompt saw (δ, or its SAE-refined change with MESA), [d]; the loss per step.
+    func optimizeZ(_ r: EditRequest) throws -> (hL: [Float], v0: [Float], change: [Float], losses: [EditLoss.Value]) {
+        let h = hparams, zLayer = h.layers.last!
+        let batch = try RomeBatch(request: r, prefixes: templates.prefixes, tokenizer: tokenizer, contextLength: model.config.contextLength)
+        let pass = try DeltaPass(model: model, site: Site(layer: zLayer, kind: .residOut), prompts: batch.rewrite + batch.kl)
+        let hL = pass.residuals[0]
+        let hNorm = Vector.norm(hL)
+        guard hNorm > 0, hNorm.isFinite else { throw EditError(.nonFinite, "the residual at the subject is zero or non-finite") }
+        // With MESA every prompt sees its SAE-refined change; z takes the bare prompt's refined change,
+        // the vector the optimization evaluated there.
+        let refinement = mesaSetup.refinement(activations: pass.residuals)
+        var optimization = DeltaOptimization(steps: h.vNumGradSteps, lr: h.vLr, weightDecay: h.vWeightDecay,
+                                             klFactor: mesaSetup.klFactor(h.klFactor), earlyStopLoss: h.earlyStopLoss,
+                                             maxNorm: h.clampNormFactor * hNorm, referenceNorm: hNorm)
+        optimization.stopWhenTop = h.earlyStopTop ?? false
+        optimization.topChecks = h.earlyStopTopChecks ?? 1
+        let outcome = try optimization.run(pass: pass, batch: batch, refinement: refinement)
+        return (hL, pass.mlpOutputs[0], outcome.changes?[0] ?? outcome.delta, outcome.losses)
+    }
+
+    /// NAS's anchor on the current (base) weights: ‖v*‖ = ‖v0 + Δ‖ of each request optimized alone,
+    /// and their mean without the largest 5% (the reference code's upper-trimmed mean).
+    public func normAnchor(for requests: [EditRequest]) throws -> (mean: Float, norms: [Float]) {
+        guard !requests.isEmpty else { throw EditError(.hyperparameters, "the NAS anchor needs at least one request") }
+        let norms = try requests.map { r -> Float in
+            let s = try optimizeZ(r)
+            return Vector.norm(zip(s.v0, s.change).map { $0 + $1 })
+        }
+        let sorted = norms.sorted()
+        let kept = sorted.prefix(sorted.count - Int((0.05 * Double(sorted.count)).rounded(.down)))
+        let mean = kept.reduce(0, +) / Float(kept.count)
+        guard mean > 0, mean.isFinite else { throw EditError(.nonFinite, "the NAS anchor is zero or non-finite") }
+        return (mean, norms)
     }
 
     /// Each request's template-weighted key at each of `layers` on the current weights: layer →

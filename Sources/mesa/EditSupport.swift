@@ -55,7 +55,9 @@ struct EditOptions: ParsableArguments {
     var home: URL { stateHome.map { URL(fileURLWithPath: $0) } ?? EditState.defaultHome }
 
     func setup(progress: ((Int, Int, Double) -> Void)? = nil, shouldStop: (() -> Bool)? = nil) -> RomeSetup {
-        RomeSetup(stateDirectory: home.appendingPathComponent("state"), corpusPath: corpusPath, log: log, progress: progress, shouldStop: shouldStop)
+        var s = RomeSetup(stateDirectory: home.appendingPathComponent("state"), corpusPath: corpusPath, log: log, progress: progress, shouldStop: shouldStop)
+        s.anchorRecords = URL(fileURLWithPath: FileManager.default.currentDirectoryPath + "/../shared/data/counterfact/counterfact-train.json")
+        return s
     }
 }
 

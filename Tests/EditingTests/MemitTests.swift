@@ -54,6 +54,31 @@ import Testing
     static let paris = EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome")
     static let rome = EditRequest(subject: "Rome", prompt: "{} is in", targetNew: "Paris")
 
+    /// NAS: the anchor is the (trimmed) mean ‖v0 + Δ‖ of base-model edits; a target whose ‖v*‖ equals
+    /// the anchor is left as it is, a smaller anchor shrinks the written change, and a v* more than twice
+    /// the anchor is dropped (z = h_L: no update). Without a computed anchor the editor refuses.
+    @Test func normAnchorRescalesTheTargetValue() throws {
+        let m = try TinyEditModel.load()
+        let plain = try Self.editor(m, layers: [1])
+        var h = plain.hparams
+        h.normAnchorSamples = 1
+        let nas = try MemitEditor(model: m, hparams: h, templates: plain.templates, statistics: plain.statistics)
+        #expect { try nas.computeUpdates([Self.paris]) } throws: { ($0 as? EditError)?.code == .state }
+        let (anchor, norms) = try nas.normAnchor(for: [Self.paris, Self.rome])
+        #expect(norms.count == 2 && anchor == (norms[0] + norms[1]) / 2)
+        let own = try nas.normAnchor(for: [Self.paris]).mean
+        let base = try #require(try plain.computeUpdates([Self.paris]).updates.first)
+        nas.normAnchor = own
+        let same = try #require(try nas.computeUpdates([Self.paris]).updates.first)
+        #expect(abs(Self.frobenius(same) / Self.frobenius(base) - 1) < 1e-4)
+        nas.normAnchor = 0.9 * own
+        let smaller = try #require(try nas.computeUpdates([Self.paris]).updates.first)
+        #expect(Self.frobenius(smaller) < 0.999 * Self.frobenius(base))
+        nas.normAnchor = 0.4 * own
+        let dropped = try #require(try nas.computeUpdates([Self.paris]).updates.first)
+        #expect(Self.frobenius(dropped) < 1e-3 * Self.frobenius(base), "v* beyond twice the anchor is dropped")
+    }
+
     /// ENCORE with μ = 0 and no kept edits solves MEMIT's system: the same updates, bit for bit.
     @Test func encoreWithoutNormTermOrKeptEditsIsMemit() throws {
         let m = try TinyEditModel.load()
