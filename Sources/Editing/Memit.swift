@@ -140,25 +140,44 @@ public enum SpreadSolver: Sendable {
 public final class KeyAccumulator: @unchecked Sendable {
     /// Σ K Kᵀ over kept edits, [ff, ff] per layer.
     public private(set) var accumulated: [Int: [Double]]
+    /// With projectors (AlphaEdit): P·Σ K Kᵀ = Σ (PKᵀ)K per layer, [ff, ff], kept alongside so that a
+    /// solve needs no [ff, ff]·[ff, ff] product (updated with two [ff, n] GEMMs per kept edit).
+    public private(set) var projected: [Int: [Double]]
+    let projectors: [Int: [Double]]
     public let dim: Int
     public let blockName: String
 
-    public init(layers: [Int], dim: Int, blockName: String) {
+    public init(layers: [Int], dim: Int, blockName: String, projectors: [Int: [Double]] = [:]) {
         accumulated = Dictionary(uniqueKeysWithValues: layers.map { ($0, [Double](repeating: 0, count: dim * dim)) })
+        projected = projectors.isEmpty ? [:] : accumulated
+        self.projectors = projectors
         self.dim = dim
         self.blockName = blockName
     }
 
-    /// Adds the kept edits' keys: K_pK_pᵀ += KᵀK with K [n, ff] the keys as rows (one GEMM per layer).
+    /// Adds the kept edits' keys: K_pK_pᵀ += KᵀK with K [n, ff] the keys as rows (one GEMM per layer),
+    /// and with projectors P·K_pK_pᵀ += (PKᵀ)K.
     public func accumulate(_ keys: [Int: [[Double]]]) {
         for (layer, ks) in keys where !ks.isEmpty {
             guard var a = accumulated[layer] else { continue }
-            let flat = ks.flatMap { $0 }
+            let n = ks.count
+            let flat = ks.flatMap { $0 }   // K [n, ff]
             flat.withUnsafeBufferPointer { k in a.withUnsafeMutableBufferPointer { out in
-                BLAS.dgemm(transA: true, m: dim, n: dim, k: ks.count, a: k.baseAddress!, lda: dim, b: k.baseAddress!, ldb: dim,
+                BLAS.dgemm(transA: true, m: dim, n: dim, k: n, a: k.baseAddress!, lda: dim, b: k.baseAddress!, ldb: dim,
                            beta: 1, c: out.baseAddress!, ldc: dim)
             } }
             accumulated[layer] = a
+            if let p = projectors[layer], var pa = projected[layer] {
+                var pk = [Double](repeating: 0, count: dim * n)   // PKᵀ [ff, n]
+                p.withUnsafeBufferPointer { pp in flat.withUnsafeBufferPointer { k in pk.withUnsafeMutableBufferPointer { out in
+                    BLAS.dgemm(transB: true, m: dim, n: n, k: dim, a: pp.baseAddress!, lda: dim, b: k.baseAddress!, ldb: dim,
+                               c: out.baseAddress!, ldc: n)
+                } } }
+                pk.withUnsafeBufferPointer { l in flat.withUnsafeBufferPointer { k in pa.withUnsafeMutableBufferPointer { out in
+                    BLAS.dgemm(m: dim, n: dim, k: n, a: l.baseAddress!, lda: n, b: k.baseAddress!, ldb: dim, beta: 1, c: out.baseAddress!, ldc: dim)
+                } } }
+                projected[layer] = pa
+            }
         }
     }
 
@@ -189,6 +208,7 @@ public final class KeyAccumulator: @unchecked Sendable {
     /// Forgets the accumulated keys (a rollback to the base model).
     public func reset() {
         for l in Array(accumulated.keys) { accumulated[l] = [Double](repeating: 0, count: dim * dim) }
+        for l in Array(projected.keys) { projected[l] = [Double](repeating: 0, count: dim * dim) }
     }
 }
 
@@ -244,7 +264,7 @@ public final class AlphaEditState: @unchecked Sendable {
         nullity = k
         nullEnergy = e
         alpha = e.mapValues { relative ? l2 * $0 : l2 }
-        kept = KeyAccumulator(layers: Array(statistics.keys), dim: ff, blockName: Self.blockName)
+        kept = KeyAccumulator(layers: Array(statistics.keys), dim: ff, blockName: Self.blockName, projectors: p)
         dim = ff
     }
 
@@ -501,18 +521,15 @@ public final class MemitEditor: @unchecked Sendable {
                 throw EditError(.degenerateKey, "λC + μI + K_pK_pᵀ + KKᵀ at layer \(l) is not positive definite (\(error)); raise mom2_ridge or recompute the statistics")
             }
         case .alphaEdit(let state):
-            // (P(KKᵀ + K_pK_pᵀ) + αI) X = PK.
-            guard let p = state.projectors[l], let acc = state.accumulated[l] else { throw EditError(.state, "no AlphaEdit projector for layer \(l)") }
-            for x in 0..<(ff * ff) { kkt[x] += acc[x] }
-            var a = [Double](repeating: 0, count: ff * ff), pk = [Double](repeating: 0, count: ff * n)
-            p.withUnsafeBufferPointer { pp in
-                kkt.withUnsafeBufferPointer { m in a.withUnsafeMutableBufferPointer { out in
-                    BLAS.dgemm(m: ff, n: ff, k: ff, a: pp.baseAddress!, lda: ff, b: m.baseAddress!, ldb: ff, c: out.baseAddress!, ldc: ff)
-                } }
-                b.withUnsafeBufferPointer { k in pk.withUnsafeMutableBufferPointer { out in
-                    BLAS.dgemm(m: ff, n: n, k: ff, a: pp.baseAddress!, lda: ff, b: k.baseAddress!, ldb: n, c: out.baseAddress!, ldc: n)
-                } }
-            }
+            // (P(KKᵀ + K_pK_pᵀ) + αI) X = PK, with P·K_pK_pᵀ kept by the accumulator and P·KKᵀ = (PK)Kᵀ.
+            guard let p = state.projectors[l], var a = state.kept.projected[l] else { throw EditError(.state, "no AlphaEdit projector for layer \(l)") }
+            var pk = [Double](repeating: 0, count: ff * n)   // PK [ff, n]
+            p.withUnsafeBufferPointer { pp in b.withUnsafeBufferPointer { k in pk.withUnsafeMutableBufferPointer { out in
+                BLAS.dgemm(m: ff, n: n, k: ff, a: pp.baseAddress!, lda: ff, b: k.baseAddress!, ldb: n, c: out.baseAddress!, ldc: n)
+            } } }
+            pk.withUnsafeBufferPointer { l in b.withUnsafeBufferPointer { k in a.withUnsafeMutableBufferPointer { out in
+                BLAS.dgemm(transB: true, m: ff, n: ff, k: n, a: l.baseAddress!, lda: n, b: k.baseAddress!, ldb: n, beta: 1, c: out.baseAddress!, ldc: ff)
+            } } }
             let alpha = state.alpha[l] ?? 0
             for i in 0..<ff { a[i * ff + i] += alpha }
             do { return try LAPACK.solve(a, pk, n: ff, nrhs: n) } catch {

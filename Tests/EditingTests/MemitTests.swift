@@ -79,6 +79,34 @@ import Testing
         #expect(Self.frobenius(dropped) < 1e-3 * Self.frobenius(base), "v* beyond twice the anchor is dropped")
     }
 
+    /// AlphaEdit's accumulator keeps P·Σ KKᵀ beside Σ KKᵀ (so a solve needs no [ff, ff] product): after
+    /// several accumulations and a rebuild it equals P times the plain sum.
+    @Test func projectedAccumulatorEqualsTheProjectedSum() throws {
+        let m = try TinyEditModel.load()
+        let ff = m.config.intermediate
+        let state = try AlphaEditState(statistics: [1: Self.statistics(m, layer: 1)], nullspaceEnergy: 0.3, l2: 1)
+        let p = try #require(state.projectors[1])
+        var x: UInt64 = 5   // a 64-bit LCG: values in [-0.5, 0.5)
+        func draw() -> Double { x = x &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407; return Double(x >> 11) / Double(1 << 53) - 0.5 }
+        let edits = (0..<3).map { i in [1: (0...i).map { _ in (0..<ff).map { _ in draw() } }] }
+        for e in edits { state.accumulate(e) }
+        func check(_ acc: KeyAccumulator) throws {
+            let a = try #require(acc.accumulated[1]), pa = try #require(acc.projected[1])
+            let scale = a.map(abs).max()!
+            for i in 0..<ff {
+                for j in 0..<ff {
+                    let want = (0..<ff).reduce(0.0) { $0 + p[i * ff + $1] * a[$1 * ff + j] }
+                    #expect(abs(pa[i * ff + j] - want) <= 1e-12 * scale * Double(ff))
+                }
+            }
+        }
+        try check(state.kept)
+        try state.kept.rebuild(edits.map { state.kept.blocks($0) })
+        try check(state.kept)
+        state.kept.reset()
+        #expect(state.kept.projected[1]!.allSatisfy { $0 == 0 })
+    }
+
     /// ENCORE with μ = 0 and no kept edits solves MEMIT's system: the same updates, bit for bit.
     @Test func encoreWithoutNormTermOrKeptEditsIsMemit() throws {
         let m = try TinyEditModel.load()
