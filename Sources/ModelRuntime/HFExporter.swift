@@ -219,7 +219,7 @@ public enum HFExporter {
     }
 
     static func json(_ object: Any, pretty: Bool = true) throws -> Data {
-        var data = try JSONSerialization.data(withJSONObject: object, options: pretty ? [.sortedKeys, .prettyPrinted] : [.sortedKeys])
+        var data = try JSONSerialization.data(withJSONObject: object, options: pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes])
         data.append(0x0A)
         return data
     }
