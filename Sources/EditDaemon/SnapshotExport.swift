@@ -66,7 +66,7 @@ public enum SnapshotExporter {
         do { return try store.lineage(to: seq) } catch let e as SnapshotStoreError where e.code == .notFound {
             let known = (try? store.sequenceNumbers()) ?? []
             let range = known.isEmpty ? "only 0, the base model" : "0 (the base model) and \(known.first!)…\(known.last!)"
-            throw ExportError("no snapshot \(seq) in the store (\(e.message)); it holds \(range) (`mesa snapshots` lists them)")
+            throw ExportError("no snapshot \(seq) in the store: it holds \(range) (`mesa snapshots` lists them)")
         }
     }
 

@@ -97,6 +97,8 @@ import Tokenizers
         try HFExporter.write(m, to: dir.path)
         let back = try ModelLoader.load(path: dir.path)
         #expect(HFExporter.ggufLayoutHash(back) == m.weightHash)
+        // The stop token is config.json's <|im_end|>, not the first added token <|endoftext|>.
+        #expect(back.tokenizer.eosId == 2 && m.tokenizer.eosId == 2)
         let config = try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent("config.json"))) as! [String: Any]
         #expect(config["rope_theta"] as? Double == 100000 && config["rms_norm_eps"] as? Double == 1e-5)
         #expect(config["num_key_value_heads"] as? Int == 3 && config["tie_word_embeddings"] as? Bool == true)
