@@ -13,14 +13,18 @@ struct Export: ParsableCommand {
         discussion: """
         Loads the base model, replays snapshot N's lineage from the daemon's snapshot store (found as \
         `mesa serve` finds it: --config / --state-dir and the model's hash; or --store), checks the \
-        recorded weight hash, and writes:
-          gguf         the whole edited model, one file for llama.cpp (unchanged tensors keep their encoding, changed ones are F32);
-          safetensors  a directory for transformers: model.safetensors (F32, Hugging Face names, Wq/Wk in rotate-half order), \
-        config.json (LlamaForCausalLM), tokenizer.json, tokenizer_config.json, generation_config.json;
-          peft-lora    a directory with adapter_config.json and adapter_model.safetensors: the lineage's updates as \
-        B·A per module (r = the largest total rank, lora_alpha = r), refused when the factors would outgrow the tensor.
-        The export is written beside --out and renamed into place; by default it is read back and checked \
-        (the weight hash, or base + B·A against the edited tensors). The store is only read: the daemon may be running.
+        recorded weight hash, and writes it.
+
+        gguf: the whole edited model as one file for llama.cpp (unchanged tensors keep their encoding, \
+        changed ones are F32). safetensors: a directory for transformers (model.safetensors in F32 with \
+        Hugging Face names and Wq/Wk in rotate-half order, config.json, tokenizer.json, \
+        tokenizer_config.json, generation_config.json). peft-lora: a directory with adapter_config.json \
+        and adapter_model.safetensors, the lineage's updates as B·A per module (r = the largest total \
+        rank, lora_alpha = r), refused when the factors would outgrow the tensor.
+
+        The export is written beside --out and renamed into place; by default it is read back and \
+        checked (the weight hash, or base + B·A against the edited tensors). The store is only read: \
+        the daemon may be running.
         """)
 
     @OptionGroup var daemonOptions: DaemonOptions
