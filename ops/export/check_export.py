@@ -16,6 +16,10 @@
         quantized ones dequantized as gguf-py does, within tolerance · max|W|. Also compares the
         `mesa.weight_hash` both files record.
 
+    check_export.py selftest [--fixture Tests/Fixtures/gguf-quants.json]
+        Dequantizes the committed gguf-py fixture blocks with this script's readers and requires the
+        values bit for bit (F16, BF16, Q8_0, Q4_0, Q4_1; the K-quants are not read by this script).
+
 Exit status: 0 when every check passes, 1 when one fails, 2 on a usage or environment problem.
 
 GGUF tensor types read: F32, F16, BF16, Q8_0, Q4_0, Q4_1 (the default model's Q4_1 GGUF holds
@@ -27,6 +31,7 @@ w.reshape(heads, 2, hd/2, cols).swapaxes(1, 2); transformers' order is the inver
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import struct
@@ -305,6 +310,24 @@ def check_compare(args) -> bool:
     return ok
 
 
+def check_selftest(args) -> bool:
+    fixture = json.loads(Path(args.fixture).read_text())
+    ok = True
+    for t in fixture["types"]:
+        if t["ggml_type"] not in GGML_BLOCKS:
+            print(f"     {t['type']}: not read by this script")
+            continue
+        g = GGUF.__new__(GGUF)
+        g.path, g.start = args.fixture, 0
+        g.data = np.frombuffer(base64.b64decode(t["bytes_b64"]), dtype=np.uint8)
+        g.tensors = {"x": ([t["n"]], t["ggml_type"], 0)}
+        got, want = g.floats("x"), np.array(t["values"], dtype=np.float32)
+        same = np.array_equal(got.view(np.uint32), want.view(np.uint32))
+        ok &= same
+        print(f"{'ok  ' if same else 'FAIL'} {t['type']}: {t['n']} values {'bit-identical to' if same else 'differ from'} gguf-py {fixture.get('gguf_py', '')}")
+    return ok
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -317,8 +340,10 @@ def main() -> int:
     cmp.add_argument("--gguf", required=True)
     cmp.add_argument("--safetensors", required=True, help="a --format safetensors export directory")
     cmp.add_argument("--tolerance", type=float, default=1e-6, help="for quantized GGUF tensors, relative to max|W| (default 1e-6)")
+    self_test = sub.add_parser("selftest", help="check this script's dequantization against gguf-py's fixture")
+    self_test.add_argument("--fixture", default=str(Path(__file__).resolve().parents[2] / "Tests/Fixtures/gguf-quants.json"))
     args = ap.parse_args()
-    ok = check_lora(args) if args.command == "lora" else check_compare(args)
+    ok = {"lora": check_lora, "compare": check_compare, "selftest": check_selftest}[args.command](args)
     print("check_export: OK" if ok else "check_export: FAILED")
     return 0 if ok else 1
 
