@@ -134,9 +134,10 @@ public enum SnapshotExporter {
             if verify {
                 let back = try ModelLoader.load(path: tmp.path)
                 // A GGUF source holds Wq/Wk in llama.cpp's row order; compare in that order.
-                let got = model.config.ropeStyle == .interleaved ? HFExporter.ggufLayoutHash(back) : back.weightHash
+                let interleaved = model.config.ropeStyle == .interleaved
+                let got = interleaved ? HFExporter.ggufLayoutHash(back) : back.weightHash
                 guard got == hash else { throw ExportError("the written checkpoint loads with weight hash \(got), not \(hash)") }
-                summary.verification = "loaded back: weight hash \(hash.prefix(16)) matches (Wq/Wk in llama.cpp's row order)"
+                summary.verification = "loaded back: weight hash \(hash.prefix(16)) matches" + (interleaved ? " (Wq/Wk in llama.cpp's row order)" : "")
             }
         case .peftLora:
             try fm.createDirectory(at: tmp, withIntermediateDirectories: false)
