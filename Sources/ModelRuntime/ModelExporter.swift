@@ -5,15 +5,18 @@ import Tensor
 public enum ModelExporter {
     /// Writes a GGUF with the source file's metadata. Tensors whose values still equal the source's
     /// (checked by digest against a fresh dequantization) keep their original encoding byte for
-    /// byte; changed tensors are stored as F32, so an edit is saved exactly.
-    public static func writeGGUF(_ model: LanguageModel, to path: String) throws {
+    /// byte; changed tensors are stored as F32, so an edit is saved exactly. `metadata` entries are
+    /// added after the source's (replacing a source entry of the same key), e.g. provenance.
+    public static func writeGGUF(_ model: LanguageModel, to path: String, metadata: [(String, GGUFValue)] = []) throws {
         guard model.source.format == .gguf else {
             throw ModelError(.invalidInput, "saving is implemented for models loaded from GGUF", path: model.source.path)
         }
         let src = try GGUFFile(path: model.source.path)
         var w = GGUFWriter()
         if let a = src.int("general.alignment"), a > 0 { w.alignment = a }
-        for k in src.metadataKeys { if let v = src.metadata[k] { w.set(k, v) } }
+        let added = Set(metadata.map(\.0))
+        for k in src.metadataKeys where !added.contains(k) { if let v = src.metadata[k] { w.set(k, v) } }
+        for (k, v) in metadata { w.set(k, v) }
         let byName = Dictionary(model.weights.all.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         for info in src.tensors {
             if let p = byName[info.name], p.count == info.elementCount {

@@ -245,7 +245,9 @@ public enum ModelLoader {
             throw ModelError(.fileNotFound, "tokenizer.json is missing", path: tokPath)
         }
         let tokenizer: BPETokenizer
-        do { tokenizer = try BPETokenizer.fromTokenizerJSON(tokData) } catch let e as TokenizerError {
+        // The stop token config.json names (an id, or a list whose first is the end of a turn), e.g. SmolLM2's <|im_end|>.
+        let eos = (cfg["eos_token_id"] as? NSNumber ?? (cfg["eos_token_id"] as? [NSNumber])?.first).map { Int32(truncating: $0) }
+        do { tokenizer = try BPETokenizer.fromTokenizerJSON(tokData, eosId: eos) } catch let e as TokenizerError {
             throw ModelError(.malformed, e.message, path: tokPath)
         }
         let meta = cfg.keys.sorted().map { ($0, "\(cfg[$0]!)") }

@@ -1,8 +1,9 @@
 import Foundation
 
 extension BPETokenizer {
-    /// Builds a tokenizer from a Hugging Face `tokenizer.json` (BPE model, byte-level).
-    public static func fromTokenizerJSON(_ data: Data) throws -> BPETokenizer {
+    /// Builds a tokenizer from a Hugging Face `tokenizer.json` (BPE model, byte-level). `eosId` (the
+    /// checkpoint config's `eos_token_id`) wins over the guess from the added tokens' names.
+    public static func fromTokenizerJSON(_ data: Data, eosId configEOS: Int32? = nil) throws -> BPETokenizer {
         guard let root = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
             throw TokenizerError("tokenizer.json is not a JSON object")
         }
@@ -49,7 +50,7 @@ extension BPETokenizer {
                 }
             }
         }
-        let eos = added.first(where: { ["<|endoftext|>", "</s>", "<|end_of_text|>", "<|im_end|>"].contains($0.0) }).map { Int32($0.1) }
+        let eos = configEOS.flatMap { $0 >= 0 && Int($0) < size ? $0 : nil } ?? added.first(where: { ["<|endoftext|>", "</s>", "<|end_of_text|>", "<|im_end|>"].contains($0.0) }).map { Int32($0.1) }
         if bos == nil { bos = added.first(where: { ["<s>", "<|begin_of_text|>", "<|endoftext|>"].contains($0.0) }).map { Int32($0.1) } }
         return try BPETokenizer(vocab: vocab, merges: merges, specialIds: specialIds, preTokenizer: pre,
                                 bosId: bos, eosId: eos, addBOS: addBOS)
