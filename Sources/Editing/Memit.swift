@@ -375,11 +375,12 @@ public final class MemitEditor: @unchecked Sendable {
         guard !anchored || normAnchor != nil else {
             throw EditError(.state, "norm_anchor_samples is set but the NAS anchor was not computed (MemitEditor.normAnchor(for:))")
         }
-        // z_i = h_L + δ_i on the unedited model: [n][d].
+        // z_i = h_L + δ_i on the unedited model: [n][d]. Several requests share one optimization (one
+        // forward and backward per step over every running fact); MESA refinement runs one at a time.
+        let solved = n > 1 && mesaSetup.settings == nil ? try optimizeZTogether(requests) : try requests.map(optimizeZ)
         var z: [[Float]] = [], norms: [Float] = [], finals: [Double] = [], steps: [Int] = []
         var coverages: [SAECoverage] = []
-        for r in requests {
-            let s = try optimizeZ(r)
+        for s in solved {
             steps.append(s.losses.count)
             var target = zip(s.hL, s.change).map { $0 + $1 }
             if anchored, let anchor = normAnchor {
@@ -439,26 +440,62 @@ public final class MemitEditor: @unchecked Sendable {
         return MemitResult(updates: updates, deltaNorms: norms, finalLosses: finals, keysAfter: keysAfter, phases: phases, coverages: coverages)
     }
 
-    /// One request's optimization of δ on the residual after the last edited layer L, on the current
-    /// weights: h_L and v0 (the MLP output of L) at the bare prompt's subject, [d] each; the change Δ
-    /// that prompt saw (δ, or its SAE-refined change with MESA), [d]; the loss per step.
-    func optimizeZ(_ r: EditRequest) throws -> (hL: [Float], v0: [Float], change: [Float], losses: [EditLoss.Value]) {
-        let h = hparams, zLayer = h.layers.last!
-        let batch = try RomeBatch(request: r, prefixes: templates.prefixes, tokenizer: tokenizer, contextLength: model.config.contextLength)
-        let pass = try DeltaPass(model: model, site: Site(layer: zLayer, kind: .residOut), prompts: batch.rewrite + batch.kl)
-        let hL = pass.residuals[0]
-        let hNorm = Vector.norm(hL)
-        guard hNorm > 0, hNorm.isFinite else { throw EditError(.nonFinite, "the residual at the subject is zero or non-finite") }
-        // With MESA every prompt sees its SAE-refined change; z takes the bare prompt's refined change,
-        // the vector the optimization evaluated there.
-        let refinement = mesaSetup.refinement(activations: pass.residuals)
+    /// One request's optimized z: h_L and v0 (the MLP output of L) at the bare prompt's subject, [d]
+    /// each; the change Δ that prompt saw (δ, or its SAE-refined change with MESA), [d]; the loss per step.
+    typealias SolvedZ = (hL: [Float], v0: [Float], change: [Float], losses: [EditLoss.Value])
+
+    /// z's optimization settings for a request whose residual at the subject has norm `hNorm`.
+    func zOptimization(hNorm: Float) -> DeltaOptimization {
+        let h = hparams
         var optimization = DeltaOptimization(steps: h.vNumGradSteps, lr: h.vLr, weightDecay: h.vWeightDecay,
                                              klFactor: mesaSetup.klFactor(h.klFactor), earlyStopLoss: h.earlyStopLoss,
                                              maxNorm: h.clampNormFactor * hNorm, referenceNorm: hNorm)
         optimization.stopWhenTop = h.earlyStopTop ?? false
         optimization.topChecks = h.earlyStopTopChecks ?? 1
-        let outcome = try optimization.run(pass: pass, batch: batch, refinement: refinement)
+        return optimization
+    }
+
+    func zBatch(_ r: EditRequest) throws -> RomeBatch {
+        try RomeBatch(request: r, prefixes: templates.prefixes, tokenizer: tokenizer, contextLength: model.config.contextLength)
+    }
+
+    /// ‖h_L‖ at the bare prompt, checked. `hL` [d].
+    func residualNorm(_ hL: [Float]) throws -> Float {
+        let hNorm = Vector.norm(hL)
+        guard hNorm > 0, hNorm.isFinite else { throw EditError(.nonFinite, "the residual at the subject is zero or non-finite") }
+        return hNorm
+    }
+
+    /// One request's optimization of δ on the residual after the last edited layer L, on the current
+    /// weights, alone (with MESA refinement when it is in force).
+    func optimizeZ(_ r: EditRequest) throws -> SolvedZ {
+        let batch = try zBatch(r)
+        let pass = try DeltaPass(model: model, site: Site(layer: hparams.layers.last!, kind: .residOut), prompts: batch.rewrite + batch.kl)
+        let hL = pass.residuals[0]
+        let hNorm = try residualNorm(hL)
+        // With MESA every prompt sees its SAE-refined change; z takes the bare prompt's refined change,
+        // the vector the optimization evaluated there.
+        let refinement = mesaSetup.refinement(activations: pass.residuals)
+        let outcome = try zOptimization(hNorm: hNorm).run(pass: pass, batch: batch, refinement: refinement)
         return (hL, pass.mlpOutputs[0], outcome.changes?[0] ?? outcome.delta, outcome.losses)
+    }
+
+    /// `optimizeZ` for every request together (`JointDeltaOptimization`: one pass over all requests'
+    /// prompts, each request with the settings and stop it would have alone). No MESA refinement.
+    func optimizeZTogether(_ requests: [EditRequest]) throws -> [SolvedZ] {
+        let batches = try requests.map(zBatch)
+        let pass = try DeltaPass(model: model, site: Site(layer: hparams.layers.last!, kind: .residOut),
+                                 prompts: JointDeltaOptimization.prompts(of: batches))
+        // Each request's first prompt in the pass is its bare prompt: h_L and v0 there, [d] each.
+        var reads: [(hL: [Float], v0: [Float])] = [], facts: [JointDeltaOptimization.Fact] = [], first = 0
+        for b in batches {
+            let hL = pass.residuals[first]
+            reads.append((hL, pass.mlpOutputs[first]))
+            facts.append(.init(optimization: zOptimization(hNorm: try residualNorm(hL)), batch: b))
+            first += b.rewrite.count + b.kl.count
+        }
+        let outcome = try JointDeltaOptimization.run(facts, pass: pass)
+        return zip(reads, outcome.facts).map { r, o in (r.hL, r.v0, o.delta, o.losses) }
     }
 
     /// NAS's anchor on the current (base) weights: ‖v*‖ = ‖v0 + Δ‖ of each request optimized alone,
