@@ -340,6 +340,11 @@ public final class MemitEditor: @unchecked Sendable {
     public let mesaSetup: MesaAttachment
     /// The coverage of the update last computed (first request).
     public internal(set) var lastCoverage: SAECoverage?
+    /// The most rows (Σ (T − p) over its prompts) one joint z pass holds; the requests of a larger batch
+    /// edit are optimized in consecutive groups. A pass keeps about (2·d + q + 2·kv + 2·ff)·4 bytes per
+    /// row and layer above the edited ones (≈ 0.45 MB per row for SmolLM2-135M at layer 7), so this
+    /// bounds its memory (≈ 230 MB at 512 rows) without changing any result.
+    public var jointRowLimit = 512
 
     public init(model: LanguageModel, hparams: MemitHyperparameters, templates: ContextTemplates, statistics: [Int: KeyStatistics],
                 solver: SpreadSolver = .memit, sae: SparseAutoencoder? = nil, fallbackReason: String? = nil) throws {
@@ -480,10 +485,25 @@ public final class MemitEditor: @unchecked Sendable {
         return (hL, pass.mlpOutputs[0], outcome.changes?[0] ?? outcome.delta, outcome.losses)
     }
 
-    /// `optimizeZ` for every request together (`JointDeltaOptimization`: one pass over all requests'
-    /// prompts, each request with the settings and stop it would have alone). No MESA refinement.
+    /// `optimizeZ` for every request together (`JointDeltaOptimization`: one pass over the requests'
+    /// prompts, each request with the settings and stop it would have alone), in consecutive groups of
+    /// at most `jointRowLimit` pass rows. No MESA refinement.
     func optimizeZTogether(_ requests: [EditRequest]) throws -> [SolvedZ] {
         let batches = try requests.map(zBatch)
+        var groups: [[RomeBatch]] = [], rows = 0
+        for b in batches {
+            let r = (b.rewrite + b.kl).reduce(0) { $0 + $1.tokens.count - $1.position }
+            if groups.isEmpty || rows + r > jointRowLimit {
+                groups.append([])
+                rows = 0
+            }
+            groups[groups.count - 1].append(b)
+            rows += r
+        }
+        return try groups.flatMap(optimizeZTogether(batches:))
+    }
+
+    func optimizeZTogether(batches: [RomeBatch]) throws -> [SolvedZ] {
         let pass = try DeltaPass(model: model, site: Site(layer: hparams.layers.last!, kind: .residOut),
                                  prompts: JointDeltaOptimization.prompts(of: batches))
         // Each request's first prompt in the pass is its bare prompt: h_L and v0 there, [d] each.

@@ -106,10 +106,15 @@ import Testing
     }
 
     /// MEMIT with several requests (the joint optimization) gives each request the ‖δ‖, final loss and
-    /// step count it gets edited alone.
-    @Test func memitBatchMatchesEachRequestAlone() throws {
+    /// step count it gets edited alone, in one pass or split by the row limit (the requests' prompts
+    /// take 8, 8 and 11 rows: a limit of 16 makes groups of 2 and 1).
+    @Test(arguments: [512, 16])
+    func memitBatchMatchesEachRequestAlone(rowLimit: Int) throws {
         let m = try TinyEditModel.load()
         let editor = try MemitTests.editor(m)
+        editor.jointRowLimit = rowLimit
+        let rows = try Self.facts(m) { _ in }.map { f in (f.batch.rewrite + f.batch.kl).reduce(0) { $0 + $1.tokens.count - $1.position } }
+        try #require(rows == [8, 8, 11], "the groups this test means to form")
         let joint = try editor.computeUpdates(Self.requests)
         var steps = 0.0
         for (i, r) in Self.requests.enumerated() {
