@@ -345,6 +345,8 @@ public final class MemitEditor: @unchecked Sendable {
     /// row and layer above the edited ones (≈ 0.45 MB per row for SmolLM2-135M at layer 7), so this
     /// bounds its memory (≈ 230 MB at 512 rows) without changing any result.
     public var jointRowLimit = 512
+    /// The most tokens one packed reading pass holds (the keys and residuals of a batch edit's prompts).
+    var packTokens = 1024
 
     public init(model: LanguageModel, hparams: MemitHyperparameters, templates: ContextTemplates, statistics: [Int: KeyStatistics],
                 solver: SpreadSolver = .memit, sae: SparseAutoencoder? = nil, fallbackReason: String? = nil) throws {
@@ -421,9 +423,9 @@ public final class MemitEditor: @unchecked Sendable {
             // R [d, n] = (z − h_L(current)) / (remaining layers).
             var resid = [Float](repeating: 0, count: d * n)
             let share = Float(h.layers.count - i)
-            for (j, p) in bare.enumerated() {
-                let f = try model.forward(p.tokens, options: ForwardOptions(capture: [Site(layer: zLayer, kind: .residOut)], logits: .none, stopAfterLayer: zLayer))
-                let cur = f.activations[Site(layer: zLayer, kind: .residOut)]!.row(p.subjectLast)
+            let residSite = Site(layer: zLayer, kind: .residOut)
+            let current = try reads(bare, sites: [residSite], packed: n > 1)[residSite]!   // h_L on the current weights, [n][d]
+            for (j, cur) in current.enumerated() {
                 for c in 0..<d { resid[c * n + j] = (z[j][c] - cur[c]) / share }
             }
             let x = try solve(layer: l, keys: keys)
@@ -534,21 +536,60 @@ public final class MemitEditor: @unchecked Sendable {
     }
 
     /// Each request's template-weighted key at each of `layers` on the current weights: layer →
-    /// [n][ff]. One forward pass per prompt captures every layer.
+    /// [n][ff]. One reading of every prompt captures every layer; several requests' prompts are packed.
     func meanKeys(layers: [Int], prompts: [[SubjectPrompt]], weights: [Double]) throws -> [Int: [[Double]]] {
         let ff = model.config.intermediate
         let sites = Set(layers.map { Site(layer: $0, kind: .mlpKey) })
+        let read = try reads(prompts.flatMap { $0 }, sites: sites, packed: prompts.count > 1)
         var keys = Dictionary(uniqueKeysWithValues: layers.map { ($0, [[Double]](repeating: [Double](repeating: 0, count: ff), count: prompts.count)) })
+        var i = 0
         for (j, ps) in prompts.enumerated() {
-            for (t, p) in ps.enumerated() {
-                let f = try model.forward(p.tokens, options: ForwardOptions(capture: sites, logits: .none, stopAfterLayer: layers.max()!))
+            for t in ps.indices {
                 for l in layers {
-                    let k = f.activations[Site(layer: l, kind: .mlpKey)]!.row(p.subjectLast)
+                    let k = read[Site(layer: l, kind: .mlpKey)]![i]
                     for c in 0..<ff { keys[l]![j][c] += weights[t] * Double(k[c]) }
                 }
+                i += 1
             }
         }
         return keys
+    }
+
+    /// The activations at each prompt's subject-last token on the current weights: site → [prompts][width].
+    /// Unpacked, one forward per prompt (a single edit's arithmetic, unchanged). `packed` (several
+    /// requests): the prompts are cut after the subject (later tokens cannot reach it through causal
+    /// attention) and packed into sequences of at most `packTokens` tokens (`ForwardOptions.segments`),
+    /// so that one pass streams the weights for many short prompts.
+    func reads(_ prompts: [SubjectPrompt], sites: Set<Site>, packed: Bool) throws -> [Site: [[Float]]] {
+        let stop = sites.map(\.layer).max()!
+        var out = Dictionary(uniqueKeysWithValues: sites.map { ($0, [[Float]]()) })
+        guard packed else {
+            for p in prompts {
+                let f = try model.forward(p.tokens, options: ForwardOptions(capture: sites, logits: .none, stopAfterLayer: stop))
+                for s in sites { out[s]!.append(f.activations[s]!.row(p.subjectLast)) }
+            }
+            return out
+        }
+        var start = 0
+        while start < prompts.count {
+            // prompts[start..<end]: as many as fit in packTokens (at least one).
+            var end = start, total = 0
+            while end < prompts.count, end == start || total + prompts[end].subjectLast + 1 <= packTokens {
+                total += prompts[end].subjectLast + 1
+                end += 1
+            }
+            let group = prompts[start..<end]
+            let lengths = group.map { $0.subjectLast + 1 }
+            let f = try model.forward(group.flatMap { $0.tokens[...$0.subjectLast] },
+                                      options: ForwardOptions(capture: sites, logits: .none, stopAfterLayer: stop, segments: lengths))
+            var row = 0
+            for n in lengths {
+                row += n
+                for s in sites { out[s]!.append(f.activations[s]!.row(row - 1)) }   // [total, width] → the subject's last token
+            }
+            start = end
+        }
+        return out
     }
 
     /// X [ff, n] (row-major) of the layer's closed form, in Double.

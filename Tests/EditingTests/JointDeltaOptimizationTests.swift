@@ -1,4 +1,4 @@
-import Editing
+@testable import Editing
 import Foundation
 import ModelRuntime
 import Tensor
@@ -124,5 +124,26 @@ import Testing
             #expect(abs(joint.finalLosses[i] - a.finalLosses[0]) <= 1e-4 * abs(a.finalLosses[0]), "request \(i) final loss")
         }
         #expect(joint.phases["z_steps"] == steps / Double(Self.requests.count))
+    }
+
+    /// The readings of a batch edit's prompts (keys and residuals at the subject) packed into shared
+    /// passes, in one or in several packs, equal one forward per prompt (1e-5 relative).
+    @Test(arguments: [1024, 12])
+    func packedReadingsMatchOneForwardPerPrompt(packTokens: Int) throws {
+        let m = try TinyEditModel.load()
+        let editor = try MemitTests.editor(m)
+        editor.packTokens = packTokens
+        let tok = EditTokenizer(model: m)
+        let prompts = try Self.requests.flatMap { r in
+            try editor.templates.prefixes.map { try tok.subjectPrompt(prefix: $0, prompt: r.prompt + " and more", subject: r.subject) }
+        }
+        let sites: Set<Site> = [Site(layer: 0, kind: .mlpKey), Site(layer: 1, kind: .mlpKey), Site(layer: 1, kind: .residOut)]
+        let packed = try editor.reads(prompts, sites: sites, packed: true), alone = try editor.reads(prompts, sites: sites, packed: false)
+        for s in sites {
+            #expect(packed[s]!.count == prompts.count)
+            for (a, b) in zip(packed[s]!, alone[s]!) {
+                #expect(Double(Vector.maxAbsDifference(a, b)) <= 1e-5 * Double(Vector.norm(b)), "\(s)")
+            }
+        }
     }
 }
