@@ -155,7 +155,7 @@ struct MemitBench: ParsableCommand {
     @Option(help: "Results file (JSON; default ops/bench/results/<method>.json).") var out: String?
     @Option(help: "Also time records record..<record+N edited together (one batch edit, as the daemon's batch.max_events does) against the same N edited one at a time.")
     var batch = 1
-    @Flag(help: "Keep the hyperparameter file's stop rule (early_stop_loss, early_stop_top) instead of running every fact to v_num_grad_steps.")
+    @Flag(help: "Keep the hyperparameter file's loss threshold (early_stop_loss); without it a fact stops before v_num_grad_steps only by the most-probable early stop, where the file asks for it.")
     var fileStop = false
 
     func run() throws {
