@@ -227,6 +227,8 @@ struct MemitBench: ParsableCommand {
             }
             var joint: MemitResult?
             let together = try timed { joint = try editor.computeUpdates(requests) }
+            // The 1-minute load average after both paths ran (other processes share the cores).
+            let load = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)).flatMap { $0.split(separator: " ").first.flatMap { Double($0) } }
             let n = Double(batch), jp = joint!.phases
             // Share of each path's wall time per phase; "other" is tokenization and bookkeeping.
             func shares(_ p: [String: Double], _ total: Double) -> [String: Double] {
@@ -242,11 +244,16 @@ struct MemitBench: ParsableCommand {
                          perMinute.alone, alone / n, 100 * sa["z"]!, 100 * sa["spread"]!, 100 * sa["other"]!, steps.alone))
             print(String(format: "               together / alone: %.2f× the facts per minute (z phase %.2f× faster), same run; %@",
                          alone / together, (alonePhases["z"] ?? .nan) / (jp["z"] ?? .nan), BLAS.configuration.description))
+            if let load {
+                print(String(format: "               load average %.2f on %d cores: the absolute rates are this machine's under that load; compare the ratio",
+                             load, ProcessInfo.processInfo.activeProcessorCount))
+            }
             doc["batch"] = ["size": batch, "stop": stopRule, "together_seconds": together, "alone_seconds": alone,
                             "together_phases": jp, "alone_phases": alonePhases, "together_phase_shares": st, "alone_phase_shares": sa,
                             "together_facts_per_minute": perMinute.together, "alone_facts_per_minute": perMinute.alone,
                             "together_steps_per_fact": steps.together, "alone_steps_per_fact": steps.alone,
-                            "throughput_ratio": alone / together] as [String: Any]
+                            "throughput_ratio": alone / together, "load_average_1min": load ?? -1,
+                            "cores": ProcessInfo.processInfo.activeProcessorCount] as [String: Any]
         }
         if reference != "none" {
             let tok = EditTokenizer(model: m)
