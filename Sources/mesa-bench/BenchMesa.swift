@@ -219,11 +219,14 @@ struct MemitBench: ParsableCommand {
             // same run: other load on the machine moves both, so the ratio is the figure to compare.
             var alone = 0.0, aloneSteps = 0.0
             var alonePhases: [String: Double] = [:]
+            var aloneNorms: [Float] = [], aloneLosses: [Double] = []
             for r in requests {
                 var one: MemitResult?
                 alone += try timed { one = try editor.computeUpdates([r]) }
                 for k in ["z", "spread"] { alonePhases[k, default: 0] += one!.phases[k] ?? 0 }
                 aloneSteps += one!.phases["z_steps"] ?? .nan
+                aloneNorms.append(one!.deltaNorms[0])
+                aloneLosses.append(one!.finalLosses[0])
             }
             var joint: MemitResult?
             let together = try timed { joint = try editor.computeUpdates(requests) }
@@ -244,6 +247,10 @@ struct MemitBench: ParsableCommand {
                          perMinute.alone, alone / n, 100 * sa["z"]!, 100 * sa["spread"]!, 100 * sa["other"]!, steps.alone))
             print(String(format: "               together / alone: %.2f× the facts per minute (z phase %.2f× faster), same run; %@",
                          alone / together, (alonePhases["z"] ?? .nan) / (jp["z"] ?? .nan), BLAS.configuration.description))
+            // Each fact's z together against alone (the joint optimization must not change it).
+            let normDiff = zip(joint!.deltaNorms, aloneNorms).map { Double(abs($0 - $1) / max($1, 1e-12)) }.max() ?? .nan
+            let lossDiff = zip(joint!.finalLosses, aloneLosses).map { abs($0 - $1) / max(abs($1), 1e-12) }.max() ?? .nan
+            print(String(format: "               per fact, together vs alone: ‖δ‖ max relative difference %.1e, final loss %.1e", normDiff, lossDiff))
             if let load {
                 print(String(format: "               load average %.2f on %d cores: the absolute rates are this machine's under that load; compare the ratio",
                              load, ProcessInfo.processInfo.activeProcessorCount))
@@ -253,6 +260,7 @@ struct MemitBench: ParsableCommand {
                             "together_facts_per_minute": perMinute.together, "alone_facts_per_minute": perMinute.alone,
                             "together_steps_per_fact": steps.together, "alone_steps_per_fact": steps.alone,
                             "throughput_ratio": alone / together, "load_average_1min": load ?? -1,
+                            "delta_norm_max_relative_difference": normDiff, "final_loss_max_relative_difference": lossDiff,
                             "cores": ProcessInfo.processInfo.activeProcessorCount] as [String: Any]
         }
         if reference != "none" {
