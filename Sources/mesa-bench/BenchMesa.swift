@@ -220,6 +220,7 @@ struct MemitBench: ParsableCommand {
             var alone = 0.0, aloneSteps = 0.0
             var alonePhases: [String: Double] = [:]
             var aloneNorms: [Float] = [], aloneLosses: [Double] = []
+            let cpu0 = processCPUSeconds()
             for r in requests {
                 var one: MemitResult?
                 alone += try timed { one = try editor.computeUpdates([r]) }
@@ -228,8 +229,11 @@ struct MemitBench: ParsableCommand {
                 aloneNorms.append(one!.deltaNorms[0])
                 aloneLosses.append(one!.finalLosses[0])
             }
+            let cpu1 = processCPUSeconds()
             var joint: MemitResult?
             let together = try timed { joint = try editor.computeUpdates(requests) }
+            // CPU seconds of each path: less moved by other processes than the wall time (not by cache contention).
+            let cpu = (alone: cpu1 - cpu0, together: processCPUSeconds() - cpu1)
             // The 1-minute load average after both paths ran (other processes share the cores).
             let load = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)).flatMap { $0.split(separator: " ").first.flatMap { Double($0) } }
             let n = Double(batch), jp = joint!.phases
@@ -250,6 +254,7 @@ struct MemitBench: ParsableCommand {
             // Each fact's z together against alone (the joint optimization must not change it).
             let normDiff = zip(joint!.deltaNorms, aloneNorms).map { Double(abs($0 - $1) / max($1, 1e-12)) }.max() ?? .nan
             let lossDiff = zip(joint!.finalLosses, aloneLosses).map { abs($0 - $1) / max(abs($1), 1e-12) }.max() ?? .nan
+            print(String(format: "               CPU time: %.1f s together, %.1f s alone: %.2f×", cpu.together, cpu.alone, cpu.alone / cpu.together))
             print(String(format: "               per fact, together vs alone: ‖δ‖ max relative difference %.1e, final loss %.1e", normDiff, lossDiff))
             if let load {
                 print(String(format: "               load average %.2f on %d cores: the absolute rates are this machine's under that load; compare the ratio",
@@ -260,6 +265,7 @@ struct MemitBench: ParsableCommand {
                             "together_facts_per_minute": perMinute.together, "alone_facts_per_minute": perMinute.alone,
                             "together_steps_per_fact": steps.together, "alone_steps_per_fact": steps.alone,
                             "throughput_ratio": alone / together, "load_average_1min": load ?? -1,
+                            "together_cpu_seconds": cpu.together, "alone_cpu_seconds": cpu.alone, "cpu_ratio": cpu.alone / cpu.together,
                             "delta_norm_max_relative_difference": normDiff, "final_loss_max_relative_difference": lossDiff,
                             "cores": ProcessInfo.processInfo.activeProcessorCount] as [String: Any]
         }
@@ -307,4 +313,11 @@ struct MemitBench: ParsableCommand {
         try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: dest))
         print("wrote \(dest)")
     }
+}
+
+/// CPU seconds this process has used (all threads).
+private func processCPUSeconds() -> Double {
+    var t = timespec()
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t)
+    return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
 }
