@@ -149,4 +149,20 @@ import Testing
             }
         }
     }
+
+    /// What MEMIT's z step hands on per request (h_L and v0 at the bare prompt, the change, the losses)
+    /// is the same together as alone: NAS and the coverage read h_L and v0 from the right prompt.
+    @Test func memitSolvedZTogetherMatchesAlone() throws {
+        let m = try TinyEditModel.load()
+        let editor = try MemitTests.editor(m)
+        let together = try editor.optimizeZTogether(Self.requests)
+        #expect(together.count == Self.requests.count)
+        for (i, r) in Self.requests.enumerated() {
+            let a = try editor.optimizeZ(r), j = together[i]
+            #expect(j.hL == a.hL && j.v0 == a.v0, "request \(i): h_L and v0 are read before any step, the same prompt's")
+            #expect(Self.relative(j.change, a.change) <= 1e-4, "request \(i) change")
+            #expect(j.losses.count == a.losses.count)
+        }
+        #expect(Self.relative(together[0].hL, together[1].hL) > 0.01, "the requests' readings must differ for the check to mean anything")
+    }
 }
