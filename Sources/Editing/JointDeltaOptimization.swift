@@ -9,7 +9,7 @@ import Tensor
 /// of on-top evaluations (the most-probable early stop's `topChecks`), and follows exactly the schedule
 /// it would follow alone: prompts never attend to each other, so a fact's logits do not depend on
 /// which other facts share the step. A fact that stops leaves the batch: its prompts are not in any
-/// later step.
+/// later step (in the backward of the step it stops at, its rows carry a zero gradient).
 public enum JointDeltaOptimization {
     /// One fact: its optimization settings and its tokenized prompts.
     public struct Fact: Sendable {
