@@ -340,6 +340,13 @@ public final class MemitEditor: @unchecked Sendable {
     public let mesaSetup: MesaAttachment
     /// The coverage of the update last computed (first request).
     public internal(set) var lastCoverage: SAECoverage?
+    /// The most rows (Σ (T − p) over its prompts) one joint z pass holds; the requests of a larger batch
+    /// edit are optimized in consecutive groups. A pass keeps about (2·d + q + 2·kv + 2·ff)·4 bytes per
+    /// row and layer above the edited ones (≈ 0.45 MB per row for SmolLM2-135M at layer 7), so this
+    /// bounds its memory (≈ 230 MB at 512 rows) without changing any result.
+    public var jointRowLimit = 512
+    /// The most tokens one packed reading pass holds (the keys and residuals of a batch edit's prompts).
+    var packTokens = 1024
 
     public init(model: LanguageModel, hparams: MemitHyperparameters, templates: ContextTemplates, statistics: [Int: KeyStatistics],
                 solver: SpreadSolver = .memit, sae: SparseAutoencoder? = nil, fallbackReason: String? = nil) throws {
@@ -375,11 +382,12 @@ public final class MemitEditor: @unchecked Sendable {
         guard !anchored || normAnchor != nil else {
             throw EditError(.state, "norm_anchor_samples is set but the NAS anchor was not computed (MemitEditor.normAnchor(for:))")
         }
-        // z_i = h_L + δ_i on the unedited model: [n][d].
+        // z_i = h_L + δ_i on the unedited model: [n][d]. Several requests share one optimization (one
+        // forward and backward per step over every running fact); MESA refinement runs one at a time.
+        let solved = n > 1 && mesaSetup.settings == nil ? try optimizeZTogether(requests) : try requests.map(optimizeZ)
         var z: [[Float]] = [], norms: [Float] = [], finals: [Double] = [], steps: [Int] = []
         var coverages: [SAECoverage] = []
-        for r in requests {
-            let s = try optimizeZ(r)
+        for s in solved {
             steps.append(s.losses.count)
             var target = zip(s.hL, s.change).map { $0 + $1 }
             if anchored, let anchor = normAnchor {
@@ -415,9 +423,9 @@ public final class MemitEditor: @unchecked Sendable {
             // R [d, n] = (z − h_L(current)) / (remaining layers).
             var resid = [Float](repeating: 0, count: d * n)
             let share = Float(h.layers.count - i)
-            for (j, p) in bare.enumerated() {
-                let f = try model.forward(p.tokens, options: ForwardOptions(capture: [Site(layer: zLayer, kind: .residOut)], logits: .none, stopAfterLayer: zLayer))
-                let cur = f.activations[Site(layer: zLayer, kind: .residOut)]!.row(p.subjectLast)
+            let residSite = Site(layer: zLayer, kind: .residOut)
+            let current = try reads(bare, sites: [residSite], packed: n > 1)[residSite]!   // h_L on the current weights, [n][d]
+            for (j, cur) in current.enumerated() {
                 for c in 0..<d { resid[c * n + j] = (z[j][c] - cur[c]) / share }
             }
             let x = try solve(layer: l, keys: keys)
@@ -439,26 +447,77 @@ public final class MemitEditor: @unchecked Sendable {
         return MemitResult(updates: updates, deltaNorms: norms, finalLosses: finals, keysAfter: keysAfter, phases: phases, coverages: coverages)
     }
 
-    /// One request's optimization of δ on the residual after the last edited layer L, on the current
-    /// weights: h_L and v0 (the MLP output of L) at the bare prompt's subject, [d] each; the change Δ
-    /// that prompt saw (δ, or its SAE-refined change with MESA), [d]; the loss per step.
-    func optimizeZ(_ r: EditRequest) throws -> (hL: [Float], v0: [Float], change: [Float], losses: [EditLoss.Value]) {
-        let h = hparams, zLayer = h.layers.last!
-        let batch = try RomeBatch(request: r, prefixes: templates.prefixes, tokenizer: tokenizer, contextLength: model.config.contextLength)
-        let pass = try DeltaPass(model: model, site: Site(layer: zLayer, kind: .residOut), prompts: batch.rewrite + batch.kl)
-        let hL = pass.residuals[0]
-        let hNorm = Vector.norm(hL)
-        guard hNorm > 0, hNorm.isFinite else { throw EditError(.nonFinite, "the residual at the subject is zero or non-finite") }
-        // With MESA every prompt sees its SAE-refined change; z takes the bare prompt's refined change,
-        // the vector the optimization evaluated there.
-        let refinement = mesaSetup.refinement(activations: pass.residuals)
+    /// One request's optimized z: h_L and v0 (the MLP output of L) at the bare prompt's subject, [d]
+    /// each; the change Δ that prompt saw (δ, or its SAE-refined change with MESA), [d]; the loss per step.
+    typealias SolvedZ = (hL: [Float], v0: [Float], change: [Float], losses: [EditLoss.Value])
+
+    /// z's optimization settings for a request whose residual at the subject has norm `hNorm`.
+    func zOptimization(hNorm: Float) -> DeltaOptimization {
+        let h = hparams
         var optimization = DeltaOptimization(steps: h.vNumGradSteps, lr: h.vLr, weightDecay: h.vWeightDecay,
                                              klFactor: mesaSetup.klFactor(h.klFactor), earlyStopLoss: h.earlyStopLoss,
                                              maxNorm: h.clampNormFactor * hNorm, referenceNorm: hNorm)
         optimization.stopWhenTop = h.earlyStopTop ?? false
         optimization.topChecks = h.earlyStopTopChecks ?? 1
-        let outcome = try optimization.run(pass: pass, batch: batch, refinement: refinement)
+        return optimization
+    }
+
+    func zBatch(_ r: EditRequest) throws -> RomeBatch {
+        try RomeBatch(request: r, prefixes: templates.prefixes, tokenizer: tokenizer, contextLength: model.config.contextLength)
+    }
+
+    /// ‖h_L‖ at the bare prompt, checked. `hL` [d].
+    func residualNorm(_ hL: [Float]) throws -> Float {
+        let hNorm = Vector.norm(hL)
+        guard hNorm > 0, hNorm.isFinite else { throw EditError(.nonFinite, "the residual at the subject is zero or non-finite") }
+        return hNorm
+    }
+
+    /// One request's optimization of δ on the residual after the last edited layer L, on the current
+    /// weights, alone (with MESA refinement when it is in force).
+    func optimizeZ(_ r: EditRequest) throws -> SolvedZ {
+        let batch = try zBatch(r)
+        let pass = try DeltaPass(model: model, site: Site(layer: hparams.layers.last!, kind: .residOut), prompts: batch.rewrite + batch.kl)
+        let hL = pass.residuals[0]
+        let hNorm = try residualNorm(hL)
+        // With MESA every prompt sees its SAE-refined change; z takes the bare prompt's refined change,
+        // the vector the optimization evaluated there.
+        let refinement = mesaSetup.refinement(activations: pass.residuals)
+        let outcome = try zOptimization(hNorm: hNorm).run(pass: pass, batch: batch, refinement: refinement)
         return (hL, pass.mlpOutputs[0], outcome.changes?[0] ?? outcome.delta, outcome.losses)
+    }
+
+    /// `optimizeZ` for every request together (`JointDeltaOptimization`: one pass over the requests'
+    /// prompts, each request with the settings and stop it would have alone), in consecutive groups of
+    /// at most `jointRowLimit` pass rows. No MESA refinement.
+    func optimizeZTogether(_ requests: [EditRequest]) throws -> [SolvedZ] {
+        let batches = try requests.map(zBatch)
+        var groups: [[RomeBatch]] = [], rows = 0
+        for b in batches {
+            let r = (b.rewrite + b.kl).reduce(0) { $0 + $1.tokens.count - $1.position }
+            if groups.isEmpty || rows + r > jointRowLimit {
+                groups.append([])
+                rows = 0
+            }
+            groups[groups.count - 1].append(b)
+            rows += r
+        }
+        return try groups.flatMap(optimizeZTogether(batches:))
+    }
+
+    func optimizeZTogether(batches: [RomeBatch]) throws -> [SolvedZ] {
+        let pass = try DeltaPass(model: model, site: Site(layer: hparams.layers.last!, kind: .residOut),
+                                 prompts: JointDeltaOptimization.prompts(of: batches))
+        // Each request's first prompt in the pass is its bare prompt: h_L and v0 there, [d] each.
+        var reads: [(hL: [Float], v0: [Float])] = [], facts: [JointDeltaOptimization.Fact] = [], first = 0
+        for b in batches {
+            let hL = pass.residuals[first]
+            reads.append((hL, pass.mlpOutputs[first]))
+            facts.append(.init(optimization: zOptimization(hNorm: try residualNorm(hL)), batch: b))
+            first += b.rewrite.count + b.kl.count
+        }
+        let outcome = try JointDeltaOptimization.run(facts, pass: pass)
+        return zip(reads, outcome.facts).map { r, o in (r.hL, r.v0, o.delta, o.losses) }
     }
 
     /// NAS's anchor on the current (base) weights: ‖v*‖ = ‖v0 + Δ‖ of each request optimized alone,
@@ -477,21 +536,60 @@ public final class MemitEditor: @unchecked Sendable {
     }
 
     /// Each request's template-weighted key at each of `layers` on the current weights: layer →
-    /// [n][ff]. One forward pass per prompt captures every layer.
+    /// [n][ff]. One reading of every prompt captures every layer; several requests' prompts are packed.
     func meanKeys(layers: [Int], prompts: [[SubjectPrompt]], weights: [Double]) throws -> [Int: [[Double]]] {
         let ff = model.config.intermediate
         let sites = Set(layers.map { Site(layer: $0, kind: .mlpKey) })
+        let read = try reads(prompts.flatMap { $0 }, sites: sites, packed: prompts.count > 1)
         var keys = Dictionary(uniqueKeysWithValues: layers.map { ($0, [[Double]](repeating: [Double](repeating: 0, count: ff), count: prompts.count)) })
+        var i = 0
         for (j, ps) in prompts.enumerated() {
-            for (t, p) in ps.enumerated() {
-                let f = try model.forward(p.tokens, options: ForwardOptions(capture: sites, logits: .none, stopAfterLayer: layers.max()!))
+            for t in ps.indices {
                 for l in layers {
-                    let k = f.activations[Site(layer: l, kind: .mlpKey)]!.row(p.subjectLast)
+                    let k = read[Site(layer: l, kind: .mlpKey)]![i]
                     for c in 0..<ff { keys[l]![j][c] += weights[t] * Double(k[c]) }
                 }
+                i += 1
             }
         }
         return keys
+    }
+
+    /// The activations at each prompt's subject-last token on the current weights: site → [prompts][width].
+    /// Unpacked, one forward per prompt (a single edit's arithmetic, unchanged). `packed` (several
+    /// requests): the prompts are cut after the subject (later tokens cannot reach it through causal
+    /// attention) and packed into sequences of at most `packTokens` tokens (`ForwardOptions.segments`),
+    /// so that one pass streams the weights for many short prompts.
+    func reads(_ prompts: [SubjectPrompt], sites: Set<Site>, packed: Bool) throws -> [Site: [[Float]]] {
+        let stop = sites.map(\.layer).max()!
+        var out = Dictionary(uniqueKeysWithValues: sites.map { ($0, [[Float]]()) })
+        guard packed else {
+            for p in prompts {
+                let f = try model.forward(p.tokens, options: ForwardOptions(capture: sites, logits: .none, stopAfterLayer: stop))
+                for s in sites { out[s]!.append(f.activations[s]!.row(p.subjectLast)) }
+            }
+            return out
+        }
+        var start = 0
+        while start < prompts.count {
+            // prompts[start..<end]: as many as fit in packTokens (at least one).
+            var end = start, total = 0
+            while end < prompts.count, end == start || total + prompts[end].subjectLast + 1 <= packTokens {
+                total += prompts[end].subjectLast + 1
+                end += 1
+            }
+            let group = prompts[start..<end]
+            let lengths = group.map { $0.subjectLast + 1 }
+            let f = try model.forward(group.flatMap { $0.tokens[...$0.subjectLast] },
+                                      options: ForwardOptions(capture: sites, logits: .none, stopAfterLayer: stop, segments: lengths))
+            var row = 0
+            for n in lengths {
+                row += n
+                for s in sites { out[s]!.append(f.activations[s]!.row(row - 1)) }   // [total, width] → the subject's last token
+            }
+            start = end
+        }
+        return out
     }
 
     /// X [ff, n] (row-major) of the layer's closed form, in Double.

@@ -324,26 +324,40 @@ public struct DeltaOptimization: Sendable {
             if let state, let refinement { value.sparsity = Double(refinement.l1) * state.l1Norm }
             losses.append(value)
             guard value.total.isFinite else { throw EditError(.nonFinite, "the edit loss became non-finite at step \(it)") }
-            if stopWhenTop, Self.targetsOnTop(logits, batch.rewriteTargets) {
-                onTop += 1
-                if onTop >= topChecks { break }
-            }
-            // Early stop on the edit objective (NLL + KL + decay): MESA's L1 term does not vanish at a
-            // solved edit and would otherwise keep every refined edit running to the last step.
-            if value.total - value.sparsity < Double(earlyStopLoss) || it == steps - 1 { break }
-            var g: [Float]
+            if isFinal(value, logits: logits, targets: batch.rewriteTargets, step: it, onTop: &onTop) { break }
+            let g: [Float]
             if let state, let refinement {
                 g = refinement.gradient(state, changeGradients: try pass.backwardPerPrompt(logitGradient: dLogits))
             } else {
                 g = try pass.backward(logitGradient: dLogits)
             }
-            for i in 0..<d { g[i] += dNorm[i] }
-            guard g.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "the gradient became non-finite at step \(it)") }
-            adam.step(&delta, gradient: g)
-            let n = Vector.norm(delta)
-            if n > maxNorm { for i in 0..<d { delta[i] *= maxNorm / n } }
+            try descend(&delta, adam: &adam, gradient: g, normGradient: dNorm, step: it)
         }
         return Outcome(delta: delta, losses: losses, changes: last?.changes, latents: last.map { $0.g.filter { $0 != 0 }.count })
+    }
+
+    /// Whether the loss `value` evaluated at step `step` (logits [rows, vocab], the rewrite rows first)
+    /// ends the optimization: every target on top for the `topChecks`-th time (with `stopWhenTop`;
+    /// `onTop` is the optimization's count of such evaluations, from 0), the edit objective below
+    /// `earlyStopLoss`, or the last step.
+    func isFinal(_ value: EditLoss.Value, logits: Tensor, targets: [[Int32]], step: Int, onTop: inout Int) -> Bool {
+        if stopWhenTop, Self.targetsOnTop(logits, targets) {
+            onTop += 1
+            if onTop >= topChecks { return true }
+        }
+        // Early stop on the edit objective (NLL + KL + decay): MESA's L1 term does not vanish at a
+        // solved edit and would otherwise keep every refined edit running to the last step.
+        return value.total - value.sparsity < Double(earlyStopLoss) || step == steps - 1
+    }
+
+    /// One Adam step on δ [d] with `gradient` + `normGradient` (both [d]), then the clamp ‖δ‖ ≤ maxNorm.
+    func descend(_ delta: inout [Float], adam: inout Adam, gradient: [Float], normGradient: [Float], step: Int) throws {
+        var g = gradient
+        for i in 0..<g.count { g[i] += normGradient[i] }
+        guard g.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "the gradient became non-finite at step \(step)") }
+        adam.step(&delta, gradient: g)
+        let n = Vector.norm(delta)
+        if n > maxNorm { for i in 0..<delta.count { delta[i] *= maxNorm / n } }
     }
 
     /// Whether each target token is the argmax of its logit row. `logits` [rows, vocab]: the rewrite

@@ -42,6 +42,11 @@ final class Scratch {
 /// carries ∂loss/∂logits back to ∂loss/∂δ through those layers: attention with RoPE and grouped KV
 /// heads (prefix keys held fixed), RMSNorm or LayerNorm, the gated-SiLU or GELU MLP, and the tied
 /// or untied unembedding. Only input gradients are formed, never weight gradients.
+///
+/// Prompts never attend to each other, so one pass can hold the prompts of several independent
+/// optimizations (several facts of a batch edit): `forward(deltas:prompts:)` then runs any subset of
+/// them, packed into R = Σ_subset (T − p) rows without padding, and the next `backward` covers that
+/// subset. A prompt's rows are computed by the same operations whichever prompts share the pass.
 public final class DeltaPass: @unchecked Sendable {
     public let model: LanguageModel
     public let layer: Int
@@ -52,17 +57,37 @@ public final class DeltaPass: @unchecked Sendable {
     public let mlpOutputs: [[Float]]
     /// The residual stream after layer l at each prompt's position (δ = 0): [prompts][d].
     public let residuals: [[Float]]
-    /// Rows of the batch: R.
+    /// Rows of the batch with every prompt: R.
     public let rowCount: Int
-    /// Number of logit rows `forward` returns (all prompts' `logitPositions`, in order).
+    /// Number of logit rows `forward(deltas:)` returns (all prompts' `logitPositions`, in order).
     public let logitCount: Int
 
+    /// The prompts of one forward (indices into `prompts`, ascending) packed into batch rows.
+    struct Layout {
+        let prompts: [Int]
+        let offsets: [Int]      // first batch row of each listed prompt
+        let rows: Int           // R = Σ (T − p) over the listed prompts
+        let logitRows: [Int]    // batch row of each logit row, listed prompts in order
+
+        init(prompts: [Int], of all: [DeltaPrompt]) {
+            var offsets: [Int] = [], logitRows: [Int] = [], r = 0
+            for i in prompts {
+                let p = all[i]
+                offsets.append(r)
+                logitRows += p.logitPositions.map { r + $0 - p.position }
+                r += p.tokens.count - p.position
+            }
+            (self.prompts, self.offsets, self.rows, self.logitRows) = (prompts, offsets, r, logitRows)
+        }
+    }
+
     let c: ModelConfig
-    let offsets: [Int]          // first batch row of each prompt
+    let full: Layout            // every prompt
+    var layout: Layout          // the prompts of the last forward
     let lengths: [Int]          // rows of each prompt: T − p
-    let logitRows: [Int]        // batch row of each logit row
+    let baseOffsets: [Int]      // first row of each prompt in `base`
     let caches: [KVCache]       // per prompt: K/V of every layer, [T, kv]; rows ≥ p rewritten per forward
-    let base: Scratch           // [R, d] residual after layer l with δ = 0
+    let base: Scratch           // [R, d] residual after layer l with δ = 0, every prompt
     let rope: RoPE?
     // Saved by `forward` for `backward`, per upper layer s (layer l+1+s).
     let savedIn: [Scratch]      // [R, d] residual entering the layer
@@ -103,16 +128,12 @@ public final class DeltaPass: @unchecked Sendable {
         self.layer = site.layer
         self.prompts = prompts
         let d = c.hidden, ff = c.intermediate
-        var offsets: [Int] = [], lengths: [Int] = [], logitRows: [Int] = []
-        var r = 0
-        for p in prompts {
-            offsets.append(r)
-            lengths.append(p.tokens.count - p.position)
-            logitRows += p.logitPositions.map { r + $0 - p.position }
-            r += p.tokens.count - p.position
-        }
-        (self.offsets, self.lengths, self.logitRows, rowCount, logitCount) = (offsets, lengths, logitRows, r, logitRows.count)
-        let R = r
+        let full = Layout(prompts: Array(prompts.indices), of: prompts)
+        let offsets = full.offsets, logitRows = full.logitRows
+        (self.full, layout, baseOffsets, rowCount, logitCount) = (full, full, offsets, full.rows, logitRows.count)
+        let lengths = prompts.map { $0.tokens.count - $0.position }
+        self.lengths = lengths
+        let R = full.rows
         let c = self.c, layer = site.layer
         let base = Scratch(R * d)
         self.base = base
@@ -168,16 +189,39 @@ public final class DeltaPass: @unchecked Sendable {
 
     /// As `forward(delta:)`, with a vector of its own for each prompt: deltas [prompts][d].
     public func forward(deltas: [[Float]]) throws -> Tensor {
-        let d = c.hidden, ff = c.intermediate, hd = c.headDim, qd = c.heads * hd, kvd = c.kvHeads * hd
-        let qkvw = qkvWidth, R = rowCount, group = c.heads / c.kvHeads
         guard deltas.count == prompts.count else { throw ModelError(.invalidInput, "\(deltas.count) δ vectors for \(prompts.count) prompts") }
+        return try run(full, deltas: deltas)
+    }
+
+    /// As `forward(deltas:)` over the listed prompts only (indices into `prompts`, ascending, no
+    /// repeats), a vector for each: deltas [subset.count][d]. Returns the listed prompts' logit rows in
+    /// order, [Σ_subset |logitPositions|, vocab]; the next `backward` covers the same prompts.
+    public func forward(deltas: [[Float]], prompts subset: [Int]) throws -> Tensor {
+        guard deltas.count == subset.count else { throw ModelError(.invalidInput, "\(deltas.count) δ vectors for \(subset.count) prompts") }
+        guard !subset.isEmpty else { throw ModelError(.invalidInput, "a δ forward needs at least one prompt") }
+        for (a, i) in subset.enumerated() where i < 0 || i >= prompts.count || (a > 0 && i <= subset[a - 1]) {
+            throw ModelError(.invalidInput, "prompt subset \(subset) must ascend within 0..<\(prompts.count)")
+        }
+        return try run(subset == full.prompts ? full : Layout(prompts: subset, of: prompts), deltas: deltas)
+    }
+
+    /// The forward of the prompts in `layout`: deltas [layout.prompts.count][d].
+    private func run(_ layout: Layout, deltas: [[Float]]) throws -> Tensor {
+        let d = c.hidden, ff = c.intermediate, hd = c.headDim, qd = c.heads * hd, kvd = c.kvHeads * hd
+        let qkvw = qkvWidth, R = layout.rows, group = c.heads / c.kvHeads
         for delta in deltas {
             guard delta.count == d else { throw ModelError(.invalidInput, "δ has \(delta.count) values, expected \(d)") }
             guard delta.allSatisfy(\.isFinite) else { throw ModelError(.nonFinite, "δ has a non-finite value") }
         }
+        self.layout = layout
+        forwardDone = false
         let w = model.weights
-        x.p.update(from: base.p, count: R * d)
-        for (i, off) in offsets.enumerated() { deltas[i].withUnsafeBufferPointer { Kernels.add(x.p + off * d, $0.baseAddress!, count: d) } }
+        let offsets = layout.offsets, logitRows = layout.logitRows
+        // x [R, d]: each listed prompt's unedited rows, packed, plus its δ at its first row.
+        for (a, i) in layout.prompts.enumerated() {
+            (x.p + offsets[a] * d).update(from: base.p + baseOffsets[i] * d, count: lengths[i] * d)
+            deltas[a].withUnsafeBufferPointer { Kernels.add(x.p + offsets[a] * d, $0.baseAddress!, count: d) }
+        }
         let scale = 1 / Float(hd).squareRoot()
 
         for (s, j) in upperLayers.enumerated() {
@@ -186,10 +230,10 @@ public final class DeltaPass: @unchecked Sendable {
             model.norm(x.p, lw.attnNorm, lw.attnNormBias, out: h.p, rows: R)
             let qkv = savedQKV[s].p
             project(h.p, rows: R, into: qkv, ldc: qkvw, parts: [(lw.wq, lw.bq, 0), (lw.wk, lw.bk, qd), (lw.wv, lw.bv, qd + kvd)], fused: lw.qkvFused)
-            for (i, p) in prompts.enumerated() {
-                let cache = caches[i]
+            for (slot, i) in layout.prompts.enumerated() {
+                let p = prompts[i], off = offsets[slot], cache = caches[i]
                 for a in 0..<lengths[i] {
-                    let row = qkv + (offsets[i] + a) * qkvw, pos = p.position + a
+                    let row = qkv + (off + a) * qkvw, pos = p.position + a
                     if let rope {
                         rope.apply(row, heads: c.heads, position: pos)
                         rope.apply(row + qd, heads: c.kvHeads, position: pos)
@@ -205,10 +249,10 @@ public final class DeltaPass: @unchecked Sendable {
                     let g = head / group
                     let P = savedProbs[s][i].p + head * n * T
                     for a in 0..<n {
-                        let q = qkv + (offsets[i] + a) * qkvw + head * hd, pr = P + a * T, valid = p0 + a + 1
+                        let q = qkv + (off + a) * qkvw + head * hd, pr = P + a * T, valid = p0 + a + 1
                         for t in 0..<valid { pr[t] = scale * Kernels.dot(q, K + t * kvd + g * hd, hd) }
                         Kernels.softmaxRows(pr, rows: 1, cols: T, valid: { _ in valid })
-                        let out = att.p + (offsets[i] + a) * qd + head * hd
+                        let out = att.p + (off + a) * qd + head * hd
                         out.update(repeating: 0, count: hd)
                         for t in 0..<valid { Kernels.axpy(pr[t], Vv + t * kvd + g * hd, out, hd) }
                     }
@@ -232,7 +276,7 @@ public final class DeltaPass: @unchecked Sendable {
             Kernels.add(x.p, tmp.p, count: R * d)
         }
 
-        let L = logitCount, V = c.vocabSize
+        let L = logitRows.count, V = c.vocabSize
         var logits = [Float](repeating: 0, count: L * V)
         for (i, r) in logitRows.enumerated() { (savedFinal.p + i * d).update(from: x.p + r * d, count: d) }
         if L > 0 {
@@ -245,26 +289,29 @@ public final class DeltaPass: @unchecked Sendable {
         return Tensor(shape: [L, V], data: logits)
     }
 
-    /// ∂loss/∂δ given ∂loss/∂logits [logitCount, vocab] for the logits of the last `forward`.
+    /// ∂loss/∂δ given ∂loss/∂logits [L, vocab] for the logits of the last `forward` (L rows: its
+    /// prompts' logit positions), δ shared by its prompts.
     public func backward(logitGradient: Tensor) throws -> [Float] {
         try backwardRows(logitGradient: logitGradient)
         let d = c.hidden
         var grad = [Float](repeating: 0, count: d)
-        grad.withUnsafeMutableBufferPointer { g in for off in offsets { Kernels.add(g.baseAddress!, dx.p + off * d, count: d) } }
+        grad.withUnsafeMutableBufferPointer { g in for off in layout.offsets { Kernels.add(g.baseAddress!, dx.p + off * d, count: d) } }
         return grad
     }
 
-    /// ∂loss/∂δ_i for each prompt's own vector (see `forward(deltas:)`): [prompts][d].
+    /// ∂loss/∂δ_i for each prompt's own vector (see `forward(deltas:)`), for the prompts of the last
+    /// `forward` in its order: [prompts][d].
     public func backwardPerPrompt(logitGradient: Tensor) throws -> [[Float]] {
         try backwardRows(logitGradient: logitGradient)
         let d = c.hidden
-        return offsets.map { Array(UnsafeBufferPointer(start: dx.p + $0 * d, count: d)) }
+        return layout.offsets.map { Array(UnsafeBufferPointer(start: dx.p + $0 * d, count: d)) }
     }
 
-    /// Leaves ∂loss/∂x_l for every batch row in `dx`.
+    /// Leaves ∂loss/∂x_l for every batch row of the last forward's layout in `dx`.
     private func backwardRows(logitGradient: Tensor) throws {
         let d = c.hidden, ff = c.intermediate, hd = c.headDim, qd = c.heads * hd, kvd = c.kvHeads * hd
-        let qkvw = qkvWidth, R = rowCount, group = c.heads / c.kvHeads, L = logitCount, V = c.vocabSize
+        let layout = self.layout, offsets = layout.offsets, logitRows = layout.logitRows
+        let qkvw = qkvWidth, R = layout.rows, group = c.heads / c.kvHeads, L = logitRows.count, V = c.vocabSize
         guard forwardDone else { throw ModelError(.invalidInput, "backward needs a forward pass first") }
         guard logitGradient.shape == [L, V] else {
             throw ModelError(.invalidInput, "logit gradient has shape \(logitGradient.shape), expected [\(L), \(V)]")
@@ -304,8 +351,8 @@ public final class DeltaPass: @unchecked Sendable {
             BLAS.sgemm(m: R, n: qd, k: d, a: dMid.p, lda: d, b: lw.wo.pointer, ldb: qd, c: dAtt.p, ldc: qd)
             dQKV.zero()
             let qkv = savedQKV[s].p
-            for (i, p) in prompts.enumerated() {
-                let n = lengths[i], T = p.tokens.count, p0 = p.position, off = offsets[i]
+            for (slot, i) in layout.prompts.enumerated() {
+                let p = prompts[i], n = lengths[i], T = p.tokens.count, p0 = p.position, off = offsets[slot]
                 let K = caches[i].keys[j], Vv = caches[i].values[j]
                 for head in 0..<c.heads {
                     let g = head / group

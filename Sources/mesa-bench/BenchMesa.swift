@@ -134,10 +134,13 @@ struct MemitBench: ParsableCommand {
         commandName: "memit",
         abstract: "One MEMIT or AlphaEdit edit timed by phase, next to the same algorithm in PyTorch (ops/reference/memit_reference.py, same token ids, same steps) in the same run.",
         discussion: """
-        Early stopping is disabled on both sides so both run exactly the file's v_num_grad_steps. The key \
+        The loss threshold is disabled on both sides (unless --file-stop) so both run the file's v_num_grad_steps \
+        (fewer where the file asks for the most-probable early stop). The key \
         statistics (and AlphaEdit's projectors) are computed once beforehand on both sides and not timed, \
         as the methods' public code caches them. Phases: z (the δ optimization at the last edited layer) \
-        and spread (keys, residual gaps and closed-form solves, layer by layer).
+        and spread (keys, residual gaps and closed-form solves, layer by layer). With --batch N, facts per \
+        minute together and alone, each phase's share and the mean steps per fact are measured in the \
+        same run; their ratio is the figure to compare when other work loads the machine.
         """)
 
     @Option(help: "memit, alphaedit or encore.") var method = "alphaedit"
@@ -152,6 +155,8 @@ struct MemitBench: ParsableCommand {
     @Option(help: "Results file (JSON; default ops/bench/results/<method>.json).") var out: String?
     @Option(help: "Also time records record..<record+N edited together (one batch edit, as the daemon's batch.max_events does) against the same N edited one at a time.")
     var batch = 1
+    @Flag(help: "Keep the hyperparameter file's loss threshold (early_stop_loss); without it a fact stops before v_num_grad_steps only by the most-probable early stop, where the file asks for it.")
+    var fileStop = false
 
     func run() throws {
         guard let kind = EditMethod(rawValue: method), kind.editsTogether else { throw ValidationError("--method memit, alphaedit or encore") }
@@ -162,7 +167,8 @@ struct MemitBench: ParsableCommand {
         let file = hparams ?? "deploy/hparams/\(method)/SmolLM2-135M-Instruct.json"
         guard let hd = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read \(file)") }
         var h = try MemitHyperparameters.decode(hd)
-        h.earlyStopLoss = 0
+        if !fileStop { h.earlyStopLoss = 0 }
+        let stopRule = fileStop ? "the file's stop rule" : h.earlyStopTop == true ? "most-probable stop, no loss threshold" : "fixed steps"
         h.mesa = nil
         let state = EditState(home: EditState.defaultHome, baseHash: m.weightHash)
         let templates = try state.templates(model: m, groups: h.contextTemplates, seed: h.templateSeed, log: { print($0) })
@@ -209,15 +215,59 @@ struct MemitBench: ParsableCommand {
             let requests = all[record..<(record + batch)].map {
                 EditRequest(subject: $0.subject, prompt: $0.prompt, targetNew: $0.targetNew, targetTrue: $0.targetTrue)
             }
-            // Both on the unedited weights (computeUpdates leaves them untouched), each timed once.
-            var alone = 0.0
-            for r in requests { alone += try timed { _ = try editor.computeUpdates([r]) } }
+            // Both on the unedited weights (computeUpdates leaves them untouched), each timed once, in the
+            // same run: other load on the machine moves both, so the ratio is the figure to compare.
+            var alone = 0.0, aloneSteps = 0.0
+            var alonePhases: [String: Double] = [:]
+            var aloneNorms: [Float] = [], aloneLosses: [Double] = []
+            let cpu0 = processCPUSeconds()
+            for r in requests {
+                var one: MemitResult?
+                alone += try timed { one = try editor.computeUpdates([r]) }
+                for k in ["z", "spread"] { alonePhases[k, default: 0] += one!.phases[k] ?? 0 }
+                aloneSteps += one!.phases["z_steps"] ?? .nan
+                aloneNorms.append(one!.deltaNorms[0])
+                aloneLosses.append(one!.finalLosses[0])
+            }
+            let cpu1 = processCPUSeconds()
             var joint: MemitResult?
             let together = try timed { joint = try editor.computeUpdates(requests) }
-            print(String(format: "batch of %d: %.3f s per fact together (z %.3f s, spread %.3f s in all), %.3f s per fact alone; %.2f× the throughput",
-                         batch, together / Double(batch), joint!.phases["z"] ?? .nan, joint!.phases["spread"] ?? .nan, alone / Double(batch), alone / together))
-            doc["batch"] = ["size": batch, "together_seconds": together, "alone_seconds": alone, "together_phases": joint!.phases,
-                            "throughput_ratio": alone / together] as [String: Any]
+            // CPU seconds of each path: less moved by other processes than the wall time (not by cache contention).
+            let cpu = (alone: cpu1 - cpu0, together: processCPUSeconds() - cpu1)
+            // The 1-minute load average after both paths ran (other processes share the cores).
+            let load = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)).flatMap { $0.split(separator: " ").first.flatMap { Double($0) } }
+            let n = Double(batch), jp = joint!.phases
+            // Share of each path's wall time per phase; "other" is tokenization and bookkeeping.
+            func shares(_ p: [String: Double], _ total: Double) -> [String: Double] {
+                let z = (p["z"] ?? 0) / total, spread = (p["spread"] ?? 0) / total
+                return ["z": z, "spread": spread, "other": 1 - z - spread]
+            }
+            let (st, sa) = (shares(jp, together), shares(alonePhases, alone))
+            let perMinute = (together: 60 * n / together, alone: 60 * n / alone)
+            let steps = (together: jp["z_steps"] ?? .nan, alone: aloneSteps / n)
+            print(String(format: "batch of %d (%@): together %.1f facts/min (%.3f s per fact; z %.0f%%, spread %.0f%%, other %.0f%%; %.1f steps per fact)",
+                         batch, stopRule, perMinute.together, together / n, 100 * st["z"]!, 100 * st["spread"]!, 100 * st["other"]!, steps.together))
+            print(String(format: "               alone    %.1f facts/min (%.3f s per fact; z %.0f%%, spread %.0f%%, other %.0f%%; %.1f steps per fact)",
+                         perMinute.alone, alone / n, 100 * sa["z"]!, 100 * sa["spread"]!, 100 * sa["other"]!, steps.alone))
+            print(String(format: "               together / alone: %.2f× the facts per minute (z phase %.2f× faster), same run; %@",
+                         alone / together, (alonePhases["z"] ?? .nan) / (jp["z"] ?? .nan), BLAS.configuration.description))
+            // Each fact's z together against alone (the joint optimization must not change it).
+            let normDiff = zip(joint!.deltaNorms, aloneNorms).map { Double(abs($0 - $1) / max($1, 1e-12)) }.max() ?? .nan
+            let lossDiff = zip(joint!.finalLosses, aloneLosses).map { abs($0 - $1) / max(abs($1), 1e-12) }.max() ?? .nan
+            print(String(format: "               CPU time: %.1f s together, %.1f s alone: %.2f×", cpu.together, cpu.alone, cpu.alone / cpu.together))
+            print(String(format: "               per fact, together vs alone: ‖δ‖ max relative difference %.1e, final loss %.1e", normDiff, lossDiff))
+            if let load {
+                print(String(format: "               load average %.2f on %d cores: the absolute rates are this machine's under that load; compare the ratio",
+                             load, ProcessInfo.processInfo.activeProcessorCount))
+            }
+            doc["batch"] = ["size": batch, "stop": stopRule, "together_seconds": together, "alone_seconds": alone,
+                            "together_phases": jp, "alone_phases": alonePhases, "together_phase_shares": st, "alone_phase_shares": sa,
+                            "together_facts_per_minute": perMinute.together, "alone_facts_per_minute": perMinute.alone,
+                            "together_steps_per_fact": steps.together, "alone_steps_per_fact": steps.alone,
+                            "throughput_ratio": alone / together, "load_average_1min": load ?? -1,
+                            "together_cpu_seconds": cpu.together, "alone_cpu_seconds": cpu.alone, "cpu_ratio": cpu.alone / cpu.together,
+                            "delta_norm_max_relative_difference": normDiff, "final_loss_max_relative_difference": lossDiff,
+                            "cores": ProcessInfo.processInfo.activeProcessorCount] as [String: Any]
         }
         if reference != "none" {
             let tok = EditTokenizer(model: m)
@@ -227,7 +277,7 @@ struct MemitBench: ParsableCommand {
             guard let weights = templates.groupWeights else { throw ValidationError("the templates do not match their groups") }
             var job: [String: Any] = [
                 "model": path, "method": method, "layers": h.layers, "steps": h.vNumGradSteps, "lr": h.vLr, "weight_decay": h.vWeightDecay,
-                "clamp_norm_factor": h.clampNormFactor, "kl_factor": h.klFactor, "early_stop_loss": 0, "mom2_update_weight": h.mom2UpdateWeight,
+                "clamp_norm_factor": h.clampNormFactor, "kl_factor": h.klFactor, "early_stop_loss": h.earlyStopLoss, "mom2_update_weight": h.mom2UpdateWeight,
                 "mom2_ridge": h.mom2Ridge, "statistics": statPaths, "repeats": repeats, "early_stop_top": h.earlyStopTop ?? false,
                 "early_stop_top_checks": h.earlyStopTopChecks ?? 1,
                 "rewrite_prompts": zip(batch.rewrite, batch.rewriteTargets).map { p, t in
@@ -263,4 +313,11 @@ struct MemitBench: ParsableCommand {
         try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: dest))
         print("wrote \(dest)")
     }
+}
+
+/// CPU seconds this process has used (all threads).
+private func processCPUSeconds() -> Double {
+    var t = timespec()
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t)
+    return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
 }

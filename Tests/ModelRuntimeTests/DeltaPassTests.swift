@@ -90,6 +90,39 @@ import Testing
         #expect(Vector.norm(g) > 0.05, "a vanishing gradient would make this check vacuous")
     }
 
+    /// A subset of a pass's prompts (each with its own δ) gives the logits and per-prompt gradients of
+    /// a pass that holds those prompts alone: packing other prompts beside them, or dropping some,
+    /// changes nothing but the GEMMs' row counts.
+    @Test(arguments: ["llama", "qwen2", "gpt2"])
+    func promptSubsetMatchesAPassOfThosePromptsAlone(arch: String) throws {
+        let m = try TinyModel.load(TinyModel.Spec(architecture: arch))
+        let site = Site(layer: 0, kind: .residOut), V = m.config.vocabSize, d = m.config.hidden
+        let all = Self.prompts()
+        let pass = try DeltaPass(model: m, site: site, prompts: all)
+        let deltas = (0..<all.count).map { Self.randomVector(d, seed: 20 + UInt64($0), scale: 0.4) }
+        // The full set first, so the subset's forward overwrites buffers laid out for more rows.
+        _ = try pass.forward(deltas: deltas)
+        for subset in [[0, 2], [1], [2]] {
+            let alone = try DeltaPass(model: m, site: site, prompts: subset.map { all[$0] })
+            let expected = try alone.forward(deltas: subset.map { deltas[$0] })
+            let got = try pass.forward(deltas: subset.map { deltas[$0] }, prompts: subset)
+            #expect(got.shape == expected.shape)
+            let scale = Double(expected.data.map { abs($0) }.max()!)
+            #expect(Double(Vector.maxAbsDifference(got.data, expected.data)) <= 1e-6 * scale, "\(arch) subset \(subset) logits")
+            let dz = Tensor(shape: got.shape, data: Self.randomVector(got.count, seed: 31, scale: 1))
+            let ge = try alone.backwardPerPrompt(logitGradient: dz), gg = try pass.backwardPerPrompt(logitGradient: dz)
+            #expect(gg.count == subset.count)
+            for (a, b) in zip(gg, ge) {
+                #expect(Double(Vector.maxAbsDifference(a, b)) <= 1e-6 * Double(Vector.norm(b)), "\(arch) subset \(subset) gradient")
+                #expect(Vector.norm(b) > 1e-3, "a vanishing gradient would make this check vacuous")
+            }
+            #expect(got.shape[0] == subset.reduce(0) { $0 + all[$1].logitPositions.count } && got.shape[1] == V)
+        }
+        #expect(throws: ModelError.self) { try pass.forward(deltas: [deltas[1], deltas[0]], prompts: [1, 0]) }
+        #expect(throws: ModelError.self) { try pass.forward(deltas: [deltas[0]], prompts: [3]) }
+        #expect(throws: ModelError.self) { try pass.forward(deltas: [deltas[0]], prompts: [0, 1]) }
+    }
+
     @Test func badInputIsRefused() throws {
         let m = try TinyModel.load()
         #expect(throws: ModelError.self) { try DeltaPass(model: m, site: Site(layer: 1, kind: .mlpKey), prompts: Self.prompts()) }
