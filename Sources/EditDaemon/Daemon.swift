@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Editing
 import Foundation
+import Logging
 import Messaging
 import ModelRuntime
 import Storage
@@ -53,16 +54,16 @@ public final class Daemon: @unchecked Sendable {
     public let settings: Settings
     public let metrics = DaemonMetrics(version: Daemon.version, methods: ["ROME"])
     public static let version = "0.5.0"
-    let log: @Sendable (String) -> Void
+    let logger: Logger
     private var stopRequested = false
     private let lock = NSLock()
     private var readiness = "starting"
     /// Called after each event with its outcome and total seconds (benchmarks).
     public var onEvent: (@Sendable (Outcome, Double) -> Void)?
 
-    public init(settings: Settings, log: @escaping @Sendable (String) -> Void) {
+    public init(settings: Settings, logger: Logger) {
         self.settings = settings
-        self.log = log
+        self.logger = logger
     }
 
     /// Asks `run` to return after the event in flight.
@@ -100,28 +101,30 @@ public final class Daemon: @unchecked Sendable {
         })
         try http.start()
         defer { http.stop() }
-        log("http: listening on \(address.host):\(http.boundPort) (/healthz /readyz /metrics)")
+        logger.info("http: listening on \(address.host):\(http.boundPort) (/healthz /readyz /metrics)")
 
         setReadiness("loading model")
         let t0 = Date()
         let model = try ModelLoader.load(path: settings.modelPath)
         let name = Installation.modelName(settings.modelPath)
         let stateDir = c.stateDirectory(home: settings.home)
-        log("model: \(name) loaded in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s, base hash \(model.weightHash.prefix(16)); BLAS \(BLAS.configuration.description)")
+        logger.info("model: \(name) loaded in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s, base hash \(model.weightHash.prefix(16)); BLAS \(BLAS.configuration.description)",
+                    metadata: ["model": "\(name)", "base_hash": "\(model.weightHash)"])
 
         // The guard's base figures need the base weights: measured before the host brings them to the head.
         var qualityGuard: QualityGuard?
         if c.guardEnabled {
             setReadiness("measuring the canary set")
-            let g = try QualityGuard.make(model: model, config: c, stateDirectory: stateDir, log: log)
+            let g = try QualityGuard.make(model: model, config: c, stateDirectory: stateDir, logger: logger)
             qualityGuard = g
             metrics.setCanary(g.base, weights: "base")
-            log(String(format: "quality guard: %d canary facts, perplexity over %d tokens; base accuracy %.1f%%, perplexity %.3f; "
-                       + "an edit may cost %.1f points of accuracy and %.1f%% of perplexity",
-                       g.canary.facts.count, c.guardPerplexityTokens, g.base.accuracy, g.base.perplexity,
-                       c.guardMaxAccuracyDrop, 100 * c.guardMaxPerplexityRise))
+            let summary = String(format: "quality guard: %d canary facts, perplexity over %d tokens; base accuracy %.1f%%, perplexity %.3f; "
+                                 + "an edit may cost %.1f points of accuracy and %.1f%% of perplexity",
+                                 g.canary.facts.count, c.guardPerplexityTokens, g.base.accuracy, g.base.perplexity,
+                                 c.guardMaxAccuracyDrop, 100 * c.guardMaxPerplexityRise)
+            logger.info("\(summary)")
         } else {
-            log("quality guard: off (quality_guard.enabled=false)")
+            logger.info("quality guard: off (quality_guard.enabled=false)")
         }
 
         // The store first: a damaged one is reported at once, not after minutes of key statistics.
@@ -132,7 +135,7 @@ public final class Daemon: @unchecked Sendable {
         setReadiness("preparing the editor")
         let hparamsDirs = c.hparamsDir.map { [URL(fileURLWithPath: $0)] }
         let corpus = c.corpus ?? settings.home.appendingPathComponent("corpus/enwiki-2015-sample.txt").path
-        let setup = RomeSetup(stateDirectory: stateDir, corpusPath: corpus, log: log, shouldStop: { StopSignal.raised })
+        let setup = RomeSetup(stateDirectory: stateDir, corpusPath: corpus, logger: logger, shouldStop: { StopSignal.raised })
         let method = c.editMethod
         let hparamsFile = try Installation.hparamsFile(method: method, modelName: name, directories: hparamsDirs)
         let methodSettings: MethodSettings
@@ -152,19 +155,20 @@ public final class Daemon: @unchecked Sendable {
             throw SetupError("method \(method) is not one of rome, memit, alphaedit")
         }
         if let sae = editor.mesaSetup.settings?.sae {
-            log("editor: \(editor.method) (\(hparamsFile.path)) with MESA refinement through \(sae)")
+            logger.info("editor: \(editor.method) (\(hparamsFile.path)) with MESA refinement through \(sae)")
         } else if let why = editor.mesaSetup.fallbackReason {
-            log("editor: \(editor.method) (\(hparamsFile.path)); MESA refinement is off: \(why)")
+            logger.warning("editor: \(editor.method) (\(hparamsFile.path)); MESA refinement is off: \(why)")
         } else {
-            log("editor: \(editor.method) (\(hparamsFile.path))")
+            logger.info("editor: \(editor.method) (\(hparamsFile.path))")
         }
 
         let modelHost = try ModelHost(model: model, modelName: name, store: store)
         metrics.snapshotHead.set(Double(modelHost.head))
-        log("snapshots: \(lmdbDir.path), head \(modelHost.head), weights \(model.weightHash.prefix(16))")
+        logger.info("snapshots: \(lmdbDir.path), head \(modelHost.head), weights \(model.weightHash.prefix(16))",
+                    metadata: ["head": "\(modelHost.head)", "weight_hash": "\(model.weightHash)"])
         let topics = c.topics
         let pipeline = try Pipeline(host: modelHost, catalog: catalog, topics: topics, maxEventBytes: c.eventLimit, setup: setup,
-                                    settings: methodSettings, editor: editor, log: log)
+                                    settings: methodSettings, editor: editor, logger: logger)
         if let g = qualityGuard {
             pipeline.qualityGuard = g
             metrics.setCanary(modelHost.head == 0 ? g.base : try g.measure(model), weights: "head")
@@ -178,9 +182,9 @@ public final class Daemon: @unchecked Sendable {
             try admin.createTopics(topics.all, partitions: 1, replicationFactor: 1, timeout: 30)
         }
         try checkInputPartitions(properties: props, topics: topics, keyedByModel: c.keyedByModel)
-        let producer = try ProducerSlot(properties: props, log: log)
+        let producer = try ProducerSlot(properties: props, logger: logger)
         defer { producer.close() }
-        let keeper = c.createTopics ? TopicKeeper(properties: props, topics: topics.all, log: log) : nil
+        let keeper = c.createTopics ? TopicKeeper(properties: props, topics: topics.all, logger: logger) : nil
         defer { keeper?.stop() }
         var consumerProps = props
         consumerProps["group.id"] = c.groupId
@@ -189,7 +193,7 @@ public final class Daemon: @unchecked Sendable {
         // Events are prefetched (up to 64 per partition, ≤ 4 MiB at the default event limit): with only the
         // event in flight held, every event waited for a fetch round trip after its commit (a flood of
         // 2,000 bad records settled 5× slower). A batch needs its events buffered while the first waits.
-        let consumer = try KafkaConsumer(properties: consumerProps, topics: topics.inputs, logger: log,
+        let consumer = try KafkaConsumer(properties: consumerProps, topics: topics.inputs, logger: logger,
                                          maxBufferedPerPartition: max(64, c.batchMaxEvents + 1))
         defer { consumer.close() }
         metrics.setConsumerLagSource {
@@ -199,8 +203,8 @@ public final class Daemon: @unchecked Sendable {
             }
         }
         setReadiness("ready")
-        log("consuming \(topics.inputs.joined(separator: ", ")) as group \(c.groupId) from \(c.bootstrapServers)"
-            + (c.batchMaxEvents > 1 ? "; batch edits of up to \(c.batchMaxEvents) events (linger \(Int(c.batchLinger * 1000)) ms)" : ""))
+        let batching = c.batchMaxEvents > 1 ? "; batch edits of up to \(c.batchMaxEvents) events (linger \(Int(c.batchLinger * 1000)) ms)" : ""
+        logger.info("consuming \(topics.inputs.joined(separator: ", ")) as group \(c.groupId) from \(c.bootstrapServers)\(batching)")
 
         while !stopping {
             let batch = consumer.nextBatch(max: c.batchMaxEvents, linger: c.batchLinger, timeout: 0.25)
@@ -209,7 +213,7 @@ public final class Daemon: @unchecked Sendable {
             metrics.snapshotHead.set(Double(modelHost.head))
         }
         setReadiness("stopping")
-        log("stopping: intake closed, no edit in flight")
+        logger.info("stopping: intake closed, no edit in flight")
     }
 
     /// The event at the head of the line whose processing keeps failing, and how often it failed.
@@ -251,13 +255,14 @@ public final class Daemon: @unchecked Sendable {
                 metrics.processingRetries.inc()
                 metrics.eventAttempts.set(Double(attempts))
                 setReadiness("not making progress: \(key) failed \(attempts) of \(settings.config.retryMaxAttempts) attempts (\(error)); retrying")
-                log("error: \(key)\(more) not processed (attempt \(attempts) of \(settings.config.retryMaxAttempts); retrying in "
-                    + "\(String(format: "%.1f", delay)) s): \(error)")
+                logger.error("\(key)\(more) not processed (attempt \(attempts) of \(settings.config.retryMaxAttempts); retrying in \(String(format: "%.1f", delay)) s)",
+                             metadata: ["event": "\(key)", "attempt": "\(attempts)", "error": "\(error)"])
                 consumer.release(batch)
                 sleepUnlessStopping(delay)
                 return
             }
-            log("error: \(key) failed \(attempts) attempts; dead-lettering it (processing_failed): \(error)")
+            logger.error("\(key) failed \(attempts) attempts; dead-lettering it (processing_failed)",
+                         metadata: ["event": "\(key)", "attempt": "\(attempts)", "error": "\(error)"])
             if batch.count > 1 {
                 consumer.release(Array(batch.dropFirst()))
                 batch = [first]
@@ -283,7 +288,8 @@ public final class Daemon: @unchecked Sendable {
             try consumer.commit(last, wait: stopping)
             metrics.committed(topic: last.topic, partition: last.partition, nextOffset: last.offset + 1, events: batch.count)
         } catch {
-            log("warning: commit of \(last.topic)/\(last.partition)@\(last.offset) failed (it will be redelivered and deduplicated): \(error)")
+            logger.warning("commit of \(last.topic)/\(last.partition)@\(last.offset) failed (it will be redelivered and deduplicated)",
+                           metadata: ["error": "\(error)"])
         }
         if failing != nil {
             failing = nil
@@ -312,9 +318,9 @@ public final class Daemon: @unchecked Sendable {
             } catch {
                 metrics.publishFailures.inc()
                 attempt += 1
-                log("error: publishing to \(r.topic) failed (attempt \(attempt)): \(error)")
+                logger.error("publishing to \(r.topic) failed (attempt \(attempt))", metadata: ["topic": "\(r.topic)", "error": "\(error)"])
                 if let smaller = r.smaller, (error as? KafkaError)?.code == KafkaError.Code.messageTooLarge {
-                    log("publishing the dead letter without the original bytes instead")
+                    logger.warning("publishing the dead letter without the original bytes instead")
                     r = smaller()
                     continue
                 }
@@ -352,7 +358,7 @@ public final class Daemon: @unchecked Sendable {
             metrics.deadLettered(reason)
             metrics.recordEvent(total: total, edit: nil)
         }
-        log(outcome.summary)
+        logger.info("\(outcome.summary)", metadata: outcome.logMetadata(total: total))
     }
 }
 
@@ -362,17 +368,17 @@ public final class Daemon: @unchecked Sendable {
 final class ProducerSlot: @unchecked Sendable {
     private var producer: KafkaProducer
     private let properties: [String: String]
-    private let log: @Sendable (String) -> Void
+    private let logger: Logger
     private let lock = NSLock()
 
-    init(properties: [String: String], log: @escaping @Sendable (String) -> Void) throws {
+    init(properties: [String: String], logger: Logger) throws {
         var properties = properties
         if properties["message.timeout.ms"] == nil { properties["message.timeout.ms"] = "30000" }
         // One record at a time, waited for: batching would only add its linger (5 ms by default) to every event.
         if properties["linger.ms"] == nil { properties["linger.ms"] = "0" }
         self.properties = properties
-        self.log = log
-        producer = try KafkaProducer(properties: properties, logger: log)
+        self.logger = logger
+        producer = try KafkaProducer(properties: properties, logger: logger)
     }
 
     func send(_ r: OutboundRecord) throws {
@@ -381,8 +387,8 @@ final class ProducerSlot: @unchecked Sendable {
         lock.unlock()
         do { _ = try p.send(topic: r.topic, key: r.key, payload: r.payload, headers: r.headers, timeout: 35) } catch let e as KafkaError {
             if p.isFatal || e.code == KafkaError.Code.fatal || e.code == KafkaError.Code.messageTimedOut || e.code == KafkaError.Code.timedOut {
-                log("producer: \(e); starting a new producer")
-                let fresh = try KafkaProducer(properties: properties, logger: log)
+                logger.warning("producer: \(e); starting a new producer")
+                let fresh = try KafkaProducer(properties: properties, logger: logger)
                 lock.lock()
                 producer = fresh
                 lock.unlock()
@@ -405,7 +411,7 @@ final class TopicKeeper: @unchecked Sendable {
     private var stopped = false
     private var thread: Thread?
 
-    init(properties: [String: String], topics: [String], log: @escaping @Sendable (String) -> Void, interval: Double = 3) {
+    init(properties: [String: String], topics: [String], logger: Logger, interval: Double = 3) {
         let t = Thread { [self] in
             var lastError = Date.distantPast
             var admin: KafkaAdmin?
@@ -415,7 +421,7 @@ final class TopicKeeper: @unchecked Sendable {
                     if admin == nil { admin = try KafkaAdmin(properties: properties) }
                     try admin?.createTopics(topics, partitions: 1, replicationFactor: 1, timeout: 5)
                 } catch {
-                    if Date().timeIntervalSince(lastError) > 60 { log("topics: cannot ensure \(topics): \(error)") }
+                    if Date().timeIntervalSince(lastError) > 60 { logger.warning("topics: cannot ensure \(topics)", metadata: ["error": "\(error)"]) }
                     lastError = Date()
                 }
             }

@@ -3,6 +3,7 @@ import EditDaemon
 import Editing
 import Evaluation
 import Foundation
+import Logging
 import ModelRuntime
 import Tensor
 
@@ -26,7 +27,7 @@ struct GuardBench: ParsableCommand {
         guard let hd = FileManager.default.contents(atPath: hparams) else { throw ValidationError("cannot read \(hparams)") }
         let h = try RomeHyperparameters.decode(hd)
         let state = EditState(home: EditState.defaultHome, baseHash: lm.weightHash)
-        let templates = try state.templates(model: lm, groups: h.contextTemplates, seed: h.templateSeed, log: { print($0) })
+        let templates = try state.templates(model: lm, groups: h.contextTemplates, seed: h.templateSeed, logger: Logger(label: "mesa-bench"))
         guard let stats = try state.cachedStatistics(h.statisticsSpec(modelHash: state.baseHash)) else {
             throw ValidationError("no key statistics for layer \(h.layer): run `mesa stats --layer \(h.layer)` (or the demo) first")
         }

@@ -1,6 +1,7 @@
 import ArgumentParser
-import Tensor
+import EditDaemon
 import Foundation
+import Tensor
 
 @main
 struct Mesa: ParsableCommand {
@@ -14,6 +15,8 @@ struct Mesa: ParsableCommand {
         BLAS.selectCoreType()
         do {
             var command = try parseAsRoot()
+            MesaLogging.bootstrap()
+            if let c = command as? LoggingCommand { try c.logOptions.configure() }
             try command.run()
         } catch {
             exit(withError: error)

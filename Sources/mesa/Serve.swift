@@ -2,6 +2,7 @@ import ArgumentParser
 import EditDaemon
 import Editing
 import Foundation
+import Logging
 import Messaging
 import ModelRuntime
 
@@ -44,7 +45,7 @@ struct DaemonOptions: ParsableArguments {
     var home: URL { EditState.defaultHome }
 }
 
-struct Serve: ParsableCommand {
+struct Serve: ParsableCommand, LoggingCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the edit daemon: consume fact updates and control commands, edit, snapshot, publish results.",
         discussion: """
@@ -55,6 +56,7 @@ struct Serve: ParsableCommand {
         """)
 
     @OptionGroup var daemonOptions: DaemonOptions
+    @OptionGroup var logOptions: LogOptions
 
     @Option(name: .long, help: "Model (default: $MESA_MODEL, the file's, or the installed SmolLM2-135M-Instruct).")
     var model: String?
@@ -100,8 +102,9 @@ struct Serve: ParsableCommand {
             if c.corpus == nil {
                 c.corpus = ProcessInfo.processInfo.environment["MESA_CORPUS"] ?? FileManager.default.currentDirectoryPath + "/../shared/data/corpus/enwiki-2015-sample.txt"
             }
+            try logOptions.configure(format: try c.logFormat, level: try c.logLevel)
             StopSignal.install()
-            let daemon = Daemon(settings: .init(config: c, modelPath: path, home: daemonOptions.home), log: { log("mesa serve: \($0)") })
+            let daemon = Daemon(settings: .init(config: c, modelPath: path, home: daemonOptions.home), logger: Logger(label: "mesa serve"))
             try daemon.run()
         }
     }
