@@ -95,7 +95,7 @@ public final class Daemon: @unchecked Sendable {
 
         // HTTP first, so liveness and "not ready: loading" are visible during a long start.
         let address = try HTTPServer.parseListen(c.httpListen)
-        let http = HTTPServer(address: address, handler: HealthEndpoints.handler(registry: metrics.registry) { [self] in
+        let http = HTTPServer(address: address, handler: HealthEndpoints.handler(exposition: metrics.exposition) { [self] in
             let r = currentReadiness()
             return r == "ready" ? .ready : .notReady(r)
         })
@@ -163,7 +163,7 @@ public final class Daemon: @unchecked Sendable {
         }
 
         let modelHost = try ModelHost(model: model, modelName: name, store: store)
-        metrics.snapshotHead.set(Double(modelHost.head))
+        metrics.snapshotHead.set(to: Double(modelHost.head))
         logger.info("snapshots: \(lmdbDir.path), head \(modelHost.head), weights \(model.weightHash.prefix(16))",
                     metadata: ["head": "\(modelHost.head)", "weight_hash": "\(model.weightHash)"])
         let topics = c.topics
@@ -210,7 +210,7 @@ public final class Daemon: @unchecked Sendable {
             let batch = consumer.nextBatch(max: c.batchMaxEvents, linger: c.batchLinger, timeout: 0.25)
             guard !batch.isEmpty else { continue }
             handle(batch, pipeline: pipeline, producer: producer, consumer: consumer)
-            metrics.snapshotHead.set(Double(modelHost.head))
+            metrics.snapshotHead.set(to: Double(modelHost.head))
         }
         setReadiness("stopping")
         logger.info("stopping: intake closed, no edit in flight")
@@ -252,8 +252,8 @@ public final class Daemon: @unchecked Sendable {
             if attempts < settings.config.retryMaxAttempts {
                 let delay = settings.config.retryDelay(after: attempts)
                 failing = (key, attempts)
-                metrics.processingRetries.inc()
-                metrics.eventAttempts.set(Double(attempts))
+                metrics.processingRetries.increment()
+                metrics.eventAttempts.set(to: Double(attempts))
                 setReadiness("not making progress: \(key) failed \(attempts) of \(settings.config.retryMaxAttempts) attempts (\(error)); retrying")
                 logger.error("\(key)\(more) not processed (attempt \(attempts) of \(settings.config.retryMaxAttempts); retrying in \(String(format: "%.1f", delay)) s)",
                              metadata: ["event": "\(key)", "attempt": "\(attempts)", "error": "\(error)"])
@@ -293,7 +293,7 @@ public final class Daemon: @unchecked Sendable {
         }
         if failing != nil {
             failing = nil
-            metrics.eventAttempts.set(0)
+            metrics.eventAttempts.set(to: 0)
             if !stopping { setReadiness("ready") }
         }
         let commitSeconds = Date().timeIntervalSince(tCommit)
@@ -316,7 +316,7 @@ public final class Daemon: @unchecked Sendable {
                 try producer.send(r)
                 return true
             } catch {
-                metrics.publishFailures.inc()
+                metrics.publishFailures.increment()
                 attempt += 1
                 logger.error("publishing to \(r.topic) failed (attempt \(attempt))", metadata: ["topic": "\(r.topic)", "error": "\(error)"])
                 if let smaller = r.smaller, (error as? KafkaError)?.code == KafkaError.Code.messageTooLarge {
@@ -350,7 +350,7 @@ public final class Daemon: @unchecked Sendable {
             metrics.editSkipped(.duplicate)
             metrics.recordEvent(total: total, edit: nil)
         case .rolledBack:
-            metrics.rollbacks.inc()
+            metrics.rollbacks.increment()
             metrics.recordEvent(total: total, edit: nil)
         case .labelled:
             metrics.recordEvent(total: total, edit: nil)

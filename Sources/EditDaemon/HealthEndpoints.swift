@@ -27,11 +27,11 @@ public enum HealthEndpoints {
     /// A handler for `HTTPServer`:
     /// - `/healthz`: 200 `ok` while the process can answer at all;
     /// - `/readyz`: 200 `ready` when `readiness()` says so, else 503 with its reason;
-    /// - `/metrics`: `registry.render()`;
+    /// - `/metrics`: `exposition()` (the Prometheus text format, `DaemonMetrics.exposition`);
     /// - anything else: 404.
     ///
     /// `readiness` runs on a connection thread for every probe, so it should only read state.
-    public static func handler(registry: MetricsRegistry,
+    public static func handler(exposition: @escaping @Sendable () -> String,
                                readiness: @escaping @Sendable () -> Readiness) -> HTTPServer.Handler {
         return { request in
             switch request.path {
@@ -42,7 +42,7 @@ public enum HealthEndpoints {
                 if state.isReady { return .text(200, "ready\n") }
                 return .text(503, "not ready: \(state.reason.isEmpty ? "unknown" : state.reason)\n")
             case "/metrics":
-                return .text(200, registry.render(), contentType: metricsContentType)
+                return .text(200, exposition(), contentType: metricsContentType)
             default:
                 return .text(404, "not found\n")
             }

@@ -4,7 +4,9 @@ import Editing
 import Foundation
 import Logging
 import Messaging
+import Metrics
 import ModelRuntime
+import Prometheus
 
 /// Where the daemon and the operator verbs find their configuration.
 struct DaemonOptions: ParsableArguments {
@@ -105,6 +107,8 @@ struct Serve: ParsableCommand, LoggingCommand {
             try logOptions.configure(format: try c.logFormat, level: try c.logLevel)
             StopSignal.install()
             let daemon = Daemon(settings: .init(config: c, modelPath: path, home: daemonOptions.home), logger: Logger(label: "mesa serve"))
+            // Metrics emitted through swift-metrics (by libraries) land in the daemon's registry, on the same /metrics.
+            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: daemon.metrics.registry))
             try daemon.run()
         }
     }

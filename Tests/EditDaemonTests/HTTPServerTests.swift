@@ -120,9 +120,9 @@ func monotonicNow() -> Double {
 @Suite struct HTTPServerTests {
     func startServer(readTimeout: TimeInterval = 5, maxConnections: Int = 16,
                      readiness: LockedBox<Readiness> = LockedBox(.ready),
-                     registry: MetricsRegistry = MetricsRegistry()) throws -> HTTPServer {
+                     metrics: DaemonMetrics = DaemonMetrics(version: "test")) throws -> HTTPServer {
         let server = HTTPServer(readTimeout: readTimeout, maxConnections: maxConnections,
-                                handler: HealthEndpoints.handler(registry: registry) { readiness.value })
+                                handler: HealthEndpoints.handler(exposition: metrics.exposition) { readiness.value })
         try server.start()
         return server
     }
@@ -130,7 +130,7 @@ func monotonicNow() -> Double {
     @Test func servesHealthReadinessAndMetrics() throws {
         let readiness = LockedBox(Readiness.notReady("model not loaded"))
         let metrics = DaemonMetrics(version: "test")
-        let server = try startServer(readiness: readiness, registry: metrics.registry)
+        let server = try startServer(readiness: readiness, metrics: metrics)
         defer { server.stop() }
         let port = server.boundPort
         #expect(port != 0)
@@ -153,11 +153,11 @@ func monotonicNow() -> Double {
 
         metrics.eventConsumed(topic: "edits")
         metrics.deadLettered(.schema)
-        metrics.editDuration.observe(0.3)
+        metrics.editDuration.record(0.3)
         let scrape = try get("/metrics", port: port)
         #expect(scrape.status == 200)
         #expect(scrape.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8")
-        #expect(scrape.body == metrics.registry.render())
+        #expect(scrape.body == metrics.exposition())
         #expect(scrape.headers["content-length"] == String(scrape.body.utf8.count))
         #expect(scrape.body.contains("\nmesa_events_consumed_total{topic=\"edits\"} 1\n"))
         #expect(scrape.body.contains("\nmesa_dead_letters_total{reason=\"schema\"} 1\n"))
@@ -426,10 +426,9 @@ func monotonicNow() -> Double {
     }
 
     @Test func concurrentClients() throws {
-        let registry = MetricsRegistry()
-        let hits = registry.counter(name: "hits_total", help: "Hits.")
+        let hits = LockedBox(0)
         let server = HTTPServer { request in
-            hits.inc()
+            hits.update { $0 += 1 }
             return .text(200, request.path)
         }
         try server.start()
@@ -444,6 +443,6 @@ func monotonicNow() -> Double {
             }
         }
         #expect(failures.value == 0)
-        #expect(hits.value() == 200)
+        #expect(hits.value == 200)
     }
 }
