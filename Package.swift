@@ -14,6 +14,8 @@ let logging: Target.Dependency = .product(name: "Logging", package: "swift-log")
 let inMemoryLogging: Target.Dependency = .product(name: "InMemoryLogging", package: "swift-log")
 let metrics: Target.Dependency = .product(name: "Metrics", package: "swift-metrics")
 let prometheus: Target.Dependency = .product(name: "Prometheus", package: "swift-prometheus")
+let serviceLifecycle: Target.Dependency = .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
+let unixSignals: Target.Dependency = .product(name: "UnixSignals", package: "swift-service-lifecycle")
 
 let package = Package(
     name: "mesa",
@@ -27,6 +29,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // One system-library shim per C library; each is imported by exactly one target.
@@ -48,11 +51,12 @@ let package = Package(
         // Contracts: the JSON parser structured CloudEvents are read with (the one that validates events).
         .target(name: "Messaging", dependencies: ["CRdKafka", "Contracts", logging]),
         // The daemon: the one place that composes the model, the editor, storage and messaging.
-        .target(name: "EditDaemon", dependencies: ["Tensor", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "Contracts", "Storage", "Messaging", logging, metrics, prometheus]),
+        .target(name: "EditDaemon", dependencies: ["Tensor", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "Contracts", "Storage", "Messaging", logging, metrics, prometheus,
+                                                   serviceLifecycle, unixSignals]),
         .executableTarget(
             name: "mesa",
             dependencies: [
-                "Tensor", "Tokenizers", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "Contracts", "Storage", "Messaging", "EditDaemon", logging, metrics, prometheus,
+                "Tensor", "Tokenizers", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "Contracts", "Storage", "Messaging", "EditDaemon", logging, metrics, prometheus, unixSignals,
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 

@@ -1,44 +1,30 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Editing
 import Foundation
 import Logging
 import Messaging
 import ModelRuntime
+import ServiceLifecycle
 import Storage
 import Tensor
-
-/// SIGTERM / SIGINT as a flag the worker polls between events: intake stops, the edit in flight
-/// finishes, its offset is committed, and `run` returns.
-public enum StopSignal {
-    nonisolated(unsafe) private static var flag: sig_atomic_t = 0
-
-    /// Installs the handlers and unblocks both signals on the calling thread (a parent may have
-    /// spawned this process with them blocked, e.g. from a libdispatch worker thread). Call it on the
-    /// main thread before other threads start, so they inherit the mask.
-    public static func install() {
-        signal(SIGTERM) { _ in StopSignal.flag = 1 }
-        signal(SIGINT) { _ in StopSignal.flag = 1 }
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGTERM)
-        sigaddset(&set, SIGINT)
-        pthread_sigmask(SIG_UNBLOCK, &set, nil)
-    }
-
-    public static var raised: Bool { flag != 0 }
-    public static func raise() { flag = 1 }
-}
+import UnixSignals
 
 /// `mesa serve`: the model host, the consumer (fact updates and control commands), the producer
-/// (results and dead letters), the snapshot store and the HTTP endpoint, composed.
+/// (results and dead letters), the snapshot store and the HTTP endpoint, composed as Services in one
+/// swift-service-lifecycle `ServiceGroup`.
 ///
-/// One worker thread (the caller of `run`) processes one event, or one batch of consecutive events of a
-/// partition (`batch.max_events` > 1, MEMIT and AlphaEdit), at a time; the consumer polls on its own
-/// thread and keeps the partition paused while an edit runs. Per event or batch: process (decode →
-/// validate → dedupe → edit → evaluate → snapshot), publish the records, then commit the last offset+1.
-public final class Daemon: @unchecked Sendable {
+/// The group starts with the HTTP server (so liveness and "not ready: loading" are visible during a
+/// long start) and the startup, which loads the model, the quality guard, the snapshot store and the
+/// editor, connects to Kafka, and then adds, in dependency order, the producer, the topic keeper, the
+/// edit worker and the intake. A graceful shutdown (SIGTERM / SIGINT in `mesa serve`, or `stop()`)
+/// runs in reverse: the intake stops handing out events, the worker finishes the edit in flight and
+/// commits its offset, the topic keeper and the producer stop, then the HTTP server; the consumer and
+/// the stores close when the group has finished.
+///
+/// One worker thread processes one event, or one batch of consecutive events of a partition
+/// (`batch.max_events` > 1, MEMIT and AlphaEdit), at a time; the consumer polls on its own thread and
+/// keeps the partition paused while an edit runs. Per event or batch: process (decode → validate →
+/// dedupe → edit → evaluate → snapshot), publish the records, then commit the last offset+1.
+public final class Daemon: @unchecked Sendable {  // mutable state is guarded by `lock`; the worker's own (failing, counted) is touched by its thread only
     public struct Settings: Sendable {
         public var config: DaemonConfiguration
         public var modelPath: String
@@ -55,9 +41,11 @@ public final class Daemon: @unchecked Sendable {
     public let metrics = DaemonMetrics(version: Daemon.version, methods: ["ROME"])
     public static let version = "0.5.0"
     let logger: Logger
-    private var stopRequested = false
     private let lock = NSLock()
     private var readiness = "starting"
+    private var group: ServiceGroup?
+    private var intake: Intake?
+    private var workerStopped = false
     /// Called after each event with its outcome and total seconds (benchmarks).
     public var onEvent: (@Sendable (Outcome, Double) -> Void)?
 
@@ -66,14 +54,23 @@ public final class Daemon: @unchecked Sendable {
         self.logger = logger
     }
 
-    /// Asks `run` to return after the event in flight.
+    /// Shuts a running daemon down gracefully, as SIGTERM does.
     public func stop() {
-        lock.lock(); stopRequested = true; lock.unlock()
+        lock.lock()
+        let g = group
+        lock.unlock()
+        if let g { Task { await g.triggerGracefulShutdown() } }
     }
 
+    /// True once the intake is closed or the worker was told to stop: the edit in flight finishes,
+    /// its records are published if the broker takes them now, and its offset is committed.
     var stopping: Bool {
         lock.lock(); defer { lock.unlock() }
-        return stopRequested || StopSignal.raised
+        return workerStopped || !(intake?.isOpen ?? true)
+    }
+
+    func stopWorker() {
+        lock.lock(); workerStopped = true; lock.unlock()
     }
 
     func setReadiness(_ s: String) {
@@ -86,23 +83,41 @@ public final class Daemon: @unchecked Sendable {
         return readiness
     }
 
-    /// Starts everything, processes events until stopped, then shuts down in order.
-    public func run() throws {
+    /// Runs the daemon's services until a graceful shutdown (one of `signals`, or `stop()`) has
+    /// drained them, or one of them failed (then that error is thrown).
+    public func run(signals: [UnixSignal] = []) async throws {
         let c = settings.config
         try c.validate()
         let catalog = try SchemaCatalog.standard()
         if let t = c.threads { BLAS.setThreads(t) }
-
-        // HTTP first, so liveness and "not ready: loading" are visible during a long start.
         let address = try HTTPServer.parseListen(c.httpListen)
         let http = HTTPServer(address: address, handler: HealthEndpoints.handler(exposition: metrics.exposition) { [self] in
             let r = currentReadiness()
             return r == "ready" ? .ready : .notReady(r)
         })
-        try http.start()
-        defer { http.stop() }
-        logger.info("http: listening on \(address.host):\(http.boundPort) (/healthz /readyz /metrics)")
+        let startup = StartupService(daemon: self, catalog: catalog)
+        let group = ServiceGroup(configuration: .init(
+            services: [
+                .init(service: HTTPService(server: http, logger: logger), serviceName: "http"),
+                .init(service: startup, successTerminationBehavior: .ignore, serviceName: "startup"),
+            ],
+            gracefulShutdownSignals: signals, logger: logger))
+        startup.group = group
+        lock.lock(); self.group = group; lock.unlock()
+        defer {
+            // The stores and the consumer close last, whatever stopped the group.
+            lock.lock(); self.group = nil; lock.unlock()
+            startup.closeAll()
+        }
+        try await group.run()
+        logger.info("stopped: intake closed, no edit in flight")
+    }
 
+    /// Loads the model and everything an edit needs, and connects to Kafka (on the startup's thread;
+    /// `shouldStop` interrupts a key-statistics computation). Each part is handed to `started` as soon
+    /// as it exists, so that a failure further on still closes it.
+    func assemble(catalog: SchemaCatalog, shouldStop: @escaping () -> Bool, started: (Part) -> Void) throws -> Parts {
+        let c = settings.config
         setReadiness("loading model")
         let t0 = Date()
         let model = try ModelLoader.load(path: settings.modelPath)
@@ -135,7 +150,7 @@ public final class Daemon: @unchecked Sendable {
         setReadiness("preparing the editor")
         let hparamsDirs = c.hparamsDir.map { [URL(fileURLWithPath: $0)] }
         let corpus = c.corpus ?? settings.home.appendingPathComponent("corpus/enwiki-2015-sample.txt").path
-        let setup = RomeSetup(stateDirectory: stateDir, corpusPath: corpus, logger: logger, shouldStop: { StopSignal.raised })
+        let setup = RomeSetup(stateDirectory: stateDir, corpusPath: corpus, logger: logger, shouldStop: shouldStop)
         let method = c.editMethod
         let hparamsFile = try Installation.hparamsFile(method: method, modelName: name, directories: hparamsDirs)
         let methodSettings: MethodSettings
@@ -183,9 +198,9 @@ public final class Daemon: @unchecked Sendable {
         }
         try checkInputPartitions(properties: props, topics: topics, keyedByModel: c.keyedByModel)
         let producer = try ProducerSlot(properties: props, logger: logger)
-        defer { producer.close() }
+        started(.producer(producer))
         let keeper = c.createTopics ? TopicKeeper(properties: props, topics: topics.all, logger: logger) : nil
-        defer { keeper?.stop() }
+        if let keeper { started(.keeper(keeper)) }
         var consumerProps = props
         consumerProps["group.id"] = c.groupId
         // Notice re-created topics (after a broker lost them) in seconds, not at the 5-minute default.
@@ -195,25 +210,35 @@ public final class Daemon: @unchecked Sendable {
         // 2,000 bad records settled 5× slower). A batch needs its events buffered while the first waits.
         let consumer = try KafkaConsumer(properties: consumerProps, topics: topics.inputs, logger: logger,
                                          maxBufferedPerPartition: max(64, c.batchMaxEvents + 1))
-        defer { consumer.close() }
+        let intake = Intake(consumer: consumer)
+        started(.intake(intake))
+        lock.lock(); self.intake = intake; lock.unlock()
         metrics.setConsumerLagSource {
             consumer.lag().map { key, lag in
                 let cut = key.lastIndex(of: "/")
                 return ConsumerLag(topic: cut.map { String(key[..<$0]) } ?? key, partition: cut.flatMap { Int32(key[key.index(after: $0)...]) } ?? 0, lag: lag)
             }
         }
+        return Parts(pipeline: pipeline, producer: producer, keeper: keeper, intake: intake)
+    }
+
+    /// The edit worker's loop (on its own thread): batches from the intake until the worker is told to stop.
+    func work(_ parts: Parts) {
+        let c = settings.config
         setReadiness("ready")
         let batching = c.batchMaxEvents > 1 ? "; batch edits of up to \(c.batchMaxEvents) events (linger \(Int(c.batchLinger * 1000)) ms)" : ""
-        logger.info("consuming \(topics.inputs.joined(separator: ", ")) as group \(c.groupId) from \(c.bootstrapServers)\(batching)")
-
-        while !stopping {
-            let batch = consumer.nextBatch(max: c.batchMaxEvents, linger: c.batchLinger, timeout: 0.25)
+        logger.info("consuming \(c.topics.inputs.joined(separator: ", ")) as group \(c.groupId) from \(c.bootstrapServers)\(batching)")
+        while true {
+            lock.lock()
+            let stop = workerStopped
+            lock.unlock()
+            if stop { break }
+            let batch = parts.intake.nextBatch(max: c.batchMaxEvents, linger: c.batchLinger, timeout: 0.25)
             guard !batch.isEmpty else { continue }
-            handle(batch, pipeline: pipeline, producer: producer, consumer: consumer)
-            metrics.snapshotHead.set(to: Double(modelHost.head))
+            handle(batch, pipeline: parts.pipeline, producer: parts.producer, consumer: parts.intake.consumer)
+            metrics.snapshotHead.set(to: Double(parts.pipeline.host.head))
         }
         setReadiness("stopping")
-        logger.info("stopping: intake closed, no edit in flight")
     }
 
     /// The event at the head of the line whose processing keeps failing, and how often it failed.

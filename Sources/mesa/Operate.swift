@@ -156,9 +156,9 @@ struct Results: ParsableCommand, LoggingCommand {
             try Client.checkBroker(config)
             let c = try Client.reader(topic, config: config)
             defer { c.close() }
-            StopSignal.install()
+            let interrupt = InterruptFlag()
             var last = Date()
-            while !StopSignal.raised && (follow || Date().timeIntervalSince(last) < idle) {
+            while !interrupt.raised && (follow || Date().timeIntervalSince(last) < idle) {
                 guard let m = c.next(timeout: 0.2) else { continue }
                 last = Date()
                 try? c.commit(m)

@@ -7,6 +7,7 @@ import Messaging
 import Metrics
 import ModelRuntime
 import Prometheus
+import UnixSignals
 
 /// Where the daemon and the operator verbs find their configuration.
 struct DaemonOptions: ParsableArguments {
@@ -47,7 +48,7 @@ struct DaemonOptions: ParsableArguments {
     var home: URL { EditState.defaultHome }
 }
 
-struct Serve: ParsableCommand, LoggingCommand {
+struct Serve: AsyncParsableCommand, LoggingCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the edit daemon: consume fact updates and control commands, edit, snapshot, publish results.",
         discussion: """
@@ -87,8 +88,8 @@ struct Serve: ParsableCommand, LoggingCommand {
     @Option(name: .long, help: "How long the first event of a batch waits for more, in ms (default: $MESA_BATCH_LINGER_MS, the file's, or 50).")
     var batchLingerMs: Int?
 
-    func run() throws {
-        try reportingErrors {
+    func run() async throws {
+        try await reportingErrors {
             var c = try daemonOptions.resolve()
             if let model { c.model = model }
             if let groupId { c.setKafka { $0.groupId = groupId } }
@@ -105,11 +106,10 @@ struct Serve: ParsableCommand, LoggingCommand {
                 c.corpus = ProcessInfo.processInfo.environment["MESA_CORPUS"] ?? FileManager.default.currentDirectoryPath + "/../shared/data/corpus/enwiki-2015-sample.txt"
             }
             try logOptions.configure(format: try c.logFormat, level: try c.logLevel)
-            StopSignal.install()
             let daemon = Daemon(settings: .init(config: c, modelPath: path, home: daemonOptions.home), logger: Logger(label: "mesa serve"))
             // Metrics emitted through swift-metrics (by libraries) land in the daemon's registry, on the same /metrics.
             MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: daemon.metrics.registry))
-            try daemon.run()
+            try await daemon.run(signals: [.sigterm, .sigint])
         }
     }
 }
