@@ -16,6 +16,9 @@ let metrics: Target.Dependency = .product(name: "Metrics", package: "swift-metri
 let prometheus: Target.Dependency = .product(name: "Prometheus", package: "swift-prometheus")
 let serviceLifecycle: Target.Dependency = .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
 let unixSignals: Target.Dependency = .product(name: "UnixSignals", package: "swift-service-lifecycle")
+let hummingbird: Target.Dependency = .product(name: "Hummingbird", package: "hummingbird")
+let hummingbirdCore: Target.Dependency = .product(name: "HummingbirdCore", package: "hummingbird")
+let nioCore: Target.Dependency = .product(name: "NIOCore", package: "swift-nio")
 
 let package = Package(
     name: "mesa",
@@ -30,6 +33,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // One system-library shim per C library; each is imported by exactly one target.
@@ -52,7 +57,7 @@ let package = Package(
         .target(name: "Messaging", dependencies: ["CRdKafka", "Contracts", logging]),
         // The daemon: the one place that composes the model, the editor, storage and messaging.
         .target(name: "EditDaemon", dependencies: ["Tensor", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "Contracts", "Storage", "Messaging", logging, metrics, prometheus,
-                                                   serviceLifecycle, unixSignals]),
+                                                   serviceLifecycle, unixSignals, hummingbird, hummingbirdCore, nioCore]),
         .executableTarget(
             name: "mesa",
             dependencies: [
@@ -81,7 +86,7 @@ let package = Package(
         .testTarget(name: "ContractsTests", dependencies: ["Contracts"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Tensor"]),
         .testTarget(name: "MessagingTests", dependencies: ["Messaging", "Contracts", logging]),
-        .testTarget(name: "EditDaemonTests", dependencies: ["EditDaemon", "Contracts", "Messaging", "Evaluation", logging, inMemoryLogging, prometheus]),
+        .testTarget(name: "EditDaemonTests", dependencies: ["EditDaemon", "Contracts", "Messaging", "Evaluation", logging, inMemoryLogging, prometheus, hummingbird, serviceLifecycle]),
     ],
     swiftLanguageModes: [.v5]
 )

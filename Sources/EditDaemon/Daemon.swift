@@ -69,6 +69,10 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
         return workerStopped || !(intake?.isOpen ?? true)
     }
 
+    private func setGroup(_ g: ServiceGroup?) {
+        lock.lock(); group = g; lock.unlock()
+    }
+
     func stopWorker() {
         lock.lock(); workerStopped = true; lock.unlock()
     }
@@ -90,23 +94,26 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
         try c.validate()
         let catalog = try SchemaCatalog.standard()
         if let t = c.threads { BLAS.setThreads(t) }
-        let address = try HTTPServer.parseListen(c.httpListen)
-        let http = HTTPServer(address: address, handler: HealthEndpoints.handler(exposition: metrics.exposition) { [self] in
+        let address = try HTTPListenAddress(parsing: c.httpListen)
+        let router = HealthEndpoints.router(exposition: metrics.exposition) { [self] in
             let r = currentReadiness()
             return r == "ready" ? .ready : .notReady(r)
-        })
+        }
+        let http = HealthEndpoints.service(address: address, router: router, logger: logger) { [logger] port in
+            logger.info("http: listening on \(HTTPListenAddress(host: address.host, port: UInt16(port))) (/healthz /readyz /metrics)")
+        }
         let startup = StartupService(daemon: self, catalog: catalog)
         let group = ServiceGroup(configuration: .init(
             services: [
-                .init(service: HTTPService(server: http, logger: logger), serviceName: "http"),
+                .init(service: http, serviceName: "http"),
                 .init(service: startup, successTerminationBehavior: .ignore, serviceName: "startup"),
             ],
             gracefulShutdownSignals: signals, logger: logger))
         startup.group = group
-        lock.lock(); self.group = group; lock.unlock()
+        setGroup(group)
         defer {
             // The stores and the consumer close last, whatever stopped the group.
-            lock.lock(); self.group = nil; lock.unlock()
+            setGroup(nil)
             startup.closeAll()
         }
         try await group.run()

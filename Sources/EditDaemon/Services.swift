@@ -69,20 +69,6 @@ final class StopFlag: @unchecked Sendable {  // `raised` is guarded by `lock`
     var isRaised: Bool { lock.lock(); defer { lock.unlock() }; return raised }
 }
 
-/// The hand-written HTTP server (/healthz, /readyz, /metrics) as a Service: listening from the start
-/// of the group, stopped last.
-struct HTTPService: Service {
-    let server: HTTPServer
-    let logger: Logger
-
-    func run() async throws {
-        try server.start()
-        logger.info("http: listening on \(server.host):\(server.boundPort) (/healthz /readyz /metrics)")
-        try? await gracefulShutdown()
-        server.stop()
-    }
-}
-
 /// Loads the model and connects (`Daemon.assemble`, on a thread), then adds the producer, the topic
 /// keeper, the edit worker and the intake to the group, in that order (a graceful shutdown stops them
 /// in reverse). A shutdown during the start interrupts a key-statistics computation.
