@@ -86,7 +86,7 @@ let package = Package(
         .testTarget(name: "ContractsTests", dependencies: ["Contracts"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Tensor"]),
         .testTarget(name: "MessagingTests", dependencies: ["Messaging", "Contracts", logging]),
-        .testTarget(name: "EditDaemonTests", dependencies: ["EditDaemon", "Contracts", "Messaging", "Evaluation", logging, inMemoryLogging, prometheus, hummingbird, serviceLifecycle]),
+        .testTarget(name: "EditDaemonTests", dependencies: ["EditDaemon", "Contracts", "Messaging", "Evaluation", logging, inMemoryLogging, prometheus, metrics, hummingbird, serviceLifecycle]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -111,13 +111,15 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
             gracefulShutdownSignals: signals, logger: logger))
         startup.group = group
         setGroup(group)
-        defer {
-            // The stores and the consumer close last, whatever stopped the group.
+        // The consumer and the stores close last, whatever stopped the group.
+        do { try await group.run() } catch {
             setGroup(nil)
             startup.closeAll()
+            throw error
         }
-        try await group.run()
-        logger.info("stopped: intake closed, no edit in flight")
+        setGroup(nil)
+        startup.closeAll()
+        logger.info("stopped: intake closed, no edit in flight, consumer and producer closed")
     }
 
     /// Loads the model and everything an edit needs, and connects to Kafka (on the startup's thread;

@@ -1,4 +1,7 @@
+import CoreMetrics
 import EditDaemon
+import Foundation
+import Prometheus
 import Testing
 
 @Suite struct DaemonMetricsTests {
@@ -55,7 +58,8 @@ import Testing
                                         ConsumerLag(topic: "edits", partition: 0, lag: 12)] }
         metrics.committed(topic: "edits", partition: 0, nextOffset: 7, events: 2)
         metrics.setCanary(CanaryFigures(accuracy: 87.5, perplexity: 12.25), weights: "head")
-        let text = metrics.exposition()
+        // Families come in no fixed order: any line may be the first.
+        let text = "\n" + metrics.exposition()
         for line in ["mesa_events_consumed_total{topic=\"edits\"} 2", "mesa_edits_applied_total{method=\"rome\"} 1",
                      "mesa_edits_skipped_total{reason=\"duplicate\"} 1", "mesa_dead_letters_total{reason=\"too_large\"} 1",
                      "mesa_rollbacks_total 1", "mesa_snapshot_head 42.0", "mesa_ready 1.0",
@@ -76,4 +80,43 @@ import Testing
         metrics.setConsumerLagSource { [] }
         #expect(!metrics.exposition().contains("mesa_consumer_lag"))
     }
+
+    @Test func concurrentUpdatesAreExact() {
+        let metrics = DaemonMetrics(version: "dev")
+        DispatchQueue.concurrentPerform(iterations: 8) { i in
+            for k in 0..<500 {
+                metrics.eventConsumed(topic: "t\(i % 2)")
+                metrics.recordEvent(total: Double(k % 7) * 0.01, edit: k % 2 == 0 ? 0.001 : nil)
+            }
+        }
+        let text = "\n" + metrics.exposition()
+        #expect(text.contains("\nmesa_events_consumed_total{topic=\"t0\"} 2000\n") && text.contains("\nmesa_events_consumed_total{topic=\"t1\"} 2000\n"))
+        #expect(text.contains("\nmesa_event_duration_seconds_count 4000\n") && text.contains("\nmesa_edit_duration_seconds_count 2000\n"))
+    }
+
+    /// The duration histograms keep the bounds the dashboards' quantiles were read with, 1 ms to 2 min.
+    @Test func durationHistogramsSpanOneMillisecondToTwoMinutes() {
+        let metrics = DaemonMetrics(version: "dev")
+        metrics.recordEvent(total: 200, edit: 0.0005)
+        let text = "\n" + metrics.exposition()
+        let bounds = text.split(separator: "\n").filter { $0.hasPrefix("mesa_edit_duration_seconds_bucket{") }
+            .compactMap { $0.split(separator: "\"").dropFirst().first.map(String.init) }
+        #expect(bounds.dropLast().compactMap(Double.init) == DaemonMetrics.durationBuckets && bounds.last == "+Inf", "\(bounds)")
+        #expect(text.contains("\nmesa_edit_duration_seconds_bucket{le=\"0.001\"} 1\n"))
+        #expect(text.contains("\nmesa_event_duration_seconds_bucket{le=\"120.0\"} 0\n") && text.contains("\nmesa_event_duration_seconds_bucket{le=\"+Inf\"} 1\n"))
+    }
+
+    /// What a library emits through swift-metrics lands on the same /metrics once the factory uses the
+    /// daemon's registry (as `mesa serve` bootstraps it).
+    @Test func swiftMetricsEmittersShareTheRegistry() {
+        let metrics = DaemonMetrics(version: "dev")
+        let factory = PrometheusMetricsFactory(registry: metrics.registry)
+        CoreMetrics.Counter(label: "hb_requests_total", dimensions: [("method", "GET")], factory: factory).increment(by: 3)
+        CoreMetrics.Timer(label: "hb_request_duration_seconds", factory: factory).recordSeconds(0.02)
+        let text = "\n" + metrics.exposition()
+        #expect(text.contains("\nhb_requests_total{method=\"GET\"} 3\n"), "\(text)")
+        #expect(text.contains("\nhb_request_duration_seconds_count 1\n"))
+        #expect(text.contains("\nmesa_ready 0.0\n"))
+    }
 }
+

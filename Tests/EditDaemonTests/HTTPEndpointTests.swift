@@ -375,6 +375,29 @@ func startEndpoint(address: HTTPListenAddress = HTTPListenAddress(host: "127.0.0
         #expect(closed.value.count == slow.count, "\(slow.count - closed.value.count) half-open connections still open")
     }
 
+    /// A connection may carry several requests; idle after a response, it is closed at the deadline.
+    @Test func keptAliveConnectionsServeAgainAndCloseWhenIdle() throws {
+        let server = try startEndpoint(limits: HTTPLimits(readTimeout: 1))
+        defer { server.stop() }
+        let fd = try connectTCP(port: server.port)
+        defer { close(fd) }
+        for _ in 0..<2 {
+            sendBytes(fd, Array("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+            var got: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 512)
+            while !String(decoding: got, as: UTF8.self).hasSuffix("\r\n\r\nok\n") {
+                let n = recv(fd, &chunk, chunk.count, 0)
+                guard n > 0 else { break }
+                got += chunk[..<n]
+            }
+            #expect(String(decoding: got, as: UTF8.self).hasPrefix("HTTP/1.1 200"), "\(String(decoding: got, as: UTF8.self))")
+        }
+        let idleSince = monotonicNow()
+        var byte: UInt8 = 0
+        #expect(recv(fd, &byte, 1, 0) <= 0)
+        #expect(monotonicNow() - idleSince > 0.8 && monotonicNow() - idleSince < 3)
+    }
+
     @Test func gracefulShutdownClosesTheSocketPromptly() throws {
         let server = try startEndpoint(limits: HTTPLimits(readTimeout: 10))
         let port = server.port

@@ -49,4 +49,17 @@ import Testing
         #expect(throws: SetupError.self) { try Logger.Level(parsing: "verbose") }
         #expect(throws: SetupError.self) { try LogFormat(parsing: "logfmt") }
     }
+
+    @Test func valuesAreQuotedOrEscapedWhereTheyMustBe() throws {
+        let lines = Lines()
+        lines.logger(.text).warning("m", metadata: ["empty": "", "eq": "a=b", "plain": "x", "nested": ["k": "v"]])
+        let text = try #require(lines.all.first)
+        #expect(text.contains(#" warning mesa serve: m empty="" eq="a=b" nested=""#) && text.hasSuffix("\" plain=x\n"), "\(text)")
+        let json = Lines()
+        json.logger(.json).info("bell \u{7}", metadata: ["nested": ["k": ["v", "w"]]])
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(json.all[0].utf8)) as? [String: Any])
+        #expect(object["message"] as? String == "bell \u{7}" && json.all[0].contains("\\u0007"))
+        #expect((object["nested"] as? [String: Any])?["k"] as? [String] == ["v", "w"])
+    }
 }
+
