@@ -2,6 +2,7 @@ import Contracts
 import Editing
 import Evaluation
 import Foundation
+import Logging
 import ModelRuntime
 import SparseAutoencoder
 import Tensor
@@ -120,7 +121,7 @@ public struct RomeSetup {
     /// The state directory (`$MESA_HOME/state` by default): `<hash16>/` per base model.
     public var stateDirectory: URL
     public var corpusPath: String
-    public var log: (String) -> Void
+    public var logger: Logger
     /// Progress of a key-statistics computation: (tokens done, tokens wanted, seconds).
     public var progress: ((Int, Int, Double) -> Void)?
     public var shouldStop: (() -> Bool)?
@@ -128,11 +129,11 @@ public struct RomeSetup {
     /// `<data_dir>/counterfact/counterfact-train.json` (tuning data, never the evaluation split).
     public var anchorRecords: URL?
 
-    public init(stateDirectory: URL, corpusPath: String, log: @escaping (String) -> Void,
+    public init(stateDirectory: URL, corpusPath: String, logger: Logger,
                 progress: ((Int, Int, Double) -> Void)? = nil, shouldStop: (() -> Bool)? = nil) {
         self.stateDirectory = stateDirectory
         self.corpusPath = corpusPath
-        self.log = log
+        self.logger = logger
         self.progress = progress
         self.shouldStop = shouldStop
     }
@@ -153,8 +154,8 @@ public struct RomeSetup {
         let todo = missing.map { specs[$0] }
         let corpus = try Corpus(path: corpusPath, seed: todo[0].seed)
         let ckpt = state.checkpointURL(todo)
-        log("computing key statistics for layer(s) \(todo.map(\.layer)) over \(todo[0].tokens) tokens of \(corpusPath)"
-            + (FileManager.default.fileExists(atPath: ckpt.path) ? " (resuming from \(ckpt.lastPathComponent))" : ""))
+        let resuming = FileManager.default.fileExists(atPath: ckpt.path) ? " (resuming from \(ckpt.lastPathComponent))" : ""
+        logger.notice("computing key statistics for layer(s) \(todo.map(\.layer)) over \(todo[0].tokens) tokens of \(corpusPath)\(resuming)")
         let builder = try KeyStatisticsBuilder(model: model, specs: todo, corpus: corpus, checkpoint: ckpt)
         let report = progress
         guard let built = try builder.run(progress: { report?($0.tokens, $0.target, $0.seconds) }, shouldStop: shouldStop) else {
@@ -162,7 +163,7 @@ public struct RomeSetup {
         }
         for (i, s) in zip(missing, built) {
             try s.write(to: state.statisticsURL(s.spec), corpus: corpusPath)
-            log("stored \(state.statisticsURL(s.spec).path) (\(s.count) tokens)")
+            logger.notice("stored key statistics", metadata: ["path": "\(state.statisticsURL(s.spec).path)", "tokens": "\(s.count)"])
             out[i] = s
         }
         return out.map { $0! }
@@ -178,7 +179,7 @@ public struct RomeSetup {
         if !computeMissing, !FileManager.default.fileExists(atPath: state.templatesURL(groups: h.contextTemplates, seed: h.templateSeed).path) {
             throw SetupError("no stored context templates for \(h.contextTemplates) seed \(h.templateSeed)")
         }
-        let templates = try state.templates(model: model, groups: h.contextTemplates, seed: h.templateSeed, log: log)
+        let templates = try state.templates(model: model, groups: h.contextTemplates, seed: h.templateSeed, logger: logger)
         var stats: KeyStatistics?
         if h.mom2Adjustment {
             let spec = h.statisticsSpec(modelHash: state.baseHash)
@@ -205,7 +206,7 @@ public struct RomeSetup {
             return (sae, nil)
         } catch {
             guard m.fallsBack else { throw SetupError("MESA refinement: the SAE at \(dir.path) is unusable: \(error)") }
-            log("warning: MESA refinement is off (mesa.fallback is true): the SAE at \(dir.path) is unusable: \(error)")
+            logger.warning("MESA refinement is off (mesa.fallback is true): the SAE at \(dir.path) is unusable", metadata: ["error": "\(error)"])
             return (nil, "the SAE at \(dir.path) is unusable: \(error)")
         }
     }
@@ -223,7 +224,7 @@ public struct RomeSetup {
                             computeMissing: Bool = true) throws -> MemitEditor {
         try h.validate(layers: model.config.layers)
         let state = EditState(directory: stateDirectory, baseHash: baseHash ?? model.weightHash)
-        let templates = try state.templates(model: model, groups: h.contextTemplates, seed: h.templateSeed, log: log)
+        let templates = try state.templates(model: model, groups: h.contextTemplates, seed: h.templateSeed, logger: logger)
         let specs = h.layers.map { h.statisticsSpec(modelHash: state.baseHash, layer: $0) }
         var stats: [Int: KeyStatistics] = [:]
         for spec in specs { if let s = try state.cachedStatistics(spec) { stats[spec.layer] = s } }
@@ -243,10 +244,10 @@ public struct RomeSetup {
         case .alphaedit:
             let t0 = Date()
             let st = try AlphaEditState(statistics: stats, nullspaceEnergy: h.nullspaceEnergy ?? 0.02, l2: h.l2 ?? 10, relative: h.l2Relative ?? false)
-            log(String(format: "AlphaEdit null spaces (dimension, tr(PC) and α per layer: %@) in %.1f s",
-                       st.nullity.sorted { $0.key < $1.key }.map {
-                           "\($0.key):\($0.value)," + String(format: "%.3g,%.3g", st.nullEnergy[$0.key] ?? 0, st.alpha[$0.key] ?? 0)
-                       }.joined(separator: " "), Date().timeIntervalSince(t0)))
+            let layers = st.nullity.sorted { $0.key < $1.key }.map {
+                "\($0.key):\($0.value)," + String(format: "%.3g,%.3g", st.nullEnergy[$0.key] ?? 0, st.alpha[$0.key] ?? 0)
+            }.joined(separator: " ")
+            logger.info("AlphaEdit null spaces (dimension, tr(PC) and α per layer: \(layers)) in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s")
             solver = .alphaEdit(st)
         }
         let (sae, reason) = try mesaSAE(model: model, settings: h.mesa, site: Site(layer: h.layers.last!, kind: .residOut), state: state)
@@ -281,8 +282,7 @@ public struct RomeSetup {
         let (mean, norms) = try editor.normAnchor(for: Array(requests))
         try FileManager.default.createDirectory(at: state.root, withIntermediateDirectories: true)
         try JSONEncoder().encode(Stored(key: key, mean: mean, norms: norms)).write(to: url, options: .atomic)
-        log(String(format: "NAS anchor: mean ‖v*‖ %.4g at layer %d over %d base-model edits of %@ (%.0f s)", mean, h.layers.last!, samples,
-                   records.lastPathComponent, Date().timeIntervalSince(t0)))
+        logger.info("\(String(format: "NAS anchor: mean ‖v*‖ %.4g at layer %d over %d base-model edits of %@ (%.0f s)", mean, h.layers.last!, samples, records.lastPathComponent, Date().timeIntervalSince(t0)))")
         return mean
     }
 }

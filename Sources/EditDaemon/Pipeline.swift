@@ -2,6 +2,7 @@ import Contracts
 import Editing
 import Evaluation
 import Foundation
+import Logging
 import Messaging
 import ModelRuntime
 import SparseAutoencoder
@@ -51,6 +52,28 @@ public struct Outcome: Sendable {
     public var steps: [String: Double] = [:]
     /// The canary figures of the weights after the event (when a quality guard runs).
     public var canary: CanaryFigures?
+
+    /// The outcome as log fields: `outcome`, `event_id`, `seconds` (the whole event) and `edit_seconds`.
+    public func logMetadata(total: Double) -> Logger.Metadata {
+        var m: Logger.Metadata = ["outcome": "\(kind.label)", "seconds": "\(String(format: "%.4f", total))"]
+        if let eventId { m["event_id"] = "\(eventId)" }
+        if editSeconds > 0 { m["edit_seconds"] = "\(String(format: "%.4f", editSeconds))" }
+        return m
+    }
+}
+
+extension Outcome.Kind {
+    /// A short name: applied, dry_run, redelivery, rolled_back, labelled, dead_letter.
+    public var label: String {
+        switch self {
+        case .applied: return "applied"
+        case .dryRun: return "dry_run"
+        case .redelivery: return "redelivery"
+        case .rolledBack: return "rolled_back"
+        case .labelled: return "labelled"
+        case .deadLetter: return "dead_letter"
+        }
+    }
 }
 
 /// The method a daemon runs, with its default hyperparameters.
@@ -105,12 +128,12 @@ public final class Pipeline: @unchecked Sendable {
     let defaultEditor: FactEditor
     private var editors: [String: FactEditor] = [:]
     let scorer: CandidateScorer
-    let log: (String) -> Void
+    let logger: Logger
 
     /// `editor` is the default editor for `settings`; its method state (AlphaEdit's accumulated keys)
     /// is rebuilt here from the snapshots the weights hold.
     public init(host: ModelHost, catalog: SchemaCatalog, topics: Topics, maxEventBytes: Int, setup: RomeSetup,
-                settings: MethodSettings, editor: FactEditor, log: @escaping (String) -> Void) throws {
+                settings: MethodSettings, editor: FactEditor, logger: Logger) throws {
         self.host = host
         self.catalog = catalog
         factSchema = try catalog.schema("fact-update.schema.json")
@@ -121,7 +144,7 @@ public final class Pipeline: @unchecked Sendable {
         self.settings = settings
         defaultEditor = editor
         scorer = CounterFactScorer.make(host.model)
-        self.log = log
+        self.logger = logger
         try rebuildEditState()
     }
 
@@ -130,7 +153,10 @@ public final class Pipeline: @unchecked Sendable {
         guard case .memit(_, let method) = settings, method.keepsState else { return }
         let lineage = try host.store.lineage(to: host.head)
         try defaultEditor.rebuildState(lineage.map(\.state))
-        if !lineage.isEmpty { log("\(method.label): accumulated the keys of \(lineage.count) edit(s) up to snapshot \(host.head)") }
+        if !lineage.isEmpty {
+            logger.info("\(method.label): accumulated the keys of \(lineage.count) edit(s) up to snapshot \(host.head)",
+                        metadata: ["edits": "\(lineage.count)", "snapshot": "\(host.head)"])
+        }
     }
 
     // MARK: entry point
@@ -445,7 +471,7 @@ public final class Pipeline: @unchecked Sendable {
             (updates, phases, coverages) = try editor.computeUpdates(together: g.map(\.edit.request))
             applied = try applyAndScore(updates, g.map(\.edit.record), eventId: nil)
         } catch {
-            log("a batch of \(n) fact updates could not be edited together (\(error)); editing them one at a time")
+            logger.warning("a batch of \(n) fact updates could not be edited together; editing them one at a time", metadata: ["error": "\(error)"])
             return try g.map { ($0.index, try process($0.edit.message)) }
         }
         do { try gate(applied.canary, eventId: nil, what: "the batch of \(n)") } catch let r as Rejection {

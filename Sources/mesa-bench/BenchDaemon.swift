@@ -60,11 +60,14 @@ struct DaemonBench: ParsableCommand {
         config.kafka = .init(bootstrapServers: broker.bootstrapServers, groupId: "bench", createTopics: true, topics: nil,
                              properties: ["session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"])
         config.http = .init(listen: "127.0.0.1:0")
-        let daemon = Daemon(settings: .init(config: config, modelPath: modelPath, home: dir), log: { _ in })
+        let daemon = Daemon(settings: .init(config: config, modelPath: modelPath, home: dir), logger: MesaLogging.discarding())
         let samples = Samples()
         daemon.onEvent = { outcome, seconds in samples.add(total: seconds, edit: outcome.editSeconds, steps: outcome.steps) }
-        let worker = Thread { do { try daemon.run() } catch { print("daemon: \(error)") } }
-        worker.start()
+        let finished = DispatchSemaphore(value: 0)
+        Task {
+            do { try await daemon.run() } catch { print("daemon: \(error)") }
+            finished.signal()
+        }
         defer { daemon.stop() }
 
         // Publish and wait for every event to be processed.
@@ -98,7 +101,7 @@ struct DaemonBench: ParsableCommand {
             Thread.sleep(forTimeInterval: 0.05)
         }
         daemon.stop()
-        while worker.isExecuting { Thread.sleep(forTimeInterval: 0.05) }
+        finished.wait()
 
         // The LMDB floor: one fsynced commit of a ROME-sized record.
         let store = try SnapshotStore(path: dir.appendingPathComponent("floor").path)

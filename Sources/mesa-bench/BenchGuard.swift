@@ -1,9 +1,10 @@
-import Contracts
 import ArgumentParser
+import Contracts
 import EditDaemon
 import Editing
 import Evaluation
 import Foundation
+import Logging
 import ModelRuntime
 import Tensor
 
@@ -29,7 +30,7 @@ struct GuardBench: ParsableCommand {
         let path = try model ?? ModelLocator.defaultModelPath()
         let lm = try ModelLoader.load(path: path)
         let file = URL(fileURLWithPath: hparams ?? "deploy/hparams/\(method)/SmolLM2-135M-Instruct.json")
-        let setup = RomeSetup(stateDirectory: EditState.defaultHome.appendingPathComponent("state"), corpusPath: "", log: { print($0) })
+        let setup = RomeSetup(stateDirectory: EditState.defaultHome.appendingPathComponent("state"), corpusPath: "", logger: Logger(label: "mesa-bench"))
         let catalog = try SchemaCatalog.standard()
         let editor: FactEditor
         let firstLayer: Int

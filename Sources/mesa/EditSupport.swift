@@ -2,6 +2,7 @@ import ArgumentParser
 import EditDaemon
 import Editing
 import Foundation
+import Logging
 import ModelRuntime
 
 /// Where edit hyperparameters, the corpus and the edit state come from.
@@ -55,7 +56,8 @@ struct EditOptions: ParsableArguments {
     var home: URL { stateHome.map { URL(fileURLWithPath: $0) } ?? EditState.defaultHome }
 
     func setup(progress: ((Int, Int, Double) -> Void)? = nil, shouldStop: (() -> Bool)? = nil) -> RomeSetup {
-        var s = RomeSetup(stateDirectory: home.appendingPathComponent("state"), corpusPath: corpusPath, log: log, progress: progress, shouldStop: shouldStop)
+        var s = RomeSetup(stateDirectory: home.appendingPathComponent("state"), corpusPath: corpusPath, logger: Logger(label: "mesa"),
+                          progress: progress, shouldStop: shouldStop)
         s.anchorRecords = URL(fileURLWithPath: FileManager.default.currentDirectoryPath + "/../shared/data/counterfact/counterfact-train.json")
         return s
     }
@@ -84,8 +86,6 @@ final class ProgressBar {
 
     func finish() { if tty { FileHandle.standardError.write(Data("\n".utf8)) } }
 }
-
-func log(_ message: String) { FileHandle.standardError.write(Data("\(message)\n".utf8)) }
 
 /// Loads (or computes, with a progress bar and a resumable checkpoint) the key statistics.
 func keyStatistics(model: LanguageModel, options: EditOptions, specs: [KeyStatisticsSpec]) throws -> [KeyStatistics] {

@@ -139,10 +139,10 @@ final class DaemonHarness: @unchecked Sendable {
         p.waitUntilExit()
     }
 
-    /// SIGTERM and wait; returns the exit status.
-    func terminate(timeout: Double = 60) -> Int32? {
+    /// SIGTERM (or `signal`) and wait; returns the exit status.
+    func terminate(signal: Int32 = SIGTERM, timeout: Double = 60) -> Int32? {
         guard let p = process, p.isRunning else { return process?.terminationStatus }
-        kill(p.processIdentifier, SIGTERM)
+        kill(p.processIdentifier, signal)
         let end = Date().addingTimeInterval(timeout)
         while p.isRunning && Date() < end { Thread.sleep(forTimeInterval: 0.05) }
         if p.isRunning { kill9(); return nil }
