@@ -60,7 +60,7 @@ struct DaemonBench: ParsableCommand {
         config.kafka = .init(bootstrapServers: broker.bootstrapServers, groupId: "bench", createTopics: true, topics: nil,
                              properties: ["session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"])
         config.http = .init(listen: "127.0.0.1:0")
-        let daemon = Daemon(settings: .init(config: config, modelPath: modelPath, home: dir), logger: MesaLogging.discarding())
+        let daemon = try buildDaemon(config: config, paths: DaemonPaths(modelPath: modelPath, home: dir), logger: MesaLogging.discarding())
         let samples = Samples()
         daemon.onEvent = { outcome, seconds in samples.add(total: seconds, edit: outcome.editSeconds, steps: outcome.steps) }
         let finished = DispatchSemaphore(value: 0)
