@@ -77,6 +77,9 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
         return readiness
     }
 
+    /// Whether the daemon takes events now (what /readyz answers).
+    public var isReady: Bool { currentReadiness() == "ready" }
+
     /// Runs the daemon's services until a graceful shutdown (one of `signals`, or `stop()`) has
     /// drained them, or one of them failed (then that error is thrown).
     public func run(signals: [UnixSignal] = []) async throws {

@@ -69,6 +69,13 @@ struct DaemonBench: ParsableCommand {
             finished.signal()
         }
         defer { daemon.stop() }
+        // Publishing before the daemon created its topics would let the broker create them with its
+        // default partition count, which the daemon refuses.
+        let started = Date()
+        while !daemon.isReady {
+            if finished.wait(timeout: .now() + 0.05) == .success { throw ValidationError("the daemon stopped before it was ready") }
+            if Date().timeIntervalSince(started) > 300 { throw ValidationError("the daemon was not ready within 300 s") }
+        }
 
         // Publish and wait for every event to be processed.
         let producer = try KafkaProducer(properties: ["bootstrap.servers": broker.bootstrapServers, "linger.ms": "0"])
