@@ -208,12 +208,10 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         return p
     }
 
-    /// The editing method (names are case-insensitive).
+    /// The editing method (`method`, default rome).
     public var editMethod: EditMethod {
         get throws {
-            let name = (method ?? "rome").lowercased()
-            guard let m = EditMethod(rawValue: name) else { throw SetupError("method \(name) is not one of \(EditMethod.names)") }
-            return m
+            do { return try EditMethod(parsing: method ?? "rome") } catch { throw SetupError("\(error)") }
         }
     }
 

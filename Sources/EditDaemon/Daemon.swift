@@ -25,19 +25,8 @@ import UnixSignals
 /// keeps the partition paused while an edit runs. Per event or batch: process (decode → validate →
 /// dedupe → edit → evaluate → snapshot), publish the records, then commit the last offset+1.
 public final class Daemon: @unchecked Sendable {  // mutable state is guarded by `lock`; the worker's own (failing, counted) is touched by its thread only
-    public struct Settings: Sendable {
-        public var config: DaemonConfiguration
-        public var modelPath: String
-        /// `MESA_HOME`: where the default state directory lives.
-        public var home: URL
-        public init(config: DaemonConfiguration, modelPath: String, home: URL) {
-            self.config = config
-            self.modelPath = modelPath
-            self.home = home
-        }
-    }
-
-    public let settings: Settings
+    public let config: DaemonConfiguration
+    public let paths: DaemonPaths
     public let metrics = DaemonMetrics(version: Daemon.version, methods: ["ROME"])
     public static let version = "0.5.0"
     let logger: Logger
@@ -49,8 +38,9 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
     /// Called after each event with its outcome and total seconds (benchmarks).
     public var onEvent: (@Sendable (Outcome, Double) -> Void)?
 
-    public init(settings: Settings, logger: Logger) {
-        self.settings = settings
+    init(config: DaemonConfiguration, paths: DaemonPaths, logger: Logger) {
+        self.config = config
+        self.paths = paths
         self.logger = logger
     }
 
@@ -87,13 +77,14 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
         return readiness
     }
 
+    /// Whether the daemon takes events now (what /readyz answers).
+    public var isReady: Bool { currentReadiness() == "ready" }
+
     /// Runs the daemon's services until a graceful shutdown (one of `signals`, or `stop()`) has
     /// drained them, or one of them failed (then that error is thrown).
     public func run(signals: [UnixSignal] = []) async throws {
-        let c = settings.config
-        try c.validate()
+        let c = config
         let catalog = try SchemaCatalog.standard()
-        if let t = c.threads { BLAS.setThreads(t) }
         let address = try HTTPListenAddress(parsing: c.httpListen)
         let router = HealthEndpoints.router(exposition: metrics.exposition) { [self] in
             let r = currentReadiness()
@@ -122,82 +113,14 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
         logger.info("stopped: intake closed, no edit in flight, consumer and producer closed")
     }
 
-    /// Loads the model and everything an edit needs, and connects to Kafka (on the startup's thread;
-    /// `shouldStop` interrupts a key-statistics computation). Each part is handed to `started` as soon
-    /// as it exists, so that a failure further on still closes it.
+    /// Builds the pipeline (`buildPipeline`) and connects to Kafka, on the startup's thread
+    /// (`shouldStop` interrupts a key-statistics computation). Each part is handed to `started` as
+    /// soon as it exists, so that a failure further on still closes it.
     func assemble(catalog: SchemaCatalog, shouldStop: @escaping () -> Bool, started: (Part) -> Void) throws -> Parts {
-        let c = settings.config
-        setReadiness("loading model")
-        let t0 = Date()
-        let model = try ModelLoader.load(path: settings.modelPath)
-        let name = Installation.modelName(settings.modelPath)
-        let stateDir = c.stateDirectory(home: settings.home)
-        logger.info("model: \(name) loaded in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s, base hash \(model.weightHash.prefix(16)); BLAS \(BLAS.configuration.description)",
-                    metadata: ["model": "\(name)", "base_hash": "\(model.weightHash)"])
-
-        // The guard's base figures need the base weights: measured before the host brings them to the head.
-        var qualityGuard: QualityGuard?
-        if c.guardEnabled {
-            setReadiness("measuring the canary set")
-            let g = try QualityGuard.make(model: model, config: c, stateDirectory: stateDir, logger: logger)
-            qualityGuard = g
-            metrics.setCanary(g.base, weights: "base")
-            let summary = String(format: "quality guard: %d canary facts, perplexity over %d tokens; base accuracy %.1f%%, perplexity %.3f; "
-                                 + "an edit may cost %.1f points of accuracy and %.1f%% of perplexity",
-                                 g.canary.facts.count, c.guardPerplexityTokens, g.base.accuracy, g.base.perplexity,
-                                 c.guardMaxAccuracyDrop, 100 * c.guardMaxPerplexityRise)
-            logger.info("\(summary)")
-        } else {
-            logger.info("quality guard: off (quality_guard.enabled=false)")
-        }
-
-        // The store first: a damaged one is reported at once, not after minutes of key statistics.
-        setReadiness("opening the snapshot store")
-        let lmdbDir = EditState(directory: stateDir, baseHash: model.weightHash).root.appendingPathComponent("lmdb")
-        let store = try SnapshotStore(path: lmdbDir.path, mapSize: c.mapBytes)
-
-        setReadiness("preparing the editor")
-        let hparamsDirs = c.hparamsDir.map { [URL(fileURLWithPath: $0)] }
-        let corpus = c.corpus ?? settings.home.appendingPathComponent("corpus/enwiki-2015-sample.txt").path
-        var setup = RomeSetup(stateDirectory: stateDir, corpusPath: corpus, logger: logger, shouldStop: shouldStop)
-        setup.anchorRecords = c.dataDirectory.appendingPathComponent("counterfact/counterfact-train.json")
-        let method = try c.editMethod
-        let hparamsFile = try Installation.hparamsFile(method: method.rawValue, modelName: name, directories: hparamsDirs)
-        let methodSettings: MethodSettings
-        let editor: FactEditor
-        switch method {
-        case .rome:
-            var hp = try RomeSetup.hyperparameters(at: hparamsFile, catalog: catalog)
-            hp.mesa = c.mesaSettings(over: hp.mesa)
-            methodSettings = .rome(hp)
-            editor = try setup.editor(model: model, hparams: hp)
-        case .memit, .alphaedit, .encore:
-            var hp = try RomeSetup.memitHyperparameters(at: hparamsFile, catalog: catalog)
-            hp.mesa = c.mesaSettings(over: hp.mesa)
-            methodSettings = .memit(hp, method: method)
-            editor = try setup.memitEditor(model: model, hparams: hp, method: method)
-        }
-        if let sae = editor.mesaSetup.settings?.sae {
-            logger.info("editor: \(editor.method) (\(hparamsFile.path)) with MESA refinement through \(sae)")
-        } else if let why = editor.mesaSetup.fallbackReason {
-            logger.warning("editor: \(editor.method) (\(hparamsFile.path)); MESA refinement is off: \(why)")
-        } else {
-            logger.info("editor: \(editor.method) (\(hparamsFile.path))")
-        }
-
-        let modelHost = try ModelHost(model: model, modelName: name, store: store)
-        metrics.snapshotHead.set(to: Double(modelHost.head))
-        logger.info("snapshots: \(lmdbDir.path), head \(modelHost.head), weights \(model.weightHash.prefix(16))",
-                    metadata: ["head": "\(modelHost.head)", "weight_hash": "\(model.weightHash)"])
+        let c = config
+        let pipeline = try buildPipeline(config: c, paths: paths, catalog: catalog, logger: logger, metrics: metrics,
+                                         shouldStop: shouldStop, status: setReadiness)
         let topics = c.topics
-        let pipeline = try Pipeline(host: modelHost, catalog: catalog, topics: topics, maxEventBytes: c.eventLimit, setup: setup,
-                                    settings: methodSettings, editor: editor, logger: logger)
-        if let g = qualityGuard {
-            // The canary pass skips the layers below the first one the method edits while they are unchanged.
-            g.startLayer = methodSettings.lowestLayer
-            pipeline.qualityGuard = g
-            metrics.setCanary(modelHost.head == 0 ? g.base : try g.measure(model), weights: "head")
-        }
 
         setReadiness("connecting to Kafka")
         let props = c.kafkaProperties
@@ -234,7 +157,7 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
 
     /// The edit worker's loop (on its own thread): batches from the intake until the worker is told to stop.
     func work(_ parts: Parts) {
-        let c = settings.config
+        let c = config
         setReadiness("ready")
         let batching = c.batchMaxEvents > 1 ? "; batch edits of up to \(c.batchMaxEvents) events (linger \(Int(c.batchLinger * 1000)) ms)" : ""
         logger.info("consuming \(c.topics.inputs.joined(separator: ", ")) as group \(c.groupId) from \(c.bootstrapServers)\(batching)")
@@ -284,13 +207,13 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
         do { outcomes = try pipeline.process(batch: batch) } catch {
             let attempts = earlier + 1
             let more = batch.count > 1 ? " and \(batch.count - 1) more" : ""
-            if attempts < settings.config.retryMaxAttempts {
-                let delay = settings.config.retryDelay(after: attempts)
+            if attempts < config.retryMaxAttempts {
+                let delay = config.retryDelay(after: attempts)
                 failing = (key, attempts)
                 metrics.processingRetries.increment()
                 metrics.eventAttempts.set(to: Double(attempts))
-                setReadiness("not making progress: \(key) failed \(attempts) of \(settings.config.retryMaxAttempts) attempts (\(error)); retrying")
-                logger.error("\(key)\(more) not processed (attempt \(attempts) of \(settings.config.retryMaxAttempts); retrying in \(String(format: "%.1f", delay)) s)",
+                setReadiness("not making progress: \(key) failed \(attempts) of \(config.retryMaxAttempts) attempts (\(error)); retrying")
+                logger.error("\(key)\(more) not processed (attempt \(attempts) of \(config.retryMaxAttempts); retrying in \(String(format: "%.1f", delay)) s)",
                              metadata: ["event": "\(key)", "attempt": "\(attempts)", "error": "\(error)"])
                 consumer.release(batch)
                 sleepUnlessStopping(delay)
@@ -479,4 +402,94 @@ final class TopicKeeper: @unchecked Sendable {
         condition.broadcast()
         condition.unlock()
     }
+}
+
+/// Where a daemon finds what it loads: the model, and `MESA_HOME` (the default state directory and corpus).
+public struct DaemonPaths: Sendable, Equatable {
+    /// The model file (or directory).
+    public var modelPath: String
+    /// `MESA_HOME`.
+    public var home: URL
+
+    public init(modelPath: String, home: URL) {
+        self.modelPath = modelPath
+        self.home = home
+    }
+}
+
+/// The composition seam of `mesa serve`: a daemon for `config` (checked here) and `paths`, not yet
+/// running (`Daemon.run`).
+public func buildDaemon(config: DaemonConfiguration, paths: DaemonPaths, logger: Logger) throws -> Daemon {
+    try config.validate()
+    return Daemon(config: config, paths: paths, logger: logger)
+}
+
+/// Everything an edit needs, without Kafka: the model, the quality guard (measured on the base
+/// weights), the snapshot store, the editor of the configured method, and the pipeline over them with
+/// the weights brought to the store's head. `status` hears each step (the daemon's readiness);
+/// `shouldStop` interrupts a key-statistics computation.
+public func buildPipeline(config c: DaemonConfiguration, paths: DaemonPaths, catalog: SchemaCatalog, logger: Logger,
+                          metrics: DaemonMetrics? = nil, shouldStop: @escaping () -> Bool = { false },
+                          status: (String) -> Void = { _ in }) throws -> Pipeline {
+    if let t = c.threads { BLAS.setThreads(t) }
+    status("loading model")
+    let t0 = Date()
+    let model = try ModelLoader.load(path: paths.modelPath)
+    let name = Installation.modelName(paths.modelPath)
+    let stateDir = c.stateDirectory(home: paths.home)
+    logger.info("model: \(name) loaded in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s, base hash \(model.weightHash.prefix(16)); BLAS \(BLAS.configuration.description)",
+                metadata: ["model": "\(name)", "base_hash": "\(model.weightHash)"])
+
+    // The guard's base figures need the base weights: measured before the host brings them to the head.
+    var qualityGuard: QualityGuard?
+    if c.guardEnabled {
+        status("measuring the canary set")
+        let g = try QualityGuard.make(model: model, config: c, stateDirectory: stateDir, logger: logger)
+        qualityGuard = g
+        metrics?.setCanary(g.base, weights: "base")
+        let summary = String(format: "quality guard: %d canary facts, perplexity over %d tokens; base accuracy %.1f%%, perplexity %.3f; "
+                             + "an edit may cost %.1f points of accuracy and %.1f%% of perplexity",
+                             g.canary.facts.count, c.guardPerplexityTokens, g.base.accuracy, g.base.perplexity,
+                             c.guardMaxAccuracyDrop, 100 * c.guardMaxPerplexityRise)
+        logger.info("\(summary)")
+    } else {
+        logger.info("quality guard: off (quality_guard.enabled=false)")
+    }
+
+    // The store first: a damaged one is reported at once, not after minutes of key statistics.
+    status("opening the snapshot store")
+    let lmdbDir = EditState(directory: stateDir, baseHash: model.weightHash).root.appendingPathComponent("lmdb")
+    let store = try SnapshotStore(path: lmdbDir.path, mapSize: c.mapBytes)
+
+    status("preparing the editor")
+    let hparamsDirs = c.hparamsDir.map { [URL(fileURLWithPath: $0)] }
+    let corpus = c.corpus ?? paths.home.appendingPathComponent("corpus/enwiki-2015-sample.txt").path
+    var registry = EditorRegistry(stateDirectory: stateDir, corpusPath: corpus, logger: logger, shouldStop: shouldStop)
+    registry.anchorRecords = c.dataDirectory.appendingPathComponent("counterfact/counterfact-train.json")
+    let method = try c.editMethod
+    let hparamsFile = try Installation.hparamsFile(method: method, modelName: name, directories: hparamsDirs)
+    var hparams = try EditorRegistry.hyperparameters(method, at: hparamsFile, catalog: catalog)
+    hparams.mesa = c.mesaSettings(over: hparams.mesa)
+    let editor = try registry.editor(model: model, hparams: hparams)
+    if let sae = editor.mesaSetup.settings?.sae {
+        logger.info("editor: \(editor.method) (\(hparamsFile.path)) with MESA refinement through \(sae)")
+    } else if let why = editor.mesaSetup.fallbackReason {
+        logger.warning("editor: \(editor.method) (\(hparamsFile.path)); MESA refinement is off: \(why)")
+    } else {
+        logger.info("editor: \(editor.method) (\(hparamsFile.path))")
+    }
+
+    let modelHost = try ModelHost(model: model, modelName: name, store: store)
+    metrics?.snapshotHead.set(to: Double(modelHost.head))
+    logger.info("snapshots: \(lmdbDir.path), head \(modelHost.head), weights \(model.weightHash.prefix(16))",
+                metadata: ["head": "\(modelHost.head)", "weight_hash": "\(model.weightHash)"])
+    let pipeline = try Pipeline(host: modelHost, catalog: catalog, topics: c.topics, maxEventBytes: c.eventLimit, registry: registry,
+                                hyperparameters: hparams, editor: editor, logger: logger)
+    if let g = qualityGuard {
+        // The canary pass skips the layers below the first one the method edits while they are unchanged.
+        g.startLayer = hparams.lowestLayer
+        pipeline.qualityGuard = g
+        metrics?.setCanary(modelHost.head == 0 ? g.base : try g.measure(model), weights: "head")
+    }
+    return pipeline
 }

@@ -60,7 +60,7 @@ struct DaemonBench: ParsableCommand {
         config.kafka = .init(bootstrapServers: broker.bootstrapServers, groupId: "bench", createTopics: true, topics: nil,
                              properties: ["session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"])
         config.http = .init(listen: "127.0.0.1:0")
-        let daemon = Daemon(settings: .init(config: config, modelPath: modelPath, home: dir), logger: MesaLogging.discarding())
+        let daemon = try buildDaemon(config: config, paths: DaemonPaths(modelPath: modelPath, home: dir), logger: MesaLogging.discarding())
         let samples = Samples()
         daemon.onEvent = { outcome, seconds in samples.add(total: seconds, edit: outcome.editSeconds, steps: outcome.steps) }
         let finished = DispatchSemaphore(value: 0)
@@ -69,6 +69,13 @@ struct DaemonBench: ParsableCommand {
             finished.signal()
         }
         defer { daemon.stop() }
+        // Publishing before the daemon created its topics would let the broker create them with its
+        // default partition count, which the daemon refuses.
+        let started = Date()
+        while !daemon.isReady {
+            if finished.wait(timeout: .now() + 0.05) == .success { throw ValidationError("the daemon stopped before it was ready") }
+            if Date().timeIntervalSince(started) > 300 { throw ValidationError("the daemon was not ready within 300 s") }
+        }
 
         // Publish and wait for every event to be processed.
         let producer = try KafkaProducer(properties: ["bootstrap.servers": broker.bootstrapServers, "linger.ms": "0"])

@@ -133,7 +133,7 @@ struct Layers: ParsableCommand {
             let templates = try state.templates(model: model, groups: h.contextTemplates, seed: h.templateSeed, logger: Logger(label: "mesa"))
             guard !saeOnly || sae != nil else { throw fail("--sae-only needs --sae") }
             if saeOnly {
-                let recorded = try recordedSweep(try editOptions.hparamsURL(method: "rome", modelPath: path))
+                let recorded = try recordedSweep(try editOptions.hparamsURL(method: .rome, modelPath: path))
                 try printSAEScores(model: model, state: state, records: records, templates: templates, layers: layers, sweepS: recorded)
                 return
             }

@@ -106,7 +106,7 @@ struct Serve: AsyncParsableCommand, LoggingCommand {
                 c.corpus = ProcessInfo.processInfo.environment["MESA_CORPUS"] ?? FileManager.default.currentDirectoryPath + "/../shared/data/corpus/enwiki-2015-sample.txt"
             }
             try logOptions.configure(format: try c.logFormat, level: try c.logLevel)
-            let daemon = Daemon(settings: .init(config: c, modelPath: path, home: daemonOptions.home), logger: Logger(label: "mesa serve"))
+            let daemon = try buildDaemon(config: c, paths: DaemonPaths(modelPath: path, home: daemonOptions.home), logger: Logger(label: "mesa serve"))
             // Metrics emitted through swift-metrics (by libraries) land in the daemon's registry, on the same /metrics.
             MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: daemon.metrics.registry))
             try await daemon.run(signals: [.sigterm, .sigint])
