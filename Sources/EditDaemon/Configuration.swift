@@ -211,7 +211,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     /// The editing method (`method`, default rome).
     public var editMethod: EditMethod {
         get throws {
-            do { return try EditMethod(parsing: method ?? "rome") } catch { throw SetupError("\(error)") }
+            do { return try EditMethod(parsing: method ?? EditMethod.daemonDefault.rawValue) } catch { throw SetupError("\(error)") }
         }
     }
 

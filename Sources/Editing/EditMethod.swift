@@ -35,6 +35,10 @@ public enum EditMethod: String, CaseIterable, Sendable, Codable {
         eventMethod == name || (self == .rome && refined && eventMethod == "MESA")
     }
 
+    /// The daemon's method when the configuration names none: the one that holds best over a long
+    /// stream of edits on the default model (deploy/README.md, "Why AlphaEdit").
+    public static let daemonDefault = EditMethod.alphaedit
+
     /// "rome, memit, alphaedit, encore".
     public static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
 }

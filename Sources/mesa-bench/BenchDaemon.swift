@@ -44,6 +44,7 @@ struct DaemonBench: ParsableCommand {
         defer { broker.stop() }
 
         var config = DaemonConfiguration()
+        config.method = "rome"   // the events below name ROME; the tiny model has no key statistics for the MEMIT family
         let modelPath: String
         if let model {
             modelPath = model

@@ -83,7 +83,7 @@ struct Publish: ParsableCommand {
     @Option(name: .long, help: "A paraphrase prompt to evaluate (repeatable).") var paraphrase: [String] = []
     @Option(name: .long, help: "A neighborhood prompt to evaluate (repeatable).") var neighborhood: [String] = []
     @Option(name: .long, help: "The model the edit is for (default: the installed model's name).") var modelName: String?
-    @Option(name: .long, help: "Editing method.") var method: String = "ROME"
+    @Option(name: .long, help: "Editing method named in the event (default: the configured daemon's, e.g. AlphaEdit).") var method: String?
     @Option(name: .long, help: "Event id (default: a new UUID).") var id: String?
     @Flag(name: .long, help: "Evaluate without applying.") var dryRun = false
     @Option(name: .long, help: "Read the event (one JSON object) from a file, or - for stdin.") var file: String?
@@ -113,7 +113,7 @@ struct Publish: ParsableCommand {
                 modelKey = name
                 var event: [String: Any] = [
                     "id": eventId, "model": ["name": name, "revision": "main"], "subject": subject, "prompt": prompt,
-                    "target_new": ["str": targetNew], "method": method, "issued_by": ["principal": Client.principal()],
+                    "target_new": ["str": targetNew], "method": try method ?? config.editMethod.name, "issued_by": ["principal": Client.principal()],
                     "issued_at": ISO8601DateFormatter().string(from: Date()),
                 ]
                 if let targetTrue { event["target_true"] = ["str": targetTrue] }

@@ -74,8 +74,9 @@ final class DaemonHarness: @unchecked Sendable {
         }
     }
 
-    /// The config's "method" (nil: the default, ROME).
-    var method: String?
+    /// The config's "method" (the tests' default: ROME on layer 1 of the tiny model, which needs no
+    /// key statistics; the daemon's own default is AlphaEdit).
+    var method: String? = "rome"
 
     /// The config's "mesa" block (nil: none).
     var mesa: [String: Any]?

@@ -28,6 +28,7 @@ import Testing
             c.stateDir = dir.appendingPathComponent("state").path
             c.hparamsDir = dir.appendingPathComponent("hparams").path
             c.threads = 1
+            c.method = "rome"
             c.qualityGuard = .init(enabled: false)
             config = c
             paths = DaemonPaths(modelPath: model, home: dir)
