@@ -10,6 +10,16 @@ let numericFlags: [SwiftSetting] = [
     .unsafeFlags(["-O", "-target-cpu", "haswell"], .when(platforms: [.linux], configuration: .debug)),
 ]
 
+let logging: Target.Dependency = .product(name: "Logging", package: "swift-log")
+let inMemoryLogging: Target.Dependency = .product(name: "InMemoryLogging", package: "swift-log")
+let metrics: Target.Dependency = .product(name: "Metrics", package: "swift-metrics")
+let prometheus: Target.Dependency = .product(name: "Prometheus", package: "swift-prometheus")
+let serviceLifecycle: Target.Dependency = .product(name: "ServiceLifecycle", package: "swift-service-lifecycle")
+let unixSignals: Target.Dependency = .product(name: "UnixSignals", package: "swift-service-lifecycle")
+let hummingbird: Target.Dependency = .product(name: "Hummingbird", package: "hummingbird")
+let hummingbirdCore: Target.Dependency = .product(name: "HummingbirdCore", package: "hummingbird")
+let nioCore: Target.Dependency = .product(name: "NIOCore", package: "swift-nio")
+
 let package = Package(
     name: "mesa",
     platforms: [.macOS(.v14)],
@@ -19,6 +29,12 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // One system-library shim per C library; each is imported by exactly one target.
@@ -33,24 +49,25 @@ let package = Package(
         .target(name: "ModelRuntime", dependencies: ["Tensor", "Tokenizers"], swiftSettings: numericFlags),
         // BatchTopK sparse autoencoders: training, files (SAELens / dictionary_learning), activation harvesting.
         .target(name: "SparseAutoencoder", dependencies: ["ModelRuntime", "Tensor"], swiftSettings: numericFlags),
-        .target(name: "Editing", dependencies: ["ModelRuntime", "Tensor", "Tokenizers", "SparseAutoencoder"], swiftSettings: numericFlags),
+        .target(name: "Editing", dependencies: ["ModelRuntime", "Tensor", "Tokenizers", "SparseAutoencoder", logging], swiftSettings: numericFlags),
         .target(name: "Evaluation"),
         .target(name: "Contracts"),
         .target(name: "Storage", dependencies: ["CLMDB", "Tensor"]),
         // Contracts: the JSON parser structured CloudEvents are read with (the one that validates events).
-        .target(name: "Messaging", dependencies: ["CRdKafka", "Contracts"]),
+        .target(name: "Messaging", dependencies: ["CRdKafka", "Contracts", logging]),
         // The daemon: the one place that composes the model, the editor, storage and messaging.
-        .target(name: "EditDaemon", dependencies: ["Tensor", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "Contracts", "Storage", "Messaging"]),
+        .target(name: "EditDaemon", dependencies: ["Tensor", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "Contracts", "Storage", "Messaging", logging, metrics, prometheus,
+                                                   serviceLifecycle, unixSignals, hummingbird, hummingbirdCore, nioCore]),
         .executableTarget(
             name: "mesa",
             dependencies: [
-                "Tensor", "Tokenizers", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "Contracts", "Storage", "Messaging", "EditDaemon",
+                "Tensor", "Tokenizers", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "Contracts", "Storage", "Messaging", "EditDaemon", logging, metrics, prometheus, unixSignals,
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
         .executableTarget(
             name: "mesa-bench",
-            dependencies: ["Tensor", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "EditDaemon", "Messaging", "Storage", "TestSupport",
+            dependencies: ["Tensor", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "EditDaemon", "Messaging", "Storage", "TestSupport", logging,
                            .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/mesa-bench"),
 
@@ -62,14 +79,14 @@ let package = Package(
         .testTarget(name: "TensorTests", dependencies: ["Tensor"]),
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "ModelRuntime"]),
         .testTarget(name: "ModelRuntimeTests", dependencies: ["ModelRuntime", "Tensor", "Tokenizers"]),
-        .testTarget(name: "EditingTests", dependencies: ["Editing", "ModelRuntime", "Tensor", "Tokenizers", "Contracts", "TestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["EditDaemon", "Messaging", "Storage", "Editing", "ModelRuntime", "SparseAutoencoder", "TestSupport", "Contracts", "Evaluation"]),
+        .testTarget(name: "EditingTests", dependencies: ["Editing", "ModelRuntime", "Tensor", "Tokenizers", "Contracts", "TestSupport", logging, inMemoryLogging]),
+        .testTarget(name: "IntegrationTests", dependencies: ["EditDaemon", "Messaging", "Storage", "Editing", "ModelRuntime", "SparseAutoencoder", "TestSupport", "Contracts", "Evaluation", logging]),
         .testTarget(name: "SparseAutoencoderTests", dependencies: ["SparseAutoencoder", "ModelRuntime", "Tensor", "TestSupport"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation"]),
         .testTarget(name: "ContractsTests", dependencies: ["Contracts"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Tensor"]),
-        .testTarget(name: "MessagingTests", dependencies: ["Messaging", "Contracts"]),
-        .testTarget(name: "EditDaemonTests", dependencies: ["EditDaemon", "Contracts", "Messaging", "Evaluation"]),
+        .testTarget(name: "MessagingTests", dependencies: ["Messaging", "Contracts", logging]),
+        .testTarget(name: "EditDaemonTests", dependencies: ["EditDaemon", "Contracts", "Messaging", "Evaluation", logging, inMemoryLogging, prometheus, metrics, hummingbird, serviceLifecycle]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -3,7 +3,7 @@
 # start `mesa serve` on the default model (SmolLM2-135M-Instruct), publish a sample fact update,
 # show its result and the snapshot it created, then stop both.
 #
-# The first run also computes the key statistics of the edited layer (a few minutes, cached in
+# The first run also computes the key statistics of the edited layers (a few minutes, cached in
 # $MESA_HOME/state) from the Wikipedia sample in ../shared/data/corpus (or $MESA_CORPUS).
 # Set KEEP_RUNNING=1 to leave the broker and the daemon running afterwards.
 set -euo pipefail

@@ -1,5 +1,6 @@
 import Editing
 import Foundation
+import Logging
 import Messaging
 
 /// `mesa serve` configuration (Schemas/serve-config.schema.json). Precedence: flags > environment >
@@ -107,6 +108,14 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         public var listen: String?
         public init(listen: String? = nil) { self.listen = listen }
     }
+    /// Log lines: the lowest level written and the line format.
+    public struct Log: Codable, Sendable, Equatable {
+        /// trace, debug, info (default), notice, warning, error or critical.
+        public var level: String?
+        /// text (default) or json.
+        public var format: String?
+        public init(level: String? = nil, format: String? = nil) { self.level = level; self.format = format }
+    }
 
     public var model: String?
     /// rome (default), memit, alphaedit or encore: the method and its `<hparams_dir>/<method>/<model>.json`.
@@ -119,6 +128,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     public var lmdbMapBytes: Int?
     public var kafka: Kafka?
     public var http: HTTP?
+    public var log: Log?
     public var mesa: Mesa?
     public var batch: Batch?
     public var retry: Retry?
@@ -140,6 +150,10 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     /// fact-update topic with more than one partition (`checkInputPartitions`).
     public var keyedByModel: Bool { kafka?.keyedByModel ?? false }
     public var httpListen: String { http?.listen ?? Self.defaultListen }
+    /// The lowest level logged (`log.level`, default info).
+    public var logLevel: Logger.Level { get throws { try log?.level.map(Logger.Level.init(parsing:)) ?? .info } }
+    /// The log line format (`log.format`, default text).
+    public var logFormat: LogFormat { get throws { try log?.format.map(LogFormat.init(parsing:)) ?? .text } }
     public var eventLimit: Int { maxEventBytes ?? 65_536 }
     public var mapBytes: Int { lmdbMapBytes ?? (1 << 32) }
     public var batchMaxEvents: Int { batch?.maxEvents ?? 1 }
@@ -194,12 +208,10 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         return p
     }
 
-    /// The editing method (names are case-insensitive).
+    /// The editing method (`method`, default rome).
     public var editMethod: EditMethod {
         get throws {
-            let name = (method ?? "rome").lowercased()
-            guard let m = EditMethod(rawValue: name) else { throw SetupError("method \(name) is not one of \(EditMethod.names)") }
-            return m
+            do { return try EditMethod(parsing: method ?? EditMethod.daemonDefault.rawValue) } catch { throw SetupError("\(error)") }
         }
     }
 
@@ -232,7 +244,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     /// MESA_MODEL, MESA_STATE_DIR, MESA_HPARAMS_DIR, MESA_CORPUS, MESA_THREADS, MESA_KAFKA_BOOTSTRAP_SERVERS,
     /// MESA_KAFKA_GROUP_ID, MESA_KAFKA_KEYED_BY_MODEL, MESA_HTTP_LISTEN, MESA_SAE, MESA_SAE_FALLBACK, MESA_METHOD,
     /// MESA_BATCH_MAX_EVENTS, MESA_BATCH_LINGER_MS, MESA_RETRY_MAX_ATTEMPTS, MESA_RETRY_BACKOFF_MS, MESA_QUALITY_GUARD,
-    /// MESA_CANARY_FILE, MESA_DATA_DIR.
+    /// MESA_CANARY_FILE, MESA_DATA_DIR, MESA_LOG_LEVEL, MESA_LOG_FORMAT.
     public mutating func applyEnvironment(_ env: [String: String]) throws {
         func value(_ k: String) -> String? { env[k].flatMap { $0.isEmpty ? nil : $0 } }
         if let v = value("MESA_MODEL") { model = v }
@@ -251,6 +263,8 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
             setKafka { $0.keyedByModel = b }
         }
         if let v = value("MESA_HTTP_LISTEN") { http = HTTP(listen: v) }
+        if let v = value("MESA_LOG_LEVEL") { log = Log(level: try Logger.Level(parsing: v).rawValue, format: log?.format) }
+        if let v = value("MESA_LOG_FORMAT") { log = Log(level: log?.level, format: try LogFormat(parsing: v).rawValue) }
         if let v = value("MESA_SAE") { mesa = Mesa(sae: v, fallback: mesa?.fallback, l1: mesa?.l1) }
         func count(_ key: String) throws -> Int? {
             guard let v = value(key) else { return nil }

@@ -1,78 +1,70 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Editing
 import Foundation
+import Logging
 import Messaging
 import ModelRuntime
+import ServiceLifecycle
 import Storage
 import Tensor
-
-/// SIGTERM / SIGINT as a flag the worker polls between events: intake stops, the edit in flight
-/// finishes, its offset is committed, and `run` returns.
-public enum StopSignal {
-    nonisolated(unsafe) private static var flag: sig_atomic_t = 0
-
-    /// Installs the handlers and unblocks both signals on the calling thread (a parent may have
-    /// spawned this process with them blocked, e.g. from a libdispatch worker thread). Call it on the
-    /// main thread before other threads start, so they inherit the mask.
-    public static func install() {
-        signal(SIGTERM) { _ in StopSignal.flag = 1 }
-        signal(SIGINT) { _ in StopSignal.flag = 1 }
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGTERM)
-        sigaddset(&set, SIGINT)
-        pthread_sigmask(SIG_UNBLOCK, &set, nil)
-    }
-
-    public static var raised: Bool { flag != 0 }
-    public static func raise() { flag = 1 }
-}
+import UnixSignals
 
 /// `mesa serve`: the model host, the consumer (fact updates and control commands), the producer
-/// (results and dead letters), the snapshot store and the HTTP endpoint, composed.
+/// (results and dead letters), the snapshot store and the HTTP endpoint, composed as Services in one
+/// swift-service-lifecycle `ServiceGroup`.
 ///
-/// One worker thread (the caller of `run`) processes one event, or one batch of consecutive events of a
-/// partition (`batch.max_events` > 1, MEMIT and AlphaEdit), at a time; the consumer polls on its own
-/// thread and keeps the partition paused while an edit runs. Per event or batch: process (decode →
-/// validate → dedupe → edit → evaluate → snapshot), publish the records, then commit the last offset+1.
-public final class Daemon: @unchecked Sendable {
-    public struct Settings: Sendable {
-        public var config: DaemonConfiguration
-        public var modelPath: String
-        /// `MESA_HOME`: where the default state directory lives.
-        public var home: URL
-        public init(config: DaemonConfiguration, modelPath: String, home: URL) {
-            self.config = config
-            self.modelPath = modelPath
-            self.home = home
-        }
-    }
-
-    public let settings: Settings
+/// The group starts with the HTTP server (so liveness and "not ready: loading" are visible during a
+/// long start) and the startup, which loads the model, the quality guard, the snapshot store and the
+/// editor, connects to Kafka, and then adds, in dependency order, the producer, the topic keeper, the
+/// edit worker and the intake. A graceful shutdown (SIGTERM / SIGINT in `mesa serve`, or `stop()`)
+/// runs in reverse: the intake stops handing out events, the worker finishes the edit in flight and
+/// commits its offset, the topic keeper and the producer stop, then the HTTP server; the consumer and
+/// the stores close when the group has finished.
+///
+/// One worker thread processes one event, or one batch of consecutive events of a partition
+/// (`batch.max_events` > 1, MEMIT and AlphaEdit), at a time; the consumer polls on its own thread and
+/// keeps the partition paused while an edit runs. Per event or batch: process (decode → validate →
+/// dedupe → edit → evaluate → snapshot), publish the records, then commit the last offset+1.
+public final class Daemon: @unchecked Sendable {  // mutable state is guarded by `lock`; the worker's own (failing, counted) is touched by its thread only
+    public let config: DaemonConfiguration
+    public let paths: DaemonPaths
     public let metrics = DaemonMetrics(version: Daemon.version, methods: ["ROME"])
     public static let version = "0.5.0"
-    let log: @Sendable (String) -> Void
-    private var stopRequested = false
+    let logger: Logger
     private let lock = NSLock()
     private var readiness = "starting"
+    private var group: ServiceGroup?
+    private var intake: Intake?
+    private var workerStopped = false
     /// Called after each event with its outcome and total seconds (benchmarks).
     public var onEvent: (@Sendable (Outcome, Double) -> Void)?
 
-    public init(settings: Settings, log: @escaping @Sendable (String) -> Void) {
-        self.settings = settings
-        self.log = log
+    init(config: DaemonConfiguration, paths: DaemonPaths, logger: Logger) {
+        self.config = config
+        self.paths = paths
+        self.logger = logger
     }
 
-    /// Asks `run` to return after the event in flight.
+    /// Shuts a running daemon down gracefully, as SIGTERM does.
     public func stop() {
-        lock.lock(); stopRequested = true; lock.unlock()
+        lock.lock()
+        let g = group
+        lock.unlock()
+        if let g { Task { await g.triggerGracefulShutdown() } }
     }
 
+    /// True once the intake is closed or the worker was told to stop: the edit in flight finishes,
+    /// its records are published if the broker takes them now, and its offset is committed.
     var stopping: Bool {
         lock.lock(); defer { lock.unlock() }
-        return stopRequested || StopSignal.raised
+        return workerStopped || !(intake?.isOpen ?? true)
+    }
+
+    private func setGroup(_ g: ServiceGroup?) {
+        lock.lock(); group = g; lock.unlock()
+    }
+
+    func stopWorker() {
+        lock.lock(); workerStopped = true; lock.unlock()
     }
 
     func setReadiness(_ s: String) {
@@ -85,91 +77,50 @@ public final class Daemon: @unchecked Sendable {
         return readiness
     }
 
-    /// Starts everything, processes events until stopped, then shuts down in order.
-    public func run() throws {
-        let c = settings.config
-        try c.validate()
-        let catalog = try SchemaCatalog.standard()
-        if let t = c.threads { BLAS.setThreads(t) }
+    /// Whether the daemon takes events now (what /readyz answers).
+    public var isReady: Bool { currentReadiness() == "ready" }
 
-        // HTTP first, so liveness and "not ready: loading" are visible during a long start.
-        let address = try HTTPServer.parseListen(c.httpListen)
-        let http = HTTPServer(address: address, handler: HealthEndpoints.handler(registry: metrics.registry) { [self] in
+    /// Runs the daemon's services until a graceful shutdown (one of `signals`, or `stop()`) has
+    /// drained them, or one of them failed (then that error is thrown).
+    public func run(signals: [UnixSignal] = []) async throws {
+        let c = config
+        let catalog = try SchemaCatalog.standard()
+        let address = try HTTPListenAddress(parsing: c.httpListen)
+        let router = HealthEndpoints.router(exposition: metrics.exposition) { [self] in
             let r = currentReadiness()
             return r == "ready" ? .ready : .notReady(r)
-        })
-        try http.start()
-        defer { http.stop() }
-        log("http: listening on \(address.host):\(http.boundPort) (/healthz /readyz /metrics)")
-
-        setReadiness("loading model")
-        let t0 = Date()
-        let model = try ModelLoader.load(path: settings.modelPath)
-        let name = Installation.modelName(settings.modelPath)
-        let stateDir = c.stateDirectory(home: settings.home)
-        log("model: \(name) loaded in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s, base hash \(model.weightHash.prefix(16)); BLAS \(BLAS.configuration.description)")
-
-        // The guard's base figures need the base weights: measured before the host brings them to the head.
-        var qualityGuard: QualityGuard?
-        if c.guardEnabled {
-            setReadiness("measuring the canary set")
-            let g = try QualityGuard.make(model: model, config: c, stateDirectory: stateDir, log: log)
-            qualityGuard = g
-            metrics.setCanary(g.base, weights: "base")
-            log(String(format: "quality guard: %d canary facts, perplexity over %d tokens; base accuracy %.1f%%, perplexity %.3f; "
-                       + "an edit may cost %.1f points of accuracy and %.1f%% of perplexity",
-                       g.canary.facts.count, c.guardPerplexityTokens, g.base.accuracy, g.base.perplexity,
-                       c.guardMaxAccuracyDrop, 100 * c.guardMaxPerplexityRise))
-        } else {
-            log("quality guard: off (quality_guard.enabled=false)")
         }
-
-        // The store first: a damaged one is reported at once, not after minutes of key statistics.
-        setReadiness("opening the snapshot store")
-        let lmdbDir = EditState(directory: stateDir, baseHash: model.weightHash).root.appendingPathComponent("lmdb")
-        let store = try SnapshotStore(path: lmdbDir.path, mapSize: c.mapBytes)
-
-        setReadiness("preparing the editor")
-        let hparamsDirs = c.hparamsDir.map { [URL(fileURLWithPath: $0)] }
-        let corpus = c.corpus ?? settings.home.appendingPathComponent("corpus/enwiki-2015-sample.txt").path
-        var setup = RomeSetup(stateDirectory: stateDir, corpusPath: corpus, log: log, shouldStop: { StopSignal.raised })
-        setup.anchorRecords = c.dataDirectory.appendingPathComponent("counterfact/counterfact-train.json")
-        let method = try c.editMethod
-        let hparamsFile = try Installation.hparamsFile(method: method.rawValue, modelName: name, directories: hparamsDirs)
-        let methodSettings: MethodSettings
-        let editor: FactEditor
-        switch method {
-        case .rome:
-            var hp = try RomeSetup.hyperparameters(at: hparamsFile, catalog: catalog)
-            hp.mesa = c.mesaSettings(over: hp.mesa)
-            methodSettings = .rome(hp)
-            editor = try setup.editor(model: model, hparams: hp)
-        case .memit, .alphaedit, .encore:
-            var hp = try RomeSetup.memitHyperparameters(at: hparamsFile, catalog: catalog)
-            hp.mesa = c.mesaSettings(over: hp.mesa)
-            methodSettings = .memit(hp, method: method)
-            editor = try setup.memitEditor(model: model, hparams: hp, method: method)
+        let http = HealthEndpoints.service(address: address, router: router, logger: logger) { [logger] port in
+            logger.info("http: listening on \(HTTPListenAddress(host: address.host, port: UInt16(port))) (/healthz /readyz /metrics)")
         }
-        if let sae = editor.mesaSetup.settings?.sae {
-            log("editor: \(editor.method) (\(hparamsFile.path)) with MESA refinement through \(sae)")
-        } else if let why = editor.mesaSetup.fallbackReason {
-            log("editor: \(editor.method) (\(hparamsFile.path)); MESA refinement is off: \(why)")
-        } else {
-            log("editor: \(editor.method) (\(hparamsFile.path))")
+        let startup = StartupService(daemon: self, catalog: catalog)
+        let group = ServiceGroup(configuration: .init(
+            services: [
+                .init(service: http, serviceName: "http"),
+                .init(service: startup, successTerminationBehavior: .ignore, serviceName: "startup"),
+            ],
+            gracefulShutdownSignals: signals, logger: logger))
+        startup.group = group
+        setGroup(group)
+        // The consumer and the stores close last, whatever stopped the group.
+        do { try await group.run() } catch {
+            setGroup(nil)
+            startup.closeAll()
+            throw error
         }
+        setGroup(nil)
+        startup.closeAll()
+        logger.info("stopped: intake closed, no edit in flight, consumer and producer closed")
+    }
 
-        let modelHost = try ModelHost(model: model, modelName: name, store: store)
-        metrics.snapshotHead.set(Double(modelHost.head))
-        log("snapshots: \(lmdbDir.path), head \(modelHost.head), weights \(model.weightHash.prefix(16))")
+    /// Builds the pipeline (`buildPipeline`) and connects to Kafka, on the startup's thread
+    /// (`shouldStop` interrupts a key-statistics computation). Each part is handed to `started` as
+    /// soon as it exists, so that a failure further on still closes it.
+    func assemble(catalog: SchemaCatalog, shouldStop: @escaping () -> Bool, started: (Part) -> Void) throws -> Parts {
+        let c = config
+        let pipeline = try buildPipeline(config: c, paths: paths, catalog: catalog, logger: logger, metrics: metrics,
+                                         shouldStop: shouldStop, status: setReadiness)
         let topics = c.topics
-        let pipeline = try Pipeline(host: modelHost, catalog: catalog, topics: topics, maxEventBytes: c.eventLimit, setup: setup,
-                                    settings: methodSettings, editor: editor, log: log)
-        if let g = qualityGuard {
-            // The canary pass skips the layers below the first one the method edits while they are unchanged.
-            g.startLayer = methodSettings.lowestLayer
-            pipeline.qualityGuard = g
-            metrics.setCanary(modelHost.head == 0 ? g.base : try g.measure(model), weights: "head")
-        }
 
         setReadiness("connecting to Kafka")
         let props = c.kafkaProperties
@@ -179,10 +130,10 @@ public final class Daemon: @unchecked Sendable {
             try admin.createTopics(topics.all, partitions: 1, replicationFactor: 1, timeout: 30)
         }
         try checkInputPartitions(properties: props, topics: topics, keyedByModel: c.keyedByModel)
-        let producer = try ProducerSlot(properties: props, log: log)
-        defer { producer.close() }
-        let keeper = c.createTopics ? TopicKeeper(properties: props, topics: topics.all, log: log) : nil
-        defer { keeper?.stop() }
+        let producer = try ProducerSlot(properties: props, logger: logger)
+        started(.producer(producer))
+        let keeper = c.createTopics ? TopicKeeper(properties: props, topics: topics.all, logger: logger) : nil
+        if let keeper { started(.keeper(keeper)) }
         var consumerProps = props
         consumerProps["group.id"] = c.groupId
         // Notice re-created topics (after a broker lost them) in seconds, not at the 5-minute default.
@@ -190,27 +141,37 @@ public final class Daemon: @unchecked Sendable {
         // Events are prefetched (up to 64 per partition, ≤ 4 MiB at the default event limit): with only the
         // event in flight held, every event waited for a fetch round trip after its commit (a flood of
         // 2,000 bad records settled 5× slower). A batch needs its events buffered while the first waits.
-        let consumer = try KafkaConsumer(properties: consumerProps, topics: topics.inputs, logger: log,
+        let consumer = try KafkaConsumer(properties: consumerProps, topics: topics.inputs, logger: logger,
                                          maxBufferedPerPartition: max(64, c.batchMaxEvents + 1))
-        defer { consumer.close() }
+        let intake = Intake(consumer: consumer)
+        started(.intake(intake))
+        lock.lock(); self.intake = intake; lock.unlock()
         metrics.setConsumerLagSource {
             consumer.lag().map { key, lag in
                 let cut = key.lastIndex(of: "/")
                 return ConsumerLag(topic: cut.map { String(key[..<$0]) } ?? key, partition: cut.flatMap { Int32(key[key.index(after: $0)...]) } ?? 0, lag: lag)
             }
         }
-        setReadiness("ready")
-        log("consuming \(topics.inputs.joined(separator: ", ")) as group \(c.groupId) from \(c.bootstrapServers)"
-            + (c.batchMaxEvents > 1 ? "; batch edits of up to \(c.batchMaxEvents) events (linger \(Int(c.batchLinger * 1000)) ms)" : ""))
+        return Parts(pipeline: pipeline, producer: producer, keeper: keeper, intake: intake)
+    }
 
-        while !stopping {
-            let batch = consumer.nextBatch(max: c.batchMaxEvents, linger: c.batchLinger, timeout: 0.25)
+    /// The edit worker's loop (on its own thread): batches from the intake until the worker is told to stop.
+    func work(_ parts: Parts) {
+        let c = config
+        setReadiness("ready")
+        let batching = c.batchMaxEvents > 1 ? "; batch edits of up to \(c.batchMaxEvents) events (linger \(Int(c.batchLinger * 1000)) ms)" : ""
+        logger.info("consuming \(c.topics.inputs.joined(separator: ", ")) as group \(c.groupId) from \(c.bootstrapServers)\(batching)")
+        while true {
+            lock.lock()
+            let stop = workerStopped
+            lock.unlock()
+            if stop { break }
+            let batch = parts.intake.nextBatch(max: c.batchMaxEvents, linger: c.batchLinger, timeout: 0.25)
             guard !batch.isEmpty else { continue }
-            handle(batch, pipeline: pipeline, producer: producer, consumer: consumer)
-            metrics.snapshotHead.set(Double(modelHost.head))
+            handle(batch, pipeline: parts.pipeline, producer: parts.producer, consumer: parts.intake.consumer)
+            metrics.snapshotHead.set(to: Double(parts.pipeline.host.head))
         }
         setReadiness("stopping")
-        log("stopping: intake closed, no edit in flight")
     }
 
     /// The event at the head of the line whose processing keeps failing, and how often it failed.
@@ -246,19 +207,20 @@ public final class Daemon: @unchecked Sendable {
         do { outcomes = try pipeline.process(batch: batch) } catch {
             let attempts = earlier + 1
             let more = batch.count > 1 ? " and \(batch.count - 1) more" : ""
-            if attempts < settings.config.retryMaxAttempts {
-                let delay = settings.config.retryDelay(after: attempts)
+            if attempts < config.retryMaxAttempts {
+                let delay = config.retryDelay(after: attempts)
                 failing = (key, attempts)
-                metrics.processingRetries.inc()
-                metrics.eventAttempts.set(Double(attempts))
-                setReadiness("not making progress: \(key) failed \(attempts) of \(settings.config.retryMaxAttempts) attempts (\(error)); retrying")
-                log("error: \(key)\(more) not processed (attempt \(attempts) of \(settings.config.retryMaxAttempts); retrying in "
-                    + "\(String(format: "%.1f", delay)) s): \(error)")
+                metrics.processingRetries.increment()
+                metrics.eventAttempts.set(to: Double(attempts))
+                setReadiness("not making progress: \(key) failed \(attempts) of \(config.retryMaxAttempts) attempts (\(error)); retrying")
+                logger.error("\(key)\(more) not processed (attempt \(attempts) of \(config.retryMaxAttempts); retrying in \(String(format: "%.1f", delay)) s)",
+                             metadata: ["event": "\(key)", "attempt": "\(attempts)", "error": "\(error)"])
                 consumer.release(batch)
                 sleepUnlessStopping(delay)
                 return
             }
-            log("error: \(key) failed \(attempts) attempts; dead-lettering it (processing_failed): \(error)")
+            logger.error("\(key) failed \(attempts) attempts; dead-lettering it (processing_failed)",
+                         metadata: ["event": "\(key)", "attempt": "\(attempts)", "error": "\(error)"])
             if batch.count > 1 {
                 consumer.release(Array(batch.dropFirst()))
                 batch = [first]
@@ -284,11 +246,12 @@ public final class Daemon: @unchecked Sendable {
             try consumer.commit(last, wait: stopping)
             metrics.committed(topic: last.topic, partition: last.partition, nextOffset: last.offset + 1, events: batch.count)
         } catch {
-            log("warning: commit of \(last.topic)/\(last.partition)@\(last.offset) failed (it will be redelivered and deduplicated): \(error)")
+            logger.warning("commit of \(last.topic)/\(last.partition)@\(last.offset) failed (it will be redelivered and deduplicated)",
+                           metadata: ["error": "\(error)"])
         }
         if failing != nil {
             failing = nil
-            metrics.eventAttempts.set(0)
+            metrics.eventAttempts.set(to: 0)
             if !stopping { setReadiness("ready") }
         }
         let commitSeconds = Date().timeIntervalSince(tCommit)
@@ -311,11 +274,11 @@ public final class Daemon: @unchecked Sendable {
                 try producer.send(r)
                 return true
             } catch {
-                metrics.publishFailures.inc()
+                metrics.publishFailures.increment()
                 attempt += 1
-                log("error: publishing to \(r.topic) failed (attempt \(attempt)): \(error)")
+                logger.error("publishing to \(r.topic) failed (attempt \(attempt))", metadata: ["topic": "\(r.topic)", "error": "\(error)"])
                 if let smaller = r.smaller, (error as? KafkaError)?.code == KafkaError.Code.messageTooLarge {
-                    log("publishing the dead letter without the original bytes instead")
+                    logger.warning("publishing the dead letter without the original bytes instead")
                     r = smaller()
                     continue
                 }
@@ -345,7 +308,7 @@ public final class Daemon: @unchecked Sendable {
             metrics.editSkipped(.duplicate)
             metrics.recordEvent(total: total, edit: nil)
         case .rolledBack:
-            metrics.rollbacks.inc()
+            metrics.rollbacks.increment()
             metrics.recordEvent(total: total, edit: nil)
         case .labelled:
             metrics.recordEvent(total: total, edit: nil)
@@ -353,7 +316,7 @@ public final class Daemon: @unchecked Sendable {
             metrics.deadLettered(reason)
             metrics.recordEvent(total: total, edit: nil)
         }
-        log(outcome.summary)
+        logger.info("\(outcome.summary)", metadata: outcome.logMetadata(total: total))
     }
 }
 
@@ -363,17 +326,17 @@ public final class Daemon: @unchecked Sendable {
 final class ProducerSlot: @unchecked Sendable {
     private var producer: KafkaProducer
     private let properties: [String: String]
-    private let log: @Sendable (String) -> Void
+    private let logger: Logger
     private let lock = NSLock()
 
-    init(properties: [String: String], log: @escaping @Sendable (String) -> Void) throws {
+    init(properties: [String: String], logger: Logger) throws {
         var properties = properties
         if properties["message.timeout.ms"] == nil { properties["message.timeout.ms"] = "30000" }
         // One record at a time, waited for: batching would only add its linger (5 ms by default) to every event.
         if properties["linger.ms"] == nil { properties["linger.ms"] = "0" }
         self.properties = properties
-        self.log = log
-        producer = try KafkaProducer(properties: properties, logger: log)
+        self.logger = logger
+        producer = try KafkaProducer(properties: properties, logger: logger)
     }
 
     func send(_ r: OutboundRecord) throws {
@@ -382,8 +345,8 @@ final class ProducerSlot: @unchecked Sendable {
         lock.unlock()
         do { _ = try p.send(topic: r.topic, key: r.key, payload: r.payload, headers: r.headers, timeout: 35) } catch let e as KafkaError {
             if p.isFatal || e.code == KafkaError.Code.fatal || e.code == KafkaError.Code.messageTimedOut || e.code == KafkaError.Code.timedOut {
-                log("producer: \(e); starting a new producer")
-                let fresh = try KafkaProducer(properties: properties, logger: log)
+                logger.warning("producer: \(e); starting a new producer")
+                let fresh = try KafkaProducer(properties: properties, logger: logger)
                 lock.lock()
                 producer = fresh
                 lock.unlock()
@@ -406,7 +369,7 @@ final class TopicKeeper: @unchecked Sendable {
     private var stopped = false
     private var thread: Thread?
 
-    init(properties: [String: String], topics: [String], log: @escaping @Sendable (String) -> Void, interval: Double = 3) {
+    init(properties: [String: String], topics: [String], logger: Logger, interval: Double = 3) {
         let t = Thread { [self] in
             var lastError = Date.distantPast
             var admin: KafkaAdmin?
@@ -416,7 +379,7 @@ final class TopicKeeper: @unchecked Sendable {
                     if admin == nil { admin = try KafkaAdmin(properties: properties) }
                     try admin?.createTopics(topics, partitions: 1, replicationFactor: 1, timeout: 5)
                 } catch {
-                    if Date().timeIntervalSince(lastError) > 60 { log("topics: cannot ensure \(topics): \(error)") }
+                    if Date().timeIntervalSince(lastError) > 60 { logger.warning("topics: cannot ensure \(topics)", metadata: ["error": "\(error)"]) }
                     lastError = Date()
                 }
             }
@@ -439,4 +402,94 @@ final class TopicKeeper: @unchecked Sendable {
         condition.broadcast()
         condition.unlock()
     }
+}
+
+/// Where a daemon finds what it loads: the model, and `MESA_HOME` (the default state directory and corpus).
+public struct DaemonPaths: Sendable, Equatable {
+    /// The model file (or directory).
+    public var modelPath: String
+    /// `MESA_HOME`.
+    public var home: URL
+
+    public init(modelPath: String, home: URL) {
+        self.modelPath = modelPath
+        self.home = home
+    }
+}
+
+/// The composition seam of `mesa serve`: a daemon for `config` (checked here) and `paths`, not yet
+/// running (`Daemon.run`).
+public func buildDaemon(config: DaemonConfiguration, paths: DaemonPaths, logger: Logger) throws -> Daemon {
+    try config.validate()
+    return Daemon(config: config, paths: paths, logger: logger)
+}
+
+/// Everything an edit needs, without Kafka: the model, the quality guard (measured on the base
+/// weights), the snapshot store, the editor of the configured method, and the pipeline over them with
+/// the weights brought to the store's head. `status` hears each step (the daemon's readiness);
+/// `shouldStop` interrupts a key-statistics computation.
+public func buildPipeline(config c: DaemonConfiguration, paths: DaemonPaths, catalog: SchemaCatalog, logger: Logger,
+                          metrics: DaemonMetrics? = nil, shouldStop: @escaping () -> Bool = { false },
+                          status: (String) -> Void = { _ in }) throws -> Pipeline {
+    if let t = c.threads { BLAS.setThreads(t) }
+    status("loading model")
+    let t0 = Date()
+    let model = try ModelLoader.load(path: paths.modelPath)
+    let name = Installation.modelName(paths.modelPath)
+    let stateDir = c.stateDirectory(home: paths.home)
+    logger.info("model: \(name) loaded in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s, base hash \(model.weightHash.prefix(16)); BLAS \(BLAS.configuration.description)",
+                metadata: ["model": "\(name)", "base_hash": "\(model.weightHash)"])
+
+    // The guard's base figures need the base weights: measured before the host brings them to the head.
+    var qualityGuard: QualityGuard?
+    if c.guardEnabled {
+        status("measuring the canary set")
+        let g = try QualityGuard.make(model: model, config: c, stateDirectory: stateDir, logger: logger)
+        qualityGuard = g
+        metrics?.setCanary(g.base, weights: "base")
+        let summary = String(format: "quality guard: %d canary facts, perplexity over %d tokens; base accuracy %.1f%%, perplexity %.3f; "
+                             + "an edit may cost %.1f points of accuracy and %.1f%% of perplexity",
+                             g.canary.facts.count, c.guardPerplexityTokens, g.base.accuracy, g.base.perplexity,
+                             c.guardMaxAccuracyDrop, 100 * c.guardMaxPerplexityRise)
+        logger.info("\(summary)")
+    } else {
+        logger.info("quality guard: off (quality_guard.enabled=false)")
+    }
+
+    // The store first: a damaged one is reported at once, not after minutes of key statistics.
+    status("opening the snapshot store")
+    let lmdbDir = EditState(directory: stateDir, baseHash: model.weightHash).root.appendingPathComponent("lmdb")
+    let store = try SnapshotStore(path: lmdbDir.path, mapSize: c.mapBytes)
+
+    status("preparing the editor")
+    let hparamsDirs = c.hparamsDir.map { [URL(fileURLWithPath: $0)] }
+    let corpus = c.corpus ?? paths.home.appendingPathComponent("corpus/enwiki-2015-sample.txt").path
+    var registry = EditorRegistry(stateDirectory: stateDir, corpusPath: corpus, logger: logger, shouldStop: shouldStop)
+    registry.anchorRecords = c.dataDirectory.appendingPathComponent("counterfact/counterfact-train.json")
+    let method = try c.editMethod
+    let hparamsFile = try Installation.hparamsFile(method: method, modelName: name, directories: hparamsDirs)
+    var hparams = try EditorRegistry.hyperparameters(method, at: hparamsFile, catalog: catalog)
+    hparams.mesa = c.mesaSettings(over: hparams.mesa)
+    let editor = try registry.editor(model: model, hparams: hparams)
+    if let sae = editor.mesaSetup.settings?.sae {
+        logger.info("editor: \(editor.method) (\(hparamsFile.path)) with MESA refinement through \(sae)")
+    } else if let why = editor.mesaSetup.fallbackReason {
+        logger.warning("editor: \(editor.method) (\(hparamsFile.path)); MESA refinement is off: \(why)")
+    } else {
+        logger.info("editor: \(editor.method) (\(hparamsFile.path))")
+    }
+
+    let modelHost = try ModelHost(model: model, modelName: name, store: store)
+    metrics?.snapshotHead.set(to: Double(modelHost.head))
+    logger.info("snapshots: \(lmdbDir.path), head \(modelHost.head), weights \(model.weightHash.prefix(16))",
+                metadata: ["head": "\(modelHost.head)", "weight_hash": "\(model.weightHash)"])
+    let pipeline = try Pipeline(host: modelHost, catalog: catalog, topics: c.topics, maxEventBytes: c.eventLimit, registry: registry,
+                                hyperparameters: hparams, editor: editor, logger: logger)
+    if let g = qualityGuard {
+        // The canary pass skips the layers below the first one the method edits while they are unchanged.
+        g.startLayer = hparams.lowestLayer
+        pipeline.qualityGuard = g
+        metrics?.setCanary(modelHost.head == 0 ? g.base : try g.measure(model), weights: "head")
+    }
+    return pipeline
 }

@@ -2,6 +2,7 @@ import Contracts
 import Editing
 import Evaluation
 import Foundation
+import Logging
 import ModelRuntime
 import SparseAutoencoder
 import Tensor
@@ -45,13 +46,13 @@ public enum Installation {
         return dirs + roots().map { $0.appendingPathComponent("deploy/hparams") }
     }
 
-    public static func hparamsFile(method: String, modelName: String, directories: [URL]? = nil) throws -> URL {
+    public static func hparamsFile(method: EditMethod, modelName: String, directories: [URL]? = nil) throws -> URL {
         let file = "\(modelName).json"
         for d in directories ?? hparamsDirectories() {
-            let u = d.appendingPathComponent(method).appendingPathComponent(file)
+            let u = d.appendingPathComponent(method.rawValue).appendingPathComponent(file)
             if FileManager.default.fileExists(atPath: u.path) { return u }
         }
-        throw SetupError("no \(method) hyperparameters for \(modelName): add \(method)/\(file) to the hyperparameter directory (deploy/hparams)")
+        throw SetupError("no \(method.rawValue) hyperparameters for \(modelName): add \(method.rawValue)/\(file) to the hyperparameter directory (deploy/hparams)")
     }
 
     /// The Schemas directory: $MESA_SCHEMAS_DIR or the first root that has one.
@@ -114,13 +115,57 @@ public final class SchemaCatalog: @unchecked Sendable {
     }
 }
 
-/// Builds ROME editors: hyperparameters checked against their schema, stored context templates,
-/// and key statistics loaded from the edit state or computed once (resumably).
-public struct RomeSetup {
+/// One method's hyperparameters, as its file holds them: what `EditorRegistry` builds an editor from.
+public enum MethodHyperparameters: Sendable, Equatable {
+    case rome(RomeHyperparameters)
+    case memit(MemitHyperparameters)
+    case alphaEdit(MemitHyperparameters)
+    case encore(MemitHyperparameters)
+
+    public var method: EditMethod {
+        switch self {
+        case .rome: return .rome
+        case .memit: return .memit
+        case .alphaEdit: return .alphaedit
+        case .encore: return .encore
+        }
+    }
+
+    /// The lowest layer these hyperparameters edit (where the quality guard's canary pass starts).
+    public var lowestLayer: Int {
+        switch self {
+        case .rome(let h): return h.layer
+        case .memit(let h), .alphaEdit(let h), .encore(let h): return h.layers.first ?? 0
+        }
+    }
+
+    /// The "mesa" block (MESA refinement through an SAE).
+    public var mesa: MesaHyperparameters? {
+        get {
+            switch self {
+            case .rome(let h): return h.mesa
+            case .memit(let h), .alphaEdit(let h), .encore(let h): return h.mesa
+            }
+        }
+        set {
+            switch self {
+            case .rome(var h): h.mesa = newValue; self = .rome(h)
+            case .memit(var h): h.mesa = newValue; self = .memit(h)
+            case .alphaEdit(var h): h.mesa = newValue; self = .alphaEdit(h)
+            case .encore(var h): h.mesa = newValue; self = .encore(h)
+            }
+        }
+    }
+}
+
+/// The one place editors are built, for every method: hyperparameter files checked against their
+/// schema, stored context templates, key statistics loaded from the edit state or computed once
+/// (resumably), AlphaEdit's null-space projectors, and the SAE of MESA refinement.
+public struct EditorRegistry {
     /// The state directory (`$MESA_HOME/state` by default): `<hash16>/` per base model.
     public var stateDirectory: URL
     public var corpusPath: String
-    public var log: (String) -> Void
+    public var logger: Logger
     /// Progress of a key-statistics computation: (tokens done, tokens wanted, seconds).
     public var progress: ((Int, Int, Double) -> Void)?
     public var shouldStop: (() -> Bool)?
@@ -128,20 +173,45 @@ public struct RomeSetup {
     /// `<data_dir>/counterfact/counterfact-train.json` (tuning data, never the evaluation split).
     public var anchorRecords: URL?
 
-    public init(stateDirectory: URL, corpusPath: String, log: @escaping (String) -> Void,
+    public init(stateDirectory: URL, corpusPath: String, logger: Logger,
                 progress: ((Int, Int, Double) -> Void)? = nil, shouldStop: (() -> Bool)? = nil) {
         self.stateDirectory = stateDirectory
         self.corpusPath = corpusPath
-        self.log = log
+        self.logger = logger
         self.progress = progress
         self.shouldStop = shouldStop
     }
 
-    /// Reads and checks a hyperparameter file.
-    public static func hyperparameters(at url: URL, catalog: SchemaCatalog) throws -> RomeHyperparameters {
+    /// Reads and checks `method`'s hyperparameter file (Schemas/rome-hparams.schema.json or
+    /// memit-hparams.schema.json).
+    public static func hyperparameters(_ method: EditMethod, at url: URL, catalog: SchemaCatalog) throws -> MethodHyperparameters {
         guard let data = FileManager.default.contents(atPath: url.path) else { throw SetupError("cannot read \(url.path)") }
-        try catalog.check(data, against: "rome-hparams.schema.json", what: url.path)
-        return try RomeHyperparameters.decode(data)
+        switch method {
+        case .rome:
+            try catalog.check(data, against: "rome-hparams.schema.json", what: url.path)
+            return .rome(try RomeHyperparameters.decode(data))
+        case .memit, .alphaedit, .encore:
+            try catalog.check(data, against: "memit-hparams.schema.json", what: url.path)
+            let h = try MemitHyperparameters.decode(data)
+            switch method {
+            case .alphaedit: return .alphaEdit(h)
+            case .encore: return .encore(h)
+            default: return .memit(h)
+            }
+        }
+    }
+
+    /// The editor `hparams` describe, for `model`. Templates and statistics are keyed by the base hash
+    /// and must come from the unedited model: pass `computeMissing: false` once the model holds edits,
+    /// so missing ones are an error instead of being derived from edited weights.
+    public func editor(model: LanguageModel, hparams: MethodHyperparameters, baseHash: String? = nil,
+                       computeMissing: Bool = true) throws -> FactEditor {
+        switch hparams {
+        case .rome(let h): return try romeEditor(model: model, hparams: h, baseHash: baseHash, computeMissing: computeMissing)
+        case .memit(let h): return try memitEditor(model: model, hparams: h, method: .memit, baseHash: baseHash, computeMissing: computeMissing)
+        case .alphaEdit(let h): return try memitEditor(model: model, hparams: h, method: .alphaedit, baseHash: baseHash, computeMissing: computeMissing)
+        case .encore(let h): return try memitEditor(model: model, hparams: h, method: .encore, baseHash: baseHash, computeMissing: computeMissing)
+        }
     }
 
     /// Loads (or computes and stores) the key statistics `specs`. Throws when interrupted.
@@ -153,8 +223,8 @@ public struct RomeSetup {
         let todo = missing.map { specs[$0] }
         let corpus = try Corpus(path: corpusPath, seed: todo[0].seed)
         let ckpt = state.checkpointURL(todo)
-        log("computing key statistics for layer(s) \(todo.map(\.layer)) over \(todo[0].tokens) tokens of \(corpusPath)"
-            + (FileManager.default.fileExists(atPath: ckpt.path) ? " (resuming from \(ckpt.lastPathComponent))" : ""))
+        let resuming = FileManager.default.fileExists(atPath: ckpt.path) ? " (resuming from \(ckpt.lastPathComponent))" : ""
+        logger.notice("computing key statistics for layer(s) \(todo.map(\.layer)) over \(todo[0].tokens) tokens of \(corpusPath)\(resuming)")
         let builder = try KeyStatisticsBuilder(model: model, specs: todo, corpus: corpus, checkpoint: ckpt)
         let report = progress
         guard let built = try builder.run(progress: { report?($0.tokens, $0.target, $0.seconds) }, shouldStop: shouldStop) else {
@@ -162,23 +232,20 @@ public struct RomeSetup {
         }
         for (i, s) in zip(missing, built) {
             try s.write(to: state.statisticsURL(s.spec), corpus: corpusPath)
-            log("stored \(state.statisticsURL(s.spec).path) (\(s.count) tokens)")
+            logger.notice("stored key statistics", metadata: ["path": "\(state.statisticsURL(s.spec).path)", "tokens": "\(s.count)"])
             out[i] = s
         }
         return out.map { $0! }
     }
 
-    /// The ROME editor for `model`. Templates and statistics are keyed by the base hash and must come
-    /// from the unedited model: pass `computeMissing: false` once the model holds edits, so missing
-    /// ones are an error instead of being derived from edited weights.
-    public func editor(model: LanguageModel, hparams h: RomeHyperparameters, baseHash: String? = nil,
-                       computeMissing: Bool = true) throws -> RomeEditor {
+    /// The ROME editor for `model`.
+    func romeEditor(model: LanguageModel, hparams h: RomeHyperparameters, baseHash: String?, computeMissing: Bool) throws -> RomeEditor {
         try h.validate(layers: model.config.layers)
         let state = EditState(directory: stateDirectory, baseHash: baseHash ?? model.weightHash)
         if !computeMissing, !FileManager.default.fileExists(atPath: state.templatesURL(groups: h.contextTemplates, seed: h.templateSeed).path) {
             throw SetupError("no stored context templates for \(h.contextTemplates) seed \(h.templateSeed)")
         }
-        let templates = try state.templates(model: model, groups: h.contextTemplates, seed: h.templateSeed, log: log)
+        let templates = try state.templates(model: model, groups: h.contextTemplates, seed: h.templateSeed, logger: logger)
         var stats: KeyStatistics?
         if h.mom2Adjustment {
             let spec = h.statisticsSpec(modelHash: state.baseHash)
@@ -205,25 +272,19 @@ public struct RomeSetup {
             return (sae, nil)
         } catch {
             guard m.fallsBack else { throw SetupError("MESA refinement: the SAE at \(dir.path) is unusable: \(error)") }
-            log("warning: MESA refinement is off (mesa.fallback is true): the SAE at \(dir.path) is unusable: \(error)")
+            logger.warning("MESA refinement is off (mesa.fallback is true): the SAE at \(dir.path) is unusable", metadata: ["error": "\(error)"])
             return (nil, "the SAE at \(dir.path) is unusable: \(error)")
         }
     }
 
-    /// Reads and checks a MEMIT, AlphaEdit or ENCORE hyperparameter file (Schemas/memit-hparams.schema.json).
-    public static func memitHyperparameters(at url: URL, catalog: SchemaCatalog) throws -> MemitHyperparameters {
-        guard let data = FileManager.default.contents(atPath: url.path) else { throw SetupError("cannot read \(url.path)") }
-        try catalog.check(data, against: "memit-hparams.schema.json", what: url.path)
-        return try MemitHyperparameters.decode(data)
-    }
-
     /// A MEMIT-family editor: MEMIT, AlphaEdit (its projectors are computed here, one eigendecomposition
-    /// per layer) or ENCORE. Templates and statistics come from the edit state as for ROME.
-    public func memitEditor(model: LanguageModel, hparams h: MemitHyperparameters, method: EditMethod, baseHash: String? = nil,
-                            computeMissing: Bool = true) throws -> MemitEditor {
+    /// per layer) or ENCORE; with `norm_anchor_samples`, NAS's anchor from the edit state (or computed
+    /// once). Templates and statistics come from the edit state as for ROME.
+    func memitEditor(model: LanguageModel, hparams h: MemitHyperparameters, method: EditMethod, baseHash: String?,
+                     computeMissing: Bool) throws -> MemitEditor {
         try h.validate(layers: model.config.layers)
         let state = EditState(directory: stateDirectory, baseHash: baseHash ?? model.weightHash)
-        let templates = try state.templates(model: model, groups: h.contextTemplates, seed: h.templateSeed, log: log)
+        let templates = try state.templates(model: model, groups: h.contextTemplates, seed: h.templateSeed, logger: logger)
         let specs = h.layers.map { h.statisticsSpec(modelHash: state.baseHash, layer: $0) }
         var stats: [Int: KeyStatistics] = [:]
         for spec in specs { if let s = try state.cachedStatistics(spec) { stats[spec.layer] = s } }
@@ -243,10 +304,10 @@ public struct RomeSetup {
         case .alphaedit:
             let t0 = Date()
             let st = try AlphaEditState(statistics: stats, nullspaceEnergy: h.nullspaceEnergy ?? 0.02, l2: h.l2 ?? 10, relative: h.l2Relative ?? false)
-            log(String(format: "AlphaEdit null spaces (dimension, tr(PC) and α per layer: %@) in %.1f s",
-                       st.nullity.sorted { $0.key < $1.key }.map {
-                           "\($0.key):\($0.value)," + String(format: "%.3g,%.3g", st.nullEnergy[$0.key] ?? 0, st.alpha[$0.key] ?? 0)
-                       }.joined(separator: " "), Date().timeIntervalSince(t0)))
+            let layers = st.nullity.sorted { $0.key < $1.key }.map {
+                "\($0.key):\($0.value)," + String(format: "%.3g,%.3g", st.nullEnergy[$0.key] ?? 0, st.alpha[$0.key] ?? 0)
+            }.joined(separator: " ")
+            logger.info("AlphaEdit null spaces (dimension, tr(PC) and α per layer: \(layers)) in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s")
             solver = .alphaEdit(st)
         }
         let (sae, reason) = try mesaSAE(model: model, settings: h.mesa, site: Site(layer: h.layers.last!, kind: .residOut), state: state)
@@ -281,8 +342,7 @@ public struct RomeSetup {
         let (mean, norms) = try editor.normAnchor(for: Array(requests))
         try FileManager.default.createDirectory(at: state.root, withIntermediateDirectories: true)
         try JSONEncoder().encode(Stored(key: key, mean: mean, norms: norms)).write(to: url, options: .atomic)
-        log(String(format: "NAS anchor: mean ‖v*‖ %.4g at layer %d over %d base-model edits of %@ (%.0f s)", mean, h.layers.last!, samples,
-                   records.lastPathComponent, Date().timeIntervalSince(t0)))
+        logger.info("\(String(format: "NAS anchor: mean ‖v*‖ %.4g at layer %d over %d base-model edits of %@ (%.0f s)", mean, h.layers.last!, samples, records.lastPathComponent, Date().timeIntervalSince(t0)))")
         return mean
     }
 }

@@ -1,4 +1,9 @@
 import Foundation
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import ServiceLifecycle
 
 /// Whether the daemon can take work, and if not, why.
 public struct Readiness: Equatable, Sendable {
@@ -19,33 +24,134 @@ public struct Readiness: Equatable, Sendable {
     public static func notReady(_ reason: String) -> Readiness { Readiness(isReady: false, reason: reason) }
 }
 
-/// The daemon's HTTP routes: `/healthz`, `/readyz` and `/metrics`.
+/// The limits the HTTP server puts on its clients.
+///
+/// Hummingbird (SwiftNIO underneath) serves every connection on its event loops, so an idle or slow
+/// connection costs a socket and a little memory, not a thread: many half-sent requests (a slowloris)
+/// do not delay a health probe. Each connection has `readTimeout` seconds from its acceptance to send
+/// a whole request head (bytes that do not complete the head do not extend it), and after a response
+/// the same again for the next request; a connection past its deadline is closed without a response.
+/// A request head larger than `maxHeadBytes` is refused. At `maxConnections` open connections the
+/// server stops accepting: a new connection waits in the listen backlog until one closes, which a
+/// half-open one does at its deadline (it is not evicted early, as the earlier hand-written server did).
+public struct HTTPLimits: Sendable, Equatable {
+    /// The largest request head (request line and header fields), in bytes.
+    public var maxHeadBytes: Int
+    /// Seconds a connection has to send a whole request head.
+    public var readTimeout: Double
+    /// The most connections served at once.
+    public var maxConnections: Int
+
+    public init(maxHeadBytes: Int = 8192, readTimeout: Double = 5, maxConnections: Int = 512) {
+        self.maxHeadBytes = maxHeadBytes
+        self.readTimeout = readTimeout
+        self.maxConnections = maxConnections
+    }
+}
+
+/// The daemon's HTTP server (Hummingbird 2): `/healthz`, `/readyz` and `/metrics`, and the place the
+/// query API's routes will join.
 public enum HealthEndpoints {
     /// The content type of the Prometheus text exposition format.
     public static let metricsContentType = "text/plain; version=0.0.4; charset=utf-8"
 
-    /// A handler for `HTTPServer`:
-    /// - `/healthz`: 200 `ok` while the process can answer at all;
-    /// - `/readyz`: 200 `ready` when `readiness()` says so, else 503 with its reason;
-    /// - `/metrics`: `registry.render()`;
-    /// - anything else: 404.
+    /// The routes:
+    /// - `GET /healthz`: 200 `ok` while the process can answer at all;
+    /// - `GET /readyz`: 200 `ready` when `readiness()` says so, else 503 with its reason;
+    /// - `GET /metrics`: `exposition()` (the Prometheus text format, `DaemonMetrics.exposition`);
+    /// - HEAD of each: the same status and headers without the body; anything else: 404 (unknown
+    ///   path) or 405 (another method).
     ///
-    /// `readiness` runs on a connection thread for every probe, so it should only read state.
-    public static func handler(registry: MetricsRegistry,
-                               readiness: @escaping @Sendable () -> Readiness) -> HTTPServer.Handler {
-        return { request in
-            switch request.path {
-            case "/healthz":
-                return .text(200, "ok\n")
-            case "/readyz":
+    /// `readiness` and `exposition` run on the concurrency pool for every request, so they only read state.
+    public static func router(exposition: @escaping @Sendable () -> String,
+                              readiness: @escaping @Sendable () -> Readiness) -> Router<BasicRequestContext> {
+        let routes: [String: @Sendable () -> Response] = [
+            "/healthz": { text(.ok, "ok\n") },
+            "/readyz": {
                 let state = readiness()
-                if state.isReady { return .text(200, "ready\n") }
-                return .text(503, "not ready: \(state.reason.isEmpty ? "unknown" : state.reason)\n")
-            case "/metrics":
-                return .text(200, registry.render(), contentType: metricsContentType)
-            default:
-                return .text(404, "not found\n")
+                if state.isReady { return text(.ok, "ready\n") }
+                return text(.serviceUnavailable, "not ready: \(state.reason.isEmpty ? "unknown" : state.reason)\n")
+            },
+            "/metrics": { text(.ok, exposition(), contentType: metricsContentType) },
+        ]
+        let router = Router()
+        router.add(middleware: OnlyGetAndHead(paths: Set(routes.keys)))
+        for (path, respond) in routes {
+            router.get(RouterPath(path)) { _, _ in respond() }
+            router.head(RouterPath(path)) { _, _ in
+                // The GET response's status and headers, its length announced, no body.
+                var response = respond()
+                let length = response.body.contentLength ?? 0
+                response.body = .init()
+                response.headers[.contentLength] = String(length)
+                return response
             }
         }
+        return router
+    }
+
+    /// Answers 405 (with `Allow: GET, HEAD`) to any other method on the known paths.
+    struct OnlyGetAndHead: RouterMiddleware {
+        typealias Context = BasicRequestContext
+        let paths: Set<String>
+        func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+            guard request.method != .get, request.method != .head, paths.contains(request.uri.path) else {
+                return try await next(request, context)
+            }
+            var response = text(.methodNotAllowed, "method not allowed\n")
+            response.headers[.allow] = "GET, HEAD"
+            return response
+        }
+    }
+
+    /// A plain-text response.
+    static func text(_ status: HTTPResponse.Status, _ body: String, contentType: String = "text/plain; charset=utf-8") -> Response {
+        Response(status: status, headers: [.contentType: contentType], body: .init(byteBuffer: ByteBuffer(string: body)))
+    }
+
+    /// The server on `address` with `limits`, as a Service (it stops accepting and drains in its turn
+    /// of a graceful shutdown). `onRunning` receives the port it listens on (the kernel's choice for 0).
+    public static func service(address: HTTPListenAddress, limits: HTTPLimits = HTTPLimits(),
+                               router: Router<BasicRequestContext>, logger: Logger,
+                               onRunning: @escaping @Sendable (Int) -> Void = { _ in }) -> HTTPService {
+        HTTPService(application: application(address: address, limits: limits, router: router, logger: logger, onRunning: onRunning))
+    }
+
+    static func application(address: HTTPListenAddress, limits: HTTPLimits, router: Router<BasicRequestContext>, logger: Logger,
+                            onRunning: @escaping @Sendable (Int) -> Void) -> some ApplicationProtocol {
+        Application(
+            router: router,
+            server: .http1(configuration: .init(
+                idleTimeout: .milliseconds(Int64(limits.readTimeout * 1000)),
+                httpDecoderConfiguration: .init(maxHeaderFieldSize: limits.maxHeadBytes, maxHeaderListSize: limits.maxHeadBytes,
+                                                maxHeaderFieldCount: 100))),
+            configuration: .init(address: .hostname(address.host, port: Int(address.port)),
+                                 availableConnectionsDelegate: MaximumAvailableConnections(limits.maxConnections, logger: logger)),
+            onServerRunning: { channel in onRunning(channel.localAddress?.port ?? 0) },
+            logger: logger)
+    }
+}
+
+/// The HTTP server as a Service whose tasks run on threads of their own (`HTTPExecutor`), not on the
+/// Swift concurrency pool: whatever blocks the pool (two threads here), the probes are answered.
+public struct HTTPService: Service {
+    let application: any ApplicationProtocol
+    let executor = HTTPExecutor()
+
+    public func run() async throws {
+        try await withTaskExecutorPreference(executor) { try await application.run() }
+    }
+}
+
+/// A task executor on a concurrent dispatch queue: the HTTP server's tasks (and the child tasks
+/// Hummingbird starts per connection, which inherit the preference) run on its threads.
+public final class HTTPExecutor: TaskExecutor, @unchecked Sendable {  // the queue is thread-safe
+    private let queue = DispatchQueue(label: "mesa-http", attributes: .concurrent)
+
+    public init() {}
+
+    public func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        queue.async { [self] in job.runSynchronously(on: asUnownedTaskExecutor()) }
     }
 }

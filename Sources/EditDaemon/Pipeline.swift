@@ -2,6 +2,7 @@ import Contracts
 import Editing
 import Evaluation
 import Foundation
+import Logging
 import Messaging
 import ModelRuntime
 import SparseAutoencoder
@@ -51,34 +52,26 @@ public struct Outcome: Sendable {
     public var steps: [String: Double] = [:]
     /// The canary figures of the weights after the event (when a quality guard runs).
     public var canary: CanaryFigures?
+
+    /// The outcome as log fields: `outcome`, `event_id`, `seconds` (the whole event) and `edit_seconds`.
+    public func logMetadata(total: Double) -> Logger.Metadata {
+        var m: Logger.Metadata = ["outcome": "\(kind.label)", "seconds": "\(String(format: "%.4f", total))"]
+        if let eventId { m["event_id"] = "\(eventId)" }
+        if editSeconds > 0 { m["edit_seconds"] = "\(String(format: "%.4f", editSeconds))" }
+        return m
+    }
 }
 
-/// The method a daemon runs, with its default hyperparameters.
-public enum MethodSettings: Sendable, Equatable {
-    case rome(RomeHyperparameters)
-    /// MEMIT, AlphaEdit or ENCORE.
-    case memit(MemitHyperparameters, method: EditMethod)
-
-    /// The event `method` values this daemon accepts.
-    public func accepts(_ method: String, refined: Bool) -> Bool {
+extension Outcome.Kind {
+    /// A short name: applied, dry_run, redelivery, rolled_back, labelled, dead_letter.
+    public var label: String {
         switch self {
-        case .rome: return method == "ROME" || (refined && method == "MESA")
-        case .memit(_, let m): return method == m.label
-        }
-    }
-
-    /// The lowest layer the default hyperparameters edit.
-    public var lowestLayer: Int {
-        switch self {
-        case .rome(let h): return h.layer
-        case .memit(let h, _): return h.layers.first ?? 0
-        }
-    }
-
-    public var name: String {
-        switch self {
-        case .rome: return "ROME"
-        case .memit(_, let m): return m.label
+        case .applied: return "applied"
+        case .dryRun: return "dry_run"
+        case .redelivery: return "redelivery"
+        case .rolledBack: return "rolled_back"
+        case .labelled: return "labelled"
+        case .deadLetter: return "dead_letter"
         }
     }
 }
@@ -100,37 +93,41 @@ public final class Pipeline: @unchecked Sendable {
     /// Scores the canary set after every edit or batch; an edit that crosses its thresholds is undone
     /// and its events dead-lettered (`quality_gate`). Nil: no guard.
     public var qualityGuard: QualityGuard?
-    let setup: RomeSetup
-    let settings: MethodSettings
+    let registry: EditorRegistry
+    let hyperparameters: MethodHyperparameters
     let defaultEditor: FactEditor
     private var editors: [String: FactEditor] = [:]
     let scorer: CandidateScorer
-    let log: (String) -> Void
+    let logger: Logger
 
-    /// `editor` is the default editor for `settings`; its method state (AlphaEdit's accumulated keys)
+    /// `editor` is the default editor for `hyperparameters`; its method state (AlphaEdit's accumulated keys)
     /// is rebuilt here from the snapshots the weights hold.
-    public init(host: ModelHost, catalog: SchemaCatalog, topics: Topics, maxEventBytes: Int, setup: RomeSetup,
-                settings: MethodSettings, editor: FactEditor, log: @escaping (String) -> Void) throws {
+    public init(host: ModelHost, catalog: SchemaCatalog, topics: Topics, maxEventBytes: Int, registry: EditorRegistry,
+                hyperparameters: MethodHyperparameters, editor: FactEditor, logger: Logger) throws {
         self.host = host
         self.catalog = catalog
         factSchema = try catalog.schema("fact-update.schema.json")
         controlSchema = try catalog.schema("control-command.schema.json")
         self.topics = topics
         self.maxEventBytes = maxEventBytes
-        self.setup = setup
-        self.settings = settings
+        self.registry = registry
+        self.hyperparameters = hyperparameters
         defaultEditor = editor
         scorer = CounterFactScorer.make(host.model)
-        self.log = log
+        self.logger = logger
         try rebuildEditState()
     }
 
     /// Brings the editor's method state to the weights' head: the state blocks of its lineage.
     func rebuildEditState() throws {
-        guard case .memit(_, let method) = settings, method.keepsState else { return }
+        guard hyperparameters.method.keepsState else { return }
+        let method = hyperparameters.method
         let lineage = try host.store.lineage(to: host.head)
         try defaultEditor.rebuildState(lineage.map(\.state))
-        if !lineage.isEmpty { log("\(method.label): accumulated the keys of \(lineage.count) edit(s) up to snapshot \(host.head)") }
+        if !lineage.isEmpty {
+            logger.info("\(method.name): accumulated the keys of \(lineage.count) edit(s) up to snapshot \(host.head)",
+                        metadata: ["edits": "\(lineage.count)", "snapshot": "\(host.head)"])
+        }
     }
 
     // MARK: entry point
@@ -198,7 +195,7 @@ public final class Pipeline: @unchecked Sendable {
         if e.model.revision.range(of: "^[0-9a-f]{8,64}$", options: .regularExpression) != nil, !host.baseHash.hasPrefix(e.model.revision) {
             throw Rejection(.unknownModel, "revision \(e.model.revision) is not this daemon's base model \(host.baseHash.prefix(16))", eventId: e.id)
         }
-        guard settings.accepts(e.method, refined: defaultEditor.mesaSetup.settings != nil) else {
+        guard hyperparameters.method.accepts(e.method, refined: defaultEditor.mesaSetup.settings != nil) else {
             throw Rejection(.unsupportedMethod, "method \(e.method) is not available in this daemon (it runs \(defaultEditor.method))", eventId: e.id)
         }
 
@@ -445,7 +442,7 @@ public final class Pipeline: @unchecked Sendable {
             (updates, phases, coverages) = try editor.computeUpdates(together: g.map(\.edit.request))
             applied = try applyAndScore(updates, g.map(\.edit.record), eventId: nil)
         } catch {
-            log("a batch of \(n) fact updates could not be edited together (\(error)); editing them one at a time")
+            logger.warning("a batch of \(n) fact updates could not be edited together; editing them one at a time", metadata: ["error": "\(error)"])
             return try g.map { ($0.index, try process($0.edit.message)) }
         }
         do { try gate(applied.canary, eventId: nil, what: "the batch of \(n)") } catch let r as Rejection {
@@ -526,7 +523,7 @@ public final class Pipeline: @unchecked Sendable {
     /// The editor for an event: the default one, or one with the event's bounded overrides.
     func editor(for e: FactUpdate) throws -> FactEditor {
         guard let o = e.hyperparameters else { return defaultEditor }
-        switch settings {
+        switch hyperparameters {
         case .rome(let defaults):
             var h = defaults
             if let layers = o.layers {
@@ -545,13 +542,14 @@ public final class Pipeline: @unchecked Sendable {
                 throw Rejection(.invalidHyperparameters, "\(error)", eventId: e.id)
             }
             return try cachedEditor(h, eventId: e.id) {
-                try setup.editor(model: host.model, hparams: h, baseHash: host.baseHash, computeMissing: false)
+                try registry.editor(model: host.model, hparams: .rome(h), baseHash: host.baseHash, computeMissing: false)
             }
-        case .memit(let defaults, let method):
+        case .memit(let defaults), .alphaEdit(let defaults), .encore(let defaults):
+            let method = hyperparameters.method
             var h = defaults
             if let layers = o.layers {
                 guard !method.keepsState || layers == defaults.layers else {
-                    throw Rejection(.invalidHyperparameters, "\(method.label)'s accumulated state is per layer; its layers \(defaults.layers) are fixed", eventId: e.id)
+                    throw Rejection(.invalidHyperparameters, "\(method.name)'s accumulated state is per layer; its layers \(defaults.layers) are fixed", eventId: e.id)
                 }
                 h.layers = layers
             }
@@ -574,7 +572,7 @@ public final class Pipeline: @unchecked Sendable {
                     return try MemitEditor(model: host.model, hparams: h, templates: base.templates, statistics: base.statistics,
                                            solver: base.solver, sae: base.mesaSetup.sae, fallbackReason: base.mesaSetup.fallbackReason)
                 }
-                return try setup.memitEditor(model: host.model, hparams: h, method: method, baseHash: host.baseHash, computeMissing: false)
+                return try registry.editor(model: host.model, hparams: .memit(h), baseHash: host.baseHash, computeMissing: false)
             }
         }
     }

@@ -1,6 +1,7 @@
 import Editing
 import Evaluation
 import Foundation
+import Logging
 import ModelRuntime
 import Tensor
 
@@ -237,7 +238,7 @@ extension QualityGuard {
     /// The guard `config` asks for on `model` (which must hold the base weights): the operator's canary
     /// file, or the default set, built once and kept in the state directory (announced when built).
     public static func make(model: LanguageModel, config c: DaemonConfiguration, stateDirectory: URL,
-                            log: (String) -> Void) throws -> QualityGuard {
+                            logger: Logger) throws -> QualityGuard {
         let canary: CanarySet
         if let path = c.qualityGuard?.canaryFile {
             guard let data = FileManager.default.contents(atPath: path) else { throw SetupError("cannot read the canary file \(path)") }
@@ -245,7 +246,7 @@ extension QualityGuard {
                 throw SetupError("\(path) is not a canary file ({\"facts\": [{\"prompt\", \"answer\"}], \"text\"}): \(error)")
             }
             let kept = try answered(model, canary.facts)
-            log("quality guard: \(path): the base model answers \(kept.count) of its \(canary.facts.count) facts; those are the canary")
+            logger.info("quality guard: \(path): the base model answers \(kept.count) of its \(canary.facts.count) facts; those are the canary")
             return try QualityGuard(model: model, canary: CanarySet(facts: kept, text: canary.text, source: path),
                                     perplexityTokens: c.guardPerplexityTokens, maxAccuracyDrop: c.guardMaxAccuracyDrop,
                                     maxPerplexityRise: c.guardMaxPerplexityRise)
@@ -270,8 +271,8 @@ extension QualityGuard {
             let enc = JSONEncoder()
             enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             try enc.encode(canary).write(to: url, options: .atomic)
-            log(String(format: "quality guard: built the canary set (%d facts the base model answers, %.1f s): %@",
-                       canary.facts.count, Date().timeIntervalSince(t0), url.path))
+            let seconds = String(format: "%.1f", Date().timeIntervalSince(t0))
+            logger.notice("quality guard: built the canary set (\(canary.facts.count) facts the base model answers, \(seconds) s): \(url.path)")
         }
         return try QualityGuard(model: model, canary: canary, perplexityTokens: c.guardPerplexityTokens,
                                 maxAccuracyDrop: c.guardMaxAccuracyDrop, maxPerplexityRise: c.guardMaxPerplexityRise)

@@ -1,10 +1,19 @@
-/// The editing methods mesa runs. The raw value names a method in hyperparameter files
-/// (`deploy/hparams/<method>/<model>.json`), configuration and the command line; `label` names it
-/// in fact updates, results and reports.
+/// The editing methods, named as in configuration, hyperparameter directories and `--method`
+/// (`rome`, `memit`, `alphaedit`, `encore`).
 public enum EditMethod: String, CaseIterable, Sendable, Codable {
-    case rome, memit, alphaedit, encore
+    case rome
+    case memit
+    case alphaedit
+    case encore
 
-    public var label: String {
+    /// Parses a method name, in any case.
+    public init(parsing s: String) throws {
+        guard let m = EditMethod(rawValue: s.lowercased()) else { throw UnknownEditMethod(name: s) }
+        self = m
+    }
+
+    /// The name events, results and reports carry (`ROME`, `MEMIT`, `AlphaEdit`, `ENCORE`).
+    public var name: String {
         switch self {
         case .rome: return "ROME"
         case .memit: return "MEMIT"
@@ -13,19 +22,29 @@ public enum EditMethod: String, CaseIterable, Sendable, Codable {
         }
     }
 
-    /// Whether several fact updates can be edited in one computation (the MEMIT family).
+    /// Whether several facts can be edited in one computation (the MEMIT family); ROME edits one at a time.
     public var editsTogether: Bool { self != .rome }
 
-    /// Whether the method keeps state across edits (the kept edits' keys), stored with every snapshot
-    /// and rebuilt from the head's lineage at start and after a rollback.
+    /// Whether the method keeps state across edits (the kept edits' keys: AlphaEdit, ENCORE), stored
+    /// with every snapshot and rebuilt from the head's lineage at start and after a rollback.
     public var keepsState: Bool { self == .alphaedit || self == .encore }
+
+    /// Whether an event naming `eventMethod` is edited by this method (`MESA` is ROME refined through
+    /// an SAE, accepted when `refined`).
+    public func accepts(_ eventMethod: String, refined: Bool) -> Bool {
+        eventMethod == name || (self == .rome && refined && eventMethod == "MESA")
+    }
+
+    /// The daemon's method when the configuration names none: the one that holds best over a long
+    /// stream of edits on the default model (deploy/README.md, "Why AlphaEdit").
+    public static let daemonDefault = EditMethod.alphaedit
 
     /// "rome, memit, alphaedit, encore".
     public static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
+}
 
-    /// The method named `name`, or a clear error listing the ones there are.
-    public init(parsing name: String) throws {
-        guard let m = EditMethod(rawValue: name) else { throw EditError(.hyperparameters, "unknown method \(name) (\(Self.names))") }
-        self = m
-    }
+/// A method name that is not one of `EditMethod`'s.
+public struct UnknownEditMethod: Error, CustomStringConvertible, Sendable {
+    public var name: String
+    public var description: String { "unknown method \(name) (\(EditMethod.names))" }
 }

@@ -1,10 +1,11 @@
 import Foundation
+import Logging
 import ModelRuntime
 
 /// Where a model's edit state lives on disk: `$MESA_HOME/state/<first 16 hex of the base weight hash>/`
 /// with `templates-<groups>-seed<S>.json` and `stats/<spec key>.stat` (+ `.ckpt` while computing).
 /// Everything here is derived from the base model and a fixed seed, so it is created once and then
-/// reused; creating it is announced through `log`, never done silently.
+/// reused; creating it is announced through the logger, never done silently.
 public struct EditState: Sendable {
     public let root: URL
     public let baseHash: String
@@ -38,9 +39,9 @@ public struct EditState: Sendable {
         root.appendingPathComponent("stats").appendingPathComponent(specs.map(\.key).joined(separator: "+") + ".ckpt")
     }
 
-    /// Loads the stored templates, or generates and stores them (announced through `log`).
+    /// Loads the stored templates, or generates and stores them (announced through `logger`).
     public func templates(model: LanguageModel, groups: [ContextTemplates.Group], seed: UInt64,
-                          log: (String) -> Void) throws -> ContextTemplates {
+                          logger: Logger) throws -> ContextTemplates {
         let url = templatesURL(groups: groups, seed: seed)
         if let d = FileManager.default.contents(atPath: url.path) {
             guard let t = try? JSONDecoder().decode(ContextTemplates.self, from: d), t.groups == groups, t.seed == seed,
@@ -56,7 +57,7 @@ public struct EditState: Sendable {
             try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
             try enc.encode(t).write(to: url, options: .atomic)
         } catch { throw EditError(.io, "cannot store context templates at \(url.path): \(error)") }
-        log("generated \(t.prefixes.count) context templates (seed \(seed)) and stored them at \(url.path)")
+        logger.notice("generated \(t.prefixes.count) context templates and stored them", metadata: ["seed": "\(seed)", "path": "\(url.path)"])
         return t
     }
 

@@ -73,7 +73,7 @@ extension RomeEditor: FactEditor {
 }
 
 extension MemitEditor: FactEditor {
-    public var method: String { mesaSetup.label(solver.method.label) }
+    public var method: String { mesaSetup.label(solver.method.name) }
 
     public var editsTogether: Bool { true }
 

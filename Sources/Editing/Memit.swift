@@ -138,19 +138,22 @@ public enum SpreadSolver: Sendable {
 /// ENCORE's sequential preservation term. Stored with every snapshot as Float32 state blocks named
 /// `blockName` ([n, ff] per layer), so that a restart or a rollback rebuilds exactly the same sums.
 public final class KeyAccumulator: @unchecked Sendable {
-    /// Σ K Kᵀ over kept edits, [ff, ff] per layer.
+    /// Σ K Kᵀ over kept edits, [ff, ff] per layer (without projectors).
     public private(set) var accumulated: [Int: [Double]]
-    /// With projectors (AlphaEdit): P·Σ K Kᵀ = Σ (PKᵀ)K per layer, [ff, ff], kept alongside so that a
-    /// solve needs no [ff, ff]·[ff, ff] product (updated with two [ff, n] GEMMs per kept edit).
+    /// With projectors (AlphaEdit) instead: P·Σ K Kᵀ = Σ (PKᵀ)K per layer, [ff, ff], all its solve
+    /// needs (no [ff, ff]·[ff, ff] product; two [ff, n] GEMMs per kept edit), and no plain sum is kept.
     public private(set) var projected: [Int: [Double]]
     let projectors: [Int: [Double]]
+    public let layers: [Int]
     public let dim: Int
     public let blockName: String
 
     public init(layers: [Int], dim: Int, blockName: String, projectors: [Int: [Double]] = [:]) {
-        accumulated = Dictionary(uniqueKeysWithValues: layers.map { ($0, [Double](repeating: 0, count: dim * dim)) })
-        projected = projectors.isEmpty ? [:] : accumulated
+        let zeros = Dictionary(uniqueKeysWithValues: layers.map { ($0, [Double](repeating: 0, count: dim * dim)) })
+        accumulated = projectors.isEmpty ? zeros : [:]
+        projected = projectors.isEmpty ? [:] : zeros
         self.projectors = projectors
+        self.layers = layers.sorted()
         self.dim = dim
         self.blockName = blockName
     }
@@ -159,14 +162,15 @@ public final class KeyAccumulator: @unchecked Sendable {
     /// and with projectors P·K_pK_pᵀ += (PKᵀ)K.
     public func accumulate(_ keys: [Int: [[Double]]]) {
         for (layer, ks) in keys where !ks.isEmpty {
-            guard var a = accumulated[layer] else { continue }
             let n = ks.count
             let flat = ks.flatMap { $0 }   // K [n, ff]
-            flat.withUnsafeBufferPointer { k in a.withUnsafeMutableBufferPointer { out in
-                BLAS.dgemm(transA: true, m: dim, n: dim, k: n, a: k.baseAddress!, lda: dim, b: k.baseAddress!, ldb: dim,
-                           beta: 1, c: out.baseAddress!, ldc: dim)
-            } }
-            accumulated[layer] = a
+            if var a = accumulated[layer] {
+                flat.withUnsafeBufferPointer { k in a.withUnsafeMutableBufferPointer { out in
+                    BLAS.dgemm(transA: true, m: dim, n: dim, k: n, a: k.baseAddress!, lda: dim, b: k.baseAddress!, ldb: dim,
+                               beta: 1, c: out.baseAddress!, ldc: dim)
+                } }
+                accumulated[layer] = a
+            }
             if let p = projectors[layer], var pa = projected[layer] {
                 var pk = [Double](repeating: 0, count: dim * n)   // PKᵀ [ff, n]
                 p.withUnsafeBufferPointer { pp in flat.withUnsafeBufferPointer { k in pk.withUnsafeMutableBufferPointer { out in
@@ -196,8 +200,8 @@ public final class KeyAccumulator: @unchecked Sendable {
         for blocks in edits {
             var keys: [Int: [[Double]]] = [:]
             for b in blocks where b.name == blockName {
-                guard b.cols == dim, accumulated[b.layer] != nil else {
-                    throw EditError(.state, "stored \(blockName) for layer \(b.layer) with width \(b.cols) do not fit this editor (layers \(accumulated.keys.sorted()), width \(dim))")
+                guard b.cols == dim, layers.contains(b.layer) else {
+                    throw EditError(.state, "stored \(blockName) for layer \(b.layer) with width \(b.cols) do not fit this editor (layers \(layers), width \(dim))")
                 }
                 keys[b.layer] = (0..<b.rows).map { r in (0..<b.cols).map { Double(b.values[r * b.cols + $0]) } }
             }
@@ -227,8 +231,6 @@ public final class AlphaEditState: @unchecked Sendable {
     /// tr(PC) per layer: the key energy in the null space (the expected ‖Pk‖² of a key from the statistics).
     public let nullEnergy: [Int: Double]
 
-    /// Σ K Kᵀ over kept edits, [ff, ff] per layer.
-    public var accumulated: [Int: [Double]] { kept.accumulated }
 
     /// P from the eigenvectors of C whose eigenvalues, smallest first, add up to at most
     /// `nullspaceEnergy` of the trace: a threshold relative to the spectrum (the public code's
@@ -274,10 +276,9 @@ public final class AlphaEditState: @unchecked Sendable {
     /// against old ones).
     public func fill() -> [Int: Double] {
         var out: [Int: Double] = [:]
-        for (layer, a) in accumulated {
-            guard let p = projectors[layer], let al = alpha[layer], let n = nullity[layer] else { continue }
-            var t = 0.0
-            for i in 0..<(dim * dim) { t += p[i] * a[i] }  // tr(PA) = Σ P∘A for symmetric P and A
+        for (layer, pa) in kept.projected {
+            guard let al = alpha[layer], let n = nullity[layer] else { continue }
+            let t = (0..<dim).reduce(0.0) { $0 + pa[$1 * dim + $1] }   // tr(P·K_pK_pᵀ)
             out[layer] = t / (t + al * Double(n))
         }
         return out

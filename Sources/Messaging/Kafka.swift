@@ -1,5 +1,6 @@
 import CRdKafka
 import Foundation
+import Logging
 
 /// A librdkafka configuration error or failure.
 ///
@@ -173,9 +174,6 @@ public enum Kafka {
     }
 }
 
-/// Receives librdkafka's log lines and client errors (called from librdkafka's own threads).
-public typealias KafkaLogger = @Sendable (String) -> Void
-
 /// A librdkafka client configuration built from string properties (the librdkafka names:
 /// `bootstrap.servers`, `security.protocol`, `sasl.mechanism`, `ssl.ca.location`, …).
 ///
@@ -244,14 +242,17 @@ public final class KafkaConfiguration: CustomStringConvertible, @unchecked Senda
 /// authentication, the broker's own errors), so that a call that fails or times out can say why in
 /// librdkafka's words instead of only "timed out". Log lines never carry a secret property's value.
 class KafkaHandleOwner: @unchecked Sendable {
-    let logger: KafkaLogger?
+    let logger: Logger?
     private let failureLock = NSLock()
     private var failure: (error: KafkaError, at: Date)?
     private var secrets: [String] = []
 
-    init(logger: KafkaLogger?) { self.logger = logger }
+    init(logger: Logger?) { self.logger = logger }
 
-    func log(_ line: String) { logger?(Kafka.scrub(line, secrets: secrets)) }
+    /// Logs `line` (secret values scrubbed) at `level`.
+    func log(_ line: String, level: Logger.Level = .info, metadata: Logger.Metadata? = nil) {
+        logger?.log(level: level, "\(Kafka.scrub(line, secrets: secrets))", metadata: metadata)
+    }
 
     /// Records a failure librdkafka reported (`code` nil for one that came as a log line).
     func noteFailure(_ text: String, code: rd_kafka_resp_err_t?) {
@@ -288,7 +289,8 @@ class KafkaHandleOwner: @unchecked Sendable {
             let text = buf.map { String(cString: $0) } ?? ""
             // Connection failures come as FAIL lines at once (the error callback waits for a poll).
             if level <= 3 || fac == "FAIL" { owner.noteFailure(KafkaHandleOwner.withoutThreadPrefix(text), code: nil) }
-            owner.log("librdkafka \(KafkaHandleOwner.levelName(level)) \(fac): \(text)")
+            owner.log("librdkafka \(KafkaHandleOwner.levelName(level)) \(fac): \(text)", level: KafkaHandleOwner.logLevel(level),
+                      metadata: ["facility": "\(fac)"])
         }
         rd_kafka_conf_set_error_cb(conf.handle) { rk, err, reason, _ in
             guard let owner = KafkaHandleOwner.owner(of: rk) else { return }
@@ -300,7 +302,8 @@ class KafkaHandleOwner: @unchecked Sendable {
                 text += " (fatal \(String(cString: rd_kafka_err2name(fatal))): \(String(cString: buf)))"
             }
             owner.noteFailure(text, code: code)
-            owner.log("librdkafka error \(String(cString: rd_kafka_err2name(code))): \(text)")
+            owner.log("librdkafka error \(String(cString: rd_kafka_err2name(code))): \(text)", level: .error,
+                      metadata: ["code": "\(String(cString: rd_kafka_err2name(code)))"])
         }
     }
 
@@ -313,6 +316,18 @@ class KafkaHandleOwner: @unchecked Sendable {
     static func owner(of rk: OpaquePointer?) -> KafkaHandleOwner? {
         guard let rk, let opaque = rd_kafka_opaque(rk) else { return nil }
         return Unmanaged<KafkaHandleOwner>.fromOpaque(opaque).takeUnretainedValue()
+    }
+
+    /// The swift-log level of a syslog level as librdkafka reports it.
+    static func logLevel(_ level: Int32) -> Logger.Level {
+        switch level {
+        case ...2: return .critical
+        case 3: return .error
+        case 4: return .warning
+        case 5: return .notice
+        case 6: return .info
+        default: return .debug
+        }
     }
 
     static func levelName(_ level: Int32) -> String {

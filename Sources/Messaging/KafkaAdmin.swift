@@ -1,5 +1,6 @@
 import CRdKafka
 import Foundation
+import Logging
 
 /// Kafka cluster administration: checking that the cluster can be reached, creating topics and reading
 /// their partition counts.
@@ -15,7 +16,7 @@ public final class KafkaAdmin: @unchecked Sendable {
     /// - Parameters:
     ///   - properties: librdkafka client properties; `bootstrap.servers` at least.
     ///   - logger: receives librdkafka's log lines and errors.
-    public init(properties: [String: String], logger: KafkaLogger? = nil) throws {
+    public init(properties: [String: String], logger: Logger? = nil) throws {
         owner = KafkaHandleOwner(logger: logger)
         bootstrapServers = properties["bootstrap.servers"] ?? properties["metadata.broker.list"] ?? "(none)"
         var props = ["socket.connection.setup.timeout.ms": "10000"]

@@ -1,5 +1,6 @@
 import CRdKafka
 import Foundation
+import Logging
 
 /// A Kafka consumer-group member that hands out one message at a time and commits it only when told.
 ///
@@ -57,7 +58,7 @@ public final class KafkaConsumer: @unchecked Sendable {
     ///   - drainTimeout: how long a rebalance or `close()` waits for the message in flight to be settled.
     ///   - maxBufferedPerPartition: how many messages of one partition are held (in flight + buffered)
     ///     before that partition is paused; 1 pauses it as soon as its message is handed out.
-    public init(properties: [String: String], topics: [String], logger: KafkaLogger? = nil,
+    public init(properties: [String: String], topics: [String], logger: Logger? = nil,
                 drainTimeout: Double = 30, maxBufferedPerPartition: Int = 2) throws {
         core = ConsumerCore(logger: logger, drainTimeout: drainTimeout, maxBuffered: max(1, maxBufferedPerPartition))
         try core.open(properties: properties, topics: topics)
@@ -154,7 +155,7 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
     private let maxBuffered: Int
     private let commitAttempts = 4
 
-    init(logger: KafkaLogger?, drainTimeout: Double, maxBuffered: Int) {
+    init(logger: Logger?, drainTimeout: Double, maxBuffered: Int) {
         self.drainTimeout = drainTimeout
         self.maxBuffered = maxBuffered
         super.init(logger: logger)
@@ -225,7 +226,7 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
         // Leaving the group serves the final revocation through `rebalance`, which drains.
         let err = rd_kafka_consumer_close(handle)
         if err != RD_KAFKA_RESP_ERR_NO_ERROR {
-            log("consumer close: \(String(cString: rd_kafka_err2name(err))): \(String(cString: rd_kafka_err2str(err)))")
+            log("consumer close: \(String(cString: rd_kafka_err2name(err))): \(String(cString: rd_kafka_err2str(err)))", level: .warning)
         }
         cond.lock()
         while calls > 0 { cond.wait() }
@@ -246,7 +247,7 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
             if err != RD_KAFKA_RESP_ERR__PARTITION_EOF {
                 let text = String(cString: rd_kafka_message_errstr(m))
                 noteFailure(text, code: err)
-                log("consumer error \(String(cString: rd_kafka_err2name(err))): \(text)")
+                log("consumer error \(String(cString: rd_kafka_err2name(err))): \(text)", level: .error)
             }
             rd_kafka_message_destroy(m)
             return
@@ -334,7 +335,7 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
             let deadline = Date(timeIntervalSinceNow: drainTimeout)
             while pending() != nil, cond.wait(until: deadline) {}
             if let m = pending() {
-                log("drain timeout: \(m.partitionKey)@\(m.offset) is still in flight; it is not committed, so the partition's next owner redelivers it")
+                log("drain timeout: \(m.partitionKey)@\(m.offset) is still in flight; it is not committed, so the partition's next owner redelivers it", level: .warning)
             }
         }
         buffer.removeAll { revoked.contains(TopicPartition($0)) }
@@ -415,7 +416,7 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
             }
             failure = KafkaError("commit \(m.partitionKey) offset \(m.offset + 1)", err: err)
             guard wait, attempt < commitAttempts, Self.retriableCommitErrors.contains(err.rawValue) else { break }
-            log("\(failure!) (attempt \(attempt) of \(commitAttempts); retrying)")
+            log("\(failure!) (attempt \(attempt) of \(commitAttempts); retrying)", level: .warning)
             Thread.sleep(forTimeInterval: 0.1 * Double(attempt))
         }
 
@@ -443,7 +444,7 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
         var back: [KafkaMessage] = []
         for m in messages {
             guard let i = inFlight.firstIndex(where: { Self.same($0, m) }) else {
-                log("release \(m.partitionKey)@\(m.offset): not a message in flight; ignored")
+                log("release \(m.partitionKey)@\(m.offset): not a message in flight; ignored", level: .warning)
                 continue
             }
             let current = inFlight.remove(at: i)

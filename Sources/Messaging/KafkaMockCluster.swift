@@ -1,5 +1,6 @@
 import CRdKafka
 import Foundation
+import Logging
 
 /// librdkafka's in-process mock Kafka cluster (`test.mock.num.brokers`), for fault-injection tests:
 /// clients connect to `bootstrapServers` like to a real cluster, and the test injects protocol errors,
@@ -17,7 +18,7 @@ public final class KafkaMockCluster: @unchecked Sendable {
     public let bootstrapServers: String
 
     /// Starts a cluster of `brokers` brokers (ids 1…brokers) inside this process.
-    public init(brokers: Int = 3, logger: KafkaLogger? = nil) throws {
+    public init(brokers: Int = 3, logger: Logger? = nil) throws {
         owner = KafkaHandleOwner(logger: logger)
         let conf = try KafkaConfiguration(["test.mock.num.brokers": String(brokers)])
         owner.install(on: conf)

@@ -1,5 +1,6 @@
 import CRdKafka
 import Foundation
+import Logging
 
 /// An idempotent Kafka producer whose `send` blocks until the broker acknowledged the record.
 ///
@@ -19,7 +20,7 @@ public final class KafkaProducer: @unchecked Sendable {
     /// - Parameters:
     ///   - properties: librdkafka producer properties; `bootstrap.servers` at least.
     ///   - logger: receives librdkafka's log lines and errors (from librdkafka's threads).
-    public init(properties: [String: String], logger: KafkaLogger? = nil) throws {
+    public init(properties: [String: String], logger: Logger? = nil) throws {
         core = ProducerCore(logger: logger)
         try core.open(properties: properties)
     }
@@ -261,7 +262,7 @@ final class ProducerCore: KafkaHandleOwner, @unchecked Sendable {
         cond.unlock()
 
         if rd_kafka_flush(handle, milliseconds(flushTimeout)) != RD_KAFKA_RESP_ERR_NO_ERROR {
-            log("producer closing with \(rd_kafka_outq_len(handle)) records undelivered; they fail with _PURGE_QUEUE")
+            log("producer closing with \(rd_kafka_outq_len(handle)) records undelivered; they fail with _PURGE_QUEUE", level: .warning)
         }
         cond.lock()
         stopPolling = true

@@ -1,6 +1,8 @@
 import ArgumentParser
+import EditDaemon
 import Editing
 import Foundation
+import Logging
 import ModelRuntime
 import Tensor
 
@@ -15,6 +17,7 @@ struct MesaBench: ParsableCommand {
         BLAS.selectCoreType()
         do {
             var command = try parseAsRoot()
+            MesaLogging.bootstrap()
             try command.run()
         } catch {
             exit(withError: error)
@@ -196,7 +199,7 @@ struct RomeBenchSetup {
         h.mesa = nil
         hparams = h
         state = EditState(home: EditState.defaultHome, baseHash: self.model.weightHash)
-        templates = try state.templates(model: self.model, groups: h.contextTemplates, seed: h.templateSeed, log: { print($0) })
+        templates = try state.templates(model: self.model, groups: h.contextTemplates, seed: h.templateSeed, logger: Logger(label: "mesa-bench"))
         if h.mom2Adjustment {
             guard let s = try state.cachedStatistics(h.statisticsSpec(modelHash: state.baseHash)) else {
                 throw ValidationError("no key statistics for layer \(h.layer) with \(h.mom2Tokens) tokens: run `mesa stats --layer \(h.layer) --tokens \(h.mom2Tokens)` first")

@@ -44,6 +44,7 @@ struct DaemonBench: ParsableCommand {
         defer { broker.stop() }
 
         var config = DaemonConfiguration()
+        config.method = "rome"   // the events below name ROME; the tiny model has no key statistics for the MEMIT family
         let modelPath: String
         if let model {
             modelPath = model
@@ -60,12 +61,22 @@ struct DaemonBench: ParsableCommand {
         config.kafka = .init(bootstrapServers: broker.bootstrapServers, groupId: "bench", createTopics: true, topics: nil,
                              properties: ["session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"])
         config.http = .init(listen: "127.0.0.1:0")
-        let daemon = Daemon(settings: .init(config: config, modelPath: modelPath, home: dir), log: { _ in })
+        let daemon = try buildDaemon(config: config, paths: DaemonPaths(modelPath: modelPath, home: dir), logger: MesaLogging.discarding())
         let samples = Samples()
         daemon.onEvent = { outcome, seconds in samples.add(total: seconds, edit: outcome.editSeconds, steps: outcome.steps) }
-        let worker = Thread { do { try daemon.run() } catch { print("daemon: \(error)") } }
-        worker.start()
+        let finished = DispatchSemaphore(value: 0)
+        Task {
+            do { try await daemon.run() } catch { print("daemon: \(error)") }
+            finished.signal()
+        }
         defer { daemon.stop() }
+        // Publishing before the daemon created its topics would let the broker create them with its
+        // default partition count, which the daemon refuses.
+        let started = Date()
+        while !daemon.isReady {
+            if finished.wait(timeout: .now() + 0.05) == .success { throw ValidationError("the daemon stopped before it was ready") }
+            if Date().timeIntervalSince(started) > 300 { throw ValidationError("the daemon was not ready within 300 s") }
+        }
 
         // Publish and wait for every event to be processed.
         let producer = try KafkaProducer(properties: ["bootstrap.servers": broker.bootstrapServers, "linger.ms": "0"])
@@ -98,7 +109,7 @@ struct DaemonBench: ParsableCommand {
             Thread.sleep(forTimeInterval: 0.05)
         }
         daemon.stop()
-        while worker.isExecuting { Thread.sleep(forTimeInterval: 0.05) }
+        finished.wait()
 
         // The LMDB floor: one fsynced commit of a ROME-sized record.
         let store = try SnapshotStore(path: dir.appendingPathComponent("floor").path)

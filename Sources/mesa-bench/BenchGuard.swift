@@ -1,9 +1,10 @@
-import Contracts
 import ArgumentParser
+import Contracts
 import EditDaemon
 import Editing
 import Evaluation
 import Foundation
+import Logging
 import ModelRuntime
 import Tensor
 
@@ -29,19 +30,11 @@ struct GuardBench: ParsableCommand {
         let path = try model ?? ModelLocator.defaultModelPath()
         let lm = try ModelLoader.load(path: path)
         let file = URL(fileURLWithPath: hparams ?? "deploy/hparams/\(method)/SmolLM2-135M-Instruct.json")
-        let setup = RomeSetup(stateDirectory: EditState.defaultHome.appendingPathComponent("state"), corpusPath: "", log: { print($0) })
-        let catalog = try SchemaCatalog.standard()
-        let editor: FactEditor
-        let firstLayer: Int
-        if kind == .rome {
-            let h = try RomeSetup.hyperparameters(at: file, catalog: catalog)
-            editor = try setup.editor(model: lm, hparams: h, computeMissing: false)
-            firstLayer = h.layer
-        } else {
-            let h = try RomeSetup.memitHyperparameters(at: file, catalog: catalog)
-            editor = try setup.memitEditor(model: lm, hparams: h, method: kind, computeMissing: false)
-            firstLayer = h.layers.first ?? 0
-        }
+        let registry = EditorRegistry(stateDirectory: EditState.defaultHome.appendingPathComponent("state"), corpusPath: "",
+                                      logger: Logger(label: "mesa-bench"))
+        let hp = try EditorRegistry.hyperparameters(kind, at: file, catalog: try SchemaCatalog.standard())
+        let editor = try registry.editor(model: lm, hparams: hp, computeMissing: false)
+        let firstLayer = hp.lowestLayer
         let records = Array(try CounterFact.load(path: data + "/counterfact/counterfact-val.json").records.prefix(edits))
         let dataDir = URL(fileURLWithPath: data)
         // Guards on the base weights, one per size (their canary sets are built from the same seed): as the

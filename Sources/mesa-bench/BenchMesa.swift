@@ -2,6 +2,7 @@ import ArgumentParser
 import Editing
 import Evaluation
 import Foundation
+import Logging
 import ModelRuntime
 import SparseAutoencoder
 import Tensor
@@ -171,7 +172,7 @@ struct MemitBench: ParsableCommand {
         let stopRule = fileStop ? "the file's stop rule" : h.earlyStopTop == true ? "most-probable stop, no loss threshold" : "fixed steps"
         h.mesa = nil
         let state = EditState(home: EditState.defaultHome, baseHash: m.weightHash)
-        let templates = try state.templates(model: m, groups: h.contextTemplates, seed: h.templateSeed, log: { print($0) })
+        let templates = try state.templates(model: m, groups: h.contextTemplates, seed: h.templateSeed, logger: Logger(label: "mesa-bench"))
         var stats: [Int: KeyStatistics] = [:]
         var statPaths: [String] = []
         for l in h.layers {

@@ -39,7 +39,7 @@ struct Edit: ParsableCommand {
                 try runMemit(model: model, path: path, request: request)
                 return
             }
-            let editor = try makeRomeEditor(model: model, modelPath: path, options: editOptions)
+            guard let editor = try makeEditor(.rome, model: model, modelPath: path, options: editOptions) as? RomeEditor else { throw fail("not a ROME editor") }
             let record = CounterFactRecord(caseId: 0, subject: subject, prompt: prompt, targetNew: targetNew, targetTrue: targetTrue ?? "",
                                            paraphrasePrompts: paraphrase, neighborhoodPrompts: neighborhood)
             let scorer = CounterFactScorer.make(model)
@@ -118,7 +118,9 @@ struct Edit: ParsableCommand {
     /// MEMIT / AlphaEdit / ENCORE: the low-rank updates of every edited layer, applied in order.
     func runMemit(model: LanguageModel, path: String, request: EditRequest) throws {
         guard saveUpdate == nil else { throw fail("--save-update writes ROME's rank-one update; use `mesa serve` snapshots for MEMIT/AlphaEdit") }
-        let editor = try makeMemitEditor(model: model, modelPath: path, options: editOptions, method: method)
+        guard let editor = try makeEditor(method, model: model, modelPath: path, options: editOptions) as? MemitEditor else {
+            throw fail("not a MEMIT-family editor")
+        }
         let record = CounterFactRecord(caseId: 0, subject: subject, prompt: prompt, targetNew: targetNew, targetTrue: targetTrue ?? "",
                                        paraphrasePrompts: paraphrase, neighborhoodPrompts: neighborhood)
         let scorer = CounterFactScorer.make(model)

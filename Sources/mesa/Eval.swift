@@ -2,10 +2,11 @@ import ArgumentParser
 import Editing
 import Evaluation
 import Foundation
+import Logging
 import ModelRuntime
 import SparseAutoencoder
 
-struct Eval: ParsableCommand {
+struct Eval: ParsableCommand, LoggingCommand {
     static let configuration = CommandConfiguration(
         abstract: "Edit and score CounterFact records; write a JSON report, a Markdown summary and an SVG plot.",
         discussion: """
@@ -16,6 +17,7 @@ struct Eval: ParsableCommand {
         """)
 
     @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup var logOptions: LogOptions
     @OptionGroup var editOptions: EditOptions
 
     @Option(name: .long, help: "Editing method: rome, memit, alphaedit or encore (hyperparameters from deploy/hparams/<method>/<model>.json, or --hparams).") var method: EditMethod = .rome
@@ -128,10 +130,10 @@ struct Layers: ParsableCommand {
             var h = try editOptions.romeHyperparameters(modelPath: path)
             h.mesa = nil
             let state = EditState(home: editOptions.home, baseHash: model.weightHash)
-            let templates = try state.templates(model: model, groups: h.contextTemplates, seed: h.templateSeed, log: log)
+            let templates = try state.templates(model: model, groups: h.contextTemplates, seed: h.templateSeed, logger: Logger(label: "mesa"))
             guard !saeOnly || sae != nil else { throw fail("--sae-only needs --sae") }
             if saeOnly {
-                let recorded = try recordedSweep(try editOptions.hparamsURL(method: "rome", modelPath: path))
+                let recorded = try recordedSweep(try editOptions.hparamsURL(method: .rome, modelPath: path))
                 try printSAEScores(model: model, state: state, records: records, templates: templates, layers: layers, sweepS: recorded)
                 return
             }

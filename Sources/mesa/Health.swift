@@ -2,6 +2,7 @@ import ArgumentParser
 import EditDaemon
 import Editing
 import Foundation
+import Logging
 import ModelRuntime
 import Storage
 
@@ -30,7 +31,7 @@ struct Health: ParsableCommand {
             let path = try c.model ?? ModelLocator.defaultModelPath()
             let lm = try ModelLoader.load(path: path)
             let stateDir = c.stateDirectory(home: daemonOptions.home)
-            let g = try QualityGuard.make(model: lm, config: c, stateDirectory: stateDir, log: { log($0) })
+            let g = try QualityGuard.make(model: lm, config: c, stateDirectory: stateDir, logger: Logger(label: "mesa"))
             let lmdb = EditState(directory: stateDir, baseHash: lm.weightHash).root.appendingPathComponent("lmdb")
             let store = try SnapshotStore(path: lmdb.path, mapSize: c.mapBytes)
             let host = try ModelHost(model: lm, modelName: Installation.modelName(path), store: store, attach: false)

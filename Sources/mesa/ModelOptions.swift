@@ -43,3 +43,18 @@ func reportingErrors<T>(_ body: () throws -> T) throws -> T {
         throw fail(String(describing: error))
     }
 }
+
+/// `reportingErrors` for an async body.
+func reportingErrors<T>(_ body: () async throws -> T) async throws -> T {
+    do {
+        return try await body()
+    } catch let e as ExitCode {
+        throw e
+    } catch let e as CleanExit {
+        throw e
+    } catch let e as ValidationError {
+        throw e
+    } catch {
+        throw fail(String(describing: error))
+    }
+}

@@ -83,7 +83,7 @@ struct Publish: ParsableCommand {
     @Option(name: .long, help: "A paraphrase prompt to evaluate (repeatable).") var paraphrase: [String] = []
     @Option(name: .long, help: "A neighborhood prompt to evaluate (repeatable).") var neighborhood: [String] = []
     @Option(name: .long, help: "The model the edit is for (default: the installed model's name).") var modelName: String?
-    @Option(name: .long, help: "Editing method.") var method: String = "ROME"
+    @Option(name: .long, help: "Editing method named in the event (default: the configured daemon's, e.g. AlphaEdit).") var method: String?
     @Option(name: .long, help: "Event id (default: a new UUID).") var id: String?
     @Flag(name: .long, help: "Evaluate without applying.") var dryRun = false
     @Option(name: .long, help: "Read the event (one JSON object) from a file, or - for stdin.") var file: String?
@@ -113,7 +113,7 @@ struct Publish: ParsableCommand {
                 modelKey = name
                 var event: [String: Any] = [
                     "id": eventId, "model": ["name": name, "revision": "main"], "subject": subject, "prompt": prompt,
-                    "target_new": ["str": targetNew], "method": method, "issued_by": ["principal": Client.principal()],
+                    "target_new": ["str": targetNew], "method": try method ?? config.editMethod.name, "issued_by": ["principal": Client.principal()],
                     "issued_at": ISO8601DateFormatter().string(from: Date()),
                 ]
                 if let targetTrue { event["target_true"] = ["str": targetTrue] }
@@ -137,12 +137,13 @@ struct Publish: ParsableCommand {
     }
 }
 
-struct Results: ParsableCommand {
+struct Results: ParsableCommand, LoggingCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print edit results (or dead letters) as JSON lines.",
         discussion: "Reads from the beginning in a consumer group of its own (nothing is committed). Without --follow it stops once no record arrived for --idle seconds.")
 
     @OptionGroup var daemonOptions: DaemonOptions
+    @OptionGroup var logOptions: LogOptions
     @Flag(name: .long, help: "Keep waiting for new records.") var follow = false
     @Flag(name: .long, help: "Read the dead-letter topic instead.") var deadLetters = false
     @Option(name: .long, help: "Only the record for this event id.") var eventId: String?
@@ -155,9 +156,9 @@ struct Results: ParsableCommand {
             try Client.checkBroker(config)
             let c = try Client.reader(topic, config: config)
             defer { c.close() }
-            StopSignal.install()
+            let interrupt = InterruptFlag()
             var last = Date()
-            while !StopSignal.raised && (follow || Date().timeIntervalSince(last) < idle) {
+            while !interrupt.raised && (follow || Date().timeIntervalSince(last) < idle) {
                 guard let m = c.next(timeout: 0.2) else { continue }
                 last = Date()
                 try? c.commit(m)
@@ -280,12 +281,13 @@ struct Snapshots: ParsableCommand {
     }
 }
 
-struct Replay: ParsableCommand {
+struct Replay: ParsableCommand, LoggingCommand {
     static let configuration = CommandConfiguration(
         abstract: "Audit: rebuild every snapshot from the base model and compare every recorded weight hash.",
         discussion: "Loads the base model in this process, re-applies the recorded deltas along each snapshot's lineage, checks the journal, and writes an audit report (Schemas/audit-report.schema.json). Exits 1 on any mismatch or refused record.")
 
     @OptionGroup var daemonOptions: DaemonOptions
+    @OptionGroup var logOptions: LogOptions
     @OptionGroup var modelOptions: ModelOptions
     @Flag(name: .long, help: "Compare every recorded hash (the default and only mode).") var verify = false
     @Option(name: .long, help: "Write the audit report here (default: audit-<model>-<time>.json in the working directory).") var report: String?

@@ -18,7 +18,7 @@ extension EditState {
     func activationCacheURL(_ spec: ActivationSpec) -> URL { root.appendingPathComponent("activations").appendingPathComponent(spec.key + ".f16") }
 }
 
-struct SAETrain: ParsableCommand {
+struct SAETrain: ParsableCommand, LoggingCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
         abstract: "Harvest activations at a site from the Wikipedia sample (cached) and train a BatchTopK SAE on them.",
@@ -34,6 +34,7 @@ struct SAETrain: ParsableCommand {
         """)
 
     @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup var logOptions: LogOptions
     @OptionGroup var editOptions: EditOptions
 
     @Option(name: .long, help: "Activation site: mlp_out, resid_out, resid_in.") var site: String = "mlp_out"

@@ -2,8 +2,12 @@ import ArgumentParser
 import EditDaemon
 import Editing
 import Foundation
+import Logging
 import Messaging
+import Metrics
 import ModelRuntime
+import Prometheus
+import UnixSignals
 
 /// Where the daemon and the operator verbs find their configuration.
 struct DaemonOptions: ParsableArguments {
@@ -44,7 +48,7 @@ struct DaemonOptions: ParsableArguments {
     var home: URL { EditState.defaultHome }
 }
 
-struct Serve: ParsableCommand {
+struct Serve: AsyncParsableCommand, LoggingCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the edit daemon: consume fact updates and control commands, edit, snapshot, publish results.",
         discussion: """
@@ -55,6 +59,7 @@ struct Serve: ParsableCommand {
         """)
 
     @OptionGroup var daemonOptions: DaemonOptions
+    @OptionGroup var logOptions: LogOptions
 
     @Option(name: .long, help: "Model (default: $MESA_MODEL, the file's, or the installed SmolLM2-135M-Instruct).")
     var model: String?
@@ -68,7 +73,7 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "BLAS threads (0 = one per core).")
     var threads: Int?
 
-    @Option(name: .long, help: "Editing method: rome, memit, alphaedit or encore (default: $MESA_METHOD, the file's, or rome).")
+    @Option(name: .long, help: "Editing method: rome, memit, alphaedit or encore (default: $MESA_METHOD, the file's, or alphaedit).")
     var method: EditMethod?
 
     @Option(name: .long, help: "MESA: refine ROME's v* through this SAE (a directory, or a name under <state>/<hash16>/sae/; default: $MESA_SAE, the file's).")
@@ -83,8 +88,8 @@ struct Serve: ParsableCommand {
     @Option(name: .long, help: "How long the first event of a batch waits for more, in ms (default: $MESA_BATCH_LINGER_MS, the file's, or 50).")
     var batchLingerMs: Int?
 
-    func run() throws {
-        try reportingErrors {
+    func run() async throws {
+        try await reportingErrors {
             var c = try daemonOptions.resolve()
             if let model { c.model = model }
             if let groupId { c.setKafka { $0.groupId = groupId } }
@@ -100,9 +105,11 @@ struct Serve: ParsableCommand {
             if c.corpus == nil {
                 c.corpus = ProcessInfo.processInfo.environment["MESA_CORPUS"] ?? FileManager.default.currentDirectoryPath + "/../shared/data/corpus/enwiki-2015-sample.txt"
             }
-            StopSignal.install()
-            let daemon = Daemon(settings: .init(config: c, modelPath: path, home: daemonOptions.home), log: { log("mesa serve: \($0)") })
-            try daemon.run()
+            try logOptions.configure(format: try c.logFormat, level: try c.logLevel)
+            let daemon = try buildDaemon(config: c, paths: DaemonPaths(modelPath: path, home: daemonOptions.home), logger: Logger(label: "mesa serve"))
+            // Metrics emitted through swift-metrics (by libraries) land in the daemon's registry, on the same /metrics.
+            MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: daemon.metrics.registry))
+            try await daemon.run(signals: [.sigterm, .sigint])
         }
     }
 }

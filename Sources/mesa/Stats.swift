@@ -3,7 +3,7 @@ import Editing
 import Foundation
 import ModelRuntime
 
-struct Stats: ParsableCommand {
+struct Stats: ParsableCommand, LoggingCommand {
     static let configuration = CommandConfiguration(
         abstract: "Compute (or show the cached) key statistics C = E[k kᵀ] of the MLP keys at a layer.",
         discussion: """
@@ -15,6 +15,7 @@ struct Stats: ParsableCommand {
         """)
 
     @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup var logOptions: LogOptions
     @OptionGroup var editOptions: EditOptions
 
     @Option(name: .customLong("layers"), parsing: .upToNextOption, help: "Layers (one pass for all).")

@@ -22,6 +22,17 @@ import Testing
         #expect(throws: SetupError.self) { try resolve(#"{"kafka": {"keyed_by_model": "true"}}"#) }
     }
 
+    @Test func logSettingsComeFromTheFileOrTheEnvironment() throws {
+        #expect(try resolve("{}").logLevel == .info)
+        #expect(try resolve("{}").logFormat == .text)
+        let file = try resolve(#"{"log": {"level": "debug", "format": "json"}}"#)
+        #expect(try file.logLevel == .debug && file.logFormat == .json)
+        let env = try resolve(#"{"log": {"level": "debug", "format": "json"}}"#, environment: ["MESA_LOG_LEVEL": "warning", "MESA_LOG_FORMAT": "text"])
+        #expect(try env.logLevel == .warning && env.logFormat == .text)
+        #expect(throws: SetupError.self) { try resolve(#"{"log": {"level": "loud"}}"#) }
+        #expect(throws: SetupError.self) { try resolve("{}", environment: ["MESA_LOG_FORMAT": "xml"]) }
+    }
+
     @Test func printingTheConfigurationHidesSecrets() throws {
         let c = try resolve(#"{"kafka": {"properties": {"sasl.password": "hunter2", "ssl.key.pem": "PEMDATA", "sasl.username": "alice"}}}"#)
         #expect(c.kafka?.properties?["sasl.password"] == "hunter2")  // the value itself is intact

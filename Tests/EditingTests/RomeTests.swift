@@ -1,5 +1,7 @@
 import Editing
 import Foundation
+import InMemoryLogging
+import Logging
 import ModelRuntime
 import Tensor
 import Testing
@@ -18,11 +20,12 @@ import Testing
         let dir = try EditTestPaths.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
         let state = EditState(home: dir, baseHash: m.weightHash)
-        var logged: [String] = []
-        let stored = try state.templates(model: m, groups: a.groups, seed: 3, log: { logged.append($0) })
-        #expect(stored == a && logged.count == 1)
-        let again = try state.templates(model: m, groups: a.groups, seed: 3, log: { logged.append($0) })
-        #expect(again == a && logged.count == 1, "a second load must not regenerate")
+        let logged = InMemoryLogHandler()
+        let logger = Logger(label: "test") { _ in logged }
+        let stored = try state.templates(model: m, groups: a.groups, seed: 3, logger: logger)
+        #expect(stored == a && logged.entries.count == 1)
+        let again = try state.templates(model: m, groups: a.groups, seed: 3, logger: logger)
+        #expect(again == a && logged.entries.count == 1, "a second load must not regenerate")
     }
 
     @Test func updateWritesTheOptimizedValueAtTheAveragedKey() throws {

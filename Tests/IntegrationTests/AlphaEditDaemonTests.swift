@@ -22,7 +22,7 @@ import Testing
 
     @Test(arguments: [EditMethod.alphaedit, .encore])
     func stateFollowsSnapshotsRollbacksAndRestarts(_ method: EditMethod) throws {
-        let p = method.rawValue, label = method.label
+        let p = method.rawValue, label = method.name
         let a = Self.update("\(p)-a", label, subject: "Paris", target: "Rome")
         let b = Self.update("\(p)-b", label, subject: "Rome", target: "Paris")
         let c = Self.update("\(p)-c", label, subject: "Paris", prompt: "The city of {} lies in", target: "Italy")

@@ -74,8 +74,9 @@ final class DaemonHarness: @unchecked Sendable {
         }
     }
 
-    /// The config's "method" (nil: the default, ROME).
-    var method: String?
+    /// The config's "method" (the tests' default: ROME on layer 1 of the tiny model, which needs no
+    /// key statistics; the daemon's own default is AlphaEdit).
+    var method: String? = "rome"
 
     /// The config's "mesa" block (nil: none).
     var mesa: [String: Any]?
@@ -139,10 +140,10 @@ final class DaemonHarness: @unchecked Sendable {
         p.waitUntilExit()
     }
 
-    /// SIGTERM and wait; returns the exit status.
-    func terminate(timeout: Double = 60) -> Int32? {
+    /// SIGTERM (or `signal`) and wait; returns the exit status.
+    func terminate(signal: Int32 = SIGTERM, timeout: Double = 60) -> Int32? {
         guard let p = process, p.isRunning else { return process?.terminationStatus }
-        kill(p.processIdentifier, SIGTERM)
+        kill(p.processIdentifier, signal)
         let end = Date().addingTimeInterval(timeout)
         while p.isRunning && Date() < end { Thread.sleep(forTimeInterval: 0.05) }
         if p.isRunning { kill9(); return nil }

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Messaging
 import Testing
 
@@ -17,7 +18,19 @@ final class LogCollector: @unchecked Sendable {
 
     init(_ name: String) { self.name = name }
 
-    var logger: KafkaLogger { { [self] line in append(line) } }
+    var logger: Logger { Logger(label: name) { [self] _ in Handler(collector: self) } }
+
+    /// Appends every message, at every level, to the collector.
+    struct Handler: LogHandler {
+        let collector: LogCollector
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(event: LogEvent) { collector.append(event.message.description) }
+    }
 
     func append(_ line: String) {
         lock.lock()

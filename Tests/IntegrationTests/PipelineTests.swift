@@ -1,0 +1,92 @@
+import Contracts
+import EditDaemon
+import Foundation
+import Logging
+import Messaging
+import TestSupport
+import Testing
+
+/// The pipeline without a broker: `buildPipeline` on the tiny model and a temporary LMDB, fed
+/// hand-made Kafka messages.
+@Suite struct PipelineTests {
+    /// A state directory with the tiny model, its ROME hyperparameters and a configuration for them.
+    struct Setup {
+        let dir: URL
+        let config: DaemonConfiguration
+        let paths: DaemonPaths
+        let catalog: SchemaCatalog
+
+        init(label: String) throws {
+            dir = try TestPaths.temporaryDirectory("pipeline-\(label)")
+            let model = dir.appendingPathComponent("\(DaemonHarness.modelName).gguf").path
+            try TinyModel.write(to: model)
+            let rome = dir.appendingPathComponent("hparams/rome")
+            try FileManager.default.createDirectory(at: rome, withIntermediateDirectories: true)
+            try TinyModel.romeHyperparameters(model: DaemonHarness.modelName, steps: 8, earlyStop: 0)
+                .write(to: rome.appendingPathComponent("\(DaemonHarness.modelName).json"))
+            var c = DaemonConfiguration()
+            c.stateDir = dir.appendingPathComponent("state").path
+            c.hparamsDir = dir.appendingPathComponent("hparams").path
+            c.threads = 1
+            c.method = "rome"
+            c.qualityGuard = .init(enabled: false)
+            config = c
+            paths = DaemonPaths(modelPath: model, home: dir)
+            catalog = try SchemaCatalog(directory: TestPaths.repoRoot.appendingPathComponent("Schemas"))
+        }
+
+        func pipeline() throws -> Pipeline {
+            try buildPipeline(config: config, paths: paths, catalog: catalog, logger: MesaLogging.discarding())
+        }
+
+        func message(_ payload: Data, topic: String? = nil, offset: Int64) -> KafkaMessage {
+            KafkaMessage(topic: topic ?? config.topics.factUpdates, partition: 0, offset: offset, key: nil, payload: Array(payload))
+        }
+
+        func remove() { try? FileManager.default.removeItem(at: dir) }
+    }
+
+    @Test func editsDedupesDeadLettersAndRollsBackWithoutABroker() throws {
+        let s = try Setup(label: "flow")
+        defer { s.remove() }
+        let p = try s.pipeline()
+        let base = p.host.model.weightHash
+        let id = UUID().uuidString.lowercased()
+        let event = DaemonHarness.factUpdate(id: id)
+
+        let applied = try p.process(s.message(event, offset: 0))
+        #expect(applied.kind == .applied(method: "ROME") && applied.eventId == id, "\(applied.summary)")
+        #expect(p.host.head == 1 && p.host.model.weightHash != base)
+        #expect(applied.records.map(\.topic) == [s.config.topics.results])
+        let edited = p.host.model.weightHash
+
+        let again = try p.process(s.message(event, offset: 1))
+        #expect(again.kind == .redelivery && p.host.head == 1 && p.host.model.weightHash == edited)
+
+        let junk = try p.process(s.message(Data("{not json".utf8), offset: 2))
+        #expect(junk.kind == .deadLetter(.malformedJSON) && junk.records.map(\.topic) == [s.config.topics.deadLetters])
+
+        let other = try p.process(s.message(DaemonHarness.factUpdate(extra: ["method": "MEMIT"]), offset: 3))
+        #expect(other.kind == .deadLetter(.unsupportedMethod), "\(other.summary)")
+
+        let back = try p.process(s.message(DaemonHarness.rollback(to: 0), topic: s.config.topics.control, offset: 0))
+        #expect(back.kind == .rolledBack && p.host.head == 0 && p.host.model.weightHash == base, "\(back.summary)")
+    }
+
+    /// A pipeline built again over the same state directory (a restart) holds the head's weights.
+    @Test func aRebuiltPipelineResumesAtTheHead() throws {
+        let s = try Setup(label: "restart")
+        defer { s.remove() }
+        // The first pipeline (and its LMDB environment, which a process opens once) is gone before the second.
+        let hash: String = try {
+            let first = try s.pipeline()
+            for (i, subject) in ["Paris", "Lyon"].enumerated() {
+                let o = try first.process(s.message(DaemonHarness.factUpdate(subject: subject), offset: Int64(i)))
+                #expect(o.kind == .applied(method: "ROME"), "\(o.summary)")
+            }
+            return first.host.model.weightHash
+        }()
+        let second = try s.pipeline()
+        #expect(second.host.head == 2 && second.host.model.weightHash == hash)
+    }
+}
