@@ -186,7 +186,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         guard (0...600_000).contains(retry?.backoffMs ?? 0), (0...600_000).contains(retry?.maxBackoffMs ?? 0) else {
             throw SetupError("retry.backoff_ms and retry.max_backoff_ms must be within 0...600000")
         }
-        if batchMaxEvents > 1, editMethod == "rome" {
+        if batchMaxEvents > 1, try !editMethod.editsTogether {
             throw SetupError("batch.max_events \(batchMaxEvents): ROME edits one fact at a time; batch edits need method memit or alphaedit")
         }
     }
@@ -207,8 +207,12 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         return p
     }
 
-    /// The editing method, lowercased.
-    public var editMethod: String { (method ?? "rome").lowercased() }
+    /// The editing method (`method`, default rome).
+    public var editMethod: EditMethod {
+        get throws {
+            do { return try EditMethod(parsing: method ?? "rome") } catch { throw SetupError("\(error)") }
+        }
+    }
 
     /// The configured MESA settings applied over a hyperparameter file's "mesa" block.
     public func mesaSettings(over file: MesaHyperparameters?) -> MesaHyperparameters? {

@@ -464,25 +464,12 @@ public func buildPipeline(config c: DaemonConfiguration, paths: DaemonPaths, cat
     status("preparing the editor")
     let hparamsDirs = c.hparamsDir.map { [URL(fileURLWithPath: $0)] }
     let corpus = c.corpus ?? paths.home.appendingPathComponent("corpus/enwiki-2015-sample.txt").path
-    let setup = RomeSetup(stateDirectory: stateDir, corpusPath: corpus, logger: logger, shouldStop: shouldStop)
-    let method = c.editMethod
+    let registry = EditorRegistry(stateDirectory: stateDir, corpusPath: corpus, logger: logger, shouldStop: shouldStop)
+    let method = try c.editMethod
     let hparamsFile = try Installation.hparamsFile(method: method, modelName: name, directories: hparamsDirs)
-    let methodSettings: MethodSettings
-    let editor: FactEditor
-    switch method {
-    case "rome":
-        var hp = try RomeSetup.hyperparameters(at: hparamsFile, catalog: catalog)
-        hp.mesa = c.mesaSettings(over: hp.mesa)
-        methodSettings = .rome(hp)
-        editor = try setup.editor(model: model, hparams: hp)
-    case "memit", "alphaedit":
-        var hp = try RomeSetup.memitHyperparameters(at: hparamsFile, catalog: catalog)
-        hp.mesa = c.mesaSettings(over: hp.mesa)
-        methodSettings = .memit(hp, alphaEdit: method == "alphaedit")
-        editor = try setup.memitEditor(model: model, hparams: hp, alphaEdit: method == "alphaedit")
-    default:
-        throw SetupError("method \(method) is not one of rome, memit, alphaedit")
-    }
+    var hparams = try EditorRegistry.hyperparameters(method, at: hparamsFile, catalog: catalog)
+    hparams.mesa = c.mesaSettings(over: hparams.mesa)
+    let editor = try registry.editor(model: model, hparams: hparams)
     if let sae = editor.mesaSetup.settings?.sae {
         logger.info("editor: \(editor.method) (\(hparamsFile.path)) with MESA refinement through \(sae)")
     } else if let why = editor.mesaSetup.fallbackReason {
@@ -495,8 +482,8 @@ public func buildPipeline(config c: DaemonConfiguration, paths: DaemonPaths, cat
     metrics?.snapshotHead.set(to: Double(modelHost.head))
     logger.info("snapshots: \(lmdbDir.path), head \(modelHost.head), weights \(model.weightHash.prefix(16))",
                 metadata: ["head": "\(modelHost.head)", "weight_hash": "\(model.weightHash)"])
-    let pipeline = try Pipeline(host: modelHost, catalog: catalog, topics: c.topics, maxEventBytes: c.eventLimit, setup: setup,
-                                settings: methodSettings, editor: editor, logger: logger)
+    let pipeline = try Pipeline(host: modelHost, catalog: catalog, topics: c.topics, maxEventBytes: c.eventLimit, registry: registry,
+                                hyperparameters: hparams, editor: editor, logger: logger)
     if let g = qualityGuard {
         pipeline.qualityGuard = g
         metrics?.setCanary(modelHost.head == 0 ? g.base : try g.measure(model), weights: "head")

@@ -44,13 +44,13 @@ public enum Installation {
         return dirs + roots().map { $0.appendingPathComponent("deploy/hparams") }
     }
 
-    public static func hparamsFile(method: String, modelName: String, directories: [URL]? = nil) throws -> URL {
+    public static func hparamsFile(method: EditMethod, modelName: String, directories: [URL]? = nil) throws -> URL {
         let file = "\(modelName).json"
         for d in directories ?? hparamsDirectories() {
-            let u = d.appendingPathComponent(method).appendingPathComponent(file)
+            let u = d.appendingPathComponent(method.rawValue).appendingPathComponent(file)
             if FileManager.default.fileExists(atPath: u.path) { return u }
         }
-        throw SetupError("no \(method) hyperparameters for \(modelName): add \(method)/\(file) to the hyperparameter directory (deploy/hparams)")
+        throw SetupError("no \(method.rawValue) hyperparameters for \(modelName): add \(method.rawValue)/\(file) to the hyperparameter directory (deploy/hparams)")
     }
 
     /// The Schemas directory: $MESA_SCHEMAS_DIR or the first root that has one.
@@ -113,9 +113,42 @@ public final class SchemaCatalog: @unchecked Sendable {
     }
 }
 
-/// Builds ROME editors: hyperparameters checked against their schema, stored context templates,
-/// and key statistics loaded from the edit state or computed once (resumably).
-public struct RomeSetup {
+/// One method's hyperparameters, as its file holds them: what `EditorRegistry` builds an editor from.
+public enum MethodHyperparameters: Sendable, Equatable {
+    case rome(RomeHyperparameters)
+    case memit(MemitHyperparameters)
+    case alphaEdit(MemitHyperparameters)
+
+    public var method: EditMethod {
+        switch self {
+        case .rome: return .rome
+        case .memit: return .memit
+        case .alphaEdit: return .alphaedit
+        }
+    }
+
+    /// The "mesa" block (MESA refinement through an SAE).
+    public var mesa: MesaHyperparameters? {
+        get {
+            switch self {
+            case .rome(let h): return h.mesa
+            case .memit(let h), .alphaEdit(let h): return h.mesa
+            }
+        }
+        set {
+            switch self {
+            case .rome(var h): h.mesa = newValue; self = .rome(h)
+            case .memit(var h): h.mesa = newValue; self = .memit(h)
+            case .alphaEdit(var h): h.mesa = newValue; self = .alphaEdit(h)
+            }
+        }
+    }
+}
+
+/// The one place editors are built, for every method: hyperparameter files checked against their
+/// schema, stored context templates, key statistics loaded from the edit state or computed once
+/// (resumably), AlphaEdit's null-space projectors, and the SAE of MESA refinement.
+public struct EditorRegistry {
     /// The state directory (`$MESA_HOME/state` by default): `<hash16>/` per base model.
     public var stateDirectory: URL
     public var corpusPath: String
@@ -133,11 +166,31 @@ public struct RomeSetup {
         self.shouldStop = shouldStop
     }
 
-    /// Reads and checks a hyperparameter file.
-    public static func hyperparameters(at url: URL, catalog: SchemaCatalog) throws -> RomeHyperparameters {
+    /// Reads and checks `method`'s hyperparameter file (Schemas/rome-hparams.schema.json or
+    /// memit-hparams.schema.json).
+    public static func hyperparameters(_ method: EditMethod, at url: URL, catalog: SchemaCatalog) throws -> MethodHyperparameters {
         guard let data = FileManager.default.contents(atPath: url.path) else { throw SetupError("cannot read \(url.path)") }
-        try catalog.check(data, against: "rome-hparams.schema.json", what: url.path)
-        return try RomeHyperparameters.decode(data)
+        switch method {
+        case .rome:
+            try catalog.check(data, against: "rome-hparams.schema.json", what: url.path)
+            return .rome(try RomeHyperparameters.decode(data))
+        case .memit, .alphaedit:
+            try catalog.check(data, against: "memit-hparams.schema.json", what: url.path)
+            let h = try MemitHyperparameters.decode(data)
+            return method == .memit ? .memit(h) : .alphaEdit(h)
+        }
+    }
+
+    /// The editor `hparams` describe, for `model`. Templates and statistics are keyed by the base hash
+    /// and must come from the unedited model: pass `computeMissing: false` once the model holds edits,
+    /// so missing ones are an error instead of being derived from edited weights.
+    public func editor(model: LanguageModel, hparams: MethodHyperparameters, baseHash: String? = nil,
+                       computeMissing: Bool = true) throws -> FactEditor {
+        switch hparams {
+        case .rome(let h): return try romeEditor(model: model, hparams: h, baseHash: baseHash, computeMissing: computeMissing)
+        case .memit(let h): return try memitEditor(model: model, hparams: h, alphaEdit: false, baseHash: baseHash, computeMissing: computeMissing)
+        case .alphaEdit(let h): return try memitEditor(model: model, hparams: h, alphaEdit: true, baseHash: baseHash, computeMissing: computeMissing)
+        }
     }
 
     /// Loads (or computes and stores) the key statistics `specs`. Throws when interrupted.
@@ -164,11 +217,8 @@ public struct RomeSetup {
         return out.map { $0! }
     }
 
-    /// The ROME editor for `model`. Templates and statistics are keyed by the base hash and must come
-    /// from the unedited model: pass `computeMissing: false` once the model holds edits, so missing
-    /// ones are an error instead of being derived from edited weights.
-    public func editor(model: LanguageModel, hparams h: RomeHyperparameters, baseHash: String? = nil,
-                       computeMissing: Bool = true) throws -> RomeEditor {
+    /// The ROME editor for `model`.
+    func romeEditor(model: LanguageModel, hparams h: RomeHyperparameters, baseHash: String?, computeMissing: Bool) throws -> RomeEditor {
         try h.validate(layers: model.config.layers)
         let state = EditState(directory: stateDirectory, baseHash: baseHash ?? model.weightHash)
         if !computeMissing, !FileManager.default.fileExists(atPath: state.templatesURL(groups: h.contextTemplates, seed: h.templateSeed).path) {
@@ -206,17 +256,10 @@ public struct RomeSetup {
         }
     }
 
-    /// Reads and checks a MEMIT or AlphaEdit hyperparameter file (Schemas/memit-hparams.schema.json).
-    public static func memitHyperparameters(at url: URL, catalog: SchemaCatalog) throws -> MemitHyperparameters {
-        guard let data = FileManager.default.contents(atPath: url.path) else { throw SetupError("cannot read \(url.path)") }
-        try catalog.check(data, against: "memit-hparams.schema.json", what: url.path)
-        return try MemitHyperparameters.decode(data)
-    }
-
     /// A MEMIT editor, or with `alphaEdit` an AlphaEdit editor (its projectors are computed here, one
     /// eigendecomposition per layer). Templates and statistics come from the edit state as for ROME.
-    public func memitEditor(model: LanguageModel, hparams h: MemitHyperparameters, alphaEdit: Bool, baseHash: String? = nil,
-                            computeMissing: Bool = true) throws -> MemitEditor {
+    func memitEditor(model: LanguageModel, hparams h: MemitHyperparameters, alphaEdit: Bool, baseHash: String?,
+                     computeMissing: Bool) throws -> MemitEditor {
         try h.validate(layers: model.config.layers)
         let state = EditState(directory: stateDirectory, baseHash: baseHash ?? model.weightHash)
         let templates = try state.templates(model: model, groups: h.contextTemplates, seed: h.templateSeed, logger: logger)

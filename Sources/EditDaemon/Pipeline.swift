@@ -76,27 +76,6 @@ extension Outcome.Kind {
     }
 }
 
-/// The method a daemon runs, with its default hyperparameters.
-public enum MethodSettings: Sendable, Equatable {
-    case rome(RomeHyperparameters)
-    case memit(MemitHyperparameters, alphaEdit: Bool)
-
-    /// The event `method` values this daemon accepts.
-    public func accepts(_ method: String, refined: Bool) -> Bool {
-        switch self {
-        case .rome: return method == "ROME" || (refined && method == "MESA")
-        case .memit(_, let alpha): return method == (alpha ? "AlphaEdit" : "MEMIT")
-        }
-    }
-
-    public var name: String {
-        switch self {
-        case .rome: return "ROME"
-        case .memit(_, let alpha): return alpha ? "AlphaEdit" : "MEMIT"
-        }
-    }
-}
-
 /// decode → validate → dedupe → edit → evaluate → snapshot, for one consumed message. Publishing and
 /// committing are the caller's (the daemon publishes `Outcome.records`, then commits offset+1).
 ///
@@ -114,25 +93,25 @@ public final class Pipeline: @unchecked Sendable {
     /// Scores the canary set after every edit or batch; an edit that crosses its thresholds is undone
     /// and its events dead-lettered (`quality_gate`). Nil: no guard.
     public var qualityGuard: QualityGuard?
-    let setup: RomeSetup
-    let settings: MethodSettings
+    let registry: EditorRegistry
+    let hyperparameters: MethodHyperparameters
     let defaultEditor: FactEditor
     private var editors: [String: FactEditor] = [:]
     let scorer: CandidateScorer
     let logger: Logger
 
-    /// `editor` is the default editor for `settings`; its method state (AlphaEdit's accumulated keys)
+    /// `editor` is the default editor for `hyperparameters`; its method state (AlphaEdit's accumulated keys)
     /// is rebuilt here from the snapshots the weights hold.
-    public init(host: ModelHost, catalog: SchemaCatalog, topics: Topics, maxEventBytes: Int, setup: RomeSetup,
-                settings: MethodSettings, editor: FactEditor, logger: Logger) throws {
+    public init(host: ModelHost, catalog: SchemaCatalog, topics: Topics, maxEventBytes: Int, registry: EditorRegistry,
+                hyperparameters: MethodHyperparameters, editor: FactEditor, logger: Logger) throws {
         self.host = host
         self.catalog = catalog
         factSchema = try catalog.schema("fact-update.schema.json")
         controlSchema = try catalog.schema("control-command.schema.json")
         self.topics = topics
         self.maxEventBytes = maxEventBytes
-        self.setup = setup
-        self.settings = settings
+        self.registry = registry
+        self.hyperparameters = hyperparameters
         defaultEditor = editor
         scorer = CounterFactScorer.make(host.model)
         self.logger = logger
@@ -141,7 +120,7 @@ public final class Pipeline: @unchecked Sendable {
 
     /// Brings the editor's method state to the weights' head: the state blocks of its lineage.
     func rebuildEditState() throws {
-        guard case .memit(_, alphaEdit: true) = settings else { return }
+        guard case .alphaEdit = hyperparameters else { return }
         let lineage = try host.store.lineage(to: host.head)
         try defaultEditor.rebuildState(lineage.map(\.state))
         if !lineage.isEmpty {
@@ -215,7 +194,7 @@ public final class Pipeline: @unchecked Sendable {
         if e.model.revision.range(of: "^[0-9a-f]{8,64}$", options: .regularExpression) != nil, !host.baseHash.hasPrefix(e.model.revision) {
             throw Rejection(.unknownModel, "revision \(e.model.revision) is not this daemon's base model \(host.baseHash.prefix(16))", eventId: e.id)
         }
-        guard settings.accepts(e.method, refined: defaultEditor.mesaSetup.settings != nil) else {
+        guard hyperparameters.method.accepts(e.method, refined: defaultEditor.mesaSetup.settings != nil) else {
             throw Rejection(.unsupportedMethod, "method \(e.method) is not available in this daemon (it runs \(defaultEditor.method))", eventId: e.id)
         }
 
@@ -543,7 +522,7 @@ public final class Pipeline: @unchecked Sendable {
     /// The editor for an event: the default one, or one with the event's bounded overrides.
     func editor(for e: FactUpdate) throws -> FactEditor {
         guard let o = e.hyperparameters else { return defaultEditor }
-        switch settings {
+        switch hyperparameters {
         case .rome(let defaults):
             var h = defaults
             if let layers = o.layers {
@@ -562,9 +541,10 @@ public final class Pipeline: @unchecked Sendable {
                 throw Rejection(.invalidHyperparameters, "\(error)", eventId: e.id)
             }
             return try cachedEditor(h, eventId: e.id) {
-                try setup.editor(model: host.model, hparams: h, baseHash: host.baseHash, computeMissing: false)
+                try registry.editor(model: host.model, hparams: .rome(h), baseHash: host.baseHash, computeMissing: false)
             }
-        case .memit(let defaults, let alphaEdit):
+        case .memit(let defaults), .alphaEdit(let defaults):
+            let alphaEdit = hyperparameters.method == .alphaedit
             var h = defaults
             if let layers = o.layers {
                 guard !alphaEdit || layers == defaults.layers else {
@@ -591,7 +571,7 @@ public final class Pipeline: @unchecked Sendable {
                     return try MemitEditor(model: host.model, hparams: h, templates: base.templates, statistics: base.statistics,
                                            solver: base.solver, sae: base.mesaSetup.sae, fallbackReason: base.mesaSetup.fallbackReason)
                 }
-                return try setup.memitEditor(model: host.model, hparams: h, alphaEdit: false, baseHash: host.baseHash, computeMissing: false)
+                return try registry.editor(model: host.model, hparams: .memit(h), baseHash: host.baseHash, computeMissing: false)
             }
         }
     }

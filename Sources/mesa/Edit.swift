@@ -27,20 +27,19 @@ struct Edit: ParsableCommand {
     @Option(name: .long, help: "Write the rank-one update (JSON) here.") var saveUpdate: String?
     @Option(name: .long, help: "Write the edited model here as GGUF (edited tensors in F32, the rest as loaded).") var save: String?
     @Flag(name: .long, help: "Print JSON.") var json = false
-    @Option(name: .long, help: "Editing method: rome, memit or alphaedit.") var method: String = "rome"
+    @Option(name: .long, help: "Editing method: rome, memit or alphaedit.") var method: EditMethod = .rome
 
     func run() throws {
         try reportingErrors {
-            guard ["rome", "memit", "alphaedit"].contains(method) else { throw fail("unknown method \(method) (rome, memit, alphaedit)") }
             let path = try modelOptions.path
             let model = try modelOptions.load()
             let request = EditRequest(subject: subject, prompt: prompt, targetNew: targetNew, targetTrue: targetTrue)
             try request.validate()
-            if method != "rome" {
+            if method != .rome {
                 try runMemit(model: model, path: path, request: request)
                 return
             }
-            let editor = try makeRomeEditor(model: model, modelPath: path, options: editOptions)
+            guard let editor = try makeEditor(.rome, model: model, modelPath: path, options: editOptions) as? RomeEditor else { throw fail("not a ROME editor") }
             let record = CounterFactRecord(caseId: 0, subject: subject, prompt: prompt, targetNew: targetNew, targetTrue: targetTrue ?? "",
                                            paraphrasePrompts: paraphrase, neighborhoodPrompts: neighborhood)
             let scorer = CounterFactScorer.make(model)
@@ -119,7 +118,9 @@ struct Edit: ParsableCommand {
     /// MEMIT / AlphaEdit: the low-rank updates of every edited layer, applied in order.
     func runMemit(model: LanguageModel, path: String, request: EditRequest) throws {
         guard saveUpdate == nil else { throw fail("--save-update writes ROME's rank-one update; use `mesa serve` snapshots for MEMIT/AlphaEdit") }
-        let editor = try makeMemitEditor(model: model, modelPath: path, options: editOptions, alphaEdit: method == "alphaedit")
+        guard let editor = try makeEditor(method, model: model, modelPath: path, options: editOptions) as? MemitEditor else {
+            throw fail("not a MEMIT or AlphaEdit editor")
+        }
         let record = CounterFactRecord(caseId: 0, subject: subject, prompt: prompt, targetNew: targetNew, targetTrue: targetTrue ?? "",
                                        paraphrasePrompts: paraphrase, neighborhoodPrompts: neighborhood)
         let scorer = CounterFactScorer.make(model)

@@ -30,15 +30,24 @@ struct EditOptions: ParsableArguments {
 
     static func modelName(_ path: String) -> String { Installation.modelName(path) }
 
-    func hparamsURL(method: String, modelPath: String) throws -> URL {
+    func hparamsURL(method: EditMethod, modelPath: String) throws -> URL {
         if let hparams { return URL(fileURLWithPath: hparams) }
         return try Installation.hparamsFile(method: method, modelName: Self.modelName(modelPath))
     }
 
-    func romeHyperparameters(modelPath: String) throws -> RomeHyperparameters {
-        var h = try RomeSetup.hyperparameters(at: try hparamsURL(method: "rome", modelPath: modelPath), catalog: try SchemaCatalog.standard())
-        if let layer { h.layer = layer }
+    /// `method`'s hyperparameters with --layer (ROME) and the MESA options on top.
+    func hyperparameters(_ method: EditMethod, modelPath: String) throws -> MethodHyperparameters {
+        var h = try EditorRegistry.hyperparameters(method, at: try hparamsURL(method: method, modelPath: modelPath), catalog: try SchemaCatalog.standard())
+        if let layer, case .rome(var rome) = h {
+            rome.layer = layer
+            h = .rome(rome)
+        }
         h.mesa = mesa(over: h.mesa)
+        return h
+    }
+
+    func romeHyperparameters(modelPath: String) throws -> RomeHyperparameters {
+        guard case .rome(let h) = try hyperparameters(.rome, modelPath: modelPath) else { throw fail("not ROME hyperparameters") }
         return h
     }
 
@@ -55,8 +64,8 @@ struct EditOptions: ParsableArguments {
 
     var home: URL { stateHome.map { URL(fileURLWithPath: $0) } ?? EditState.defaultHome }
 
-    func setup(progress: ((Int, Int, Double) -> Void)? = nil, shouldStop: (() -> Bool)? = nil) -> RomeSetup {
-        RomeSetup(stateDirectory: home.appendingPathComponent("state"), corpusPath: corpusPath, logger: Logger(label: "mesa"),
+    func registry(progress: ((Int, Int, Double) -> Void)? = nil, shouldStop: (() -> Bool)? = nil) -> EditorRegistry {
+        EditorRegistry(stateDirectory: home.appendingPathComponent("state"), corpusPath: corpusPath, logger: Logger(label: "mesa"),
                   progress: progress, shouldStop: shouldStop)
     }
 }
@@ -92,11 +101,11 @@ func keyStatistics(model: LanguageModel, options: EditOptions, specs: [KeyStatis
 
 /// Runs `body` with the edit setup of a terminal session: key statistics computed on the way show a
 /// progress bar on stderr, and Ctrl-C checkpoints them.
-func withInteractiveSetup<T>(_ options: EditOptions, _ body: (RomeSetup) throws -> T) throws -> T {
+func withInteractiveSetup<T>(_ options: EditOptions, _ body: (EditorRegistry) throws -> T) throws -> T {
     let bar = ProgressBar("stats")
     let stop = InterruptFlag()
     defer { bar.finish() }
-    return try body(options.setup(progress: { bar.update($0, $1, unit: "tok", seconds: $2) }, shouldStop: { stop.raised }))
+    return try body(options.registry(progress: { bar.update($0, $1, unit: "tok", seconds: $2) }, shouldStop: { stop.raised }))
 }
 
 /// Turns SIGINT into a flag polled between units of work, so long jobs checkpoint and exit cleanly.
@@ -108,16 +117,10 @@ final class InterruptFlag: @unchecked Sendable {
     var raised: Bool { Self.flag != 0 }
 }
 
-/// The ROME editor for a loaded model: hyperparameters, stored templates, key statistics.
-func makeRomeEditor(model: LanguageModel, modelPath: String, options: EditOptions) throws -> RomeEditor {
-    let h = try options.romeHyperparameters(modelPath: modelPath)
+/// The editor of `method` for a loaded model: hyperparameters from deploy/hparams/<method>/<model>.json (or
+/// --hparams, --layer, the MESA options), stored templates, key statistics (computed with a progress bar
+/// when missing), AlphaEdit's projectors.
+func makeEditor(_ method: EditMethod, model: LanguageModel, modelPath: String, options: EditOptions) throws -> FactEditor {
+    let h = try options.hyperparameters(method, modelPath: modelPath)
     return try withInteractiveSetup(options) { try $0.editor(model: model, hparams: h) }
-}
-
-/// A MEMIT or AlphaEdit editor from deploy/hparams/{memit,alphaedit}/<model>.json (or --hparams).
-func makeMemitEditor(model: LanguageModel, modelPath: String, options: EditOptions, alphaEdit: Bool) throws -> MemitEditor {
-    let url = try options.hparamsURL(method: alphaEdit ? "alphaedit" : "memit", modelPath: modelPath)
-    var h = try RomeSetup.memitHyperparameters(at: url, catalog: try SchemaCatalog.standard())
-    h.mesa = options.mesa(over: h.mesa)
-    return try withInteractiveSetup(options) { try $0.memitEditor(model: model, hparams: h, alphaEdit: alphaEdit) }
 }

@@ -20,7 +20,7 @@ struct Eval: ParsableCommand, LoggingCommand {
     @OptionGroup var logOptions: LogOptions
     @OptionGroup var editOptions: EditOptions
 
-    @Option(name: .long, help: "Editing method: rome, memit or alphaedit (hyperparameters from deploy/hparams/<method>/<model>.json, or --hparams).") var method: String = "rome"
+    @Option(name: .long, help: "Editing method: rome, memit or alphaedit (hyperparameters from deploy/hparams/<method>/<model>.json, or --hparams).") var method: EditMethod = .rome
     @Option(name: .long, help: "CounterFact file (either layout).") var data: String?
     @Option(name: .long, help: "First record.") var start: Int = 0
     @Option(name: .long, help: "Number of records.") var limit: Int = 10
@@ -36,9 +36,8 @@ struct Eval: ParsableCommand, LoggingCommand {
 
     func run() throws {
         try reportingErrors {
-            guard ["rome", "memit", "alphaedit"].contains(method) else { throw fail("unknown method \(method) (rome, memit, alphaedit)") }
             guard checkpoints.isEmpty || sequential else { throw fail("--checkpoints needs --sequential") }
-            guard batch >= 1, batch == 1 || (sequential && method != "rome") else {
+            guard batch >= 1, batch == 1 || (sequential && method.editsTogether) else {
                 throw fail("--batch N needs --sequential and memit or alphaedit (ROME edits one fact at a time)")
             }
             let path = try modelOptions.path
@@ -47,9 +46,7 @@ struct Eval: ParsableCommand, LoggingCommand {
             let model = try modelOptions.load()
             // The base model's hash: a resumed journal moves the weights to its last edit.
             let baseHash = model.weightHash
-            let editor: FactEditor = method == "rome"
-                ? try makeRomeEditor(model: model, modelPath: path, options: editOptions)
-                : try makeMemitEditor(model: model, modelPath: path, options: editOptions, alphaEdit: method == "alphaedit")
+            let editor = try makeEditor(method, model: model, modelPath: path, options: editOptions)
             var runner = CounterFactRunner(model: model, editor: editor, sequential: sequential)
             runner.checkpoints = checkpoints
             runner.batch = batch
@@ -93,7 +90,7 @@ struct Eval: ParsableCommand, LoggingCommand {
                 enc.outputFormatting = [.prettyPrinted, .sortedKeys]
                 try enc.encode(curve).write(to: url)
                 let svg = ReportWriter.curveSVG(title: "\(method) on \(EditOptions.modelName(path)): S after n sequential edits",
-                                                series: [(method, curve.map { (Double($0.edits), $0.metrics.s) })])
+                                                series: [(method.rawValue, curve.map { (Double($0.edits), $0.metrics.s) })])
                 try svg.write(toFile: url.deletingPathExtension().path + ".svg", atomically: true, encoding: .utf8)
                 print("wrote \(url.path) and its .svg")
             }
@@ -136,7 +133,7 @@ struct Layers: ParsableCommand {
             let templates = try state.templates(model: model, groups: h.contextTemplates, seed: h.templateSeed, logger: Logger(label: "mesa"))
             guard !saeOnly || sae != nil else { throw fail("--sae-only needs --sae") }
             if saeOnly {
-                let recorded = try recordedSweep(try editOptions.hparamsURL(method: "rome", modelPath: path))
+                let recorded = try recordedSweep(try editOptions.hparamsURL(method: .rome, modelPath: path))
                 try printSAEScores(model: model, state: state, records: records, templates: templates, layers: layers, sweepS: recorded)
                 return
             }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import EditDaemon
+import Editing
 import Foundation
 import Logging
 
@@ -42,3 +43,5 @@ protocol LoggingCommand {
 
 /// Logs `message` at info through a logger labelled `mesa` (stderr, in the configured format).
 func log(_ message: String, metadata: Logger.Metadata? = nil) { Logger(label: "mesa").info("\(message)", metadata: metadata) }
+
+extension EditMethod: ExpressibleByArgument {}
