@@ -59,4 +59,38 @@ import Testing
         #expect(try h.store().records().count == 1)
         #expect(h.terminate() == 0)
     }
+
+    /// A service that fails (here HTTP: its port is taken) stops the group: the process exits 1 with
+    /// the cause, and the services started meanwhile are closed.
+    @Test func aFailingServiceStopsTheDaemonWithItsError() throws {
+        let h = try DaemonHarness(bootstrap: try SharedBroker.get().bootstrapServers, label: "bindfail")
+        defer { h.cleanup() }
+        let taken = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(taken) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(h.httpPort).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(taken, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        // Bound but not listening: the daemon cannot bind, and the harness's probes are refused at once.
+        #expect(bound == 0)
+        #expect(throws: HarnessError.self) { try h.start(timeout: 60) }
+        #expect(h.process?.isRunning == false && h.process?.terminationStatus == 1, "\(h.tail())")
+        #expect(h.tail().contains("Address already in use"), "\(h.tail())")
+    }
+
+    /// `log.level` warning: the info lines of a normal start and edit are not written.
+    @Test func theLogLevelDropsLowerLines() throws {
+        let h = try DaemonHarness(bootstrap: try SharedBroker.get().bootstrapServers, label: "loglevel")
+        defer { h.cleanup() }
+        h.settings["log"] = ["level": "warning"]
+        try h.start()
+        let id = UUID().uuidString.lowercased()
+        try h.publish(DaemonHarness.factUpdate(id: id))
+        #expect(try h.results(for: [id])[id]?["status"]?.stringValue == "applied")
+        #expect(h.terminate() == 0)
+        let log = try String(contentsOf: h.logURL, encoding: .utf8)
+        #expect(!log.contains(" info ") && !log.contains("applied \(id)") && !log.contains("consuming "), "\(h.tail())")
+    }
 }
+

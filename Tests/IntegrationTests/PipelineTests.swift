@@ -16,7 +16,7 @@ import Testing
         let paths: DaemonPaths
         let catalog: SchemaCatalog
 
-        init(label: String) throws {
+        init(label: String, method: String? = nil) throws {
             dir = try TestPaths.temporaryDirectory("pipeline-\(label)")
             let model = dir.appendingPathComponent("\(DaemonHarness.modelName).gguf").path
             try TinyModel.write(to: model)
@@ -24,7 +24,16 @@ import Testing
             try FileManager.default.createDirectory(at: rome, withIntermediateDirectories: true)
             try TinyModel.romeHyperparameters(model: DaemonHarness.modelName, steps: 8, earlyStop: 0)
                 .write(to: rome.appendingPathComponent("\(DaemonHarness.modelName).json"))
+            for (name, alpha) in [("memit", false), ("alphaedit", true)] {
+                let d = dir.appendingPathComponent("hparams/\(name)")
+                try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
+                try TinyModel.memitHyperparameters(model: DaemonHarness.modelName, alphaEdit: alpha)
+                    .write(to: d.appendingPathComponent("\(DaemonHarness.modelName).json"))
+            }
             var c = DaemonConfiguration()
+            c.method = method
+            // MEMIT's key statistics (2,000 tokens) come from the shared Wikipedia sample.
+            c.corpus = TestPaths.sharedData.appendingPathComponent("corpus/enwiki-2015-sample.txt").path
             c.stateDir = dir.appendingPathComponent("state").path
             c.hparamsDir = dir.appendingPathComponent("hparams").path
             c.threads = 1
@@ -89,4 +98,22 @@ import Testing
         let second = try s.pipeline()
         #expect(second.host.head == 2 && second.host.model.weightHash == hash)
     }
+
+    /// A batch of consecutive fact updates (AlphaEdit) is one snapshot indexing both events, each with
+    /// its own result.
+    @Test func aBatchIsOneSnapshotWithAResultPerEvent() throws {
+        let s = try Setup(label: "batch", method: "alphaedit")
+        defer { s.remove() }
+        let p = try s.pipeline()
+        let ids = [UUID().uuidString.lowercased(), UUID().uuidString.lowercased()]
+        let batch = zip(ids, ["Paris", "Lyon"]).enumerated().map { i, e in
+            s.message(DaemonHarness.factUpdate(id: e.0, subject: e.1, extra: ["method": "AlphaEdit"]), offset: Int64(i))
+        }
+        let outcomes = try p.process(batch: batch)
+        #expect(outcomes.map(\.kind) == [.applied(method: "AlphaEdit"), .applied(method: "AlphaEdit")], "\(outcomes.map(\.summary))")
+        #expect(outcomes.map(\.eventId) == ids && p.host.head == 1)
+        let record = try p.host.store.record(1)
+        #expect(record.eventIds == ids, "\(record.eventIds)")
+    }
 }
+
