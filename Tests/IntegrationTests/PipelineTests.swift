@@ -16,7 +16,8 @@ import Testing
         let paths: DaemonPaths
         let catalog: SchemaCatalog
 
-        init(label: String, method: String? = nil) throws {
+        /// `method`: ROME on the tiny model unless a test asks for another (the daemon's own default is AlphaEdit).
+        init(label: String, method: String = "rome") throws {
             dir = try TestPaths.temporaryDirectory("pipeline-\(label)")
             let model = dir.appendingPathComponent("\(DaemonHarness.modelName).gguf").path
             try TinyModel.write(to: model)
@@ -24,10 +25,10 @@ import Testing
             try FileManager.default.createDirectory(at: rome, withIntermediateDirectories: true)
             try TinyModel.romeHyperparameters(model: DaemonHarness.modelName, steps: 8, earlyStop: 0)
                 .write(to: rome.appendingPathComponent("\(DaemonHarness.modelName).json"))
-            for (name, alpha) in [("memit", false), ("alphaedit", true)] {
+            for name in ["memit", "alphaedit"] {
                 let d = dir.appendingPathComponent("hparams/\(name)")
                 try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
-                try TinyModel.memitHyperparameters(model: DaemonHarness.modelName, alphaEdit: alpha)
+                try TinyModel.memitHyperparameters(model: DaemonHarness.modelName, method: name)
                     .write(to: d.appendingPathComponent("\(DaemonHarness.modelName).json"))
             }
             var c = DaemonConfiguration()
@@ -37,7 +38,6 @@ import Testing
             c.stateDir = dir.appendingPathComponent("state").path
             c.hparamsDir = dir.appendingPathComponent("hparams").path
             c.threads = 1
-            c.method = "rome"
             c.qualityGuard = .init(enabled: false)
             config = c
             paths = DaemonPaths(modelPath: model, home: dir)
