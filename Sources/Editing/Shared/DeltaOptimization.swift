@@ -1,0 +1,124 @@
+import Foundation
+import ModelRuntime
+import SparseAutoencoder
+import Tensor
+
+/// The δ optimization shared by ROME (δ on the MLP output) and MEMIT (δ on the residual): Adam on
+/// token-averaged NLL + KL + weightDecay·‖δ‖/‖ref‖², early stop, and ‖δ‖ ≤ maxNorm after every step.
+public struct DeltaOptimization: Sendable {
+    public var steps: Int
+    public var lr: Float
+    public var weightDecay: Float
+    public var klFactor: Float
+    public var earlyStopLoss: Float
+    public var maxNorm: Float
+    /// The norm the weight decay is relative to (‖v_init‖ for ROME, ‖h_L‖ for MEMIT).
+    public var referenceNorm: Float
+    /// ENCORE's most-probable early stop (MPES): also stop once every target token is the most
+    /// probable one at its position in every rewrite prompt (teacher-forced), instead of optimizing
+    /// on to a loss threshold (over-optimization that inflates ‖δ‖ and the update).
+    public var stopWhenTop = false
+    /// With `stopWhenTop`: stop the n-th time every target is on top (ENCORE's |prob_cutoff|: 2 for
+    /// Llama3-8B, 4 for GPT2-XL), so that the new object wins with some margin. 1: the first time.
+    public var topChecks = 1
+
+    public init(steps: Int, lr: Float, weightDecay: Float, klFactor: Float, earlyStopLoss: Float, maxNorm: Float, referenceNorm: Float) {
+        self.steps = steps
+        self.lr = lr
+        self.weightDecay = weightDecay
+        self.klFactor = klFactor
+        self.earlyStopLoss = earlyStopLoss
+        self.maxNorm = maxNorm
+        self.referenceNorm = referenceNorm
+    }
+
+    /// δ [d] and the loss of every evaluated step. `pass` holds the rewrite prompts, then the KL prompts.
+    public func run(pass: DeltaPass, batch: RomeBatch) throws -> ([Float], [EditLoss.Value]) {
+        let r = try run(pass: pass, batch: batch, refinement: nil)
+        return (r.delta, r.losses)
+    }
+
+    public struct Outcome {
+        /// δ [d] after the last evaluated step.
+        public var delta: [Float]
+        public var losses: [EditLoss.Value]
+        /// With refinement: the change Δ_i each prompt saw at the final δ, [prompts][d] (the vectors to write).
+        public var changes: [[Float]]?
+        /// With refinement: latents of g = enc(δ) − enc(0) that are nonzero at the final δ.
+        public var latents: Int?
+    }
+
+    /// As `run(pass:batch:)`; with `refinement`, each prompt sees its SAE-refined change Δ_i(δ) instead
+    /// of δ, and the loss adds the refinement's L1 term.
+    public func run(pass: DeltaPass, batch: RomeBatch, refinement: SAERefinement?) throws -> Outcome {
+        let d = pass.model.config.hidden
+        var loss = EditLoss(rewriteTargets: batch.rewriteTargets, klRows: batch.kl.count, klFactor: klFactor,
+                            normWeight: weightDecay / (referenceNorm * referenceNorm))
+        var delta = [Float](repeating: 0, count: d)
+        var adam = Adam(lr: lr, count: d)
+        var losses: [EditLoss.Value] = []
+        var last: SAERefinement.State?
+        var onTop = 0
+        for it in 0..<steps {
+            let state = refinement?.evaluate(delta)
+            last = state
+            let logits = try state.map { try pass.forward(deltas: $0.changes) } ?? pass.forward(delta: delta)
+            if it == 0 { loss.setReference(from: logits) }
+            var (value, dLogits, dNorm) = loss.evaluate(logits: logits, delta: delta)
+            if let state, let refinement { value.sparsity = Double(refinement.l1) * state.l1Norm }
+            losses.append(value)
+            guard value.total.isFinite else { throw EditError(.nonFinite, "the edit loss became non-finite at step \(it)") }
+            if isFinal(value, logits: logits, targets: batch.rewriteTargets, step: it, onTop: &onTop) { break }
+            let g: [Float]
+            if let state, let refinement {
+                g = refinement.gradient(state, changeGradients: try pass.backwardPerPrompt(logitGradient: dLogits))
+            } else {
+                g = try pass.backward(logitGradient: dLogits)
+            }
+            try descend(&delta, adam: &adam, gradient: g, normGradient: dNorm, step: it)
+        }
+        return Outcome(delta: delta, losses: losses, changes: last?.changes, latents: last.map { $0.g.filter { $0 != 0 }.count })
+    }
+
+    /// Whether the loss `value` evaluated at step `step` (logits [rows, vocab], the rewrite rows first)
+    /// ends the optimization: every target on top for the `topChecks`-th time (with `stopWhenTop`;
+    /// `onTop` is the optimization's count of such evaluations, from 0), the edit objective below
+    /// `earlyStopLoss`, or the last step.
+    func isFinal(_ value: EditLoss.Value, logits: Tensor, targets: [[Int32]], step: Int, onTop: inout Int) -> Bool {
+        if stopWhenTop, Self.targetsOnTop(logits, targets) {
+            onTop += 1
+            if onTop >= topChecks { return true }
+        }
+        // Early stop on the edit objective (NLL + KL + decay): MESA's L1 term does not vanish at a
+        // solved edit and would otherwise keep every refined edit running to the last step.
+        return value.total - value.sparsity < Double(earlyStopLoss) || step == steps - 1
+    }
+
+    /// One Adam step on δ [d] with `gradient` + `normGradient` (both [d]), then the clamp ‖δ‖ ≤ maxNorm.
+    func descend(_ delta: inout [Float], adam: inout Adam, gradient: [Float], normGradient: [Float], step: Int) throws {
+        var g = gradient
+        for i in 0..<g.count { g[i] += normGradient[i] }
+        guard g.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "the gradient became non-finite at step \(step)") }
+        adam.step(&delta, gradient: g)
+        let n = Vector.norm(delta)
+        if n > maxNorm { for i in 0..<delta.count { delta[i] *= maxNorm / n } }
+    }
+
+    /// Whether each target token is the argmax of its logit row. `logits` [rows, vocab]: the rewrite
+    /// prompts' target positions first, in the order of `targets` flattened.
+    public static func targetsOnTop(_ logits: Tensor, _ targets: [[Int32]]) -> Bool {
+        let v = logits.shape[1]
+        return logits.data.withUnsafeBufferPointer { l in
+            var row = 0
+            for t in targets {
+                for token in t {
+                    let p = l.baseAddress! + row * v
+                    let target = p[Int(token)]
+                    for j in 0..<v where p[j] > target { return false }
+                    row += 1
+                }
+            }
+            return true
+        }
+    }
+}
