@@ -31,30 +31,18 @@ func fail(_ message: String, code: Int32 = 1) -> ExitCode {
 /// Runs `body`, turning every library error (model, tokenizer, edit, evaluation, linear algebra)
 /// into a clear message and exit code 1. Argument errors and explicit exit codes pass through.
 func reportingErrors<T>(_ body: () throws -> T) throws -> T {
-    do {
-        return try body()
-    } catch let e as ExitCode {
-        throw e
-    } catch let e as CleanExit {
-        throw e
-    } catch let e as ValidationError {
-        throw e
-    } catch {
-        throw fail(String(describing: error))
-    }
+    do { return try body() } catch { throw reported(error) }
 }
 
 /// `reportingErrors` for an async body.
 func reportingErrors<T>(_ body: () async throws -> T) async throws -> T {
-    do {
-        return try await body()
-    } catch let e as ExitCode {
-        throw e
-    } catch let e as CleanExit {
-        throw e
-    } catch let e as ValidationError {
-        throw e
-    } catch {
-        throw fail(String(describing: error))
+    do { return try await body() } catch { throw reported(error) }
+}
+
+/// Argument errors and explicit exit codes as they are; any other error as a clear message and exit 1.
+private func reported(_ error: Error) -> Error {
+    switch error {
+    case is ExitCode, is CleanExit, is ValidationError: return error
+    default: return fail(String(describing: error))
     }
 }

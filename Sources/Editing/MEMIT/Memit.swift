@@ -420,26 +420,24 @@ public final class MemitEditor: @unchecked Sendable {
         let ff = model.config.intermediate, n = keys.count, h = hparams
         var b = [Double](repeating: 0, count: ff * n)   // K [ff, n]
         for j in 0..<n { for r in 0..<ff { b[r * n + j] = keys[j][r] } }
-        var kkt = [Double](repeating: 0, count: ff * ff)
-        b.withUnsafeBufferPointer { k in kkt.withUnsafeMutableBufferPointer { out in
-            BLAS.dgemm(transB: true, m: ff, n: ff, k: n, a: k.baseAddress!, lda: n, b: k.baseAddress!, ldb: n, c: out.baseAddress!, ldc: ff)
-        } }
         switch solver {
-        case .memit:
-            // (λC + KKᵀ) X = K.
-            var a = statistics[l]!.regularizedMoment(ridge: h.mom2Ridge)
-            for x in 0..<(ff * ff) { a[x] = h.mom2UpdateWeight * a[x] + kkt[x] }
-            do { return try LAPACK.solveSPD(a, b, n: ff, nrhs: n) } catch {
-                throw EditError(.degenerateKey, "λC + KKᵀ at layer \(l) is not positive definite (\(error)); raise mom2_ridge or recompute the statistics")
+        case .memit, .encore:
+            // MEMIT: (λC + KKᵀ) X = K; ENCORE adds its kept keys and μI: (λC + μI + K_pK_pᵀ + KKᵀ) X = K.
+            var encore: (kept: [Double], mu: Double)?
+            if case .encore(let state) = solver {
+                guard let acc = state.kept.accumulated[l] else { throw EditError(.state, "no ENCORE state for layer \(l)") }
+                encore = (acc, state.mu)
             }
-        case .encore(let state):
-            // (λC + μI + K_pK_pᵀ + KKᵀ) X = K.
-            guard let acc = state.kept.accumulated[l] else { throw EditError(.state, "no ENCORE state for layer \(l)") }
+            var kkt = [Double](repeating: 0, count: ff * ff)   // KKᵀ [ff, ff]
+            b.withUnsafeBufferPointer { k in kkt.withUnsafeMutableBufferPointer { out in
+                BLAS.dgemm(transB: true, m: ff, n: ff, k: n, a: k.baseAddress!, lda: n, b: k.baseAddress!, ldb: n, c: out.baseAddress!, ldc: ff)
+            } }
             var a = statistics[l]!.regularizedMoment(ridge: h.mom2Ridge)
-            for x in 0..<(ff * ff) { a[x] = h.mom2UpdateWeight * a[x] + acc[x] + kkt[x] }
-            for i in 0..<ff { a[i * ff + i] += state.mu }
+            for x in 0..<(ff * ff) { a[x] = h.mom2UpdateWeight * a[x] + (encore?.kept[x] ?? 0) + kkt[x] }
+            if let mu = encore?.mu { for i in 0..<ff { a[i * ff + i] += mu } }
             do { return try LAPACK.solveSPD(a, b, n: ff, nrhs: n) } catch {
-                throw EditError(.degenerateKey, "λC + μI + K_pK_pᵀ + KKᵀ at layer \(l) is not positive definite (\(error)); raise mom2_ridge or recompute the statistics")
+                let system = encore == nil ? "λC + KKᵀ" : "λC + μI + K_pK_pᵀ + KKᵀ"
+                throw EditError(.degenerateKey, "\(system) at layer \(l) is not positive definite (\(error)); raise mom2_ridge or recompute the statistics")
             }
         case .alphaEdit(let state):
             // (P(KKᵀ + K_pK_pᵀ) + αI) X = PK, with P·K_pK_pᵀ kept by the accumulator and P·KKᵀ = (PK)Kᵀ.
