@@ -77,7 +77,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["ModelRuntime", "Tokenizers"], swiftSettings: numericFlags),
 
         .testTarget(name: "TensorTests", dependencies: ["Tensor"]),
-        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "ModelRuntime"]),
+        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "ModelRuntime", "TestSupport"]),
         .testTarget(name: "ModelRuntimeTests", dependencies: ["ModelRuntime", "Tensor", "Tokenizers"]),
         .testTarget(name: "EditingTests", dependencies: ["Editing", "ModelRuntime", "Tensor", "Tokenizers", "Contracts", "TestSupport", logging, inMemoryLogging]),
         .testTarget(name: "IntegrationTests", dependencies: ["EditDaemon", "Messaging", "Storage", "Editing", "ModelRuntime", "SparseAutoencoder", "TestSupport", "Contracts", "Evaluation", logging]),
@@ -85,7 +85,7 @@ let package = Package(
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation"]),
         .testTarget(name: "ContractsTests", dependencies: ["Contracts"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Tensor"]),
-        .testTarget(name: "MessagingTests", dependencies: ["Messaging", "Contracts", logging]),
+        .testTarget(name: "MessagingTests", dependencies: ["Messaging", "Contracts", "TestSupport", logging]),
         .testTarget(name: "EditDaemonTests", dependencies: ["EditDaemon", "Contracts", "Messaging", "Evaluation", logging, inMemoryLogging, prometheus, metrics, hummingbird, serviceLifecycle]),
     ],
     swiftLanguageModes: [.v5]

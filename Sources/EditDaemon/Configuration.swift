@@ -164,10 +164,9 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     public var guardPerplexityTokens: Int { qualityGuard?.perplexityTokens ?? 64 }
     public var guardMaxAccuracyDrop: Double { qualityGuard?.maxAccuracyDrop ?? 2 }
     public var guardMaxPerplexityRise: Double { qualityGuard?.maxPerplexityRise ?? 0.03 }
-    /// The data directory: the configured one, or ../shared/data beside the working directory.
-    public var dataDirectory: URL {
-        dataDir.map { URL(fileURLWithPath: $0) }
-            ?? URL(fileURLWithPath: FileManager.default.currentDirectoryPath).deletingLastPathComponent().appendingPathComponent("shared/data")
+    /// The data directory: the configured one, or `paths.data` (../shared/data beside the working directory).
+    public func dataDirectory(_ paths: Paths) -> URL {
+        dataDir.map { URL(fileURLWithPath: $0) } ?? paths.data
     }
     /// Seconds to wait after failed attempt `n` (from 1): the backoff doubling up to its maximum.
     public func retryDelay(after n: Int) -> Double {
@@ -220,9 +219,9 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         .overriding(file, sae: mesa?.sae, l1: mesa?.l1.map(Float.init), fallback: mesa?.fallback)
     }
 
-    /// The state directory: the configured one, or $MESA_HOME/state.
-    public func stateDirectory(home: URL) -> URL {
-        stateDir.map { URL(fileURLWithPath: $0) } ?? home.appendingPathComponent("state")
+    /// The state directory: the configured one, or `paths.state` ($MESA_HOME/state).
+    public func stateDirectory(_ paths: Paths) -> URL {
+        stateDir.map { URL(fileURLWithPath: $0) } ?? paths.state
     }
 
     // MARK: loading

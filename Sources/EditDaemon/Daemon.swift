@@ -26,7 +26,7 @@ import UnixSignals
 /// dedupe → edit → evaluate → snapshot), publish the records, then commit the last offset+1.
 public final class Daemon: @unchecked Sendable {  // mutable state is guarded by `lock`; the worker's own (failing, counted) is touched by its thread only
     public let config: DaemonConfiguration
-    public let paths: DaemonPaths
+    public let paths: Paths
     public let metrics = DaemonMetrics(version: Daemon.version, methods: ["ROME"])
     public static let version = "0.5.0"
     let logger: Logger
@@ -38,7 +38,7 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
     /// Called after each event with its outcome and total seconds (benchmarks).
     public var onEvent: (@Sendable (Outcome, Double) -> Void)?
 
-    init(config: DaemonConfiguration, paths: DaemonPaths, logger: Logger) {
+    init(config: DaemonConfiguration, paths: Paths, logger: Logger) {
         self.config = config
         self.paths = paths
         self.logger = logger
@@ -84,7 +84,7 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
     /// drained them, or one of them failed (then that error is thrown).
     public func run(signals: [UnixSignal] = []) async throws {
         let c = config
-        let catalog = try SchemaCatalog.standard()
+        let catalog = try paths.schemaCatalog()
         let address = try HTTPListenAddress(parsing: c.httpListen)
         let router = HealthEndpoints.router(exposition: metrics.exposition) { [self] in
             let r = currentReadiness()
@@ -404,22 +404,10 @@ final class TopicKeeper: @unchecked Sendable {
     }
 }
 
-/// Where a daemon finds what it loads: the model, and `MESA_HOME` (the default state directory and corpus).
-public struct DaemonPaths: Sendable, Equatable {
-    /// The model file (or directory).
-    public var modelPath: String
-    /// `MESA_HOME`.
-    public var home: URL
-
-    public init(modelPath: String, home: URL) {
-        self.modelPath = modelPath
-        self.home = home
-    }
-}
-
-/// The composition seam of `mesa serve`: a daemon for `config` (checked here) and `paths`, not yet
-/// running (`Daemon.run`).
-public func buildDaemon(config: DaemonConfiguration, paths: DaemonPaths, logger: Logger) throws -> Daemon {
+/// The composition seam of `mesa serve`: a daemon for `config` (checked here) and `paths` (the
+/// defaults of what the configuration leaves out: model, state, corpus, data, hyperparameters; and
+/// the schemas), not yet running (`Daemon.run`).
+public func buildDaemon(config: DaemonConfiguration, paths: Paths, logger: Logger) throws -> Daemon {
     try config.validate()
     return Daemon(config: config, paths: paths, logger: logger)
 }
@@ -428,15 +416,16 @@ public func buildDaemon(config: DaemonConfiguration, paths: DaemonPaths, logger:
 /// weights), the snapshot store, the editor of the configured method, and the pipeline over them with
 /// the weights brought to the store's head. `status` hears each step (the daemon's readiness);
 /// `shouldStop` interrupts a key-statistics computation.
-public func buildPipeline(config c: DaemonConfiguration, paths: DaemonPaths, catalog: SchemaCatalog, logger: Logger,
+public func buildPipeline(config c: DaemonConfiguration, paths: Paths, catalog: SchemaCatalog, logger: Logger,
                           metrics: DaemonMetrics? = nil, shouldStop: @escaping () -> Bool = { false },
                           status: (String) -> Void = { _ in }) throws -> Pipeline {
     if let t = c.threads { BLAS.setThreads(t) }
     status("loading model")
     let t0 = Date()
-    let model = try ModelLoader.load(path: paths.modelPath)
-    let name = Installation.modelName(paths.modelPath)
-    let stateDir = c.stateDirectory(home: paths.home)
+    let modelPath = try c.model ?? paths.defaultModel()
+    let model = try ModelLoader.load(path: modelPath)
+    let name = Installation.modelName(modelPath)
+    let stateDir = c.stateDirectory(paths)
     logger.info("model: \(name) loaded in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s, base hash \(model.weightHash.prefix(16)); BLAS \(BLAS.configuration.description)",
                 metadata: ["model": "\(name)", "base_hash": "\(model.weightHash)"])
 
@@ -444,7 +433,7 @@ public func buildPipeline(config c: DaemonConfiguration, paths: DaemonPaths, cat
     var qualityGuard: QualityGuard?
     if c.guardEnabled {
         status("measuring the canary set")
-        let g = try QualityGuard.make(model: model, config: c, stateDirectory: stateDir, logger: logger)
+        let g = try QualityGuard.make(model: model, config: c, paths: paths, logger: logger)
         qualityGuard = g
         metrics?.setCanary(g.base, weights: "base")
         let summary = String(format: "quality guard: %d canary facts, perplexity over %d tokens; base accuracy %.1f%%, perplexity %.3f; "
@@ -458,14 +447,13 @@ public func buildPipeline(config c: DaemonConfiguration, paths: DaemonPaths, cat
 
     // The store first: a damaged one is reported at once, not after minutes of key statistics.
     status("opening the snapshot store")
-    let lmdbDir = EditState(directory: stateDir, baseHash: model.weightHash).root.appendingPathComponent("lmdb")
+    let lmdbDir = EditState(directory: stateDir, baseHash: model.weightHash).snapshotStore
     let store = try SnapshotStore(path: lmdbDir.path, mapSize: c.mapBytes)
 
     status("preparing the editor")
-    let hparamsDirs = c.hparamsDir.map { [URL(fileURLWithPath: $0)] }
-    let corpus = c.corpus ?? paths.home.appendingPathComponent("corpus/enwiki-2015-sample.txt").path
-    var registry = EditorRegistry(stateDirectory: stateDir, corpusPath: corpus, logger: logger, shouldStop: shouldStop)
-    registry.anchorRecords = c.dataDirectory.appendingPathComponent("counterfact/counterfact-train.json")
+    let hparamsDirs = c.hparamsDir.map { [URL(fileURLWithPath: $0)] } ?? paths.hparams
+    var registry = EditorRegistry(stateDirectory: stateDir, corpusPath: c.corpus ?? paths.corpus, logger: logger, shouldStop: shouldStop)
+    registry.anchorRecords = c.dataDirectory(paths).appendingPathComponent("counterfact/counterfact-train.json")
     let method = try c.editMethod
     let hparamsFile = try Installation.hparamsFile(method: method, modelName: name, directories: hparamsDirs)
     var hparams = try EditorRegistry.hyperparameters(method, at: hparamsFile, catalog: catalog)

@@ -14,7 +14,7 @@ public struct SetupError: Error, CustomStringConvertible, Sendable {
     public var description: String { message }
 }
 
-/// Where the checkout's (or installation's) data directories are: `deploy/hparams` and `Schemas`.
+/// The model's short name and its hyperparameter file.
 public enum Installation {
     /// The model's short name: the file name without extension and quantization suffix.
     public static func modelName(_ path: String) -> String {
@@ -26,43 +26,14 @@ public enum Installation {
         return name
     }
 
-    /// Roots that may hold `deploy/hparams` and `Schemas`: $MESA_ROOT, the working directory, the
-    /// checkout of the running executable (.build/<config>/mesa), /usr/share/mesa.
-    public static func roots() -> [URL] {
-        var dirs: [URL] = []
-        if let d = ProcessInfo.processInfo.environment["MESA_ROOT"], !d.isEmpty { dirs.append(URL(fileURLWithPath: d)) }
-        dirs.append(URL(fileURLWithPath: FileManager.default.currentDirectoryPath))
-        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-        dirs.append(exe.appendingPathComponent("../../..").standardizedFileURL)
-        dirs.append(exe.appendingPathComponent("../..").standardizedFileURL)
-        dirs.append(URL(fileURLWithPath: "/usr/share/mesa"))
-        return dirs
-    }
-
-    /// Candidate directories holding `<method>/<model>.json`: $MESA_HPARAMS_DIR, then each root's deploy/hparams.
-    public static func hparamsDirectories() -> [URL] {
-        var dirs: [URL] = []
-        if let d = ProcessInfo.processInfo.environment["MESA_HPARAMS_DIR"], !d.isEmpty { dirs.append(URL(fileURLWithPath: d)) }
-        return dirs + roots().map { $0.appendingPathComponent("deploy/hparams") }
-    }
-
-    public static func hparamsFile(method: EditMethod, modelName: String, directories: [URL]? = nil) throws -> URL {
+    /// The first of `directories` holding `<method>/<model>.json` (`Paths.hparams`).
+    public static func hparamsFile(method: EditMethod, modelName: String, directories: [URL]) throws -> URL {
         let file = "\(modelName).json"
-        for d in directories ?? hparamsDirectories() {
+        for d in directories {
             let u = d.appendingPathComponent(method.rawValue).appendingPathComponent(file)
             if FileManager.default.fileExists(atPath: u.path) { return u }
         }
         throw SetupError("no \(method.rawValue) hyperparameters for \(modelName): add \(method.rawValue)/\(file) to the hyperparameter directory (deploy/hparams)")
-    }
-
-    /// The Schemas directory: $MESA_SCHEMAS_DIR or the first root that has one.
-    public static func schemasDirectory() throws -> URL {
-        if let d = ProcessInfo.processInfo.environment["MESA_SCHEMAS_DIR"], !d.isEmpty { return URL(fileURLWithPath: d) }
-        for r in roots() {
-            let u = r.appendingPathComponent("Schemas")
-            if FileManager.default.fileExists(atPath: u.appendingPathComponent("fact-update.schema.json").path) { return u }
-        }
-        throw SetupError("cannot find the Schemas directory (set MESA_SCHEMAS_DIR)")
     }
 }
 
@@ -87,8 +58,6 @@ public final class SchemaCatalog: @unchecked Sendable {
         registry = r
         byFile = files
     }
-
-    public static func standard() throws -> SchemaCatalog { try SchemaCatalog(directory: try Installation.schemasDirectory()) }
 
     /// The compiled schema of `file` (e.g. "fact-update.schema.json").
     public func schema(_ file: String) throws -> CompiledSchema {
@@ -162,7 +131,7 @@ public enum MethodHyperparameters: Sendable, Equatable {
 /// schema, stored context templates, key statistics loaded from the edit state or computed once
 /// (resumably), AlphaEdit's null-space projectors, and the SAE of MESA refinement.
 public struct EditorRegistry {
-    /// The state directory (`$MESA_HOME/state` by default): `<hash16>/` per base model.
+    /// The state directory (`Paths.state` by default): `<hash16>/` per base model.
     public var stateDirectory: URL
     public var corpusPath: String
     public var logger: Logger

@@ -237,7 +237,7 @@ public final class QualityGuard: @unchecked Sendable {
 extension QualityGuard {
     /// The guard `config` asks for on `model` (which must hold the base weights): the operator's canary
     /// file, or the default set, built once and kept in the state directory (announced when built).
-    public static func make(model: LanguageModel, config c: DaemonConfiguration, stateDirectory: URL,
+    public static func make(model: LanguageModel, config c: DaemonConfiguration, paths: Paths,
                             logger: Logger) throws -> QualityGuard {
         let canary: CanarySet
         if let path = c.qualityGuard?.canaryFile {
@@ -251,12 +251,12 @@ extension QualityGuard {
                                     perplexityTokens: c.guardPerplexityTokens, maxAccuracyDrop: c.guardMaxAccuracyDrop,
                                     maxPerplexityRise: c.guardMaxPerplexityRise)
         }
-        let dir = EditState(directory: stateDirectory, baseHash: model.weightHash).root
+        let dir = EditState(directory: c.stateDirectory(paths), baseHash: model.weightHash).root
         let url = dir.appendingPathComponent("canary-\(c.guardFacts)-\(c.guardPerplexityTokens).json")
         if let data = FileManager.default.contents(atPath: url.path), let stored = try? JSONDecoder().decode(CanarySet.self, from: data) {
             canary = stored
         } else {
-            let data = c.dataDirectory
+            let data = c.dataDirectory(paths)
             let known = data.appendingPathComponent("counterfact/known_1000.json")
             let wikitext = data.appendingPathComponent("corpus/wikitext-2/tokens.valid.txt")
             guard FileManager.default.fileExists(atPath: known.path), FileManager.default.fileExists(atPath: wikitext.path) else {

@@ -18,21 +18,17 @@ public final class DevelopmentBroker: @unchecked Sendable {
     private let lock = NSLock()
     private var pid: pid_t?
 
-    /// `$MESA_HOME/bin/tansu` (`MESA_HOME` defaults to `~/.local/share/mesa`; `ops/install.sh` puts it there).
-    public static var defaultExecutable: String {
-        let env = ProcessInfo.processInfo.environment
-        let home = env["MESA_HOME"] ?? (NSHomeDirectory() + "/.local/share/mesa")
-        return home + "/bin/tansu"
-    }
+    /// The Tansu binary under mesa's data directory `home` (`<home>/bin/tansu`, where ops/install.sh puts it).
+    public static func executable(home: URL) -> String { home.appendingPathComponent("bin/tansu").path }
 
     /// Starts the broker and waits until it accepts TCP connections.
     /// - Parameters:
-    ///   - executable: the Tansu binary; `defaultExecutable` when nil.
+    ///   - executable: the Tansu binary (`executable(home:)` for the installed one).
     ///   - port: the port to listen on; a free one when nil.
     ///   - logPath: where the broker's output goes; a file in the temporary directory when nil.
     ///   - startTimeout: how long to wait for the broker to accept connections.
-    public init(executable: String? = nil, port: UInt16? = nil, logPath: String? = nil, startTimeout: Double = 10) throws {
-        self.executable = executable ?? Self.defaultExecutable
+    public init(executable: String, port: UInt16? = nil, logPath: String? = nil, startTimeout: Double = 10) throws {
+        self.executable = executable
         guard FileManager.default.isExecutableFile(atPath: self.executable) else {
             throw KafkaError("no Tansu broker at \(self.executable): run ops/install.sh (or set MESA_HOME)")
         }

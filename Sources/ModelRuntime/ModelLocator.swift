@@ -1,19 +1,12 @@
 import Foundation
 
-/// Finds the default model and mesa's data directory.
+/// Finds the installed default model.
 public enum ModelLocator {
     public static let defaultModelFile = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-    /// `$MESA_HOME`, else `~/.local/share/mesa` (where ops/install.sh puts models, the broker and libraries).
-    public static var mesaHome: String {
-        if let h = ProcessInfo.processInfo.environment["MESA_HOME"], !h.isEmpty { return h }
-        return (NSHomeDirectory() as NSString).appendingPathComponent(".local/share/mesa")
-    }
-
-    /// `$MESA_MODEL` if set, else the default model under `$MESA_HOME/models`.
-    public static func defaultModelPath() throws -> String {
-        if let m = ProcessInfo.processInfo.environment["MESA_MODEL"], !m.isEmpty { return m }
-        let p = (mesaHome as NSString).appendingPathComponent("models/\(defaultModelFile)")
+    /// The default model under mesa's data directory `home` (`<home>/models/`, where ops/install.sh puts it).
+    public static func defaultModelPath(home: URL) throws -> String {
+        let p = home.appendingPathComponent("models").appendingPathComponent(defaultModelFile).path
         guard FileManager.default.fileExists(atPath: p) else {
             throw ModelError(.fileNotFound, "the default model is not installed; run ops/install.sh (or pass --model, or set MESA_MODEL)", path: p)
         }

@@ -13,6 +13,10 @@ extension BLAS {
     /// disagrees, the process re-executes itself once with the corrected variable. The active core
     /// is reported by `mesa inspect` and the benchmarks, and recorded with snapshots, because
     /// results are bitwise reproducible only for a fixed core type and thread count.
+    ///
+    /// The one place a library target reads the environment: the variable has to be right before
+    /// OpenBLAS loads, so it can only be set in the environment of a fresh image (the re-exec), not
+    /// passed in as a value like the paths (`Paths` in the daemon's composition layer).
     public static func selectCoreType() {
         let env = ProcessInfo.processInfo.environment
         guard env["MESA_BLAS_REEXEC"] == nil else { return }

@@ -9,6 +9,18 @@ public enum TestPaths {
     public static func fixture(_ name: String) -> URL { repoRoot.appendingPathComponent("Tests/Fixtures").appendingPathComponent(name) }
     public static var sharedData: URL { repoRoot.deletingLastPathComponent().appendingPathComponent("shared/data") }
 
+    /// mesa's data directory, as ops/test.sh sets it: `MESA_HOME`, else ~/.local/share/mesa.
+    public static var home: URL {
+        ProcessInfo.processInfo.environment["MESA_HOME"].flatMap { $0.isEmpty ? nil : URL(fileURLWithPath: $0) }
+            ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".local/share/mesa")
+    }
+
+    /// `MESA_MODEL`, else the installed default model (an error when it is missing).
+    public static func defaultModel() throws -> String {
+        if let m = ProcessInfo.processInfo.environment["MESA_MODEL"], !m.isEmpty { return m }
+        return try ModelLocator.defaultModelPath(home: home)
+    }
+
     public static func temporaryDirectory(_ label: String) throws -> URL {
         let u = FileManager.default.temporaryDirectory.appendingPathComponent("mesa-\(label)-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: u, withIntermediateDirectories: true)

@@ -6,6 +6,10 @@ import Logging
 import ModelRuntime
 import Tensor
 
+/// Where this process finds and keeps its files: resolved from the environment once, here, and
+/// passed down to the libraries.
+let paths = Paths(environment: ProcessInfo.processInfo.environment)
+
 @main
 struct MesaBench: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -71,12 +75,12 @@ struct Forward: ParsableCommand {
     @Option(help: "Tokens to decode one at a time after the prompt.") var decode = 32
     @Option(help: "Timed repetitions (median reported), after one warm-up.") var repeats = 5
     @Option(help: "Python of the PyTorch reference environment ('none' to skip).")
-    var reference = (ModelLocator.mesaHome as NSString).appendingPathComponent("refenv/bin/python")
+    var reference = paths.home.appendingPathComponent("refenv/bin/python").path
     @Option(help: "Results file (JSON).") var out = "ops/bench/results/forward.json"
 
     func run() throws {
         BLAS.setThreads(threads)
-        let path = try model ?? ModelLocator.defaultModelPath()
+        let path = try model ?? paths.defaultModel()
         let m = try ModelLoader.load(path: path)
         let text = String(repeating: "The history of the city begins in the early Middle Ages, when a small settlement grew up around a river crossing. ", count: 8)
         let ids = Array(m.tokenizer.encode(text).prefix(tokens))
@@ -190,7 +194,7 @@ struct RomeBenchSetup {
     let statistics: KeyStatistics?
 
     init(model: String?, hparams file: String, steps: Int?) throws {
-        path = try model ?? ModelLocator.defaultModelPath()
+        path = try model ?? paths.defaultModel()
         self.model = try ModelLoader.load(path: path)
         guard let hd = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read \(file)") }
         var h = try RomeHyperparameters.decode(hd)
@@ -198,7 +202,7 @@ struct RomeBenchSetup {
         h.earlyStopLoss = 0
         h.mesa = nil
         hparams = h
-        state = EditState(home: EditState.defaultHome, baseHash: self.model.weightHash)
+        state = EditState(directory: paths.state, baseHash: self.model.weightHash)
         templates = try state.templates(model: self.model, groups: h.contextTemplates, seed: h.templateSeed, logger: Logger(label: "mesa-bench"))
         if h.mom2Adjustment {
             guard let s = try state.cachedStatistics(h.statisticsSpec(modelHash: state.baseHash)) else {

@@ -40,7 +40,7 @@ struct DaemonBench: ParsableCommand {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("mesa-bench-daemon-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
-        let broker = try DevelopmentBroker()
+        let broker = try DevelopmentBroker(executable: paths.broker)
         defer { broker.stop() }
 
         var config = DaemonConfiguration()
@@ -61,7 +61,8 @@ struct DaemonBench: ParsableCommand {
         config.kafka = .init(bootstrapServers: broker.bootstrapServers, groupId: "bench", createTopics: true, topics: nil,
                              properties: ["session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"])
         config.http = .init(listen: "127.0.0.1:0")
-        let daemon = try buildDaemon(config: config, paths: DaemonPaths(modelPath: modelPath, home: dir), logger: MesaLogging.discarding())
+        config.model = modelPath
+        let daemon = try buildDaemon(config: config, paths: paths, logger: MesaLogging.discarding())
         let samples = Samples()
         daemon.onEvent = { outcome, seconds in samples.add(total: seconds, edit: outcome.editSeconds, steps: outcome.steps) }
         let finished = DispatchSemaphore(value: 0)
@@ -140,7 +141,7 @@ struct DaemonBench: ParsableCommand {
 /// scratch state directory, so a benchmark on a real model reuses them and writes no snapshots there.
 func linkEditState(into state: URL) throws {
     let fm = FileManager.default
-    let home = EditState.defaultHome.appendingPathComponent("state")
+    let home = paths.state
     for model in (try? fm.contentsOfDirectory(atPath: home.path)) ?? [] {
         let target = state.appendingPathComponent(model)
         try fm.createDirectory(at: target, withIntermediateDirectories: true)
@@ -193,7 +194,7 @@ struct RollbackBench: ParsableCommand {
     @Option(help: "Results file.") var out = "ops/bench/results/rollback.json"
 
     func run() throws {
-        let path = try model ?? ModelLocator.defaultModelPath()
+        let path = try model ?? paths.defaultModel()
         let loadSeconds = try timed { _ = try ModelLoader.load(path: path) }
         let m = try ModelLoader.load(path: path)
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("mesa-bench-rollback-\(UUID().uuidString)")

@@ -27,12 +27,12 @@ struct GuardBench: ParsableCommand {
 
     func run() throws {
         guard let kind = EditMethod(rawValue: method) else { throw ValidationError("--method: one of \(EditMethod.names)") }
-        let path = try model ?? ModelLocator.defaultModelPath()
+        let path = try model ?? paths.defaultModel()
         let lm = try ModelLoader.load(path: path)
         let file = URL(fileURLWithPath: hparams ?? "deploy/hparams/\(method)/SmolLM2-135M-Instruct.json")
-        let registry = EditorRegistry(stateDirectory: EditState.defaultHome.appendingPathComponent("state"), corpusPath: "",
+        let registry = EditorRegistry(stateDirectory: paths.state, corpusPath: "",
                                       logger: Logger(label: "mesa-bench"))
-        let hp = try EditorRegistry.hyperparameters(kind, at: file, catalog: try SchemaCatalog.standard())
+        let hp = try EditorRegistry.hyperparameters(kind, at: file, catalog: try paths.schemaCatalog())
         let editor = try registry.editor(model: lm, hparams: hp, computeMissing: false)
         let firstLayer = hp.lowestLayer
         let records = Array(try CounterFact.load(path: data + "/counterfact/counterfact-val.json").records.prefix(edits))

@@ -1,4 +1,5 @@
 import ArgumentParser
+import EditDaemon
 import Editing
 import Evaluation
 import Foundation
@@ -89,7 +90,7 @@ struct SAETrainBench: ParsableCommand {
     @Option(help: "Untimed steps first.") var warmup = 2
     @Option(help: "BLAS / torch threads.") var threads = 1
     @Option(help: "Python of the PyTorch reference environment ('none' to skip).")
-    var reference = (ModelLocator.mesaHome as NSString).appendingPathComponent("refenv/bin/python")
+    var reference = paths.home.appendingPathComponent("refenv/bin/python").path
     @Option(help: "Results file (JSON).") var out = "ops/bench/results/sae-train.json"
 
     func run() throws {
@@ -152,7 +153,7 @@ struct MemitBench: ParsableCommand {
     @Option(help: "BLAS / torch threads.") var threads = 1
     @Option(help: "Timed repetitions (median reported), after one warm-up.") var repeats = 2
     @Option(help: "Python of the PyTorch reference environment ('none' to skip).")
-    var reference = (ModelLocator.mesaHome as NSString).appendingPathComponent("refenv/bin/python")
+    var reference = paths.home.appendingPathComponent("refenv/bin/python").path
     @Option(help: "Results file (JSON; default ops/bench/results/<method>.json).") var out: String?
     @Option(help: "Also time records record..<record+N edited together (one batch edit, as the daemon's batch.max_events does) against the same N edited one at a time.")
     var batch = 1
@@ -163,7 +164,7 @@ struct MemitBench: ParsableCommand {
         guard let kind = EditMethod(rawValue: method), kind.editsTogether else { throw ValidationError("--method memit, alphaedit or encore") }
         guard batch >= 1 else { throw ValidationError("--batch must be at least 1") }
         BLAS.setThreads(threads)
-        let path = try model ?? ModelLocator.defaultModelPath()
+        let path = try model ?? paths.defaultModel()
         let m = try ModelLoader.load(path: path)
         let file = hparams ?? "deploy/hparams/\(method)/SmolLM2-135M-Instruct.json"
         guard let hd = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read \(file)") }
@@ -171,7 +172,7 @@ struct MemitBench: ParsableCommand {
         if !fileStop { h.earlyStopLoss = 0 }
         let stopRule = fileStop ? "the file's stop rule" : h.earlyStopTop == true ? "most-probable stop, no loss threshold" : "fixed steps"
         h.mesa = nil
-        let state = EditState(home: EditState.defaultHome, baseHash: m.weightHash)
+        let state = EditState(directory: paths.state, baseHash: m.weightHash)
         let templates = try state.templates(model: m, groups: h.contextTemplates, seed: h.templateSeed, logger: Logger(label: "mesa-bench"))
         var stats: [Int: KeyStatistics] = [:]
         var statPaths: [String] = []

@@ -1,4 +1,5 @@
 import ArgumentParser
+import EditDaemon
 import Editing
 import Evaluation
 import Foundation
@@ -25,7 +26,7 @@ struct RomeBench: ParsableCommand {
     @Option(help: "BLAS / torch threads.") var threads = 2
     @Option(help: "Timed repetitions (median reported), after one warm-up.") var repeats = 3
     @Option(help: "Python of the PyTorch reference environment ('none' to skip).")
-    var reference = (ModelLocator.mesaHome as NSString).appendingPathComponent("refenv/bin/python")
+    var reference = paths.home.appendingPathComponent("refenv/bin/python").path
     @Option(help: "Results file (JSON).") var out = "ops/bench/results/rome.json"
 
     func run() throws {

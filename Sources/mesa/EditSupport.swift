@@ -32,12 +32,12 @@ struct EditOptions: ParsableArguments {
 
     func hparamsURL(method: EditMethod, modelPath: String) throws -> URL {
         if let hparams { return URL(fileURLWithPath: hparams) }
-        return try Installation.hparamsFile(method: method, modelName: Self.modelName(modelPath))
+        return try Installation.hparamsFile(method: method, modelName: Self.modelName(modelPath), directories: paths.hparams)
     }
 
     /// `method`'s hyperparameters with --layer (ROME) and the MESA options on top.
     func hyperparameters(_ method: EditMethod, modelPath: String) throws -> MethodHyperparameters {
-        var h = try EditorRegistry.hyperparameters(method, at: try hparamsURL(method: method, modelPath: modelPath), catalog: try SchemaCatalog.standard())
+        var h = try EditorRegistry.hyperparameters(method, at: try hparamsURL(method: method, modelPath: modelPath), catalog: try paths.schemaCatalog())
         if let layer, case .rome(var rome) = h {
             rome.layer = layer
             h = .rome(rome)
@@ -56,18 +56,22 @@ struct EditOptions: ParsableArguments {
         noMesa ? nil : .overriding(file, sae: mesa, l1: mesaL1, fallback: nil)
     }
 
-    var corpusPath: String {
-        if let corpus { return corpus }
-        if let c = ProcessInfo.processInfo.environment["MESA_CORPUS"], !c.isEmpty { return c }
-        return FileManager.default.currentDirectoryPath + "/../shared/data/corpus/enwiki-2015-sample.txt"
+    var corpusPath: String { corpus ?? paths.corpus }
+
+    /// The state directory: `paths.state`, under --state-home when given.
+    var stateDirectory: URL {
+        var p = paths
+        if let stateHome { p.home = URL(fileURLWithPath: stateHome) }
+        return p.state
     }
 
-    var home: URL { stateHome.map { URL(fileURLWithPath: $0) } ?? EditState.defaultHome }
+    /// The edit state of the model `baseHash`.
+    func state(baseHash: String) -> EditState { EditState(directory: stateDirectory, baseHash: baseHash) }
 
     func registry(progress: ((Int, Int, Double) -> Void)? = nil, shouldStop: (() -> Bool)? = nil) -> EditorRegistry {
-        var r = EditorRegistry(stateDirectory: home.appendingPathComponent("state"), corpusPath: corpusPath, logger: Logger(label: "mesa"),
+        var r = EditorRegistry(stateDirectory: stateDirectory, corpusPath: corpusPath, logger: Logger(label: "mesa"),
                                progress: progress, shouldStop: shouldStop)
-        r.anchorRecords = URL(fileURLWithPath: FileManager.default.currentDirectoryPath + "/../shared/data/counterfact/counterfact-train.json")
+        r.anchorRecords = paths.data.appendingPathComponent("counterfact/counterfact-train.json")
         return r
     }
 }

@@ -129,7 +129,7 @@ struct Layers: ParsableCommand {
             let layers = candidates.isEmpty ? Array(0..<model.config.layers) : candidates
             var h = try editOptions.romeHyperparameters(modelPath: path)
             h.mesa = nil
-            let state = EditState(home: editOptions.home, baseHash: model.weightHash)
+            let state = editOptions.state(baseHash: model.weightHash)
             let templates = try state.templates(model: model, groups: h.contextTemplates, seed: h.templateSeed, logger: Logger(label: "mesa"))
             guard !saeOnly || sae != nil else { throw fail("--sae-only needs --sae") }
             if saeOnly {

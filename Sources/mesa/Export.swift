@@ -45,7 +45,7 @@ struct Export: ParsableCommand {
             let model = try modelOptions.load(path: path)
             let name = Installation.modelName(path)
             let lmdb = store.map { URL(fileURLWithPath: $0) }
-                ?? EditState(directory: config.stateDirectory(home: daemonOptions.home), baseHash: model.weightHash).root.appendingPathComponent("lmdb")
+                ?? EditState(directory: config.stateDirectory(paths), baseHash: model.weightHash).snapshotStore
             guard FileManager.default.fileExists(atPath: lmdb.appendingPathComponent("data.mdb").path) else {
                 throw fail("no snapshot store for this model at \(lmdb.path) (the state directory of `mesa serve`, or --store)")
             }

@@ -28,11 +28,10 @@ struct Health: ParsableCommand {
         try reportingErrors {
             var c = try daemonOptions.resolve()
             if let model { c.model = model }
-            let path = try c.model ?? ModelLocator.defaultModelPath()
+            let path = try c.model ?? paths.defaultModel()
             let lm = try ModelLoader.load(path: path)
-            let stateDir = c.stateDirectory(home: daemonOptions.home)
-            let g = try QualityGuard.make(model: lm, config: c, stateDirectory: stateDir, logger: Logger(label: "mesa"))
-            let lmdb = EditState(directory: stateDir, baseHash: lm.weightHash).root.appendingPathComponent("lmdb")
+            let g = try QualityGuard.make(model: lm, config: c, paths: paths, logger: Logger(label: "mesa"))
+            let lmdb = EditState(directory: c.stateDirectory(paths), baseHash: lm.weightHash).snapshotStore
             let store = try SnapshotStore(path: lmdb.path, mapSize: c.mapBytes)
             let host = try ModelHost(model: lm, modelName: Installation.modelName(path), store: store, attach: false)
             let head = try store.head()

@@ -3,6 +3,10 @@ import EditDaemon
 import Foundation
 import Tensor
 
+/// Where this process finds and keeps its files: resolved from the environment once, here, and
+/// passed down to the libraries.
+let paths = Paths(environment: ProcessInfo.processInfo.environment)
+
 @main
 struct Mesa: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,4 +1,5 @@
 import ArgumentParser
+import EditDaemon
 import Foundation
 import ModelRuntime
 import Tensor
@@ -12,7 +13,7 @@ struct ModelOptions: ParsableArguments {
     var threads: Int = 0
 
     /// The model path: --model, $MESA_MODEL, or the installed default.
-    var path: String { get throws { try model ?? ModelLocator.defaultModelPath() } }
+    var path: String { get throws { try model ?? paths.defaultModel() } }
 
     func load() throws -> LanguageModel { try load(path: try path) }
 

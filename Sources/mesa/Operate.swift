@@ -109,7 +109,7 @@ struct Publish: ParsableCommand {
             } else {
                 guard let subject, let prompt, let targetNew else { throw fail("give --subject, --prompt and --target-new, or --file") }
                 eventId = id ?? UUID().uuidString.lowercased()
-                let name = try modelName ?? Installation.modelName(ModelLocator.defaultModelPath())
+                let name = try modelName ?? Installation.modelName(paths.defaultModel())
                 modelKey = name
                 var event: [String: Any] = [
                     "id": eventId, "model": ["name": name, "revision": "main"], "subject": subject, "prompt": prompt,
@@ -122,7 +122,7 @@ struct Publish: ParsableCommand {
                 if dryRun { event["dry_run"] = true }
                 data = try JSONSerialization.data(withJSONObject: event, options: [.sortedKeys])
             }
-            if !raw { try SchemaCatalog.standard().check(data, against: "fact-update.schema.json", what: "the event") }
+            if !raw { try paths.schemaCatalog().check(data, against: "fact-update.schema.json", what: "the event") }
             try Client.checkBroker(config)
             let (partition, offset) = try Client.send(data, id: eventId, type: EventTypes.factUpdate, topic: config.topics.factUpdates,
                                                       key: modelKey, config: config)
@@ -185,14 +185,14 @@ struct Rollback: ParsableCommand {
         try reportingErrors {
             let config = try daemonOptions.resolve()
             let id = UUID().uuidString.lowercased()
-            let model = try modelName ?? Installation.modelName(ModelLocator.defaultModelPath())
+            let model = try modelName ?? Installation.modelName(paths.defaultModel())
             var cmd: [String: Any] = [
                 "id": id, "command": "rollback", "to": to, "model": ["name": model],
                 "issued_by": ["principal": Client.principal()], "issued_at": ISO8601DateFormatter().string(from: Date()),
             ]
             if let reason { cmd["reason"] = reason }
             let data = try JSONSerialization.data(withJSONObject: cmd, options: [.sortedKeys])
-            try SchemaCatalog.standard().check(data, against: "control-command.schema.json", what: "the command")
+            try paths.schemaCatalog().check(data, against: "control-command.schema.json", what: "the command")
             try Client.checkBroker(config)
             _ = try Client.send(data, id: id, type: EventTypes.control, topic: config.topics.control, key: model, config: config)
             let (dead, json) = try Client.awaitResult(of: id, config: config, timeout: timeout)
@@ -229,7 +229,7 @@ struct Snapshots: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let config = try daemonOptions.resolve()
-            let dir = config.stateDirectory(home: daemonOptions.home)
+            let dir = config.stateDirectory(paths)
             let stores = try snapshotStores(in: dir)
             guard !stores.isEmpty else { throw fail("no snapshot store under \(dir.path)") }
             var corruptRecords = 0
@@ -298,14 +298,14 @@ struct Replay: ParsableCommand, LoggingCommand {
             let path = try modelOptions.model ?? config.model ?? modelOptions.path
             let model = try modelOptions.load(path: path)
             let name = Installation.modelName(path)
-            let lmdb = EditState(directory: config.stateDirectory(home: daemonOptions.home), baseHash: model.weightHash).root.appendingPathComponent("lmdb")
+            let lmdb = EditState(directory: config.stateDirectory(paths), baseHash: model.weightHash).snapshotStore
             guard FileManager.default.fileExists(atPath: lmdb.appendingPathComponent("data.mdb").path) else {
                 throw fail("no snapshot store for this model at \(lmdb.path)")
             }
             let store = try SnapshotStore(path: lmdb.path)
             let audit = try Auditor.verify(model: model, modelName: name, store: store)
             let data = try Auditor.encode(audit)
-            try SchemaCatalog.standard().check(data, against: "audit-report.schema.json", what: "the audit report")
+            try paths.schemaCatalog().check(data, against: "audit-report.schema.json", what: "the audit report")
             let out = report ?? "audit-\(name)-\(Int(Date().timeIntervalSince1970)).json"
             try data.write(to: URL(fileURLWithPath: out))
             for s in audit.snapshots {

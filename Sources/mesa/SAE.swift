@@ -64,7 +64,7 @@ struct SAETrain: ParsableCommand, LoggingCommand {
             let model = try modelOptions.load()
             for l in wanted where l < 0 || l >= model.config.layers { throw fail("layer \(l) is outside 0..<\(model.config.layers)") }
             let hash = model.weightHash
-            let state = EditState(home: editOptions.home, baseHash: hash)
+            let state = editOptions.state(baseHash: hash)
             let specs = wanted.map {
                 ActivationSpec(modelHash: hash, site: Site(layer: $0, kind: kind), tokens: harvestTokens ?? min(tokens, 1_000_000),
                                sequenceLength: sequenceLength, seed: seed)

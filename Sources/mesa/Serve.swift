@@ -27,7 +27,7 @@ struct DaemonOptions: ParsableArguments {
     func resolve() throws -> DaemonConfiguration {
         let env = ProcessInfo.processInfo.environment
         var c = try DaemonConfiguration.resolve(file: config ?? env["MESA_CONFIG"].flatMap { $0.isEmpty ? nil : $0 },
-                                                environment: env, catalog: try SchemaCatalog.standard())
+                                                environment: env, catalog: try paths.schemaCatalog())
         if let b = bootstrapServers { c.setKafka { $0.bootstrapServers = b } }
         if let s = stateDir { c.stateDir = s }
         for kv in kafkaProperties {
@@ -44,8 +44,6 @@ struct DaemonOptions: ParsableArguments {
         }
         return c
     }
-
-    var home: URL { EditState.defaultHome }
 }
 
 struct Serve: AsyncParsableCommand, LoggingCommand {
@@ -101,12 +99,9 @@ struct Serve: AsyncParsableCommand, LoggingCommand {
             if batchMaxEvents != nil || batchLingerMs != nil {
                 c.batch = .init(maxEvents: batchMaxEvents ?? c.batch?.maxEvents, lingerMs: batchLingerMs ?? c.batch?.lingerMs)
             }
-            let path = try c.model ?? ModelLocator.defaultModelPath()
-            if c.corpus == nil {
-                c.corpus = ProcessInfo.processInfo.environment["MESA_CORPUS"] ?? FileManager.default.currentDirectoryPath + "/../shared/data/corpus/enwiki-2015-sample.txt"
-            }
+            c.model = try c.model ?? paths.defaultModel()
             try logOptions.configure(format: try c.logFormat, level: try c.logLevel)
-            let daemon = try buildDaemon(config: c, paths: DaemonPaths(modelPath: path, home: daemonOptions.home), logger: Logger(label: "mesa serve"))
+            let daemon = try buildDaemon(config: c, paths: paths, logger: Logger(label: "mesa serve"))
             // Metrics emitted through swift-metrics (by libraries) land in the daemon's registry, on the same /metrics.
             MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: daemon.metrics.registry))
             try await daemon.run(signals: [.sigterm, .sigint])

@@ -37,7 +37,7 @@ struct Stats: ParsableCommand, LoggingCommand {
             if let l = editOptions.layer { ls.append(l) }
             guard !ls.isEmpty else { throw fail("give --layer L (or --layers L1 L2 …)") }
             let hash = model.weightHash
-            let state = EditState(home: editOptions.home, baseHash: hash)
+            let state = editOptions.state(baseHash: hash)
             let specs = ls.map { KeyStatisticsSpec(modelHash: hash, layer: $0, tokens: tokens, sequenceLength: sequenceLength, seed: seed) }
             let t0 = Date()
             let stats = try keyStatistics(model: model, options: editOptions, specs: specs)

@@ -37,7 +37,7 @@ import Testing
     /// The real model's δ-gradient against the PyTorch fixture (float64 reference), both sites.
     @Test func realModelGradientMatchesPyTorch() throws {
         let fixture = try JSONSerialization.jsonObject(with: Data(contentsOf: EditTestPaths.fixture("smollm2-delta-grad.json"))) as! [String: Any]
-        let m = try ModelLoader.load(path: try ModelLocator.defaultModelPath())
+        let m = try ModelLoader.load(path: try EditTestPaths.defaultModel())
         for case let c as [String: Any] in fixture["cases"] as! [Any] {
             let name = c["name"] as! String
             func prompts(_ key: String) -> [(tokens: [Int32], position: Int, targets: [(Int, Int32)])] {

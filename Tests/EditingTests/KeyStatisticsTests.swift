@@ -73,7 +73,7 @@ import Testing
         defer { try? FileManager.default.removeItem(at: dir) }
         let spec = KeyStatisticsSpec(modelHash: String(repeating: "ab", count: 32), layer: 3, tokens: 10)
         let s = KeyStatistics(spec: spec, dim: 3, count: 10, moment: [2, 1, 0, 1, 2, 1, 0, 1, 2])
-        let state = EditState(home: dir, baseHash: spec.modelHash)
+        let state = EditState(directory: dir, baseHash: spec.modelHash)
         let url = state.statisticsURL(spec)
         try s.write(to: url)
         let back = try #require(try state.cachedStatistics(spec))

@@ -8,7 +8,7 @@ import Testing
 /// two templates, ten steps) must flip the fact and be undone bit-exactly.
 @Suite struct RealModelEditTests {
     @Test func romeEditFlipsAFactAndRestoresExactly() throws {
-        let m = try ModelLoader.load(path: try ModelLocator.defaultModelPath())
+        let m = try ModelLoader.load(path: try EditTestPaths.defaultModel())
         var h = RomeHyperparameters(layer: 7)
         h.mom2Adjustment = false
         h.vNumGradSteps = 10
@@ -39,7 +39,7 @@ import Testing
     /// residual after layer 7) ends as soon as "Rome" is on top in every context, well before the
     /// step budget a loss-only rule (threshold 0) would spend.
     @Test func mostProbableEarlyStopEndsWhenTheTargetLeadsEverywhere() throws {
-        let m = try ModelLoader.load(path: try ModelLocator.defaultModelPath())
+        let m = try ModelLoader.load(path: try EditTestPaths.defaultModel())
         let templates = try ContextTemplates.generate(model: m, groups: [.init(length: 5, count: 2)], seed: 0)
         let request = EditRequest(subject: "Eiffel Tower", prompt: "The {} is located in", targetNew: "Rome", targetTrue: "Paris")
         let batch = try RomeBatch(request: request, prefixes: templates.prefixes, tokenizer: EditTokenizer(model: m), contextLength: m.config.contextLength)

@@ -19,7 +19,7 @@ import Testing
         #expect(a.prefixes.dropFirst().allSatisfy { $0.hasSuffix(". ") && !$0.contains("{") && !$0.contains("}") })
         let dir = try EditTestPaths.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
-        let state = EditState(home: dir, baseHash: m.weightHash)
+        let state = EditState(directory: dir, baseHash: m.weightHash)
         let logged = InMemoryLogHandler()
         let logger = Logger(label: "test") { _ in logged }
         let stored = try state.templates(model: m, groups: a.groups, seed: 3, logger: logger)

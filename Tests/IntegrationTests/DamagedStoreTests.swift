@@ -12,7 +12,7 @@ import Testing
     static func harness(_ label: String, snapshots count: Int) throws -> (DaemonHarness, lmdb: URL) {
         let h = try DaemonHarness(bootstrap: "127.0.0.1:9", label: label)
         let base = try ModelLoader.load(path: h.modelPath).weightHash
-        let lmdb = EditState(directory: h.stateDir, baseHash: base).root.appendingPathComponent("lmdb")
+        let lmdb = EditState(directory: h.stateDir, baseHash: base).snapshotStore
         let store = try SnapshotStore(path: lmdb.path)
         try store.attachBase(modelHash: base, modelName: DaemonHarness.modelName)
         var before = base

@@ -66,7 +66,7 @@ import Testing
     }
 
     @Test func brokerRestartMidStreamResumesWithoutLosingTheDaemonsWork() throws {
-        let broker = try DevelopmentBroker()
+        let broker = try DevelopmentBroker(executable: DevelopmentBroker.executable(home: TestPaths.home))
         defer { broker.stop() }
         let h = try DaemonHarness(bootstrap: broker.bootstrapServers, label: "restart", steps: 60)
         defer { h.cleanup() }

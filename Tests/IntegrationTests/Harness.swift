@@ -331,7 +331,7 @@ enum SharedBroker {
     static func get() throws -> DevelopmentBroker {
         lock.lock(); defer { lock.unlock() }
         if let b = broker, b.isRunning { return b }
-        let b = try DevelopmentBroker()
+        let b = try DevelopmentBroker(executable: DevelopmentBroker.executable(home: TestPaths.home))
         broker = b
         atexit { SharedBroker.stopAtExit() }
         return b

@@ -13,7 +13,7 @@ import Testing
     struct Setup {
         let dir: URL
         let config: DaemonConfiguration
-        let paths: DaemonPaths
+        let paths: Paths
         let catalog: SchemaCatalog
 
         /// `method`: ROME on the tiny model unless a test asks for another (the daemon's own default is AlphaEdit).
@@ -37,11 +37,12 @@ import Testing
             c.corpus = TestPaths.sharedData.appendingPathComponent("corpus/enwiki-2015-sample.txt").path
             c.stateDir = dir.appendingPathComponent("state").path
             c.hparamsDir = dir.appendingPathComponent("hparams").path
+            c.model = model
             c.threads = 1
             c.qualityGuard = .init(enabled: false)
             config = c
-            paths = DaemonPaths(modelPath: model, home: dir)
-            catalog = try SchemaCatalog(directory: TestPaths.repoRoot.appendingPathComponent("Schemas"))
+            paths = Paths(home: dir, data: TestPaths.sharedData, schemas: TestPaths.repoRoot.appendingPathComponent("Schemas"))
+            catalog = try paths.schemaCatalog()
         }
 
         func pipeline() throws -> Pipeline {

@@ -27,7 +27,7 @@ import Testing
             try TinyModel.write(to: modelPath)
             let model = try ModelLoader.load(path: modelPath)
             stateDir = dir.appendingPathComponent("state")
-            lmdb = EditState(directory: stateDir, baseHash: model.weightHash).root.appendingPathComponent("lmdb")
+            lmdb = EditState(directory: stateDir, baseHash: model.weightHash).snapshotStore
             store = try SnapshotStore(path: lmdb.path)
             let host = try ModelHost(model: model, modelName: "tiny-export", store: store)
             hashes[0] = host.baseHash

@@ -5,13 +5,13 @@ import Testing
 @Suite(.enabled(if: tansuUsable, tansuReason))
 struct BrokerRestartTests {
     @Test func developmentBrokerStopsAndRestartsOnItsPort() throws {
-        let broker = try DevelopmentBroker()
+        let broker = try DevelopmentBroker(executable: tansu)
         defer { broker.stop() }
         let port = broker.port
         let pid = try #require(broker.processIdentifier)
         #expect(broker.isRunning)
         #expect(broker.bootstrapServers == "127.0.0.1:\(port)")
-        #expect(throws: KafkaError.self) { try DevelopmentBroker(port: port) }  // the port is taken
+        #expect(throws: KafkaError.self) { try DevelopmentBroker(executable: tansu, port: port) }  // the port is taken
         broker.stop()
         #expect(!broker.isRunning)
         #expect(kill(pid, 0) != 0, "the broker process is still alive")
@@ -24,7 +24,7 @@ struct BrokerRestartTests {
     /// Tansu keeps everything in memory: after a restart on the same port the topics, the group and
     /// the producer ids are gone. The consumer rejoins by itself once the topic exists again.
     @Test func consumerResumesAfterTheBrokerRestarts() throws {
-        let broker = try DevelopmentBroker()
+        let broker = try DevelopmentBroker(executable: tansu)
         defer { broker.stop() }
         let log = LogCollector("restart")
         let bootstrap = broker.bootstrapServers

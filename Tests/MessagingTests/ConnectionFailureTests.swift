@@ -22,7 +22,7 @@ import Testing
 
     @Test(.enabled(if: tansuUsable, tansuReason))
     func tlsAgainstAPlaintextListenerSaysSoWithinSeconds() throws {
-        let broker = try DevelopmentBroker()
+        let broker = try DevelopmentBroker(executable: tansu)
         defer { broker.stop() }
         let properties = ["bootstrap.servers": broker.bootstrapServers, "security.protocol": "SSL",
                           "socket.connection.setup.timeout.ms": "3000"]
@@ -45,7 +45,7 @@ import Testing
 
     @Test(.enabled(if: tansuUsable, tansuReason))
     func aReachableClusterPassesTheCheck() throws {
-        let broker = try DevelopmentBroker()
+        let broker = try DevelopmentBroker(executable: tansu)
         defer { broker.stop() }
         let admin = try KafkaAdmin(properties: ["bootstrap.servers": broker.bootstrapServers])
         defer { admin.close() }

@@ -1,11 +1,15 @@
 import Foundation
 import Logging
 import Messaging
+import TestSupport
 import Testing
+
+/// The installed Tansu broker, `$MESA_HOME/bin/tansu`.
+let tansu = DevelopmentBroker.executable(home: TestPaths.home)
 
 /// Tansu needs librdkafka ≥ 2.1 at run time (Debian's 2.0.2 cannot parse its ApiVersions reply):
 /// ops/test.sh puts $MESA_HOME/lib first on LD_LIBRARY_PATH.
-let tansuUsable = FileManager.default.isExecutableFile(atPath: DevelopmentBroker.defaultExecutable)
+let tansuUsable = FileManager.default.isExecutableFile(atPath: tansu)
     && Kafka.versionNumber >= 0x0201_0000
 let tansuReason: Comment = "needs $MESA_HOME/bin/tansu (ops/install.sh) and librdkafka >= 2.1 at run time (LD_LIBRARY_PATH=$MESA_HOME/lib, as ops/test.sh sets)"
 

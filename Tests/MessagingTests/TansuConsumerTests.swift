@@ -6,7 +6,7 @@ import Testing
 @Suite(.enabled(if: tansuUsable, tansuReason))
 struct TansuConsumerTests {
     @Test func committedMessagesAreNotRedeliveredToTheGroup() throws {
-        let broker = try DevelopmentBroker()
+        let broker = try DevelopmentBroker(executable: tansu)
         defer { broker.stop() }
         let log = LogCollector("commit")
         let admin = try KafkaAdmin(properties: ["bootstrap.servers": broker.bootstrapServers], logger: log.logger)
@@ -59,7 +59,7 @@ struct TansuConsumerTests {
     }
 
     @Test func uncommittedAndReleasedMessagesAreRedelivered() throws {
-        let broker = try DevelopmentBroker()
+        let broker = try DevelopmentBroker(executable: tansu)
         defer { broker.stop() }
         let log = LogCollector("redeliver")
         try KafkaAdmin(properties: ["bootstrap.servers": broker.bootstrapServers])
@@ -95,7 +95,7 @@ struct TansuConsumerTests {
     }
 
     @Test func deeperBufferKeepsPartitionOrderWithoutGapsOrDuplicates() throws {
-        let broker = try DevelopmentBroker()
+        let broker = try DevelopmentBroker(executable: tansu)
         defer { broker.stop() }
         try KafkaAdmin(properties: ["bootstrap.servers": broker.bootstrapServers])
             .createTopics(["stream"], partitions: 2, replicationFactor: 1, timeout: 10)
@@ -131,7 +131,7 @@ struct TansuConsumerTests {
     /// fill, and hands out nothing more until the batch is settled: committing its last message
     /// settles all of it; releasing it gives every message back in order.
     @Test func batchesAreConsecutiveAndSettledTogether() throws {
-        let broker = try DevelopmentBroker()
+        let broker = try DevelopmentBroker(executable: tansu)
         defer { broker.stop() }
         try KafkaAdmin(properties: ["bootstrap.servers": broker.bootstrapServers])
             .createTopics(["batched"], partitions: 1, replicationFactor: 1, timeout: 10)
@@ -162,7 +162,7 @@ struct TansuConsumerTests {
     }
 
     @Test func cloudEventBinaryHeadersRoundTrip() throws {
-        let broker = try DevelopmentBroker()
+        let broker = try DevelopmentBroker(executable: tansu)
         defer { broker.stop() }
         try KafkaAdmin(properties: ["bootstrap.servers": broker.bootstrapServers])
             .createTopics(["events"], partitions: 1, replicationFactor: 1, timeout: 10)
@@ -184,7 +184,7 @@ struct TansuConsumerTests {
     }
 
     @Test func rebalanceWaitsForTheMessageInFlight() throws {
-        let broker = try DevelopmentBroker()
+        let broker = try DevelopmentBroker(executable: tansu)
         defer { broker.stop() }
         let logA = LogCollector("drain-a")
         let logB = LogCollector("drain-b")
@@ -213,7 +213,7 @@ struct TansuConsumerTests {
     }
 
     @Test func longWorkOnAPausedPartitionKeepsTheMembership() throws {
-        let broker = try DevelopmentBroker()
+        let broker = try DevelopmentBroker(executable: tansu)
         defer { broker.stop() }
         let log = LogCollector("long")
         try KafkaAdmin(properties: ["bootstrap.servers": broker.bootstrapServers])

@@ -6,7 +6,7 @@ import Testing
 /// The real-model smoke test that runs in CI: SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to
 /// Float32) against logits, activations and scores from transformers on the same dequantized weights.
 @Suite(.serialized) struct DefaultModelTests {
-    static let model: Result<LanguageModel, Error> = Result { try ModelLoader.load(path: try ModelLocator.defaultModelPath()) }
+    static let model: Result<LanguageModel, Error> = Result { try ModelLoader.load(path: try TestPaths.defaultModel) }
     static let fixture = try! TestPaths.json("smollm2-logits.json") as! [String: Any]
 
     /// |got − want| ≤ abs + rel·|want|.

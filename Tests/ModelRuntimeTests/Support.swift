@@ -9,9 +9,16 @@ enum TestPaths {
 
     static func fixture(_ name: String) -> URL { fixtures.appendingPathComponent(name) }
 
-    /// The default model; model tests fail (not skip) when it is missing, because CI installs it.
+    /// The default model (`MESA_MODEL`, else the one installed under `MESA_HOME`); model tests fail
+    /// (not skip) when it is missing, because CI installs it.
     static var defaultModel: String {
-        get throws { try ModelLocator.defaultModelPath() }
+        get throws {
+            let env = ProcessInfo.processInfo.environment
+            if let m = env["MESA_MODEL"], !m.isEmpty { return m }
+            let home = env["MESA_HOME"].flatMap { $0.isEmpty ? nil : URL(fileURLWithPath: $0) }
+                ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".local/share/mesa")
+            return try ModelLocator.defaultModelPath(home: home)
+        }
     }
 
     static func json(_ name: String) throws -> Any {

@@ -1,5 +1,6 @@
 import Foundation
 import ModelRuntime
+import TestSupport
 import Testing
 import Tokenizers
 
@@ -25,7 +26,7 @@ import Tokenizers
     @Test func smolLM2MatchesReferenceExactly() throws {
         let cases = try #require(try Self.cases("smollm2-tokenizer.json").cases)
         #expect(cases.count >= 2000)
-        let tok = try ModelLoader.loadTokenizer(gguf: try ModelLocator.defaultModelPath())
+        let tok = try ModelLoader.loadTokenizer(gguf: try TestPaths.defaultModel())
         check(tok, cases, label: "SmolLM2")
         // Decoding inverts encoding (byte-level BPE is lossless for text whose bytes are all in the vocabulary).
         for c in cases.prefix(300) {

@@ -2,17 +2,14 @@ import Foundation
 import Logging
 import ModelRuntime
 
-/// Where a model's edit state lives on disk: `$MESA_HOME/state/<first 16 hex of the base weight hash>/`
-/// with `templates-<groups>-seed<S>.json` and `stats/<spec key>.stat` (+ `.ckpt` while computing).
-/// Everything here is derived from the base model and a fixed seed, so it is created once and then
-/// reused; creating it is announced through the logger, never done silently.
+/// Where a model's edit state lives on disk: `<state directory>/<first 16 hex of the base weight hash>/`
+/// (the state directory is `$MESA_HOME/state` by default) with `templates-<groups>-seed<S>.json`,
+/// `stats/<spec key>.stat` (+ `.ckpt` while computing) and the snapshot store `lmdb/`.
+/// The templates and statistics are derived from the base model and a fixed seed, so they are created
+/// once and then reused; creating them is announced through the logger, never done silently.
 public struct EditState: Sendable {
     public let root: URL
     public let baseHash: String
-
-    public init(home: URL, baseHash: String) {
-        self.init(directory: home.appendingPathComponent("state"), baseHash: baseHash)
-    }
 
     /// The state of the model `baseHash` under a state directory: `<directory>/<hash16>/`.
     public init(directory: URL, baseHash: String) {
@@ -20,11 +17,8 @@ public struct EditState: Sendable {
         root = directory.appendingPathComponent(String(baseHash.prefix(16)))
     }
 
-    /// `MESA_HOME` or ~/.local/share/mesa.
-    public static var defaultHome: URL {
-        if let h = ProcessInfo.processInfo.environment["MESA_HOME"], !h.isEmpty { return URL(fileURLWithPath: h) }
-        return FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".local/share/mesa")
-    }
+    /// The model's snapshot store (the daemon's LMDB environment): `<directory>/<hash16>/lmdb`.
+    public var snapshotStore: URL { root.appendingPathComponent("lmdb") }
 
     public func templatesURL(groups: [ContextTemplates.Group], seed: UInt64) -> URL {
         let g = groups.map { "\($0.length)x\($0.count)" }.joined(separator: "_")
