@@ -1,3 +1,4 @@
+import Contracts
 import Editing
 import Foundation
 import Logging
@@ -231,7 +232,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         var c = DaemonConfiguration()
         if let path {
             guard let data = FileManager.default.contents(atPath: path) else { throw SetupError("cannot read configuration \(path)") }
-            try catalog.check(data, against: "serve-config.schema.json", what: path)
+            do { try catalog.check(data, against: "serve-config.schema.json", what: path) } catch let e as SchemaCatalogError { throw SetupError(e) }
             do { c = try JSONCoding.decoder().decode(DaemonConfiguration.self, from: data) } catch {
                 throw SetupError("\(path): \(error)")
             }

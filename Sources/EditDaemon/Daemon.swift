@@ -1,3 +1,4 @@
+import Contracts
 import Editing
 import Foundation
 import Logging

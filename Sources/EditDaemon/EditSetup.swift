@@ -14,6 +14,11 @@ public struct SetupError: Error, CustomStringConvertible, Sendable {
     public var description: String { message }
 }
 
+extension SetupError {
+    /// A hyperparameter or configuration file the schema catalog refused, with the catalog's message.
+    init(_ e: SchemaCatalogError) { self.init(e.message) }
+}
+
 /// The model's short name and its hyperparameter file.
 public enum Installation {
     /// The model's short name: the file name without extension and quantization suffix.
@@ -34,53 +39,6 @@ public enum Installation {
             if FileManager.default.fileExists(atPath: u.path) { return u }
         }
         throw SetupError("no \(method.rawValue) hyperparameters for \(modelName): add \(method.rawValue)/\(file) to the hyperparameter directory (deploy/hparams)")
-    }
-}
-
-/// Every schema in Schemas/, registered once and compiled on first use.
-public final class SchemaCatalog: @unchecked Sendable {
-    private var compiled: [String: CompiledSchema] = [:]
-    private let registry: SchemaRegistry
-    private let byFile: [String: String]
-    private let lock = NSLock()
-
-    public init(directory: URL) throws {
-        // Formats are asserted: the events rely on them (ids are UUIDs, times are RFC 3339 date-times).
-        var r = SchemaRegistry(options: ValidatorOptions(formatAssertion: true))
-        var files: [String: String] = [:]
-        let names = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.hasSuffix(".schema.json") }.sorted()
-        for name in names {
-            do {
-                let uri = try r.registerFile(at: directory.appendingPathComponent(name).path)
-                files[name] = uri
-            } catch { throw SetupError("\(name): \(error)") }
-        }
-        registry = r
-        byFile = files
-    }
-
-    /// The compiled schema of `file` (e.g. "fact-update.schema.json").
-    public func schema(_ file: String) throws -> CompiledSchema {
-        lock.lock(); defer { lock.unlock() }
-        if let c = compiled[file] { return c }
-        guard let uri = byFile[file] else { throw SetupError("no schema \(file)") }
-        let c: CompiledSchema
-        do { c = try registry.compile(uri) } catch { throw SetupError("\(file): \(error)") }
-        compiled[file] = c
-        return c
-    }
-
-    /// Validates a document's bytes; throws SetupError listing the first violations.
-    public func check(_ data: Data, against file: String, what: String) throws {
-        let value: JSONValue
-        do { value = try JSONValue.parse(data, limits: JSONParseLimits(rejectDuplicateKeys: true)) } catch {
-            throw SetupError("\(what) is not valid JSON: \(error)")
-        }
-        let result = try schema(file).validate(value)
-        guard result.valid else {
-            let why = result.errors.prefix(5).map { "\($0.instanceLocation): \($0.message)" }.joined(separator: "; ")
-            throw SetupError("\(what) does not conform to \(file): \(why)")
-        }
     }
 }
 
@@ -157,10 +115,10 @@ public struct EditorRegistry {
         guard let data = FileManager.default.contents(atPath: url.path) else { throw SetupError("cannot read \(url.path)") }
         switch method {
         case .rome:
-            try catalog.check(data, against: "rome-hparams.schema.json", what: url.path)
+            do { try catalog.check(data, against: "rome-hparams.schema.json", what: url.path) } catch let e as SchemaCatalogError { throw SetupError(e) }
             return .rome(try RomeHyperparameters.decode(data))
         case .memit, .alphaedit, .encore:
-            try catalog.check(data, against: "memit-hparams.schema.json", what: url.path)
+            do { try catalog.check(data, against: "memit-hparams.schema.json", what: url.path) } catch let e as SchemaCatalogError { throw SetupError(e) }
             let h = try MemitHyperparameters.decode(data)
             switch method {
             case .alphaedit: return .alphaEdit(h)

@@ -1,3 +1,4 @@
+import Contracts
 import EditDaemon
 import Foundation
 import Testing
