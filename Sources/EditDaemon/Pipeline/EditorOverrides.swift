@@ -20,10 +20,7 @@ extension Pipeline {
                 guard layers.count == 1 else { throw Rejection(.invalidHyperparameters, "ROME edits one layer; the event names \(layers)", eventId: e.id) }
                 h.layer = layers[0]
             }
-            if let lr = o.learningRate { h.vLr = Float(lr) }
-            if let steps = o.steps { h.vNumGradSteps = steps }
-            if let c = o.clampNormFactor { h.clampNormFactor = Float(c) }
-            if let k = o.klFactor { h.klFactor = Float(k) }
+            Self.override(&h.optimization, with: o)
             if o.mom2UpdateWeight != nil {
                 throw Rejection(.invalidHyperparameters, "mom2_update_weight is a MEMIT setting; ROME does not take it", eventId: e.id)
             }
@@ -43,10 +40,7 @@ extension Pipeline {
                 }
                 h.layers = layers
             }
-            if let lr = o.learningRate { h.vLr = Float(lr) }
-            if let steps = o.steps { h.vNumGradSteps = steps }
-            if let c = o.clampNormFactor { h.clampNormFactor = Float(c) }
-            if let k = o.klFactor { h.klFactor = Float(k) }
+            Self.override(&h.optimization, with: o)
             if let w = o.mom2UpdateWeight {
                 guard method != .alphaedit else { throw Rejection(.invalidHyperparameters, "mom2_update_weight is MEMIT's λ; AlphaEdit does not use it", eventId: e.id) }
                 h.mom2UpdateWeight = w
@@ -65,5 +59,13 @@ extension Pipeline {
                 return try registry.editor(model: host.model, hparams: .memit(h), baseHash: host.baseHash, computeMissing: false)
             }
         }
+    }
+
+    /// The event's overrides of the optimization settings every method has.
+    static func override(_ s: inout OptimizationSettings, with o: FactUpdate.Overrides) {
+        if let lr = o.learningRate { s.vLr = Float(lr) }
+        if let steps = o.steps { s.vNumGradSteps = steps }
+        if let c = o.clampNormFactor { s.clampNormFactor = Float(c) }
+        if let k = o.klFactor { s.klFactor = Float(k) }
     }
 }

@@ -4,24 +4,12 @@ import SparseAutoencoder
 import Tensor
 
 /// The MEMIT family's hyperparameters (METHODS §2.1), `deploy/hparams/{memit,alphaedit,encore}/<model>.json`.
-public struct MemitHyperparameters: Codable, Sendable, Equatable {
+public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyperparameters {
     /// The edited layers, ascending; δ is optimized on the residual after the last one.
     public var layers: [Int]
-    /// Random-prefix templates (the bare prompt is always added first); MEMIT uses 5 of length 10.
-    public var contextTemplates: [ContextTemplates.Group]
-    public var templateSeed: UInt64
-    public var vNumGradSteps: Int
-    public var vLr: Float
-    public var vWeightDecay: Float
-    /// ‖δ‖ ≤ clamp_norm_factor · ‖h_L‖.
-    public var clampNormFactor: Float
-    public var klFactor: Float
-    public var earlyStopLoss: Float
-    /// ENCORE's most-probable early stop: also end z's optimization once the new object is the top
-    /// token in every context (`DeltaOptimization.stopWhenTop`).
-    public var earlyStopTop: Bool?
-    /// With `earlyStopTop`: stop the n-th time every target is on top (`DeltaOptimization.topChecks`).
-    public var earlyStopTopChecks: Int?
+    /// The optimization of z = h_L + δ (‖h_L‖ is δ's reference norm): templates (MEMIT uses 5 of
+    /// length 10), Adam, stops.
+    public var optimization: OptimizationSettings
     /// λ in ΔW = R [(λC + KKᵀ)⁻¹K]ᵀ.
     public var mom2UpdateWeight: Double
     public var mom2Tokens: Int
@@ -61,19 +49,54 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable {
                 klFactor: Float = 0.0625, earlyStopLoss: Float = 0.05, mom2UpdateWeight: Double = 15_000, mom2Tokens: Int = 300_000,
                 mom2SequenceLength: Int = 512, mom2Seed: UInt64 = 0, mom2Ridge: Double = 1e-4) {
         self.layers = layers
-        self.contextTemplates = contextTemplates
-        self.templateSeed = templateSeed
-        self.vNumGradSteps = vNumGradSteps
-        self.vLr = vLr
-        self.vWeightDecay = vWeightDecay
-        self.clampNormFactor = clampNormFactor
-        self.klFactor = klFactor
-        self.earlyStopLoss = earlyStopLoss
+        optimization = OptimizationSettings(contextTemplates: contextTemplates, templateSeed: templateSeed, vNumGradSteps: vNumGradSteps, vLr: vLr,
+                                            vWeightDecay: vWeightDecay, clampNormFactor: clampNormFactor, klFactor: klFactor,
+                                            earlyStopLoss: earlyStopLoss)
         self.mom2UpdateWeight = mom2UpdateWeight
         self.mom2Tokens = mom2Tokens
         self.mom2SequenceLength = mom2SequenceLength
         self.mom2Seed = mom2Seed
         self.mom2Ridge = mom2Ridge
+    }
+
+    // The file is flat: the optimization settings' keys sit beside the MEMIT family's own.
+    private enum CodingKeys: String, CodingKey {
+        case layers, mom2UpdateWeight, mom2Tokens, mom2SequenceLength, mom2Seed, mom2Ridge, nullspaceEnergy, l2, l2Relative,
+             updateNormLambda, normAnchorSamples, mesa
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        layers = try c.decode([Int].self, forKey: .layers)
+        optimization = try OptimizationSettings(from: decoder)
+        mom2UpdateWeight = try c.decode(Double.self, forKey: .mom2UpdateWeight)
+        mom2Tokens = try c.decode(Int.self, forKey: .mom2Tokens)
+        mom2SequenceLength = try c.decode(Int.self, forKey: .mom2SequenceLength)
+        mom2Seed = try c.decode(UInt64.self, forKey: .mom2Seed)
+        mom2Ridge = try c.decode(Double.self, forKey: .mom2Ridge)
+        nullspaceEnergy = try c.decodeIfPresent(Double.self, forKey: .nullspaceEnergy)
+        l2 = try c.decodeIfPresent(Double.self, forKey: .l2)
+        l2Relative = try c.decodeIfPresent(Bool.self, forKey: .l2Relative)
+        updateNormLambda = try c.decodeIfPresent(Double.self, forKey: .updateNormLambda)
+        normAnchorSamples = try c.decodeIfPresent(Int.self, forKey: .normAnchorSamples)
+        mesa = try c.decodeIfPresent(MesaHyperparameters.self, forKey: .mesa)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        try optimization.encode(to: encoder)
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(layers, forKey: .layers)
+        try c.encode(mom2UpdateWeight, forKey: .mom2UpdateWeight)
+        try c.encode(mom2Tokens, forKey: .mom2Tokens)
+        try c.encode(mom2SequenceLength, forKey: .mom2SequenceLength)
+        try c.encode(mom2Seed, forKey: .mom2Seed)
+        try c.encode(mom2Ridge, forKey: .mom2Ridge)
+        try c.encodeIfPresent(nullspaceEnergy, forKey: .nullspaceEnergy)
+        try c.encodeIfPresent(l2, forKey: .l2)
+        try c.encodeIfPresent(l2Relative, forKey: .l2Relative)
+        try c.encodeIfPresent(updateNormLambda, forKey: .updateNormLambda)
+        try c.encodeIfPresent(normAnchorSamples, forKey: .normAnchorSamples)
+        try c.encodeIfPresent(mesa, forKey: .mesa)
     }
 
     public func statisticsSpec(modelHash: String, layer: Int) -> KeyStatisticsSpec {
@@ -84,7 +107,8 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable {
         func bad(_ m: String) -> EditError { EditError(.hyperparameters, m) }
         guard !layers.isEmpty, layers == layers.sorted(), Set(layers).count == layers.count else { throw bad("layers must be distinct and ascending") }
         guard layers.allSatisfy({ $0 >= 0 && $0 < count }) else { throw bad("layers \(layers) exceed 0..<\(count)") }
-        guard vNumGradSteps >= 1, vNumGradSteps <= 1000, vLr > 0, vLr.isFinite, clampNormFactor > 0, klFactor >= 0, vWeightDecay >= 0 else {
+        let o = optimization
+        guard o.vNumGradSteps >= 1, o.vNumGradSteps <= 1000, o.vLr > 0, o.vLr.isFinite, o.clampNormFactor > 0, o.klFactor >= 0, o.vWeightDecay >= 0 else {
             throw bad("optimization settings out of range")
         }
         guard mom2UpdateWeight > 0, mom2UpdateWeight.isFinite, mom2Ridge >= 0 else { throw bad("mom2_update_weight must be positive") }
@@ -276,13 +300,7 @@ public final class MemitEditor: @unchecked Sendable {
 
     /// z's optimization settings for a request whose residual at the subject has norm `hNorm`.
     func zOptimization(hNorm: Float) -> DeltaOptimization {
-        let h = hparams
-        var optimization = DeltaOptimization(steps: h.vNumGradSteps, lr: h.vLr, weightDecay: h.vWeightDecay,
-                                             klFactor: mesaSetup.klFactor(h.klFactor), earlyStopLoss: h.earlyStopLoss,
-                                             maxNorm: h.clampNormFactor * hNorm, referenceNorm: hNorm)
-        optimization.stopWhenTop = h.earlyStopTop ?? false
-        optimization.topChecks = h.earlyStopTopChecks ?? 1
-        return optimization
+        hparams.optimization.delta(klFactor: mesaSetup.klFactor(hparams.klFactor), referenceNorm: hNorm)
     }
 
     func zBatch(_ r: EditRequest) throws -> RomeBatch {

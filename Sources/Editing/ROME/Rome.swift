@@ -223,11 +223,7 @@ public final class RomeEditor: @unchecked Sendable {
         // v* = W k* + δ: Adam on δ with NLL + KL + weight decay, early stop, and the norm clamp; with MESA,
         // every prompt sees its SAE-refined change instead of δ.
         let refinement = mesaSetup.refinement(activations: pass.mlpOutputs)
-        var optimization = DeltaOptimization(steps: h.vNumGradSteps, lr: h.vLr, weightDecay: h.vWeightDecay,
-                                             klFactor: mesaSetup.klFactor(h.klFactor), earlyStopLoss: h.earlyStopLoss,
-                                             maxNorm: h.clampNormFactor * vInitNorm, referenceNorm: vInitNorm)
-        optimization.stopWhenTop = h.earlyStopTop ?? false
-        optimization.topChecks = h.earlyStopTopChecks ?? 1
+        let optimization = h.optimization.delta(klFactor: mesaSetup.klFactor(h.klFactor), referenceNorm: vInitNorm)
         let outcome = try optimization.run(pass: pass, batch: batch, refinement: refinement)
         let delta = outcome.delta
         lap("v_star")

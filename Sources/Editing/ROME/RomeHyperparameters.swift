@@ -2,7 +2,7 @@ import Foundation
 
 /// ROME's hyperparameters for one model (METHODS §1.6), read from `deploy/hparams/rome/<model>.json`,
 /// which is checked against `Schemas/rome-hparams.schema.json`. Keys are snake_case in the file.
-public struct RomeHyperparameters: Codable, Sendable, Equatable {
+public struct RomeHyperparameters: Codable, Sendable, Equatable, OptimizedHyperparameters {
     /// How k* averages the keys of the rewrite prompts (METHODS §1.3).
     public enum KeyAveraging: String, Codable, Sendable {
         /// The mean over all prompts: the bare prompt weighs 1/(1 + Σ counts) (kmeng01 ROME).
@@ -16,25 +16,9 @@ public struct RomeHyperparameters: Codable, Sendable, Equatable {
 
     /// The edited layer: its MLP down projection is rewritten.
     public var layer: Int
-    /// Random-prefix templates (the bare prompt is always added first).
-    public var contextTemplates: [ContextTemplates.Group]
-    public var templateSeed: UInt64
+    /// The optimization of v* = W k* + δ (‖v_init‖ is δ's reference norm): templates, Adam, stops.
+    public var optimization: OptimizationSettings
     public var keyAveraging: KeyAveraging
-    /// Adam steps for v* (the last iteration only evaluates).
-    public var vNumGradSteps: Int
-    public var vLr: Float
-    /// Coefficient of ‖δ‖/‖v_init‖².
-    public var vWeightDecay: Float
-    /// ‖δ‖ ≤ clamp_norm_factor · ‖v_init‖.
-    public var clampNormFactor: Float
-    public var klFactor: Float
-    /// Stop when the loss falls below this.
-    public var earlyStopLoss: Float
-    /// ENCORE's most-probable early stop: also stop once the new object is the top token in every
-    /// rewrite context (`DeltaOptimization.stopWhenTop`).
-    public var earlyStopTop: Bool?
-    /// With `earlyStopTop`: stop the n-th time every target is on top (`DeltaOptimization.topChecks`).
-    public var earlyStopTopChecks: Int?
     /// u = C⁻¹k* (true) or u = k* (false).
     public var mom2Adjustment: Bool
     /// Key statistics: tokens, tokens per article, article shuffle seed.
@@ -51,21 +35,47 @@ public struct RomeHyperparameters: Codable, Sendable, Equatable {
                 clampNormFactor: Float = 4, klFactor: Float = 0.0625, earlyStopLoss: Float = 0.05, mom2Adjustment: Bool = true,
                 mom2Tokens: Int = 300_000, mom2SequenceLength: Int = 512, mom2Seed: UInt64 = 0, mom2Ridge: Double = 1e-4, mesa: MesaHyperparameters? = nil) {
         self.layer = layer
-        self.contextTemplates = contextTemplates
-        self.templateSeed = templateSeed
+        optimization = OptimizationSettings(contextTemplates: contextTemplates, templateSeed: templateSeed, vNumGradSteps: vNumGradSteps, vLr: vLr,
+                                            vWeightDecay: vWeightDecay, clampNormFactor: clampNormFactor, klFactor: klFactor,
+                                            earlyStopLoss: earlyStopLoss)
         self.keyAveraging = keyAveraging
-        self.vNumGradSteps = vNumGradSteps
-        self.vLr = vLr
-        self.vWeightDecay = vWeightDecay
-        self.clampNormFactor = clampNormFactor
-        self.klFactor = klFactor
-        self.earlyStopLoss = earlyStopLoss
         self.mom2Adjustment = mom2Adjustment
         self.mom2Tokens = mom2Tokens
         self.mom2SequenceLength = mom2SequenceLength
         self.mom2Seed = mom2Seed
         self.mom2Ridge = mom2Ridge
         self.mesa = mesa
+    }
+
+    // The file is flat: the optimization settings' keys sit beside ROME's own.
+    private enum CodingKeys: String, CodingKey {
+        case layer, keyAveraging, mom2Adjustment, mom2Tokens, mom2SequenceLength, mom2Seed, mom2Ridge, mesa
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        layer = try c.decode(Int.self, forKey: .layer)
+        optimization = try OptimizationSettings(from: decoder)
+        keyAveraging = try c.decode(KeyAveraging.self, forKey: .keyAveraging)
+        mom2Adjustment = try c.decode(Bool.self, forKey: .mom2Adjustment)
+        mom2Tokens = try c.decode(Int.self, forKey: .mom2Tokens)
+        mom2SequenceLength = try c.decode(Int.self, forKey: .mom2SequenceLength)
+        mom2Seed = try c.decode(UInt64.self, forKey: .mom2Seed)
+        mom2Ridge = try c.decode(Double.self, forKey: .mom2Ridge)
+        mesa = try c.decodeIfPresent(MesaHyperparameters.self, forKey: .mesa)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        try optimization.encode(to: encoder)
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(layer, forKey: .layer)
+        try c.encode(keyAveraging, forKey: .keyAveraging)
+        try c.encode(mom2Adjustment, forKey: .mom2Adjustment)
+        try c.encode(mom2Tokens, forKey: .mom2Tokens)
+        try c.encode(mom2SequenceLength, forKey: .mom2SequenceLength)
+        try c.encode(mom2Seed, forKey: .mom2Seed)
+        try c.encode(mom2Ridge, forKey: .mom2Ridge)
+        try c.encodeIfPresent(mesa, forKey: .mesa)
     }
 
     /// Decodes a hyperparameter file (extra keys such as `$schema`, `model` and `layer_sweep` are allowed).
@@ -86,11 +96,12 @@ public struct RomeHyperparameters: Codable, Sendable, Equatable {
     public func validate(layers: Int) throws {
         func bad(_ m: String) -> EditError { EditError(.hyperparameters, m) }
         guard layer >= 0, layer < layers else { throw bad("layer \(layer) is outside 0..<\(layers)") }
-        guard vNumGradSteps >= 1, vNumGradSteps <= 1000 else { throw bad("v_num_grad_steps must be in 1...1000") }
-        guard vLr > 0, vLr.isFinite, vWeightDecay >= 0, clampNormFactor > 0, klFactor >= 0, earlyStopLoss >= 0 else {
+        let o = optimization
+        guard o.vNumGradSteps >= 1, o.vNumGradSteps <= 1000 else { throw bad("v_num_grad_steps must be in 1...1000") }
+        guard o.vLr > 0, o.vLr.isFinite, o.vWeightDecay >= 0, o.clampNormFactor > 0, o.klFactor >= 0, o.earlyStopLoss >= 0 else {
             throw bad("learning rate, decay, clamp, KL factor and early-stop loss must be finite and non-negative (lr, clamp positive)")
         }
         guard mom2Tokens > 0, mom2SequenceLength > 1, mom2Ridge >= 0 else { throw bad("mom2 settings must be positive") }
-        for g in contextTemplates where g.length < 1 || g.count < 0 { throw bad("context template group \(g) is invalid") }
+        for g in o.contextTemplates where g.length < 1 || g.count < 0 { throw bad("context template group \(g) is invalid") }
     }
 }

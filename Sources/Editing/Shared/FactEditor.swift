@@ -59,15 +59,11 @@ extension RomeEditor: FactEditor {
 
     public var settings: [String: String] {
         let h = hparams
-        var s: [String: String] = [
-            "layer": "\(h.layer)", "v_num_grad_steps": "\(h.vNumGradSteps)", "v_lr": "\(h.vLr)", "v_weight_decay": "\(h.vWeightDecay)",
-            "clamp_norm_factor": "\(h.clampNormFactor)", "kl_factor": "\(h.klFactor)", "early_stop_loss": "\(h.earlyStopLoss)",
-            "mom2_adjustment": "\(h.mom2Adjustment)", "context_templates": "\(templates.prefixes.count)",
-            "template_seed": "\(h.templateSeed)", "key_averaging": h.keyAveraging.rawValue,
-        ]
+        var s = h.optimization.description(prompts: templates.prefixes.count)
+        s["layer"] = "\(h.layer)"
+        s["mom2_adjustment"] = "\(h.mom2Adjustment)"
+        s["key_averaging"] = h.keyAveraging.rawValue
         if let st = statistics { s["mom2_tokens"] = "\(st.count)"; s["mom2_ridge"] = "\(h.mom2Ridge)" }
-        if h.earlyStopTop == true { s["early_stop_top"] = "true" }
-        if let n = h.earlyStopTopChecks, n != 1 { s["early_stop_top_checks"] = "\(n)" }
         return s.merging(mesaSetup.report) { a, _ in a }
     }
 }
@@ -102,14 +98,10 @@ extension MemitEditor: FactEditor {
 
     public var settings: [String: String] {
         let h = hparams
-        var s: [String: String] = [
-            "layers": h.layers.map(String.init).joined(separator: ","), "v_num_grad_steps": "\(h.vNumGradSteps)", "v_lr": "\(h.vLr)",
-            "v_weight_decay": "\(h.vWeightDecay)", "clamp_norm_factor": "\(h.clampNormFactor)", "kl_factor": "\(h.klFactor)",
-            "early_stop_loss": "\(h.earlyStopLoss)", "mom2_update_weight": "\(h.mom2UpdateWeight)", "mom2_tokens": "\(h.mom2Tokens)",
-            "context_templates": "\(templates.prefixes.count)", "template_seed": "\(h.templateSeed)",
-        ]
-        if h.earlyStopTop == true { s["early_stop_top"] = "true" }
-        if let n = h.earlyStopTopChecks, n != 1 { s["early_stop_top_checks"] = "\(n)" }
+        var s = h.optimization.description(prompts: templates.prefixes.count)
+        s["layers"] = h.layers.map(String.init).joined(separator: ",")
+        s["mom2_update_weight"] = "\(h.mom2UpdateWeight)"
+        s["mom2_tokens"] = "\(h.mom2Tokens)"
         if case .alphaEdit(let st) = solver {
             s["nullspace_energy"] = "\(h.nullspaceEnergy ?? .nan)"
             s["l2"] = "\(h.l2 ?? .nan)"
