@@ -58,10 +58,14 @@ let package = Package(
         // The daemon: the one place that composes the model, the editor, storage and messaging.
         .target(name: "EditDaemon", dependencies: ["Tensor", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "Contracts", "Storage", "Messaging", logging, metrics, prometheus,
                                                    serviceLifecycle, unixSignals, hummingbird, hummingbirdCore, nioCore]),
+        // Evaluation runs (`mesa eval`): CounterFact cases through an editor, a sequential run journaled in a snapshot store
+        // through the daemon's ModelHost. Evaluation itself stays a leaf (CounterFact data, metrics, reports).
+        .target(name: "EditEvaluation", dependencies: ["Editing", "Evaluation", "EditDaemon", "ModelRuntime", "Storage", "Tensor", logging]),
         .executableTarget(
             name: "mesa",
             dependencies: [
-                "Tensor", "Tokenizers", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "Contracts", "Storage", "Messaging", "EditDaemon", logging, metrics, prometheus, unixSignals,
+                "Tensor", "Tokenizers", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "Contracts", "Storage", "Messaging", "EditDaemon",
+                "EditEvaluation", logging, metrics, prometheus, unixSignals,
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
 
@@ -83,6 +87,7 @@ let package = Package(
         .testTarget(name: "IntegrationTests", dependencies: ["EditDaemon", "Messaging", "Storage", "Editing", "ModelRuntime", "SparseAutoencoder", "TestSupport", "Contracts", "Evaluation", logging]),
         .testTarget(name: "SparseAutoencoderTests", dependencies: ["SparseAutoencoder", "ModelRuntime", "Tensor", "TestSupport"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation"]),
+        .testTarget(name: "EditEvaluationTests", dependencies: ["EditEvaluation", "Editing", "ModelRuntime", "TestSupport"]),
         .testTarget(name: "ContractsTests", dependencies: ["Contracts"]),
         .testTarget(name: "StorageTests", dependencies: ["Storage", "Tensor"]),
         .testTarget(name: "MessagingTests", dependencies: ["Messaging", "Contracts", "TestSupport", logging]),

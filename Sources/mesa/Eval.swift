@@ -1,4 +1,6 @@
 import ArgumentParser
+import EditDaemon
+import EditEvaluation
 import Editing
 import Evaluation
 import Foundation
@@ -36,67 +38,23 @@ struct Eval: ParsableCommand, LoggingCommand {
 
     func run() throws {
         try reportingErrors {
-            guard checkpoints.isEmpty || sequential else { throw fail("--checkpoints needs --sequential") }
-            guard batch >= 1, batch == 1 || (sequential && method.editsTogether) else {
-                throw fail("--batch N needs --sequential and memit, alphaedit or encore (ROME edits one fact at a time)")
-            }
+            let evaluation = CounterFactEvaluation(method: method, dataPath: data ?? defaultDataPath, start: start, limit: limit, sequential: sequential,
+                                                   checkpoints: checkpoints, batch: batch, out: out, resume: resume)
+            try evaluation.validate()
             let path = try modelOptions.path
-            let dataPath = data ?? defaultDataPath
-            let records = try loadRecords(dataPath, start: start, limit: limit)
+            let records = try loadRecords(evaluation.dataPath, start: start, limit: limit)
             let model = try modelOptions.load()
-            // The base model's hash: a resumed journal moves the weights to its last edit.
-            let baseHash = model.weightHash
             let editor = try makeEditor(method, model: model, modelPath: path, options: editOptions)
-            var runner = CounterFactRunner(model: model, editor: editor, sequential: sequential)
-            runner.checkpoints = checkpoints
-            runner.batch = batch
-            if let resume {
-                guard sequential else { throw fail("--resume needs --sequential") }
-                let fingerprint = "\(editor.method) \(editor.settings.sorted { $0.key < $1.key }.filter { $0.key != "nullity" }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")) data=\(dataPath) start=\(start) model=\(baseHash)" + (batch > 1 ? " batch=\(batch)" : "")
-                runner.journal = try SequentialJournal(directory: URL(fileURLWithPath: resume), model: model, modelName: EditOptions.modelName(path),
-                                                       editor: editor, fingerprint: fingerprint)
-                let stop = InterruptFlag()
-                runner.shouldStop = { stop.raised }
-            }
-            let (cases, seconds, curve) = try runner.run(records)
-            let edits = cases.compactMap(\.editSeconds)
-            var timing: [String: Double] = ["total": seconds]
-            if !edits.isEmpty { timing["editMean"] = edits.reduce(0, +) / Double(edits.count) }
-            for phase in ["k_star", "v_star", "closed_form", "v_steps", "z_steps"] {
-                let v = cases.compactMap { $0.phases?[phase] }
-                if !v.isEmpty { timing["\(phase)Mean"] = v.reduce(0, +) / Double(v.count) }
-            }
-            let coverage = cases.compactMap(\.saeCoverage)
-            if !coverage.isEmpty { timing["saeCoverageMean"] = coverage.reduce(0, +) / Double(coverage.count) }
-            let label = editor.method.lowercased().replacingOccurrences(of: "+", with: "-")
-            let report = EvalReport(method: label, model: EditOptions.modelName(path), modelHash: baseHash, data: dataPath,
-                                    start: start, limit: limit, sequential: sequential, settings: runner.settings(), cases: cases, timing: timing)
-            let base = "\(label)-\(URL(fileURLWithPath: dataPath).deletingPathExtension().lastPathComponent)-\(start)-\(records.count)\(sequential ? "-seq" : "")\(batch > 1 ? "-b\(batch)" : "")"
-            let files = try ReportWriter.write(report, to: out, basename: base)
-            func line(_ name: String, _ m: Metrics) {
-                print(String(format: "%@  ES %6.2f  EM %6.2f  PS %6.2f  PM %6.2f  NS %6.2f  NM %6.2f  S %6.2f  (%d cases)",
-                             name, m.es, m.em, m.ps, m.pm, m.ns, m.nm, m.s, m.cases))
-            }
-            line("pre ", report.pre)
-            if let post = report.post { line("post", post) }
-            if let immediate = report.immediate { line("imm.", immediate) }
-            if !report.failedCases.isEmpty { print("\(report.failedCases.count) case(s) failed; see the report") }
-            print(String(format: "edit %.2f s mean; total %.0f s", timing["editMean"] ?? .nan, seconds))
-            if let c = timing["saeCoverageMean"] { print(String(format: "SAE coverage of the written change: %.3f mean", c)) }
-            for f in files { print("wrote \(f)") }
-            if !curve.isEmpty {
-                let url = URL(fileURLWithPath: out).appendingPathComponent(base + "-curve.json")
-                let enc = JSONEncoder()
-                enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-                try enc.encode(curve).write(to: url)
-                let svg = ReportWriter.curveSVG(title: "\(method) on \(EditOptions.modelName(path)): S after n sequential edits",
-                                                series: [(method.rawValue, curve.map { (Double($0.edits), $0.metrics.s) })])
-                try svg.write(toFile: url.deletingPathExtension().path + ".svg", atomically: true, encoding: .utf8)
-                print("wrote \(url.path) and its .svg")
-            }
+            // Ctrl-C stops a journaled run between two edits, to be resumed by the same command.
+            let interrupt = resume != nil && sequential ? InterruptFlag() : nil
+            try evaluation.run(records: records, model: model, modelPath: path, editor: editor, shouldStop: { interrupt?.raised ?? false },
+                               output: { print($0) })
         }
     }
 }
+
+/// The CounterFact split `mesa eval` and `mesa layers` read by default.
+var defaultDataPath: String { paths.data.appendingPathComponent("counterfact/counterfact-val.json").path }
 
 struct Layers: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,4 +1,5 @@
 import ArgumentParser
+import EditEvaluation
 import Editing
 import Foundation
 import ModelRuntime

@@ -1,42 +1,60 @@
+import EditDaemon
 import Editing
 import Evaluation
 import Foundation
-import EditDaemon
+import Logging
 import ModelRuntime
 import Storage
 import Tensor
+
+/// A run that cannot go on (a bad record range, a journal of another run, an interruption), with the
+/// message for the operator.
+public struct EvaluationRunError: Error, CustomStringConvertible, Sendable {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// Logs `message` at info through the `mesa` logger (stderr, in the configured format).
+func log(_ message: String) { Logger(label: "mesa").info("\(message)") }
 
 /// Runs CounterFact cases through an editor: score, edit, score again, and restore the weights
 /// exactly before the next case (or keep them with `sequential`, scoring every case again after the
 /// last edit, the sequential protocol of METHODS §3.5). With `checkpoints`, a sequential run also
 /// scores every case edited so far after that many edits.
-struct CounterFactRunner {
-    let model: LanguageModel
-    let editor: FactEditor
-    let sequential: Bool
-    var label = "eval"
-    var checkpoints: [Int] = []
+public struct CounterFactRunner {
+    public let model: LanguageModel
+    public let editor: FactEditor
+    public let sequential: Bool
+    public var label = "eval"
+    public var checkpoints: [Int] = []
     /// Records edited together in one computation (MEMIT, AlphaEdit; 1: one at a time).
-    var batch = 1
+    public var batch = 1
 
     /// Metrics of the edited cases after `edits` sequential edits.
-    struct Checkpoint: Codable {
-        var edits: Int
-        var metrics: Metrics
+    public struct Checkpoint: Codable {
+        public var edits: Int
+        public var metrics: Metrics
     }
 
     /// With a journal (sequential runs only), edits go through its store and the run resumes where it stopped.
-    var journal: SequentialJournal?
+    public var journal: SequentialJournal?
     /// Polled between cases; a journaled run stops there and can be resumed.
-    var shouldStop: () -> Bool = { false }
+    public var shouldStop: () -> Bool = { false }
 
-    func run(_ records: [CounterFactRecord]) throws -> (cases: [EvalCase], seconds: Double, checkpoints: [Checkpoint]) {
+    public init(model: LanguageModel, editor: FactEditor, sequential: Bool) {
+        self.model = model
+        self.editor = editor
+        self.sequential = sequential
+    }
+
+    public func run(_ records: [CounterFactRecord]) throws -> (cases: [EvalCase], seconds: Double, checkpoints: [Checkpoint]) {
         precondition(journal == nil || sequential, "a journal records sequential runs")
         let scorer = CounterFactScorer.make(model)
         let bar = ProgressBar(label)
         let t0 = Date()
         let done = journal?.cases.count ?? 0
-        guard done <= records.count else { throw fail("the journal holds \(done) cases, more than the \(records.count) records asked for") }
+        guard done <= records.count else { throw EvaluationRunError("the journal holds \(done) cases, more than the \(records.count) records asked for") }
         var cases = journal?.cases ?? []
         var curve = journal?.curve ?? []
         var backups: [WeightBackup] = []
@@ -57,7 +75,7 @@ struct CounterFactRunner {
         while i < records.count {
             if journal != nil, shouldStop() {
                 bar.finish()
-                throw fail("interrupted after \(i) edits; run the same command again to resume")
+                throw EvaluationRunError("interrupted after \(i) edits; run the same command again to resume")
             }
             // One edit computation per group: `batch` records together (the AlphaEdit paper's protocol), or one.
             let group = Array(records[i..<min(records.count, i + max(1, batch))])
@@ -144,7 +162,7 @@ struct CounterFactRunner {
         }
         if journal == nil {
             for b in backups.reversed() { try model.restore(b) }
-            guard model.weightHash == hashBefore else { throw fail("internal error: the weights were not restored exactly") }
+            guard model.weightHash == hashBefore else { throw EvaluationRunError("internal error: the weights were not restored exactly") }
         }
         return (cases, Date().timeIntervalSince(t0), curve)
     }
@@ -174,7 +192,7 @@ struct CounterFactRunner {
     }
 
     /// Settings recorded with every report: the method's hyperparameters and BLAS.
-    func settings() -> [String: String] {
+    public func settings() -> [String: String] {
         var s = editor.settings
         s["method"] = editor.method
         s["blas"] = BLAS.configuration.description
@@ -182,13 +200,12 @@ struct CounterFactRunner {
     }
 }
 
-func loadRecords(_ path: String, start: Int, limit: Int) throws -> [CounterFactRecord] {
+/// Records `start..<start+limit` of a CounterFact file (either layout).
+public func loadRecords(_ path: String, start: Int, limit: Int) throws -> [CounterFactRecord] {
     let all = try CounterFact.load(path: path).records
-    guard start >= 0, start < all.count else { throw fail("--start \(start) is outside 0..<\(all.count)") }
+    guard start >= 0, start < all.count else { throw EvaluationRunError("--start \(start) is outside 0..<\(all.count)") }
     return Array(all[start..<min(all.count, start + max(0, limit))])
 }
-
-var defaultDataPath: String { FileManager.default.currentDirectoryPath + "/../shared/data/counterfact/counterfact-val.json" }
 
 /// Makes a sequential run resumable: every edit is committed to an LMDB snapshot store under
 /// `directory` (its updates, the method's state blocks, and the scored case as the snapshot's result),
@@ -196,21 +213,28 @@ var defaultDataPath: String { FileManager.default.currentDirectoryPath + "/../sh
 /// end of a session) continues with the same command: the stored updates are replayed onto the
 /// freshly loaded model (checked against the recorded weight hash), the editor's state is rebuilt
 /// from the stored blocks, and the records already done are skipped.
-final class SequentialJournal {
-    let host: ModelHost
-    let curveURL: URL
+public final class SequentialJournal {
+    public let host: ModelHost
+    public let curveURL: URL
     /// The cases and the checkpoint curve already recorded when the journal was opened.
-    let cases: [EvalCase]
-    let curve: [CounterFactRunner.Checkpoint]
+    public let cases: [EvalCase]
+    public let curve: [CounterFactRunner.Checkpoint]
 
-    /// `fingerprint` identifies the run (method, settings, data, records); a directory holding another run is refused.
-    init(directory: URL, model: LanguageModel, modelName: String, editor: FactEditor, fingerprint: String) throws {
+    /// The signature of a run (`run.json`): the method, its settings (sorted, AlphaEdit's nullity left
+    /// out), the data file, the first record, the base model's hash and the batch size. A journal
+    /// resumes only under the same signature, byte for byte.
+    public static func signature(editor: FactEditor, dataPath: String, start: Int, baseHash: String, batch: Int) -> String {
+        "\(editor.method) \(editor.settings.sorted { $0.key < $1.key }.filter { $0.key != "nullity" }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")) data=\(dataPath) start=\(start) model=\(baseHash)" + (batch > 1 ? " batch=\(batch)" : "")
+    }
+
+    /// `fingerprint` identifies the run (`signature`); a directory holding another run is refused.
+    public init(directory: URL, model: LanguageModel, modelName: String, editor: FactEditor, fingerprint: String) throws {
         let fm = FileManager.default
         try fm.createDirectory(at: directory, withIntermediateDirectories: true)
         let runURL = directory.appendingPathComponent("run.json")
         if let old = fm.contents(atPath: runURL.path) {
             guard String(decoding: old, as: UTF8.self) == fingerprint else {
-                throw fail("\(directory.path) holds another run (\(runURL.path)); use a fresh --resume directory")
+                throw EvaluationRunError("\(directory.path) holds another run (\(runURL.path)); use a fresh --resume directory")
             }
         } else {
             try Data(fingerprint.utf8).write(to: runURL, options: .atomic)
