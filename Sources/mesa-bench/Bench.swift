@@ -11,7 +11,7 @@ struct MesaBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mesa-bench",
         abstract: "mesa benchmarks: numbers printed and written to a results file, compared with a reference in the same run.",
-        subcommands: [Forward.self, RomeBench.self, DaemonBench.self, RollbackBench.self, MesaCostBench.self, SAETrainBench.self, MemitBench.self, GuardBench.self])
+        subcommands: [Forward.self, RomeBench.self, DaemonBench.self, RollbackBench.self, MesaCostBench.self, SAETrainBench.self, MemitBench.self, GuardBench.self, HarvestBench.self])
 
     static func main() {
         BLAS.selectCoreType()

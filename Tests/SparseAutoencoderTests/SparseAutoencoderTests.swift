@@ -262,6 +262,60 @@ import Testing
         #expect(throws: SAEError.self) { _ = try ActivationCache(url: url, verify: true) }
     }
 
+    static let articles = ["Paris is a city in France and a capital.", "Rome is the capital of Italy, on the Tiber.",
+                           "Berlin lies on the Spree in the east of Germany.", "Madrid is the largest city of Spain by population.",
+                           "Vienna was the seat of the Habsburg monarchy for centuries."]
+
+    @Test func packedPassesGiveTheRowsOfOneArticleAtATime() throws {
+        let dir = try TestPaths.temporaryDirectory("acts-pack")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let m = try TinyModel.load()
+        let sites = [Site(layer: 1, kind: .mlpOut), Site(layer: 0, kind: .mlpKey)]
+        let specs = sites.map { ActivationSpec(modelHash: m.weightHash, site: $0, tokens: 40, sequenceLength: 12, seed: 0) }
+        let texts = Self.articles
+        let packed = try #require(try ActivationCache.harvest(model: m, specs: specs, articleCount: texts.count, article: { texts[$0] },
+                                                             to: sites.map { dir.appendingPathComponent("p-\($0).f16") }, packTokens: 64))
+        let single = try #require(try ActivationCache.harvest(model: m, specs: specs, articleCount: texts.count, article: { texts[$0] },
+                                                             to: sites.map { dir.appendingPathComponent("s-\($0).f16") }, packTokens: 1))
+        #expect(packed[1].dim == m.config.intermediate && packed[0].dim == m.config.hidden)
+        for (p, s) in zip(packed, single) {
+            #expect(p.rows == s.rows && p.rows == 40 && p.articles == s.articles)
+            var a = [Float](repeating: 0, count: p.rows * p.dim), b = a
+            a.withUnsafeMutableBufferPointer { p.read(rows: Array(0..<p.rows)[...], into: $0.baseAddress!) }
+            b.withUnsafeMutableBufferPointer { s.read(rows: Array(0..<s.rows)[...], into: $0.baseAddress!) }
+            // Half floats of the same activations; the packed pass's products may round differently.
+            for i in a.indices { #expect(abs(a[i] - b[i]) <= 2e-3 * max(1, abs(b[i]))) }
+        }
+    }
+
+    @Test func anInterruptedHarvestResumesWhereItStopped() throws {
+        let dir = try TestPaths.temporaryDirectory("acts-resume")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let m = try TinyModel.load()
+        let spec = ActivationSpec(modelHash: m.weightHash, site: Site(layer: 1, kind: .residOut), tokens: 45, sequenceLength: 12, seed: 0)
+        let texts = Self.articles
+        let whole = try #require(try ActivationCache.harvest(model: m, spec: spec, articleCount: texts.count, article: { texts[$0] },
+                                                            to: dir.appendingPathComponent("whole.f16"), packTokens: 24))
+        let url = dir.appendingPathComponent("resumed.f16")
+        var passes = 0
+        let stopped = try ActivationCache.harvest(model: m, spec: spec, articleCount: texts.count, article: { texts[$0] }, to: url,
+                                                  packTokens: 24, progress: { _, _ in passes += 1 }, shouldStop: { passes == 1 })
+        #expect(stopped == nil && !FileManager.default.fileExists(atPath: url.path))
+        // A pass that was cut short after the progress record (as by kill -9) leaves extra bytes: dropped on resume.
+        let tmp = try FileHandle(forWritingTo: url.appendingPathExtension("tmp"))
+        try tmp.seekToEnd()
+        tmp.write(Data(repeating: 0x7f, count: 1000))
+        try tmp.close()
+        var read: [Int] = []
+        let resumed = try #require(try ActivationCache.harvest(model: m, spec: spec, articleCount: texts.count,
+                                                              article: { read.append($0); return texts[$0] }, to: url, packTokens: 24))
+        #expect(read.first.map { $0 > 0 } == true)
+        #expect(resumed.rows == whole.rows && resumed.articles == whole.articles)
+        #expect(try Data(contentsOf: url).dropFirst(ActivationCache.headerBytes) == Data(contentsOf: whole.url).dropFirst(ActivationCache.headerBytes))
+        _ = try ActivationCache(url: url, verify: true)
+        #expect(!FileManager.default.fileExists(atPath: url.appendingPathExtension("progress").path))
+    }
+
     @Test func splicingAnExactReconstructionRecoversAllLoss() throws {
         let m = try TinyModel.load()
         let site = Site(layer: 1, kind: .mlpOut)
