@@ -236,6 +236,74 @@ import Testing
     }
 }
 
+/// EleutherAI's sparsify layout (the public SmolLM2-135M SAEs), against the fixture written by
+/// ops/sae/make_sparsify_fixture.py (expected values computed there in float64).
+@Suite struct SparsifyLayoutTests {
+    static let fixture = TestPaths.fixture("sparsify-topk")
+
+    @Test func topKSAEReproducesTheFixturesLatentsAndReconstructions() throws {
+        let sae = try SparseAutoencoder.load(from: Self.fixture.appendingPathComponent("layers.1.mlp"))
+        let data = try Data(contentsOf: Self.fixture.appendingPathComponent("expected.json"))
+        let expected = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let cases = try #require(expected["cases"] as? [[String: [Double]]])
+        #expect(sae.dIn == 8 && sae.width == 24 && sae.topK == 3 && sae.k == 3)
+        #expect(sae.metadata.site == Site(layer: 1, kind: .mlpOut))
+        for c in cases {
+            let x = c["x"]!.map(Float.init)
+            let f = sae.encode(x, rows: 1)
+            #expect(f.filter { $0 != 0 }.count <= 3)
+            for (got, want) in zip(f, c["latents"]!) { #expect(abs(Double(got) - want) <= 1e-5 * max(1, abs(want))) }
+            let xHat = sae.decode(f, rows: 1)
+            for (got, want) in zip(xHat, c["reconstruction"]!) { #expect(abs(Double(got) - want) <= 1e-5 * max(1, abs(want))) }
+        }
+        // Read in place, not rewritten as JumpReLU (which would lose the per-token top k).
+        let dir = try TestPaths.temporaryDirectory("sparsify-save")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        #expect(throws: SAEError.self) { try sae.save(to: dir) }
+    }
+
+    /// Copies the fixture's SAE into a directory named `name`, with `edit` applied to its cfg.json.
+    static func copy(named name: String, in dir: URL, edit: (inout [String: Any]) -> Void = { _ in }) throws -> URL {
+        let target = dir.appendingPathComponent(name)
+        try FileManager.default.createDirectory(at: target, withIntermediateDirectories: true)
+        let source = fixture.appendingPathComponent("layers.1.mlp")
+        try FileManager.default.copyItem(at: source.appendingPathComponent("sae.safetensors"), to: target.appendingPathComponent("sae.safetensors"))
+        var cfg = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: source.appendingPathComponent("cfg.json"))) as? [String: Any])
+        edit(&cfg)
+        try JSONSerialization.data(withJSONObject: cfg).write(to: target.appendingPathComponent("cfg.json"))
+        return target
+    }
+
+    @Test func hookpointsNameTheSiteAndBadFilesGetClearErrors() throws {
+        let dir = try TestPaths.temporaryDirectory("sparsify-bad")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        #expect(try SparseAutoencoder.load(from: Self.copy(named: "layers.4", in: dir)).metadata.site == Site(layer: 4, kind: .residOut))
+        #expect(try SparseAutoencoder.load(from: Self.copy(named: "model.layers.2.mlp", in: dir)).metadata.site == Site(layer: 2, kind: .mlpOut))
+        // A directory that names no hookpoint needs the site from the caller.
+        let anonymous = try Self.copy(named: "my-sae", in: dir)
+        #expect(throws: SAEError.self) { _ = try SparseAutoencoder.load(from: anonymous) }
+        #expect(try SparseAutoencoder.load(from: anonymous, site: Site(layer: 3, kind: .mlpOut)).metadata.site.layer == 3)
+        let bad: [(String, (inout [String: Any]) -> Void)] = [
+            ("no-k", { $0["k"] = nil }),
+            ("k-too-large", { $0["k"] = 1000 }),
+            ("skip", { $0["skip_connection"] = true }),
+            ("transcoder", { $0["transcode"] = true }),
+            ("wrong-width", { $0["num_latents"] = 30 }),
+            ("no-d-in", { $0["d_in"] = nil }),
+        ]
+        for (name, edit) in bad {
+            let d = dir.appendingPathComponent(name)
+            let sae = try Self.copy(named: "layers.1.mlp", in: d, edit: edit)
+            #expect(throws: SAEError.self, "\(name)") { _ = try SparseAutoencoder.load(from: sae) }
+        }
+        // A weights file cut short.
+        let cut = try Self.copy(named: "layers.1.mlp", in: dir.appendingPathComponent("cut"))
+        let weights = cut.appendingPathComponent("sae.safetensors")
+        try Data(try Data(contentsOf: weights).prefix(200)).write(to: weights)
+        #expect(throws: SAEError.self) { _ = try SparseAutoencoder.load(from: cut) }
+    }
+}
+
 @Suite struct ActivationCacheTests {
     @Test func harvestStoresSiteActivationsWithoutTheFirstPosition() throws {
         let dir = try TestPaths.temporaryDirectory("acts")
