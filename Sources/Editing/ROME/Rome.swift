@@ -40,13 +40,19 @@ public struct RomeBatch: Sendable {
 
 /// What one ROME computation produced, with diagnostics.
 public struct RomeResult: Sendable {
-    /// The rank-one form ΔW = r uᵀ. Without refinement it is what `applied` holds; with MESA refinement
-    /// under `each` key averaging, r is the mean refined change / uᵀk* (a summary, not what is written).
+    /// The rank-one form ΔW = r uᵀ. Without refinement, and with the `neutral` MESA variant, it is what
+    /// `applied` holds; with the `per_prompt` variant under `each` key averaging, r is the mean refined
+    /// change / uᵀk* (a summary, not what is written).
     public var update: RankOneUpdate
-    /// What is written into the weights: `update` itself, or with MESA refinement under `each` the
-    /// rank-n update (n rewrite prompts) that adds exactly the refined change Δ_i the optimization
-    /// evaluated at every prompt i: ΔW = [Δ_1 … Δ_n](KᵀC⁻¹K + εI)⁻¹(C⁻¹K)ᵀ.
+    /// What is written into the weights: `update` itself, or with the `per_prompt` MESA variant under
+    /// `each` the rank-n update (n rewrite prompts) that adds exactly the refined change Δ_i the
+    /// optimization evaluated at every prompt i: ΔW = [Δ_1 … Δ_n](KᵀC⁻¹K + εI)⁻¹(C⁻¹K)ᵀ.
     public var applied: LowRankUpdate
+    /// With refinement: ‖written change at the bare prompt‖ / ‖δ‖ (1 for an SAE that passes δ
+    /// through unchanged), and the condition number of the rewrite keys' Gram matrix KᵀC⁻¹K (what
+    /// the `per_prompt` variant's exact write inverts, with a ridge of 1e-6 of its mean diagonal).
+    public var writtenToDelta: Float?
+    public var keyGramCondition: Double?
     /// True if δ was refined through the SAE.
     public var refined: Bool
     /// How much of the written change at the bare prompt the SAE represents (when an SAE is attached).
@@ -175,6 +181,20 @@ public final class RomeEditor: @unchecked Sendable {
         return (ck, g)
     }
 
+    /// λ_max/λ_min of KᵀC⁻¹K for the keys K [ff, n] (without the ridge `keyGram` adds).
+    func keyGramCondition(keys: [[Float]]) throws -> Double {
+        let (_, g) = try keyGram(keys: keys)
+        let n = keys.count
+        var trace = 0.0
+        for i in 0..<n { trace += g[i * n + i] }
+        var plain = g
+        // keyGram's ridge is 1e-6·tr/n on the diagonal of the ridged matrix, i.e. 1e-6/(1 + 1e-6) of its trace / n.
+        for i in 0..<n { plain[i * n + i] -= 1e-6 * (trace / (1 + 1e-6)) / Double(n) }
+        let values = try LAPACK.symmetricEigen(plain, n: n).values
+        guard let lo = values.min(), let hi = values.max(), lo > 0 else { return .infinity }
+        return hi / lo
+    }
+
     /// Computes the rank-one update for `request` without changing the weights.
     public func computeUpdate(_ request: EditRequest) throws -> RomeResult {
         try computeUpdate(batch: try batch(for: request))
@@ -221,8 +241,10 @@ public final class RomeEditor: @unchecked Sendable {
         guard vInitNorm > 0, vInitNorm.isFinite else { throw EditError(.nonFinite, "the MLP output at the subject is zero or non-finite") }
 
         // v* = W k* + δ: Adam on δ with NLL + KL + weight decay, early stop, and the norm clamp; with MESA,
-        // every prompt sees its SAE-refined change instead of δ.
-        let refinement = mesaSetup.refinement(activations: pass.mlpOutputs)
+        // every prompt sees its SAE-refined change instead of δ (`neutral`: one change from the
+        // key-weighted mean activation of the rewrite prompts).
+        let refinement = mesaSetup.refinement(activations: pass.mlpOutputs, rewrite: batch.rewrite.count,
+                                              weights: try keyWeights(prompts: batch.rewrite.count))
         var optimization = DeltaOptimization(steps: h.vNumGradSteps, lr: h.vLr, weightDecay: h.vWeightDecay,
                                              klFactor: mesaSetup.klFactor(h.klFactor), earlyStopLoss: h.earlyStopLoss,
                                              maxNorm: h.clampNormFactor * vInitNorm, referenceNorm: vInitNorm)
@@ -247,14 +269,20 @@ public final class RomeEditor: @unchecked Sendable {
         guard r.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "the update vector is non-finite") }
         let update = RankOneUpdate(parameter: model.weights.layers[h.layer].wDown.name, layer: h.layer, u: u, r: r)
         var applied = update.lowRank
-        if let written, h.keyAveraging == .each {
+        if let written, refinement?.shared == false, h.keyAveraging == .each {
             applied = try exactDelivery(keys: Array(pass.keys.prefix(n)), values: written)
         }
         lap("update")
-        let change0 = written?[0] ?? delta.map { $0 * gains[0] }
+        let change0 = written.map { $0[0].map { $0 * (refinement?.shared == true ? gains[0] : 1) } } ?? delta.map { $0 * gains[0] }
         let coverage = mesaSetup.sae.map { $0.coverage(before: vInit, after: zip(vInit, change0).map { $0 + $1 }) }
-        return RomeResult(update: update, applied: applied, refined: refinement != nil, coverage: coverage, deltaFeatures: outcome.latents, keyStar: keyStar,
-                          valueInitNorm: vInitNorm, deltaNorm: Vector.norm(delta), denominator: denom,
-                          keyGains: Array(gains.prefix(n)), losses: outcome.losses, phases: phases)
+        var result = RomeResult(update: update, applied: applied, refined: refinement != nil, coverage: coverage, deltaFeatures: outcome.latents,
+                                keyStar: keyStar, valueInitNorm: vInitNorm, deltaNorm: Vector.norm(delta), denominator: denom,
+                                keyGains: Array(gains.prefix(n)), losses: outcome.losses, phases: phases)
+        if refinement != nil {
+            let dn = Vector.norm(delta)
+            result.writtenToDelta = dn > 0 ? Vector.norm(change0) / dn : nil
+            result.keyGramCondition = try keyGramCondition(keys: Array(pass.keys.prefix(n)))
+        }
+        return result
     }
 }
