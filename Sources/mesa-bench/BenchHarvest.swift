@@ -71,7 +71,6 @@ struct HarvestBench: ParsableCommand {
             "sites": parsed.map(\.description), "tokens": tokens, "sequence_length": sequenceLength, "pack_tokens": pack,
             "layers_run": layers, "mean_article_tokens": meanArticle,
             "blas": ["core": blas.coreName, "threads": blas.threads, "build": blas.build],
-            "cpu": cpuModel(),
             "gflop_per_token": flopsPerToken / 1e9,
             "sgemm_gflop_per_s_\(pack)x\(c.intermediate)x\(c.hidden)": gemm,
             "floor_tokens_per_s": floorTokensPerSecond,
@@ -87,17 +86,6 @@ struct HarvestBench: ParsableCommand {
         print(String(format: "  one article per pass:       %.0f tokens/s, %.0f%% of the floor", singleRate, 100 * singleRate / floorTokensPerSecond))
         print(String(format: "  floor: %.3f GFLOP per token at the sgemm rate %.0f GFLOP/s (%dx%dx%d): %.0f tokens/s; packed/one-article %.2f×",
                      flopsPerToken / 1e9, gemm, pack, c.intermediate, c.hidden, floorTokensPerSecond, packedRate / singleRate))
-        try FileManager.default.createDirectory(atPath: (out as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        try JSONSerialization.data(withJSONObject: result, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: out))
-        print("wrote \(out)")
+        try writeResults(result, to: out)
     }
-}
-
-/// The CPU's model name from /proc/cpuinfo.
-func cpuModel() -> String {
-    guard let s = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return "unknown" }
-    for line in s.split(separator: "\n") where line.hasPrefix("model name") {
-        return line.split(separator: ":", maxSplits: 1).last.map { $0.trimmingCharacters(in: .whitespaces) } ?? "unknown"
-    }
-    return "unknown"
 }

@@ -71,8 +71,7 @@ struct MesaCostBench: ParsableCommand {
             "blas": BLAS.configuration.description, "command": CommandLine.arguments.joined(separator: " "),
             "created": ISO8601DateFormatter().string(from: Date()),
         ]
-        try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: out))
-        print("wrote \(out)")
+        try writeResults(doc, to: out)
     }
 }
 
@@ -125,8 +124,7 @@ struct SAETrainBench: ParsableCommand {
             doc["reference"] = ref
             doc["ratio"] = mesaRate / rate
         }
-        try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: out))
-        print("wrote \(out)")
+        try writeResults(doc, to: out)
     }
 }
 
@@ -311,8 +309,7 @@ struct MemitBench: ParsableCommand {
             }
         }
         let dest = out ?? "ops/bench/results/\(method).json"
-        try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: dest))
-        print("wrote \(dest)")
+        try writeResults(doc, to: dest)
     }
 }
 
