@@ -97,7 +97,6 @@ struct GuardBench: ParsableCommand {
         try writeResults(["method": editor.method, "edit_median_seconds": edit, "edits": records.count, "blas_core": c.coreName,
                           "blas_threads": c.threads, "start_layer": firstLayer, "canary": rows, "target_ratio": 0.10, "resumed_figures_agree": agree,
                           "reference_separate_passes": ["size": refSize, "seconds": ref, "ratio_to_edit": ref / edit, "figures_agree": refAgree]], to: out)
-        print("wrote \(out)")
     }
 
     /// The canary figures from one forward pass per fact and one teacher-forced pass over the text.
