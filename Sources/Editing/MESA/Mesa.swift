@@ -54,6 +54,10 @@ public enum MesaVariant: String, Codable, Sendable, CaseIterable {
     /// writes all of them exactly (a rank-n update through the template keys' Gram matrix); decay and
     /// clamp act on δ.
     case perPrompt = "per_prompt"
+    /// Design 1: no refinement of δ; the SAE mines the subjects whose active latents at the edit site
+    /// overlap the edited subject's most, and their prompts enter v*'s objective as KL terms
+    /// (`neighbour_kl`, mined by `sae_overlap`).
+    case minedNeighbours = "mined_neighbours"
 }
 
 /// The MESA refinement of δ at one site for a batch of prompts (METHODS §5.3, with its pitfalls fixed).
@@ -199,6 +203,8 @@ public struct MesaAttachment: Sendable {
     public func refinement(activations: [[Float]], rewrite: Int, weights: [Double]? = nil) -> SAERefinement? {
         guard let settings, let sae else { return nil }
         switch settings.refinementVariant {
+        case .minedNeighbours:
+            return nil
         case .perPrompt:
             return SAERefinement(sae: sae, l1: settings.l1Weight, activations: activations)
         case .neutral:

@@ -21,12 +21,15 @@ public struct RomeBatch: Sendable {
             targets.append(target)
         }
         let klp = try tokenizer.subjectPrompt(prefix: "", prompt: "{} is a", subject: request.subject)
+        self.request = request
         self.rewrite = rewrite
         rewriteTargets = targets
         kl = [DeltaPrompt(tokens: klp.tokens, position: klp.subjectLast, logitPositions: [klp.subjectLast])]
         targetNew = target
     }
 
+    /// The edit these prompts are for.
+    public var request: EditRequest
     /// One per context template: template prefix + prompt(subject) + target[:-1]; δ at the subject's
     /// last token; logits at the target positions.
     public var rewrite: [DeltaPrompt]
@@ -53,6 +56,8 @@ public struct RomeResult: Sendable {
     /// the `per_prompt` variant's exact write inverts, with a ridge of 1e-6 of its mean diagonal).
     public var writtenToDelta: Float?
     public var keyGramCondition: Double?
+    /// The neighbours whose prompts held their next-token distribution in v*'s objective.
+    public var neighbours: [String] = []
     /// True if δ was refined through the SAE.
     public var refined: Bool
     /// How much of the written change at the bare prompt the SAE represents (when an SAE is attached).
@@ -90,6 +95,11 @@ public final class RomeEditor: @unchecked Sendable {
     /// The coverage figure of the update last computed through `FactEditor`.
     public internal(set) var lastCoverage: SAECoverage?
     let tokenizer: EditTokenizer
+    /// Candidate subjects for neighbour protection (tuning data's subjects, never the evaluation
+    /// split's); the bank is built from them on the first edit that needs it.
+    public var neighbourCandidates: [String] = []
+    private var bank: SubjectBank?
+    private let bankLock = NSLock()
 
     public init(model: LanguageModel, hparams: RomeHyperparameters, templates: ContextTemplates, statistics: KeyStatistics?,
                 sae: SparseAutoencoder? = nil, fallbackReason: String? = nil) throws {
@@ -181,6 +191,26 @@ public final class RomeEditor: @unchecked Sendable {
         return (ck, g)
     }
 
+    /// The subjects neighbour protection guards for an edit of `subject` with key direction u [ff].
+    func mineNeighbours(_ nk: NeighbourKLSettings, subject: String, u: [Float]) throws -> [String] {
+        let sae = nk.mining == .saeOverlap ? mesaSetup.sae : nil
+        if nk.mining == .saeOverlap, sae == nil { throw EditError(.state, "neighbour mining by SAE overlap needs the SAE") }
+        let bank: SubjectBank = try bankLock.withLock {
+            if let b = self.bank { return b }
+            guard !neighbourCandidates.isEmpty else { throw EditError(.state, "neighbour protection needs candidate subjects (tuning data)") }
+            let b = try SubjectBank(model: model, layer: hparams.layer, subjects: neighbourCandidates, limit: nk.bankSize, sae: sae)
+            self.bank = b
+            return b
+        }
+        switch nk.mining {
+        case .keyGain:
+            return bank.mineByKeyGain(u: u, exclude: subject, count: nk.count)
+        case .saeOverlap:
+            let own = try SubjectBank(model: model, layer: hparams.layer, subjects: [subject], limit: 1, sae: sae)
+            return try bank.mineByLatentOverlap(active: own.latents?.first ?? [], exclude: subject, count: nk.count)
+        }
+    }
+
     /// λ_max/λ_min of KᵀC⁻¹K for the keys K [ff, n] (without the ridge `keyGram` adds).
     func keyGramCondition(keys: [[Float]]) throws -> Double {
         let (_, g) = try keyGram(keys: keys)
@@ -211,7 +241,7 @@ public final class RomeEditor: @unchecked Sendable {
         }
 
         // k* and v_init from one unedited pass per prompt.
-        let pass = try DeltaPass(model: model, site: site, prompts: batch.rewrite + batch.kl)
+        var pass = try DeltaPass(model: model, site: site, prompts: batch.rewrite + batch.kl)
         let weights = try keyWeights(prompts: batch.rewrite.count)
         var kStar = [Double](repeating: 0, count: ff)
         for i in 0..<batch.rewrite.count { for j in 0..<ff { kStar[j] += weights[i] * Double(pass.keys[i][j]) } }
@@ -236,6 +266,30 @@ public final class RomeEditor: @unchecked Sendable {
         let gains = pass.keys.map { Vector.dot(u, $0) / denom }
         guard gains.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "a key gain is non-finite") }
         lap("closed_form")
+        // Neighbour protection: the mined neighbours' prompts join the KL prompts, each seeing g_n·δ.
+        var batch = batch
+        var promptScales: [Float]?, klRowWeights: [Double]?
+        var neighbours: [String] = []
+        if let nk = h.neighbourProtection {
+            neighbours = try mineNeighbours(nk, subject: batch.request.subject, u: u)
+            let extra: [DeltaPrompt] = neighbours.compactMap { n in
+                guard let sp = try? tokenizer.subjectPrompt(prefix: "", prompt: batch.request.prompt, subject: n) else { return nil }
+                return DeltaPrompt(tokens: sp.tokens, position: sp.subjectLast, logitPositions: [sp.tokens.count - 1])
+            }
+            if !extra.isEmpty {
+                let own = batch.kl.count
+                batch.kl += extra
+                pass = try DeltaPass(model: model, site: site, prompts: batch.rewrite + batch.kl)
+                // g_n = uᵀk_n/uᵀk* from the neighbour prompts' own keys (context included).
+                let neighbourGains = pass.keys.suffix(extra.count).map { Vector.dot(u, $0) / denom }
+                guard neighbourGains.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "a neighbour's key gain is non-finite") }
+                promptScales = [Float](repeating: 1, count: batch.rewrite.count + own) + neighbourGains
+                let kl = Double(mesaSetup.klFactor(h.klFactor))
+                klRowWeights = [Double](repeating: kl / Double(own), count: own)
+                    + [Double](repeating: Double(nk.factor) / Double(extra.count), count: extra.count)
+            }
+            lap("neighbours")
+        }
         let vInit = pass.mlpOutputs[0]
         let vInitNorm = Vector.norm(vInit)
         guard vInitNorm > 0, vInitNorm.isFinite else { throw EditError(.nonFinite, "the MLP output at the subject is zero or non-finite") }
@@ -250,6 +304,8 @@ public final class RomeEditor: @unchecked Sendable {
                                              maxNorm: h.clampNormFactor * vInitNorm, referenceNorm: vInitNorm)
         optimization.stopWhenTop = h.earlyStopTop ?? false
         optimization.topChecks = h.earlyStopTopChecks ?? 1
+        optimization.promptScales = promptScales
+        optimization.klRowWeights = klRowWeights
         let outcome = try optimization.run(pass: pass, batch: batch, refinement: refinement)
         let delta = outcome.delta
         lap("v_star")
@@ -278,6 +334,7 @@ public final class RomeEditor: @unchecked Sendable {
         var result = RomeResult(update: update, applied: applied, refined: refinement != nil, coverage: coverage, deltaFeatures: outcome.latents,
                                 keyStar: keyStar, valueInitNorm: vInitNorm, deltaNorm: Vector.norm(delta), denominator: denom,
                                 keyGains: Array(gains.prefix(n)), losses: outcome.losses, phases: phases)
+        result.neighbours = neighbours
         if refinement != nil {
             let dn = Vector.norm(delta)
             result.writtenToDelta = dn > 0 ? Vector.norm(change0) / dn : nil

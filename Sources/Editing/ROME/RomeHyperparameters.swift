@@ -45,6 +45,19 @@ public struct RomeHyperparameters: Codable, Sendable, Equatable {
     public var mom2Ridge: Double
     /// MESA refinement of v* through an SAE at `mlp_out@layer` (absent: plain ROME).
     public var mesa: MesaHyperparameters?
+    /// Neighbour protection: mined subjects' prompts as KL terms in the v* objective (absent: none,
+    /// unless `mesa.variant` is `mined_neighbours`, which mines with the SAE by default settings).
+    public var neighbourKl: NeighbourKLSettings?
+
+    /// The neighbour protection in force: the file's block, or with the `mined_neighbours` MESA
+    /// variant 8 neighbours at factor 1 mined by SAE latent overlap (the block's count and factor
+    /// are kept when given; its mining is then SAE overlap).
+    public var neighbourProtection: NeighbourKLSettings? {
+        guard mesa?.refinementVariant == .minedNeighbours else { return neighbourKl }
+        var n = neighbourKl ?? NeighbourKLSettings(count: 8, factor: 1)
+        n.mine = .saeOverlap
+        return n
+    }
 
     public init(layer: Int, contextTemplates: [ContextTemplates.Group] = [.init(length: 5, count: 5), .init(length: 10, count: 5)],
                 templateSeed: UInt64 = 0, keyAveraging: KeyAveraging = .templates, vNumGradSteps: Int = 25, vLr: Float = 0.5, vWeightDecay: Float = 1e-3,
@@ -92,5 +105,7 @@ public struct RomeHyperparameters: Codable, Sendable, Equatable {
         }
         guard mom2Tokens > 0, mom2SequenceLength > 1, mom2Ridge >= 0 else { throw bad("mom2 settings must be positive") }
         for g in contextTemplates where g.length < 1 || g.count < 0 { throw bad("context template group \(g) is invalid") }
+        try neighbourProtection?.validate()
+        if neighbourProtection?.mining == .saeOverlap, mesa == nil { throw bad("neighbour_kl.mine sae_overlap needs an SAE (a mesa block)") }
     }
 }

@@ -21,6 +21,11 @@ public struct DeltaOptimization: Sendable {
     /// With `stopWhenTop`: stop the n-th time every target is on top (ENCORE's |prob_cutoff|: 2 for
     /// Llama3-8B, 4 for GPT2-XL), so that the new object wins with some margin. 1: the first time.
     public var topChecks = 1
+    /// The multiple of δ (or of its refined change) each prompt of the pass sees ([prompts]); nil: 1
+    /// for every prompt. ROME's neighbour prompts see g_n·δ, the change the rank-one update will give them.
+    public var promptScales: [Float]?
+    /// The weight of each KL row ([KL prompts]; see `EditLoss.klRowWeights`); nil: the mean.
+    public var klRowWeights: [Double]?
 
     public init(steps: Int, lr: Float, weightDecay: Float, klFactor: Float, earlyStopLoss: Float, maxNorm: Float, referenceNorm: Float) {
         self.steps = steps
@@ -54,6 +59,27 @@ public struct DeltaOptimization: Sendable {
         let d = pass.model.config.hidden
         var loss = EditLoss(rewriteTargets: batch.rewriteTargets, klRows: batch.kl.count, klFactor: klFactor,
                             normWeight: weightDecay / (referenceNorm * referenceNorm))
+        loss.klRowWeights = klRowWeights
+        if let s = promptScales, s.count != pass.prompts.count {
+            throw EditError(.state, "\(s.count) prompt scales for \(pass.prompts.count) prompts")
+        }
+        // Per-prompt vectors: scale_i·v_i; the gradient of each prompt's vector scales back the same way.
+        func scaled(_ vs: [[Float]]) -> [[Float]] {
+            guard let s = promptScales else { return vs }
+            return zip(vs, s).map { v, c in c == 1 ? v : v.map { $0 * c } }
+        }
+        func forward(_ state: SAERefinement.State?, _ delta: [Float]) throws -> Tensor {
+            if let state { return try pass.forward(deltas: scaled(state.changes)) }
+            if promptScales != nil { return try pass.forward(deltas: scaled(Array(repeating: delta, count: pass.prompts.count))) }
+            return try pass.forward(delta: delta)
+        }
+        func plainGradient(_ dLogits: Tensor) throws -> [Float] {
+            guard promptScales != nil else { return try pass.backward(logitGradient: dLogits) }
+            let per = scaled(try pass.backwardPerPrompt(logitGradient: dLogits))
+            var g = [Float](repeating: 0, count: d)
+            for row in per { for k in 0..<d { g[k] += row[k] } }
+            return g
+        }
         var delta = [Float](repeating: 0, count: d)
         var adam = Adam(lr: lr, count: d)
         var losses: [EditLoss.Value] = []
@@ -64,7 +90,7 @@ public struct DeltaOptimization: Sendable {
         for it in 0..<steps {
             let state = refinement?.evaluate(delta)
             last = state
-            let logits = try state.map { try pass.forward(deltas: $0.changes) } ?? pass.forward(delta: delta)
+            let logits = try forward(state, delta)
             if it == 0 { loss.setReference(from: logits) }
             var (value, dLogits, dNorm) = loss.evaluate(logits: logits, delta: onChange ? state!.changes[0] : delta)
             if let state, let refinement { value.sparsity = Double(refinement.l1) * state.l1Norm }
@@ -73,9 +99,10 @@ public struct DeltaOptimization: Sendable {
             if isFinal(value, logits: logits, targets: batch.rewriteTargets, step: it, onTop: &onTop) { break }
             let g: [Float]
             if let state, let refinement {
-                g = refinement.gradient(state, changeGradients: try pass.backwardPerPrompt(logitGradient: dLogits), shared: onChange ? dNorm : nil)
+                g = refinement.gradient(state, changeGradients: scaled(try pass.backwardPerPrompt(logitGradient: dLogits)),
+                                        shared: onChange ? dNorm : nil)
             } else {
-                g = try pass.backward(logitGradient: dLogits)
+                g = try plainGradient(dLogits)
             }
             try descend(&delta, adam: &adam, gradient: g, normGradient: onChange ? [Float](repeating: 0, count: d) : dNorm, step: it,
                         clamp: onChange ? nil : maxNorm)

@@ -68,6 +68,9 @@ extension RomeEditor: FactEditor {
         if let st = statistics { s["mom2_tokens"] = "\(st.count)"; s["mom2_ridge"] = "\(h.mom2Ridge)" }
         if h.earlyStopTop == true { s["early_stop_top"] = "true" }
         if let n = h.earlyStopTopChecks, n != 1 { s["early_stop_top_checks"] = "\(n)" }
+        if let nk = h.neighbourProtection {
+            s["neighbour_kl"] = "count=\(nk.count) factor=\(nk.factor) candidates=\(nk.bankSize) mine=\(nk.mining.rawValue)"
+        }
         return s.merging(mesaSetup.report) { a, _ in a }
     }
 }
