@@ -261,7 +261,7 @@ public struct EditorRegistry {
         let editor = try RomeEditor(model: model, hparams: h, templates: templates, statistics: stats, sae: sae, fallbackReason: reason)
         if h.neighbourProtection != nil {
             guard let records = anchorRecords else {
-                throw SetupError("neighbour_kl needs CounterFact tuning records for its candidate subjects (the data directory)")
+                throw SetupError("neighbour protection (neighbours) needs CounterFact tuning records for its candidate subjects (the data directory)")
             }
             editor.neighbourCandidates = try CounterFact.load(path: records.path).records.map(\.subject)
         }

@@ -9,13 +9,14 @@ import Testing
 @Suite struct NeighbourProtectionTests {
     static let subjects = ["Paris", "Rome", "London", "Berlin", "Madrid", "Tokyo", "Vienna", "Lisbon", "Oslo", "Cairo", "Lima", "Athens"]
 
-    static func editor(_ m: LanguageModel, neighbours: NeighbourKLSettings?, mesa: MesaHyperparameters? = nil,
+    static func editor(_ m: LanguageModel, neighbours: NeighbourSettings?, mesa: MesaHyperparameters? = nil,
                        sae: SparseAutoencoder? = nil) throws -> RomeEditor {
         var h = RomeHyperparameters(layer: 1)
         h.mom2Adjustment = false
         h.vNumGradSteps = 15
         h.earlyStopLoss = 0
-        h.neighbourKl = neighbours
+        h.keyAveraging = .each
+        h.neighbours = neighbours
         h.mesa = mesa
         let templates = try ContextTemplates.generate(model: m, groups: [.init(length: 4, count: 2)], seed: 3)
         let e = try RomeEditor(model: m, hparams: h, templates: templates, statistics: nil, sae: sae)
@@ -97,7 +98,7 @@ import Testing
         let request = EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome", targetTrue: "is")
         let hash = m.weightHash
         let plain = try Self.editor(m, neighbours: nil).computeUpdate(request)
-        let protected = try Self.editor(m, neighbours: NeighbourKLSettings(count: 4, factor: 20)).computeUpdate(request)
+        let protected = try Self.editor(m, neighbours: NeighbourSettings(count: 4, klFactor: 20)).computeUpdate(request)
         #expect(m.weightHash == hash)
         #expect(protected.neighbours.count == 4 && !protected.neighbours.contains("Paris") && plain.neighbours.isEmpty)
         #expect(protected.losses.last!.nll < protected.losses.first!.nll)
@@ -105,15 +106,53 @@ import Testing
         let b = try Self.spill(m, protected.applied, prompt: request.prompt, subjects: protected.neighbours)
         #expect(b < a, "the protected neighbours' KL \(b) should be below the unprotected \(a)")
         // Factor 0 is plain ROME: the neighbour prompts add nothing to the objective or its gradient.
-        let zero = try Self.editor(m, neighbours: NeighbourKLSettings(count: 4, factor: 0)).computeUpdate(request)
+        let zero = try Self.editor(m, neighbours: NeighbourSettings(count: 4, klFactor: 0)).computeUpdate(request)
         #expect(Vector.maxAbsDifference(zero.update.r, plain.update.r) <= 1e-5 * Vector.norm(plain.update.r))
+    }
+
+    /// Woodbury's solve with hard-negative keys equals solving with C + (w/M)·Σ k_n k_nᵀ directly.
+    @Test func negativeKeysSolveEqualsTheDirectSolve() throws {
+        let ff = 6
+        var rng = Xoshiro256(seed: 11)
+        func r() -> Float { Float(Int(rng.next() % 2001) - 1000) / 1000 }
+        let keys = (0..<3).map { _ in (0..<ff).map { _ in r() } }
+        let w: Float = 2.5
+        let neg = try NegativeKeys(keys: keys, weight: w) { $0 }  // C = I
+        let x = (0..<ff).map { _ in r() }
+        let got = try neg.apply(x)
+        var c = [Double](repeating: 0, count: ff * ff)
+        for i in 0..<ff { c[i * ff + i] = 1 }
+        for k in keys { for i in 0..<ff { for j in 0..<ff { c[i * ff + j] += Double(w) / 3 * Double(k[i] * k[j]) } } }
+        let want = try LAPACK.solveSPD(c, x.map(Double.init), n: ff, nrhs: 1)
+        for i in 0..<ff { #expect(abs(Double(got[i]) - want[i]) < 1e-5 * max(1, abs(want[i]))) }
+    }
+
+    /// Hard-negative keys shrink the mined neighbours' gains |uᵀk_n/uᵀk*| and keep the edit's own.
+    @Test func negativeKeysShrinkTheNeighboursGains() throws {
+        let m = try TinyEditModel.load()
+        let request = EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome", targetTrue: "is")
+        let plain = try Self.editor(m, neighbours: nil).computeUpdate(request)
+        let keyed = try Self.editor(m, neighbours: NeighbourSettings(count: 4, klFactor: 0, keyWeight: 50)).computeUpdate(request)
+        #expect(keyed.neighbours.count == 4)
+        let tok = EditTokenizer(model: m)
+        let prompts = try keyed.neighbours.map { n -> DeltaPrompt in
+            let sp = try tok.subjectPrompt(prefix: "", prompt: request.prompt, subject: n)
+            return DeltaPrompt(tokens: sp.tokens, position: sp.subjectLast, logitPositions: [sp.tokens.count - 1])
+        }
+        let keys = try DeltaPass(model: m, site: Site(layer: 1, kind: .mlpOut), prompts: prompts).keys
+        func gains(_ r: RomeResult) -> [Float] { keys.map { abs(Vector.dot(r.update.u, $0) / r.denominator) } }
+        let before = gains(plain), after = gains(keyed)
+        #expect(after.reduce(0, +) < 0.5 * before.reduce(0, +), "neighbour gains \(after) against \(before)")
+        // The edited subject's rewrite prompts keep gain 1 (equal-gain direction under C').
+        for g in keyed.keyGains { #expect(abs(g - 1) < 1e-3) }
+        #expect(keyed.losses.last!.nll < keyed.losses.first!.nll)
     }
 
     @Test func settingsAreChecked() throws {
         let m = try TinyEditModel.load()
-        #expect(throws: EditError.self) { _ = try Self.editor(m, neighbours: NeighbourKLSettings(count: 0, factor: 1)) }
-        #expect(throws: EditError.self) { _ = try Self.editor(m, neighbours: NeighbourKLSettings(count: 4, factor: -1)) }
-        #expect(throws: EditError.self) { _ = try Self.editor(m, neighbours: NeighbourKLSettings(count: 4, factor: 1, mine: .saeOverlap)) }
+        #expect(throws: EditError.self) { _ = try Self.editor(m, neighbours: NeighbourSettings(count: 0, klFactor: 1)) }
+        #expect(throws: EditError.self) { _ = try Self.editor(m, neighbours: NeighbourSettings(count: 4, klFactor: -1)) }
+        #expect(throws: EditError.self) { _ = try Self.editor(m, neighbours: NeighbourSettings(count: 4, klFactor: 1, mine: .saeOverlap)) }
         // The mined_neighbours MESA variant mines with the SAE and does not refine δ.
         let sae = try MesaTests.alwaysOnSAE(d: m.config.hidden, f: 40, site: Site(layer: 1, kind: .mlpOut), bias: 0)
         let e = try Self.editor(m, neighbours: nil, mesa: MesaHyperparameters(sae: "t", l1: 0, variant: .minedNeighbours), sae: sae)
@@ -121,7 +160,7 @@ import Testing
         let r = try e.computeUpdate(EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome"))
         #expect(!r.refined && r.neighbours.count == 8 && r.applied.rank == 1)
         // Without candidate subjects the editor says what it needs.
-        let bare = try Self.editor(m, neighbours: NeighbourKLSettings(count: 2, factor: 1))
+        let bare = try Self.editor(m, neighbours: NeighbourSettings(count: 2, klFactor: 1))
         bare.neighbourCandidates = []
         #expect(throws: EditError.self) { _ = try bare.computeUpdate(EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome")) }
     }

@@ -3,14 +3,17 @@ import ModelRuntime
 import SparseAutoencoder
 import Tensor
 
-/// ROME's neighbour protection (`neighbour_kl` in the hyperparameters; METHODS §10, design 1): the
-/// subjects an edit is most likely to spill onto are mined from a bank of other subjects, and their
-/// prompts (the edit's own prompt with the neighbour as subject) enter the v* objective as
-/// KL-preservation terms. The key direction u is fixed before δ is optimized, so the change a
-/// neighbour n will see is known in advance: g_n·δ at its subject's last token, g_n = uᵀk_n/uᵀk*.
-/// The optimization adds exactly that and holds the neighbour's next-token distribution near the
-/// unedited one.
-public struct NeighbourKLSettings: Codable, Sendable, Equatable {
+/// ROME's neighbour protection (`neighbours` in the hyperparameters; METHODS §10, designs 1 and 2):
+/// the subjects an edit is most likely to spill onto are mined from a bank of other subjects, and
+/// their prompts (the edit's own prompt with the neighbour as subject) protect them in two ways:
+/// - on the value side (`kl_factor`), as KL-preservation terms in the v* objective. The key
+///   direction u is fixed before δ is optimized, so the change a neighbour n will see is known in
+///   advance: g_n·δ at its subject's last token, g_n = uᵀk_n/uᵀk*; the optimization adds exactly that
+///   and holds the neighbour's next-token distribution near the unedited one;
+/// - on the key side (`key_weight`), as hard-negative keys in the statistics u is computed from:
+///   C' = C + (w/M)·Σ_n k_n k_nᵀ, so that u = C'⁻¹k* (or the equal-gain direction under C') gives
+///   the neighbours small gains while the edited subject's prompts keep theirs.
+public struct NeighbourSettings: Codable, Sendable, Equatable {
     /// How neighbours are mined.
     public enum Mining: String, Codable, Sendable, CaseIterable {
         /// The largest |g_n|: the subjects whose keys the rank-one update moves most (no SAE).
@@ -21,27 +24,71 @@ public struct NeighbourKLSettings: Codable, Sendable, Equatable {
     }
     /// Neighbours per edit.
     public var count: Int
-    /// Weight of the neighbours' mean KL term.
-    public var factor: Float
+    /// Weight of the neighbours' mean KL term in v*'s objective (0: none).
+    public var klFactor: Float
+    /// Weight w of the neighbours' keys added to C when u is computed (0: none): their share of the
+    /// key distribution's second moment.
+    public var keyWeight: Float?
     /// Subjects in the bank (the first distinct ones of the candidate list); default 2,000.
     public var candidates: Int?
     /// Default `key_gain`.
     public var mine: Mining?
 
-    public init(count: Int, factor: Float, candidates: Int? = nil, mine: Mining? = nil) {
+    public init(count: Int, klFactor: Float, keyWeight: Float? = nil, candidates: Int? = nil, mine: Mining? = nil) {
         self.count = count
-        self.factor = factor
+        self.klFactor = klFactor
+        self.keyWeight = keyWeight
         self.candidates = candidates
         self.mine = mine
     }
 
     public var mining: Mining { mine ?? .keyGain }
     public var bankSize: Int { candidates ?? 2000 }
+    public var negativeKeyWeight: Float { keyWeight ?? 0 }
 
     public func validate() throws {
-        guard (1...64).contains(count) else { throw EditError(.hyperparameters, "neighbour_kl.count must be in 1...64") }
-        guard factor >= 0, factor.isFinite else { throw EditError(.hyperparameters, "neighbour_kl.factor must be finite and non-negative") }
-        guard bankSize >= count else { throw EditError(.hyperparameters, "neighbour_kl.candidates must be at least count") }
+        guard (1...64).contains(count) else { throw EditError(.hyperparameters, "neighbours.count must be in 1...64") }
+        guard klFactor >= 0, klFactor.isFinite else { throw EditError(.hyperparameters, "neighbours.kl_factor must be finite and non-negative") }
+        guard negativeKeyWeight >= 0, negativeKeyWeight.isFinite else {
+            throw EditError(.hyperparameters, "neighbours.key_weight must be finite and non-negative")
+        }
+        guard bankSize >= count else { throw EditError(.hyperparameters, "neighbours.candidates must be at least count") }
+    }
+
+    /// The run-signature form.
+    public var description: String {
+        "count=\(count) kl_factor=\(klFactor) key_weight=\(negativeKeyWeight) candidates=\(bankSize) mine=\(mining.rawValue)"
+    }
+}
+
+/// Hard-negative keys K_N [M][ff] added to the key statistics with total weight w, solved with
+/// Woodbury's identity: C'⁻¹x = C⁻¹x − Z·S⁻¹·K_NᵀC⁻¹x with Z = C⁻¹K_N and S = (M/w)·I + K_NᵀZ [M, M].
+struct NegativeKeys {
+    let keys: [[Float]]
+    /// C⁻¹k_n [M][ff].
+    let z: [[Float]]
+    /// S [M, M].
+    let s: [Double]
+
+    init(keys: [[Float]], weight: Float, solve: ([Float]) throws -> [Float]) throws {
+        let m = keys.count
+        self.keys = keys
+        z = try keys.map(solve)
+        var s = [Double](repeating: 0, count: m * m)
+        for i in 0..<m { for j in 0..<m { s[i * m + j] = Double(Vector.dot(keys[i], z[j])) } }
+        for i in 0..<m { for j in 0..<i { let v = (s[i * m + j] + s[j * m + i]) / 2; s[i * m + j] = v; s[j * m + i] = v } }
+        for i in 0..<m { s[i * m + i] += Double(m) / Double(weight) }
+        self.s = s
+    }
+
+    /// C'⁻¹x from C⁻¹x ([ff]).
+    func apply(_ cx: [Float]) throws -> [Float] {
+        let m = keys.count
+        let t = (0..<m).map { Double(Vector.dot(keys[$0], cx)) }
+        let y = try LAPACK.solveSPD(s, t, n: m, nrhs: 1)
+        var out = cx.map(Double.init)
+        for i in 0..<m { for j in out.indices { out[j] -= y[i] * Double(z[i][j]) } }
+        return out.map { Float($0) }
     }
 }
 

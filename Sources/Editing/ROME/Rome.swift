@@ -143,8 +143,8 @@ public final class RomeEditor: @unchecked Sendable {
 
     /// u = C⁻¹K(KᵀC⁻¹K + εI)⁻¹1 for the keys K [ff, n]: the minimizer of uᵀCu subject to Kᵀu = 1
     /// (C = I without mom2 adjustment), ε = 1e-6·tr(KᵀC⁻¹K)/n keeping near-duplicate keys solvable.
-    func equalGainDirection(keys: [[Float]]) throws -> [Float] {
-        let (ck, g) = try keyGram(keys: keys)
+    func equalGainDirection(keys: [[Float]], negatives: NegativeKeys? = nil) throws -> [Float] {
+        let (ck, g) = try keyGram(keys: keys, negatives: negatives)
         let n = keys.count, ff = model.config.intermediate
         let a: [Double]
         do { a = try LAPACK.solveSPD(g, [Double](repeating: 1, count: n), n: n, nrhs: 1) } catch {
@@ -174,14 +174,19 @@ public final class RomeEditor: @unchecked Sendable {
                              rank: n, left: left, right: ck.flatMap { $0 })
     }
 
+    /// C⁻¹x ([ff]): the key statistics' solve, or x itself without mom2 adjustment; with `negatives`,
+    /// the solve with their keys added to C.
+    func solveC(_ x: [Float], negatives: NegativeKeys? = nil) throws -> [Float] {
+        var cx = x
+        if hparams.mom2Adjustment, let stats = statistics { cx = try stats.solve(x, ridge: hparams.mom2Ridge) }
+        return try negatives?.apply(cx) ?? cx
+    }
+
     /// C⁻¹k_i for each key ([n][ff]) and G = KᵀC⁻¹K + εI ([n, n]).
-    func keyGram(keys: [[Float]]) throws -> ([[Float]], [Double]) {
+    func keyGram(keys: [[Float]], negatives: NegativeKeys? = nil) throws -> ([[Float]], [Double]) {
         let n = keys.count
         // ck[i] = C⁻¹k_i [ff]
-        let ck: [[Float]] = try keys.map { k in
-            if hparams.mom2Adjustment, let stats = statistics { return try stats.solve(k, ridge: hparams.mom2Ridge) }
-            return k
-        }
+        let ck: [[Float]] = try keys.map { try solveC($0, negatives: negatives) }
         var g = [Double](repeating: 0, count: n * n)  // [n, n] KᵀC⁻¹K
         for i in 0..<n { for j in 0..<n { g[i * n + j] = Double(Vector.dot(keys[i], ck[j])) } }
         for i in 0..<n { for j in 0..<i { let m = (g[i * n + j] + g[j * n + i]) / 2; g[i * n + j] = m; g[j * n + i] = m } }
@@ -192,7 +197,7 @@ public final class RomeEditor: @unchecked Sendable {
     }
 
     /// The subjects neighbour protection guards for an edit of `subject` with key direction u [ff].
-    func mineNeighbours(_ nk: NeighbourKLSettings, subject: String, u: [Float]) throws -> [String] {
+    func mineNeighbours(_ nk: NeighbourSettings, subject: String, u: [Float]) throws -> [String] {
         let sae = nk.mining == .saeOverlap ? mesaSetup.sae : nil
         if nk.mining == .saeOverlap, sae == nil { throw EditError(.state, "neighbour mining by SAE overlap needs the SAE") }
         let bank: SubjectBank = try bankLock.withLock {
@@ -247,26 +252,29 @@ public final class RomeEditor: @unchecked Sendable {
         for i in 0..<batch.rewrite.count { for j in 0..<ff { kStar[j] += weights[i] * Double(pass.keys[i][j]) } }
         let keyStar = kStar.map { Float($0) }
         lap("k_star")
-        // u = C⁻¹k* / ‖C⁻¹k*‖ (or k*/‖k*‖) depends on the unedited keys only.
-        var u = keyStar
-        if h.keyAveraging == .each {
-            u = try equalGainDirection(keys: Array(pass.keys.prefix(batch.rewrite.count)))
-        } else if h.mom2Adjustment, let stats = statistics {
-            u = try stats.solve(keyStar, ridge: h.mom2Ridge)
+        // u = C⁻¹k* / ‖C⁻¹k*‖ (or k*/‖k*‖) depends on the unedited keys only; with hard-negative
+        // neighbour keys, C is C' (their keys added).
+        func direction(_ negatives: NegativeKeys?) throws -> (u: [Float], denominator: Float) {
+            var u = keyStar
+            if h.keyAveraging == .each {
+                u = try equalGainDirection(keys: Array(pass.keys.prefix(batch.rewrite.count)), negatives: negatives)
+            } else if h.mom2Adjustment || negatives != nil {
+                u = try solveC(keyStar, negatives: negatives)
+            }
+            let un = Vector.norm(u)
+            guard un > 0, un.isFinite else { throw EditError(.nonFinite, "C⁻¹k* is zero or non-finite") }
+            u = u.map { $0 / un }
+            let denom = Vector.dot(u, keyStar)
+            // uᵀk* = k*ᵀC⁻¹k*/‖C⁻¹k*‖ > 0 for positive definite C; a vanishing value means k* is (nearly) outside C's span.
+            guard denom.isFinite, denom > 1e-6 * Vector.norm(keyStar) else {
+                throw EditError(.degenerateKey, "uᵀk* = \(denom) is too small for a stable update")
+            }
+            return (u, denom)
         }
-        let un = Vector.norm(u)
-        guard un > 0, un.isFinite else { throw EditError(.nonFinite, "C⁻¹k* is zero or non-finite") }
-        u = u.map { $0 / un }
-        let denom = Vector.dot(u, keyStar)
-        // uᵀk* = k*ᵀC⁻¹k*/‖C⁻¹k*‖ > 0 for positive definite C; a vanishing value means k* is (nearly) outside C's span.
-        guard denom.isFinite, denom > 1e-6 * Vector.norm(keyStar) else {
-            throw EditError(.degenerateKey, "uᵀk* = \(denom) is too small for a stable update")
-        }
-        // Gains of every prompt (rewrite, then KL): (W + r uᵀ)k_i = Wk_i + (uᵀk_i/uᵀk*) δ.
-        let gains = pass.keys.map { Vector.dot(u, $0) / denom }
-        guard gains.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "a key gain is non-finite") }
+        var (u, denom) = try direction(nil)
         lap("closed_form")
-        // Neighbour protection: the mined neighbours' prompts join the KL prompts, each seeing g_n·δ.
+        // Neighbour protection: the neighbours mined with that u join the KL prompts, each seeing
+        // g_n·δ, and/or their keys (in the edit's prompt) enter C as hard negatives and u is recomputed.
         var batch = batch
         var promptScales: [Float]?, klRowWeights: [Double]?
         var neighbours: [String] = []
@@ -278,18 +286,29 @@ public final class RomeEditor: @unchecked Sendable {
             }
             if !extra.isEmpty {
                 let own = batch.kl.count
-                batch.kl += extra
-                pass = try DeltaPass(model: model, site: site, prompts: batch.rewrite + batch.kl)
-                // g_n = uᵀk_n/uᵀk* from the neighbour prompts' own keys (context included).
-                let neighbourGains = pass.keys.suffix(extra.count).map { Vector.dot(u, $0) / denom }
-                guard neighbourGains.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "a neighbour's key gain is non-finite") }
-                promptScales = [Float](repeating: 1, count: batch.rewrite.count + own) + neighbourGains
-                let kl = Double(mesaSetup.klFactor(h.klFactor))
-                klRowWeights = [Double](repeating: kl / Double(own), count: own)
-                    + [Double](repeating: Double(nk.factor) / Double(extra.count), count: extra.count)
+                let neighbourKeys = try DeltaPass(model: model, site: site, prompts: extra).keys
+                if nk.negativeKeyWeight > 0 {
+                    (u, denom) = try direction(try NegativeKeys(keys: neighbourKeys, weight: nk.negativeKeyWeight) {
+                        try self.solveC($0)
+                    })
+                }
+                if nk.klFactor > 0 {
+                    batch.kl += extra
+                    pass = try DeltaPass(model: model, site: site, prompts: batch.rewrite + batch.kl)
+                    // g_n = uᵀk_n/uᵀk* from the neighbour prompts' own keys (context included).
+                    let neighbourGains = neighbourKeys.map { Vector.dot(u, $0) / denom }
+                    guard neighbourGains.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "a neighbour's key gain is non-finite") }
+                    promptScales = [Float](repeating: 1, count: batch.rewrite.count + own) + neighbourGains
+                    let kl = Double(mesaSetup.klFactor(h.klFactor))
+                    klRowWeights = [Double](repeating: kl / Double(own), count: own)
+                        + [Double](repeating: Double(nk.klFactor) / Double(extra.count), count: extra.count)
+                }
             }
             lap("neighbours")
         }
+        // Gains of every prompt (rewrite, then KL): (W + r uᵀ)k_i = Wk_i + (uᵀk_i/uᵀk*) δ.
+        let gains = pass.keys.map { Vector.dot(u, $0) / denom }
+        guard gains.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "a key gain is non-finite") }
         let vInit = pass.mlpOutputs[0]
         let vInitNorm = Vector.norm(vInit)
         guard vInitNorm > 0, vInitNorm.isFinite else { throw EditError(.nonFinite, "the MLP output at the subject is zero or non-finite") }

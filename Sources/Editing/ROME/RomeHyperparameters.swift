@@ -45,16 +45,16 @@ public struct RomeHyperparameters: Codable, Sendable, Equatable {
     public var mom2Ridge: Double
     /// MESA refinement of v* through an SAE at `mlp_out@layer` (absent: plain ROME).
     public var mesa: MesaHyperparameters?
-    /// Neighbour protection: mined subjects' prompts as KL terms in the v* objective (absent: none,
-    /// unless `mesa.variant` is `mined_neighbours`, which mines with the SAE by default settings).
-    public var neighbourKl: NeighbourKLSettings?
+    /// Neighbour protection: mined subjects' prompts as KL terms in the v* objective and/or their keys
+    /// as hard negatives in C (absent: none, unless `mesa.variant` is `mined_neighbours`).
+    public var neighbours: NeighbourSettings?
 
     /// The neighbour protection in force: the file's block, or with the `mined_neighbours` MESA
-    /// variant 8 neighbours at factor 1 mined by SAE latent overlap (the block's count and factor
-    /// are kept when given; its mining is then SAE overlap).
-    public var neighbourProtection: NeighbourKLSettings? {
-        guard mesa?.refinementVariant == .minedNeighbours else { return neighbourKl }
-        var n = neighbourKl ?? NeighbourKLSettings(count: 8, factor: 1)
+    /// variant 8 neighbours with their KL at factor 1, mined by SAE latent overlap (the block's
+    /// other settings are kept when given; its mining is then SAE overlap).
+    public var neighbourProtection: NeighbourSettings? {
+        guard mesa?.refinementVariant == .minedNeighbours else { return neighbours }
+        var n = neighbours ?? NeighbourSettings(count: 8, klFactor: 1)
         n.mine = .saeOverlap
         return n
     }
@@ -106,6 +106,6 @@ public struct RomeHyperparameters: Codable, Sendable, Equatable {
         guard mom2Tokens > 0, mom2SequenceLength > 1, mom2Ridge >= 0 else { throw bad("mom2 settings must be positive") }
         for g in contextTemplates where g.length < 1 || g.count < 0 { throw bad("context template group \(g) is invalid") }
         try neighbourProtection?.validate()
-        if neighbourProtection?.mining == .saeOverlap, mesa == nil { throw bad("neighbour_kl.mine sae_overlap needs an SAE (a mesa block)") }
+        if neighbourProtection?.mining == .saeOverlap, mesa == nil { throw bad("neighbours.mine sae_overlap needs an SAE (a mesa block)") }
     }
 }

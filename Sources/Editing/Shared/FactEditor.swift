@@ -69,7 +69,7 @@ extension RomeEditor: FactEditor {
         if h.earlyStopTop == true { s["early_stop_top"] = "true" }
         if let n = h.earlyStopTopChecks, n != 1 { s["early_stop_top_checks"] = "\(n)" }
         if let nk = h.neighbourProtection {
-            s["neighbour_kl"] = "count=\(nk.count) factor=\(nk.factor) candidates=\(nk.bankSize) mine=\(nk.mining.rawValue)"
+            s["neighbours"] = nk.description
         }
         return s.merging(mesaSetup.report) { a, _ in a }
     }
