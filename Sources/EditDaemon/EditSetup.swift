@@ -185,7 +185,14 @@ public struct EditorRegistry {
             }
         }
         let (sae, reason) = try mesaSAE(model: model, settings: h.mesa, site: Site(layer: h.layer, kind: .mlpOut), state: state)
-        return try RomeEditor(model: model, hparams: h, templates: templates, statistics: stats, sae: sae, fallbackReason: reason)
+        let editor = try RomeEditor(model: model, hparams: h, templates: templates, statistics: stats, sae: sae, fallbackReason: reason)
+        if h.neighbourProtection != nil {
+            guard let records = anchorRecords else {
+                throw SetupError("neighbour protection (neighbours) needs CounterFact tuning records for its candidate subjects (the data directory)")
+            }
+            editor.neighbourCandidates = try CounterFact.load(path: records.path).records.map(\.subject)
+        }
+        return editor
     }
 
     /// The SAE `settings` names, checked against the edit site. A missing, corrupt or mismatched SAE is

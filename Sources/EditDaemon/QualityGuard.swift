@@ -29,10 +29,17 @@ public struct CanarySet: Codable, Sendable, Equatable {
         self.source = source
     }
 
+    /// The longest fact prompt (in tokens, BOS included) the default canary set takes: the guard's pass
+    /// costs in proportion to its tokens and the facts are most of them, so short prompts buy the same
+    /// number of facts for about two thirds of the time (known_1000's prompts run 4–20 tokens).
+    public static let defaultMaxPromptTokens = 9
+
     /// Builds the default canary set: facts from ROME's known facts (`known_1000.json`: prompt and
-    /// attribute), shuffled with `seed`, kept when the model answers them, up to `count`; and the
-    /// first `tokens` tokens of WikiText-2 (`tokens.valid.txt`).
-    public static func build(model: LanguageModel, knownFacts: URL, wikitext: URL, count: Int, tokens: Int, seed: UInt64) throws -> CanarySet {
+    /// attribute), shuffled with `seed`, kept when their prompt has at most `maxPromptTokens` tokens
+    /// (0: any) and the model answers them, up to `count`; and the first `tokens` tokens of
+    /// WikiText-2 (`tokens.valid.txt`).
+    public static func build(model: LanguageModel, knownFacts: URL, wikitext: URL, count: Int, tokens: Int, seed: UInt64,
+                             maxPromptTokens: Int = defaultMaxPromptTokens) throws -> CanarySet {
         guard let data = FileManager.default.contents(atPath: knownFacts.path),
               let rows = (try? JSONSerialization.jsonObject(with: data)) as? [[String: Any]] else {
             throw SetupError("cannot read the known facts \(knownFacts.path) (a JSON list of {prompt, attribute})")
@@ -40,8 +47,10 @@ public struct CanarySet: Codable, Sendable, Equatable {
         var order = Array(rows.indices)
         var rng = SplitMix64(seed: seed)
         for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+        let tok = EditTokenizer(model: model)
         let candidates = order.compactMap { i -> Fact? in
             guard let prompt = rows[i]["prompt"] as? String, let answer = rows[i]["attribute"] as? String else { return nil }
+            guard maxPromptTokens <= 0 || tok.prompt(prompt).count <= maxPromptTokens else { return nil }
             return Fact(prompt: prompt, answer: answer)
         }
         // In chunks of packed passes, until `count` facts are answered.
@@ -88,6 +97,8 @@ public final class QualityGuard: @unchecked Sendable {
     let text: [Int32]
     /// Tokens whose perplexity is measured.
     public var perplexityTokens: Int { max(0, text.count - 1) }
+    /// Tokens in one canary pass (every fact's prompt and the text): what its cost is proportional to.
+    public var passTokens: Int { facts.reduce(0) { $0 + $1.prompt.count } + (text.count >= 2 ? text.count : 0) }
     /// The base model's figures.
     public let base: CanaryFigures
     public let maxAccuracyDrop: Double
@@ -252,7 +263,7 @@ extension QualityGuard {
                                     maxPerplexityRise: c.guardMaxPerplexityRise)
         }
         let dir = EditState(directory: c.stateDirectory(paths), baseHash: model.weightHash).root
-        let url = dir.appendingPathComponent("canary-\(c.guardFacts)-\(c.guardPerplexityTokens).json")
+        let url = dir.appendingPathComponent("canary-\(c.guardFacts)-\(c.guardPerplexityTokens)-p\(CanarySet.defaultMaxPromptTokens).json")
         if let data = FileManager.default.contents(atPath: url.path), let stored = try? JSONDecoder().decode(CanarySet.self, from: data) {
             canary = stored
         } else {

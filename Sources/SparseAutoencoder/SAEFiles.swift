@@ -14,6 +14,7 @@ extension SparseAutoencoder {
     /// SAE with the global θ as per-latent `threshold`, as SAELens does. Files are written under
     /// temporary names and renamed, the config last, so a reader never sees a half-written SAE.
     public func save(to directory: URL) throws {
+        guard topK == nil else { throw SAEError(.settings, "a per-token TopK SAE (sparsify) has no JumpReLU form to save; it is read in place") }
         let fm = FileManager.default
         do { try fm.createDirectory(at: directory, withIntermediateDirectories: true) } catch {
             throw SAEError(.io, "cannot create \(directory.path): \(error)")
@@ -68,15 +69,17 @@ extension SparseAutoencoder {
         } catch let e as SAEError { throw e } catch { throw SAEError(.io, "cannot write \(cfgURL.path): \(error)") }
     }
 
-    /// Loads an SAE directory in either layout (SAELens if it has `cfg.json`, dictionary_learning if it
-    /// has `config.json` and `ae.safetensors`). `site` is needed only when a dictionary_learning config
-    /// does not say which site it reads.
+    /// Loads an SAE directory in any of three layouts: EleutherAI's sparsify if it has `sae.safetensors`
+    /// (with `cfg.json`), SAELens if it has `cfg.json`, dictionary_learning if it has `config.json` and
+    /// `ae.safetensors`. `site` is needed only when the files do not say which site the SAE reads
+    /// (a dictionary_learning config without it; a sparsify directory not named after its hookpoint).
     public static func load(from directory: URL, site: Site? = nil) throws -> SparseAutoencoder {
         let fm = FileManager.default
         var isDir: ObjCBool = false
         guard fm.fileExists(atPath: directory.path, isDirectory: &isDir), isDir.boolValue else {
             throw SAEError(.io, "no SAE directory at \(directory.path)")
         }
+        if fm.fileExists(atPath: directory.appendingPathComponent(sparsifyWeightsFile).path) { return try loadSparsify(directory, site: site) }
         if fm.fileExists(atPath: directory.appendingPathComponent(configFile).path) { return try loadSAELens(directory) }
         if fm.fileExists(atPath: directory.appendingPathComponent("config.json").path) { return try loadDictionaryLearning(directory, site: site) }
         throw SAEError(.missing, "\(directory.path) has neither cfg.json (SAELens) nor config.json (dictionary_learning)")
@@ -164,6 +167,54 @@ extension SparseAutoencoder {
         if FileManager.default.fileExists(atPath: sparsity.path) {
             sae.logSparsity = try tensor(try openTensors(sparsity), "sparsity", shape: [F])
         }
+        return sae
+    }
+
+    /// The weights file of EleutherAI's sparsify layout.
+    static let sparsifyWeightsFile = "sae.safetensors"
+
+    /// The site a sparsify hookpoint names (the SAE's directory name): `layers.N` is the residual stream
+    /// after block N, `layers.N.mlp` the MLP's output; an optional `model.` or `gpt_neox.` prefix.
+    static func site(sparsifyHookpoint name: String) -> Site? {
+        var parts = name.split(separator: ".").map(String.init)
+        if parts.first == "model" || parts.first == "gpt_neox" || parts.first == "transformer" { parts.removeFirst() }
+        guard parts.count >= 2, parts[0] == "layers" || parts[0] == "h", let layer = Int(parts[1]) else { return nil }
+        switch parts.dropFirst(2).joined(separator: ".") {
+        case "": return Site(layer: layer, kind: .residOut)
+        case "mlp": return Site(layer: layer, kind: .mlpOut)
+        default: return nil
+        }
+    }
+
+    /// EleutherAI's sparsify TopK SAE: `cfg.json` (`d_in`, `num_latents` or `expansion_factor`, `k`)
+    /// and `sae.safetensors` with encoder.weight [F, D], encoder.bias [F], W_dec [F, D], b_dec [D].
+    /// Its encoder sees x − b_dec, as SAELens' does; a skip connection or a transcoder is not an SAE of
+    /// one site and is refused.
+    static func loadSparsify(_ directory: URL, site given: Site?) throws -> SparseAutoencoder {
+        let cfgURL = directory.appendingPathComponent(configFile)
+        let cfg = try readJSON(cfgURL)
+        guard let D = intValue(cfg["d_in"]), D > 0 else { throw SAEError(.missing, "\(cfgURL.path) lacks a positive d_in") }
+        let latents = intValue(cfg["num_latents"]) ?? 0
+        let F = latents > 0 ? latents : D * (intValue(cfg["expansion_factor"]) ?? 0)
+        guard F > 0 else { throw SAEError(.missing, "\(cfgURL.path) gives neither num_latents nor expansion_factor") }
+        guard let k = intValue(cfg["k"]), k > 0, k <= F else { throw SAEError(.missing, "\(cfgURL.path) lacks k in 1...\(F)") }
+        if cfg["skip_connection"] as? Bool == true { throw SAEError(.settings, "\(directory.path): an SAE with a skip connection is not supported") }
+        if cfg["transcode"] as? Bool == true { throw SAEError(.settings, "\(directory.path) is a transcoder, not an SAE of one site") }
+        if let activation = cfg["activation"] as? String, activation != "topk" {
+            throw SAEError(.settings, "\(directory.path): activation \(activation) is not supported (topk)")
+        }
+        guard let site = given ?? Self.site(sparsifyHookpoint: directory.lastPathComponent) else {
+            throw SAEError(.missing, "\(directory.path): the directory name is not a hookpoint mesa knows (layers.N, layers.N.mlp); pass the site explicitly")
+        }
+        let file = try openTensors(directory.appendingPathComponent(sparsifyWeightsFile))
+        let encoder = try tensor(file, "encoder.weight", shape: [F, D])
+        let bEnc = try tensor(file, "encoder.bias", shape: [F])
+        let decoder = try tensor(file, "W_dec", shape: [F, D])
+        let bDec = try tensor(file, "b_dec", shape: [D])
+        let metadata = SAEMetadata(modelName: "", modelHash: nil, site: site, contextSize: 0, prependBos: false)
+        let sae = try SparseAutoencoder(dIn: D, width: F, encoder: encoder, encoderBias: bEnc, decoder: decoder, decoderBias: bDec,
+                                        threshold: [Float](repeating: 0, count: F), k: k, metadata: metadata, topK: k)
+        sae.training["source"] = .string("sparsify")
         return sae
     }
 

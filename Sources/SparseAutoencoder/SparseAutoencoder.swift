@@ -99,10 +99,14 @@ public final class SparseAutoencoder: @unchecked Sendable {
     public var training: [String: JSONScalar] = [:]
     /// log10 firing frequency of each latent on the training tokens ([F]), if known (SAELens' sparsity.safetensors).
     public var logSparsity: [Float]?
+    /// A TopK SAE (EleutherAI's sparsify): each token keeps its `topK` largest ReLU pre-activations
+    /// instead of those above θ (the threshold is unused).
+    public let topK: Int?
 
     public init(dIn: Int, width: Int, encoder: [Float], encoderBias: [Float], decoder: [Float], decoderBias: [Float],
-                threshold: [Float], k: Int?, metadata: SAEMetadata) throws {
+                threshold: [Float], k: Int?, metadata: SAEMetadata, topK: Int? = nil) throws {
         guard dIn > 0, width > 0 else { throw SAEError(.shape, "an SAE needs positive dimensions (d_in \(dIn), d_sae \(width))") }
+        if let topK, !(1...width).contains(topK) { throw SAEError(.settings, "a TopK SAE needs 1 ≤ k ≤ d_sae (k \(topK), d_sae \(width))") }
         func check(_ name: String, _ a: [Float], _ n: Int) throws {
             guard a.count == n else { throw SAEError(.shape, "\(name) has \(a.count) values, expected \(n) (d_in \(dIn), d_sae \(width))") }
             guard a.allSatisfy(\.isFinite) else { throw SAEError(.corrupt, "\(name) holds non-finite values") }
@@ -121,6 +125,7 @@ public final class SparseAutoencoder: @unchecked Sendable {
         self.threshold = threshold
         self.k = k
         self.metadata = metadata
+        self.topK = topK
     }
 
     /// Pre-activations (x − b_dec)·W_encᵀ + b_enc for `rows` inputs: x [rows, D] → [rows, F].
@@ -141,11 +146,20 @@ public final class SparseAutoencoder: @unchecked Sendable {
         return pre
     }
 
-    /// f = JumpReLU_θ(pre) for x [rows, D] → [rows, F].
+    /// f = JumpReLU_θ(pre) for x [rows, D] → [rows, F]; for a TopK SAE, the k largest positive
+    /// pre-activations of each row (ties to the lower index), the rest 0.
     public func encode(_ x: [Float], rows: Int) -> [Float] {
         precondition(x.count == rows * dIn)
         var f = x.withUnsafeBufferPointer { preActivations($0.baseAddress!, rows: rows) }
         let F = width
+        if let k = topK {
+            for r in 0..<rows {
+                let row = r * F
+                let kept = Set((0..<F).sorted { f[row + $0] > f[row + $1] || (f[row + $0] == f[row + $1] && $0 < $1) }.prefix(k))
+                for j in 0..<F where !kept.contains(j) || !(f[row + j] > 0) { f[row + j] = 0 }
+            }
+            return f
+        }
         for r in 0..<rows {
             for j in 0..<F where !(f[r * F + j] > max(threshold[j], 0)) { f[r * F + j] = 0 }
         }

@@ -31,3 +31,44 @@ extension BLAS {
         FileHandle.standardError.write(Data("warning: could not re-exec to set OPENBLAS_CORETYPE (\(String(cString: strerror(errno)))); continuing with \(current ?? "auto")\n".utf8))
     }
 }
+
+/// What /proc/cpuinfo says about the CPU the process runs on.
+public struct CPUInfo: Sendable {
+    /// The model name (e.g. "AMD EPYC 9B14").
+    public var model: String
+    /// Whether the CPU has AVX-512F (then OpenBLAS's AVX-512 kernels, SkylakeX or Cooperlake, are the fast ones).
+    public var hasAVX512: Bool
+
+    public init(model: String, hasAVX512: Bool) {
+        self.model = model
+        self.hasAVX512 = hasAVX512
+    }
+
+    /// The first processor's entry; "unknown" and false where /proc/cpuinfo cannot be read.
+    public static let current: CPUInfo = {
+        guard let s = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return CPUInfo(model: "unknown", hasAVX512: false) }
+        var model = "unknown", avx512 = false
+        for line in s.split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard parts.count == 2 else { continue }
+            if parts[0] == "model name", model == "unknown" { model = parts[1] }
+            if parts[0] == "flags" { avx512 = parts[1].split(separator: " ").contains("avx512f"); break }
+        }
+        return CPUInfo(model: model, hasAVX512: avx512)
+    }()
+}
+
+extension BLAS {
+    /// OpenBLAS kernel families built on AVX-512.
+    static let avx512Cores: Set<String> = ["skylakex", "cooperlake", "sapphirerapids"]
+
+    /// A warning when the active OpenBLAS kernels are slower than the CPU allows: an AVX-512 CPU running
+    /// another family (a preset `OPENBLAS_CORETYPE` or `MESA_BLAS_CORETYPE` such as Haswell runs AVX2
+    /// kernels at about half the rate). Nil when the kernels fit the CPU.
+    public static func kernelWarning(cpu: CPUInfo = .current) -> String? {
+        let core = configuration.coreName
+        guard cpu.hasAVX512, !avx512Cores.contains(core.lowercased()) else { return nil }
+        return "OpenBLAS runs \(core) kernels on an AVX-512 CPU (\(cpu.model)): matrix products run at about half the rate this machine allows; "
+            + "unset OPENBLAS_CORETYPE and set MESA_BLAS_CORETYPE=auto (or a core such as Cooperlake)"
+    }
+}

@@ -15,10 +15,13 @@ struct MesaBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mesa-bench",
         abstract: "mesa benchmarks: numbers printed and written to a results file, compared with a reference in the same run.",
-        subcommands: [Forward.self, RomeBench.self, DaemonBench.self, RollbackBench.self, MesaCostBench.self, SAETrainBench.self, MemitBench.self, GuardBench.self])
+        subcommands: [Forward.self, RomeBench.self, DaemonBench.self, RollbackBench.self, MesaCostBench.self, SAETrainBench.self, MemitBench.self, GuardBench.self, HarvestBench.self])
 
     static func main() {
         BLAS.selectCoreType()
+        if let warning = BLAS.kernelWarning() {
+            FileHandle.standardError.write(Data("\n*** WARNING: \(warning). Numbers measured now are not this machine's. ***\n\n".utf8))
+        }
         do {
             var command = try parseAsRoot()
             MesaLogging.bootstrap()
@@ -145,10 +148,8 @@ struct Forward: ParsableCommand {
                 print(String(format: "ratio  prefill %.2f× PyTorch eager (all logits), %.2f× (last logits only); decode %.2f×", rp, rl, rd))
             }
         }
-        try FileManager.default.createDirectory(atPath: (out as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         result["date"] = ISO8601DateFormatter().string(from: Date())
-        try JSONSerialization.data(withJSONObject: result, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: out))
-        print("wrote \(out)")
+        try writeResults(result, to: out)
     }
 
     /// Runs ops/reference/bench_forward.py with the same token ids and threads; nil if the reference environment is absent.

@@ -19,10 +19,23 @@ func summary(_ xs: [Double]) -> [String: Double] {
     ["p50_ms": percentile(xs, 50) * 1e3, "p99_ms": percentile(xs, 99) * 1e3, "max_ms": (xs.max() ?? .nan) * 1e3, "count": Double(xs.count)]
 }
 
+/// Writes a benchmark's results with the machine they were measured on (`machine`: CPU model, BLAS
+/// kernels and threads, and the slow-kernel warning when there is one).
 func writeResults(_ doc: [String: Any], to path: String) throws {
+    var doc = doc
+    doc["machine"] = machineInfo()
     try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
     try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: path))
     print("wrote \(path)")
+}
+
+/// The CPU and BLAS configuration every result file records.
+func machineInfo() -> [String: Any] {
+    let b = BLAS.configuration
+    var m: [String: Any] = ["cpu": CPUInfo.current.model, "avx512": CPUInfo.current.hasAVX512, "blas_core": b.coreName,
+                            "blas_threads": b.threads, "blas_build": b.build, "cores": ProcessInfo.processInfo.activeProcessorCount]
+    if let w = BLAS.kernelWarning() { m["blas_warning"] = w }
+    return m
 }
 
 /// The daemon's own cost per event: everything but the edit math (decode, validate, dedupe, hashing,

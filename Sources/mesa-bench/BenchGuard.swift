@@ -22,7 +22,8 @@ struct GuardBench: ParsableCommand {
     @Option(help: "Hyperparameter file (default: deploy/hparams/<method>/SmolLM2-135M-Instruct.json).") var hparams: String?
     @Option(help: "CounterFact records edited for the median edit time.") var edits = 5
     @Option(help: "Data directory (known facts, WikiText-2, CounterFact).") var data = "../shared/data"
-    @Option(parsing: .upToNextOption, help: "Canary sizes to time, as facts:tokens.") var sizes = ["100:256", "50:128", "32:128", "32:64"]
+    @Option(parsing: .upToNextOption, help: "Canary sizes to time, as facts:tokens[:longest fact prompt in tokens, 0 for any; default \(CanarySet.defaultMaxPromptTokens)].")
+    var sizes = ["32:64:0", "32:64", "24:64", "16:64"]
     @Option(help: "Results file (JSON).") var out = "ops/bench/results/guard.json"
 
     func run() throws {
@@ -43,10 +44,10 @@ struct GuardBench: ParsableCommand {
         var guards: [(String, QualityGuard, QualityGuard)] = []
         for s in sizes {
             let p = s.split(separator: ":").compactMap { Int($0) }
-            guard p.count == 2 else { throw ValidationError("size \(s) is not facts:tokens") }
+            guard p.count == 2 || p.count == 3 else { throw ValidationError("size \(s) is not facts:tokens[:longest prompt]") }
             let canary = try CanarySet.build(model: lm, knownFacts: dataDir.appendingPathComponent("counterfact/known_1000.json"),
                                              wikitext: dataDir.appendingPathComponent("corpus/wikitext-2/tokens.valid.txt"),
-                                             count: p[0], tokens: p[1], seed: 0)
+                                             count: p[0], tokens: p[1], seed: 0, maxPromptTokens: p.count == 3 ? p[2] : CanarySet.defaultMaxPromptTokens)
             let resumed = try QualityGuard(model: lm, canary: canary, perplexityTokens: p[1], maxAccuracyDrop: 2, maxPerplexityRise: 0.03)
             resumed.startLayer = firstLayer
             _ = try resumed.measure(lm)
@@ -83,10 +84,10 @@ struct GuardBench: ParsableCommand {
         var rows: [[String: Any]] = []
         for (s, g, _) in guards {
             let t = median(resumedTimes[s] ?? []), f = median(fullTimes[s] ?? [])
-            print(String(format: "canary %@ (%d facts, %d tokens): %.3f s = %.1f%% of the median edit (from the embeddings: %.3f s = %.1f%%)", s,
-                         g.canary.facts.count, g.perplexityTokens, t, 100 * t / edit, f, 100 * f / edit))
-            rows.append(["size": s, "facts": g.canary.facts.count, "tokens": g.perplexityTokens, "seconds": t, "ratio_to_edit": t / edit,
-                         "from_embeddings_seconds": f, "from_embeddings_ratio_to_edit": f / edit])
+            print(String(format: "canary %@ (%d facts, %d perplexity tokens, %d tokens per pass): %.3f s = %.1f%% of the median edit (from the embeddings: %.3f s = %.1f%%)", s,
+                         g.canary.facts.count, g.perplexityTokens, g.passTokens, t, 100 * t / edit, f, 100 * f / edit))
+            rows.append(["size": s, "facts": g.canary.facts.count, "tokens": g.perplexityTokens, "pass_tokens": g.passTokens, "seconds": t,
+                         "ratio_to_edit": t / edit, "from_embeddings_seconds": f, "from_embeddings_ratio_to_edit": f / edit])
         }
         print("resumed and full passes give the same figures: \(agree ? "yes" : "NO")")
         let ref = median(refTimes)
@@ -96,7 +97,6 @@ struct GuardBench: ParsableCommand {
         try writeResults(["method": editor.method, "edit_median_seconds": edit, "edits": records.count, "blas_core": c.coreName,
                           "blas_threads": c.threads, "start_layer": firstLayer, "canary": rows, "target_ratio": 0.10, "resumed_figures_agree": agree,
                           "reference_separate_passes": ["size": refSize, "seconds": ref, "ratio_to_edit": ref / edit, "figures_agree": refAgree]], to: out)
-        print("wrote \(out)")
     }
 
     /// The canary figures from one forward pass per fact and one teacher-forced pass over the text.

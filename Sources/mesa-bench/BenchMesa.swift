@@ -72,8 +72,7 @@ struct MesaCostBench: ParsableCommand {
             "blas": BLAS.configuration.description, "command": CommandLine.arguments.joined(separator: " "),
             "created": ISO8601DateFormatter().string(from: Date()),
         ]
-        try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: out))
-        print("wrote \(out)")
+        try writeResults(doc, to: out)
     }
 }
 
@@ -126,8 +125,7 @@ struct SAETrainBench: ParsableCommand {
             doc["reference"] = ref
             doc["ratio"] = mesaRate / rate
         }
-        try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: out))
-        print("wrote \(out)")
+        try writeResults(doc, to: out)
     }
 }
 
@@ -312,8 +310,7 @@ struct MemitBench: ParsableCommand {
             }
         }
         let dest = out ?? "ops/bench/results/\(method).json"
-        try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: dest))
-        print("wrote \(dest)")
+        try writeResults(doc, to: dest)
     }
 }
 

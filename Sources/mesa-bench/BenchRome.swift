@@ -123,10 +123,8 @@ struct RomeBench: ParsableCommand {
                          (ref["peak_rss_mib"] as? Double) ?? .nan, (ref["torch"] as? String) ?? "?"))
             print(String(format: "ratio  one ROME edit: mesa is %.2f× faster than PyTorch (v* phase %.2f×)", ratio, ratios["v_star"] ?? .nan))
         }
-        try FileManager.default.createDirectory(atPath: (out as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         result["date"] = ISO8601DateFormatter().string(from: Date())
-        try JSONSerialization.data(withJSONObject: result, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: out))
-        print("wrote \(out)")
+        try writeResults(result, to: out)
     }
 
     /// Writes the job (token ids, hyperparameters, the covariance as used) and runs rome_reference.py.

@@ -84,6 +84,8 @@ struct Edit: ParsableCommand {
                 if let genBefore, let genAfter { out["generation_before"] = genBefore; out["generation_after"] = genAfter }
                 if let c = result.coverage { out["sae_coverage"] = ["coverage": c.coverage, "outside": c.outside, "change_norm": c.changeNorm] }
                 if let n = result.deltaFeatures { out["delta_features"] = n }
+                if let r = result.writtenToDelta { out["written_to_delta_norm"] = r }
+                if let c = result.keyGramCondition { out["key_gram_condition"] = c }
                 let data = try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys])
                 print(String(decoding: data, as: UTF8.self))
                 return
@@ -94,6 +96,9 @@ struct Edit: ParsableCommand {
                          result.losses.first?.total ?? .nan, result.losses.last?.total ?? .nan, result.phases["closed_form"] ?? 0))
             print(String(format: "  ‖δ‖ %.3f (‖v_init‖ %.3f), uᵀk* %.4f, bare-prompt gain uᵀk/uᵀk* %.3f", result.deltaNorm,
                          result.valueInitNorm, result.denominator, result.keyGains.first ?? .nan))
+            if let r = result.writtenToDelta, let c = result.keyGramCondition {
+                print(String(format: "  MESA: ‖written change‖/‖δ‖ %.3f, rank %d written, key Gram matrix condition %.3g", r, result.applied.rank, c))
+            }
             print(String(format: "  P(%@ | prompt): %.4f → %.4f", targetNew, exp(-preNew), exp(-postNew)))
             if let pre, let post {
                 func row(_ name: String, _ a: Double, _ b: Double) { print(String(format: "  %@ %8.3f → %8.3f", name, a, b)) }

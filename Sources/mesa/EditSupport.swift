@@ -29,6 +29,9 @@ struct EditOptions: ParsableArguments {
     @Option(name: .long, help: "MESA: weight of the L1 penalty on the δ features (default: the file's, else 1e-4).")
     var mesaL1: Float?
 
+    @Option(name: .long, help: "MESA: how the refined change is formed and written: neutral (one change, written as the method's own update; the default) or per_prompt (the slide's per-prompt changes, written exactly).")
+    var mesaVariant: MesaVariant?
+
     static func modelName(_ path: String) -> String { Installation.modelName(path) }
 
     func hparamsURL(method: EditMethod, modelPath: String) throws -> URL {
@@ -52,9 +55,9 @@ struct EditOptions: ParsableArguments {
         return h
     }
 
-    /// The file's "mesa" block with --mesa / --mesa-l1 on top, or none with --no-mesa.
+    /// The file's "mesa" block with --mesa / --mesa-l1 / --mesa-variant on top, or none with --no-mesa.
     func mesa(over file: MesaHyperparameters?) -> MesaHyperparameters? {
-        noMesa ? nil : .overriding(file, sae: mesa, l1: mesaL1, fallback: nil)
+        noMesa ? nil : .overriding(file, sae: mesa, l1: mesaL1, fallback: nil, variant: mesaVariant)
     }
 
     var corpusPath: String { corpus ?? paths.corpus }
@@ -107,3 +110,4 @@ func makeEditor(_ method: EditMethod, model: LanguageModel, modelPath: String, o
     let h = try options.hyperparameters(method, modelPath: modelPath)
     return try withInteractiveSetup(options) { try $0.editor(model: model, hparams: h) }
 }
+extension MesaVariant: ExpressibleByArgument {}

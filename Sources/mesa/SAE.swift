@@ -38,7 +38,7 @@ struct SAETrain: ParsableCommand, LoggingCommand {
     @OptionGroup var logOptions: LogOptions
     @OptionGroup var editOptions: EditOptions
 
-    @Option(name: .long, help: "Activation site: mlp_out, resid_out, resid_in.") var site: String = "mlp_out"
+    @Option(name: .long, help: "Activation site: mlp_out, mlp_key (the down projection's input), resid_out, resid_in.") var site: String = "mlp_out"
     @Option(name: .long, help: "Latents (d_sae).") var width: Int = 4608
     @Option(name: .long, help: "Mean active latents per token (BatchTopK k).") var k: Int = 32
     @Option(name: .long, help: "Training tokens (rows seen; the cache is reused in shuffled epochs when smaller).") var tokens: Int = 2_000_000
@@ -57,7 +57,7 @@ struct SAETrain: ParsableCommand, LoggingCommand {
 
     func run() throws {
         try reportingErrors {
-            guard let kind = SiteKind(rawValue: site), kind != .mlpKey else { throw fail("--site must be mlp_out, resid_out or resid_in") }
+            guard let kind = SiteKind(rawValue: site) else { throw fail("--site must be mlp_out, mlp_key, resid_out or resid_in") }
             let wanted = Array(Set(layers + (editOptions.layer.map { [$0] } ?? []))).sorted()
             guard !wanted.isEmpty else { throw fail("give --layer L (or --layers L1 L2 …)") }
             guard wanted.count == 1 || (out == nil && name == nil) else { throw fail("--out and --name name one SAE; use them with a single layer") }
@@ -89,7 +89,7 @@ struct SAETrain: ParsableCommand, LoggingCommand {
                     model: model, specs: missing, articleCount: max(0, corpus.count - heldOutArticles), article: corpus.article,
                     to: missing.map { state.activationCacheURL($0) },
                     progress: { rows, _ in bar.update(rows, target, unit: "tok", seconds: Date().timeIntervalSince(t0)) },
-                    shouldStop: { stop.raised }) else { bar.finish(); throw fail("interrupted") }
+                    shouldStop: { stop.raised }) else { bar.finish(); throw fail("interrupted; the same command resumes the harvest") }
                 bar.finish()
                 harvestSeconds = Date().timeIntervalSince(t0)
                 for c in got { caches[c.spec.site.layer] = c }

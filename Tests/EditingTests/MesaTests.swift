@@ -60,22 +60,98 @@ import Testing
         }
     }
 
-    static func editor(_ m: LanguageModel, sae: SparseAutoencoder?, averaging: RomeHyperparameters.KeyAveraging) throws -> RomeEditor {
+    static func editor(_ m: LanguageModel, sae: SparseAutoencoder?, averaging: RomeHyperparameters.KeyAveraging,
+                       variant: MesaVariant = .neutral, clamp: Float? = nil) throws -> RomeEditor {
         var h = RomeHyperparameters(layer: 1)
         h.mom2Adjustment = false
         h.vNumGradSteps = 12
         h.keyAveraging = averaging
-        if sae != nil { h.mesa = MesaHyperparameters(sae: "test", l1: 0) }
+        if let clamp { h.clampNormFactor = clamp }
+        if sae != nil { h.mesa = MesaHyperparameters(sae: "test", l1: 0, variant: variant) }
         let templates = try ContextTemplates.generate(model: m, groups: [.init(length: 4, count: 2)], seed: 3)
         return try RomeEditor(model: m, hparams: h, templates: templates, statistics: nil, sae: sae)
     }
 
-    /// The vectors written are the ones the optimization evaluated: ΔW k_i = Δ_i for every rewrite prompt.
+    /// The shared refinement's gradient, with a gradient on the shared change itself (the neutral
+    /// variant's weight decay), matches finite differences.
+    @Test func sharedGradientMatchesFiniteDifferences() throws {
+        let d = 8, f = 20, n = 3
+        let sae = try Self.alwaysOnSAE(d: d, f: f, site: Site(layer: 1, kind: .mlpOut))
+        var rng = Xoshiro256(seed: 5)
+        func r() -> Float { Float(Int(rng.next() % 2001) - 1000) / 1000 }
+        let ref = SAERefinement(sae: sae, l1: 0.05, sharedActivation: (0..<d).map { _ in r() }, prompts: n)
+        let c = (0..<n).map { _ in (0..<d).map { _ in r() } }  // L = Σ_i c_i·Δ + e·Δ + l1‖g‖₁
+        let e = (0..<d).map { _ in r() }
+        func loss(_ delta: [Float]) -> Double {
+            let s = ref.evaluate(delta)
+            #expect(s.changes.count == n && s.changes.allSatisfy { $0 == s.changes[0] })
+            var v = Double(ref.l1) * s.l1Norm
+            for k in 0..<d { v += Double(e[k] * s.changes[0][k]); for i in 0..<n { v += Double(c[i][k] * s.changes[i][k]) } }
+            return v
+        }
+        let delta = (0..<d).map { _ in r() * 0.3 }
+        let g = ref.gradient(ref.evaluate(delta), changeGradients: c, shared: e)
+        for k in 0..<d {
+            var p = delta, m = delta
+            p[k] += 1e-2; m[k] -= 1e-2
+            let fd = (loss(p) - loss(m)) / 2e-2
+            #expect(abs(fd - Double(g[k])) < 2e-3 * max(1, abs(fd)), "component \(k): finite difference \(fd), gradient \(g[k])")
+        }
+    }
+
+    /// ΔW·k [rows] for a low-rank update.
+    static func deltaW(_ u: LowRankUpdate, _ k: [Float]) -> [Float] {
+        var rk = [Float](repeating: 0, count: u.rank)  // R k
+        for j in 0..<u.rank { for c in 0..<u.cols { rk[j] += u.right[j * u.cols + c] * k[c] } }
+        var out = [Float](repeating: 0, count: u.rows)  // L (R k)
+        for row in 0..<u.rows { for j in 0..<u.rank { out[row] += u.left[row * u.rank + j] * rk[j] } }
+        return out
+    }
+
+    /// The neutral variant writes the one change it optimized, as ROME's rank-one update: every rewrite
+    /// prompt's MLP output moves by that same change (equal gains under `each`), the clamp holds on it,
+    /// and the diagnostics are reported.
+    @Test func neutralVariantWritesTheChangeItOptimizedAsARankOneUpdate() throws {
+        let m = try TinyEditModel.load()
+        let site = Site(layer: 1, kind: .mlpOut)
+        let sae = try Self.alwaysOnSAE(d: m.config.hidden, f: 48, site: site)
+        let request = EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome", targetTrue: "is")
+        let editor = try Self.editor(m, sae: sae, averaging: .each, clamp: 0.5)
+        let r = try editor.computeUpdate(request)
+        #expect(r.refined && r.applied.rank == 1 && r.applied == r.update.lowRank)
+        let batch = try editor.batch(for: request)
+        let pass = try DeltaPass(model: m, site: site, prompts: batch.rewrite)
+        let delivered = pass.keys.map { Self.deltaW(r.applied, $0) }
+        for v in delivered.dropFirst() { #expect(Vector.maxAbsDifference(v, delivered[0]) < 1e-3 * max(1, Vector.norm(delivered[0]))) }
+        // The clamp acts on the written change: ‖Δ‖ ≤ 0.5·‖v_init‖.
+        #expect(Vector.norm(delivered[0]) <= 0.5 * r.valueInitNorm * 1.001, "‖Δ‖ \(Vector.norm(delivered[0])), limit \(0.5 * r.valueInitNorm)")
+        let ratio = try #require(r.writtenToDelta)
+        #expect(abs(Double(ratio) - Double(Vector.norm(delivered[0]) / r.deltaNorm)) < 1e-3 * Double(ratio))
+        let condition = try #require(r.keyGramCondition)
+        #expect(condition >= 1 && condition.isFinite)
+        // Plain ROME has no refinement diagnostics.
+        #expect(try Self.editor(m, sae: nil, averaging: .each).computeUpdate(request).writtenToDelta == nil)
+    }
+
+    /// Through a lossless SAE the neutral variant is ROME under either key averaging.
+    @Test func neutralVariantThroughALosslessSAEIsROMEUnderEachKeyAveraging() throws {
+        let m = try TinyEditModel.load()
+        let sae = try Self.losslessSAE(d: m.config.hidden, site: Site(layer: 1, kind: .mlpOut))
+        let request = EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome", targetTrue: "is")
+        let plain = try Self.editor(m, sae: nil, averaging: .each).computeUpdate(request)
+        let mesa = try Self.editor(m, sae: sae, averaging: .each).computeUpdate(request)
+        #expect(mesa.applied.rank == 1 && abs(mesa.deltaNorm - plain.deltaNorm) < 1e-3 * plain.deltaNorm)
+        #expect(Vector.maxAbsDifference(mesa.update.r, plain.update.r) < 2e-3 * Vector.norm(plain.update.r))
+        #expect(abs(try #require(mesa.writtenToDelta) - 1) < 1e-4)
+    }
+
+    /// The per-prompt variant: the vectors written are the ones the optimization evaluated, ΔW k_i = Δ_i
+    /// for every rewrite prompt.
     @Test func refinedUpdateDeliversEachPromptsRefinedChange() throws {
         let m = try TinyEditModel.load()
         let site = Site(layer: 1, kind: .mlpOut)
         let sae = try Self.alwaysOnSAE(d: m.config.hidden, f: 48, site: site)
-        let editor = try Self.editor(m, sae: sae, averaging: .each)
+        let editor = try Self.editor(m, sae: sae, averaging: .each, variant: .perPrompt)
         let request = EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome", targetTrue: "is")
         let hash = m.weightHash
         let r = try editor.computeUpdate(request)
@@ -87,14 +163,7 @@ import Testing
         // Applying ΔW changes each rewrite prompt's MLP output by exactly ΔW k_i.
         let pass = try DeltaPass(model: m, site: site, prompts: batch.rewrite)
         let u = r.applied
-        func deltaW(_ k: [Float]) -> [Float] {
-            var rk = [Float](repeating: 0, count: u.rank)  // R k
-            for j in 0..<u.rank { for c in 0..<u.cols { rk[j] += u.right[j * u.cols + c] * k[c] } }
-            var out = [Float](repeating: 0, count: u.rows)  // L (R k)
-            for row in 0..<u.rows { for j in 0..<u.rank { out[row] += u.left[row * u.rank + j] * rk[j] } }
-            return out
-        }
-        let delivered = pass.keys.map(deltaW)
+        let delivered = pass.keys.map { Self.deltaW(u, $0) }
         // All prompts get changes refined from one δ: they differ from each other only where f_i + g crosses 0.
         #expect(delivered.allSatisfy { Vector.norm($0) > 0 })
         let backup = try m.apply(u)

@@ -1,5 +1,6 @@
 import Contracts
 import EditDaemon
+import Editing
 import Foundation
 import Messaging
 import ModelRuntime
@@ -49,6 +50,21 @@ import Testing
         let afterLow = try full.measure(m)
         #expect(afterLow.perplexity != afterHigh.perplexity)
         #expect(try resumed.measure(m) == afterLow, "an edit below the start layer must refresh the cached residual")
+    }
+
+    /// The default canary set takes only facts whose prompt fits the cap (the pass costs per token), on
+    /// the default model and ROME's known facts.
+    @Test func defaultCanaryFactsHaveShortPrompts() throws {
+        let m = try ModelLoader.load(path: try TestPaths.defaultModel())
+        let data = TestPaths.sharedData
+        let canary = try CanarySet.build(model: m, knownFacts: data.appendingPathComponent("counterfact/known_1000.json"),
+                                         wikitext: data.appendingPathComponent("corpus/wikitext-2/tokens.valid.txt"), count: 12, tokens: 16, seed: 0)
+        let tok = EditTokenizer(model: m)
+        #expect(canary.facts.count == 12)
+        for f in canary.facts { #expect(tok.prompt(f.prompt).count <= CanarySet.defaultMaxPromptTokens, "\(f.prompt)") }
+        let guarded = try QualityGuard(model: m, canary: canary, perplexityTokens: 16, maxAccuracyDrop: 2, maxPerplexityRise: 0.03)
+        #expect(guarded.base.accuracy == 100)
+        #expect(guarded.passTokens <= 12 * CanarySet.defaultMaxPromptTokens + 17)
     }
 
     @Test func damagingEditsAreUndoneAndDeadLetteredAndTheStreamEndsAsIfTheyWereNeverSent() throws {

@@ -236,6 +236,74 @@ import Testing
     }
 }
 
+/// EleutherAI's sparsify layout (the public SmolLM2-135M SAEs), against the fixture written by
+/// ops/sae/make_sparsify_fixture.py (expected values computed there in float64).
+@Suite struct SparsifyLayoutTests {
+    static let fixture = TestPaths.fixture("sparsify-topk")
+
+    @Test func topKSAEReproducesTheFixturesLatentsAndReconstructions() throws {
+        let sae = try SparseAutoencoder.load(from: Self.fixture.appendingPathComponent("layers.1.mlp"))
+        let data = try Data(contentsOf: Self.fixture.appendingPathComponent("expected.json"))
+        let expected = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let cases = try #require(expected["cases"] as? [[String: [Double]]])
+        #expect(sae.dIn == 8 && sae.width == 24 && sae.topK == 3 && sae.k == 3)
+        #expect(sae.metadata.site == Site(layer: 1, kind: .mlpOut))
+        for c in cases {
+            let x = c["x"]!.map(Float.init)
+            let f = sae.encode(x, rows: 1)
+            #expect(f.filter { $0 != 0 }.count <= 3)
+            for (got, want) in zip(f, c["latents"]!) { #expect(abs(Double(got) - want) <= 1e-5 * max(1, abs(want))) }
+            let xHat = sae.decode(f, rows: 1)
+            for (got, want) in zip(xHat, c["reconstruction"]!) { #expect(abs(Double(got) - want) <= 1e-5 * max(1, abs(want))) }
+        }
+        // Read in place, not rewritten as JumpReLU (which would lose the per-token top k).
+        let dir = try TestPaths.temporaryDirectory("sparsify-save")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        #expect(throws: SAEError.self) { try sae.save(to: dir) }
+    }
+
+    /// Copies the fixture's SAE into a directory named `name`, with `edit` applied to its cfg.json.
+    static func copy(named name: String, in dir: URL, edit: (inout [String: Any]) -> Void = { _ in }) throws -> URL {
+        let target = dir.appendingPathComponent(name)
+        try FileManager.default.createDirectory(at: target, withIntermediateDirectories: true)
+        let source = fixture.appendingPathComponent("layers.1.mlp")
+        try FileManager.default.copyItem(at: source.appendingPathComponent("sae.safetensors"), to: target.appendingPathComponent("sae.safetensors"))
+        var cfg = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: source.appendingPathComponent("cfg.json"))) as? [String: Any])
+        edit(&cfg)
+        try JSONSerialization.data(withJSONObject: cfg).write(to: target.appendingPathComponent("cfg.json"))
+        return target
+    }
+
+    @Test func hookpointsNameTheSiteAndBadFilesGetClearErrors() throws {
+        let dir = try TestPaths.temporaryDirectory("sparsify-bad")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        #expect(try SparseAutoencoder.load(from: Self.copy(named: "layers.4", in: dir)).metadata.site == Site(layer: 4, kind: .residOut))
+        #expect(try SparseAutoencoder.load(from: Self.copy(named: "model.layers.2.mlp", in: dir)).metadata.site == Site(layer: 2, kind: .mlpOut))
+        // A directory that names no hookpoint needs the site from the caller.
+        let anonymous = try Self.copy(named: "my-sae", in: dir)
+        #expect(throws: SAEError.self) { _ = try SparseAutoencoder.load(from: anonymous) }
+        #expect(try SparseAutoencoder.load(from: anonymous, site: Site(layer: 3, kind: .mlpOut)).metadata.site.layer == 3)
+        let bad: [(String, (inout [String: Any]) -> Void)] = [
+            ("no-k", { $0["k"] = nil }),
+            ("k-too-large", { $0["k"] = 1000 }),
+            ("skip", { $0["skip_connection"] = true }),
+            ("transcoder", { $0["transcode"] = true }),
+            ("wrong-width", { $0["num_latents"] = 30 }),
+            ("no-d-in", { $0["d_in"] = nil }),
+        ]
+        for (name, edit) in bad {
+            let d = dir.appendingPathComponent(name)
+            let sae = try Self.copy(named: "layers.1.mlp", in: d, edit: edit)
+            #expect(throws: SAEError.self, "\(name)") { _ = try SparseAutoencoder.load(from: sae) }
+        }
+        // A weights file cut short.
+        let cut = try Self.copy(named: "layers.1.mlp", in: dir.appendingPathComponent("cut"))
+        let weights = cut.appendingPathComponent("sae.safetensors")
+        try Data(try Data(contentsOf: weights).prefix(200)).write(to: weights)
+        #expect(throws: SAEError.self) { _ = try SparseAutoencoder.load(from: cut) }
+    }
+}
+
 @Suite struct ActivationCacheTests {
     @Test func harvestStoresSiteActivationsWithoutTheFirstPosition() throws {
         let dir = try TestPaths.temporaryDirectory("acts")
@@ -260,6 +328,60 @@ import Testing
         bytes[bytes.count - 3] ^= 0x40
         try bytes.write(to: url)
         #expect(throws: SAEError.self) { _ = try ActivationCache(url: url, verify: true) }
+    }
+
+    static let articles = ["Paris is a city in France and a capital.", "Rome is the capital of Italy, on the Tiber.",
+                           "Berlin lies on the Spree in the east of Germany.", "Madrid is the largest city of Spain by population.",
+                           "Vienna was the seat of the Habsburg monarchy for centuries."]
+
+    @Test func packedPassesGiveTheRowsOfOneArticleAtATime() throws {
+        let dir = try TestPaths.temporaryDirectory("acts-pack")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let m = try TinyModel.load()
+        let sites = [Site(layer: 1, kind: .mlpOut), Site(layer: 0, kind: .mlpKey)]
+        let specs = sites.map { ActivationSpec(modelHash: m.weightHash, site: $0, tokens: 40, sequenceLength: 12, seed: 0) }
+        let texts = Self.articles
+        let packed = try #require(try ActivationCache.harvest(model: m, specs: specs, articleCount: texts.count, article: { texts[$0] },
+                                                             to: sites.map { dir.appendingPathComponent("p-\($0).f16") }, packTokens: 64))
+        let single = try #require(try ActivationCache.harvest(model: m, specs: specs, articleCount: texts.count, article: { texts[$0] },
+                                                             to: sites.map { dir.appendingPathComponent("s-\($0).f16") }, packTokens: 1))
+        #expect(packed[1].dim == m.config.intermediate && packed[0].dim == m.config.hidden)
+        for (p, s) in zip(packed, single) {
+            #expect(p.rows == s.rows && p.rows == 40 && p.articles == s.articles)
+            var a = [Float](repeating: 0, count: p.rows * p.dim), b = a
+            a.withUnsafeMutableBufferPointer { p.read(rows: Array(0..<p.rows)[...], into: $0.baseAddress!) }
+            b.withUnsafeMutableBufferPointer { s.read(rows: Array(0..<s.rows)[...], into: $0.baseAddress!) }
+            // Half floats of the same activations; the packed pass's products may round differently.
+            for i in a.indices { #expect(abs(a[i] - b[i]) <= 2e-3 * max(1, abs(b[i]))) }
+        }
+    }
+
+    @Test func anInterruptedHarvestResumesWhereItStopped() throws {
+        let dir = try TestPaths.temporaryDirectory("acts-resume")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let m = try TinyModel.load()
+        let spec = ActivationSpec(modelHash: m.weightHash, site: Site(layer: 1, kind: .residOut), tokens: 45, sequenceLength: 12, seed: 0)
+        let texts = Self.articles
+        let whole = try #require(try ActivationCache.harvest(model: m, spec: spec, articleCount: texts.count, article: { texts[$0] },
+                                                            to: dir.appendingPathComponent("whole.f16"), packTokens: 24))
+        let url = dir.appendingPathComponent("resumed.f16")
+        var passes = 0
+        let stopped = try ActivationCache.harvest(model: m, spec: spec, articleCount: texts.count, article: { texts[$0] }, to: url,
+                                                  packTokens: 24, progress: { _, _ in passes += 1 }, shouldStop: { passes == 1 })
+        #expect(stopped == nil && !FileManager.default.fileExists(atPath: url.path))
+        // A pass that was cut short after the progress record (as by kill -9) leaves extra bytes: dropped on resume.
+        let tmp = try FileHandle(forWritingTo: url.appendingPathExtension("tmp"))
+        try tmp.seekToEnd()
+        tmp.write(Data(repeating: 0x7f, count: 1000))
+        try tmp.close()
+        var read: [Int] = []
+        let resumed = try #require(try ActivationCache.harvest(model: m, spec: spec, articleCount: texts.count,
+                                                              article: { read.append($0); return texts[$0] }, to: url, packTokens: 24))
+        #expect(read.first.map { $0 > 0 } == true)
+        #expect(resumed.rows == whole.rows && resumed.articles == whole.articles)
+        #expect(try Data(contentsOf: url).dropFirst(ActivationCache.headerBytes) == Data(contentsOf: whole.url).dropFirst(ActivationCache.headerBytes))
+        _ = try ActivationCache(url: url, verify: true)
+        #expect(!FileManager.default.fileExists(atPath: url.appendingPathExtension("progress").path))
     }
 
     @Test func splicingAnExactReconstructionRecoversAllLoss() throws {

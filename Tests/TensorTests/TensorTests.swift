@@ -49,6 +49,16 @@ private extension Array where Element == Int {
         } }
     }
 
+    /// An AVX-512 CPU running AVX2 kernels is called out; the fitting kernels and an AVX2 CPU are not.
+    @Test func slowKernelsOnAnAVX512CPUAreCalledOut() {
+        let core = BLAS.configuration.coreName
+        let avx512 = CPUInfo(model: "test CPU", hasAVX512: true), avx2 = CPUInfo(model: "test CPU", hasAVX512: false)
+        #expect(BLAS.kernelWarning(cpu: avx2) == nil)
+        let warning = BLAS.kernelWarning(cpu: avx512)
+        #expect((warning == nil) == ["SkylakeX", "Cooperlake", "SapphireRapids"].contains(core))
+        if let warning { #expect(warning.contains(core) && warning.contains("test CPU")) }
+    }
+
     @Test func configurationIsReported() {
         BLAS.setThreads(1)
         let c = BLAS.configuration

@@ -321,9 +321,10 @@ public final class MemitEditor: @unchecked Sendable {
         let pass = try DeltaPass(model: model, site: Site(layer: hparams.layers.last!, kind: .residOut), prompts: batch.rewrite + batch.kl)
         let hL = pass.residuals[0]
         let hNorm = try residualNorm(hL)
-        // With MESA every prompt sees its SAE-refined change; z takes the bare prompt's refined change,
-        // the vector the optimization evaluated there.
-        let refinement = mesaSetup.refinement(activations: pass.residuals)
+        // With MESA every prompt sees its SAE-refined change (`neutral`: one change from the rewrite
+        // prompts' mean residual); z takes the bare prompt's refined change, the vector the
+        // optimization evaluated there.
+        let refinement = mesaSetup.refinement(activations: pass.residuals, rewrite: batch.rewrite.count)
         let outcome = try zOptimization(hNorm: hNorm).run(pass: pass, batch: batch, refinement: refinement)
         return (hL, pass.mlpOutputs[0], outcome.changes?[0] ?? outcome.delta, outcome.losses)
     }

@@ -15,13 +15,18 @@ public struct MesaHyperparameters: Codable, Sendable, Equatable {
     /// When the SAE cannot be loaded: true edits without refinement (and says so in every result),
     /// false refuses to start; default false.
     public var fallback: Bool?
+    /// How the refined change is formed and written; default `neutral`.
+    public var variant: MesaVariant?
 
-    public init(sae: String, l1: Float? = nil, kl: Bool? = nil, fallback: Bool? = nil) {
+    public init(sae: String, l1: Float? = nil, kl: Bool? = nil, fallback: Bool? = nil, variant: MesaVariant? = nil) {
         self.sae = sae
         self.l1 = l1
         self.kl = kl
         self.fallback = fallback
+        self.variant = variant
     }
+
+    public var refinementVariant: MesaVariant { variant ?? .neutral }
 
     public var l1Weight: Float { l1 ?? 1e-4 }
     public var keepsKL: Bool { kl ?? true }
@@ -38,6 +43,23 @@ public struct MesaHyperparameters: Codable, Sendable, Equatable {
     }
 }
 
+/// How a MESA edit forms the change it writes.
+public enum MesaVariant: String, Codable, Sendable, CaseIterable {
+    /// One change Δ = W_decᵀ(ReLU(f̄ + g) − f̄) from the SAE code f̄ of the rewrite prompts' mean
+    /// activation, seen by every prompt and written as the method's own update (ROME: rank one), with
+    /// the weight decay and the norm clamp on Δ itself: with an SAE that represents δ exactly this is
+    /// the method without refinement, so any difference is the SAE's doing.
+    case neutral
+    /// The slide's formulation (MESA-AE): each prompt sees its own Δ_i from its own code f_i, and ROME
+    /// writes all of them exactly (a rank-n update through the template keys' Gram matrix); decay and
+    /// clamp act on δ.
+    case perPrompt = "per_prompt"
+    /// Design 1: no refinement of δ; the SAE mines the subjects whose active latents at the edit site
+    /// overlap the edited subject's most, and their prompts enter v*'s objective as KL terms
+    /// (`neighbour_kl`, mined by `sae_overlap`).
+    case minedNeighbours = "mined_neighbours"
+}
+
 /// The MESA refinement of δ at one site for a batch of prompts (METHODS §5.3, with its pitfalls fixed).
 ///
 /// For prompt i with unedited activation h_i at the site, the vector the model sees is
@@ -51,22 +73,41 @@ public struct MesaHyperparameters: Codable, Sendable, Equatable {
 /// Gradient: exact through the decoder and the outer ReLU where a latent is on; where a δ latent is
 /// off (g_j = 0) the thresholds are crossed straight-through (∂g_j/∂δ := W_enc[j]), since otherwise
 /// δ = 0 is a stationary point whenever enc(0) has no active latent and the optimization never starts.
+///
+/// Shared (the `neutral` variant): one code f̄ = enc(h̄) stands for every prompt, so every prompt sees
+/// the same Δ, the change that is written; the optimization's decay and clamp then act on Δ.
 /// Shapes: D = d_in, F = latents, n = prompts.
 public struct SAERefinement {
     public let sae: SparseAutoencoder
     public let l1: Float
-    /// enc(h_i): [n][F].
+    /// enc(h_i): [n][F], or [1][F] when shared.
     let features: [[Float]]
     /// enc(0): [F].
     let zeroFeatures: [Float]
+    /// One change for every prompt (from `features[0]`).
+    public let shared: Bool
+    /// Prompts the changes are for.
+    let prompts: Int
 
-    /// `activations`: h_i at the site for each prompt, [n][D].
+    /// `activations`: h_i at the site for each prompt, [n][D]: one change per prompt from its own code.
     public init(sae: SparseAutoencoder, l1: Float, activations: [[Float]]) {
         self.sae = sae
         self.l1 = l1
         let D = sae.dIn
         features = activations.map { sae.encode($0, rows: 1) }
         zeroFeatures = sae.encode([Float](repeating: 0, count: D), rows: 1)
+        shared = false
+        prompts = activations.count
+    }
+
+    /// One change for all `prompts` prompts, from the code of `activation` ([D]).
+    public init(sae: SparseAutoencoder, l1: Float, sharedActivation activation: [Float], prompts: Int) {
+        self.sae = sae
+        self.l1 = l1
+        features = [sae.encode(activation, rows: 1)]
+        zeroFeatures = sae.encode([Float](repeating: 0, count: sae.dIn), rows: 1)
+        shared = true
+        self.prompts = prompts
     }
 
     /// What one evaluation at δ produced: the per-prompt changes and what the gradient needs.
@@ -91,16 +132,22 @@ public struct SAERefinement {
             for j in 0..<F where g[j] != 0 { c[j] = max(0, f[j] + g[j]) - f[j] }
             return sae.decodeLinear(c)
         }
-        return State(changes: changes, g: g, l1Norm: l1n)
+        return State(changes: shared ? Array(repeating: changes[0], count: prompts) : changes, g: g, l1Norm: l1n)
     }
 
-    /// ∂L/∂δ from ∂L/∂Δ_i ([n][D]) and the L1 term, at `state`.
-    public func gradient(_ state: State, changeGradients: [[Float]]) -> [Float] {
+    /// ∂L/∂δ from ∂L/∂Δ_i ([prompts][D]) and the L1 term, at `state`; `shared` ([D]) is a gradient
+    /// on the shared change itself (the weight decay of the `neutral` variant).
+    public func gradient(_ state: State, changeGradients: [[Float]], shared extra: [Float]? = nil) -> [Float] {
         let F = sae.width, D = sae.dIn, n = features.count
-        precondition(changeGradients.count == n)
-        // c[i, j] = W_dec[j]·∂L/∂Δ_i  ([n, F] = [n, D]·W_decᵀ)
+        precondition(changeGradients.count == prompts)
+        // c[i, j] = W_dec[j]·∂L/∂Δ_i  ([n, F] = [n, D]·W_decᵀ); shared: one row, the sum over prompts.
         var flat = [Float](repeating: 0, count: n * D)
-        for i in 0..<n { for k in 0..<D { flat[i * D + k] = changeGradients[i][k] } }
+        if shared {
+            for row in changeGradients + (extra.map { [$0] } ?? []) { for k in 0..<D { flat[k] += row[k] } }
+        } else {
+            precondition(extra == nil, "a gradient on the shared change needs a shared refinement")
+            for i in 0..<n { for k in 0..<D { flat[i * D + k] = changeGradients[i][k] } }
+        }
         var c = [Float](repeating: 0, count: n * F)
         flat.withUnsafeBufferPointer { a in sae.decoder.withUnsafeBufferPointer { w in c.withUnsafeMutableBufferPointer { cp in
             BLAS.sgemm(transB: true, m: n, n: F, k: D, a: a.baseAddress!, lda: D, b: w.baseAddress!, ldb: D, c: cp.baseAddress!, ldc: F)
@@ -150,10 +197,23 @@ public struct MesaAttachment: Sendable {
         settings = sae != nil ? asked : nil
     }
 
-    /// The refinement of one δ batch whose prompts have `activations` at the site, when refinement is on.
-    public func refinement(activations: [[Float]]) -> SAERefinement? {
+    /// The refinement of one δ batch whose prompts have `activations` at the site ([prompts][D]), when
+    /// refinement is on: with the `neutral` variant one change from the mean activation of the first
+    /// `rewrite` prompts (the rewrite prompts, weighted by `weights` when given), else one per prompt.
+    public func refinement(activations: [[Float]], rewrite: Int, weights: [Double]? = nil) -> SAERefinement? {
         guard let settings, let sae else { return nil }
-        return SAERefinement(sae: sae, l1: settings.l1Weight, activations: activations)
+        switch settings.refinementVariant {
+        case .minedNeighbours:
+            return nil
+        case .perPrompt:
+            return SAERefinement(sae: sae, l1: settings.l1Weight, activations: activations)
+        case .neutral:
+            let n = max(1, min(rewrite, activations.count))
+            let w = weights ?? [Double](repeating: 1 / Double(n), count: n)
+            var mean = [Double](repeating: 0, count: sae.dIn)  // [D]
+            for i in 0..<n { for k in 0..<sae.dIn { mean[k] += w[i] * Double(activations[i][k]) } }
+            return SAERefinement(sae: sae, l1: settings.l1Weight, sharedActivation: mean.map { Float($0) }, prompts: activations.count)
+        }
     }
 
     /// The method's KL factor, or 0 when refinement is on with `kl: false`.
@@ -171,6 +231,7 @@ public struct MesaAttachment: Sendable {
             s["mesa_sae_k"] = sae.k.map(String.init) ?? "?"
             s["mesa_l1"] = "\(m.l1Weight)"
             s["mesa_kl"] = "\(m.keepsKL)"
+            s["mesa_variant"] = m.refinementVariant.rawValue
         }
         if let reason = fallbackReason { s["mesa_fallback"] = reason }
         return s
@@ -180,11 +241,13 @@ public struct MesaAttachment: Sendable {
 extension MesaHyperparameters {
     /// A hyperparameter file's "mesa" block with an operator's overrides on top: a new SAE keeps the
     /// file's l1, kl and fallback; l1 and fallback apply only when refinement is asked for.
-    public static func overriding(_ file: MesaHyperparameters?, sae: String?, l1: Float?, fallback: Bool?) -> MesaHyperparameters? {
+    public static func overriding(_ file: MesaHyperparameters?, sae: String?, l1: Float?, fallback: Bool?,
+                                  variant: MesaVariant? = nil) -> MesaHyperparameters? {
         var out = file
-        if let sae { out = MesaHyperparameters(sae: sae, l1: file?.l1, kl: file?.kl, fallback: file?.fallback) }
+        if let sae { out = MesaHyperparameters(sae: sae, l1: file?.l1, kl: file?.kl, fallback: file?.fallback, variant: file?.variant) }
         if let l1, out != nil { out?.l1 = l1 }
         if let fallback, out != nil { out?.fallback = fallback }
+        if let variant, out != nil { out?.variant = variant }
         return out
     }
 }

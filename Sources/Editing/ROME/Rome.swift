@@ -21,12 +21,15 @@ public struct RomeBatch: Sendable {
             targets.append(target)
         }
         let klp = try tokenizer.subjectPrompt(prefix: "", prompt: "{} is a", subject: request.subject)
+        self.request = request
         self.rewrite = rewrite
         rewriteTargets = targets
         kl = [DeltaPrompt(tokens: klp.tokens, position: klp.subjectLast, logitPositions: [klp.subjectLast])]
         targetNew = target
     }
 
+    /// The edit these prompts are for.
+    public var request: EditRequest
     /// One per context template: template prefix + prompt(subject) + target[:-1]; δ at the subject's
     /// last token; logits at the target positions.
     public var rewrite: [DeltaPrompt]
@@ -40,13 +43,21 @@ public struct RomeBatch: Sendable {
 
 /// What one ROME computation produced, with diagnostics.
 public struct RomeResult: Sendable {
-    /// The rank-one form ΔW = r uᵀ. Without refinement it is what `applied` holds; with MESA refinement
-    /// under `each` key averaging, r is the mean refined change / uᵀk* (a summary, not what is written).
+    /// The rank-one form ΔW = r uᵀ. Without refinement, and with the `neutral` MESA variant, it is what
+    /// `applied` holds; with the `per_prompt` variant under `each` key averaging, r is the mean refined
+    /// change / uᵀk* (a summary, not what is written).
     public var update: RankOneUpdate
-    /// What is written into the weights: `update` itself, or with MESA refinement under `each` the
-    /// rank-n update (n rewrite prompts) that adds exactly the refined change Δ_i the optimization
-    /// evaluated at every prompt i: ΔW = [Δ_1 … Δ_n](KᵀC⁻¹K + εI)⁻¹(C⁻¹K)ᵀ.
+    /// What is written into the weights: `update` itself, or with the `per_prompt` MESA variant under
+    /// `each` the rank-n update (n rewrite prompts) that adds exactly the refined change Δ_i the
+    /// optimization evaluated at every prompt i: ΔW = [Δ_1 … Δ_n](KᵀC⁻¹K + εI)⁻¹(C⁻¹K)ᵀ.
     public var applied: LowRankUpdate
+    /// With refinement: ‖written change at the bare prompt‖ / ‖δ‖ (1 for an SAE that passes δ
+    /// through unchanged), and the condition number of the rewrite keys' Gram matrix KᵀC⁻¹K (what
+    /// the `per_prompt` variant's exact write inverts, with a ridge of 1e-6 of its mean diagonal).
+    public var writtenToDelta: Float?
+    public var keyGramCondition: Double?
+    /// The neighbours whose prompts held their next-token distribution in v*'s objective.
+    public var neighbours: [String] = []
     /// True if δ was refined through the SAE.
     public var refined: Bool
     /// How much of the written change at the bare prompt the SAE represents (when an SAE is attached).
@@ -84,6 +95,11 @@ public final class RomeEditor: @unchecked Sendable {
     /// The coverage figure of the update last computed through `FactEditor`.
     public internal(set) var lastCoverage: SAECoverage?
     let tokenizer: EditTokenizer
+    /// Candidate subjects for neighbour protection (tuning data's subjects, never the evaluation
+    /// split's); the bank is built from them on the first edit that needs it.
+    public var neighbourCandidates: [String] = []
+    private var bank: SubjectBank?
+    private let bankLock = NSLock()
 
     public init(model: LanguageModel, hparams: RomeHyperparameters, templates: ContextTemplates, statistics: KeyStatistics?,
                 sae: SparseAutoencoder? = nil, fallbackReason: String? = nil) throws {
@@ -127,8 +143,8 @@ public final class RomeEditor: @unchecked Sendable {
 
     /// u = C⁻¹K(KᵀC⁻¹K + εI)⁻¹1 for the keys K [ff, n]: the minimizer of uᵀCu subject to Kᵀu = 1
     /// (C = I without mom2 adjustment), ε = 1e-6·tr(KᵀC⁻¹K)/n keeping near-duplicate keys solvable.
-    func equalGainDirection(keys: [[Float]]) throws -> [Float] {
-        let (ck, g) = try keyGram(keys: keys)
+    func equalGainDirection(keys: [[Float]], negatives: NegativeKeys? = nil) throws -> [Float] {
+        let (ck, g) = try keyGram(keys: keys, negatives: negatives)
         let n = keys.count, ff = model.config.intermediate
         let a: [Double]
         do { a = try LAPACK.solveSPD(g, [Double](repeating: 1, count: n), n: n, nrhs: 1) } catch {
@@ -158,14 +174,19 @@ public final class RomeEditor: @unchecked Sendable {
                              rank: n, left: left, right: ck.flatMap { $0 })
     }
 
+    /// C⁻¹x ([ff]): the key statistics' solve, or x itself without mom2 adjustment; with `negatives`,
+    /// the solve with their keys added to C.
+    func solveC(_ x: [Float], negatives: NegativeKeys? = nil) throws -> [Float] {
+        var cx = x
+        if hparams.mom2Adjustment, let stats = statistics { cx = try stats.solve(x, ridge: hparams.mom2Ridge) }
+        return try negatives?.apply(cx) ?? cx
+    }
+
     /// C⁻¹k_i for each key ([n][ff]) and G = KᵀC⁻¹K + εI ([n, n]).
-    func keyGram(keys: [[Float]]) throws -> ([[Float]], [Double]) {
+    func keyGram(keys: [[Float]], negatives: NegativeKeys? = nil) throws -> ([[Float]], [Double]) {
         let n = keys.count
         // ck[i] = C⁻¹k_i [ff]
-        let ck: [[Float]] = try keys.map { k in
-            if hparams.mom2Adjustment, let stats = statistics { return try stats.solve(k, ridge: hparams.mom2Ridge) }
-            return k
-        }
+        let ck: [[Float]] = try keys.map { try solveC($0, negatives: negatives) }
         var g = [Double](repeating: 0, count: n * n)  // [n, n] KᵀC⁻¹K
         for i in 0..<n { for j in 0..<n { g[i * n + j] = Double(Vector.dot(keys[i], ck[j])) } }
         for i in 0..<n { for j in 0..<i { let m = (g[i * n + j] + g[j * n + i]) / 2; g[i * n + j] = m; g[j * n + i] = m } }
@@ -173,6 +194,40 @@ public final class RomeEditor: @unchecked Sendable {
         for i in 0..<n { trace += g[i * n + i] }
         for i in 0..<n { g[i * n + i] += 1e-6 * trace / Double(n) }
         return (ck, g)
+    }
+
+    /// The subjects neighbour protection guards for an edit of `subject` with key direction u [ff].
+    func mineNeighbours(_ nk: NeighbourSettings, subject: String, u: [Float]) throws -> [String] {
+        let sae = nk.mining == .saeOverlap ? mesaSetup.sae : nil
+        if nk.mining == .saeOverlap, sae == nil { throw EditError(.state, "neighbour mining by SAE overlap needs the SAE") }
+        let bank: SubjectBank = try bankLock.withLock {
+            if let b = self.bank { return b }
+            guard !neighbourCandidates.isEmpty else { throw EditError(.state, "neighbour protection needs candidate subjects (tuning data)") }
+            let b = try SubjectBank(model: model, layer: hparams.layer, subjects: neighbourCandidates, limit: nk.bankSize, sae: sae)
+            self.bank = b
+            return b
+        }
+        switch nk.mining {
+        case .keyGain:
+            return bank.mineByKeyGain(u: u, exclude: subject, count: nk.count)
+        case .saeOverlap:
+            let own = try SubjectBank(model: model, layer: hparams.layer, subjects: [subject], limit: 1, sae: sae)
+            return try bank.mineByLatentOverlap(active: own.latents?.first ?? [], exclude: subject, count: nk.count)
+        }
+    }
+
+    /// λ_max/λ_min of KᵀC⁻¹K for the keys K [ff, n] (without the ridge `keyGram` adds).
+    func keyGramCondition(keys: [[Float]]) throws -> Double {
+        let (_, g) = try keyGram(keys: keys)
+        let n = keys.count
+        var trace = 0.0
+        for i in 0..<n { trace += g[i * n + i] }
+        var plain = g
+        // keyGram's ridge is 1e-6·tr/n on the diagonal of the ridged matrix, i.e. 1e-6/(1 + 1e-6) of its trace / n.
+        for i in 0..<n { plain[i * n + i] -= 1e-6 * (trace / (1 + 1e-6)) / Double(n) }
+        let values = try LAPACK.symmetricEigen(plain, n: n).values
+        guard let lo = values.min(), let hi = values.max(), lo > 0 else { return .infinity }
+        return hi / lo
     }
 
     /// Computes the rank-one update for `request` without changing the weights.
@@ -191,39 +246,81 @@ public final class RomeEditor: @unchecked Sendable {
         }
 
         // k* and v_init from one unedited pass per prompt.
-        let pass = try DeltaPass(model: model, site: site, prompts: batch.rewrite + batch.kl)
+        var pass = try DeltaPass(model: model, site: site, prompts: batch.rewrite + batch.kl)
         let weights = try keyWeights(prompts: batch.rewrite.count)
         var kStar = [Double](repeating: 0, count: ff)
         for i in 0..<batch.rewrite.count { for j in 0..<ff { kStar[j] += weights[i] * Double(pass.keys[i][j]) } }
         let keyStar = kStar.map { Float($0) }
         lap("k_star")
-        // u = C⁻¹k* / ‖C⁻¹k*‖ (or k*/‖k*‖) depends on the unedited keys only.
-        var u = keyStar
-        if h.keyAveraging == .each {
-            u = try equalGainDirection(keys: Array(pass.keys.prefix(batch.rewrite.count)))
-        } else if h.mom2Adjustment, let stats = statistics {
-            u = try stats.solve(keyStar, ridge: h.mom2Ridge)
+        // u = C⁻¹k* / ‖C⁻¹k*‖ (or k*/‖k*‖) depends on the unedited keys only; with hard-negative
+        // neighbour keys, C is C' (their keys added).
+        func direction(_ negatives: NegativeKeys?) throws -> (u: [Float], denominator: Float) {
+            var u = keyStar
+            if h.keyAveraging == .each {
+                u = try equalGainDirection(keys: Array(pass.keys.prefix(batch.rewrite.count)), negatives: negatives)
+            } else if h.mom2Adjustment || negatives != nil {
+                u = try solveC(keyStar, negatives: negatives)
+            }
+            let un = Vector.norm(u)
+            guard un > 0, un.isFinite else { throw EditError(.nonFinite, "C⁻¹k* is zero or non-finite") }
+            u = u.map { $0 / un }
+            let denom = Vector.dot(u, keyStar)
+            // uᵀk* = k*ᵀC⁻¹k*/‖C⁻¹k*‖ > 0 for positive definite C; a vanishing value means k* is (nearly) outside C's span.
+            guard denom.isFinite, denom > 1e-6 * Vector.norm(keyStar) else {
+                throw EditError(.degenerateKey, "uᵀk* = \(denom) is too small for a stable update")
+            }
+            return (u, denom)
         }
-        let un = Vector.norm(u)
-        guard un > 0, un.isFinite else { throw EditError(.nonFinite, "C⁻¹k* is zero or non-finite") }
-        u = u.map { $0 / un }
-        let denom = Vector.dot(u, keyStar)
-        // uᵀk* = k*ᵀC⁻¹k*/‖C⁻¹k*‖ > 0 for positive definite C; a vanishing value means k* is (nearly) outside C's span.
-        guard denom.isFinite, denom > 1e-6 * Vector.norm(keyStar) else {
-            throw EditError(.degenerateKey, "uᵀk* = \(denom) is too small for a stable update")
+        var (u, denom) = try direction(nil)
+        lap("closed_form")
+        // Neighbour protection: the neighbours mined with that u join the KL prompts, each seeing
+        // g_n·δ, and/or their keys (in the edit's prompt) enter C as hard negatives and u is recomputed.
+        var batch = batch
+        var promptScales: [Float]?, klRowWeights: [Double]?
+        var neighbours: [String] = []
+        if let nk = h.neighbourProtection {
+            neighbours = try mineNeighbours(nk, subject: batch.request.subject, u: u)
+            let extra: [DeltaPrompt] = neighbours.compactMap { n in
+                guard let sp = try? tokenizer.subjectPrompt(prefix: "", prompt: batch.request.prompt, subject: n) else { return nil }
+                return DeltaPrompt(tokens: sp.tokens, position: sp.subjectLast, logitPositions: [sp.tokens.count - 1])
+            }
+            if !extra.isEmpty {
+                let own = batch.kl.count
+                let neighbourKeys = try DeltaPass(model: model, site: site, prompts: extra).keys
+                if nk.negativeKeyWeight > 0 {
+                    (u, denom) = try direction(try NegativeKeys(keys: neighbourKeys, weight: nk.negativeKeyWeight) {
+                        try self.solveC($0)
+                    })
+                }
+                if nk.klFactor > 0 {
+                    batch.kl += extra
+                    pass = try DeltaPass(model: model, site: site, prompts: batch.rewrite + batch.kl)
+                    // g_n = uᵀk_n/uᵀk* from the neighbour prompts' own keys (context included).
+                    let neighbourGains = neighbourKeys.map { Vector.dot(u, $0) / denom }
+                    guard neighbourGains.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "a neighbour's key gain is non-finite") }
+                    promptScales = [Float](repeating: 1, count: batch.rewrite.count + own) + neighbourGains
+                    let kl = Double(mesaSetup.klFactor(h.klFactor))
+                    klRowWeights = [Double](repeating: kl / Double(own), count: own)
+                        + [Double](repeating: Double(nk.klFactor) / Double(extra.count), count: extra.count)
+                }
+            }
+            lap("neighbours")
         }
         // Gains of every prompt (rewrite, then KL): (W + r uᵀ)k_i = Wk_i + (uᵀk_i/uᵀk*) δ.
         let gains = pass.keys.map { Vector.dot(u, $0) / denom }
         guard gains.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "a key gain is non-finite") }
-        lap("closed_form")
         let vInit = pass.mlpOutputs[0]
         let vInitNorm = Vector.norm(vInit)
         guard vInitNorm > 0, vInitNorm.isFinite else { throw EditError(.nonFinite, "the MLP output at the subject is zero or non-finite") }
 
         // v* = W k* + δ: Adam on δ with NLL + KL + weight decay, early stop, and the norm clamp; with MESA,
-        // every prompt sees its SAE-refined change instead of δ.
-        let refinement = mesaSetup.refinement(activations: pass.mlpOutputs)
-        let optimization = h.optimization.delta(klFactor: mesaSetup.klFactor(h.klFactor), referenceNorm: vInitNorm)
+        // every prompt sees its SAE-refined change instead of δ (`neutral`: one change from the
+        // key-weighted mean activation of the rewrite prompts).
+        let refinement = mesaSetup.refinement(activations: pass.mlpOutputs, rewrite: batch.rewrite.count,
+                                              weights: try keyWeights(prompts: batch.rewrite.count))
+        var optimization = h.optimization.delta(klFactor: mesaSetup.klFactor(h.klFactor), referenceNorm: vInitNorm)
+        optimization.promptScales = promptScales
+        optimization.klRowWeights = klRowWeights
         let outcome = try optimization.run(pass: pass, batch: batch, refinement: refinement)
         let delta = outcome.delta
         lap("v_star")
@@ -243,14 +340,21 @@ public final class RomeEditor: @unchecked Sendable {
         guard r.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "the update vector is non-finite") }
         let update = RankOneUpdate(parameter: model.weights.layers[h.layer].wDown.name, layer: h.layer, u: u, r: r)
         var applied = update.lowRank
-        if let written, h.keyAveraging == .each {
+        if let written, refinement?.shared == false, h.keyAveraging == .each {
             applied = try exactDelivery(keys: Array(pass.keys.prefix(n)), values: written)
         }
         lap("update")
-        let change0 = written?[0] ?? delta.map { $0 * gains[0] }
+        let change0 = written.map { $0[0].map { $0 * (refinement?.shared == true ? gains[0] : 1) } } ?? delta.map { $0 * gains[0] }
         let coverage = mesaSetup.sae.map { $0.coverage(before: vInit, after: zip(vInit, change0).map { $0 + $1 }) }
-        return RomeResult(update: update, applied: applied, refined: refinement != nil, coverage: coverage, deltaFeatures: outcome.latents, keyStar: keyStar,
-                          valueInitNorm: vInitNorm, deltaNorm: Vector.norm(delta), denominator: denom,
-                          keyGains: Array(gains.prefix(n)), losses: outcome.losses, phases: phases)
+        var result = RomeResult(update: update, applied: applied, refined: refinement != nil, coverage: coverage, deltaFeatures: outcome.latents,
+                                keyStar: keyStar, valueInitNorm: vInitNorm, deltaNorm: Vector.norm(delta), denominator: denom,
+                                keyGains: Array(gains.prefix(n)), losses: outcome.losses, phases: phases)
+        result.neighbours = neighbours
+        if refinement != nil {
+            let dn = Vector.norm(delta)
+            result.writtenToDelta = dn > 0 ? Vector.norm(change0) / dn : nil
+            result.keyGramCondition = try keyGramCondition(keys: Array(pass.keys.prefix(n)))
+        }
+        return result
     }
 }

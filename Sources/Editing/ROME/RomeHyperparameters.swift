@@ -29,6 +29,19 @@ public struct RomeHyperparameters: Codable, Sendable, Equatable, OptimizedHyperp
     public var mom2Ridge: Double
     /// MESA refinement of v* through an SAE at `mlp_out@layer` (absent: plain ROME).
     public var mesa: MesaHyperparameters?
+    /// Neighbour protection: mined subjects' prompts as KL terms in the v* objective and/or their keys
+    /// as hard negatives in C (absent: none, unless `mesa.variant` is `mined_neighbours`).
+    public var neighbours: NeighbourSettings?
+
+    /// The neighbour protection in force: the file's block, or with the `mined_neighbours` MESA
+    /// variant 8 neighbours with their KL at factor 1, mined by SAE latent overlap (the block's
+    /// other settings are kept when given; its mining is then SAE overlap).
+    public var neighbourProtection: NeighbourSettings? {
+        guard mesa?.refinementVariant == .minedNeighbours else { return neighbours }
+        var n = neighbours ?? NeighbourSettings(count: 8, klFactor: 1)
+        n.mine = .saeOverlap
+        return n
+    }
 
     public init(layer: Int, contextTemplates: [ContextTemplates.Group] = [.init(length: 5, count: 5), .init(length: 10, count: 5)],
                 templateSeed: UInt64 = 0, keyAveraging: KeyAveraging = .templates, vNumGradSteps: Int = 25, vLr: Float = 0.5, vWeightDecay: Float = 1e-3,
@@ -49,7 +62,7 @@ public struct RomeHyperparameters: Codable, Sendable, Equatable, OptimizedHyperp
 
     // The file is flat: the optimization settings' keys sit beside ROME's own.
     private enum CodingKeys: String, CodingKey {
-        case layer, keyAveraging, mom2Adjustment, mom2Tokens, mom2SequenceLength, mom2Seed, mom2Ridge, mesa
+        case layer, keyAveraging, mom2Adjustment, mom2Tokens, mom2SequenceLength, mom2Seed, mom2Ridge, mesa, neighbours
     }
 
     public init(from decoder: Decoder) throws {
@@ -63,6 +76,7 @@ public struct RomeHyperparameters: Codable, Sendable, Equatable, OptimizedHyperp
         mom2Seed = try c.decode(UInt64.self, forKey: .mom2Seed)
         mom2Ridge = try c.decode(Double.self, forKey: .mom2Ridge)
         mesa = try c.decodeIfPresent(MesaHyperparameters.self, forKey: .mesa)
+        neighbours = try c.decodeIfPresent(NeighbourSettings.self, forKey: .neighbours)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -76,6 +90,7 @@ public struct RomeHyperparameters: Codable, Sendable, Equatable, OptimizedHyperp
         try c.encode(mom2Seed, forKey: .mom2Seed)
         try c.encode(mom2Ridge, forKey: .mom2Ridge)
         try c.encodeIfPresent(mesa, forKey: .mesa)
+        try c.encodeIfPresent(neighbours, forKey: .neighbours)
     }
 
     /// Decodes a hyperparameter file (extra keys such as `$schema`, `model` and `layer_sweep` are allowed).
@@ -103,5 +118,7 @@ public struct RomeHyperparameters: Codable, Sendable, Equatable, OptimizedHyperp
         }
         guard mom2Tokens > 0, mom2SequenceLength > 1, mom2Ridge >= 0 else { throw bad("mom2 settings must be positive") }
         for g in o.contextTemplates where g.length < 1 || g.count < 0 { throw bad("context template group \(g) is invalid") }
+        try neighbourProtection?.validate()
+        if neighbourProtection?.mining == .saeOverlap, mesa == nil { throw bad("neighbours.mine sae_overlap needs an SAE (a mesa block)") }
     }
 }

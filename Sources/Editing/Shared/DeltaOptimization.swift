@@ -21,6 +21,11 @@ public struct DeltaOptimization: Sendable {
     /// With `stopWhenTop`: stop the n-th time every target is on top (ENCORE's |prob_cutoff|: 2 for
     /// Llama3-8B, 4 for GPT2-XL), so that the new object wins with some margin. 1: the first time.
     public var topChecks = 1
+    /// The multiple of δ (or of its refined change) each prompt of the pass sees ([prompts]); nil: 1
+    /// for every prompt. ROME's neighbour prompts see g_n·δ, the change the rank-one update will give them.
+    public var promptScales: [Float]?
+    /// The weight of each KL row ([KL prompts]; see `EditLoss.klRowWeights`); nil: the mean.
+    public var klRowWeights: [Double]?
 
     public init(steps: Int, lr: Float, weightDecay: Float, klFactor: Float, earlyStopLoss: Float, maxNorm: Float, referenceNorm: Float) {
         self.steps = steps
@@ -54,30 +59,66 @@ public struct DeltaOptimization: Sendable {
         let d = pass.model.config.hidden
         var loss = EditLoss(rewriteTargets: batch.rewriteTargets, klRows: batch.kl.count, klFactor: klFactor,
                             normWeight: weightDecay / (referenceNorm * referenceNorm))
+        loss.klRowWeights = klRowWeights
+        if let s = promptScales, s.count != pass.prompts.count {
+            throw EditError(.state, "\(s.count) prompt scales for \(pass.prompts.count) prompts")
+        }
+        // Per-prompt vectors: scale_i·v_i; the gradient of each prompt's vector scales back the same way.
+        func scaled(_ vs: [[Float]]) -> [[Float]] {
+            guard let s = promptScales else { return vs }
+            return zip(vs, s).map { v, c in c == 1 ? v : v.map { $0 * c } }
+        }
+        func forward(_ state: SAERefinement.State?, _ delta: [Float]) throws -> Tensor {
+            if let state { return try pass.forward(deltas: scaled(state.changes)) }
+            if promptScales != nil { return try pass.forward(deltas: scaled(Array(repeating: delta, count: pass.prompts.count))) }
+            return try pass.forward(delta: delta)
+        }
+        func plainGradient(_ dLogits: Tensor) throws -> [Float] {
+            guard promptScales != nil else { return try pass.backward(logitGradient: dLogits) }
+            let per = scaled(try pass.backwardPerPrompt(logitGradient: dLogits))
+            var g = [Float](repeating: 0, count: d)
+            for row in per { for k in 0..<d { g[k] += row[k] } }
+            return g
+        }
         var delta = [Float](repeating: 0, count: d)
         var adam = Adam(lr: lr, count: d)
         var losses: [EditLoss.Value] = []
         var last: SAERefinement.State?
         var onTop = 0
+        // A shared refinement writes its change Δ(δ): the decay and the clamp act on Δ, not on δ.
+        let onChange = refinement?.shared == true
         for it in 0..<steps {
             let state = refinement?.evaluate(delta)
             last = state
-            let logits = try state.map { try pass.forward(deltas: $0.changes) } ?? pass.forward(delta: delta)
+            let logits = try forward(state, delta)
             if it == 0 { loss.setReference(from: logits) }
-            var (value, dLogits, dNorm) = loss.evaluate(logits: logits, delta: delta)
+            var (value, dLogits, dNorm) = loss.evaluate(logits: logits, delta: onChange ? state!.changes[0] : delta)
             if let state, let refinement { value.sparsity = Double(refinement.l1) * state.l1Norm }
             losses.append(value)
             guard value.total.isFinite else { throw EditError(.nonFinite, "the edit loss became non-finite at step \(it)") }
             if isFinal(value, logits: logits, targets: batch.rewriteTargets, step: it, onTop: &onTop) { break }
             let g: [Float]
             if let state, let refinement {
-                g = refinement.gradient(state, changeGradients: try pass.backwardPerPrompt(logitGradient: dLogits))
+                g = refinement.gradient(state, changeGradients: scaled(try pass.backwardPerPrompt(logitGradient: dLogits)),
+                                        shared: onChange ? dNorm : nil)
             } else {
-                g = try pass.backward(logitGradient: dLogits)
+                g = try plainGradient(dLogits)
             }
-            try descend(&delta, adam: &adam, gradient: g, normGradient: dNorm, step: it)
+            try descend(&delta, adam: &adam, gradient: g, normGradient: onChange ? [Float](repeating: 0, count: d) : dNorm, step: it,
+                        clamp: onChange ? nil : maxNorm)
+            if onChange, let refinement { clampChange(&delta, refinement) }
         }
         return Outcome(delta: delta, losses: losses, changes: last?.changes, latents: last.map { $0.g.filter { $0 != 0 }.count })
+    }
+
+    /// Shrinks δ until the shared change it produces has ‖Δ(δ)‖ ≤ maxNorm (Δ is not linear in δ: the
+    /// SAE's thresholds switch latents on and off, so the scale is found by a few rescalings).
+    func clampChange(_ delta: inout [Float], _ refinement: SAERefinement) {
+        for _ in 0..<8 {
+            let n = Vector.norm(refinement.evaluate(delta).changes[0])
+            guard n > maxNorm * 1.0001, n.isFinite else { return }
+            for i in 0..<delta.count { delta[i] *= maxNorm / n }
+        }
     }
 
     /// Whether the loss `value` evaluated at step `step` (logits [rows, vocab], the rewrite rows first)
@@ -94,14 +135,20 @@ public struct DeltaOptimization: Sendable {
         return value.total - value.sparsity < Double(earlyStopLoss) || step == steps - 1
     }
 
-    /// One Adam step on δ [d] with `gradient` + `normGradient` (both [d]), then the clamp ‖δ‖ ≤ maxNorm.
+    /// One Adam step on δ [d] with `gradient` + `normGradient` (both [d]), then the clamp ‖δ‖ ≤ `clamp`
+    /// (maxNorm unless given; nil: no clamp here).
     func descend(_ delta: inout [Float], adam: inout Adam, gradient: [Float], normGradient: [Float], step: Int) throws {
+        try descend(&delta, adam: &adam, gradient: gradient, normGradient: normGradient, step: step, clamp: maxNorm)
+    }
+
+    func descend(_ delta: inout [Float], adam: inout Adam, gradient: [Float], normGradient: [Float], step: Int, clamp: Float?) throws {
         var g = gradient
         for i in 0..<g.count { g[i] += normGradient[i] }
         guard g.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "the gradient became non-finite at step \(step)") }
         adam.step(&delta, gradient: g)
+        guard let clamp else { return }
         let n = Vector.norm(delta)
-        if n > maxNorm { for i in 0..<delta.count { delta[i] *= maxNorm / n } }
+        if n > clamp { for i in 0..<delta.count { delta[i] *= clamp / n } }
     }
 
     /// Whether each target token is the argmax of its logit row. `logits` [rows, vocab]: the rewrite

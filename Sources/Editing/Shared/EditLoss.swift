@@ -18,6 +18,8 @@ public struct EditLoss: Sendable {
     public var normWeight: Float
     /// log P_init for each KL row: [klRows][vocab]; set from the unedited forward.
     public var initialLogProbs: [[Float]] = []
+    /// The weight of each KL row's term ([klRows]); nil: klFactor / klRows each (the mean).
+    public var klRowWeights: [Double]?
 
     public init(rewriteTargets: [[Int32]], klRows: Int, klFactor: Float, normWeight: Float) {
         self.rewriteTargets = rewriteTargets
@@ -80,7 +82,7 @@ public struct EditLoss: Sendable {
                         let lp = z[v] - lse
                         d += Double(Kernels.exp(lp)) * Double(lp - ref[v])
                     }
-                    let w = Double(klFactor) / Double(klRows)
+                    let w = klRowWeights.map { k < $0.count ? $0[k] : 0 } ?? Double(klFactor) / Double(klRows)
                     kl += w * d
                     for v in 0..<V {
                         let lpv = z[v] - lse

@@ -64,6 +64,9 @@ extension RomeEditor: FactEditor {
         s["mom2_adjustment"] = "\(h.mom2Adjustment)"
         s["key_averaging"] = h.keyAveraging.rawValue
         if let st = statistics { s["mom2_tokens"] = "\(st.count)"; s["mom2_ridge"] = "\(h.mom2Ridge)" }
+        if let nk = h.neighbourProtection {
+            s["neighbours"] = nk.description
+        }
         return s.merging(mesaSetup.report) { a, _ in a }
     }
 }

@@ -1,0 +1,178 @@
+import Foundation
+import ModelRuntime
+import SparseAutoencoder
+import Tensor
+
+/// ROME's neighbour protection (`neighbours` in the hyperparameters; METHODS §10, designs 1 and 2):
+/// the subjects an edit is most likely to spill onto are mined from a bank of other subjects, and
+/// their prompts (the edit's own prompt with the neighbour as subject) protect them in two ways:
+/// - on the value side (`kl_factor`), as KL-preservation terms in the v* objective. The key
+///   direction u is fixed before δ is optimized, so the change a neighbour n will see is known in
+///   advance: g_n·δ at its subject's last token, g_n = uᵀk_n/uᵀk*; the optimization adds exactly that
+///   and holds the neighbour's next-token distribution near the unedited one;
+/// - on the key side (`key_weight`), as hard-negative keys in the statistics u is computed from:
+///   C' = C + (w/M)·Σ_n k_n k_nᵀ, so that u = C'⁻¹k* (or the equal-gain direction under C') gives
+///   the neighbours small gains while the edited subject's prompts keep theirs.
+public struct NeighbourSettings: Codable, Sendable, Equatable {
+    /// How neighbours are mined.
+    public enum Mining: String, Codable, Sendable, CaseIterable {
+        /// The largest |g_n|: the subjects whose keys the rank-one update moves most (no SAE).
+        case keyGain = "key_gain"
+        /// The largest overlap (Jaccard) of active SAE latents at the edit site with the edited
+        /// subject's (the SAE as the stethoscope that says who could be hurt; needs `mesa.sae`).
+        case saeOverlap = "sae_overlap"
+    }
+    /// Neighbours per edit.
+    public var count: Int
+    /// Weight of the neighbours' mean KL term in v*'s objective (0: none).
+    public var klFactor: Float
+    /// Weight w of the neighbours' keys added to C when u is computed (0: none): their share of the
+    /// key distribution's second moment.
+    public var keyWeight: Float?
+    /// Subjects in the bank (the first distinct ones of the candidate list); default 2,000.
+    public var candidates: Int?
+    /// Default `key_gain`.
+    public var mine: Mining?
+
+    public init(count: Int, klFactor: Float, keyWeight: Float? = nil, candidates: Int? = nil, mine: Mining? = nil) {
+        self.count = count
+        self.klFactor = klFactor
+        self.keyWeight = keyWeight
+        self.candidates = candidates
+        self.mine = mine
+    }
+
+    public var mining: Mining { mine ?? .keyGain }
+    public var bankSize: Int { candidates ?? 2000 }
+    public var negativeKeyWeight: Float { keyWeight ?? 0 }
+
+    public func validate() throws {
+        guard (1...64).contains(count) else { throw EditError(.hyperparameters, "neighbours.count must be in 1...64") }
+        guard klFactor >= 0, klFactor.isFinite else { throw EditError(.hyperparameters, "neighbours.kl_factor must be finite and non-negative") }
+        guard negativeKeyWeight >= 0, negativeKeyWeight.isFinite else {
+            throw EditError(.hyperparameters, "neighbours.key_weight must be finite and non-negative")
+        }
+        guard bankSize >= count else { throw EditError(.hyperparameters, "neighbours.candidates must be at least count") }
+    }
+
+    /// The run-signature form.
+    public var description: String {
+        "count=\(count) kl_factor=\(klFactor) key_weight=\(negativeKeyWeight) candidates=\(bankSize) mine=\(mining.rawValue)"
+    }
+}
+
+/// Hard-negative keys K_N [M][ff] added to the key statistics with total weight w, solved with
+/// Woodbury's identity: C'⁻¹x = C⁻¹x − Z·S⁻¹·K_NᵀC⁻¹x with Z = C⁻¹K_N and S = (M/w)·I + K_NᵀZ [M, M].
+struct NegativeKeys {
+    let keys: [[Float]]
+    /// C⁻¹k_n [M][ff].
+    let z: [[Float]]
+    /// S [M, M].
+    let s: [Double]
+
+    init(keys: [[Float]], weight: Float, solve: ([Float]) throws -> [Float]) throws {
+        let m = keys.count
+        self.keys = keys
+        z = try keys.map(solve)
+        var s = [Double](repeating: 0, count: m * m)
+        for i in 0..<m { for j in 0..<m { s[i * m + j] = Double(Vector.dot(keys[i], z[j])) } }
+        for i in 0..<m { for j in 0..<i { let v = (s[i * m + j] + s[j * m + i]) / 2; s[i * m + j] = v; s[j * m + i] = v } }
+        for i in 0..<m { s[i * m + i] += Double(m) / Double(weight) }
+        self.s = s
+    }
+
+    /// C'⁻¹x from C⁻¹x ([ff]).
+    func apply(_ cx: [Float]) throws -> [Float] {
+        let m = keys.count
+        let t = (0..<m).map { Double(Vector.dot(keys[$0], cx)) }
+        let y = try LAPACK.solveSPD(s, t, n: m, nrhs: 1)
+        var out = cx.map(Double.init)
+        for i in 0..<m { for j in out.indices { out[j] -= y[i] * Double(z[i][j]) } }
+        return out.map { Float($0) }
+    }
+}
+
+/// The candidate subjects and what mining needs of each, from one unedited pass per chunk of bare
+/// subjects (BOS + subject): the MLP key at the subject's last token at the edit layer, k_n [ff], and
+/// with an SAE the active latents of its MLP output there.
+///
+/// A bare subject's key stands for the subject in any prompt that starts with it; in prompts where
+/// context precedes the subject the key differs, which is why the gains used in the objective are
+/// recomputed from the neighbour prompts themselves.
+public final class SubjectBank: @unchecked Sendable {
+    public let subjects: [String]
+    /// [N, ff] row-major.
+    let keys: [Float]
+    let ff: Int
+    /// Active latents per subject (sorted), with an SAE.
+    let latents: [[Int]]?
+
+    /// Builds the bank at `layer` from the first `limit` distinct non-empty `subjects`, packing 64
+    /// subjects per pass.
+    public init(model: LanguageModel, layer: Int, subjects candidates: [String], limit: Int, sae: SparseAutoencoder? = nil) throws {
+        var seen = Set<String>(), subjects: [String] = []
+        for s in candidates where !s.isEmpty && seen.insert(s).inserted {
+            subjects.append(s)
+            if subjects.count == limit { break }
+        }
+        let tok = EditTokenizer(model: model)
+        var prompts: [(subject: String, tokens: [Int32], last: Int)] = []
+        for s in subjects {
+            guard let p = try? tok.subjectPrompt(prefix: "", prompt: "{}", subject: s) else { continue }
+            prompts.append((s, p.tokens, p.subjectLast))
+        }
+        let ff = model.config.intermediate, d = model.config.hidden
+        let keySite = Site(layer: layer, kind: .mlpKey), outSite = Site(layer: layer, kind: .mlpOut)
+        var keys = [Float](), latents: [[Int]] = []
+        keys.reserveCapacity(prompts.count * ff)
+        for start in stride(from: 0, to: prompts.count, by: 64) {
+            let chunk = prompts[start..<min(prompts.count, start + 64)]
+            let r = try model.forward(chunk.flatMap(\.tokens), options: ForwardOptions(
+                capture: sae == nil ? [keySite] : [keySite, outSite], logits: .none, stopAfterLayer: layer, segments: chunk.map(\.tokens.count)))
+            let k = r.activations[keySite]!.data  // [tokens, ff]
+            var at = 0
+            var outs: [Float] = []  // [chunk, d]
+            for p in chunk {
+                let row = at + p.last
+                keys += k[(row * ff)..<((row + 1) * ff)]
+                if let o = r.activations[outSite]?.data { outs += o[(row * d)..<((row + 1) * d)] }
+                at += p.tokens.count
+            }
+            if let sae {
+                let f = sae.encode(outs, rows: chunk.count)  // [chunk, F]
+                for i in 0..<chunk.count { latents.append((0..<sae.width).filter { f[i * sae.width + $0] != 0 }) }
+            }
+        }
+        self.subjects = prompts.map(\.subject)
+        self.keys = keys
+        self.ff = ff
+        self.latents = sae == nil ? nil : latents
+    }
+
+    /// The `count` subjects other than `exclude` with the largest |uᵀk_n| (u [ff]), largest first.
+    public func mineByKeyGain(u: [Float], exclude: String, count: Int) -> [String] {
+        var scores = [Float](repeating: 0, count: subjects.count)  // [N] = K u
+        keys.withUnsafeBufferPointer { k in u.withUnsafeBufferPointer { x in scores.withUnsafeMutableBufferPointer { y in
+            BLAS.sgemv(trans: false, rows: subjects.count, cols: ff, a: k.baseAddress!, lda: ff, x: x.baseAddress!, y: y.baseAddress!)
+        } } }
+        return top(count, exclude: exclude) { abs(scores[$0]) }
+    }
+
+    /// The `count` subjects other than `exclude` whose active latents overlap `active` most (Jaccard).
+    public func mineByLatentOverlap(active: [Int], exclude: String, count: Int) throws -> [String] {
+        guard let latents else { throw EditError(.state, "the subject bank was built without an SAE") }
+        let a = Set(active)
+        return top(count, exclude: exclude) { i in
+            let b = latents[i]
+            let shared = b.reduce(0) { $0 + (a.contains($1) ? 1 : 0) }
+            let union = a.count + b.count - shared
+            return union == 0 ? 0 : Float(shared) / Float(union)
+        }
+    }
+
+    func top(_ count: Int, exclude: String, score: (Int) -> Float) -> [String] {
+        let order = subjects.indices.filter { subjects[$0] != exclude }.map { ($0, score($0)) }
+            .sorted { $0.1 > $1.1 || ($0.1 == $1.1 && $0.0 < $1.0) }
+        return order.prefix(count).map { subjects[$0.0] }
+    }
+}

@@ -1,0 +1,167 @@
+@testable import Editing
+import Foundation
+import ModelRuntime
+import SparseAutoencoder
+import Tensor
+import Testing
+
+/// ROME's neighbour protection (`neighbour_kl`; the SAE-mined variant is MESA design 1).
+@Suite struct NeighbourProtectionTests {
+    static let subjects = ["Paris", "Rome", "London", "Berlin", "Madrid", "Tokyo", "Vienna", "Lisbon", "Oslo", "Cairo", "Lima", "Athens"]
+
+    static func editor(_ m: LanguageModel, neighbours: NeighbourSettings?, mesa: MesaHyperparameters? = nil,
+                       sae: SparseAutoencoder? = nil) throws -> RomeEditor {
+        var h = RomeHyperparameters(layer: 1)
+        h.mom2Adjustment = false
+        h.vNumGradSteps = 15
+        h.earlyStopLoss = 0
+        h.keyAveraging = .each
+        h.neighbours = neighbours
+        h.mesa = mesa
+        let templates = try ContextTemplates.generate(model: m, groups: [.init(length: 4, count: 2)], seed: 3)
+        let e = try RomeEditor(model: m, hparams: h, templates: templates, statistics: nil, sae: sae)
+        e.neighbourCandidates = subjects
+        return e
+    }
+
+    /// Bare-subject keys at the edit layer, by one forward pass per subject: [ff] each.
+    static func key(_ m: LanguageModel, _ subject: String, layer: Int) throws -> [Float] {
+        let sp = try EditTokenizer(model: m).subjectPrompt(prefix: "", prompt: "{}", subject: subject)
+        let site = Site(layer: layer, kind: .mlpKey)
+        let a = try m.forward(sp.tokens, options: ForwardOptions(capture: [site], logits: .none, stopAfterLayer: layer)).activations[site]!.data
+        let ff = m.config.intermediate
+        return Array(a[(sp.subjectLast * ff)..<((sp.subjectLast + 1) * ff)])
+    }
+
+    @Test func keyGainMiningPicksTheSubjectsTheUpdateMovesMost() throws {
+        let m = try TinyEditModel.load()
+        let bank = try SubjectBank(model: m, layer: 1, subjects: Self.subjects + ["Rome", ""], limit: 100)
+        #expect(bank.subjects == Self.subjects)
+        var rng = Xoshiro256(seed: 2)
+        let u = (0..<m.config.intermediate).map { _ in Float(Int(rng.next() % 2001) - 1000) / 1000 }
+        let brute = try Self.subjects.filter { $0 != "Paris" }.map { s in (s, abs(Vector.dot(u, try Self.key(m, s, layer: 1)))) }
+            .sorted { $0.1 > $1.1 }.prefix(4).map(\.0)
+        #expect(bank.mineByKeyGain(u: u, exclude: "Paris", count: 4) == brute)
+    }
+
+    @Test func saeOverlapMiningRanksByJaccardOfActiveLatents() throws {
+        let m = try TinyEditModel.load()
+        let site = Site(layer: 1, kind: .mlpOut)
+        let sae = try MesaTests.alwaysOnSAE(d: m.config.hidden, f: 40, site: site, bias: 0)
+        let bank = try SubjectBank(model: m, layer: 1, subjects: Self.subjects, limit: 100, sae: sae)
+        // Brute force: each subject's active latents from its own pass.
+        func active(_ s: String) throws -> Set<Int> {
+            let sp = try EditTokenizer(model: m).subjectPrompt(prefix: "", prompt: "{}", subject: s)
+            let out = try m.forward(sp.tokens, options: ForwardOptions(capture: [site], logits: .none, stopAfterLayer: 1)).activations[site]!.data
+            let d = m.config.hidden
+            let f = sae.encode(Array(out[(sp.subjectLast * d)..<((sp.subjectLast + 1) * d)]), rows: 1)
+            return Set(f.indices.filter { f[$0] != 0 })
+        }
+        let own = try active("Paris")
+        var scored: [(index: Int, subject: String, jaccard: Float)] = []
+        for (i, s) in Self.subjects.enumerated() where s != "Paris" {
+            let b = try active(s)
+            let j = Float(own.intersection(b).count) / Float(max(1, own.union(b).count))
+            scored.append((i, s, j))
+        }
+        scored.sort { $0.jaccard > $1.jaccard || ($0.jaccard == $1.jaccard && $0.index < $1.index) }
+        let brute = scored.prefix(3).map(\.subject)
+        #expect(try bank.mineByLatentOverlap(active: Array(own).sorted(), exclude: "Paris", count: 3) == brute)
+    }
+
+    /// KL(P_base ‖ P_edited) of the next token after `prompt` filled with each subject, summed.
+    static func spill(_ m: LanguageModel, _ update: LowRankUpdate, prompt: String, subjects: [String]) throws -> Double {
+        let tok = EditTokenizer(model: m)
+        func dists() throws -> [[Double]] {
+            try subjects.map { s in
+                let ids = try tok.subjectPrompt(prefix: "", prompt: prompt, subject: s).tokens
+                let z = try m.forward(ids, options: ForwardOptions(logits: .last)).logits.data.map(Double.init)
+                let mx = z.max()!, lse = mx + log(z.reduce(0) { $0 + exp($1 - mx) })
+                return z.map { exp($0 - lse) }
+            }
+        }
+        let before = try dists()
+        let backup = try m.apply(update)
+        let after = try dists()
+        try m.restore(backup)
+        var kl = 0.0
+        for (p, q) in zip(before, after) {
+            for (a, b) in zip(p, q) where a > 0 { kl += a * log(a / max(b, 1e-30)) }
+        }
+        return kl
+    }
+
+    /// With the neighbours' KL in the objective, the mined neighbours' next-token distributions move
+    /// less under the written update than without it, and the edit still lands.
+    @Test func protectedNeighboursMoveLessAndTheEditLands() throws {
+        let m = try TinyEditModel.load()
+        let request = EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome", targetTrue: "is")
+        let hash = m.weightHash
+        let plain = try Self.editor(m, neighbours: nil).computeUpdate(request)
+        let protected = try Self.editor(m, neighbours: NeighbourSettings(count: 4, klFactor: 20)).computeUpdate(request)
+        #expect(m.weightHash == hash)
+        #expect(protected.neighbours.count == 4 && !protected.neighbours.contains("Paris") && plain.neighbours.isEmpty)
+        #expect(protected.losses.last!.nll < protected.losses.first!.nll)
+        let a = try Self.spill(m, plain.applied, prompt: request.prompt, subjects: protected.neighbours)
+        let b = try Self.spill(m, protected.applied, prompt: request.prompt, subjects: protected.neighbours)
+        #expect(b < a, "the protected neighbours' KL \(b) should be below the unprotected \(a)")
+        // Factor 0 is plain ROME: the neighbour prompts add nothing to the objective or its gradient.
+        let zero = try Self.editor(m, neighbours: NeighbourSettings(count: 4, klFactor: 0)).computeUpdate(request)
+        #expect(Vector.maxAbsDifference(zero.update.r, plain.update.r) <= 1e-5 * Vector.norm(plain.update.r))
+    }
+
+    /// Woodbury's solve with hard-negative keys equals solving with C + (w/M)·Σ k_n k_nᵀ directly.
+    @Test func negativeKeysSolveEqualsTheDirectSolve() throws {
+        let ff = 6
+        var rng = Xoshiro256(seed: 11)
+        func r() -> Float { Float(Int(rng.next() % 2001) - 1000) / 1000 }
+        let keys = (0..<3).map { _ in (0..<ff).map { _ in r() } }
+        let w: Float = 2.5
+        let neg = try NegativeKeys(keys: keys, weight: w) { $0 }  // C = I
+        let x = (0..<ff).map { _ in r() }
+        let got = try neg.apply(x)
+        var c = [Double](repeating: 0, count: ff * ff)
+        for i in 0..<ff { c[i * ff + i] = 1 }
+        for k in keys { for i in 0..<ff { for j in 0..<ff { c[i * ff + j] += Double(w) / 3 * Double(k[i] * k[j]) } } }
+        let want = try LAPACK.solveSPD(c, x.map(Double.init), n: ff, nrhs: 1)
+        for i in 0..<ff { #expect(abs(Double(got[i]) - want[i]) < 1e-5 * max(1, abs(want[i]))) }
+    }
+
+    /// Hard-negative keys shrink the mined neighbours' gains |uᵀk_n/uᵀk*| and keep the edit's own.
+    @Test func negativeKeysShrinkTheNeighboursGains() throws {
+        let m = try TinyEditModel.load()
+        let request = EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome", targetTrue: "is")
+        let plain = try Self.editor(m, neighbours: nil).computeUpdate(request)
+        let keyed = try Self.editor(m, neighbours: NeighbourSettings(count: 4, klFactor: 0, keyWeight: 50)).computeUpdate(request)
+        #expect(keyed.neighbours.count == 4)
+        let tok = EditTokenizer(model: m)
+        let prompts = try keyed.neighbours.map { n -> DeltaPrompt in
+            let sp = try tok.subjectPrompt(prefix: "", prompt: request.prompt, subject: n)
+            return DeltaPrompt(tokens: sp.tokens, position: sp.subjectLast, logitPositions: [sp.tokens.count - 1])
+        }
+        let keys = try DeltaPass(model: m, site: Site(layer: 1, kind: .mlpOut), prompts: prompts).keys
+        func gains(_ r: RomeResult) -> [Float] { keys.map { abs(Vector.dot(r.update.u, $0) / r.denominator) } }
+        let before = gains(plain), after = gains(keyed)
+        #expect(after.reduce(0, +) < 0.5 * before.reduce(0, +), "neighbour gains \(after) against \(before)")
+        // The edited subject's rewrite prompts keep gain 1 (equal-gain direction under C').
+        for g in keyed.keyGains { #expect(abs(g - 1) < 1e-3) }
+        #expect(keyed.losses.last!.nll < keyed.losses.first!.nll)
+    }
+
+    @Test func settingsAreChecked() throws {
+        let m = try TinyEditModel.load()
+        #expect(throws: EditError.self) { _ = try Self.editor(m, neighbours: NeighbourSettings(count: 0, klFactor: 1)) }
+        #expect(throws: EditError.self) { _ = try Self.editor(m, neighbours: NeighbourSettings(count: 4, klFactor: -1)) }
+        #expect(throws: EditError.self) { _ = try Self.editor(m, neighbours: NeighbourSettings(count: 4, klFactor: 1, mine: .saeOverlap)) }
+        // The mined_neighbours MESA variant mines with the SAE and does not refine δ.
+        let sae = try MesaTests.alwaysOnSAE(d: m.config.hidden, f: 40, site: Site(layer: 1, kind: .mlpOut), bias: 0)
+        let e = try Self.editor(m, neighbours: nil, mesa: MesaHyperparameters(sae: "t", l1: 0, variant: .minedNeighbours), sae: sae)
+        #expect(e.hparams.neighbourProtection?.mining == .saeOverlap)
+        let r = try e.computeUpdate(EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome"))
+        #expect(!r.refined && r.neighbours.count == 8 && r.applied.rank == 1)
+        // Without candidate subjects the editor says what it needs.
+        let bare = try Self.editor(m, neighbours: NeighbourSettings(count: 2, klFactor: 1))
+        bare.neighbourCandidates = []
+        #expect(throws: EditError.self) { _ = try bare.computeUpdate(EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome")) }
+    }
+}
