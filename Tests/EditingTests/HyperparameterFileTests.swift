@@ -27,6 +27,26 @@ import Testing
         }
     }
 
+    /// The ROME experiment files (ops/experiments/rome/) conform and decode, their neighbour blocks included.
+    @Test func experimentFilesConformAndKeepTheirNeighbourBlocks() throws {
+        let schema = try Self.schema()
+        let dir = EditTestPaths.repoRoot.appendingPathComponent("ops/experiments/rome")
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".json") }
+        #expect(files.contains("neighbours-kl8.json") && files.contains("neighbours-keys8.json"))
+        for f in files {
+            let data = try Data(contentsOf: dir.appendingPathComponent(f))
+            #expect(schema.validate(try JSONValue.parse(data)).valid, "\(f) does not conform to rome-hparams.schema.json")
+            let h = try RomeHyperparameters.decode(data)
+            try h.validate(layers: 30)
+            if f.hasPrefix("neighbours") { #expect(h.neighbours?.count == 8, "\(f) lost its neighbours block") }
+        }
+        let keys = try RomeHyperparameters.decode(Data(contentsOf: dir.appendingPathComponent("neighbours-keys8.json")))
+        #expect(keys.neighbours == NeighbourSettings(count: 8, klFactor: 0, keyWeight: 10))
+        // The block survives the snapshot's encoding.
+        let again = try RomeHyperparameters.decode(try JSONEncoder().encode(keys))
+        #expect(again.neighbours == keys.neighbours)
+    }
+
     @Test func schemaRejectsOutOfRangeValues() throws {
         let schema = try Self.schema()
         let base = try JSONSerialization.jsonObject(with: Data(contentsOf: Self.directory.appendingPathComponent("SmolLM2-135M-Instruct.json"))) as! [String: Any]
