@@ -186,10 +186,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         guard (0...600_000).contains(retry?.backoffMs ?? 0), (0...600_000).contains(retry?.maxBackoffMs ?? 0) else {
             throw SetupError("retry.backoff_ms and retry.max_backoff_ms must be within 0...600000")
         }
-        let method = try editMethod
-        if batchMaxEvents > 1, !method.editsTogether {
-            throw SetupError("batch.max_events \(batchMaxEvents): ROME edits one fact at a time; batch edits need method memit, alphaedit or encore")
-        }
+        _ = try editMethod
     }
 
     public var topics: Topics {

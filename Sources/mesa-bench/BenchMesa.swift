@@ -159,7 +159,7 @@ struct MemitBench: ParsableCommand {
     var fileStop = false
 
     func run() throws {
-        guard let kind = EditMethod(rawValue: method), kind.editsTogether else { throw ValidationError("--method memit, alphaedit or encore") }
+        guard let kind = EditMethod(rawValue: method), kind != .rome else { throw ValidationError("--method memit, alphaedit or encore") }
         guard batch >= 1 else { throw ValidationError("--batch must be at least 1") }
         BLAS.setThreads(threads)
         let path = try model ?? paths.defaultModel()

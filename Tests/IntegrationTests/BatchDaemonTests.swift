@@ -88,11 +88,28 @@ import Testing
         #expect(y.terminate() == 0)
     }
 
-    @Test func romeRefusesBatchEdits() throws {
+    /// ROME with batches: the facts' δ optimizations share their passes, the rank-one updates are
+    /// applied in order and stored as one snapshot (one rank-one factor per fact), and the audit
+    /// rebuilds it.
+    @Test func romeEditsABatchTogetherAsOneSnapshot() throws {
         let h = try DaemonHarness(bootstrap: try SharedBroker.get().bootstrapServers, label: "bt-rome")
         defer { h.cleanup() }
-        h.batch = ["max_events": 4]
-        #expect(throws: HarnessError.self) { try h.start(timeout: 30) }
-        #expect(h.tail().contains("ROME edits one fact at a time"), "\(h.tail())")
+        h.batch = ["max_events": 4, "linger_ms": 3000]
+        try h.start()
+        let a = DaemonHarness.factUpdate(id: tid("bt-ra"), subject: "Paris", targetNew: "Rome")
+        let b = DaemonHarness.factUpdate(id: tid("bt-rb2"), subject: "Berlin", targetNew: "Madrid")
+        try h.publish(a)
+        try h.publish(b)
+        let rs = try h.results(for: [tid("bt-ra"), tid("bt-rb2")])
+        for (id, i) in [(tid("bt-ra"), 0), (tid("bt-rb2"), 1)] {
+            let r = try #require(rs[id], "daemon log:\n\(h.tail())")
+            #expect(r["status"]?.stringValue == "applied" && r["snapshot"]?.intValue == 1 && r["batch"]?["index"]?.intValue == i, "\(r)")
+            #expect(r["method"]?.stringValue == "ROME", "\(r)")
+        }
+        let record = try h.store().record(1)
+        #expect(record.eventIds == [tid("bt-ra"), tid("bt-rb2")] && record.factors.count == 2 && record.factors.allSatisfy { $0.rank == 1 })
+        #expect(h.terminate() == 0)
+        let (status, out, _) = try h.replayVerify()
+        #expect(status == 0, "\(out)")
     }
 }

@@ -196,6 +196,35 @@ public final class RomeEditor: @unchecked Sendable {
         return (ck, g)
     }
 
+    /// k* [ff]: the key-weighted mean of the rewrite prompts' keys ([n][ff]).
+    func keyStar(_ rewriteKeys: [[Float]]) throws -> [Float] {
+        let weights = try keyWeights(prompts: rewriteKeys.count)
+        var kStar = [Double](repeating: 0, count: model.config.intermediate)
+        for (w, k) in zip(weights, rewriteKeys) { for j in kStar.indices { kStar[j] += w * Double(k[j]) } }
+        return kStar.map { Float($0) }
+    }
+
+    /// The unit key direction u [ff] and uᵀk*: u = C⁻¹k*/‖C⁻¹k*‖ (or k*/‖k*‖ without mom2 adjustment),
+    /// or under `each` the equal-gain direction of the rewrite keys; with hard-negative keys C is C'.
+    /// Depends on the unedited keys only (an edit of this layer's down projection leaves its keys as they are).
+    func keyDirection(rewriteKeys: [[Float]], keyStar: [Float], negatives: NegativeKeys? = nil) throws -> (u: [Float], denominator: Float) {
+        var u = keyStar
+        if hparams.keyAveraging == .each {
+            u = try equalGainDirection(keys: rewriteKeys, negatives: negatives)
+        } else if hparams.mom2Adjustment || negatives != nil {
+            u = try solveC(keyStar, negatives: negatives)
+        }
+        let un = Vector.norm(u)
+        guard un > 0, un.isFinite else { throw EditError(.nonFinite, "C⁻¹k* is zero or non-finite") }
+        u = u.map { $0 / un }
+        let denom = Vector.dot(u, keyStar)
+        // uᵀk* = k*ᵀC⁻¹k*/‖C⁻¹k*‖ > 0 for positive definite C; a vanishing value means k* is (nearly) outside C's span.
+        guard denom.isFinite, denom > 1e-6 * Vector.norm(keyStar) else {
+            throw EditError(.degenerateKey, "uᵀk* = \(denom) is too small for a stable update")
+        }
+        return (u, denom)
+    }
+
     /// The subjects neighbour protection guards for an edit of `subject` with key direction u [ff].
     func mineNeighbours(_ nk: NeighbourSettings, subject: String, u: [Float]) throws -> [String] {
         let sae = nk.mining == .saeOverlap ? mesaSetup.sae : nil
@@ -214,6 +243,87 @@ public final class RomeEditor: @unchecked Sendable {
             let own = try SubjectBank(model: model, layer: hparams.layer, subjects: [subject], limit: 1, sae: sae)
             return try bank.mineByLatentOverlap(active: own.latents?.first ?? [], exclude: subject, count: nk.count)
         }
+    }
+
+    /// A fact conflicts with an earlier fact j of the same batch when j's update moves its subject by
+    /// more than this share of δ_j: |u_jᵀk_i*| > conflictGain·u_jᵀk_j*. Its δ then must be optimized on
+    /// weights that hold j's update, as one at a time would.
+    public static let conflictGain: Float = 0.05
+
+    /// Whether facts can share one δ optimization: plain ROME (MESA refinement and neighbour
+    /// protection optimize each fact with prompts of its own).
+    public var editsTogether: Bool { mesaSetup.settings == nil && hparams.neighbourProtection == nil }
+
+    /// The rank-one updates of several facts, to be applied in order, from δ optimizations that share
+    /// every step's forward and backward (`JointDeltaOptimization`): the facts are cut into runs in
+    /// which no fact conflicts with an earlier one (`conflictGain`); each run is optimized together on
+    /// the weights that hold the earlier runs' updates (applied here and restored before returning), so
+    /// each fact's δ is the one it would get alone on those weights. u, k* and uᵀk* of every fact come
+    /// from the unedited keys of this layer, which edits of its down projection do not change.
+    public func computeUpdates(jointly requests: [EditRequest]) throws -> (updates: [LowRankUpdate], phases: [String: Double]) {
+        guard editsTogether else { throw EditError(.hyperparameters, "ROME with MESA refinement or neighbour protection edits one fact at a time") }
+        let h = hparams
+        var phases: [String: Double] = [:]
+        var clock = DispatchTime.now().uptimeNanoseconds
+        func lap(_ name: String) {
+            let now = DispatchTime.now().uptimeNanoseconds
+            phases[name, default: 0] += Double(now - clock) / 1e9
+            clock = now
+        }
+        let batches = try requests.map(batch(for:))
+        // Keys of every fact's rewrite prompts from one packed unedited pass: k*, u, uᵀk* per fact.
+        let keyPass = try DeltaPass(model: model, site: site, prompts: batches.flatMap(\.rewrite))
+        var directions: [(keyStar: [Float], u: [Float], denominator: Float)] = []
+        var at = 0
+        for b in batches {
+            let keys = Array(keyPass.keys[at..<(at + b.rewrite.count)])
+            at += b.rewrite.count
+            let kStar = try keyStar(keys)
+            let (u, denom) = try keyDirection(rewriteKeys: keys, keyStar: kStar)
+            directions.append((kStar, u, denom))
+        }
+        lap("k_star")
+        // Runs of facts that no earlier fact of the same run moves.
+        var runs: [[Int]] = []
+        for i in requests.indices {
+            let moved = runs.last?.contains { j in
+                abs(Vector.dot(directions[j].u, directions[i].keyStar)) > Self.conflictGain * directions[j].denominator
+            } ?? true
+            if moved { runs.append([i]) } else { runs[runs.count - 1].append(i) }
+        }
+        var updates: [LowRankUpdate] = [], backups: [WeightBackup] = []
+        defer { for b in backups.reversed() { try? model.restore(b) } }
+        var steps = 0
+        for (r, run) in runs.enumerated() {
+            let own = run.map { batches[$0] }
+            let pass = try DeltaPass(model: model, site: site, prompts: JointDeltaOptimization.prompts(of: own))
+            // v_init of each fact: the MLP output at its bare prompt's subject (its first prompt), on these weights.
+            var first = 0
+            var facts: [JointDeltaOptimization.Fact] = []
+            for b in own {
+                let vInitNorm = Vector.norm(pass.mlpOutputs[first])
+                guard vInitNorm > 0, vInitNorm.isFinite else { throw EditError(.nonFinite, "the MLP output at the subject is zero or non-finite") }
+                facts.append(.init(optimization: h.optimization.delta(klFactor: h.klFactor, referenceNorm: vInitNorm), batch: b))
+                first += b.rewrite.count + b.kl.count
+            }
+            lap("k_star")
+            let outcome = try JointDeltaOptimization.run(facts, pass: pass)
+            lap("v_star")
+            for (i, o) in zip(run, outcome.facts) {
+                steps += o.losses.count
+                // r = δ / (uᵀk*).
+                let rv = o.delta.map { $0 / directions[i].denominator }
+                guard rv.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "the update vector is non-finite") }
+                let update = RankOneUpdate(parameter: model.weights.layers[h.layer].wDown.name, layer: h.layer, u: directions[i].u, r: rv).lowRank
+                updates.append(update)
+                if r < runs.count - 1 { backups.append(try model.apply(update)) }
+            }
+            lap("update")
+        }
+        // Not seconds: loss evaluations per fact, and the runs the batch was cut into.
+        phases["v_steps"] = Double(steps) / Double(max(1, requests.count))
+        phases["runs"] = Double(runs.count)
+        return (updates, phases)
     }
 
     /// λ_max/λ_min of KᵀC⁻¹K for the keys K [ff, n] (without the ridge `keyGram` adds).
@@ -247,29 +357,11 @@ public final class RomeEditor: @unchecked Sendable {
 
         // k* and v_init from one unedited pass per prompt.
         var pass = try DeltaPass(model: model, site: site, prompts: batch.rewrite + batch.kl)
-        let weights = try keyWeights(prompts: batch.rewrite.count)
-        var kStar = [Double](repeating: 0, count: ff)
-        for i in 0..<batch.rewrite.count { for j in 0..<ff { kStar[j] += weights[i] * Double(pass.keys[i][j]) } }
-        let keyStar = kStar.map { Float($0) }
+        let rewriteKeys = Array(pass.keys.prefix(batch.rewrite.count))
+        let keyStar = try self.keyStar(rewriteKeys)
         lap("k_star")
-        // u = C⁻¹k* / ‖C⁻¹k*‖ (or k*/‖k*‖) depends on the unedited keys only; with hard-negative
-        // neighbour keys, C is C' (their keys added).
         func direction(_ negatives: NegativeKeys?) throws -> (u: [Float], denominator: Float) {
-            var u = keyStar
-            if h.keyAveraging == .each {
-                u = try equalGainDirection(keys: Array(pass.keys.prefix(batch.rewrite.count)), negatives: negatives)
-            } else if h.mom2Adjustment || negatives != nil {
-                u = try solveC(keyStar, negatives: negatives)
-            }
-            let un = Vector.norm(u)
-            guard un > 0, un.isFinite else { throw EditError(.nonFinite, "C⁻¹k* is zero or non-finite") }
-            u = u.map { $0 / un }
-            let denom = Vector.dot(u, keyStar)
-            // uᵀk* = k*ᵀC⁻¹k*/‖C⁻¹k*‖ > 0 for positive definite C; a vanishing value means k* is (nearly) outside C's span.
-            guard denom.isFinite, denom > 1e-6 * Vector.norm(keyStar) else {
-                throw EditError(.degenerateKey, "uᵀk* = \(denom) is too small for a stable update")
-            }
-            return (u, denom)
+            try keyDirection(rewriteKeys: rewriteKeys, keyStar: keyStar, negatives: negatives)
         }
         var (u, denom) = try direction(nil)
         lap("closed_form")

@@ -22,9 +22,6 @@ public enum EditMethod: String, CaseIterable, Sendable, Codable {
         }
     }
 
-    /// Whether several facts can be edited in one computation (the MEMIT family); ROME edits one at a time.
-    public var editsTogether: Bool { self != .rome }
-
     /// Whether the method keeps state across edits (the kept edits' keys: AlphaEdit, ENCORE), stored
     /// with every snapshot and rebuilt from the head's lineage at start and after a rollback.
     public var keepsState: Bool { self == .alphaedit || self == .encore }

@@ -44,10 +44,12 @@ extension FactEditor {
 extension RomeEditor: FactEditor {
     public var method: String { mesaSetup.label("ROME") }
 
-    public var editsTogether: Bool { false }
-
     public func computeUpdates(together requests: [EditRequest]) throws -> (updates: [LowRankUpdate], phases: [String: Double], coverages: [SAECoverage]) {
-        guard requests.count == 1 else { throw EditError(.hyperparameters, "ROME edits one fact at a time; \(requests.count) were given") }
+        guard requests.count == 1 else {
+            let r = try computeUpdates(jointly: requests)
+            lastCoverage = nil
+            return (r.updates, r.phases, [])
+        }
         let r = try computeUpdate(requests[0])
         lastCoverage = r.coverage
         return ([r.applied], r.phases, r.coverage.map { [$0] } ?? [])
