@@ -19,6 +19,7 @@ extension Pipeline {
     /// update wins as it would one at a time. Everything else is processed alone, in order. One
     /// outcome per message, in order; throws only for failures of the daemon's own resources.
     public func process(batch ms: [KafkaMessage]) throws -> [Outcome] {
+        defer { settle() }
         guard ms.count > 1, defaultEditor.editsTogether else { return try ms.map(process) }
         var outcomes = [Outcome?](repeating: nil, count: ms.count)
         var group: [(index: Int, edit: PendingEdit)] = []
