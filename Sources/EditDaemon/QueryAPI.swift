@@ -137,7 +137,7 @@ public final class QueryAPI: @unchecked Sendable {  // `inFlight` is guarded by 
             }
             return try Self.json(.ok, result)
         } catch let e as QueryError {
-            if e.status.code >= 500 { logger.warning("query: \(request.uri.path): \(e)") }
+            if e.status == .gatewayTimeout { logger.warning("query: \(request.uri.path): \(e)") }
             return Self.errorResponse(e)
         } catch {
             logger.error("query: \(request.uri.path) failed", metadata: ["error": "\(error)"])
