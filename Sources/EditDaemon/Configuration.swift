@@ -45,6 +45,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         public var control: String?
         public var results: String?
         public var deadLetters: String?
+        public var weightDeltas: String?
     }
     /// MESA refinement for the ROME editor (overrides the hyperparameter file's "mesa" block).
     public struct Mesa: Codable, Sendable, Equatable {
@@ -201,6 +202,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         if let v = kafka?.topics?.control { t.control = v }
         if let v = kafka?.topics?.results { t.results = v }
         if let v = kafka?.topics?.deadLetters { t.deadLetters = v }
+        if let v = kafka?.topics?.weightDeltas { t.weightDeltas = v }
         return t
     }
 
