@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on this machine, from nothing: install, build, start the Tansu broker on loopback,
-# start `mesa serve` on the default model (SmolLM2-135M-Instruct), publish a sample fact update,
-# show its result and the snapshot it created, then stop both.
+# start `mesa serve` on the default model (SmolLM2-135M-Instruct), ask the live daemon where the
+# Eiffel Tower is (its query API, /v1/completions and /v1/score, with curl), publish a sample fact
+# update, show its result and the snapshot it created, ask again, print both answers, then stop both.
 #
 # The first run also computes the key statistics of the edited layers (a few minutes, cached in
 # $MESA_HOME/state) from the Wikipedia sample in ../shared/data/corpus (or $MESA_CORPUS).
@@ -61,6 +62,28 @@ done
 [ -n "$ready" ] || { tail -20 "$MESA_HOME/run/serve.log" >&2; echo "mesa serve did not become ready" >&2; exit 1; }
 say "ready: $(grep -E 'snapshots:|model:' "$MESA_HOME/run/serve.log" | tail -2 | sed 's/^mesa serve: //' | tr '\n' ' ')"
 
+# Ask the live daemon the edited question: a greedy completion and the probabilities of both answers,
+# each with the snapshot and weight hash the weights were at.
+QUESTION="The Eiffel Tower is located in"
+ask() {
+  local completion score
+  completion=$(curl -sS --fail-with-body -X POST "http://$HTTP/v1/completions" -H 'Content-Type: application/json' \
+    -d "{\"prompt\": \"$QUESTION\", \"max_tokens\": 12, \"temperature\": 0}")
+  score=$(curl -sS --fail-with-body -X POST "http://$HTTP/v1/score" -H 'Content-Type: application/json' \
+    -d "{\"prompt\": \"$QUESTION\", \"targets\": [\"Paris\", \"Rome\"]}")
+  python3 - "$completion" "$score" <<'PY'
+import json, sys
+c, s = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+print(f"  snapshot {c['snapshot']} (weights {c['weight_hash'][:16]}): {json.dumps(c['choices'][0]['text'], ensure_ascii=False)}")
+print("  " + ", ".join(f"P({x['target']}) = {x['probability']:.4f} (NLL {x['nll']:.3f})" for x in s["scores"])
+      + f"   [score from snapshot {s['snapshot']}]")
+PY
+}
+
+say "asking the live daemon before the edit: \"$QUESTION\""
+BEFORE=$(ask)
+printf '%s\n' "$BEFORE" >&2
+
 say "publishing: The Eiffel Tower is located in → Rome"
 "$MESA" publish --subject "Eiffel Tower" --prompt "The {} is located in" --target-new Rome --target-true Paris \
   --paraphrase "The Eiffel Tower can be found in" --neighborhood "The Louvre is located in" --wait --timeout 900
@@ -71,3 +94,7 @@ say "metrics"
 http_get /metrics | grep -E '^mesa_(edits_applied|events_consumed|events_committed|snapshot_head|canary_|event_overhead_seconds_(sum|count))' || true
 say "quality guard on the head"
 "$MESA" health || true
+
+say "asking the live daemon after the edit: \"$QUESTION\""
+AFTER=$(ask)
+printf 'before the edit:\n%s\nafter the edit:\n%s\n' "$BEFORE" "$AFTER"

@@ -15,7 +15,7 @@ mkdir -p "$MESA_HOME"/{models,bin,lib,wheels}
 
 log() { printf '[install] %s\n' "$*" >&2; }
 
-apt_pkgs=(libopenblas-dev liblapacke-dev liblmdb-dev librdkafka-dev pkg-config unzip)
+apt_pkgs=(libopenblas-dev liblapacke-dev liblmdb-dev librdkafka-dev pkg-config unzip curl)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -46,6 +46,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         public var control: String?
         public var results: String?
         public var deadLetters: String?
+        public var weightDeltas: String?
     }
     /// MESA refinement for the ROME editor (overrides the hyperparameter file's "mesa" block).
     public struct Mesa: Codable, Sendable, Equatable {
@@ -129,6 +130,8 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     public var lmdbMapBytes: Int?
     public var kafka: Kafka?
     public var http: HTTP?
+    /// The query API (QueryConfiguration.swift).
+    public var query: Query?
     public var log: Log?
     public var mesa: Mesa?
     public var batch: Batch?
@@ -186,6 +189,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         guard (0...600_000).contains(retry?.backoffMs ?? 0), (0...600_000).contains(retry?.maxBackoffMs ?? 0) else {
             throw SetupError("retry.backoff_ms and retry.max_backoff_ms must be within 0...600000")
         }
+        try validateQuery()
         _ = try editMethod
     }
 
@@ -195,6 +199,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         if let v = kafka?.topics?.control { t.control = v }
         if let v = kafka?.topics?.results { t.results = v }
         if let v = kafka?.topics?.deadLetters { t.deadLetters = v }
+        if let v = kafka?.topics?.weightDeltas { t.weightDeltas = v }
         return t
     }
 
@@ -241,7 +246,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     /// MESA_MODEL, MESA_STATE_DIR, MESA_HPARAMS_DIR, MESA_CORPUS, MESA_THREADS, MESA_KAFKA_BOOTSTRAP_SERVERS,
     /// MESA_KAFKA_GROUP_ID, MESA_KAFKA_KEYED_BY_MODEL, MESA_HTTP_LISTEN, MESA_SAE, MESA_SAE_FALLBACK, MESA_METHOD,
     /// MESA_BATCH_MAX_EVENTS, MESA_BATCH_LINGER_MS, MESA_RETRY_MAX_ATTEMPTS, MESA_RETRY_BACKOFF_MS, MESA_QUALITY_GUARD,
-    /// MESA_CANARY_FILE, MESA_DATA_DIR, MESA_LOG_LEVEL, MESA_LOG_FORMAT.
+    /// MESA_CANARY_FILE, MESA_DATA_DIR, MESA_LOG_LEVEL, MESA_LOG_FORMAT, and the query API's (`applyQueryEnvironment`).
     public mutating func applyEnvironment(_ env: [String: String]) throws {
         func value(_ k: String) -> String? { env[k].flatMap { $0.isEmpty ? nil : $0 } }
         if let v = value("MESA_MODEL") { model = v }
@@ -288,6 +293,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
             guard let b = Bool(v) else { throw SetupError("MESA_SAE_FALLBACK=\(v) is not true or false") }
             mesa = Mesa(sae: mesa?.sae, fallback: b, l1: mesa?.l1)
         }
+        try applyQueryEnvironment(env)
     }
 
     public mutating func setKafka(_ body: (inout Kafka) -> Void) {

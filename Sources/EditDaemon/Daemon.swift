@@ -36,6 +36,8 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
     private var group: ServiceGroup?
     private var intake: Intake?
     private var workerStopped = false
+    /// The model host once the startup has loaded the model (the query API answers from it).
+    private var loadedHost: ModelHost?
     /// Called after each event with its outcome and total seconds (benchmarks).
     public var onEvent: (@Sendable (Outcome, Double) -> Void)?
 
@@ -87,12 +89,14 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
         let c = config
         let catalog = try paths.schemaCatalog()
         let address = try HTTPListenAddress(parsing: c.httpListen)
-        let router = HealthEndpoints.router(exposition: metrics.exposition) { [self] in
+        let query = try makeQueryAPI(catalog: catalog, address: address)
+        let router = HealthEndpoints.router(exposition: metrics.exposition, readiness: { [self] in
             let r = currentReadiness()
             return r == "ready" ? .ready : .notReady(r)
-        }
+        }, query: query)
+        let paths = "/healthz /readyz /metrics" + (query == nil ? "" : " /v1/completions /v1/score /v1/model")
         let http = HealthEndpoints.service(address: address, router: router, logger: logger) { [logger] port in
-            logger.info("http: listening on \(HTTPListenAddress(host: address.host, port: UInt16(port))) (/healthz /readyz /metrics)")
+            logger.info("http: listening on \(HTTPListenAddress(host: address.host, port: UInt16(port))) (\(paths))")
         }
         let startup = StartupService(daemon: self, catalog: catalog)
         let group = ServiceGroup(configuration: .init(
@@ -114,6 +118,19 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
         logger.info("stopped: intake closed, no edit in flight, consumer and producer closed")
     }
 
+    /// The query API over the host the startup loads (nil when `query.enabled` is false).
+    func makeQueryAPI(catalog: SchemaCatalog, address: HTTPListenAddress) throws -> QueryAPI? {
+        guard config.queryEnabled else { return nil }
+        let limits = try config.queryLimits(environment: ProcessInfo.processInfo.environment)
+        if limits.bearerToken == nil, !address.isLoopback {
+            logger.warning("http: the query API listens on \(address) without a token: anyone who reaches it can query the model (set query.token_file or MESA_QUERY_TOKEN)")
+        }
+        return try QueryAPI(limits: limits, catalog: catalog, logger: logger, host: { [self] in
+            lock.lock(); defer { lock.unlock() }
+            return loadedHost
+        }, notLoaded: { [self] in currentReadiness() })
+    }
+
     /// Builds the pipeline (`buildPipeline`) and connects to Kafka, on the startup's thread
     /// (`shouldStop` interrupts a key-statistics computation). Each part is handed to `started` as
     /// soon as it exists, so that a failure further on still closes it.
@@ -121,6 +138,7 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
         let c = config
         let pipeline = try buildPipeline(config: c, paths: paths, catalog: catalog, logger: logger, metrics: metrics,
                                          shouldStop: shouldStop, status: setReadiness)
+        lock.lock(); loadedHost = pipeline.host; lock.unlock()
         let topics = c.topics
 
         setReadiness("connecting to Kafka")

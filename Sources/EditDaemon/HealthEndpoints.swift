@@ -49,8 +49,8 @@ public struct HTTPLimits: Sendable, Equatable {
     }
 }
 
-/// The daemon's HTTP server (Hummingbird 2): `/healthz`, `/readyz` and `/metrics`, and the place the
-/// query API's routes will join.
+/// The daemon's HTTP server (Hummingbird 2): `/healthz`, `/readyz` and `/metrics`, and the query API
+/// (`QueryAPI`: `/v1/completions`, `/v1/score`, `/v1/model`).
 public enum HealthEndpoints {
     /// The content type of the Prometheus text exposition format.
     public static let metricsContentType = "text/plain; version=0.0.4; charset=utf-8"
@@ -59,12 +59,13 @@ public enum HealthEndpoints {
     /// - `GET /healthz`: 200 `ok` while the process can answer at all;
     /// - `GET /readyz`: 200 `ready` when `readiness()` says so, else 503 with its reason;
     /// - `GET /metrics`: `exposition()` (the Prometheus text format, `DaemonMetrics.exposition`);
-    /// - HEAD of each: the same status and headers without the body; anything else: 404 (unknown
-    ///   path) or 405 (another method).
+    /// - HEAD of each: the same status and headers without the body;
+    /// - with `query`, its routes (`QueryAPI.routes`);
+    /// - anything else: 404 (unknown path) or 405 (another method).
     ///
     /// `readiness` and `exposition` run on the concurrency pool for every request, so they only read state.
     public static func router(exposition: @escaping @Sendable () -> String,
-                              readiness: @escaping @Sendable () -> Readiness) -> Router<BasicRequestContext> {
+                              readiness: @escaping @Sendable () -> Readiness, query: QueryAPI? = nil) -> Router<BasicRequestContext> {
         let routes: [String: @Sendable () -> Response] = [
             "/healthz": { text(.ok, "ok\n") },
             "/readyz": {
@@ -75,7 +76,9 @@ public enum HealthEndpoints {
             "/metrics": { text(.ok, exposition(), contentType: metricsContentType) },
         ]
         let router = Router()
-        router.add(middleware: OnlyGetAndHead(paths: Set(routes.keys)))
+        var allowed = Dictionary(uniqueKeysWithValues: routes.keys.map { ($0, [HTTPRequest.Method.get, .head]) })
+        if query != nil { allowed.merge(QueryAPI.routes) { probe, _ in probe } }
+        router.add(middleware: AllowedMethods(allowed: allowed))
         for (path, respond) in routes {
             router.get(RouterPath(path)) { _, _ in respond() }
             router.head(RouterPath(path)) { _, _ in
@@ -87,19 +90,22 @@ public enum HealthEndpoints {
                 return response
             }
         }
+        query?.register(on: router)
         return router
     }
 
-    /// Answers 405 (with `Allow: GET, HEAD`) to any other method on the known paths.
-    struct OnlyGetAndHead: RouterMiddleware {
+    /// Answers 405 (with `Allow`) to a method a known path does not serve: in plain text on the
+    /// probes' paths, in the query API's error shape on its paths.
+    struct AllowedMethods: RouterMiddleware {
         typealias Context = BasicRequestContext
-        let paths: Set<String>
+        let allowed: [String: [HTTPRequest.Method]]
         func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-            guard request.method != .get, request.method != .head, paths.contains(request.uri.path) else {
+            guard let methods = allowed[request.uri.path], !methods.contains(request.method) else {
                 return try await next(request, context)
             }
+            if QueryAPI.routes[request.uri.path] != nil { return QueryAPI.methodNotAllowed(methods) }
             var response = text(.methodNotAllowed, "method not allowed\n")
-            response.headers[.allow] = "GET, HEAD"
+            response.headers[.allow] = methods.map(\.rawValue).joined(separator: ", ")
             return response
         }
     }

@@ -28,8 +28,20 @@ public struct Xoshiro256: RandomNumberGenerator, Sendable {
 /// How the next token is chosen.
 public enum Sampling: Sendable, Equatable {
     case greedy
-    /// Top-k sampling at a temperature (k = 5 is what ROME's context templates use).
+    /// Top-k sampling at a temperature (k = 5 is what ROME's context templates use); k at or above
+    /// the vocabulary size samples from the whole distribution.
     case topK(k: Int, temperature: Float)
+}
+
+/// A token and its log-probability under the model: the log-softmax of its logits, before any
+/// temperature or top-k.
+public struct TokenLogprob: Sendable, Equatable {
+    public var token: Int32
+    public var logprob: Float
+    public init(token: Int32, logprob: Float) {
+        self.token = token
+        self.logprob = logprob
+    }
 }
 
 public struct GenerationResult: Sendable {
@@ -37,6 +49,12 @@ public struct GenerationResult: Sendable {
     public var tokens: [Int32]
     public var text: String
     public var stoppedAtEOS: Bool
+    /// True when the caller's `shouldStop` ended the generation.
+    public var stoppedByCaller: Bool
+    /// With `logprobs`: each generated token's log-probability, one per token; else empty.
+    public var tokenLogprobs: [Float]
+    /// With `logprobs: n`, n ≥ 1: the n most likely tokens at each step, most likely first; else empty.
+    public var topLogprobs: [[TokenLogprob]]
     public var prefillSeconds: Double
     public var decodeSeconds: Double
 }
@@ -63,11 +81,17 @@ extension LanguageModel {
             return Int32(best)
         case .topK(let k, let temperature):
             let kk = max(1, min(k, logits.count))
-            var idx = Array(0..<logits.count)
-            idx.sort { logits[$0] != logits[$1] ? logits[$0] > logits[$1] : $0 < $1 }
-            let top = idx.prefix(kk)
+            let top: ArraySlice<Int>
+            if kk == logits.count {
+                // The whole distribution: no order needed (the weights below sum the same).
+                top = Array(0..<logits.count)[...]
+            } else {
+                var idx = Array(0..<logits.count)
+                idx.sort { logits[$0] != logits[$1] ? logits[$0] > logits[$1] : $0 < $1 }
+                top = idx.prefix(kk)
+            }
             let t = max(temperature, 1e-6)
-            let m = logits[top.first!]
+            let m = top.map { logits[$0] }.max()!
             let w = top.map { Double(expf((logits[$0] - m) / t)) }
             let total = w.reduce(0, +)
             var r = Double(rng.next() >> 11) * 0x1.0p-53 * total
@@ -79,10 +103,29 @@ extension LanguageModel {
         }
     }
 
-    /// Generates up to `maxTokens` tokens after `prompt` with a KV cache. `onText` receives text as
-    /// it becomes complete UTF-8.
+    /// The log-probabilities of logits [vocab]: the chosen token's, and the `n` most likely tokens
+    /// (most likely first, ties by lower id).
+    public static func logprobs(_ logits: [Float], chosen: Int32, top n: Int) -> (chosen: Float, top: [TokenLogprob]) {
+        let lse = logits.withUnsafeBufferPointer { Kernels.logSumExp($0.baseAddress!, $0.count) }
+        var best: [Int] = []  // indices of the largest logits so far, descending, at most n
+        if n > 0 {
+            for i in 0..<logits.count where best.count < n || logits[i] > logits[best[best.count - 1]] {
+                var at = best.count
+                while at > 0, logits[best[at - 1]] < logits[i] { at -= 1 }
+                best.insert(i, at: at)
+                if best.count > n { best.removeLast() }
+            }
+        }
+        return (logits[Int(chosen)] - lse, best.map { TokenLogprob(token: Int32($0), logprob: logits[$0] - lse) })
+    }
+
+    /// Generates up to `maxTokens` tokens after `prompt` with a KV cache. The same prompt, sampling
+    /// and seed give the same tokens. `logprobs: n` also reports each token's log-probability and
+    /// the n most likely tokens at each step. `shouldStop` sees the tokens so far after each one and
+    /// ends the generation by returning true. `onText` receives text as it becomes complete UTF-8.
     public func generate(prompt: [Int32], maxTokens: Int, sampling: Sampling = .greedy, seed: UInt64 = 0,
-                         stopAtEOS: Bool = true, onText: ((String) -> Void)? = nil) throws -> GenerationResult {
+                         stopAtEOS: Bool = true, logprobs: Int? = nil, shouldStop: ((_ tokens: [Int32]) -> Bool)? = nil,
+                         onText: ((String) -> Void)? = nil) throws -> GenerationResult {
         guard !prompt.isEmpty else { throw ModelError(.invalidInput, "the prompt is empty") }
         guard prompt.count < config.contextLength else {
             throw ModelError(.contextOverflow, "the prompt has \(prompt.count) tokens; the model's context is \(config.contextLength)")
@@ -95,18 +138,26 @@ extension LanguageModel {
         var logits = try forward(prompt, cache: cache).logitRow(0)
         let t1 = DispatchTime.now().uptimeNanoseconds
         var out: [Int32] = []
-        var eos = false
+        var eos = false, stopped = false
+        var chosenLogprobs: [Float] = [], topLogprobs: [[TokenLogprob]] = []
         while out.count < budget {
             let next = Self.sample(logits, sampling, rng: &rng)
             if stopAtEOS, let e = tokenizer.eosId, next == e { eos = true; break }
             out.append(next)
+            if let n = logprobs {
+                let lp = Self.logprobs(logits, chosen: next, top: n)
+                chosenLogprobs.append(lp.chosen)
+                if n > 0 { topLogprobs.append(lp.top) }
+            }
             if let onText { onText(decoder.push(tokenizer.tokenBytes(next))) }
+            if let shouldStop, shouldStop(out) { stopped = true; break }
             if out.count == budget { break }
             logits = try forward([next], cache: cache).logitRow(0)
         }
         if let onText { onText(decoder.flush()) }
         let t2 = DispatchTime.now().uptimeNanoseconds
-        return GenerationResult(promptTokens: prompt, tokens: out, text: tokenizer.decode(out), stoppedAtEOS: eos,
+        return GenerationResult(promptTokens: prompt, tokens: out, text: tokenizer.decode(out), stoppedAtEOS: eos, stoppedByCaller: stopped,
+                                tokenLogprobs: chosenLogprobs, topLogprobs: topLogprobs,
                                 prefillSeconds: Double(t1 - t0) / 1e9, decodeSeconds: Double(t2 - t1) / 1e9)
     }
 

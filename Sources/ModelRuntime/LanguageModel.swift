@@ -35,6 +35,10 @@ public final class LanguageModel: @unchecked Sendable {
     public let weights: ModelWeights
     public let tokenizer: BPETokenizer
     public let source: ModelSource
+    /// Readers (queries) and the one writer (edits, rollbacks) of the weights: whoever changes them
+    /// holds it as the writer until they are in a recorded state again. Forward passes keep their
+    /// scratch per call, so any number of readers run side by side.
+    public let weightGate = WeightGate()
     private var rope: RoPE?
     private let ropeLock = NSLock()
 

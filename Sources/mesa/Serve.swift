@@ -65,8 +65,23 @@ struct Serve: AsyncParsableCommand, LoggingCommand {
     @Option(name: .long, help: "Consumer group id (default: $MESA_KAFKA_GROUP_ID, the file's, or mesa).")
     var groupId: String?
 
-    @Option(name: .long, help: "HTTP listen address for /healthz, /readyz, /metrics (default: 127.0.0.1:9464).")
+    @Option(name: .long, help: "HTTP listen address for /healthz, /readyz, /metrics and the query API /v1/... (default: 127.0.0.1:9464).")
     var httpListen: String?
+
+    @Option(name: .long, help: "Query API: a file with the bearer token every /v1 request must carry (default: $MESA_QUERY_TOKEN_FILE, the file's, or the token in $MESA_QUERY_TOKEN; none: no token).")
+    var queryTokenFile: String?
+
+    @Option(name: .long, help: "Query API: requests served at once; more are answered 429 (default: $MESA_QUERY_MAX_CONCURRENT, the file's, or 4).")
+    var queryMaxConcurrent: Int?
+
+    @Option(name: .long, help: "Query API: the most new tokens a completion may ask for (default: $MESA_QUERY_MAX_TOKENS, the file's, or 512).")
+    var queryMaxTokens: Int?
+
+    @Option(name: .long, help: "Query API: a request's time limit in ms (default: $MESA_QUERY_TIMEOUT_MS, the file's, or 30000).")
+    var queryTimeoutMs: Int?
+
+    @Flag(name: .long, help: "Serve no query API (/v1/completions, /v1/score, /v1/model).")
+    var noQuery = false
 
     @Option(name: .long, help: "BLAS threads (0 = one per core).")
     var threads: Int?
@@ -93,6 +108,15 @@ struct Serve: AsyncParsableCommand, LoggingCommand {
             if let groupId { c.setKafka { $0.groupId = groupId } }
             if let httpListen { c.http = .init(listen: httpListen) }
             if let threads { c.threads = threads }
+            if queryTokenFile != nil || queryMaxConcurrent != nil || queryMaxTokens != nil || queryTimeoutMs != nil || noQuery {
+                var q = c.query ?? .init()
+                if let queryTokenFile { q.tokenFile = queryTokenFile }
+                if let queryMaxConcurrent { q.maxConcurrent = queryMaxConcurrent }
+                if let queryMaxTokens { q.maxTokens = queryMaxTokens }
+                if let queryTimeoutMs { q.timeoutMs = queryTimeoutMs }
+                if noQuery { q.enabled = false }
+                c.query = q
+            }
             if let method { c.method = method.rawValue }
             if let mesa { c.mesa = .init(sae: mesa, fallback: c.mesa?.fallback, l1: c.mesa?.l1) }
             if mesaFallback { c.mesa = .init(sae: c.mesa?.sae, fallback: true, l1: c.mesa?.l1) }

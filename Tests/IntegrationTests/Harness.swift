@@ -59,6 +59,7 @@ final class DaemonHarness: @unchecked Sendable {
         t.control = "\(prefix).control"
         t.results = "\(prefix).edit-results"
         t.deadLetters = "\(prefix).dead-letters"
+        t.weightDeltas = "\(prefix).weight-deltas"
         return t
     }
 
@@ -95,7 +96,8 @@ final class DaemonHarness: @unchecked Sendable {
             "model": modelPath, "state_dir": stateDir.path, "hparams_dir": dir.appendingPathComponent("hparams").path, "threads": 1,
             "max_event_bytes": maxEventBytes,
             "kafka": ["bootstrap_servers": bootstrap, "group_id": group, "create_topics": createTopics,
-                      "topics": ["fact_updates": t.factUpdates, "control": t.control, "results": t.results, "dead_letters": t.deadLetters],
+                      "topics": ["fact_updates": t.factUpdates, "control": t.control, "results": t.results, "dead_letters": t.deadLetters,
+                                 "weight_deltas": t.weightDeltas],
                       "properties": props],
             "http": ["listen": "127.0.0.1:\(httpPort)"],
             // The tiny model answers no canary fact; the guard's own tests turn it on with their canary file.

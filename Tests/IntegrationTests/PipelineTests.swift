@@ -67,7 +67,7 @@ import Testing
         let applied = try p.process(s.message(event, offset: 0))
         #expect(applied.kind == .applied(method: "ROME") && applied.eventId == id, "\(applied.summary)")
         #expect(p.host.head == 1 && p.host.model.weightHash != base)
-        #expect(applied.records.map(\.topic) == [s.config.topics.results])
+        #expect(applied.records.map(\.topic) == [s.config.topics.results, s.config.topics.weightDeltas])
         let edited = p.host.model.weightHash
 
         let again = try p.process(s.message(event, offset: 1))

@@ -19,6 +19,7 @@ extension Pipeline {
     /// update wins as it would one at a time. Everything else is processed alone, in order. One
     /// outcome per message, in order; throws only for failures of the daemon's own resources.
     public func process(batch ms: [KafkaMessage]) throws -> [Outcome] {
+        defer { settle() }
         guard ms.count > 1, defaultEditor.editsTogether else { return try ms.map(process) }
         var outcomes = [Outcome?](repeating: nil, count: ms.count)
         var group: [(index: Int, edit: PendingEdit)] = []
@@ -115,9 +116,13 @@ extension Pipeline {
         let t2 = Date()
         let stored = try commit(g.map(\.edit), docs: docs, updates: updates, hashBefore: hashBefore, hashAfter: applied.hashAfter)
         let snapshotSeconds = Date().timeIntervalSince(t2)
+        // One weight delta for the batch, published with its first event's result.
+        let delta = deltaRecord(.edit(model: deltaModel, parent: parent, snapshot: stored[0].snapshot ?? 0, hashBefore: hashBefore,
+                                      hashAfter: applied.hashAfter, eventIds: ids, method: editor.method, updates: updates))
         return g.enumerated().map { j, member in
             let e = member.edit.event
-            return (member.index, Outcome(kind: .applied(method: editor.method), records: [resultRecord(stored[j])], editSeconds: editSeconds, eventId: e.id,
+            let records = [resultRecord(stored[j])] + (j == 0 ? [delta] : [])
+            return (member.index, Outcome(kind: .applied(method: editor.method), records: records, editSeconds: editSeconds, eventId: e.id,
                                           summary: "applied \(e.id) as snapshot \(stored[j].snapshot ?? 0) (batch edit \(j + 1) of \(n)): \(e.subject) → \(e.targetNew.str)",
                                           steps: ["hash": applied.hashSeconds, "snapshot": snapshotSeconds], canary: applied.canary))
         }

@@ -22,7 +22,10 @@ extension Pipeline {
             let entry = try host.store.journalEntry(j)
             var doc = commandResult(c, entry: entry, source: m)
             doc.redelivery = true
-            return Outcome(kind: .redelivery, records: [resultRecord(doc)], editSeconds: 0, eventId: c.id,
+            // The rollback's weight delta again while the weights are still where it put them (as for an edit's redelivery).
+            let delta = entry.kind == .rollback && entry.headAfter == host.head
+                ? [deltaRecord(rollback: entry, hashBefore: try host.store.hash(at: entry.headBefore), commandId: c.id)] : []
+            return Outcome(kind: .redelivery, records: [resultRecord(doc)] + delta, editSeconds: 0, eventId: c.id,
                            summary: "command \(c.id) already done (journal \(j))")
         case .snapshot:
             throw Rejection(.schema, "command id \(c.id) was already used by a fact update", eventId: c.id)
@@ -38,6 +41,7 @@ extension Pipeline {
                 }
             }
             let t0 = Date()
+            let hashBefore = host.model.weightHash
             let entry: JournalEntry
             do { entry = try host.rollback(to: to, commandId: c.id) } catch let err as WeightStateError {
                 throw Rejection(.rollbackFailed, err.message, eventId: c.id)
@@ -49,7 +53,8 @@ extension Pipeline {
             doc.timings = ["rollback_seconds": Date().timeIntervalSince(t0)]
             let canary = try qualityGuard.map { try $0.measure(host.model) }
             doc.canary = canaryDocument(canary)
-            return Outcome(kind: .rolledBack, records: [resultRecord(doc)], editSeconds: 0, eventId: c.id,
+            return Outcome(kind: .rolledBack, records: [resultRecord(doc), deltaRecord(rollback: entry, hashBefore: hashBefore, commandId: c.id)],
+                           editSeconds: 0, eventId: c.id,
                            summary: "rolled back from \(entry.headBefore) to \(entry.headAfter)", canary: canary)
         case .snapshot:
             let entry = try host.store.commitLabel(c.label ?? "", commandId: c.id)

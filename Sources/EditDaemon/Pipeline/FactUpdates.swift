@@ -71,7 +71,11 @@ extension Pipeline {
                 result.note = "snapshot \(seq), which applied this event, is not on the lineage of the head (snapshot \(head)): a rollback undid it, "
                     + "so the live weights do not hold this edit; publish the fact again with a new id to apply it again"
             }
-            return .done(Outcome(kind: .redelivery, records: [resultRecord(result)], editSeconds: 0, eventId: e.id,
+            // The snapshot's weight delta again, with its first event, when it is still the head: a crash after the
+            // result and before the delta loses at most the last one, and a replica that holds it skips it. An older
+            // snapshot's record would only look like a gap to a replica.
+            let delta = rec.eventId == e.id && seq == head ? [deltaRecord(of: rec)] : []
+            return .done(Outcome(kind: .redelivery, records: [resultRecord(result)] + delta, editSeconds: 0, eventId: e.id,
                                  summary: "event \(e.id) already applied as snapshot \(seq)" + (live ? "" : " (since rolled back; the head is \(head))")))
         case .journal:
             throw Rejection(.schema, "event id \(e.id) was already used by a control command", eventId: e.id)
@@ -129,7 +133,9 @@ extension Pipeline {
 
         let t2 = Date()
         let stored = try commit([p], docs: [doc], updates: updates, hashBefore: hashBefore, hashAfter: applied.hashAfter)[0]
-        return Outcome(kind: .applied(method: editor.method), records: [resultRecord(stored)], editSeconds: editSeconds, eventId: e.id,
+        let delta = deltaRecord(.edit(model: deltaModel, parent: parent, snapshot: stored.snapshot ?? 0, hashBefore: hashBefore,
+                                      hashAfter: applied.hashAfter, eventIds: [e.id], method: editor.method, updates: updates))
+        return Outcome(kind: .applied(method: editor.method), records: [resultRecord(stored), delta], editSeconds: editSeconds, eventId: e.id,
                        summary: "applied \(e.id) as snapshot \(stored.snapshot ?? 0): \(e.subject) → \(e.targetNew.str)",
                        steps: ["hash": applied.hashSeconds, "snapshot": Date().timeIntervalSince(t2)], canary: applied.canary)
     }

@@ -15,9 +15,11 @@ public struct Topics: Codable, Sendable, Equatable {
     public var control = "mesa.control"
     public var results = "mesa.edit-results"
     public var deadLetters = "mesa.dead-letters"
+    /// Every change of the weights (edits, batches, rollbacks) as a `WeightDelta` record, for replicas.
+    public var weightDeltas = "mesa.weight-deltas"
     public init() {}
     public var inputs: [String] { [factUpdates, control] }
-    public var all: [String] { [factUpdates, control, results, deadLetters] }
+    public var all: [String] { [factUpdates, control, results, deadLetters, weightDeltas] }
 }
 
 /// A record to publish.

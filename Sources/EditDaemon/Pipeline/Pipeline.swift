@@ -66,11 +66,20 @@ public final class Pipeline: @unchecked Sendable {
     // MARK: entry point
 
     public func process(_ m: KafkaMessage) throws -> Outcome {
+        defer { settle() }
         do {
             if m.topic == topics.control { return try control(m) }
             return try factUpdate(m)
         } catch let r as Rejection {
             return deadLetter(m, r)
+        }
+    }
+
+    /// After every message or batch: an edit that a failure left applied but neither recorded nor
+    /// undone is undone, so that the weights are the head's and queries can read them again.
+    func settle() {
+        do { try host.settle() } catch {
+            logger.error("the weights could not be brought back to snapshot \(host.head)", metadata: ["error": "\(error)"])
         }
     }
 

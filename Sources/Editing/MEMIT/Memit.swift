@@ -262,6 +262,10 @@ public final class MemitEditor: @unchecked Sendable {
         }
         guard let weights = templates.groupWeights else { throw EditError(.state, "the context templates do not match their groups") }
 
+        // The spread edits the weights layer by layer and restores them: readers of the weights wait
+        // until they are restored (the gate is released after the restore, defers run in reverse).
+        model.weightGate.beginWriting()
+        defer { model.weightGate.endWriting() }
         var updates: [LowRankUpdate] = [], backups: [WeightBackup] = []
         defer { for b in backups.reversed() { try? model.restore(b) } }
         for (i, l) in h.layers.enumerated() {

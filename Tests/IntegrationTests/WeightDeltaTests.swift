@@ -1,0 +1,201 @@
+import Contracts
+import EditDaemon
+import Editing
+import Foundation
+import Messaging
+import ModelRuntime
+import Storage
+import Tensor
+import TestSupport
+import Testing
+
+/// The weight-deltas topic: one record per edit, batch and rollback, enough for a replica with the
+/// same base model to reach the editor's weights bit for bit without recomputing anything; damaged
+/// records are refused before they touch a replica's weights.
+@Suite(.serialized) struct WeightDeltaTests {
+    /// A minimal replica: the base model, the edit records it applied by snapshot, and its head.
+    final class Replica {
+        let model: LanguageModel
+        var head: UInt64 = 0
+        var edits: [UInt64: WeightDelta] = [:]
+        var base: [String: [Float]] = [:]
+        let header: CompiledSchema
+        let baseHash: String
+
+        init(modelPath: String) throws {
+            model = try ModelLoader.load(path: modelPath)
+            header = try DaemonTests.schema("weight-delta.schema.json")
+            baseHash = model.weightHash
+        }
+
+        /// Applies one record as a follower must: a redelivery of a snapshot it holds is skipped, an
+        /// edit must start at its head, and the weights must then have the record's hash.
+        func follow(_ bytes: [UInt8], sourceLocation: SourceLocation = #_sourceLocation) throws {
+            let d = try WeightDelta(decoding: bytes)
+            let length = Int(bytes[4]) | Int(bytes[5]) << 8 | Int(bytes[6]) << 16 | Int(bytes[7]) << 24
+            let json = try JSONValue.parse(Array(bytes[8..<(8 + length)]))
+            #expect(header.validate(json).valid, "\(header.validate(json).errors.prefix(3))", sourceLocation: sourceLocation)
+            #expect(d.header.model.baseHash == baseHash, sourceLocation: sourceLocation)
+            if d.header.snapshot == head || (d.header.kind == "edit" && edits[d.header.snapshot] != nil) { return }
+            #expect(d.header.parent == head, "a gap: the replica is at \(head), the record starts at \(d.header.parent)", sourceLocation: sourceLocation)
+            switch d.header.kind {
+            case "edit":
+                for u in d.updates { try apply(u) }
+                edits[d.header.snapshot] = d
+            default:
+                restoreBase()
+                var lineage: [WeightDelta] = []
+                var at = d.header.snapshot
+                while at != 0 {
+                    let e = try #require(edits[at], "the replica never saw snapshot \(at)", sourceLocation: sourceLocation)
+                    lineage.insert(e, at: 0)
+                    at = e.header.parent
+                }
+                for e in lineage { for u in e.updates { try apply(u) } }
+            }
+            head = d.header.snapshot
+            #expect(model.weightHash == d.header.weightHash, "after snapshot \(head)", sourceLocation: sourceLocation)
+        }
+
+        func apply(_ u: LowRankUpdate) throws {
+            let p = try #require(model.weights.all.first { $0.name == u.parameter })
+            if base[u.parameter] == nil { base[u.parameter] = p.data }
+            try model.apply(u)
+        }
+
+        func restoreBase() {
+            for (name, values) in base {
+                let p = model.weights.all.first { $0.name == name }!
+                p.mutate { w in for i in 0..<values.count { w[i] = values[i] } }
+            }
+        }
+    }
+
+    static func deltas(_ outcomes: [Outcome], _ topics: Topics) -> [[UInt8]] {
+        outcomes.flatMap(\.records).filter { $0.topic == topics.weightDeltas }.map(\.payload)
+    }
+
+    /// Edits, a dry run (no record), a rollback, an edit on the rolled-back branch, redeliveries of
+    /// the rollback and of the edit while they are the head (their records again, which a replica
+    /// skips) and of the rollback after a later edit (no record: it would look like a gap), and for
+    /// AlphaEdit a batch (one record of rank 2): a replica that follows the records ends with the
+    /// pipeline's weights.
+    @Test(arguments: ["rome", "alphaedit"])
+    func aReplicaFollowingTheRecordsHasTheEditorsWeights(method: String) throws {
+        let s = try PipelineTests.Setup(label: "deltas-\(method)", method: method)
+        defer { s.remove() }
+        let p = try s.pipeline()
+        let name = method == "rome" ? "ROME" : "AlphaEdit"
+        var offset: Int64 = 0
+        func fact(_ subject: String, id: String = UUID().uuidString.lowercased(), dryRun: Bool = false) -> KafkaMessage {
+            defer { offset += 1 }
+            return s.message(DaemonHarness.factUpdate(id: id, subject: subject, extra: ["method": name].merging(dryRun ? ["dry_run": true] : [:]) { a, _ in a }),
+                             offset: offset)
+        }
+        var outcomes: [Outcome] = []
+        outcomes.append(try p.process(fact("Paris")))
+        outcomes.append(try p.process(fact("Lyon")))
+        outcomes.append(try p.process(fact("Nice", dryRun: true)))
+        #expect(Self.deltas([outcomes[2]], s.config.topics).isEmpty, "a dry run changes nothing")
+        let rollbackId = UUID().uuidString.lowercased()
+        let rollback = s.message(DaemonHarness.rollback(to: 1, id: rollbackId), topic: s.config.topics.control, offset: 0)
+        outcomes.append(try p.process(rollback))
+        outcomes.append(try p.process(s.message(DaemonHarness.rollback(to: 1, id: rollbackId), topic: s.config.topics.control, offset: 1)))
+        let again = UUID().uuidString.lowercased()
+        outcomes.append(try p.process(fact("Bern", id: again)))
+        outcomes.append(try p.process(fact("Bern", id: again)))
+        #expect(outcomes.suffix(3).map(\.kind) == [.redelivery, .applied(method: name), .redelivery])
+        let late = try p.process(s.message(DaemonHarness.rollback(to: 1, id: rollbackId), topic: s.config.topics.control, offset: 2))
+        #expect(late.kind == .redelivery && Self.deltas([late], s.config.topics).isEmpty)
+        if method == "alphaedit" {
+            let batch = try p.process(batch: [fact("Oslo"), fact("Riga")])
+            #expect(batch.map(\.kind) == [.applied(method: name), .applied(method: name)], "\(batch.map(\.summary))")
+            outcomes += batch
+            let record = try WeightDelta(decoding: try #require(Self.deltas(batch, s.config.topics).first))
+            #expect(record.header.eventIds.count == 2 && record.updates.allSatisfy { $0.rank == 2 } && record.updates.count == 2)
+        }
+        let records = Self.deltas(outcomes, s.config.topics)
+        // Paris, Lyon, the rollback and its redelivery, Bern and its redelivery (+ the batch).
+        #expect(records.count == (method == "alphaedit" ? 7 : 6))
+        #expect(outcomes.flatMap(\.records).filter { $0.topic == s.config.topics.weightDeltas }.allSatisfy { $0.key == Array(DaemonHarness.modelName.utf8) })
+
+        let replica = try Replica(modelPath: try #require(s.config.model))
+        for r in records { try replica.follow(r) }
+        #expect(replica.head == p.host.head && replica.model.weightHash == p.host.model.weightHash)
+        #expect(replica.head == (method == "alphaedit" ? 4 : 3), "\(replica.head)")
+    }
+
+    /// A damaged record is refused with the reason; a record without its factors (the form sent
+    /// when the broker refuses the whole one) says so and carries none.
+    @Test func damagedRecordsAreRefused() throws {
+        let s = try PipelineTests.Setup(label: "deltas-damaged")
+        defer { s.remove() }
+        let p = try s.pipeline()
+        let outcome = try p.process(s.message(DaemonHarness.factUpdate(), offset: 0))
+        let record = try #require(outcome.records.first { $0.topic == s.config.topics.weightDeltas })
+        let good = record.payload
+        let d = try WeightDelta(decoding: good)
+        #expect(d.header.kind == "edit" && d.header.parent == 0 && d.header.snapshot == 1 && d.updates.count == 1)
+        #expect(d.header.weightHash == p.host.model.weightHash && d.header.hashBefore == p.host.baseHash)
+        #expect(d.updates == (try p.host.store.record(1)).factors)
+
+        var flipped = good
+        flipped[flipped.count - 3] ^= 0x40
+        #expect { try WeightDelta(decoding: flipped) } throws: { "\($0)".contains("SHA-256") }
+        #expect(throws: WeightDeltaError.self) { try WeightDelta(decoding: Array(good.dropLast(4))) }
+        #expect(throws: WeightDeltaError.self) { try WeightDelta(decoding: Array(good.prefix(20))) }
+        var magic = good
+        magic[0] = UInt8(ascii: "X")
+        #expect(throws: WeightDeltaError.self) { try WeightDelta(decoding: magic) }
+        var header = good
+        header[12] = UInt8(ascii: "}")
+        #expect(throws: WeightDeltaError.self) { try WeightDelta(decoding: header) }
+
+        let smaller = try #require(record.smaller)
+        let bare = try WeightDelta(decoding: smaller().payload)
+        #expect(bare.updates.isEmpty && bare.header.omitted?.contains("message.max.bytes") == true && bare.header.snapshot == 1)
+    }
+
+    /// Against a real broker: the daemon publishes the records in order, keyed by the model, and a
+    /// replica reading the topic from the start reaches the daemon's weights.
+    @Test func theDaemonPublishesRecordsAReplicaCanFollow() throws {
+        let h = try DaemonHarness(bootstrap: try SharedBroker.get().bootstrapServers, label: "deltas")
+        defer { h.cleanup() }
+        try h.start()
+        let ids = (0..<2).map { _ in UUID().uuidString.lowercased() }
+        for (id, subject) in zip(ids, ["Paris", "Lyon"]) { try h.publish(DaemonHarness.factUpdate(id: id, subject: subject)) }
+        _ = try h.results(for: Set(ids))
+        let back = UUID().uuidString.lowercased()
+        try h.publish(DaemonHarness.rollback(to: 1, id: back), topic: h.topics.control, cloudEvent: EventTypes.control)
+        _ = try h.results(for: [back])
+        let messages = try Self.read(h.topics.weightDeltas, bootstrap: h.bootstrap, count: 3)
+        #expect(messages.count == 3, "log:\n\(h.tail())")
+        #expect(messages.allSatisfy { $0.key == Array(DaemonHarness.modelName.utf8) })
+        #expect(messages.map(\.offset) == [0, 1, 2])
+        let replica = try Replica(modelPath: h.modelPath)
+        for m in messages { try replica.follow(m.payload) }
+        let store = try h.store()
+        let head = try store.head()
+        let recorded = try store.hash(at: head)
+        #expect(head == 1 && replica.head == head && replica.model.weightHash == recorded)
+        #expect(h.terminate() == 0, "\(h.tail())")
+    }
+
+    /// Up to `count` records of `topic` from its start.
+    static func read(_ topic: String, bootstrap: String, count: Int, timeout: Double = 60) throws -> [KafkaMessage] {
+        let c = try KafkaConsumer(properties: ["bootstrap.servers": bootstrap, "group.id": "deltas-reader-\(UUID().uuidString.prefix(6))",
+                                               "auto.offset.reset": "earliest", "session.timeout.ms": "6000", "heartbeat.interval.ms": "1000",
+                                               "topic.metadata.refresh.interval.ms": "1000"],
+                                  topics: [topic], maxBufferedPerPartition: 1000)
+        defer { c.close() }
+        var out: [KafkaMessage] = []
+        let end = Date().addingTimeInterval(timeout)
+        while out.count < count, Date() < end {
+            let ms = c.nextBatch(max: 100, linger: 0, timeout: 0.2)
+            guard let last = ms.last else { continue }
+            try? c.commit(last, wait: false)
+            out += ms
+        }
+        return out
+    }
+}
