@@ -164,8 +164,8 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     public var batchLinger: Double { Double(batch?.lingerMs ?? 50) / 1000 }
     public var retryMaxAttempts: Int { retry?.maxAttempts ?? 5 }
     public var guardEnabled: Bool { qualityGuard?.enabled ?? true }
-    public var guardFacts: Int { qualityGuard?.facts ?? 32 }
-    public var guardPerplexityTokens: Int { qualityGuard?.perplexityTokens ?? 64 }
+    public var guardFacts: Int { qualityGuard?.facts ?? 16 }
+    public var guardPerplexityTokens: Int { qualityGuard?.perplexityTokens ?? 32 }
     public var guardMaxAccuracyDrop: Double { qualityGuard?.maxAccuracyDrop ?? 2 }
     public var guardMaxPerplexityRise: Double { qualityGuard?.maxPerplexityRise ?? 0.03 }
     /// The data directory: the configured one, or `paths.data` (../shared/data beside the working directory).
