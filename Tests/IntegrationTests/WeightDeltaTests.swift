@@ -87,6 +87,53 @@ import Testing
         #expect(replica.head == (method == "alphaedit" ? 4 : 3), "\(replica.head)")
     }
 
+    /// A follower refuses a gap, a record for another base model and one whose weight hash differs,
+    /// changing nothing; a follower reopened over its store rebuilds the same weights, skips what it
+    /// holds (by snapshot and by offset) and goes on from its head.
+    @Test func aFollowerRefusesGapsAndResumesFromItsStore() throws {
+        let s = try PipelineTests.Setup(label: "deltas-follower")
+        defer { s.remove() }
+        let p = try s.pipeline()
+        var records: [[UInt8]] = []
+        for (i, subject) in ["Paris", "Lyon", "Bern"].enumerated() {
+            records += Self.deltas([try p.process(s.message(DaemonHarness.factUpdate(subject: subject), offset: Int64(i)))], s.config.topics)
+        }
+        records += Self.deltas([try p.process(s.message(DaemonHarness.rollback(to: 1), topic: s.config.topics.control, offset: 0))], s.config.topics)
+        #expect(records.count == 4)
+        let modelPath = try #require(s.config.model)
+        let directory = s.dir.appendingPathComponent("follower")
+        func source(_ i: Int) -> EventSource { EventSource(topic: "deltas", partition: 0, offset: Int64(i)) }
+        func refusal(_ body: () throws -> Void) -> FollowerError.Kind? {
+            do { try body() } catch let e as FollowerError { return e.kind } catch { return nil }
+            return nil
+        }
+
+        var f: Follower? = try Self.follower(modelPath: modelPath, directory: directory)
+        #expect(try f!.apply(records[0], source: source(0)) == .applied)
+        let atOne = f!.host.model.weightHash
+        #expect(refusal { try f!.apply(records[2], source: source(2)) } == .gap)
+        var other = try WeightDelta(decoding: records[1])
+        other.header.model.baseHash = String(repeating: "0", count: 64)
+        #expect(refusal { try f!.apply(other.encoded()) } == .otherModel)
+        var wrong = try WeightDelta(decoding: records[1])
+        wrong.header.weightHash = String(repeating: "f", count: 64)
+        let e = try #require(throws: FollowerError.self) { try f!.apply(wrong.encoded()) }
+        #expect(e.kind == .hashMismatch && "\(e)".contains("--state-dir") && "\(e)".contains("--group-id"))
+        #expect(f!.head == 1 && f!.host.model.weightHash == atOne)
+        #expect(try f!.apply(records[1], source: source(1)) == .applied)
+        f = nil
+
+        f = try Self.follower(modelPath: modelPath, directory: directory)
+        let atTwo = try WeightDelta(decoding: records[1]).header.weightHash
+        #expect(f!.head == 2 && f!.host.model.weightHash == atTwo)
+        #expect(try f!.lastOffset(topic: "deltas", partition: 0) == 1)
+        #expect(try f!.apply(records[1], source: source(1)) == .skipped("offset 1 was applied before"))
+        #expect(try f!.apply(records[0]) == .skipped("snapshot 1 is held"))
+        #expect(try f!.apply(records[2], source: source(2)) == .applied)
+        #expect(try f!.apply(records[3], source: source(3)) == .applied)
+        #expect(f!.head == p.host.head && f!.host.model.weightHash == p.host.model.weightHash)
+    }
+
     /// A damaged record is refused with the reason; a record without its factors (the form sent
     /// when the broker refuses the whole one) says so and carries none.
     @Test func damagedRecordsAreRefused() throws {
