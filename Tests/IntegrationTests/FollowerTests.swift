@@ -12,7 +12,7 @@ final class FollowerProcess {
     let harness: DaemonHarness
     let config: URL
     let stateDir: URL
-    let group: String
+    var group: String
     let port: Int
     let logURL: URL
     var process: Process?
@@ -143,9 +143,14 @@ final class FollowerProcess {
         #expect(f.log.contains("---- launch 2"))
         #expect(f.http("/metrics")?.body.contains("mesa_snapshot_head 5") == true)
 
-        // Restarted once more with nothing new: it rebuilds the same weights from its own store.
+        // Restarted with its store but a new group (as if no Kafka offset had been committed): it rebuilds
+        // the same weights from its store and skips every record it holds.
         #expect(f.terminate() == 0, "follower log:\n\(f.log)")
+        f.group += "-again"
         try f.start()
+        #expect(f.wait { f.log.components(separatedBy: "---- launch 3").last!.contains("@7: skipped") }, "\(f.log)")
+        let third = f.log.components(separatedBy: "---- launch 3").last!
+        #expect(third.contains("head 5, weights \(daemon.weightHash.prefix(16))") && !third.contains("applied in"), "\(third)")
         #expect(f.wait { Self.model(h, port: f.port).map { $0.snapshot == 5 && $0.weightHash == daemon.weightHash } ?? false }, "\(f.log)")
         #expect(f.terminate() == 0)
         #expect(h.terminate() == 0, "\(h.tail())")
