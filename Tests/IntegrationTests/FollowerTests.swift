@@ -156,6 +156,21 @@ final class FollowerProcess {
         #expect(h.terminate() == 0, "\(h.tail())")
     }
 
+    /// A follower of a daemon that has edited nothing is ready at the base model, with lag 0.
+    @Test func aFollowerOfAnEmptyTopicIsReadyAtTheBase() throws {
+        let h = try DaemonHarness(bootstrap: try SharedBroker.get().bootstrapServers, label: "follow-empty")
+        defer { h.cleanup() }
+        try h.start()
+        let f = try FollowerProcess(h, name: "empty")
+        try f.start()
+        #expect(f.wait(timeout: 60) { f.http("/readyz")?.status == 200 }, "readyz: \(String(describing: f.http("/readyz"))); log:\n\(f.log)")
+        #expect(f.http("/readyz")?.body.contains("lag 0") == true)
+        let base = try h.store().hash(at: 0)
+        #expect(Self.model(h, port: f.port).map { $0.snapshot == 0 && $0.weightHash == base } == true)
+        #expect(f.terminate() == 0)
+        #expect(h.terminate() == 0, "\(h.tail())")
+    }
+
     /// A topic that lacks a record (here: the daemon's records copied without the second) stops the
     /// follower at the gap: logged as an error, /readyz not ready saying why and how to recover, and
     /// the last verified snapshot still served.
