@@ -87,8 +87,8 @@ import Testing
         #expect(replica.head == (method == "alphaedit" ? 4 : 3), "\(replica.head)")
     }
 
-    /// A follower refuses a gap, a record for another base model and one whose weight hash differs,
-    /// changing nothing; a follower reopened over its store rebuilds the same weights, skips what it
+    /// A follower refuses a gap, a damaged record, one without its factors, a record for another base
+    /// model and one whose weight hash differs, changing nothing; a follower reopened over its store rebuilds the same weights, skips what it
     /// holds (by snapshot and by offset) and goes on from its head.
     @Test func aFollowerRefusesGapsAndResumesFromItsStore() throws {
         let s = try PipelineTests.Setup(label: "deltas-follower")
@@ -112,6 +112,10 @@ import Testing
         #expect(try f!.apply(records[0], source: source(0)) == .applied)
         let atOne = f!.host.model.weightHash
         #expect(refusal { try f!.apply(records[2], source: source(2)) } == .gap)
+        var damaged = records[1]
+        damaged[damaged.count - 3] ^= 0x40
+        #expect(refusal { try f!.apply(damaged, source: source(1)) } == .undecodable)
+        #expect(refusal { try f!.apply(try WeightDelta(decoding: records[1]).withoutFactors("too large").encoded(), source: source(1)) } == .omitted)
         var other = try WeightDelta(decoding: records[1])
         other.header.model.baseHash = String(repeating: "0", count: 64)
         #expect(refusal { try f!.apply(other.encoded()) } == .otherModel)
