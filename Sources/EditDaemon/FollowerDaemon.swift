@@ -83,11 +83,15 @@ public final class FollowerDaemon: @unchecked Sendable {  // mutable state is gu
         lock.unlock()
         if let refused { return .notReady(refused) }
         guard let c, s == "following" else { return .notReady(s) }
-        let lag = c.lag()
-        guard !lag.isEmpty else { return .notReady("catching up: lag unknown (nothing fetched from \(config.topics.weightDeltas) yet)") }
+        return Self.readiness(lag: c.lag(), maxLag: settings.maxLag, topic: config.topics.weightDeltas)
+    }
+
+    /// Ready when the lag of every partition is known (`KafkaConsumer.lag`) and their sum is at most `maxLag`.
+    public static func readiness(lag: [String: Int64], maxLag: Int64, topic: String) -> Readiness {
+        guard !lag.isEmpty else { return .notReady("catching up: lag unknown (nothing fetched from \(topic) yet)") }
         let total = lag.values.reduce(0, +)
-        let figure = "lag \(total) record\(total == 1 ? "" : "s") (at most \(settings.maxLag) for ready)"
-        return total <= settings.maxLag ? Readiness(isReady: true, reason: figure) : .notReady("catching up: \(figure)")
+        let figure = "lag \(total) record\(total == 1 ? "" : "s") (at most \(maxLag) for ready)"
+        return total <= maxLag ? Readiness(isReady: true, reason: figure) : .notReady("catching up: \(figure)")
     }
 
     /// Runs the HTTP server and the follower until a graceful shutdown (one of `signals`, or `stop()`),

@@ -32,6 +32,9 @@ struct Follow: AsyncParsableCommand, LoggingCommand {
     @Option(name: .long, help: "/readyz reports not ready while more records than this wait to be applied (default: 0).")
     var maxLag: Int64?
 
+    @Option(name: .long, help: "Query API: a file with the bearer token every /v1 request must carry (default: $MESA_QUERY_TOKEN_FILE, the file's, or the token in $MESA_QUERY_TOKEN; none: no token).")
+    var queryTokenFile: String?
+
     @Flag(name: .long, help: "Serve no query API (/v1/completions, /v1/score, /v1/model).")
     var noQuery = false
 
@@ -43,9 +46,10 @@ struct Follow: AsyncParsableCommand, LoggingCommand {
             var c = try daemonOptions.resolve()
             if let model { c.model = model }
             if let threads { c.threads = threads }
-            if noQuery {
+            if queryTokenFile != nil || noQuery {
                 var q = c.query ?? .init()
-                q.enabled = false
+                if let queryTokenFile { q.tokenFile = queryTokenFile }
+                if noQuery { q.enabled = false }
                 c.query = q
             }
             c.model = try c.model ?? paths.defaultModel()
