@@ -57,7 +57,7 @@ public final class Follower: @unchecked Sendable {  // applied from one thread; 
         case skipped(String)
     }
 
-    /// Brings `host`'s weights to its store's head (checking the recorded hash).
+    /// A follower over `host` (attached to its store: its weights are at the store's head).
     public init(host: ModelHost) {
         self.host = host
     }
