@@ -57,7 +57,7 @@ public enum HealthEndpoints {
 
     /// The routes:
     /// - `GET /healthz`: 200 `ok` while the process can answer at all;
-    /// - `GET /readyz`: 200 `ready` when `readiness()` says so, else 503 with its reason;
+    /// - `GET /readyz`: 200 `ready` when `readiness()` says so (with its reason, if it gives one: a follower's lag), else 503 with its reason;
     /// - `GET /metrics`: `exposition()` (the Prometheus text format, `DaemonMetrics.exposition`);
     /// - HEAD of each: the same status and headers without the body;
     /// - with `query`, its routes (`QueryAPI.routes`);
@@ -70,7 +70,7 @@ public enum HealthEndpoints {
             "/healthz": { text(.ok, "ok\n") },
             "/readyz": {
                 let state = readiness()
-                if state.isReady { return text(.ok, "ready\n") }
+                if state.isReady { return text(.ok, state.reason.isEmpty ? "ready\n" : "ready: \(state.reason)\n") }
                 return text(.serviceUnavailable, "not ready: \(state.reason.isEmpty ? "unknown" : state.reason)\n")
             },
             "/metrics": { text(.ok, exposition(), contentType: metricsContentType) },

@@ -126,11 +126,11 @@ public final class ModelHost: @unchecked Sendable {
     /// Moves the live weights to snapshot `seq` and journals the rollback (atomically with the
     /// command's id in the event index). Readers wait until the rollback is journalled (or undone).
     @discardableResult
-    public func rollback(to seq: UInt64, commandId: String?) throws -> JournalEntry {
+    public func rollback(to seq: UInt64, commandId: String?, meta: [String: [UInt8]] = [:]) throws -> JournalEntry {
         try model.weightGate.writing {
             let previous = head
             try materialize(seq)
-            do { return try store.commitRollback(to: seq, commandId: commandId) } catch {
+            do { return try store.commitRollback(to: seq, commandId: commandId, meta: meta) } catch {
                 try materialize(previous)
                 throw error
             }
@@ -143,11 +143,13 @@ public final class ModelHost: @unchecked Sendable {
     }
 
     /// Records an applied batch edit, one result document per event of `draft.eventIds`.
-    /// Readers see the new head and its weights together, once the snapshot is durable.
-    public func commit(_ draft: SnapshotDraft, results: (UInt64) throws -> [String]) throws -> SnapshotRecord {
+    /// Readers see the new head and its weights together, once the snapshot is durable. A replica
+    /// passes the editor's snapshot number as `seq` and its topic position as `meta` (`SnapshotStore.commitEdit`).
+    public func commit(_ draft: SnapshotDraft, seq: UInt64? = nil, meta: [String: [UInt8]] = [:],
+                       results: (UInt64) throws -> [String]) throws -> SnapshotRecord {
         try model.weightGate.writing {
             do {
-                let r = try store.commitEdit(draft, expectedHead: head, results: results)
+                let r = try store.commitEdit(draft, expectedHead: head, seq: seq, meta: meta, results: results)
                 head = r.seq
                 releaseEditHold()
                 return r

@@ -98,8 +98,9 @@ public final class KafkaConsumer: @unchecked Sendable {
     public func release(_ messages: [KafkaMessage]) { core.release(messages) }
 
     /// Messages not yet committed per "topic/partition" of the current assignment: the high watermark
-    /// from the last fetch minus the first unsettled offset. Local, no broker round trip; a partition
-    /// is left out until the consumer has fetched from it.
+    /// from the last fetch minus the first unsettled offset (for a partition with nothing consumed or
+    /// committed yet, where `auto.offset.reset` starts it: the log's start or end). Local, no broker
+    /// round trip; a partition is left out until the consumer has fetched from it.
     public func lag() -> [String: Int64] { core.lag() }
 
     /// The currently assigned partitions as "topic/partition", sorted.
@@ -150,6 +151,8 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
     /// Handed out, not yet committed or released: one message or one batch of one partition, in offset order.
     private var inFlight: [KafkaMessage] = []
     private var committed: [TopicPartition: Int64] = [:]
+    /// Whether a partition without a committed offset is read from its start (`auto.offset.reset`).
+    private var startsAtEarliest = true
 
     private let drainTimeout: Double
     private let maxBuffered: Int
@@ -186,6 +189,7 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
             "fetch.wait.max.ms": "100",
         ]
         props.merge(properties) { $1 }
+        startsAtEarliest = ["earliest", "smallest", "beginning"].contains(props["auto.offset.reset"] ?? "")
         let conf = try KafkaConfiguration(props)
         install(on: conf)
         rd_kafka_conf_set_rebalance_cb(conf.handle) { rk, err, parts, opaque in
@@ -472,7 +476,9 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
             var low: Int64 = -1, high: Int64 = -1
             guard rd_kafka_get_watermark_offsets(handle, e.topic, e.partition, &low, &high) == RD_KAFKA_RESP_ERR_NO_ERROR,
                   high >= 0 else { continue }
-            guard let next = firstUnsettled[tp] ?? (e.offset >= 0 ? e.offset : committed[tp]) else { continue }
+            // Nothing consumed or committed yet: the consumer starts at the log's start (or its end).
+            let start = startsAtEarliest ? (low >= 0 ? low : nil) : high
+            guard let next = firstUnsettled[tp] ?? (e.offset >= 0 ? e.offset : committed[tp]) ?? start else { continue }
             lag[tp.description] = max(0, high - next)
         }
         return lag

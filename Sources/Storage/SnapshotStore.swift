@@ -253,8 +253,12 @@ public final class SnapshotStore: @unchecked Sendable {
 
     /// `commitEdit` for a batch edit: `results` makes one result document per event of
     /// `draft.eventIds`, in that order. Every event id is indexed to the one snapshot.
+    ///
+    /// A replica (`mesa follow`) gives the number the editor assigned as `seq` (it must not be below
+    /// the next free one) and its position in the deltas topic as `meta`, written in the same transaction.
     @discardableResult
-    public func commitEdit(_ draft: SnapshotDraft, expectedHead: UInt64, results: (UInt64) throws -> [String]) throws -> SnapshotRecord {
+    public func commitEdit(_ draft: SnapshotDraft, expectedHead: UInt64, seq assigned: UInt64? = nil, meta extra: [String: [UInt8]] = [:],
+                           results: (UInt64) throws -> [String]) throws -> SnapshotRecord {
         let ids = draft.eventIds
         guard Set(ids).count == ids.count else { throw SnapshotStoreError(.state, "a batch edit names an event twice: \(ids)") }
         return try environment.write { t in
@@ -266,7 +270,11 @@ public final class SnapshotStore: @unchecked Sendable {
             guard head == expectedHead else {
                 throw SnapshotStoreError(.state, "the head is \(head), the edit was computed on \(expectedHead)")
             }
-            let seq = (try t.get(meta, key: Self.key("next_seq")).map(Self.u64) ?? 1)
+            let next = try t.get(meta, key: Self.key("next_seq")).map(Self.u64) ?? 1
+            if let assigned, assigned < next {
+                throw SnapshotStoreError(.state, "snapshot \(assigned) is below the next free number \(next)")
+            }
+            let seq = assigned ?? next
             let docs = try results(seq)
             guard docs.count == ids.count else { throw SnapshotStoreError(.state, "\(docs.count) result documents for \(ids.count) events") }
             var batch = draft.batch
@@ -282,15 +290,17 @@ public final class SnapshotStore: @unchecked Sendable {
             try t.put(meta, key: Self.key("next_seq"), value: Self.be(seq + 1))
             try t.put(meta, key: Self.key("head"), value: Self.be(seq))
             try journal(t, kind: .edit, headBefore: head, headAfter: seq, hash: draft.hashAfter, eventId: draft.eventId)
+            for (k, v) in extra { try t.put(meta, key: Self.key(k), value: v) }
             return rec
         }
     }
 
     /// Moves the head to snapshot `seq` (0 = base) and journals it, indexing `commandId` so a
     /// redelivered command is recognized. The caller has already restored the weights and checked
-    /// their hash against `hash(at: seq)`.
+    /// their hash against `hash(at: seq)`. `meta` is written in the same transaction (a replica's
+    /// position in the deltas topic).
     @discardableResult
-    public func commitRollback(to seq: UInt64, commandId: String?) throws -> JournalEntry {
+    public func commitRollback(to seq: UInt64, commandId: String?, meta extra: [String: [UInt8]] = [:]) throws -> JournalEntry {
         let target = try hash(at: seq)
         return try environment.write { t in
             if let id = commandId, try t.get(events, key: Array(id.utf8)) != nil {
@@ -300,8 +310,14 @@ public final class SnapshotStore: @unchecked Sendable {
             try t.put(meta, key: Self.key("head"), value: Self.be(seq))
             let entry = try journal(t, kind: .rollback, headBefore: head, headAfter: seq, hash: target, eventId: commandId)
             if let id = commandId { try t.put(events, key: Array(id.utf8), value: [UInt8(ascii: "j")] + Self.be(entry.id)) }
+            for (k, v) in extra { try t.put(meta, key: Self.key(k), value: v) }
             return entry
         }
+    }
+
+    /// A value written with a commit's `meta` (nil when none was).
+    public func metaValue(_ key: String) throws -> [UInt8]? {
+        try environment.read { t in try t.get(meta, key: Self.key(key)) }
     }
 
     /// Journals a label for the current head (the `snapshot` control command), indexing `commandId`.

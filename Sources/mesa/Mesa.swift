@@ -12,7 +12,7 @@ struct Mesa: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mesa",
         abstract: "A streaming knowledge-edit daemon for resident language models.",
-        subcommands: [Serve.self, Publish.self, Results.self, Rollback.self, Snapshots.self, Replay.self, Export.self, Health.self,
+        subcommands: [Serve.self, Follow.self, Publish.self, Results.self, Rollback.self, Snapshots.self, Replay.self, Export.self, Health.self,
                       Generate.self, Score.self, Inspect.self, Validate.self, Stats.self, Edit.self, Eval.self, Layers.self, Curves.self, SAE.self])
 
     static func main() async {

@@ -234,13 +234,14 @@ final class DaemonHarness: @unchecked Sendable {
 
     // MARK: HTTP
 
-    func http(_ path: String) throws -> (status: Int, body: String) {
+    /// GET `path` from the daemon's listener (or the one on `port`).
+    func http(_ path: String, port: Int? = nil) throws -> (status: Int, body: String) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw HarnessError("socket") }
         defer { close(fd) }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(httpPort).bigEndian)
+        addr.sin_port = in_port_t(UInt16(port ?? httpPort).bigEndian)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
         let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         guard rc == 0 else { throw HarnessError("connect") }

@@ -13,62 +13,24 @@ import Testing
 /// same base model to reach the editor's weights bit for bit without recomputing anything; damaged
 /// records are refused before they touch a replica's weights.
 @Suite(.serialized) struct WeightDeltaTests {
-    /// A minimal replica: the base model, the edit records it applied by snapshot, and its head.
-    final class Replica {
-        let model: LanguageModel
-        var head: UInt64 = 0
-        var edits: [UInt64: WeightDelta] = [:]
-        var base: [String: [Float]] = [:]
-        let header: CompiledSchema
-        let baseHash: String
+    /// A follower (`Follower`, what `mesa follow` applies records with) of the model at `modelPath`,
+    /// over a fresh snapshot store under `directory`.
+    static func follower(modelPath: String, directory: URL) throws -> Follower {
+        let model = try ModelLoader.load(path: modelPath)
+        let store = try SnapshotStore(path: EditState(directory: directory, baseHash: model.weightHash).snapshotStore.path)
+        return try Follower(model: model, modelName: DaemonHarness.modelName, store: store)
+    }
 
-        init(modelPath: String) throws {
-            model = try ModelLoader.load(path: modelPath)
-            header = try DaemonTests.schema("weight-delta.schema.json")
-            baseHash = model.weightHash
-        }
-
-        /// Applies one record as a follower must: a redelivery of a snapshot it holds is skipped, an
-        /// edit must start at its head, and the weights must then have the record's hash.
-        func follow(_ bytes: [UInt8], sourceLocation: SourceLocation = #_sourceLocation) throws {
-            let d = try WeightDelta(decoding: bytes)
-            let length = Int(bytes[4]) | Int(bytes[5]) << 8 | Int(bytes[6]) << 16 | Int(bytes[7]) << 24
-            let json = try JSONValue.parse(Array(bytes[8..<(8 + length)]))
-            #expect(header.validate(json).valid, "\(header.validate(json).errors.prefix(3))", sourceLocation: sourceLocation)
-            #expect(d.header.model.baseHash == baseHash, sourceLocation: sourceLocation)
-            if d.header.snapshot == head || (d.header.kind == "edit" && edits[d.header.snapshot] != nil) { return }
-            #expect(d.header.parent == head, "a gap: the replica is at \(head), the record starts at \(d.header.parent)", sourceLocation: sourceLocation)
-            switch d.header.kind {
-            case "edit":
-                for u in d.updates { try apply(u) }
-                edits[d.header.snapshot] = d
-            default:
-                restoreBase()
-                var lineage: [WeightDelta] = []
-                var at = d.header.snapshot
-                while at != 0 {
-                    let e = try #require(edits[at], "the replica never saw snapshot \(at)", sourceLocation: sourceLocation)
-                    lineage.insert(e, at: 0)
-                    at = e.header.parent
-                }
-                for e in lineage { for u in e.updates { try apply(u) } }
-            }
-            head = d.header.snapshot
-            #expect(model.weightHash == d.header.weightHash, "after snapshot \(head)", sourceLocation: sourceLocation)
-        }
-
-        func apply(_ u: LowRankUpdate) throws {
-            let p = try #require(model.weights.all.first { $0.name == u.parameter })
-            if base[u.parameter] == nil { base[u.parameter] = p.data }
-            try model.apply(u)
-        }
-
-        func restoreBase() {
-            for (name, values) in base {
-                let p = model.weights.all.first { $0.name == name }!
-                p.mutate { w in for i in 0..<values.count { w[i] = values[i] } }
-            }
-        }
+    /// Applies one record through `follower`, its header checked against the schema first; the weights
+    /// must then have the record's hash.
+    static func follow(_ follower: Follower, _ bytes: [UInt8], sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let header = try DaemonTests.schema("weight-delta.schema.json")
+        let length = Int(bytes[4]) | Int(bytes[5]) << 8 | Int(bytes[6]) << 16 | Int(bytes[7]) << 24
+        let json = try JSONValue.parse(Array(bytes[8..<(8 + length)]))
+        #expect(header.validate(json).valid, "\(header.validate(json).errors.prefix(3))", sourceLocation: sourceLocation)
+        try follower.apply(bytes)
+        let d = try WeightDelta(decoding: bytes)
+        #expect(follower.host.model.weightHash == d.header.weightHash, "after snapshot \(d.header.snapshot)", sourceLocation: sourceLocation)
     }
 
     static func deltas(_ outcomes: [Outcome], _ topics: Topics) -> [[UInt8]] {
@@ -119,10 +81,61 @@ import Testing
         #expect(records.count == (method == "alphaedit" ? 7 : 6))
         #expect(outcomes.flatMap(\.records).filter { $0.topic == s.config.topics.weightDeltas }.allSatisfy { $0.key == Array(DaemonHarness.modelName.utf8) })
 
-        let replica = try Replica(modelPath: try #require(s.config.model))
-        for r in records { try replica.follow(r) }
-        #expect(replica.head == p.host.head && replica.model.weightHash == p.host.model.weightHash)
+        let replica = try Self.follower(modelPath: try #require(s.config.model), directory: s.dir.appendingPathComponent("follower"))
+        for r in records { try Self.follow(replica, r) }
+        #expect(replica.head == p.host.head && replica.host.model.weightHash == p.host.model.weightHash)
         #expect(replica.head == (method == "alphaedit" ? 4 : 3), "\(replica.head)")
+    }
+
+    /// A follower refuses a gap, a damaged record, one without its factors, a record for another base
+    /// model and one whose weight hash differs, changing nothing; a follower reopened over its store rebuilds the same weights, skips what it
+    /// holds (by snapshot and by offset) and goes on from its head.
+    @Test func aFollowerRefusesGapsAndResumesFromItsStore() throws {
+        let s = try PipelineTests.Setup(label: "deltas-follower")
+        defer { s.remove() }
+        let p = try s.pipeline()
+        var records: [[UInt8]] = []
+        for (i, subject) in ["Paris", "Lyon", "Bern"].enumerated() {
+            records += Self.deltas([try p.process(s.message(DaemonHarness.factUpdate(subject: subject), offset: Int64(i)))], s.config.topics)
+        }
+        records += Self.deltas([try p.process(s.message(DaemonHarness.rollback(to: 1), topic: s.config.topics.control, offset: 0))], s.config.topics)
+        #expect(records.count == 4)
+        let modelPath = try #require(s.config.model)
+        let directory = s.dir.appendingPathComponent("follower")
+        func source(_ i: Int) -> EventSource { EventSource(topic: "deltas", partition: 0, offset: Int64(i)) }
+        func refusal(_ body: () throws -> Void) -> FollowerError.Kind? {
+            do { try body() } catch let e as FollowerError { return e.kind } catch { return nil }
+            return nil
+        }
+
+        var f: Follower? = try Self.follower(modelPath: modelPath, directory: directory)
+        #expect(try f!.apply(records[0], source: source(0)) == .applied)
+        let atOne = f!.host.model.weightHash
+        #expect(refusal { try f!.apply(records[2], source: source(2)) } == .gap)
+        var damaged = records[1]
+        damaged[damaged.count - 3] ^= 0x40
+        #expect(refusal { try f!.apply(damaged, source: source(1)) } == .undecodable)
+        #expect(refusal { try f!.apply(try WeightDelta(decoding: records[1]).withoutFactors("too large").encoded(), source: source(1)) } == .omitted)
+        var other = try WeightDelta(decoding: records[1])
+        other.header.model.baseHash = String(repeating: "0", count: 64)
+        #expect(refusal { try f!.apply(other.encoded()) } == .otherModel)
+        var wrong = try WeightDelta(decoding: records[1])
+        wrong.header.weightHash = String(repeating: "f", count: 64)
+        let e = try #require(throws: FollowerError.self) { try f!.apply(wrong.encoded()) }
+        #expect(e.kind == .hashMismatch && "\(e)".contains("--state-dir") && "\(e)".contains("--group-id"))
+        #expect(f!.head == 1 && f!.host.model.weightHash == atOne)
+        #expect(try f!.apply(records[1], source: source(1)) == .applied)
+        f = nil
+
+        f = try Self.follower(modelPath: modelPath, directory: directory)
+        let atTwo = try WeightDelta(decoding: records[1]).header.weightHash
+        #expect(f!.head == 2 && f!.host.model.weightHash == atTwo)
+        #expect(try f!.lastOffset(topic: "deltas", partition: 0) == 1)
+        #expect(try f!.apply(records[1], source: source(1)) == .skipped("offset 1 was applied before"))
+        #expect(try f!.apply(records[0]) == .skipped("snapshot 1 is held"))
+        #expect(try f!.apply(records[2], source: source(2)) == .applied)
+        #expect(try f!.apply(records[3], source: source(3)) == .applied)
+        #expect(f!.head == p.host.head && f!.host.model.weightHash == p.host.model.weightHash)
     }
 
     /// A damaged record is refused with the reason; a record without its factors (the form sent
@@ -172,12 +185,12 @@ import Testing
         #expect(messages.count == 3, "log:\n\(h.tail())")
         #expect(messages.allSatisfy { $0.key == Array(DaemonHarness.modelName.utf8) })
         #expect(messages.map(\.offset) == [0, 1, 2])
-        let replica = try Replica(modelPath: h.modelPath)
-        for m in messages { try replica.follow(m.payload) }
+        let replica = try Self.follower(modelPath: h.modelPath, directory: h.dir.appendingPathComponent("follower"))
+        for m in messages { try Self.follow(replica, m.payload) }
         let store = try h.store()
         let head = try store.head()
         let recorded = try store.hash(at: head)
-        #expect(head == 1 && replica.head == head && replica.model.weightHash == recorded)
+        #expect(head == 1 && replica.head == head && replica.host.model.weightHash == recorded)
         #expect(h.terminate() == 0, "\(h.tail())")
     }
 

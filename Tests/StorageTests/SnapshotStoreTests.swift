@@ -40,6 +40,29 @@ import Testing
         #expect(try store.head() == 2)
     }
 
+    /// A replica stores snapshots under the editor's numbers (not below the next free one) and its
+    /// topic position with them; a refused commit writes neither.
+    @Test func aReplicaCommitsTheEditorsNumbersWithItsPosition() throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = try SnapshotStore(path: dir)
+        try store.attachBase(modelHash: "base", modelName: "tiny")
+        let at = { (offset: Int) in ["follow.offset": Array(String(offset).utf8)] }
+        let r = try store.commitEdit(Self.draft("e1", before: "base", after: "h3", rows: 8, cols: 12), expectedHead: 0, seq: 3, meta: at(0)) { _ in ["{}"] }
+        #expect(r.seq == 3)
+        #expect(try store.head() == 3)
+        #expect(try store.metaValue("follow.offset") == Array("0".utf8))
+        #expect {
+            try store.commitEdit(Self.draft("e2", before: "h3", after: "h2", rows: 8, cols: 12), expectedHead: 3, seq: 2, meta: at(1)) { _ in ["{}"] }
+        } throws: { ($0 as? SnapshotStoreError)?.code == .state }
+        #expect(try store.metaValue("follow.offset") == Array("0".utf8))
+        #expect(try store.head() == 3)
+        try store.commitRollback(to: 0, commandId: "back", meta: at(2))
+        #expect(try store.head() == 0)
+        #expect(try store.metaValue("follow.offset") == Array("2".utf8))
+        #expect(try store.commitEdit(Self.draft("e3", before: "base", after: "h4", rows: 8, cols: 12), expectedHead: 0).seq == 4)
+    }
+
     /// A batch edit is one snapshot that indexes every event of the batch, each with its own result;
     /// an id already recorded (in the batch, or twice in it) refuses the whole batch.
     @Test func batchEditIndexesEveryEventWithItsResult() throws {
