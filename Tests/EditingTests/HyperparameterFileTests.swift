@@ -38,7 +38,7 @@ import Testing
             #expect(schema.validate(try JSONValue.parse(data)).valid, "\(f) does not conform to rome-hparams.schema.json")
             let h = try RomeHyperparameters.decode(data)
             try h.validate(layers: 30)
-            if f.hasPrefix("neighbours") { #expect(h.neighbours?.count == 8, "\(f) lost its neighbours block") }
+            if f.hasPrefix("neighbours") { #expect(h.neighbours != nil, "\(f) lost its neighbours block") }
         }
         let keys = try RomeHyperparameters.decode(Data(contentsOf: dir.appendingPathComponent("neighbours-keys8.json")))
         #expect(keys.neighbours == NeighbourSettings(count: 8, klFactor: 0, keyWeight: 10))
