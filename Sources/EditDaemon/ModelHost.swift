@@ -18,7 +18,7 @@ public struct WeightStateError: Error, CustomStringConvertible, Sendable {
 /// is first touched) and re-apply the factors of the target snapshot's lineage in order, so the
 /// weights are bit-for-bit those recorded (the applying code is the same each time). Not thread-safe:
 /// the daemon calls it from its one worker thread.
-public final class ModelHost: @unchecked Sendable {
+public final class ModelHost: @unchecked Sendable {  // not thread-safe (see above): used from the daemon's one worker thread only
     public let model: LanguageModel
     public let modelName: String
     public let store: SnapshotStore

@@ -179,7 +179,7 @@ public enum Kafka {
 ///
 /// Every property is checked by librdkafka when set, so a typo is an error at start, not a surprise later.
 /// Errors and `description` never show the value of a secret property (see `Kafka.isSecret`).
-public final class KafkaConfiguration: CustomStringConvertible, @unchecked Sendable {
+public final class KafkaConfiguration: CustomStringConvertible, @unchecked Sendable {  // not safe for concurrent `set`: one thread fills it in, then hands it to the one client it creates
     let handle: OpaquePointer
     private var consumed = false
     public private(set) var properties: [String: String] = [:]
@@ -241,7 +241,7 @@ public final class KafkaConfiguration: CustomStringConvertible, @unchecked Senda
 /// It remembers the latest connection failure librdkafka reported (refused connections, TLS handshakes,
 /// authentication, the broker's own errors), so that a call that fails or times out can say why in
 /// librdkafka's words instead of only "timed out". Log lines never carry a secret property's value.
-class KafkaHandleOwner: @unchecked Sendable {
+class KafkaHandleOwner: @unchecked Sendable {  // `failure` is guarded by `failureLock`; `secrets` is written once by `install`, before the client and its callbacks exist
     let logger: Logger?
     private let failureLock = NSLock()
     private var failure: (error: KafkaError, at: Date)?

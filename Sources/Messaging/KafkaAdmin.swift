@@ -7,7 +7,7 @@ import Logging
 ///
 /// Default: `socket.connection.setup.timeout.ms=10000` (librdkafka's 30 s hides a TLS handshake with a
 /// plaintext listener for that long); any property given overrides it.
-public final class KafkaAdmin: @unchecked Sendable {
+public final class KafkaAdmin: @unchecked Sendable {  // the handle `rk` is read and closed only under `lock`; the rest is immutable
     private let owner: KafkaHandleOwner
     private let lock = NSLock()
     private var rk: OpaquePointer?

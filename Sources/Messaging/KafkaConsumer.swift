@@ -33,7 +33,7 @@ import Logging
 /// Defaults: `enable.auto.commit=false` (required), `enable.auto.offset.store=false`,
 /// `auto.offset.reset=earliest`, `fetch.wait.max.ms=100` (librdkafka's 500 delays resumed partitions);
 /// `group.id` must be given.
-public final class KafkaConsumer: @unchecked Sendable {
+public final class KafkaConsumer: Sendable {
     /// The consumer's lifecycle.
     public enum State: Sendable, Equatable {
         /// Created, not yet subscribed.
@@ -130,7 +130,7 @@ struct TopicPartition: Hashable, Comparable, CustomStringConvertible {
     }
 }
 
-final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
+final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {  // librdkafka handles are thread-safe; our state (state, rk, partitions, buffers, commits) is guarded by `cond`
     private struct Partition {
         /// Messages of this partition held here: buffered plus the one in flight.
         var held = 0
