@@ -10,6 +10,15 @@ let numericFlags: [SwiftSetting] = [
     .unsafeFlags(["-O", "-target-cpu", "haswell"], .when(platforms: [.linux], configuration: .debug)),
 ]
 
+// Swift 6 language mode (strict concurrency checking) for the targets that build under it without
+// workarounds: Tensor, Tokenizers, Contracts, Evaluation, Storage, Messaging, SparseAutoencoder, Editing,
+// TestSupport. The package default stays Swift 5 for the rest: ModelRuntime (ModelLoader dequantizes
+// layers in DispatchQueue.concurrentPerform through non-Sendable tensor accessors and captured vars),
+// EditDaemon (a non-Sendable closure becomes a @Sendable metrics source, Daemon.swift:90; not checked
+// further), mesa-bench-validate (top-level globals are main-actor isolated in Swift 6), and the
+// executables, EditEvaluation and the test targets, not yet tried.
+let swift6: SwiftSetting = .swiftLanguageMode(.v6)
+
 let logging: Target.Dependency = .product(name: "Logging", package: "swift-log")
 let inMemoryLogging: Target.Dependency = .product(name: "InMemoryLogging", package: "swift-log")
 let metrics: Target.Dependency = .product(name: "Metrics", package: "swift-metrics")
@@ -44,17 +53,17 @@ let package = Package(
 
         // Vectorizable C kernels (exp-based activations); clang auto-vectorizes them at -O3.
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3", "-march=haswell", "-fno-math-errno"], .when(platforms: [.linux]))]),
-        .target(name: "Tensor", dependencies: ["COpenBLAS", "CKernels"], swiftSettings: numericFlags),
-        .target(name: "Tokenizers", swiftSettings: numericFlags),
+        .target(name: "Tensor", dependencies: ["COpenBLAS", "CKernels"], swiftSettings: numericFlags + [swift6]),
+        .target(name: "Tokenizers", swiftSettings: numericFlags + [swift6]),
         .target(name: "ModelRuntime", dependencies: ["Tensor", "Tokenizers"], swiftSettings: numericFlags),
         // BatchTopK sparse autoencoders: training, files (SAELens / dictionary_learning), activation harvesting.
-        .target(name: "SparseAutoencoder", dependencies: ["ModelRuntime", "Tensor"], swiftSettings: numericFlags),
-        .target(name: "Editing", dependencies: ["ModelRuntime", "Tensor", "Tokenizers", "SparseAutoencoder", logging], swiftSettings: numericFlags),
-        .target(name: "Evaluation"),
-        .target(name: "Contracts"),
-        .target(name: "Storage", dependencies: ["CLMDB", "Tensor"]),
+        .target(name: "SparseAutoencoder", dependencies: ["ModelRuntime", "Tensor"], swiftSettings: numericFlags + [swift6]),
+        .target(name: "Editing", dependencies: ["ModelRuntime", "Tensor", "Tokenizers", "SparseAutoencoder", logging], swiftSettings: numericFlags + [swift6]),
+        .target(name: "Evaluation", swiftSettings: [swift6]),
+        .target(name: "Contracts", swiftSettings: [swift6]),
+        .target(name: "Storage", dependencies: ["CLMDB", "Tensor"], swiftSettings: [swift6]),
         // Contracts: the JSON parser structured CloudEvents are read with (the one that validates events).
-        .target(name: "Messaging", dependencies: ["CRdKafka", "Contracts", logging]),
+        .target(name: "Messaging", dependencies: ["CRdKafka", "Contracts", logging], swiftSettings: [swift6]),
         // The daemon: the one place that composes the model, the editor, storage and messaging.
         .target(name: "EditDaemon", dependencies: ["Tensor", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "Contracts", "Storage", "Messaging", logging, metrics, prometheus,
                                                    serviceLifecycle, unixSignals, hummingbird, hummingbirdCore, nioCore]),
@@ -78,7 +87,7 @@ let package = Package(
         .executableTarget(name: "mesa-bench-validate", dependencies: ["Contracts"], path: "Sources/mesa-bench-validate"),
 
         // Shared by the test targets: the tiny model writer and paths.
-        .target(name: "TestSupport", dependencies: ["ModelRuntime", "Tokenizers"], swiftSettings: numericFlags),
+        .target(name: "TestSupport", dependencies: ["ModelRuntime", "Tokenizers"], swiftSettings: numericFlags + [swift6]),
 
         .testTarget(name: "TensorTests", dependencies: ["Tensor"]),
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "ModelRuntime", "TestSupport"]),
