@@ -277,7 +277,8 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
             } catch {
                 metrics.publishFailures.increment()
                 attempt += 1
-                logger.error("publishing to \(r.topic) failed (attempt \(attempt))", metadata: ["topic": "\(r.topic)", "error": "\(error)"])
+                logger.error("publishing to \(r.topic) failed (attempt \(attempt))",
+                             metadata: ["topic": "\(r.topic)", "error": "\(error)", "retriable": "\((error as? KafkaError)?.retriable ?? false)"])
                 if let smaller = r.smaller, (error as? KafkaError)?.code == KafkaError.Code.messageTooLarge {
                     logger.warning("publishing the dead letter without the original bytes instead")
                     r = smaller()

@@ -74,9 +74,8 @@ public final class KafkaAdmin: @unchecked Sendable {  // the handle `rk` is read
         let err = rd_kafka_event_error(event)
         guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
             rd_kafka_poll(rk, 0)
-            var failure = KafkaError("createTopics \(names): \(String(cString: rd_kafka_event_error_string(event)))", code: err.rawValue)
-            if let cause = owner.lastFailure(since: start) { failure.message += " (librdkafka: \(cause.message))" }
-            throw failure
+            throw KafkaError("createTopics \(names): \(String(cString: rd_kafka_event_error_string(event)))", code: err.rawValue)
+                .caused(by: owner.lastFailure(since: start))
         }
         owner.clearFailure()
         guard let result = rd_kafka_event_CreateTopics_result(event) else {

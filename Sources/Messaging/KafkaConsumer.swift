@@ -375,14 +375,6 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {  // librdkafka
         a.topic == b.topic && a.partition == b.partition && a.offset == b.offset
     }
 
-    /// Commit failures worth another attempt: the coordinator is moving or loading, or the request was lost.
-    private static let retriableCommitErrors = Set([
-        RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT, RD_KAFKA_RESP_ERR_NETWORK_EXCEPTION,
-        RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS, RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
-        RD_KAFKA_RESP_ERR_NOT_COORDINATOR, RD_KAFKA_RESP_ERR__TRANSPORT, RD_KAFKA_RESP_ERR__TIMED_OUT,
-        RD_KAFKA_RESP_ERR__WAIT_COORD,
-    ].map(\.rawValue))
-
     /// Commits `m.offset + 1`, settling every message in flight up to `m`.
     func commit(_ m: KafkaMessage, wait: Bool = true) throws {
         let tp = TopicPartition(m)
@@ -414,9 +406,10 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {  // librdkafka
                 failure = nil
                 break
             }
-            failure = KafkaError("commit \(m.partitionKey) offset \(m.offset + 1)", err: err)
-            guard wait, attempt < commitAttempts, Self.retriableCommitErrors.contains(err.rawValue) else { break }
-            log("\(failure!) (attempt \(attempt) of \(commitAttempts); retrying)", level: .warning)
+            let error = KafkaError("commit \(m.partitionKey) offset \(m.offset + 1)", err: err)
+            failure = error
+            guard wait, attempt < commitAttempts, error.retriable else { break }
+            log("\(error) (attempt \(attempt) of \(commitAttempts); retrying)", level: .warning)
             Thread.sleep(forTimeInterval: 0.1 * Double(attempt))
         }
 

@@ -172,9 +172,8 @@ final class ProducerCore: KafkaHandleOwner, @unchecked Sendable {  // librdkafka
         switch result {
         case .success(let placed):
             return placed
-        case .failure(var error):
-            if let cause = lastFailure(since: start) { error.message += " (librdkafka: \(cause.message))" }
-            throw error
+        case .failure(let error):
+            throw error.caused(by: lastFailure(since: start))
         }
     }
 
