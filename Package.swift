@@ -12,11 +12,11 @@ let numericFlags: [SwiftSetting] = [
 
 // Swift 6 language mode (strict concurrency checking) for the targets that build under it without
 // workarounds: Tensor, Tokenizers, Contracts, Evaluation, Storage, Messaging, SparseAutoencoder, Editing,
-// TestSupport. The package default stays Swift 5 for the rest: ModelRuntime (ModelLoader dequantizes
-// layers in DispatchQueue.concurrentPerform through non-Sendable tensor accessors and captured vars),
-// EditDaemon (a non-Sendable closure becomes a @Sendable metrics source, Daemon.swift:90; not checked
-// further), mesa-bench-validate (top-level globals are main-actor isolated in Swift 6), and the
-// executables, EditEvaluation and the test targets, not yet tried.
+// EditDaemon, EditEvaluation, mesa-bench, TestSupport. The package default stays Swift 5 for the rest:
+// ModelRuntime (ModelLoader dequantizes layers in DispatchQueue.concurrentPerform through non-Sendable
+// tensor accessors and captured vars), mesa (InterruptFlag's signal flag is unsynchronized global
+// state), mesa-bench-validate (its top-level globals are main-actor isolated in Swift 6), and the test
+// targets, not yet tried.
 let swift6: SwiftSetting = .swiftLanguageMode(.v6)
 
 let logging: Target.Dependency = .product(name: "Logging", package: "swift-log")
@@ -66,10 +66,12 @@ let package = Package(
         .target(name: "Messaging", dependencies: ["CRdKafka", "Contracts", logging], swiftSettings: [swift6]),
         // The daemon: the one place that composes the model, the editor, storage and messaging.
         .target(name: "EditDaemon", dependencies: ["Tensor", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "Contracts", "Storage", "Messaging", logging, metrics, prometheus,
-                                                   serviceLifecycle, unixSignals, hummingbird, hummingbirdCore, nioCore]),
+                                                   serviceLifecycle, unixSignals, hummingbird, hummingbirdCore, nioCore],
+                swiftSettings: [swift6]),
         // Evaluation runs (`mesa eval`): CounterFact cases through an editor, a sequential run journaled in a snapshot store
         // through the daemon's ModelHost. Evaluation itself stays a leaf (CounterFact data, metrics, reports).
-        .target(name: "EditEvaluation", dependencies: ["Editing", "Evaluation", "EditDaemon", "ModelRuntime", "Storage", "Tensor", logging]),
+        .target(name: "EditEvaluation", dependencies: ["Editing", "Evaluation", "EditDaemon", "ModelRuntime", "Storage", "Tensor", logging],
+                swiftSettings: [swift6]),
         .executableTarget(
             name: "mesa",
             dependencies: [
@@ -82,7 +84,7 @@ let package = Package(
             name: "mesa-bench",
             dependencies: ["Tensor", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "EditDaemon", "Messaging", "Storage", "TestSupport", logging,
                            .product(name: "ArgumentParser", package: "swift-argument-parser")],
-            path: "Sources/mesa-bench"),
+            path: "Sources/mesa-bench", swiftSettings: [swift6]),
 
         .executableTarget(name: "mesa-bench-validate", dependencies: ["Contracts"], path: "Sources/mesa-bench-validate"),
 
