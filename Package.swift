@@ -10,13 +10,11 @@ let numericFlags: [SwiftSetting] = [
     .unsafeFlags(["-O", "-target-cpu", "haswell"], .when(platforms: [.linux], configuration: .debug)),
 ]
 
-// Swift 6 language mode (strict concurrency checking) for the targets that build under it without
-// workarounds: Tensor, Tokenizers, Contracts, Evaluation, Storage, Messaging, SparseAutoencoder, Editing,
+// Swift 6 language mode (strict concurrency checking) for the targets that build under it: Tensor,
+// Tokenizers, ModelRuntime, Contracts, Evaluation, Storage, Messaging, SparseAutoencoder, Editing,
 // EditDaemon, EditEvaluation, mesa-bench, TestSupport. The package default stays Swift 5 for the rest:
-// ModelRuntime (ModelLoader dequantizes layers in DispatchQueue.concurrentPerform through non-Sendable
-// tensor accessors and captured vars), mesa (InterruptFlag's signal flag is unsynchronized global
-// state), mesa-bench-validate (its top-level globals are main-actor isolated in Swift 6), and the test
-// targets, not yet tried.
+// mesa (InterruptFlag's signal flag is unsynchronized global state), mesa-bench-validate (its top-level
+// globals are main-actor isolated in Swift 6), and the test targets, not yet tried.
 let swift6: SwiftSetting = .swiftLanguageMode(.v6)
 
 let logging: Target.Dependency = .product(name: "Logging", package: "swift-log")
@@ -55,7 +53,7 @@ let package = Package(
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3", "-march=haswell", "-fno-math-errno"], .when(platforms: [.linux]))]),
         .target(name: "Tensor", dependencies: ["COpenBLAS", "CKernels"], swiftSettings: numericFlags + [swift6]),
         .target(name: "Tokenizers", swiftSettings: numericFlags + [swift6]),
-        .target(name: "ModelRuntime", dependencies: ["Tensor", "Tokenizers"], swiftSettings: numericFlags),
+        .target(name: "ModelRuntime", dependencies: ["Tensor", "Tokenizers"], swiftSettings: numericFlags + [swift6]),
         // BatchTopK sparse autoencoders: training, files (SAELens / dictionary_learning), activation harvesting.
         .target(name: "SparseAutoencoder", dependencies: ["ModelRuntime", "Tensor"], swiftSettings: numericFlags + [swift6]),
         .target(name: "Editing", dependencies: ["ModelRuntime", "Tensor", "Tokenizers", "SparseAutoencoder", logging], swiftSettings: numericFlags + [swift6]),
