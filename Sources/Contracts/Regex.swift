@@ -23,7 +23,7 @@ enum PatternOutcome {
 /// Searches are bounded: inputs longer than a configured length are rejected without searching, and
 /// the ICU search reports progress to a callback that abandons it once a time budget is spent, so a
 /// catastrophically backtracking pattern such as `^(a+)+$` ends in `.timedOut` rather than a hang.
-final class CompiledPattern: @unchecked Sendable {
+final class CompiledPattern: @unchecked Sendable {  // immutable after init; the matcher's NSRegularExpression is safe for concurrent use
     // NSRegularExpression is immutable after creation and documented as safe for concurrent use.
 
     private enum Matcher {

@@ -51,7 +51,7 @@ final class PropertyApplicator: Sendable {
 }
 
 /// One compiled keyword. Child schemas are node indices.
-enum Op: @unchecked Sendable {
+enum Op: Sendable {
     case ref(Int)
     case dynamicRef(name: String, fallback: Int)
     case type(TypeMask)
@@ -88,7 +88,7 @@ enum Op: @unchecked Sendable {
 }
 
 /// A compiled (sub)schema.
-final class SchemaNode: @unchecked Sendable {
+final class SchemaNode: @unchecked Sendable {  // filled in by the compiler on one thread, then only read once the compiled schema is published
     enum Kind { case alwaysTrue, alwaysFalse, keywords }
     // Fields are written only while compiling, before the node is published in a CompiledSchema.
     var kind: Kind = .alwaysTrue

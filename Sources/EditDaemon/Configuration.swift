@@ -213,7 +213,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     /// The editing method (`method`, default rome).
     public var editMethod: EditMethod {
         get throws {
-            do { return try EditMethod(parsing: method ?? EditMethod.daemonDefault.rawValue) } catch { throw SetupError("\(error)") }
+            do { return try EditMethod(parsing: method ?? EditMethod.daemonDefault.rawValue) } catch { throw SetupError("", cause: error) }
         }
     }
 
@@ -236,7 +236,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
             guard let data = FileManager.default.contents(atPath: path) else { throw SetupError("cannot read configuration \(path)") }
             do { try catalog.check(data, against: "serve-config.schema.json", what: path) } catch let e as SchemaCatalogError { throw SetupError(e) }
             do { c = try JSONCoding.decoder().decode(DaemonConfiguration.self, from: data) } catch {
-                throw SetupError("\(path): \(error)")
+                throw SetupError(path, cause: error)
             }
         }
         try c.applyEnvironment(env)

@@ -295,7 +295,8 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
             } catch {
                 metrics.publishFailures.increment()
                 attempt += 1
-                logger.error("publishing to \(r.topic) failed (attempt \(attempt))", metadata: ["topic": "\(r.topic)", "error": "\(error)"])
+                logger.error("publishing to \(r.topic) failed (attempt \(attempt))",
+                             metadata: ["topic": "\(r.topic)", "error": "\(error)", "retriable": "\((error as? KafkaError)?.retriable ?? false)"])
                 if let smaller = r.smaller, (error as? KafkaError)?.code == KafkaError.Code.messageTooLarge {
                     logger.warning("publishing the dead letter without the original bytes instead")
                     r = smaller()
@@ -342,7 +343,7 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
 /// The producer, replaced by a fresh one after a fatal error or a delivery timeout: an idempotent
 /// producer whose id the broker lost (a broker restarted with empty storage) retries
 /// UNKNOWN_PRODUCER_ID until the message times out and never recovers by itself.
-final class ProducerSlot: @unchecked Sendable {
+final class ProducerSlot: @unchecked Sendable {  // `producer` is read and replaced only under `lock`; the producer itself is thread-safe
     private var producer: KafkaProducer
     private let properties: [String: String]
     private let logger: Logger
@@ -383,7 +384,7 @@ final class ProducerSlot: @unchecked Sendable {
 
 /// Re-creates missing topics every few seconds on its own thread (a broker that restarts with empty
 /// storage loses them; producing to or consuming from a missing topic would stall forever).
-final class TopicKeeper: @unchecked Sendable {
+final class TopicKeeper: @unchecked Sendable {  // `stopped` is guarded by `condition`; `thread` is set once, in init
     private let condition = NSCondition()
     private var stopped = false
     private var thread: Thread?

@@ -10,13 +10,23 @@ import Tensor
 /// A setup failure (missing file, invalid configuration) with a message for the operator.
 public struct SetupError: Error, CustomStringConvertible, Sendable {
     public var message: String
+    /// The error this one wraps, when it wraps one (its text ends `message`).
+    public var cause: (any Error)?
     public init(_ message: String) { self.message = message }
+    /// `message` followed by the text of `cause`, which is kept.
+    public init(_ message: String, cause: any Error) {
+        self.message = message.isEmpty ? "\(cause)" : "\(message): \(cause)"
+        self.cause = cause
+    }
     public var description: String { message }
 }
 
 extension SetupError {
     /// A hyperparameter or configuration file the schema catalog refused, with the catalog's message.
-    init(_ e: SchemaCatalogError) { self.init(e.message) }
+    init(_ e: SchemaCatalogError) {
+        self.init(e.message)
+        cause = e
+    }
 }
 
 /// The model's short name and its hyperparameter file.
@@ -205,7 +215,7 @@ public struct EditorRegistry {
             try sae.check(site: site, width: model.config.hidden)
             return (sae, nil)
         } catch {
-            guard m.fallsBack else { throw SetupError("MESA refinement: the SAE at \(dir.path) is unusable: \(error)") }
+            guard m.fallsBack else { throw SetupError("MESA refinement: the SAE at \(dir.path) is unusable", cause: error) }
             logger.warning("MESA refinement is off (mesa.fallback is true): the SAE at \(dir.path) is unusable", metadata: ["error": "\(error)"])
             return (nil, "the SAE at \(dir.path) is unusable: \(error)")
         }

@@ -22,7 +22,7 @@ public struct WeightStateError: Error, CustomStringConvertible, Sendable {
 /// as the writer from the first `apply` of an edit until `commit`, `discardUncommitted` or `settle`,
 /// and for the whole of a `materialize` or `rollback`, so a reader sees the weights of a recorded
 /// snapshot (`head`) and never an edit half applied, scored or undone.
-public final class ModelHost: @unchecked Sendable {
+public final class ModelHost: @unchecked Sendable {  // changed from the one worker thread only; other threads only read, through `reading`, under the weights' gate
     public let model: LanguageModel
     public let modelName: String
     public let store: SnapshotStore

@@ -89,7 +89,7 @@ public struct CanaryFigures: Codable, Sendable, Equatable {
 /// weights crossed a threshold against the base model (canary accuracy down more than
 /// `maxAccuracyDrop` points, or perplexity up more than `maxPerplexityRise`, a fraction). The
 /// daemon then undoes the edit and dead-letters its events (reason `quality_gate`).
-public final class QualityGuard: @unchecked Sendable {
+public final class QualityGuard: @unchecked Sendable {  // `start` and `resumeCache`, the only mutable state, are guarded by `lock`
     public let canary: CanarySet
     /// Per fact: the prompt's tokens and the answer's first token, [n].
     let facts: [(prompt: [Int32], answer: Int32)]

@@ -27,7 +27,7 @@ public func checkInputPartitions(properties: [String: String], topics: Topics, k
         defer { admin.close() }
         partitions = try admin.partitionCount(topic, timeout: timeout)
     } catch {
-        throw SetupError("cannot read the partition count of \(topic): \(error)")
+        throw SetupError("cannot read the partition count of \(topic)", cause: error)
     }
     guard let partitions, partitions > 1, !keyedByModel else { return }
     throw SetupError("""

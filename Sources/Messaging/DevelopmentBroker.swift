@@ -7,7 +7,7 @@ import Glibc
 ///
 /// Tansu creates a missing topic when a producer asks for its metadata (with its default partition
 /// count); consumers do not create topics. Create topics explicitly with `KafkaAdmin`.
-public final class DevelopmentBroker: @unchecked Sendable {
+public final class DevelopmentBroker: @unchecked Sendable {  // `pid`, the only mutable state, is guarded by `lock`
     /// The Tansu executable.
     public let executable: String
     /// The loopback port the broker listens on (kept across `restart()`).

@@ -8,18 +8,46 @@ import Logging
 /// local to the client, positive ones are Kafka protocol errors); `codeName` is its `rd_kafka_err2name`
 /// (`REQUEST_TIMED_OUT`, `_MSG_TIMED_OUT`, …). Errors raised by this module itself have `code == nil`,
 /// or one of the local codes in `KafkaError.Code` when a caller may want to branch on them.
+///
+/// `retriable` says whether the same call may succeed when made again (a transient condition: a lost
+/// connection, a leader or coordinator moving, a time-out); it is librdkafka's `rd_kafka_error_is_retriable`
+/// where librdkafka reports an error object, else `Code.isRetriable(code)`. `cause` is the failure
+/// librdkafka reported before this one (connection refused, TLS handshake, authentication), which the
+/// message also quotes.
 public struct KafkaError: Error, CustomStringConvertible, Equatable, Sendable {
     public var message: String
     public var code: Int32?
+    public var retriable: Bool
+    /// At most one element: an array only because a struct cannot hold an optional of itself.
+    private var causes: [KafkaError] = []
 
     public init(_ message: String) {
         self.message = message
         self.code = nil
+        self.retriable = false
     }
 
     public init(_ message: String, code: Int32) {
         self.message = message
         self.code = code
+        self.retriable = Code.isRetriable(code)
+    }
+
+    public init(_ message: String, code: Int32, retriable: Bool) {
+        self.message = message
+        self.code = code
+        self.retriable = retriable
+    }
+
+    public var cause: KafkaError? { causes.first }
+
+    /// This error with `cause` kept as its cause and quoted in its message.
+    public func caused(by cause: KafkaError?) -> KafkaError {
+        guard let cause else { return self }
+        var e = self
+        e.message += " (librdkafka: \(cause.message))"
+        e.causes = [cause]
+        return e
     }
 
     /// librdkafka's symbolic name of `code` (`rd_kafka_err2name`); local client errors start with `_`.
@@ -51,6 +79,28 @@ public struct KafkaError: Error, CustomStringConvertible, Equatable, Sendable {
         public static let partitionRevoked = RD_KAFKA_RESP_ERR__ASSIGNMENT_LOST.rawValue
         /// The record is larger than the client's `message.max.bytes` or the broker's limit (`MSG_SIZE_TOO_LARGE`).
         public static let messageTooLarge = RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE.rawValue
+
+        /// Whether a failure with librdkafka code `code` is transient, so that the same call may succeed when
+        /// made again: the connection or a request was lost or timed out, the local queue is full, the
+        /// partition leader or the group coordinator is moving or loading, too few replicas are in sync, the
+        /// broker throttles. Kafka's retriable protocol errors plus librdkafka's local transport and time-out codes.
+        public static func isRetriable(_ code: Int32) -> Bool { retriableCodes.contains(code) }
+
+        static let retriableCodes = Set([
+            RD_KAFKA_RESP_ERR__TRANSPORT, RD_KAFKA_RESP_ERR__TIMED_OUT, RD_KAFKA_RESP_ERR__MSG_TIMED_OUT,
+            RD_KAFKA_RESP_ERR__TIMED_OUT_QUEUE, RD_KAFKA_RESP_ERR__QUEUE_FULL, RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN,
+            RD_KAFKA_RESP_ERR__RESOLVE, RD_KAFKA_RESP_ERR__WAIT_COORD, RD_KAFKA_RESP_ERR__WAIT_CACHE,
+            RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART, RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE,
+            RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT, RD_KAFKA_RESP_ERR_NETWORK_EXCEPTION,
+            RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS, RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
+            RD_KAFKA_RESP_ERR_NOT_COORDINATOR, RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+            RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND, RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS,
+            RD_KAFKA_RESP_ERR_KAFKA_STORAGE_ERROR, RD_KAFKA_RESP_ERR_FETCH_SESSION_ID_NOT_FOUND,
+            RD_KAFKA_RESP_ERR_INVALID_FETCH_SESSION_EPOCH, RD_KAFKA_RESP_ERR_LISTENER_NOT_FOUND,
+            RD_KAFKA_RESP_ERR_FENCED_LEADER_EPOCH, RD_KAFKA_RESP_ERR_UNKNOWN_LEADER_EPOCH, RD_KAFKA_RESP_ERR_OFFSET_NOT_AVAILABLE,
+            RD_KAFKA_RESP_ERR_PREFERRED_LEADER_NOT_AVAILABLE, RD_KAFKA_RESP_ERR_ELIGIBLE_LEADERS_NOT_AVAILABLE,
+            RD_KAFKA_RESP_ERR_UNSTABLE_OFFSET_COMMIT, RD_KAFKA_RESP_ERR_THROTTLING_QUOTA_EXCEEDED,
+        ].map(\.rawValue))
     }
 }
 
@@ -62,16 +112,17 @@ extension KafkaError {
     /// `context: <librdkafka's text for err>`, followed by the connection failure librdkafka reported
     /// before (its own words: connection refused, TLS handshake, authentication), when there was one.
     init(_ context: String, err: rd_kafka_resp_err_t, cause: KafkaError?) {
-        self.init(context, err: err)
-        if let cause { message += " (librdkafka: \(cause.message))" }
+        self = KafkaError(context, err: err).caused(by: cause)
     }
 
-    /// Takes ownership of an `rd_kafka_error_t` (destroys it).
+    /// Takes ownership of an `rd_kafka_error_t` (destroys it). Retriable when librdkafka says so
+    /// (`rd_kafka_error_is_retriable`) or the code is (`Code.isRetriable`): librdkafka flags only some.
     init(_ context: String, error: OpaquePointer) {
         let code = rd_kafka_error_code(error)
         let text = String(cString: rd_kafka_error_string(error))
+        let retriable = rd_kafka_error_is_retriable(error) != 0 || Code.isRetriable(code.rawValue)
         rd_kafka_error_destroy(error)
-        self.init("\(context): \(text)", code: code.rawValue)
+        self.init("\(context): \(text)", code: code.rawValue, retriable: retriable)
     }
 }
 
@@ -179,7 +230,7 @@ public enum Kafka {
 ///
 /// Every property is checked by librdkafka when set, so a typo is an error at start, not a surprise later.
 /// Errors and `description` never show the value of a secret property (see `Kafka.isSecret`).
-public final class KafkaConfiguration: CustomStringConvertible, @unchecked Sendable {
+public final class KafkaConfiguration: CustomStringConvertible, @unchecked Sendable {  // not safe for concurrent `set`: one thread fills it in, then hands it to the one client it creates
     let handle: OpaquePointer
     private var consumed = false
     public private(set) var properties: [String: String] = [:]
@@ -241,7 +292,7 @@ public final class KafkaConfiguration: CustomStringConvertible, @unchecked Senda
 /// It remembers the latest connection failure librdkafka reported (refused connections, TLS handshakes,
 /// authentication, the broker's own errors), so that a call that fails or times out can say why in
 /// librdkafka's words instead of only "timed out". Log lines never carry a secret property's value.
-class KafkaHandleOwner: @unchecked Sendable {
+class KafkaHandleOwner: @unchecked Sendable {  // `failure` is guarded by `failureLock`; `secrets` is written once by `install`, before the client and its callbacks exist
     let logger: Logger?
     private let failureLock = NSLock()
     private var failure: (error: KafkaError, at: Date)?

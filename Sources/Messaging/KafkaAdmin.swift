@@ -7,7 +7,7 @@ import Logging
 ///
 /// Default: `socket.connection.setup.timeout.ms=10000` (librdkafka's 30 s hides a TLS handshake with a
 /// plaintext listener for that long); any property given overrides it.
-public final class KafkaAdmin: @unchecked Sendable {
+public final class KafkaAdmin: @unchecked Sendable {  // the handle `rk` is read and closed only under `lock`; the rest is immutable
     private let owner: KafkaHandleOwner
     private let lock = NSLock()
     private var rk: OpaquePointer?
@@ -74,9 +74,8 @@ public final class KafkaAdmin: @unchecked Sendable {
         let err = rd_kafka_event_error(event)
         guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
             rd_kafka_poll(rk, 0)
-            var failure = KafkaError("createTopics \(names): \(String(cString: rd_kafka_event_error_string(event)))", code: err.rawValue)
-            if let cause = owner.lastFailure(since: start) { failure.message += " (librdkafka: \(cause.message))" }
-            throw failure
+            throw KafkaError("createTopics \(names): \(String(cString: rd_kafka_event_error_string(event)))", code: err.rawValue)
+                .caused(by: owner.lastFailure(since: start))
         }
         owner.clearFailure()
         guard let result = rd_kafka_event_CreateTopics_result(event) else {

@@ -33,7 +33,7 @@ import Logging
 /// Defaults: `enable.auto.commit=false` (required), `enable.auto.offset.store=false`,
 /// `auto.offset.reset=earliest`, `fetch.wait.max.ms=100` (librdkafka's 500 delays resumed partitions);
 /// `group.id` must be given.
-public final class KafkaConsumer: @unchecked Sendable {
+public final class KafkaConsumer: Sendable {
     /// The consumer's lifecycle.
     public enum State: Sendable, Equatable {
         /// Created, not yet subscribed.
@@ -131,7 +131,7 @@ struct TopicPartition: Hashable, Comparable, CustomStringConvertible {
     }
 }
 
-final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
+final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {  // librdkafka handles are thread-safe; our state (state, rk, partitions, buffers, commits) is guarded by `cond`
     private struct Partition {
         /// Messages of this partition held here: buffered plus the one in flight.
         var held = 0
@@ -379,14 +379,6 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
         a.topic == b.topic && a.partition == b.partition && a.offset == b.offset
     }
 
-    /// Commit failures worth another attempt: the coordinator is moving or loading, or the request was lost.
-    private static let retriableCommitErrors = Set([
-        RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT, RD_KAFKA_RESP_ERR_NETWORK_EXCEPTION,
-        RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS, RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE,
-        RD_KAFKA_RESP_ERR_NOT_COORDINATOR, RD_KAFKA_RESP_ERR__TRANSPORT, RD_KAFKA_RESP_ERR__TIMED_OUT,
-        RD_KAFKA_RESP_ERR__WAIT_COORD,
-    ].map(\.rawValue))
-
     /// Commits `m.offset + 1`, settling every message in flight up to `m`.
     func commit(_ m: KafkaMessage, wait: Bool = true) throws {
         let tp = TopicPartition(m)
@@ -418,9 +410,10 @@ final class ConsumerCore: KafkaHandleOwner, @unchecked Sendable {
                 failure = nil
                 break
             }
-            failure = KafkaError("commit \(m.partitionKey) offset \(m.offset + 1)", err: err)
-            guard wait, attempt < commitAttempts, Self.retriableCommitErrors.contains(err.rawValue) else { break }
-            log("\(failure!) (attempt \(attempt) of \(commitAttempts); retrying)", level: .warning)
+            let error = KafkaError("commit \(m.partitionKey) offset \(m.offset + 1)", err: err)
+            failure = error
+            guard wait, attempt < commitAttempts, error.retriable else { break }
+            log("\(error) (attempt \(attempt) of \(commitAttempts); retrying)", level: .warning)
             Thread.sleep(forTimeInterval: 0.1 * Double(attempt))
         }
 

@@ -9,7 +9,7 @@ import Logging
 /// Kafka API keys for `pushRequestErrors`: Produce 0, Fetch 1, ListOffsets 2, Metadata 3,
 /// OffsetCommit 8, OffsetFetch 9, FindCoordinator 10, JoinGroup 11, Heartbeat 12, SyncGroup 14,
 /// InitProducerId 22.
-public final class KafkaMockCluster: @unchecked Sendable {
+public final class KafkaMockCluster: @unchecked Sendable {  // immutable after init; librdkafka's handles and mock-cluster calls are thread-safe
     private let owner: KafkaHandleOwner
     private let rk: OpaquePointer
     private let cluster: OpaquePointer

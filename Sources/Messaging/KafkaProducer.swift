@@ -14,7 +14,7 @@ import Logging
 /// After a `KafkaError.Code.fatal` error the producer is unusable: close it and create a new one.
 /// A failed or timed-out send names the connection failure librdkafka reported meanwhile, if any
 /// (connection refused, TLS handshake, authentication).
-public final class KafkaProducer: @unchecked Sendable {
+public final class KafkaProducer: Sendable {
     private let core: ProducerCore
 
     /// - Parameters:
@@ -50,7 +50,7 @@ public final class KafkaProducer: @unchecked Sendable {
 }
 
 /// Waits for one record's delivery report; retained by librdkafka's per-message opaque until the report.
-final class DeliveryWaiter: @unchecked Sendable {
+final class DeliveryWaiter: @unchecked Sendable {  // `result` is guarded by `cond`
     private let cond = NSCondition()
     private var result: Result<(partition: Int32, offset: Int64), KafkaError>?
 
@@ -69,7 +69,7 @@ final class DeliveryWaiter: @unchecked Sendable {
     }
 }
 
-final class ProducerCore: KafkaHandleOwner, @unchecked Sendable {
+final class ProducerCore: KafkaHandleOwner, @unchecked Sendable {  // librdkafka handles are thread-safe; our state (state, rk, calls, polling flags) is guarded by `cond`
     private enum State { case idle, open, closing, closed }
 
     private let cond = NSCondition()
@@ -172,9 +172,8 @@ final class ProducerCore: KafkaHandleOwner, @unchecked Sendable {
         switch result {
         case .success(let placed):
             return placed
-        case .failure(var error):
-            if let cause = lastFailure(since: start) { error.message += " (librdkafka: \(cause.message))" }
-            throw error
+        case .failure(let error):
+            throw error.caused(by: lastFailure(since: start))
         }
     }
 

@@ -47,7 +47,7 @@ final class Scratch {
 /// optimizations (several facts of a batch edit): `forward(deltas:prompts:)` then runs any subset of
 /// them, packed into R = Σ_subset (T − p) rows without padding, and the next `backward` covers that
 /// subset. A prompt's rows are computed by the same operations whichever prompts share the pass.
-public final class DeltaPass: @unchecked Sendable {
+public final class DeltaPass: @unchecked Sendable {  // not thread-safe: scratch state of one optimization, used by the one thread that runs it
     public let model: LanguageModel
     public let layer: Int
     public let prompts: [DeltaPrompt]

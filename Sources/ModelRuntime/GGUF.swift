@@ -31,7 +31,7 @@ public struct GGUFTensorInfo: Sendable {
 }
 
 /// A parsed GGUF (v2/v3) file: metadata and tensor directory over a memory map.
-public final class GGUFFile: @unchecked Sendable {
+public final class GGUFFile: Sendable {
     public let path: String
     public let version: UInt32
     public let metadata: [String: GGUFValue]

@@ -3,7 +3,7 @@ import Tensor
 import Tokenizers
 
 /// Keys and values of past positions, per layer: [capacity, kvHeads·headDim] each.
-public final class KVCache: @unchecked Sendable {
+public final class KVCache: @unchecked Sendable {  // not thread-safe: each cache belongs to the one forward pass that fills it
     public let capacity: Int
     public let width: Int
     public private(set) var length = 0
@@ -30,7 +30,7 @@ public final class KVCache: @unchecked Sendable {
 }
 
 /// A resident decoder-only language model: configuration, Float32 weights, tokenizer.
-public final class LanguageModel: @unchecked Sendable {
+public final class LanguageModel: @unchecked Sendable {  // `rope` is guarded by `ropeLock`; weights change only through edits, which the daemon runs on the worker thread, never beside a forward pass
     public let config: ModelConfig
     public let weights: ModelWeights
     public let tokenizer: BPETokenizer

@@ -5,7 +5,7 @@ import Darwin
 #endif
 
 /// A read-only memory map of a whole file. The mapping lives as long as the object.
-public final class MappedFile: @unchecked Sendable {
+public final class MappedFile: @unchecked Sendable {  // immutable after init: a read-only (PROT_READ) mapping that lives as long as the object
     public let path: String
     public let bytes: UnsafeRawBufferPointer
 

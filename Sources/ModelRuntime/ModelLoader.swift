@@ -62,14 +62,14 @@ public enum ModelLoader {
             normEps: Float(eps), tiedEmbeddings: g.info("output.weight") == nil)
         try config.validate(path: path)
 
-        func tensor(_ name: String, _ shape: [Int]) throws -> Parameter {
+        @Sendable func tensor(_ name: String, _ shape: [Int]) throws -> Parameter {
             guard let info = g.info(name) else { throw ModelError(.missingTensor, "tensor \(name) is missing", path: path) }
             guard info.shape == shape else {
                 throw ModelError(.shapeMismatch, "tensor \(name) has shape \(info.shape), expected \(shape)", path: path)
             }
             return Parameter(name: name, shape: shape, data: try g.floats(info))
         }
-        func optional(_ name: String, _ shape: [Int]) throws -> Parameter? { g.info(name) == nil ? nil : try tensor(name, shape) }
+        @Sendable func optional(_ name: String, _ shape: [Int]) throws -> Parameter? { g.info(name) == nil ? nil : try tensor(name, shape) }
 
         let weights = try buildWeights(config: config, path: path, tensor: tensor, optional: optional)
         let tokenizer = try tokenizerFromGGUF(g)
@@ -95,13 +95,14 @@ public enum ModelLoader {
 
     /// Builds the weight set from a tensor accessor keyed by GGUF names.
     static func buildWeights(config c: ModelConfig, path: String,
-                             tensor: (String, [Int]) throws -> Parameter,
-                             optional: (String, [Int]) throws -> Parameter?) throws -> ModelWeights {
+                             tensor: @Sendable (String, [Int]) throws -> Parameter,
+                             optional: @Sendable (String, [Int]) throws -> Parameter?) throws -> ModelWeights {
         let d = c.hidden, q = c.heads * c.headDim, kv = c.kvHeads * c.headDim, ff = c.intermediate
         let gpt2 = c.architecture == .gpt2
         // Dequantize layers in parallel: each layer is independent.
-        var layers = [LayerWeights?](repeating: nil, count: c.layers)
-        var firstError: Error?
+        // Written from concurrentPerform's threads, every access under `lock`; read after it returns.
+        nonisolated(unsafe) var layers = [LayerWeights?](repeating: nil, count: c.layers)
+        nonisolated(unsafe) var firstError: Error?
         let lock = NSLock()
         DispatchQueue.concurrentPerform(iterations: c.layers) { i in
             let b = "blk.\(i)."
@@ -209,7 +210,7 @@ public enum ModelLoader {
 
         let names = hfNames(arch: arch, prefix: prefix, layers: layers)
         let d = config.hidden
-        func fetch(_ gguf: String, _ shape: [Int]) throws -> Parameter? {
+        @Sendable func fetch(_ gguf: String, _ shape: [Int]) throws -> Parameter? {
             guard let spec = names[gguf] else { return nil }
             guard let e = st.entries[spec.name] else { return nil }
             var data = try st.floats(spec.name)

@@ -1,7 +1,7 @@
 import Foundation
 
 /// A parsed safetensors file over a memory map. Supported dtypes: F32, F16, BF16.
-public final class SafetensorsFile: @unchecked Sendable {
+public final class SafetensorsFile: Sendable {
     public struct Entry: Sendable {
         public var name: String
         public var dtype: String

@@ -2,7 +2,7 @@ import Foundation
 import Tensor
 
 /// Float32 memory owned by one or more parameters (several when projections are fused).
-public final class ParameterStorage: @unchecked Sendable {
+public final class ParameterStorage: @unchecked Sendable {  // the pointer and count are immutable; the memory is written only through `Parameter.mutate`
     public let base: UnsafeMutablePointer<Float>
     public let count: Int
     public init(count: Int) {
@@ -17,7 +17,7 @@ public final class ParameterStorage: @unchecked Sendable {
 /// directly). It may be a view into storage shared with other tensors: Wq/Wk/Wv and gate/up are
 /// laid out contiguously so each pair or triple is one GEMM. Mutable in place (edits write here)
 /// through `mutate`, which invalidates the cached digest.
-public final class Parameter: @unchecked Sendable {
+public final class Parameter: @unchecked Sendable {  // `cachedDigest` is guarded by `lock`; values are written only through `mutate`, by the one editing thread, never beside a forward pass
     /// Canonical (GGUF-style) name, e.g. "blk.7.ffn_down.weight".
     public let name: String
     /// Row-major shape; linear weights are [out, in].
@@ -87,7 +87,7 @@ public final class Parameter: @unchecked Sendable {
 }
 
 /// Weights of one decoder layer. Linear weights are [out, in] row-major.
-public struct LayerWeights: @unchecked Sendable {
+public struct LayerWeights: Sendable {
     public var attnNorm: Parameter                 // [d]
     public var attnNormBias: Parameter?            // [d] (LayerNorm)
     public var wq: Parameter                       // [heads·headDim, d]
@@ -131,7 +131,7 @@ public struct LayerWeights: @unchecked Sendable {
 }
 
 /// All weights of a model.
-public struct ModelWeights: @unchecked Sendable {
+public struct ModelWeights: Sendable {
     public var tokenEmbedding: Parameter           // [vocab, d]
     public var positionEmbedding: Parameter?       // [context, d] (GPT-2)
     public var layers: [LayerWeights]

@@ -35,7 +35,7 @@ public struct ActivationSpec: Codable, Sendable, Equatable {
 /// Activations harvested at one site, stored on disk as IEEE half floats: "MESAACT1", a 4,088-byte
 /// JSON header padded with spaces (spec, width, rows, articles read, SHA-256 of the payload), then the
 /// payload [rows, dim] F16. The file is memory-mapped; rows are converted to Float32 when read.
-public final class ActivationCache: @unchecked Sendable {
+public final class ActivationCache: Sendable {
     static let magic = Array("MESAACT1".utf8)
     static let headerBytes = 4096
 

@@ -79,7 +79,7 @@ public struct SAEMetadata: Codable, Sendable, Equatable {
 /// (dictionary_learning's `encoder.weight`; SAELens' `W_enc` is its transpose) and `decoder` row j
 /// its unit-norm decoder direction (SAELens' `W_dec`; dictionary_learning's `decoder.weight`ᵀ).
 /// The biases and θ act on raw activations (normalization is folded in when a trainer saves).
-public final class SparseAutoencoder: @unchecked Sendable {
+public final class SparseAutoencoder: @unchecked Sendable {  // not thread-safe: its `var`s are set while it is loaded or trained, on one thread; shared read-only afterwards
     public let dIn: Int
     public let width: Int
     /// [F, D]

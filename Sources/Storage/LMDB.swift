@@ -24,7 +24,7 @@ public struct StorageError: Error, CustomStringConvertible, Equatable, Sendable 
 ///
 /// Write transactions are serialized by LMDB. Do not hold a read transaction across writes: the
 /// file cannot reuse pages a reader still sees, so it grows.
-public final class LMDBEnvironment: @unchecked Sendable {
+public final class LMDBEnvironment: @unchecked Sendable {  // an MDB_NOTLS environment may be used from any thread (LMDB serializes writers); `databases` is guarded by `lock`
     let env: OpaquePointer
     public let path: String
     private var databases: [String: MDB_dbi] = [:]

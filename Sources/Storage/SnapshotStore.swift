@@ -162,7 +162,7 @@ public struct JournalEntry: Codable, Sendable, Equatable {
 /// Every edit is one write transaction: record, event index, head and journal entry commit together or
 /// not at all. The live weights at snapshot N are the base weights plus the factors of N's ancestry
 /// (parent links, so an edit after a rollback starts a new branch), applied from the root down.
-public final class SnapshotStore: @unchecked Sendable {
+public final class SnapshotStore: Sendable {
     public let environment: LMDBEnvironment
     let meta: MDB_dbi, snapshots: MDB_dbi, events: MDB_dbi, journalDB: MDB_dbi
 

@@ -12,7 +12,7 @@ public struct TokenizerError: Error, CustomStringConvertible, Equatable, Sendabl
 /// Encoding: split the text on special tokens (matched literally, longest first), pre-tokenize each
 /// remaining span, map each pre-token's UTF-8 bytes to the GPT-2 byte alphabet, and apply merges in
 /// rank order. Token ids are `Int32`.
-public final class BPETokenizer: @unchecked Sendable {
+public final class BPETokenizer: @unchecked Sendable {  // immutable after init except `cache`, which is guarded by `cacheLock`
     public let vocab: [String]
     public let preTokenizer: PreTokenizer
     public let bosId: Int32?

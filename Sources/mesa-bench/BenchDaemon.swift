@@ -165,7 +165,7 @@ func linkEditState(into state: URL) throws {
 }
 
 /// Per-event timings collected from the daemon's worker thread.
-final class Samples: @unchecked Sendable {
+final class Samples: @unchecked Sendable {  // all mutable state is guarded by `lock`
     private let lock = NSLock()
     private var total: [Double] = [], edit: [Double] = []
     private var steps: [String: [Double]] = [:]

@@ -95,7 +95,7 @@ func withInteractiveSetup<T>(_ options: EditOptions, _ body: (EditorRegistry) th
 }
 
 /// Turns SIGINT into a flag polled between units of work, so long jobs checkpoint and exit cleanly.
-final class InterruptFlag: @unchecked Sendable {
+final class InterruptFlag: @unchecked Sendable {  // NOT strictly safe: `flag` is a plain sig_atomic_t static, written by the signal handler and read by polls without atomics
     private static var flag: sig_atomic_t = 0
     init() {
         signal(SIGINT) { _ in InterruptFlag.flag = 1 }

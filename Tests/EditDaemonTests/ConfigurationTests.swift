@@ -20,7 +20,8 @@ import Testing
         #expect(try resolve(#"{"kafka": {"keyed_by_model": true}}"#, environment: ["MESA_KAFKA_KEYED_BY_MODEL": "false"]).keyedByModel == false)
         #expect(try resolve("{}", environment: ["MESA_KAFKA_KEYED_BY_MODEL": "true"]).keyedByModel)
         #expect(throws: SetupError.self) { try resolve("{}", environment: ["MESA_KAFKA_KEYED_BY_MODEL": "yes"]) }
-        #expect(throws: SetupError.self) { try resolve(#"{"kafka": {"keyed_by_model": "true"}}"#) }
+        let refused = try #require(throws: SetupError.self) { try resolve(#"{"kafka": {"keyed_by_model": "true"}}"#) }
+        #expect(refused.cause is SchemaCatalogError, "the schema's refusal is kept as the cause")
     }
 
     @Test func logSettingsComeFromTheFileOrTheEnvironment() throws {

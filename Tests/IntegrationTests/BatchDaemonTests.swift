@@ -11,7 +11,7 @@ import Testing
 /// bad events in between are dead-lettered, a repeated event waits for the pending batch and is
 /// recognized as a redelivery, and a rollback undoes the batch as a whole.
 @Suite(.serialized) struct BatchDaemonTests {
-    static let ae: [String: Any] = ["method": "AlphaEdit"]
+    static var ae: [String: Any] { ["method": "AlphaEdit"] }
     static let a = DaemonHarness.factUpdate(id: tid("bt-a"), subject: "Paris", targetNew: "Rome", extra: ae)
     static let b = DaemonHarness.factUpdate(id: tid("bt-b"), subject: "Rome", targetNew: "Paris", extra: ae)
     static let c = DaemonHarness.factUpdate(id: tid("bt-c"), subject: "Paris", prompt: "The city of {} lies in", targetNew: "Italy", extra: ae)

@@ -341,7 +341,7 @@ final class LockedValue<T>: @unchecked Sendable {
 
 extension Thread {
     /// Runs `body` on a new thread; `wait()` returns its result or throws its error.
-    static func detachedResult<T>(_ body: @escaping () throws -> T) -> PendingResult<T> {
+    static func detachedResult<T>(_ body: @escaping @Sendable () throws -> T) -> PendingResult<T> {
         let pending = PendingResult<T>()
         let t = Thread { pending.finish(Result { try body() }) }
         t.start()

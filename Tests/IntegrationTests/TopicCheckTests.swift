@@ -46,5 +46,6 @@ import Testing
                                      keyedByModel: false, timeout: 10)
         }
         #expect(unreachable.message.contains("Connection refused"), "\(unreachable)")
+        #expect((unreachable.cause as? KafkaError)?.retriable == true, "the Kafka error is kept as the cause")
     }
 }

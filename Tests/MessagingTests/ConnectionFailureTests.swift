@@ -16,6 +16,8 @@ import Testing
         #expect(Date().timeIntervalSince(started) < 5, "\(error)")
         #expect(error.description.contains("Connection refused"), "\(error)")
         #expect(error.description.contains(bootstrap), "\(error)")
+        #expect(error.retriable, "a refused connection may be accepted later")
+        #expect(error.cause?.message.contains("Connection refused") == true, "\(error)")
         #expect(throws: KafkaError.self) { _ = try admin.partitionCount("facts", timeout: 20) }
         #expect(Date().timeIntervalSince(started) < 10)
     }

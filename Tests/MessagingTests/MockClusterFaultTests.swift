@@ -53,6 +53,7 @@ import Testing
         let error = #expect(throws: KafkaError.self) { try consumer.commit(m1) }
         #expect(error?.code == KafkaMockCluster.ErrorCode.requestTimedOut)
         #expect(error?.codeName == "REQUEST_TIMED_OUT")
+        #expect(error?.retriable == true, "retriable, and retried until the attempts ran out")
         cluster.clearRequestErrors(apiKey: KafkaMockCluster.APIKey.offsetCommit)
         try consumer.commit(m1)
 

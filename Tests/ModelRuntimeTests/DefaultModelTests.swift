@@ -7,7 +7,8 @@ import Testing
 /// Float32) against logits, activations and scores from transformers on the same dequantized weights.
 @Suite(.serialized) struct DefaultModelTests {
     static let model: Result<LanguageModel, Error> = Result { try ModelLoader.load(path: try TestPaths.defaultModel) }
-    static let fixture = try! TestPaths.json("smollm2-logits.json") as! [String: Any]
+    // Never mutated: a constant JSON document, not Sendable only because its values are `Any`.
+    nonisolated(unsafe) static let fixture = try! TestPaths.json("smollm2-logits.json") as! [String: Any]
 
     /// |got − want| ≤ abs + rel·|want|.
     static func close(_ got: Float, _ want: Float, abs tol: Float, rel: Float = 0) -> Bool {

@@ -14,7 +14,7 @@ import Tensor
 ///
 /// Anything wrong with the event itself is a dead letter; `process` throws only for failures of the
 /// daemon's own resources (the snapshot store), after which the event must not be committed.
-public final class Pipeline: @unchecked Sendable {
+public final class Pipeline: @unchecked Sendable {  // not thread-safe: its `var`s are set up before the daemon starts, then it is used from the one worker thread only
     public let host: ModelHost
     let catalog: SchemaCatalog
     let factSchema: CompiledSchema

@@ -5,7 +5,7 @@ import Tensor
 
 /// AlphaEdit's per-layer state (METHODS §2.2): the null-space projectors P = ÛÛᵀ of the key
 /// statistics (fixed per model and layer) and the accumulated K_pK_pᵀ of the edits kept so far.
-public final class AlphaEditState: @unchecked Sendable {
+public final class AlphaEditState: Sendable {
     /// [ff, ff] per layer.
     public let projectors: [Int: [Double]]
     /// Null-space dimension per layer.

@@ -10,7 +10,7 @@ import Tensor
 /// norm growth of the edited matrices: X = (λC + μI + K_pK_pᵀ + KKᵀ)⁻¹K. With μ = 0 and no kept
 /// edits it is MEMIT. The third part of ENCORE, the most-probable early stop of z, is the shared
 /// `early_stop_top` setting.
-public final class EncoreState: @unchecked Sendable {
+public final class EncoreState: Sendable {
     /// The kept edits' keys (K_pK_pᵀ).
     public let kept: KeyAccumulator
     /// μ, absolute (the paper's `update_norm_lambda`).

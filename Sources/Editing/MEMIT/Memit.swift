@@ -164,7 +164,7 @@ public enum SpreadSolver: Sendable {
 /// ΔW_i = R_i [(λC_i + K_iK_iᵀ)⁻¹K_i]ᵀ with R_i = (Z − H_L)/(n − i), solved in Double. Computing the
 /// updates applies them temporarily (later layers must see earlier ones) and restores the weights
 /// bit-exactly before returning.
-public final class MemitEditor: @unchecked Sendable {
+public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `var`s are set up before use and edits run on one thread at a time (the daemon's worker)
     public let model: LanguageModel
     public let hparams: MemitHyperparameters
     public let templates: ContextTemplates

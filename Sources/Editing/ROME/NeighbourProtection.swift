@@ -99,7 +99,7 @@ struct NegativeKeys {
 /// A bare subject's key stands for the subject in any prompt that starts with it; in prompts where
 /// context precedes the subject the key differs, which is why the gains used in the objective are
 /// recomputed from the neighbour prompts themselves.
-public final class SubjectBank: @unchecked Sendable {
+public final class SubjectBank: Sendable {
     public let subjects: [String]
     /// [N, ff] row-major.
     let keys: [Float]

@@ -84,7 +84,7 @@ public struct RomeResult: Sendable {
 /// template-averaged key k* on both sides, ΔW = δ uᵀ / (uᵀk*) with u = C⁻¹k*/‖C⁻¹k*‖, so that
 /// (W + ΔW)k* = Wk* + δ. The public code divides by the bare prompt's key instead, which can make the
 /// denominator tiny and the update huge. Computing an update never touches the weights.
-public final class RomeEditor: @unchecked Sendable {
+public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `bankLock`; the other `var`s are set up before the editor is shared, and edits run on one thread at a time
     public let model: LanguageModel
     public let hparams: RomeHyperparameters
     public let templates: ContextTemplates

@@ -6,7 +6,7 @@ import Tensor
 /// The keys of the edits kept so far, Σ K Kᵀ per layer ([ff, ff] each): AlphaEdit's K_pK_pᵀ and
 /// ENCORE's sequential preservation term. Stored with every snapshot as Float32 state blocks named
 /// `blockName` ([n, ff] per layer), so that a restart or a rollback rebuilds exactly the same sums.
-public final class KeyAccumulator: @unchecked Sendable {
+public final class KeyAccumulator: @unchecked Sendable {  // not thread-safe: mutated only by the edit in flight, on the one editing thread
     /// Σ K Kᵀ over kept edits, [ff, ff] per layer (without projectors).
     public private(set) var accumulated: [Int: [Double]]
     /// With projectors (AlphaEdit) instead: P·Σ K Kᵀ = Σ (PKᵀ)K per layer, [ff, ff], all its solve

@@ -76,7 +76,7 @@ public struct KeyStatisticsSpec: Codable, Sendable, Equatable {
 
 /// C = E[k kᵀ] of the MLP keys (down-projection inputs) at one layer, uncentered, over N tokens of the
 /// Wikipedia sample: the second moment ROME, MEMIT and AlphaEdit use.
-public final class KeyStatistics: @unchecked Sendable {
+public final class KeyStatistics: @unchecked Sendable {  // immutable after init except the lazily computed `factor`, which is guarded by `lock`
     public let spec: KeyStatisticsSpec
     /// Key width (d_ff).
     public let dim: Int
