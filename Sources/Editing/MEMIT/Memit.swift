@@ -218,12 +218,7 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
         guard !requests.isEmpty else { throw EditError(.hyperparameters, "no requests") }
         let h = hparams, d = model.config.hidden, ff = model.config.intermediate, n = requests.count
         let zLayer = h.layers.last!
-        var phases: [String: Double] = [:]
-        var clock = Date()
-        func lap(_ name: String) {
-            phases[name] = Date().timeIntervalSince(clock)
-            clock = Date()
-        }
+        var clock = PhaseClock()
 
         let anchored = (h.normAnchorSamples ?? 0) > 0
         guard !anchored || normAnchor != nil else {
@@ -251,9 +246,9 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
             finals.append(s.losses.last?.total ?? .nan)
         }
         lastCoverage = coverages.first
-        lap("z")
+        clock.lap("z")
         // Not seconds: the mean count of loss evaluations per fact (the stop rule's effect).
-        phases["z_steps"] = Double(steps.reduce(0, +)) / Double(max(1, steps.count))
+        clock.phases["z_steps"] = Double(steps.reduce(0, +)) / Double(max(1, steps.count))
 
         // The bare prompts (no target) and their template variants, for keys and the residual gap.
         let bare = try requests.map { try tokenizer.subjectPrompt(prefix: "", prompt: $0.prompt, subject: $0.subject) }
@@ -294,8 +289,8 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
         // AlphaEdit and ENCORE accumulate the keys with every update in place once the edit is kept.
         var keysAfter: [Int: [[Double]]] = [:]
         if solver.keptKeys != nil { keysAfter = try meanKeys(layers: h.layers, prompts: prompts, weights: weights) }
-        lap("spread")
-        return MemitResult(updates: updates, deltaNorms: norms, finalLosses: finals, keysAfter: keysAfter, phases: phases, coverages: coverages)
+        clock.lap("spread")
+        return MemitResult(updates: updates, deltaNorms: norms, finalLosses: finals, keysAfter: keysAfter, phases: clock.phases, coverages: coverages)
     }
 
     /// One request's optimized z: h_L and v0 (the MLP output of L) at the bare prompt's subject, [d]

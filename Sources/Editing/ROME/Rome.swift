@@ -263,13 +263,7 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
     public func computeUpdates(jointly requests: [EditRequest]) throws -> (updates: [LowRankUpdate], phases: [String: Double]) {
         guard editsTogether else { throw EditError(.hyperparameters, "ROME with MESA refinement or neighbour protection edits one fact at a time") }
         let h = hparams
-        var phases: [String: Double] = [:]
-        var clock = DispatchTime.now().uptimeNanoseconds
-        func lap(_ name: String) {
-            let now = DispatchTime.now().uptimeNanoseconds
-            phases[name, default: 0] += Double(now - clock) / 1e9
-            clock = now
-        }
+        var clock = PhaseClock()
         let batches = try requests.map(batch(for:))
         // Keys of every fact's rewrite prompts from one packed unedited pass: k*, u, uᵀk* per fact.
         let keyPass = try DeltaPass(model: model, site: site, prompts: batches.flatMap(\.rewrite))
@@ -282,7 +276,7 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
             let (u, denom) = try keyDirection(rewriteKeys: keys, keyStar: kStar)
             directions.append((kStar, u, denom))
         }
-        lap("k_star")
+        clock.lap("k_star")
         // Runs of facts that no earlier fact of the same run moves.
         var runs: [[Int]] = []
         for i in requests.indices {
@@ -306,9 +300,9 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
                 facts.append(.init(optimization: h.optimization.delta(klFactor: h.klFactor, referenceNorm: vInitNorm), batch: b))
                 first += b.rewrite.count + b.kl.count
             }
-            lap("k_star")
+            clock.lap("k_star")
             let outcome = try JointDeltaOptimization.run(facts, pass: pass)
-            lap("v_star")
+            clock.lap("v_star")
             for (i, o) in zip(run, outcome.facts) {
                 steps += o.losses.count
                 // r = δ / (uᵀk*).
@@ -318,12 +312,12 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
                 updates.append(update)
                 if r < runs.count - 1 { backups.append(try model.apply(update)) }
             }
-            lap("update")
+            clock.lap("update")
         }
         // Not seconds: loss evaluations per fact, and the runs the batch was cut into.
-        phases["v_steps"] = Double(steps) / Double(max(1, requests.count))
-        phases["runs"] = Double(runs.count)
-        return (updates, phases)
+        clock.phases["v_steps"] = Double(steps) / Double(max(1, requests.count))
+        clock.phases["runs"] = Double(runs.count)
+        return (updates, clock.phases)
     }
 
     /// λ_max/λ_min of KᵀC⁻¹K for the keys K [ff, n] (without the ridge `keyGram` adds).
@@ -347,24 +341,18 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
 
     public func computeUpdate(batch: RomeBatch) throws -> RomeResult {
         let h = hparams, ff = model.config.intermediate
-        var phases: [String: Double] = [:]
-        var clock = DispatchTime.now().uptimeNanoseconds
-        func lap(_ name: String) {
-            let now = DispatchTime.now().uptimeNanoseconds
-            phases[name] = Double(now - clock) / 1e9
-            clock = now
-        }
+        var clock = PhaseClock()
 
         // k* and v_init from one unedited pass per prompt.
         var pass = try DeltaPass(model: model, site: site, prompts: batch.rewrite + batch.kl)
         let rewriteKeys = Array(pass.keys.prefix(batch.rewrite.count))
         let keyStar = try self.keyStar(rewriteKeys)
-        lap("k_star")
+        clock.lap("k_star")
         func direction(_ negatives: NegativeKeys?) throws -> (u: [Float], denominator: Float) {
             try keyDirection(rewriteKeys: rewriteKeys, keyStar: keyStar, negatives: negatives)
         }
         var (u, denom) = try direction(nil)
-        lap("closed_form")
+        clock.lap("closed_form")
         // Neighbour protection: the neighbours mined with that u join the KL prompts, each seeing
         // g_n·δ, and/or their keys (in the edit's prompt) enter C as hard negatives and u is recomputed.
         var batch = batch
@@ -396,7 +384,7 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
                         + [Double](repeating: Double(nk.klFactor) / Double(extra.count), count: extra.count)
                 }
             }
-            lap("neighbours")
+            clock.lap("neighbours")
         }
         // Gains of every prompt (rewrite, then KL): (W + r uᵀ)k_i = Wk_i + (uᵀk_i/uᵀk*) δ.
         let gains = pass.keys.map { Vector.dot(u, $0) / denom }
@@ -415,9 +403,9 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         optimization.klRowWeights = klRowWeights
         let outcome = try optimization.run(pass: pass, batch: batch, refinement: refinement)
         let delta = outcome.delta
-        lap("v_star")
+        clock.lap("v_star")
         // Not seconds: the loss evaluations the stop rule allowed.
-        phases["v_steps"] = Double(outcome.losses.count)
+        clock.phases["v_steps"] = Double(outcome.losses.count)
 
         // The written vector per rewrite prompt: δ, or the refined change that prompt was optimized with.
         let n = batch.rewrite.count
@@ -435,12 +423,12 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         if let written, refinement?.shared == false, h.keyAveraging == .each {
             applied = try exactDelivery(keys: Array(pass.keys.prefix(n)), values: written)
         }
-        lap("update")
+        clock.lap("update")
         let change0 = written.map { $0[0].map { $0 * (refinement?.shared == true ? gains[0] : 1) } } ?? delta.map { $0 * gains[0] }
         let coverage = mesaSetup.sae.map { $0.coverage(before: vInit, after: zip(vInit, change0).map { $0 + $1 }) }
         var result = RomeResult(update: update, applied: applied, refined: refinement != nil, coverage: coverage, deltaFeatures: outcome.latents,
                                 keyStar: keyStar, valueInitNorm: vInitNorm, deltaNorm: Vector.norm(delta), denominator: denom,
-                                keyGains: Array(gains.prefix(n)), losses: outcome.losses, phases: phases)
+                                keyGains: Array(gains.prefix(n)), losses: outcome.losses, phases: clock.phases)
         result.neighbours = neighbours
         if refinement != nil {
             let dn = Vector.norm(delta)
