@@ -366,15 +366,19 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
             }
             if !extra.isEmpty {
                 let own = batch.kl.count
-                let neighbourKeys = try DeltaPass(model: model, site: site, prompts: extra).keys
+                // With their KL in the objective the neighbour prompts join the optimization's pass, which
+                // then gives their keys too; on the key side alone a pass over them gives the keys.
+                if nk.klFactor > 0 {
+                    batch.kl += extra
+                    pass = try DeltaPass(model: model, site: site, prompts: batch.rewrite + batch.kl)
+                }
+                let neighbourKeys = nk.klFactor > 0 ? Array(pass.keys.suffix(extra.count)) : try DeltaPass(model: model, site: site, prompts: extra).keys
                 if nk.negativeKeyWeight > 0 {
                     (u, denom) = try direction(try NegativeKeys(keys: neighbourKeys, weight: nk.negativeKeyWeight) {
                         try self.solveC($0)
                     })
                 }
                 if nk.klFactor > 0 {
-                    batch.kl += extra
-                    pass = try DeltaPass(model: model, site: site, prompts: batch.rewrite + batch.kl)
                     // g_n = uᵀk_n/uᵀk* from the neighbour prompts' own keys (context included).
                     let neighbourGains = neighbourKeys.map { Vector.dot(u, $0) / denom }
                     guard neighbourGains.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "a neighbour's key gain is non-finite") }
