@@ -72,9 +72,7 @@ public final class ActivationCache: Sendable {
         rows = h.rows
         articles = h.articles
         if verify {
-            var sha = SHA256()
-            sha.update(UnsafeRawBufferPointer(rebasing: b[Self.headerBytes...]))
-            guard SHA256.hex(sha.finalize()) == h.sha256 else { throw SAEError(.corrupt, "\(url.path): checksum mismatch") }
+            guard Self.payloadChecksum(b) == h.sha256 else { throw SAEError(.corrupt, "\(url.path): checksum mismatch") }
         }
     }
 
@@ -229,8 +227,13 @@ public final class ActivationCache: Sendable {
     static func payloadChecksum(_ url: URL) throws -> String {
         let file: MappedFile
         do { file = try MappedFile(path: url.path) } catch { throw SAEError(.io, "cannot open \(url.path): \(error)") }
+        return payloadChecksum(file.bytes)
+    }
+
+    /// SHA-256 of everything after the header in a cache file's bytes.
+    static func payloadChecksum(_ bytes: UnsafeRawBufferPointer) -> String {
         var sha = SHA256()
-        sha.update(UnsafeRawBufferPointer(rebasing: file.bytes[headerBytes...]))
+        sha.update(UnsafeRawBufferPointer(rebasing: bytes[headerBytes...]))
         return SHA256.hex(sha.finalize())
     }
 }

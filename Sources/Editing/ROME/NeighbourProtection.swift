@@ -74,11 +74,19 @@ struct NegativeKeys {
         let m = keys.count
         self.keys = keys
         z = try keys.map(solve)
-        var s = [Double](repeating: 0, count: m * m)
-        for i in 0..<m { for j in 0..<m { s[i * m + j] = Double(Vector.dot(keys[i], z[j])) } }
-        for i in 0..<m { for j in 0..<i { let v = (s[i * m + j] + s[j * m + i]) / 2; s[i * m + j] = v; s[j * m + i] = v } }
+        var s = Self.symmetricGram(keys, z)
         for i in 0..<m { s[i * m + i] += Double(m) / Double(weight) }
         self.s = s
+    }
+
+    /// The Gram matrix aᵢ·bⱼ [n, n] of two lists of n vectors, averaged with its transpose (for b = C⁻¹a
+    /// it is symmetric up to rounding, and the solves that follow need it exactly symmetric).
+    static func symmetricGram(_ a: [[Float]], _ b: [[Float]]) -> [Double] {
+        let n = a.count
+        var g = [Double](repeating: 0, count: n * n)
+        for i in 0..<n { for j in 0..<n { g[i * n + j] = Double(Vector.dot(a[i], b[j])) } }
+        for i in 0..<n { for j in 0..<i { let m = (g[i * n + j] + g[j * n + i]) / 2; g[i * n + j] = m; g[j * n + i] = m } }
+        return g
     }
 
     /// C'⁻¹x from C⁻¹x ([ff]).

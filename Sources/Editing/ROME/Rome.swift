@@ -187,9 +187,7 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         let n = keys.count
         // ck[i] = C⁻¹k_i [ff]
         let ck: [[Float]] = try keys.map { try solveC($0, negatives: negatives) }
-        var g = [Double](repeating: 0, count: n * n)  // [n, n] KᵀC⁻¹K
-        for i in 0..<n { for j in 0..<n { g[i * n + j] = Double(Vector.dot(keys[i], ck[j])) } }
-        for i in 0..<n { for j in 0..<i { let m = (g[i * n + j] + g[j * n + i]) / 2; g[i * n + j] = m; g[j * n + i] = m } }
+        var g = NegativeKeys.symmetricGram(keys, ck)  // [n, n] KᵀC⁻¹K
         var trace = 0.0
         for i in 0..<n { trace += g[i * n + i] }
         for i in 0..<n { g[i * n + i] += 1e-6 * trace / Double(n) }
