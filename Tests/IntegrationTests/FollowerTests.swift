@@ -42,23 +42,9 @@ final class FollowerProcess {
     deinit { kill9() }
 
     func start() throws {
-        let p = Process()
-        p.executableURL = DaemonHarness.executable
-        p.arguments = ["follow", "--config", config.path, "--state-dir", stateDir.path,
-                       "--group-id", group, "--http-listen", "127.0.0.1:\(port)"]
-        var env = ProcessInfo.processInfo.environment
-        env["MESA_SCHEMAS_DIR"] = TestPaths.repoRoot.appendingPathComponent("Schemas").path
-        env["MESA_HOME"] = harness.dir.path
-        p.environment = env
-        if !FileManager.default.fileExists(atPath: logURL.path) { _ = FileManager.default.createFile(atPath: logURL.path, contents: nil) }
-        let log = try FileHandle(forWritingTo: logURL)
-        log.seekToEndOfFile()
         launches += 1
-        log.write(Data("---- launch \(launches)\n".utf8))
-        p.standardOutput = log
-        p.standardError = log
-        try p.run()
-        process = p
+        process = try DaemonHarness.launch(["follow", "--config", config.path, "--state-dir", stateDir.path,
+                       "--group-id", group, "--http-listen", "127.0.0.1:\(port)"], home: harness.dir, log: logURL, launch: launches)
     }
 
     func kill9() {

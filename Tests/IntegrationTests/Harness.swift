@@ -109,23 +109,30 @@ final class DaemonHarness: @unchecked Sendable {
     }
 
     /// Starts `mesa serve` (appending to the log) and waits until /readyz answers 200.
-    func start(maxEventBytes: Int = 8192, extra: [String: String] = [:], createTopics: Bool = true, timeout: Double = 60) throws {
-        let config = try writeConfig(maxEventBytes: maxEventBytes, extra: extra, createTopics: createTopics)
+    /// Starts `mesa arguments…` with `home` as MESA_HOME and the repository's schemas, its output
+    /// appended to `log` after a "---- launch N" line.
+    static func launch(_ arguments: [String], home: URL, log logURL: URL, launch: Int) throws -> Process {
         let p = Process()
-        p.executableURL = Self.executable
-        p.arguments = ["serve", "--config", config.path]
+        p.executableURL = executable
+        p.arguments = arguments
         var env = ProcessInfo.processInfo.environment
         env["MESA_SCHEMAS_DIR"] = TestPaths.repoRoot.appendingPathComponent("Schemas").path
-        env["MESA_HOME"] = dir.path
+        env["MESA_HOME"] = home.path
         p.environment = env
         if !FileManager.default.fileExists(atPath: logURL.path) { _ = FileManager.default.createFile(atPath: logURL.path, contents: nil) }
         let log = try FileHandle(forWritingTo: logURL)
         log.seekToEndOfFile()
-        launches += 1
-        log.write(Data("---- launch \(launches)\n".utf8))
+        log.write(Data("---- launch \(launch)\n".utf8))
         p.standardOutput = log
         p.standardError = log
         try p.run()
+        return p
+    }
+
+    func start(maxEventBytes: Int = 8192, extra: [String: String] = [:], createTopics: Bool = true, timeout: Double = 60) throws {
+        let config = try writeConfig(maxEventBytes: maxEventBytes, extra: extra, createTopics: createTopics)
+        launches += 1
+        let p = try Self.launch(["serve", "--config", config.path], home: dir, log: logURL, launch: launches)
         process = p
         let end = Date().addingTimeInterval(timeout)
         while Date() < end {
