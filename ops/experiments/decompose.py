@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Where a sequential `mesa eval` report's specificity went: for each quarter of the stream (by edit
+order), the neighbourhood success on the base model (pre), right after the record's own edit
+(immediate: its own spill plus every earlier edit's) and after the whole stream (post: plus every
+later edit's); and the mean change of the neighbour prompts' NLL of the true and of the new object
+between those three points (nats; the neighbour margin is nll_new - nll_true).
+
+Damage that is already there at "immediate" for late records but not for early ones, and that
+grows from "immediate" to "post" for early records, comes from the accumulation of other edits, not
+from each edit's spill onto its own neighbours.
+
+    python3 ops/experiments/decompose.py REPORT.json [--out FILE]
+"""
+import json
+import statistics
+import sys
+
+
+def main():
+    args = sys.argv[1:]
+    out = None
+    if "--out" in args:
+        i = args.index("--out")
+        out = args[i + 1]
+        del args[i:i + 2]
+    cases = [c for c in json.load(open(args[0]))["cases"] if "post" in c and "immediate" in c]
+    lines = [f"report: {args[0]}", f"cases: {len(cases)} (in edit order)", ""]
+
+    def success(group, stage):
+        return 100 * sum(c[stage]["neighborhood"][0]["nllNew"] > c[stage]["neighborhood"][0]["nllTrue"] for c in group) / len(group)
+
+    lines.append("| edits | NS base | NS immediate | NS final |")
+    lines.append("|---|---:|---:|---:|")
+    quarter = max(1, len(cases) // 4)
+    for lo in range(0, len(cases), quarter):
+        g = cases[lo:lo + quarter]
+        lines.append(f"| {lo}-{lo + len(g) - 1} | {success(g, 'pre'):.1f} | {success(g, 'immediate'):.1f} | {success(g, 'post'):.1f} |")
+    lines.append(f"| all | {success(cases, 'pre'):.1f} | {success(cases, 'immediate'):.1f} | {success(cases, 'post'):.1f} |")
+    lines += ["", "| from → to | ΔNLL(new) | ΔNLL(true) | Δmargin |", "|---|---:|---:|---:|"]
+    for a, b in [("pre", "immediate"), ("immediate", "post"), ("pre", "post")]:
+        dn = statistics.mean(c[b]["neighborhood"][0]["nllNew"] - c[a]["neighborhood"][0]["nllNew"] for c in cases)
+        dt = statistics.mean(c[b]["neighborhood"][0]["nllTrue"] - c[a]["neighborhood"][0]["nllTrue"] for c in cases)
+        lines.append(f"| {a} → {b} | {dn:+.3f} | {dt:+.3f} | {dn - dt:+.3f} |")
+    text = "\n".join(lines) + "\n"
+    if out:
+        open(out, "w").write(text)
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()
