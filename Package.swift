@@ -10,10 +10,9 @@ let numericFlags: [SwiftSetting] = [
     .unsafeFlags(["-O", "-target-cpu", "haswell"], .when(platforms: [.linux], configuration: .debug)),
 ]
 
-// The package is in Swift 6 language mode (strict concurrency checking) except two executables kept
-// in Swift 5: mesa (InterruptFlag's signal flag is a plain static written by the SIGINT handler, which
-// Swift 6 rejects as unsynchronized global state) and mesa-bench-validate (its top-level globals are
-// main-actor isolated in Swift 6 and read from nonisolated functions).
+// The package is in Swift 6 language mode (strict concurrency checking) except mesa-bench-validate,
+// kept in Swift 5: its top-level globals are main-actor isolated in Swift 6 and read from nonisolated
+// functions.
 let swift5: SwiftSetting = .swiftLanguageMode(.v5)
 
 let logging: Target.Dependency = .product(name: "Logging", package: "swift-log")
@@ -73,8 +72,7 @@ let package = Package(
                 "Tensor", "Tokenizers", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "Contracts", "Storage", "Messaging", "EditDaemon",
                 "EditEvaluation", logging, metrics, prometheus, unixSignals,
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ],
-            swiftSettings: [swift5]),
+            ]),
 
         .executableTarget(
             name: "mesa-bench",
