@@ -10,12 +10,6 @@ let numericFlags: [SwiftSetting] = [
     .unsafeFlags(["-O", "-target-cpu", "haswell"], .when(platforms: [.linux], configuration: .debug)),
 ]
 
-// The package is in Swift 6 language mode (strict concurrency checking) except two executables kept
-// in Swift 5: mesa (InterruptFlag's signal flag is a plain static written by the SIGINT handler, which
-// Swift 6 rejects as unsynchronized global state) and mesa-bench-validate (its top-level globals are
-// main-actor isolated in Swift 6 and read from nonisolated functions).
-let swift5: SwiftSetting = .swiftLanguageMode(.v5)
-
 let logging: Target.Dependency = .product(name: "Logging", package: "swift-log")
 let inMemoryLogging: Target.Dependency = .product(name: "InMemoryLogging", package: "swift-log")
 let metrics: Target.Dependency = .product(name: "Metrics", package: "swift-metrics")
@@ -73,8 +67,7 @@ let package = Package(
                 "Tensor", "Tokenizers", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "Contracts", "Storage", "Messaging", "EditDaemon",
                 "EditEvaluation", logging, metrics, prometheus, unixSignals,
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ],
-            swiftSettings: [swift5]),
+            ]),
 
         .executableTarget(
             name: "mesa-bench",
@@ -82,7 +75,7 @@ let package = Package(
                            .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/mesa-bench"),
 
-        .executableTarget(name: "mesa-bench-validate", dependencies: ["Contracts"], path: "Sources/mesa-bench-validate", swiftSettings: [swift5]),
+        .executableTarget(name: "mesa-bench-validate", dependencies: ["Contracts"], path: "Sources/mesa-bench-validate"),
 
         // Shared by the test targets: the tiny model writer and paths.
         .target(name: "TestSupport", dependencies: ["ModelRuntime", "Tokenizers"], swiftSettings: numericFlags),
@@ -100,5 +93,6 @@ let package = Package(
         .testTarget(name: "MessagingTests", dependencies: ["Messaging", "Contracts", "TestSupport", logging]),
         .testTarget(name: "EditDaemonTests", dependencies: ["EditDaemon", "Contracts", "Messaging", "Evaluation", logging, inMemoryLogging, prometheus, metrics, hummingbird, serviceLifecycle]),
     ],
+    // Every target is in Swift 6 language mode (strict concurrency checking).
     swiftLanguageModes: [.v6]
 )

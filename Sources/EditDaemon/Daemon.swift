@@ -245,7 +245,7 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
                 batch = [first]
             }
             let r = Rejection(.processingFailed, "processing failed \(attempts) times; the last error: \(error)",
-                              details: ["attempts: \(attempts)", "error: \(error)"], eventId: pipeline.eventIdHint(first))
+                              details: ["attempts: \(attempts)", "error: \(error)"], eventId: pipeline.eventIdHint(first), cause: error)
             outcomes = [pipeline.deadLetter(first, r)]
         }
         let tPublish = Date()

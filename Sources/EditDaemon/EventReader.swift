@@ -14,7 +14,7 @@ public enum EventReader {
         }
         var data = m.payload
         let envelope: CloudEvent?
-        do { envelope = try CloudEvent.decode(m) } catch { throw Rejection(.malformedJSON, "invalid CloudEvents envelope: \(error)") }
+        do { envelope = try CloudEvent.decode(m) } catch { throw Rejection(.malformedJSON, "invalid CloudEvents envelope: \(error)", cause: error) }
         if let ce = envelope {
             guard ce.type == expectedType else {
                 throw Rejection(.unknownType, "CloudEvents type \(ce.type) on \(m.topic); expected \(expectedType)", eventId: ce.id)
@@ -29,16 +29,16 @@ public enum EventReader {
         } catch {
             if case .duplicateKey(let key) = error.kind {
                 throw Rejection(.malformedJSON, "the event is ambiguous: the key \"\(key)\" appears twice in one object (byte \(error.offset)); "
-                                + "JSON readers disagree on which copy counts, so each key must appear once", eventId: envelope?.id)
+                                + "JSON readers disagree on which copy counts, so each key must appear once", eventId: envelope?.id, cause: error)
             }
-            throw Rejection(.malformedJSON, "the event is not valid JSON: \(error)", eventId: envelope?.id)
+            throw Rejection(.malformedJSON, "the event is not valid JSON: \(error)", eventId: envelope?.id, cause: error)
         }
     }
 
     /// Decodes a validated document from the same parsed value.
     public static func decode<T: Decodable>(_ type: T.Type, from value: JSONValue, what: String) throws -> T {
         do { return try JSONValueDecoder(keyStrategy: .convertFromSnakeCase).decode(type, from: value) } catch {
-            throw Rejection(.schema, "the \(what) does not decode: \(describe(error))", eventId: eventId(value))
+            throw Rejection(.schema, "the \(what) does not decode: \(describe(error))", eventId: eventId(value), cause: error)
         }
     }
 

@@ -7,11 +7,14 @@ public struct Rejection: Error, Sendable, CustomStringConvertible {
     public var message: String
     public var details: [String]
     public var eventId: String?
-    public init(_ reason: DeadLetterReason, _ message: String, details: [String] = [], eventId: String? = nil) {
+    /// The error this one wraps, when it wraps one (`message` quotes its text).
+    public var cause: (any Error)?
+    public init(_ reason: DeadLetterReason, _ message: String, details: [String] = [], eventId: String? = nil, cause: (any Error)? = nil) {
         self.reason = reason
         self.message = message
         self.details = details
         self.eventId = eventId
+        self.cause = cause
     }
     public var description: String { "\(reason.rawValue): \(message)" }
 }

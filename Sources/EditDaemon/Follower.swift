@@ -20,10 +20,13 @@ public struct FollowerError: Error, CustomStringConvertible, Sendable {
 
     public var kind: Kind
     public var message: String
+    /// The error this one wraps, when it wraps one (`message` quotes its text).
+    public var cause: (any Error)?
 
-    public init(_ kind: Kind, _ message: String) {
+    public init(_ kind: Kind, _ message: String, cause: (any Error)? = nil) {
         self.kind = kind
         self.message = message
+        self.cause = cause
     }
 
     public static let recovery = """
@@ -83,7 +86,7 @@ public final class Follower: @unchecked Sendable {  // applied from one thread; 
     public func apply(_ bytes: [UInt8], source: EventSource? = nil) throws -> Step {
         let at = source.map { "the record at \($0.topic)/\($0.partition)@\($0.offset)" } ?? "the record"
         let d: WeightDelta
-        do { d = try WeightDelta(decoding: bytes) } catch { throw FollowerError(.undecodable, "\(at) cannot be read: \(error)") }
+        do { d = try WeightDelta(decoding: bytes) } catch { throw FollowerError(.undecodable, "\(at) cannot be read: \(error)", cause: error) }
         let h = d.header
         guard h.model.baseHash == host.baseHash else {
             throw FollowerError(.otherModel, "\(at) is for base model \(h.model.name) (\(h.model.baseHash.prefix(16))); "
@@ -119,7 +122,7 @@ public final class Follower: @unchecked Sendable {  // applied from one thread; 
                 for u in d.updates { try host.apply(u) }
             } catch {
                 try host.discardUncommitted()
-                throw FollowerError(.otherModel, "\(at) does not fit the model: \(error)")
+                throw FollowerError(.otherModel, "\(at) does not fit the model: \(error)", cause: error)
             }
             let got = host.model.weightHash
             guard got == h.weightHash else {

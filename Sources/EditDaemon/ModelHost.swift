@@ -8,7 +8,9 @@ import Tensor
 /// recorded hash, or a factor that does not fit the model.
 public struct WeightStateError: Error, CustomStringConvertible, Sendable {
     public var message: String
-    public init(_ message: String) { self.message = message }
+    /// The error this one wraps, when it wraps one (`message` quotes its text).
+    public var cause: (any Error)?
+    public init(_ message: String, cause: (any Error)? = nil) { self.message = message; self.cause = cause }
     public var description: String { message }
 }
 
@@ -69,7 +71,7 @@ public final class ModelHost: @unchecked Sendable {  // changed from the one wor
         }
         if base[u.parameter] == nil { base[u.parameter] = p.data }
         do { try model.apply(u) } catch let e as EditError {
-            throw WeightStateError("update of \(u.parameter): \(e.message)")
+            throw WeightStateError("update of \(u.parameter): \(e.message)", cause: e)
         }
     }
 

@@ -254,7 +254,7 @@ extension QualityGuard {
         if let path = c.qualityGuard?.canaryFile {
             guard let data = FileManager.default.contents(atPath: path) else { throw SetupError("cannot read the canary file \(path)") }
             do { canary = try JSONDecoder().decode(CanarySet.self, from: data) } catch {
-                throw SetupError("\(path) is not a canary file ({\"facts\": [{\"prompt\", \"answer\"}], \"text\"}): \(error)")
+                throw SetupError("\(path) is not a canary file ({\"facts\": [{\"prompt\", \"answer\"}], \"text\"})", cause: error)
             }
             let kept = try answered(model, canary.facts)
             logger.info("quality guard: \(path): the base model answers \(kept.count) of its \(canary.facts.count) facts; those are the canary")

@@ -62,12 +62,13 @@ func onThread<T: Sendable>(_ name: String, _ body: @escaping @Sendable () throws
     }
 }
 
-/// A flag set by a graceful shutdown or a cancellation, read by code on a thread.
-final class StopFlag: @unchecked Sendable {  // `raised` is guarded by `lock`
+/// A flag set by a graceful shutdown, a cancellation or Ctrl-C (`mesa`'s long jobs), read by code on a thread.
+public final class StopFlag: @unchecked Sendable {  // `raised` is guarded by `lock`
     private let lock = NSLock()
     private var raised = false
-    func raise() { lock.lock(); raised = true; lock.unlock() }
-    var isRaised: Bool { lock.lock(); defer { lock.unlock() }; return raised }
+    public init() {}
+    public func raise() { lock.lock(); raised = true; lock.unlock() }
+    public var isRaised: Bool { lock.lock(); defer { lock.unlock() }; return raised }
 }
 
 /// Loads the model and connects (`Daemon.assemble`, on a thread), then adds the producer, the topic

@@ -17,7 +17,9 @@ public enum ExportFormat: String, CaseIterable, Sendable {
 /// A refused or failed export, with what to do about it.
 public struct ExportError: Error, CustomStringConvertible, Sendable {
     public var message: String
-    public init(_ message: String) { self.message = message }
+    /// The error this one wraps, when it wraps one (`message` quotes its text).
+    public var cause: (any Error)?
+    public init(_ message: String, cause: (any Error)? = nil) { self.message = message; self.cause = cause }
     public var description: String { message }
 }
 
@@ -66,7 +68,7 @@ public enum SnapshotExporter {
         do { return try store.lineage(to: seq) } catch let e as SnapshotStoreError where e.code == .notFound {
             let known = (try? store.sequenceNumbers()) ?? []
             let range = known.isEmpty ? "only 0, the base model" : "0 (the base model) and \(known.first!)…\(known.last!)"
-            throw ExportError("no snapshot \(seq) in the store: it holds \(range) (`mesa snapshots` lists them)")
+            throw ExportError("no snapshot \(seq) in the store: it holds \(range) (`mesa snapshots` lists them)", cause: e)
         }
     }
 
@@ -102,7 +104,7 @@ public enum SnapshotExporter {
         var modules: [PEFTLoRAExporter.Module] = []
         if format == .peftLora {
             do { modules = try PEFTLoRAExporter.modules(lineage.flatMap(\.factors), config: model.config) } catch let e as ModelError {
-                throw ExportError(e.message)
+                throw ExportError(e.message, cause: e)
             }
             guard !modules.isEmpty else {
                 throw ExportError("snapshot \(seq) changes no weight (\(seq == 0 ? "0 is the base model" : "its lineage records no update")): there is no adapter to export")

@@ -82,7 +82,7 @@ public enum CounterFact {
         do {
             data = try Data(contentsOf: URL(fileURLWithPath: path), options: .mappedIfSafe)
         } catch {
-            throw EvaluationError(.unreadable, "cannot read \(path): \(error.localizedDescription)")
+            throw EvaluationError(.unreadable, "cannot read \(path): \(error.localizedDescription)", cause: error)
         }
         do {
             return try decode(data)
@@ -100,7 +100,7 @@ public enum CounterFact {
         } catch DecodingError.typeMismatch(_, let context) where context.codingPath.isEmpty {
             throw EvaluationError(.malformed, "the top level must be a JSON array of records")
         } catch {
-            throw EvaluationError(.malformed, "not valid JSON: \(syntaxError(in: data) ?? "\(error)")")
+            throw EvaluationError(.malformed, "not valid JSON: \(syntaxError(in: data) ?? "\(error)")", cause: error)
         }
         guard let first = raw.first else {
             throw EvaluationError(.empty, "the file contains no records")

@@ -35,13 +35,21 @@ public struct EvaluationError: Error, CustomStringConvertible, Equatable, Sendab
     public var caseId: Int?
     /// Dotted path of the offending field inside the record (e.g. `requested_rewrite.subject`).
     public var field: String?
+    /// The error this one wraps, when it wraps one (`message` quotes its text).
+    public var cause: (any Error)?
 
-    public init(_ code: Code, _ message: String, recordIndex: Int? = nil, caseId: Int? = nil, field: String? = nil) {
+    public init(_ code: Code, _ message: String, recordIndex: Int? = nil, caseId: Int? = nil, field: String? = nil, cause: (any Error)? = nil) {
         self.code = code
         self.message = message
         self.recordIndex = recordIndex
         self.caseId = caseId
         self.field = field
+        self.cause = cause
+    }
+
+    /// Equal when everything but the cause is: the cause is not Equatable, and the message quotes it.
+    public static func == (a: EvaluationError, b: EvaluationError) -> Bool {
+        a.code == b.code && a.message == b.message && a.recordIndex == b.recordIndex && a.caseId == b.caseId && a.field == b.field
     }
 
     public var description: String {

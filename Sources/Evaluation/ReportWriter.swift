@@ -174,7 +174,7 @@ public enum ReportWriter {
                 return file.path
             }
         } catch {
-            throw EvaluationError(.unwritable, "cannot write the report into \(directory): \(error.localizedDescription)")
+            throw EvaluationError(.unwritable, "cannot write the report into \(directory): \(error.localizedDescription)", cause: error)
         }
     }
 

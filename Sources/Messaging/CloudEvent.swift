@@ -120,7 +120,7 @@ public struct CloudEvent: Equatable, Sendable {
         do {
             parsed = try JSONValue.parse(payload, limits: JSONParseLimits(maxDepth: 64, rejectDuplicateKeys: true))
         } catch {
-            throw CloudEventError("structured mode: the value is not usable JSON (\(error))")
+            throw CloudEventError("structured mode: the value is not usable JSON (\(error))", cause: error)
         }
         guard case .object(let envelope) = parsed else {
             throw CloudEventError("structured mode: the value is not a JSON object")
@@ -199,6 +199,10 @@ public struct CloudEvent: Equatable, Sendable {
 /// A record that claims to be a CloudEvent (ce_ headers or a cloudevents content type) but is not a valid one.
 public struct CloudEventError: Error, CustomStringConvertible, Equatable, Sendable {
     public var message: String
-    public init(_ message: String) { self.message = message }
+    /// The error this one wraps, when it wraps one (`message` quotes its text).
+    public var cause: (any Error)?
+    public init(_ message: String, cause: (any Error)? = nil) { self.message = message; self.cause = cause }
     public var description: String { "cloudevent: \(message)" }
+    /// Equal when the messages are: the cause is not Equatable, and the message quotes it.
+    public static func == (a: CloudEventError, b: CloudEventError) -> Bool { a.message == b.message }
 }

@@ -51,7 +51,7 @@ public enum HFExporter {
         do {
             try SafetensorsFile.write(tensors, dtype: .f32, metadata: meta, to: url.appendingPathComponent("model.safetensors").path)
         } catch let e as ModelError { throw e } catch {
-            throw ModelError(.ioError, "cannot write model.safetensors: \(error)", path: dir)
+            throw ModelError(.ioError, "cannot write model.safetensors: \(error)", path: dir, cause: error)
         }
         var files: [String: Data] = [:]
         switch model.source.format {
@@ -74,7 +74,7 @@ public enum HFExporter {
         }
         for (name, data) in files {
             do { try data.write(to: url.appendingPathComponent(name), options: .atomic) } catch {
-                throw ModelError(.ioError, "cannot write \(name): \(error)", path: dir)
+                throw ModelError(.ioError, "cannot write \(name): \(error)", path: dir, cause: error)
             }
         }
     }

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Foundation
 
 /// A read-only memory map of a whole file. The mapping lives as long as the object.
 public final class MappedFile: @unchecked Sendable {  // immutable after init: a read-only (PROT_READ) mapping that lives as long as the object
@@ -14,7 +15,8 @@ public final class MappedFile: @unchecked Sendable {  // immutable after init: a
         let fd = open(path, O_RDONLY)
         guard fd >= 0 else {
             let e = errno
-            throw ModelError(e == ENOENT ? .fileNotFound : .ioError, "cannot open model file: \(String(cString: strerror(e)))", path: path)
+            throw ModelError(e == ENOENT ? .fileNotFound : .ioError, "cannot open model file: \(String(cString: strerror(e)))", path: path,
+                             cause: POSIXError(POSIXErrorCode(rawValue: e) ?? .EIO))
         }
         defer { close(fd) }
         var st = stat()

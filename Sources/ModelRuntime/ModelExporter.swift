@@ -30,6 +30,6 @@ public enum ModelExporter {
             }
             w.addRaw(info.name, shape: info.shape, rawType: info.type.rawValue, bytes: try src.rawBytes(info))
         }
-        do { try w.write(to: path) } catch { throw ModelError(.ioError, "cannot write \(path): \(error)", path: path) }
+        do { try w.write(to: path) } catch { throw ModelError(.ioError, "cannot write \(path): \(error)", path: path, cause: error) }
     }
 }

@@ -161,7 +161,7 @@ public enum ModelLoader {
                 bosId: g.int("tokenizer.ggml.bos_token_id").map(Int32.init), eosId: g.int("tokenizer.ggml.eos_token_id").map(Int32.init),
                 addBOS: g.metadata["tokenizer.ggml.add_bos_token"]?.bool ?? false)
         } catch let e as TokenizerError {
-            throw ModelError(.malformed, "tokenizer: \(e.message)", path: g.path)
+            throw ModelError(.malformed, "tokenizer: \(e.message)", path: g.path, cause: e)
         }
     }
 
@@ -249,7 +249,7 @@ public enum ModelLoader {
         // The stop token config.json names (an id, or a list whose first is the end of a turn), e.g. SmolLM2's <|im_end|>.
         let eos = (cfg["eos_token_id"] as? NSNumber ?? (cfg["eos_token_id"] as? [NSNumber])?.first).map { Int32(truncating: $0) }
         do { tokenizer = try BPETokenizer.fromTokenizerJSON(tokData, eosId: eos) } catch let e as TokenizerError {
-            throw ModelError(.malformed, e.message, path: tokPath)
+            throw ModelError(.malformed, e.message, path: tokPath, cause: e)
         }
         let meta = cfg.keys.sorted().map { ($0, "\(cfg[$0]!)") }
         let source = ModelSource(format: .safetensors, path: path,

@@ -157,7 +157,7 @@ public enum PEFTLoRAExporter {
             try SafetensorsFile.write(tensors(modules), dtype: .f32, metadata: meta, to: url.appendingPathComponent("adapter_model.safetensors").path)
             try HFExporter.json(adapterConfig(modules, baseModel: baseModel)).write(to: url.appendingPathComponent("adapter_config.json"), options: .atomic)
         } catch let e as ModelError { throw e } catch {
-            throw ModelError(.ioError, "cannot write the adapter: \(error)", path: dir)
+            throw ModelError(.ioError, "cannot write the adapter: \(error)", path: dir, cause: error)
         }
     }
 

@@ -58,7 +58,7 @@ public final class ActivationCache: Sendable {
 
     /// Opens a cache file, checking its header and (if `verify`) the payload checksum.
     public init(url: URL, verify: Bool = false) throws {
-        do { file = try MappedFile(path: url.path) } catch { throw SAEError(.io, "cannot open \(url.path): \(error)") }
+        do { file = try MappedFile(path: url.path) } catch { throw SAEError(.io, "cannot open \(url.path): \(error)", cause: error) }
         let b = file.bytes
         guard b.count >= Self.headerBytes, Array(b.prefix(8)) == Self.magic else { throw SAEError(.corrupt, "\(url.path) is not an activation cache") }
         let json = Data(b[8..<Self.headerBytes])
@@ -226,7 +226,7 @@ public final class ActivationCache: Sendable {
     /// SHA-256 of everything after the header of the file at `url`.
     static func payloadChecksum(_ url: URL) throws -> String {
         let file: MappedFile
-        do { file = try MappedFile(path: url.path) } catch { throw SAEError(.io, "cannot open \(url.path): \(error)") }
+        do { file = try MappedFile(path: url.path) } catch { throw SAEError(.io, "cannot open \(url.path): \(error)", cause: error) }
         return payloadChecksum(file.bytes)
     }
 

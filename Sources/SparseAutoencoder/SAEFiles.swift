@@ -17,7 +17,7 @@ extension SparseAutoencoder {
         guard topK == nil else { throw SAEError(.settings, "a per-token TopK SAE (sparsify) has no JumpReLU form to save; it is read in place") }
         let fm = FileManager.default
         do { try fm.createDirectory(at: directory, withIntermediateDirectories: true) } catch {
-            throw SAEError(.io, "cannot create \(directory.path): \(error)")
+            throw SAEError(.io, "cannot create \(directory.path): \(error)", cause: error)
         }
         let D = dIn, F = width
         // SAELens: W_enc [d_in, d_sae] = encoderᵀ; W_dec [d_sae, d_in] = decoder.
@@ -33,7 +33,7 @@ extension SparseAutoencoder {
                 try SafetensorsFile.write([("sparsity", [F], s)], metadata: ["format": "pt"],
                                           to: directory.appendingPathComponent(Self.sparsityFile).path)
             }
-        } catch let e as SAEError { throw e } catch { throw SAEError(.io, "cannot write \(tmpWeights.path): \(error)") }
+        } catch let e as SAEError { throw e } catch { throw SAEError(.io, "cannot write \(tmpWeights.path): \(error)", cause: error) }
         var cfg: [String: Any] = [
             "architecture": "jumprelu",
             "d_in": D, "d_sae": F, "dtype": "float32", "device": "cpu",
@@ -66,7 +66,7 @@ extension SparseAutoencoder {
             try fm.removeItemIfPresent(weights)
             guard rename(tmpWeights.path, weights.path) == 0 else { throw SAEError(.io, "cannot rename \(tmpWeights.path): errno \(errno)") }
             try data.write(to: cfgURL, options: .atomic)
-        } catch let e as SAEError { throw e } catch { throw SAEError(.io, "cannot write \(cfgURL.path): \(error)") }
+        } catch let e as SAEError { throw e } catch { throw SAEError(.io, "cannot write \(cfgURL.path): \(error)", cause: error) }
     }
 
     /// Loads an SAE directory in any of three layouts: EleutherAI's sparsify if it has `sae.safetensors`
@@ -95,7 +95,7 @@ extension SparseAutoencoder {
 
     static func openTensors(_ url: URL) throws -> SafetensorsFile {
         guard FileManager.default.fileExists(atPath: url.path) else { throw SAEError(.missing, "\(url.path) is missing") }
-        do { return try SafetensorsFile(path: url.path) } catch { throw SAEError(.corrupt, "\(url.path): \(error)") }
+        do { return try SafetensorsFile(path: url.path) } catch { throw SAEError(.corrupt, "\(url.path): \(error)", cause: error) }
     }
 
     static func tensor(_ file: SafetensorsFile, _ name: String, shape: [Int]) throws -> [Float] {
@@ -103,7 +103,7 @@ extension SparseAutoencoder {
         guard e.shape == shape || (e.shape.reduce(1, *) == shape.reduce(1, *) && shape.count <= 1 && e.shape.count <= 1) else {
             throw SAEError(.shape, "\(name) has shape \(e.shape), expected \(shape)")
         }
-        do { return try file.floats(name) } catch { throw SAEError(.corrupt, "\(file.path): \(error)") }
+        do { return try file.floats(name) } catch { throw SAEError(.corrupt, "\(file.path): \(error)", cause: error) }
     }
 
     static func intValue(_ v: Any?) -> Int? { (v as? NSNumber)?.intValue }

@@ -21,8 +21,12 @@ public struct SAEError: Error, CustomStringConvertible, Equatable, Sendable {
 
     public var code: Code
     public var message: String
-    public init(_ code: Code, _ message: String) { self.code = code; self.message = message }
+    /// The error this one wraps, when it wraps one (`message` quotes its text).
+    public var cause: (any Error)?
+    public init(_ code: Code, _ message: String, cause: (any Error)? = nil) { self.code = code; self.message = message; self.cause = cause }
     public var description: String { "\(code.rawValue): \(message)" }
+    /// Equal when the code and message are: the cause is not Equatable, and the message quotes it.
+    public static func == (a: SAEError, b: SAEError) -> Bool { a.code == b.code && a.message == b.message }
 }
 
 /// What an SAE was trained on; written to `cfg.json` in SAELens' keys.

@@ -22,11 +22,16 @@ public struct SnapshotStoreError: Error, CustomStringConvertible, Equatable, Sen
 
     public var code: Code
     public var message: String
-    public init(_ code: Code, _ message: String) {
+    /// The error this one wraps, when it wraps one (`message` quotes its text).
+    public var cause: (any Error)?
+    public init(_ code: Code, _ message: String, cause: (any Error)? = nil) {
         self.code = code
         self.message = message
+        self.cause = cause
     }
     public var description: String { "snapshot store (\(code.rawValue)): \(message)" }
+    /// Equal when the code and message are: the cause is not Equatable, and the message quotes it.
+    public static func == (a: SnapshotStoreError, b: SnapshotStoreError) -> Bool { a.code == b.code && a.message == b.message }
 }
 
 /// Where an event came from on the log.
@@ -467,14 +472,14 @@ public final class SnapshotStore: Sendable {
     }
 
     static func decode(_ b: [UInt8], seq: UInt64) throws -> SnapshotRecord {
-        func bad(_ m: String) -> SnapshotStoreError { SnapshotStoreError(.corrupted, "snapshot \(seq): \(m)") }
+        func bad(_ m: String, cause: (any Error)? = nil) -> SnapshotStoreError { SnapshotStoreError(.corrupted, "snapshot \(seq): \(m)", cause: cause) }
         guard b.count >= magic.count + 8 + 32, Array(b[0..<8]) == magic else { throw bad("not a snapshot record") }
         let body = Array(b[0..<(b.count - 32)])
         guard SHA256.hash(body) == Array(b[(b.count - 32)...]) else { throw bad("checksum mismatch; the record is refused") }
         let hl = Int(u32(b, 8))
         guard 12 + hl + 4 <= body.count else { throw bad("truncated header") }
         let header: Header
-        do { header = try decoder().decode(Header.self, from: Data(b[12..<(12 + hl)])) } catch { throw bad("header: \(error)") }
+        do { header = try decoder().decode(Header.self, from: Data(b[12..<(12 + hl)])) } catch { throw bad("header: \(error)", cause: error) }
         let n = Int(u32(b, 12 + hl)), p0 = 16 + hl
         guard p0 + 4 * n == body.count, header.seq == seq else { throw bad("payload size or sequence number does not match") }
         var floats = [Float](repeating: 0, count: n)

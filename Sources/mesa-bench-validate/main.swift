@@ -23,7 +23,7 @@ var instancePath = "Schemas/examples/fact-update.example.json"
 var seconds = 2.0
 var outPath: String?
 var arguments = CommandLine.arguments.dropFirst()
-func operand(of option: String) -> String {
+@MainActor func operand(of option: String) -> String {
     guard let value = arguments.popFirst() else { fail("\(option) needs a value") }
     return value
 }
@@ -45,7 +45,7 @@ while let argument = arguments.popFirst() {
 guard let eventData = FileManager.default.contents(atPath: instancePath) else { fail("cannot read \(instancePath)") }
 let eventBytes = Array(eventData)
 
-func compile(formatAssertion: Bool) -> CompiledSchema {
+@MainActor func compile(formatAssertion: Bool) -> CompiledSchema {
     var registry = SchemaRegistry(options: ValidatorOptions(formatAssertion: formatAssertion))
     do {
         let uri = try registry.registerFile(at: schemaPath)
@@ -63,7 +63,7 @@ do {
 }
 
 /// Runs `body` repeatedly for about `seconds` and returns operations per second.
-func measure(_ body: () -> Bool) -> (rate: Double, iterations: Int) {
+@MainActor func measure(_ body: () -> Bool) -> (rate: Double, iterations: Int) {
     for _ in 0..<1_000 where !body() { fail("event is not valid against the schema") }
     let clock = ContinuousClock()
     let start = clock.now

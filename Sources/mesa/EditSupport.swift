@@ -89,18 +89,26 @@ func keyStatistics(model: LanguageModel, options: EditOptions, specs: [KeyStatis
 /// progress bar on stderr, and Ctrl-C checkpoints them.
 func withInteractiveSetup<T>(_ options: EditOptions, _ body: (EditorRegistry) throws -> T) throws -> T {
     let bar = ProgressBar("stats")
-    let stop = InterruptFlag()
     defer { bar.finish() }
-    return try body(options.registry(progress: { bar.update($0, $1, unit: "tok", seconds: $2) }, shouldStop: { stop.raised }))
+    return try trappingInterrupt { stop in
+        try body(options.registry(progress: { bar.update($0, $1, unit: "tok", seconds: $2) }, shouldStop: { stop.isRaised }))
+    }
 }
 
-/// Turns SIGINT into a flag polled between units of work, so long jobs checkpoint and exit cleanly.
-final class InterruptFlag: @unchecked Sendable {  // NOT strictly safe: `flag` is a plain sig_atomic_t static, written by the signal handler and read by polls without atomics
-    private static var flag: sig_atomic_t = 0
-    init() {
-        signal(SIGINT) { _ in InterruptFlag.flag = 1 }
-    }
-    var raised: Bool { Self.flag != 0 }
+/// Runs `body` with Ctrl-C (SIGINT) raising `stop` instead of ending the process: long jobs poll it
+/// between units of work, so they checkpoint and exit cleanly. A dispatch signal source raises it on
+/// a queue (no code of ours runs in a signal handler); scopes may nest. As before, SIGINT stays
+/// caught after the first scope (libdispatch keeps its handler), so outside one it does nothing.
+func trappingInterrupt<T>(_ body: (StopFlag) throws -> T) rethrows -> T {
+    let stop = StopFlag()
+    let source = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+    let registered = DispatchSemaphore(value: 0)
+    source.setRegistrationHandler { registered.signal() }
+    source.setEventHandler { stop.raise() }
+    source.resume()
+    registered.wait()  // from here on a Ctrl-C raises `stop`
+    defer { source.cancel() }
+    return try body(stop)
 }
 
 /// The editor of `method` for a loaded model: hyperparameters from deploy/hparams/<method>/<model>.json (or

@@ -46,9 +46,10 @@ struct Eval: ParsableCommand, LoggingCommand {
             let model = try modelOptions.load()
             let editor = try makeEditor(method, model: model, modelPath: path, options: editOptions)
             // Ctrl-C stops a journaled run between two edits, to be resumed by the same command.
-            let interrupt = resume != nil && sequential ? InterruptFlag() : nil
-            try evaluation.run(records: records, model: model, modelPath: path, editor: editor, shouldStop: { interrupt?.raised ?? false },
-                               output: { print($0) })
+            func run(shouldStop: @escaping () -> Bool) throws {
+                try evaluation.run(records: records, model: model, modelPath: path, editor: editor, shouldStop: shouldStop, output: { print($0) })
+            }
+            if resume != nil && sequential { try trappingInterrupt { stop in try run { stop.isRaised } } } else { try run { false } }
         }
     }
 }

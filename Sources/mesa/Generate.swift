@@ -47,7 +47,7 @@ struct Generate: ParsableCommand {
             print(prompt, terminator: chat ? "\n" : "")
             let result = try model.generate(
                 prompt: ids, maxTokens: maxTokens, sampling: topK > 0 ? .topK(k: topK, temperature: temperature) : .greedy,
-                seed: seed, onText: { print($0, terminator: ""); fflush(stdout) })
+                seed: seed, onText: { print($0, terminator: ""); fflush(nil) })  // nil: every output stream (stdout is a C global Swift 6 will not read)
             print()
             if verbose {
                 let decodeRate = result.tokens.count > 1 ? Double(result.tokens.count - 1) / result.decodeSeconds : 0

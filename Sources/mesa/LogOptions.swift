@@ -37,7 +37,8 @@ struct LogOptions: ParsableArguments {
 }
 
 /// A command with `LogOptions`: `Mesa.main` applies them before `run`.
-protocol LoggingCommand {
+/// `SendableMetatype`: its conformances are not main-actor isolated, so `Mesa.main`'s cast to it keeps the command sendable to `run`.
+protocol LoggingCommand: SendableMetatype {
     var logOptions: LogOptions { get }
 }
 

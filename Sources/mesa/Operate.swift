@@ -156,15 +156,16 @@ struct Results: ParsableCommand, LoggingCommand {
             try Client.checkBroker(config)
             let c = try Client.reader(topic, config: config)
             defer { c.close() }
-            let interrupt = InterruptFlag()
-            var last = Date()
-            while !interrupt.raised && (follow || Date().timeIntervalSince(last) < idle) {
-                guard let m = c.next(timeout: 0.2) else { continue }
-                last = Date()
-                try? c.commit(m)
-                if let eventId, (try? JSONValue.parse(Data(m.payload)))?["event_id"]?.stringValue != eventId { continue }
-                print(String(decoding: m.payload, as: UTF8.self))
-                fflush(stdout)
+            trappingInterrupt { interrupt in
+                var last = Date()
+                while !interrupt.isRaised && (follow || Date().timeIntervalSince(last) < idle) {
+                    guard let m = c.next(timeout: 0.2) else { continue }
+                    last = Date()
+                    try? c.commit(m)
+                    if let eventId, (try? JSONValue.parse(Data(m.payload)))?["event_id"]?.stringValue != eventId { continue }
+                    print(String(decoding: m.payload, as: UTF8.self))
+                    fflush(nil)  // every output stream: stdout is a C global Swift 6 will not read
+                }
             }
         }
     }

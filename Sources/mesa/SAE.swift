@@ -1,4 +1,5 @@
 import ArgumentParser
+import EditDaemon
 import EditEvaluation
 import Editing
 import Foundation
@@ -71,47 +72,48 @@ struct SAETrain: ParsableCommand, LoggingCommand {
                                sequenceLength: sequenceLength, seed: seed)
             }
             let corpus = try Corpus(path: editOptions.corpusPath, seed: seed)
-            let stop = InterruptFlag()
-            var caches: [Int: ActivationCache] = [:]
-            for s in specs where FileManager.default.fileExists(atPath: state.activationCacheURL(s).path) {
-                caches[s.site.layer] = try ActivationCache(url: state.activationCacheURL(s))
-                log("using cached activations \(state.activationCacheURL(s).path) (\(caches[s.site.layer]!.rows) rows)")
-            }
-            let missing = specs.filter { caches[$0.site.layer] == nil }
-            var harvestSeconds = 0.0
-            if !missing.isEmpty {
-                let target = missing[0].tokens
-                log("harvesting \(target) activations at \(missing.map(\.site.description).joined(separator: ", ")) from \(editOptions.corpusPath)")
-                let bar = ProgressBar("harvest")
-                let t0 = Date()
-                // Held-out articles come from the end of the shuffled order, so the harvest stops before them.
-                guard let got = try ActivationCache.harvest(
-                    model: model, specs: missing, articleCount: max(0, corpus.count - heldOutArticles), article: corpus.article,
-                    to: missing.map { state.activationCacheURL($0) },
-                    progress: { rows, _ in bar.update(rows, target, unit: "tok", seconds: Date().timeIntervalSince(t0)) },
-                    shouldStop: { stop.raised }) else { bar.finish(); throw fail("interrupted; the same command resumes the harvest") }
-                bar.finish()
-                harvestSeconds = Date().timeIntervalSince(t0)
-                for c in got { caches[c.spec.site.layer] = c }
-                log(String(format: "harvested %d rows per site in %.0f s (%.0f tokens/s)", got[0].rows, harvestSeconds, Double(got[0].rows) / harvestSeconds))
-            }
-            // Held-out sequences (the last articles of the shuffled order).
-            let tok = model.tokenizer
-            var sequences: [[Int32]] = []
-            for i in 0..<min(heldOutArticles, corpus.count) {
-                var ids = tok.encode(corpus.article(corpus.count - 1 - i), addSpecial: true, parseSpecial: false)
-                ids = Array(ids.prefix(min(sequenceLength, model.config.contextLength)))
-                if ids.count > specs[0].skipFirst + 1 { sequences.append(ids) }
-            }
-            for l in wanted {
-                try train(model: model, modelPath: path, cache: caches[l]!, sequences: sequences, state: state, harvestSeconds: harvestSeconds,
-                          reportPath: report.map { wanted.count == 1 ? $0 : ($0 as NSString).deletingPathExtension + "-layer\(l).json" }, stop: stop)
+            try trappingInterrupt { stop in
+                var caches: [Int: ActivationCache] = [:]
+                for s in specs where FileManager.default.fileExists(atPath: state.activationCacheURL(s).path) {
+                    caches[s.site.layer] = try ActivationCache(url: state.activationCacheURL(s))
+                    log("using cached activations \(state.activationCacheURL(s).path) (\(caches[s.site.layer]!.rows) rows)")
+                }
+                let missing = specs.filter { caches[$0.site.layer] == nil }
+                var harvestSeconds = 0.0
+                if !missing.isEmpty {
+                    let target = missing[0].tokens
+                    log("harvesting \(target) activations at \(missing.map(\.site.description).joined(separator: ", ")) from \(editOptions.corpusPath)")
+                    let bar = ProgressBar("harvest")
+                    let t0 = Date()
+                    // Held-out articles come from the end of the shuffled order, so the harvest stops before them.
+                    guard let got = try ActivationCache.harvest(
+                        model: model, specs: missing, articleCount: max(0, corpus.count - heldOutArticles), article: corpus.article,
+                        to: missing.map { state.activationCacheURL($0) },
+                        progress: { rows, _ in bar.update(rows, target, unit: "tok", seconds: Date().timeIntervalSince(t0)) },
+                        shouldStop: { stop.isRaised }) else { bar.finish(); throw fail("interrupted; the same command resumes the harvest") }
+                    bar.finish()
+                    harvestSeconds = Date().timeIntervalSince(t0)
+                    for c in got { caches[c.spec.site.layer] = c }
+                    log(String(format: "harvested %d rows per site in %.0f s (%.0f tokens/s)", got[0].rows, harvestSeconds, Double(got[0].rows) / harvestSeconds))
+                }
+                // Held-out sequences (the last articles of the shuffled order).
+                let tok = model.tokenizer
+                var sequences: [[Int32]] = []
+                for i in 0..<min(heldOutArticles, corpus.count) {
+                    var ids = tok.encode(corpus.article(corpus.count - 1 - i), addSpecial: true, parseSpecial: false)
+                    ids = Array(ids.prefix(min(sequenceLength, model.config.contextLength)))
+                    if ids.count > specs[0].skipFirst + 1 { sequences.append(ids) }
+                }
+                for l in wanted {
+                    try train(model: model, modelPath: path, cache: caches[l]!, sequences: sequences, state: state, harvestSeconds: harvestSeconds,
+                              reportPath: report.map { wanted.count == 1 ? $0 : ($0 as NSString).deletingPathExtension + "-layer\(l).json" }, stop: stop)
+                }
             }
         }
     }
 
     func train(model: LanguageModel, modelPath path: String, cache: ActivationCache, sequences: [[Int32]], state: EditState,
-               harvestSeconds: Double, reportPath: String?, stop: InterruptFlag) throws {
+               harvestSeconds: Double, reportPath: String?, stop: StopFlag) throws {
         let where_ = cache.spec.site, layer = where_.layer, kind = where_.kind, hash = model.weightHash
         var settings = BatchTopKSettings(width: width, k: k, tokens: tokens, batchSize: batchSize)
         settings.lr = lr
@@ -143,7 +145,7 @@ struct SAETrain: ParsableCommand, LoggingCommand {
             bar.update(s.tokens, settings.steps * batchSize, unit: "tok", seconds: secs - probeSeconds,
                        extra: String(format: "FVU %.3f L0 %.1f dead %d", smooth!.fvu, smooth!.l0, s.dead)
                            + (recovered.map { String(format: " loss recovered %.3f", $0) } ?? ""))
-        }, shouldStop: { stop.raised })
+        }, shouldStop: { stop.isRaised })
         bar.finish()
         guard finished else { throw fail("interrupted (training is not resumable; nothing was written)") }
         // Throughput counts training only, not the loss-recovered probes.

@@ -14,6 +14,12 @@ import Testing
         return try registry.compile(uri)
     }
 
+    @Test func aMalformedFileKeepsTheDecodingError() throws {
+        let error = try #require(throws: EditError.self) { _ = try RomeHyperparameters.decode(Data(#"{"layer": "five"}"#.utf8)) }
+        #expect(error.code == .hyperparameters && error.message.hasPrefix("malformed ROME hyperparameters: "))
+        #expect(error.cause is DecodingError, "the decoder's error is kept as the cause: \(String(describing: error.cause))")
+    }
+
     @Test func filesConformToTheSchemaAndDecode() throws {
         let schema = try Self.schema()
         let files = try FileManager.default.contentsOfDirectory(atPath: Self.directory.path).filter { $0.hasSuffix(".json") }

@@ -60,6 +60,41 @@ import Testing
         #expect(s4 != 0 && o4.contains("holds another run"), "\(o4)")
     }
 
+    /// Ctrl-C (SIGINT) stops a journaled run after the edit in flight, and the same command resumes it.
+    @Test func ctrlCStopsAJournaledRunResumably() throws {
+        let h = try DaemonHarness(bootstrap: "127.0.0.1:1", label: "sigint-eval")
+        defer { h.cleanup() }
+        let records: [[String: Any]] = (0..<200).map { i in
+            let (s, t, g) = [("Paris", "Rome", "France"), ("Rome", "France", "Italy")][i % 2]
+            return ["case_id": i + 1, "prompt": "\(s) is in", "subject": s, "target_new": t, "ground_truth": g,
+                    "rephrase_prompt": "The city of \(s) is in", "locality_prompt": "Berlin is in", "locality_ground_truth": "Germany"]
+        }
+        let data = h.dir.appendingPathComponent("cf.json")
+        try JSONSerialization.data(withJSONObject: records).write(to: data)
+        func arguments(limit: Int) -> [String] {
+            ["eval", "--model", h.modelPath, "--method", "alphaedit", "--hparams", h.dir.appendingPathComponent("hparams/alphaedit/\(DaemonHarness.modelName).json").path,
+             "--data", data.path, "--limit", "\(limit)", "--sequential", "--threads", "1", "--out", h.dir.appendingPathComponent("out").path,
+             "--resume", h.dir.appendingPathComponent("journal").path]
+        }
+        let log = h.dir.appendingPathComponent("eval.log")
+        func text() -> String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
+        let p = try DaemonHarness.launch(arguments(limit: 200), home: h.dir, log: log, launch: 1)
+        defer { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        // The progress bar (a line per redraw, stderr not being a terminal) shows the edits have begun.
+        let end = Date().addingTimeInterval(180)
+        while p.isRunning && Date() < end && !text().contains("/200 cases") { Thread.sleep(forTimeInterval: 0.05) }
+        try #require(p.isRunning && text().contains("/200 cases"), "the run did not start editing:\n\(text())")
+        kill(p.processIdentifier, SIGINT)
+        p.waitUntilExit()
+        let out = text()
+        #expect(p.terminationReason == .exit && p.terminationStatus == 1, "Ctrl-C must end the run with an error, not kill it:\n\(out)")
+        let match = try #require(out.firstMatch(of: /interrupted after (\d+) edits; run the same command again to resume/), "\(out)")
+        let done = try #require(Int(match.1))
+        #expect(done > 0 && done < 200, "\(out)")
+        let (status, resumed) = try h.mesa(arguments(limit: done + 1))
+        #expect(status == 0 && resumed.contains("resuming after \(done) edit(s)"), "\(resumed)")
+    }
+
     /// The AlphaEdit paper's protocol: records edited in batches (one computation and one journal
     /// snapshot per batch), resumable; "pre" is the base model's score also in the resumed process,
     /// whose weights held the first batch's edits when it started.

@@ -12,6 +12,14 @@ import Testing
         #expect(code { try ModelLoader.load(path: "/nonexistent/model.gguf") } == .fileNotFound)
     }
 
+    @Test func aFileThatCannotBeOpenedKeepsTheSystemError() throws {
+        let dir = try TestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let missing = try #require(throws: ModelError.self) { try ModelLoader.loadGGUF(path: dir.appendingPathComponent("gone.gguf").path) }
+        #expect(missing.code == .fileNotFound)
+        #expect((missing.cause as? POSIXError)?.code == .ENOENT, "the open(2) failure is kept as the cause: \(String(describing: missing.cause))")
+    }
+
     @Test func wrongMagicAndEmptyFile() throws {
         let dir = try TestPaths.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }

@@ -305,6 +305,15 @@ import Testing
 }
 
 @Suite struct ActivationCacheTests {
+    @Test func aMissingCacheKeepsTheFileErrorsAsCauses() throws {
+        let dir = try TestPaths.temporaryDirectory("acts")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let error = try #require(throws: SAEError.self) { _ = try ActivationCache(url: dir.appendingPathComponent("gone.f16")) }
+        #expect(error.code == .io)
+        let mapping = try #require(error.cause as? ModelError, "the mapping's error is kept: \(String(describing: error.cause))")
+        #expect(mapping.code == .fileNotFound && (mapping.cause as? POSIXError)?.code == .ENOENT)
+    }
+
     @Test func harvestStoresSiteActivationsWithoutTheFirstPosition() throws {
         let dir = try TestPaths.temporaryDirectory("acts")
         defer { try? FileManager.default.removeItem(at: dir) }

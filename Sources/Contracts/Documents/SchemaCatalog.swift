@@ -3,7 +3,9 @@ import Foundation
 /// A schema that cannot be read or compiled, an unknown schema, or a document that does not conform.
 public struct SchemaCatalogError: Error, CustomStringConvertible, Sendable {
     public var message: String
-    public init(_ message: String) { self.message = message }
+    /// The error this one wraps, when it wraps one (`message` quotes its text).
+    public var cause: (any Error)?
+    public init(_ message: String, cause: (any Error)? = nil) { self.message = message; self.cause = cause }
     public var description: String { message }
 }
 
@@ -23,7 +25,7 @@ public final class SchemaCatalog: @unchecked Sendable {  // `compiled`, the only
             do {
                 let uri = try r.registerFile(at: directory.appendingPathComponent(name).path)
                 files[name] = uri
-            } catch { throw SchemaCatalogError("\(name): \(error)") }
+            } catch { throw SchemaCatalogError("\(name): \(error)", cause: error) }
         }
         registry = r
         byFile = files
@@ -35,7 +37,7 @@ public final class SchemaCatalog: @unchecked Sendable {  // `compiled`, the only
         if let c = compiled[file] { return c }
         guard let uri = byFile[file] else { throw SchemaCatalogError("no schema \(file)") }
         let c: CompiledSchema
-        do { c = try registry.compile(uri) } catch { throw SchemaCatalogError("\(file): \(error)") }
+        do { c = try registry.compile(uri) } catch { throw SchemaCatalogError("\(file): \(error)", cause: error) }
         compiled[file] = c
         return c
     }
@@ -44,7 +46,7 @@ public final class SchemaCatalog: @unchecked Sendable {  // `compiled`, the only
     public func check(_ data: Data, against file: String, what: String) throws {
         let value: JSONValue
         do { value = try JSONValue.parse(data, limits: JSONParseLimits(rejectDuplicateKeys: true)) } catch {
-            throw SchemaCatalogError("\(what) is not valid JSON: \(error)")
+            throw SchemaCatalogError("\(what) is not valid JSON: \(error)", cause: error)
         }
         let result = try schema(file).validate(value)
         guard result.valid else {

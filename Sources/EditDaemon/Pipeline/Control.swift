@@ -37,16 +37,16 @@ extension Pipeline {
             let to = c.to ?? 0
             if to != 0 {
                 do { _ = try host.store.record(to) } catch let err as SnapshotStoreError {
-                    throw Rejection(err.code == .notFound ? .unknownSnapshot : .rollbackFailed, err.message, eventId: c.id)
+                    throw Rejection(err.code == .notFound ? .unknownSnapshot : .rollbackFailed, err.message, eventId: c.id, cause: err)
                 }
             }
             let t0 = Date()
             let hashBefore = host.model.weightHash
             let entry: JournalEntry
             do { entry = try host.rollback(to: to, commandId: c.id) } catch let err as WeightStateError {
-                throw Rejection(.rollbackFailed, err.message, eventId: c.id)
+                throw Rejection(.rollbackFailed, err.message, eventId: c.id, cause: err)
             } catch let err as SnapshotStoreError where err.code == .corrupted || err.code == .notFound {
-                throw Rejection(.rollbackFailed, err.message, eventId: c.id)
+                throw Rejection(.rollbackFailed, err.message, eventId: c.id, cause: err)
             }
             try rebuildEditState()
             var doc = commandResult(c, entry: entry, source: m)

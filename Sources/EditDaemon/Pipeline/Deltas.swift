@@ -141,13 +141,13 @@ public struct WeightDelta: Sendable, Equatable {
     /// magic and lengths, the header's format and kind, the data's size and SHA-256, and each
     /// factor's shape against its place in the data; the values must be finite.
     public init(decoding bytes: [UInt8]) throws {
-        func fail(_ why: String) -> WeightDeltaError { WeightDeltaError(why) }
+        func fail(_ why: String, cause: (any Error)? = nil) -> WeightDeltaError { WeightDeltaError(why, cause: cause) }
         guard bytes.count >= 8, Array(bytes[0..<4]) == Self.magic else { throw fail("not a weight-delta record (no MWD1 magic)") }
         let length = Int(bytes[4..<8].enumerated().reduce(UInt32(0)) { $0 | UInt32($1.element) << (8 * UInt32($1.offset)) })
         guard length <= bytes.count - 8 else { throw fail("the header claims \(length) bytes; the record has \(bytes.count - 8) after the magic") }
         let h: Header
         do { h = try JSONCoding.decoder().decode(Header.self, from: Data(bytes[8..<(8 + length)])) } catch {
-            throw fail("the header does not decode: \(error)")
+            throw fail("the header does not decode: \(error)", cause: error)
         }
         guard h.format == Self.format else { throw fail("unknown format \(h.format)") }
         guard h.kind == "edit" || h.kind == "rollback" else { throw fail("unknown kind \(h.kind)") }
@@ -181,7 +181,9 @@ public struct WeightDelta: Sendable, Equatable {
 /// A weight-delta record that cannot be read.
 public struct WeightDeltaError: Error, CustomStringConvertible, Sendable {
     public var message: String
-    public init(_ message: String) { self.message = message }
+    /// The error this one wraps, when it wraps one (`message` quotes its text).
+    public var cause: (any Error)?
+    public init(_ message: String, cause: (any Error)? = nil) { self.message = message; self.cause = cause }
     public var description: String { "weight delta: \(message)" }
 }
 

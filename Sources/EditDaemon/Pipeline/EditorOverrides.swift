@@ -26,7 +26,7 @@ extension Pipeline {
             }
             if h == defaults { return defaultEditor }
             do { try h.validate(layers: host.model.config.layers) } catch {
-                throw Rejection(.invalidHyperparameters, "\(error)", eventId: e.id)
+                throw Rejection(.invalidHyperparameters, "\(error)", eventId: e.id, cause: error)
             }
             return try cachedEditor(h, eventId: e.id) {
                 try registry.editor(model: host.model, hparams: .rome(h), baseHash: host.baseHash, computeMissing: false)
@@ -47,7 +47,7 @@ extension Pipeline {
             }
             if h == defaults { return defaultEditor }
             do { try h.validate(layers: host.model.config.layers) } catch {
-                throw Rejection(.invalidHyperparameters, "\(error)", eventId: e.id)
+                throw Rejection(.invalidHyperparameters, "\(error)", eventId: e.id, cause: error)
             }
             return try cachedEditor(h, eventId: e.id) {
                 guard let base = defaultEditor as? MemitEditor else { throw SetupError("the default editor is not MEMIT") }

@@ -161,7 +161,7 @@ extension Pipeline {
         -> (posts: [CaseScores], hashAfter: String, hashSeconds: Double, scoredAt: Date, canary: CanaryFigures?, canarySeconds: Double?) {
         do { for u in updates { try host.apply(u) } } catch {
             try host.discardUncommitted()
-            throw Rejection(.editFailed, "applying the update failed: \(error)", eventId: eventId)
+            throw Rejection(.editFailed, "applying the update failed: \(error)", eventId: eventId, cause: error)
         }
         let hashing = DispatchGroup()
         let model = host.model
@@ -170,7 +170,7 @@ extension Pipeline {
         do { posts = try records.map { try CounterFactEval.score($0, with: scorer) } } catch {
             hashing.wait()
             try host.discardUncommitted()
-            throw Rejection(.editFailed, "scoring the edited model failed: \(error)", eventId: eventId)
+            throw Rejection(.editFailed, "scoring the edited model failed: \(error)", eventId: eventId, cause: error)
         }
         let scoredAt = Date()
         // The canary set, while the hash is still being computed.
@@ -179,7 +179,7 @@ extension Pipeline {
             do { canary = try g.measure(model) } catch {
                 hashing.wait()
                 try host.discardUncommitted()
-                throw Rejection(.editFailed, "scoring the canary set on the edited model failed: \(error)", eventId: eventId)
+                throw Rejection(.editFailed, "scoring the canary set on the edited model failed: \(error)", eventId: eventId, cause: error)
             }
             canarySeconds = Date().timeIntervalSince(scoredAt)
         }
@@ -282,19 +282,19 @@ extension Pipeline {
     /// A model failure on this event's input: too long or unusable input is the event's fault.
     func rejection(_ err: ModelError, eventId: String) -> Rejection {
         switch err.code {
-        case .contextOverflow, .invalidInput: return Rejection(.invalidEdit, err.description, eventId: eventId)
-        default: return Rejection(.editFailed, err.description, eventId: eventId)
+        case .contextOverflow, .invalidInput: return Rejection(.invalidEdit, err.description, eventId: eventId, cause: err)
+        default: return Rejection(.editFailed, err.description, eventId: eventId, cause: err)
         }
     }
 
     func rejection(_ err: EditError, eventId: String) -> Rejection {
         switch err.code {
         case .promptPlaceholder, .subjectNotFound, .emptyTarget, .targetUnchanged, .tooLong:
-            return Rejection(.invalidEdit, err.message, eventId: eventId)
+            return Rejection(.invalidEdit, err.message, eventId: eventId, cause: err)
         case .hyperparameters:
-            return Rejection(.invalidHyperparameters, err.message, eventId: eventId)
+            return Rejection(.invalidHyperparameters, err.message, eventId: eventId, cause: err)
         default:
-            return Rejection(.editFailed, "\(err.code): \(err.message)", eventId: eventId)
+            return Rejection(.editFailed, "\(err.code): \(err.message)", eventId: eventId, cause: err)
         }
     }
 }

@@ -113,7 +113,7 @@ public final class Pipeline: @unchecked Sendable {  // not thread-safe: its `var
         } catch let r as Rejection {
             throw r
         } catch {
-            throw Rejection(.invalidHyperparameters, "the overrides need state this daemon does not have: \(error)", eventId: eventId)
+            throw Rejection(.invalidHyperparameters, "the overrides need state this daemon does not have: \(error)", eventId: eventId, cause: error)
         }
     }
 }

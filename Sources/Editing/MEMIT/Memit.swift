@@ -40,7 +40,7 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
         let d = JSONDecoder()
         d.keyDecodingStrategy = .convertFromSnakeCase
         do { return try d.decode(MemitHyperparameters.self, from: data) } catch {
-            throw EditError(.hyperparameters, "malformed MEMIT/AlphaEdit/ENCORE hyperparameters: \(error)")
+            throw EditError(.hyperparameters, "malformed MEMIT/AlphaEdit/ENCORE hyperparameters: \(error)", cause: error)
         }
     }
 
@@ -455,7 +455,7 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
             if let mu = encore?.mu { for i in 0..<ff { a[i * ff + i] += mu } }
             do { return try LAPACK.solveSPD(a, b, n: ff, nrhs: n) } catch {
                 let system = encore == nil ? "λC + KKᵀ" : "λC + μI + K_pK_pᵀ + KKᵀ"
-                throw EditError(.degenerateKey, "\(system) at layer \(l) is not positive definite (\(error)); raise mom2_ridge or recompute the statistics")
+                throw EditError(.degenerateKey, "\(system) at layer \(l) is not positive definite (\(error)); raise mom2_ridge or recompute the statistics", cause: error)
             }
         case .alphaEdit(let state):
             // (P(KKᵀ + K_pK_pᵀ) + αI) X = PK, with P·K_pK_pᵀ kept by the accumulator and P·KKᵀ = (PK)Kᵀ.
@@ -470,7 +470,7 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
             let alpha = state.alpha[l] ?? 0
             for i in 0..<ff { a[i * ff + i] += alpha }
             do { return try LAPACK.solve(a, pk, n: ff, nrhs: n) } catch {
-                throw EditError(.degenerateKey, "the AlphaEdit system at layer \(l) is singular (\(error))")
+                throw EditError(.degenerateKey, "the AlphaEdit system at layer \(l) is singular (\(error))", cause: error)
             }
         }
     }

@@ -189,7 +189,7 @@ public struct MesaAttachment: Sendable {
         }
         if let sae {
             do { try sae.check(site: site, width: width) } catch {
-                throw EditError(.hyperparameters, "the SAE does not fit the edit site: \(error)")
+                throw EditError(.hyperparameters, "the SAE does not fit the edit site: \(error)", cause: error)
             }
         }
         self.sae = sae

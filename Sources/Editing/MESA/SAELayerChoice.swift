@@ -32,7 +32,7 @@ public enum SAELayerChoice {
     public static func score(model: LanguageModel, sae: SparseAutoencoder, layer: Int, requests: [EditRequest],
                              templates: ContextTemplates) throws -> SAELayerScore {
         let site = Site(layer: layer, kind: .mlpOut)
-        do { try sae.check(site: site, width: model.config.hidden) } catch { throw EditError(.hyperparameters, "\(error)") }
+        do { try sae.check(site: site, width: model.config.hidden) } catch { throw EditError(.hyperparameters, "\(error)", cause: error) }
         guard let logSparsity = sae.logSparsity else {
             throw EditError(.hyperparameters, "the SAE at \(site) has no training sparsity (sparsity.safetensors), which the specificity score needs")
         }

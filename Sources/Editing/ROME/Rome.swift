@@ -148,7 +148,7 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         let n = keys.count, ff = model.config.intermediate
         let a: [Double]
         do { a = try LAPACK.solveSPD(g, [Double](repeating: 1, count: n), n: n, nrhs: 1) } catch {
-            throw EditError(.degenerateKey, "the template keys' Gram matrix is singular (\(error))")
+            throw EditError(.degenerateKey, "the template keys' Gram matrix is singular (\(error))", cause: error)
         }
         var u = [Double](repeating: 0, count: ff)
         for i in 0..<n { for j in 0..<ff { u[j] += a[i] * Double(ck[i][j]) } }
@@ -165,7 +165,7 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         for i in 0..<n { for k in 0..<d { vt[i * d + k] = Double(values[i][k]) } }
         let x: [Double]
         do { x = try LAPACK.solveSPD(g, vt, n: n, nrhs: d) } catch {
-            throw EditError(.degenerateKey, "the template keys' Gram matrix is singular (\(error))")
+            throw EditError(.degenerateKey, "the template keys' Gram matrix is singular (\(error))", cause: error)
         }
         var left = [Float](repeating: 0, count: d * n)
         for i in 0..<n { for k in 0..<d { left[k * n + i] = Float(x[i * d + k]) } }

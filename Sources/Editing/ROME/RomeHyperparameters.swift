@@ -98,7 +98,7 @@ public struct RomeHyperparameters: Codable, Sendable, Equatable, OptimizedHyperp
         let d = JSONDecoder()
         d.keyDecodingStrategy = .convertFromSnakeCase
         do { return try d.decode(RomeHyperparameters.self, from: data) } catch {
-            throw EditError(.hyperparameters, "malformed ROME hyperparameters: \(error)")
+            throw EditError(.hyperparameters, "malformed ROME hyperparameters: \(error)", cause: error)
         }
     }
 

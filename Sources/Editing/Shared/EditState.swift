@@ -50,7 +50,7 @@ public struct EditState: Sendable {
         do {
             try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
             try enc.encode(t).write(to: url, options: .atomic)
-        } catch { throw EditError(.io, "cannot store context templates at \(url.path): \(error)") }
+        } catch { throw EditError(.io, "cannot store context templates at \(url.path): \(error)", cause: error) }
         logger.notice("generated \(t.prefixes.count) context templates and stored them", metadata: ["seed": "\(seed)", "path": "\(url.path)"])
         return t
     }

@@ -112,7 +112,7 @@ public final class KeyStatistics: @unchecked Sendable {  // immutable after init
         defer { lock.unlock() }
         if factor == nil {
             do { factor = try LAPACK.Cholesky(regularizedMoment(ridge: ridge), n: dim) } catch {
-                throw EditError(.state, "the layer-\(spec.layer) key statistics are not positive definite (\(error)); increase mom2_ridge or the token count")
+                throw EditError(.state, "the layer-\(spec.layer) key statistics are not positive definite (\(error)); increase mom2_ridge or the token count", cause: error)
             }
         }
         return try factor!.solve(k.map(Double.init)).map(Float.init)
@@ -165,7 +165,7 @@ public final class KeyStatistics: @unchecked Sendable {  // immutable after init
         out.append(payload)
         try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
         let tmp = url.appendingPathExtension("tmp")
-        do { try out.write(to: tmp) } catch { throw EditError(.io, "cannot write \(tmp.path): \(error)") }
+        do { try out.write(to: tmp) } catch { throw EditError(.io, "cannot write \(tmp.path): \(error)", cause: error) }
         // rename(2) replaces the target atomically: a reader sees the old file or the new one.
         guard rename(tmp.path, url.path) == 0 else { throw EditError(.io, "cannot rename \(tmp.path) to \(url.path): errno \(errno)") }
     }
