@@ -60,6 +60,11 @@ public final class Follower: @unchecked Sendable {  // applied from one thread; 
         case skipped(String)
     }
 
+    /// Called at the point inside `apply` where a crash leaves the most to recover: an edit's factors
+    /// added to the weights and their hash checked, the snapshot not yet stored. Fault-injection
+    /// tests pause here (`mesa follow --pause-in-apply-ms`) to kill the process inside an apply.
+    public var atCrashPoint: ((String) -> Void)?
+
     /// A follower over `host` (attached to its store: its weights are at the store's head).
     public init(host: ModelHost) {
         self.host = host
@@ -129,6 +134,7 @@ public final class Follower: @unchecked Sendable {  // applied from one thread; 
                 try host.discardUncommitted()
                 throw FollowerError(.hashMismatch, "\(at) (snapshot \(h.snapshot)) gives weight hash \(got.prefix(16)); the editor's is \(h.weightHash.prefix(16))")
             }
+            atCrashPoint?("snapshot \(h.snapshot) is in the weights and not yet stored")
             let ids = h.eventIds.isEmpty ? ["snapshot-\(h.snapshot)"] : h.eventIds
             let draft = SnapshotDraft(eventId: ids[0], source: source, method: h.method ?? "", hyperparameters: "{}", hashBefore: h.hashBefore,
                                       hashAfter: h.weightHash, blas: ModelHost.blasInfo, factors: d.updates,

@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import Messaging
 import ModelRuntime
+import Prometheus
 import ServiceLifecycle
 import Storage
 import Tensor
@@ -17,6 +18,10 @@ public struct FollowSettings: Sendable {
     public var httpListen: String
     /// /readyz reports not ready while more records than this wait to be applied.
     public var maxLag: Int64
+    /// Fault injection for tests: seconds to pause at each crash point of an apply (the weights
+    /// changed and the snapshot not stored; the snapshot stored and the offset not committed), each
+    /// pause announced in the log first. 0 (the default): no pause.
+    public var pauseInApply: Double = 0
 
     public static let defaultListen = "127.0.0.1:9465"
     public static let defaultMaxLag: Int64 = 0
@@ -44,6 +49,8 @@ public final class FollowerDaemon: @unchecked Sendable {  // mutable state is gu
     public let settings: FollowSettings
     public let paths: Paths
     public let metrics = DaemonMetrics(version: Daemon.version)
+    /// What the follower adds to the daemon's metrics (in the same registry).
+    public let followerMetrics: FollowerMetrics
     let logger: Logger
     private let lock = NSLock()
     private var status = "starting"
@@ -58,6 +65,7 @@ public final class FollowerDaemon: @unchecked Sendable {  // mutable state is gu
         self.settings = settings
         self.paths = paths
         self.logger = logger
+        followerMetrics = FollowerMetrics(registry: metrics.registry)
     }
 
     /// Shuts a running follower down gracefully, as SIGTERM does.
@@ -147,6 +155,13 @@ public final class FollowerDaemon: @unchecked Sendable {  // mutable state is gu
         let lmdb = EditState(directory: c.stateDirectory(paths).appendingPathComponent("follower"), baseHash: model.weightHash).snapshotStore
         let store = try SnapshotStore(path: lmdb.path, mapSize: c.mapBytes)
         let f = try Follower(model: model, modelName: name, store: store)
+        let pause = settings.pauseInApply
+        if pause > 0 {
+            f.atCrashPoint = { [logger] stage in
+                logger.warning("fault injection: pausing \(Int(pause * 1000)) ms inside an apply: \(stage)")
+                Thread.sleep(forTimeInterval: pause)
+            }
+        }
         lock.lock(); follower = f; lock.unlock()
         metrics.snapshotHead.set(to: Double(f.head))
         logger.info("model: \(name), base hash \(f.host.baseHash.prefix(16)); snapshots \(lmdb.path), head \(f.head), weights \(model.weightHash.prefix(16))",
@@ -180,6 +195,7 @@ public final class FollowerDaemon: @unchecked Sendable {  // mutable state is gu
             let step: Follower.Step
             do { step = try f.apply(m.payload, source: source) } catch {
                 consumer.release(m)
+                followerMetrics.refused.set(to: 1)
                 let why = "\(error)"
                 lock.lock(); refusal = "stopped at \(m.topic)/\(m.partition)@\(m.offset): \(why)"; lock.unlock()
                 logger.error("\(m.topic)/\(m.partition)@\(m.offset) not applied; following stopped at snapshot \(f.head)",
@@ -189,10 +205,17 @@ public final class FollowerDaemon: @unchecked Sendable {  // mutable state is gu
             }
             switch step {
             case .applied:
+                let seconds = Date().timeIntervalSince(t0)
+                followerMetrics.applied(seconds: seconds)
                 metrics.snapshotHead.set(to: Double(f.head))
-                logger.info("\(m.topic)/\(m.partition)@\(m.offset): snapshot \(f.head) applied in \(String(format: "%.1f", 1000 * Date().timeIntervalSince(t0))) ms",
+                logger.info("\(m.topic)/\(m.partition)@\(m.offset): snapshot \(f.head) applied in \(String(format: "%.1f", 1000 * seconds)) ms",
                             metadata: ["head": "\(f.head)", "weight_hash": "\(f.host.model.weightHash)"])
+                if pause > 0 {
+                    logger.warning("fault injection: pausing \(Int(pause * 1000)) ms inside an apply: snapshot \(f.head) is stored and offset \(m.offset) not yet committed")
+                    Thread.sleep(forTimeInterval: pause)
+                }
             case .skipped(let why):
+                followerMetrics.skipped.increment()
                 logger.info("\(m.topic)/\(m.partition)@\(m.offset): skipped (\(why))")
             }
             do { try consumer.commit(m, wait: false) } catch {
@@ -204,6 +227,44 @@ public final class FollowerDaemon: @unchecked Sendable {  // mutable state is gu
     }
 
     fileprivate func stopWorking() { stopFlag.raise() }
+}
+
+/// The follower's own series, beside the daemon's (`mesa_snapshot_head`, `mesa_consumer_lag` of the
+/// deltas topic, `mesa_ready`):
+///
+/// - `mesa_follower_records_applied_total`, `mesa_follower_records_skipped_total` (redeliveries of
+///   what it holds);
+/// - `mesa_follower_apply_seconds` (histogram) and `mesa_follower_last_apply_seconds`: a record's
+///   decode, checks, apply, weight hash and snapshot commit;
+/// - `mesa_follower_last_apply_timestamp_seconds` (Unix time of the last apply; 0 before the first);
+/// - `mesa_follower_refused`: 1 once a record was refused and the applying stopped, else 0.
+public struct FollowerMetrics: Sendable {
+    public let applied: Prometheus.Counter
+    public let skipped: Prometheus.Counter
+    public let applySeconds: ValueHistogram
+    public let lastApplySeconds: Gauge
+    public let lastApplyTimestamp: Gauge
+    public let refused: Gauge
+
+    public static let applyBuckets: [Double] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
+
+    public init(registry: PrometheusCollectorRegistry) {
+        applied = registry.makeCounter(name: "mesa_follower_records_applied_total", help: "Weight-delta records applied (edits and rollbacks).")
+        skipped = registry.makeCounter(name: "mesa_follower_records_skipped_total", help: "Weight-delta records skipped: snapshots or offsets already held.")
+        applySeconds = registry.makeValueHistogram(name: "mesa_follower_apply_seconds", buckets: Self.applyBuckets,
+                                                   help: "Time to apply one record: decode, checks, apply, weight hash, snapshot commit.")
+        lastApplySeconds = registry.makeGauge(name: "mesa_follower_last_apply_seconds", help: "Time the last applied record took.")
+        lastApplyTimestamp = registry.makeGauge(name: "mesa_follower_last_apply_timestamp_seconds", help: "Unix time of the last applied record; 0 before the first.")
+        refused = registry.makeGauge(name: "mesa_follower_refused", help: "1 when a record was refused and the applying stopped, else 0.")
+    }
+
+    /// Records one applied record that took `seconds`.
+    func applied(seconds: Double) {
+        applied.increment()
+        applySeconds.record(seconds)
+        lastApplySeconds.set(to: seconds)
+        lastApplyTimestamp.set(to: Date().timeIntervalSince1970)
+    }
 }
 
 /// The follower's loop on a thread of its own; a graceful shutdown stops it after the record in flight.

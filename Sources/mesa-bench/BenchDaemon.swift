@@ -24,6 +24,7 @@ func summary(_ xs: [Double]) -> [String: Double] {
 func writeResults(_ doc: [String: Any], to path: String) throws {
     var doc = doc
     doc["machine"] = machineInfo()
+    if doc["command"] == nil { doc["command"] = CommandLine.arguments.joined(separator: " ") }
     try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
     try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys]).write(to: URL(fileURLWithPath: path))
     print("wrote \(path)")
@@ -35,6 +36,10 @@ func machineInfo() -> [String: Any] {
     var m: [String: Any] = ["cpu": CPUInfo.current.model, "avx512": CPUInfo.current.hasAVX512, "blas_core": b.coreName,
                             "blas_threads": b.threads, "blas_build": b.build, "cores": ProcessInfo.processInfo.activeProcessorCount]
     if let w = BLAS.kernelWarning() { m["blas_warning"] = w }
+    // The machine is shared: the load when the results were written says how noisy the times are.
+    if let load = try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8) {
+        m["load_average"] = load.split(separator: " ").prefix(3).compactMap { Double($0) }
+    }
     return m
 }
 

@@ -38,6 +38,9 @@ struct Follow: AsyncParsableCommand, LoggingCommand {
     @Flag(name: .long, help: "Serve no query API (/v1/completions, /v1/score, /v1/model).")
     var noQuery = false
 
+    @Option(name: .long, help: ArgumentHelp("Fault injection for tests: pause this many milliseconds at each crash point of an apply.", visibility: .hidden))
+    var pauseInApplyMs: Int = 0
+
     @Option(name: .long, help: "BLAS threads (0 = one per core).")
     var threads: Int?
 
@@ -60,6 +63,8 @@ struct Follow: AsyncParsableCommand, LoggingCommand {
                 guard maxLag >= 0 else { throw fail("--max-lag must be 0 or more") }
                 s.maxLag = maxLag
             }
+            guard pauseInApplyMs >= 0 else { throw fail("--pause-in-apply-ms must be 0 or more") }
+            s.pauseInApply = Double(pauseInApplyMs) / 1000
             try logOptions.configure(format: try c.logFormat, level: try c.logLevel)
             let follower = FollowerDaemon(config: c, settings: s, paths: paths, logger: Logger(label: "mesa follow"))
             MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: follower.metrics.registry))

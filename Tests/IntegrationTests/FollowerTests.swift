@@ -16,7 +16,9 @@ final class FollowerProcess {
     let port: Int
     let logURL: URL
     var process: Process?
-    private var launches = 0
+    /// More `mesa follow` arguments for the next start (e.g. `--pause-in-apply-ms`).
+    var extraArguments: [String] = []
+    private(set) var launches = 0
 
     init(_ h: DaemonHarness, name: String, deltasTopic: String? = nil) throws {
         harness = h
@@ -44,7 +46,7 @@ final class FollowerProcess {
     func start() throws {
         launches += 1
         process = try DaemonHarness.launch(["follow", "--config", config.path, "--state-dir", stateDir.path,
-                       "--group-id", group, "--http-listen", "127.0.0.1:\(port)"], home: harness.dir, log: logURL, launch: launches)
+                       "--group-id", group, "--http-listen", "127.0.0.1:\(port)"] + extraArguments, home: harness.dir, log: logURL, launch: launches)
     }
 
     func kill9() {
@@ -63,6 +65,9 @@ final class FollowerProcess {
     }
 
     var log: String { (try? String(contentsOf: logURL, encoding: .utf8)) ?? "" }
+
+    /// The log of the current launch.
+    var launchLog: String { log.components(separatedBy: "---- launch \(launches)\n").last ?? "" }
 
     func http(_ path: String) -> (status: Int, body: String)? { try? harness.http(path, port: port) }
 
@@ -154,6 +159,50 @@ final class FollowerProcess {
         let base = try h.store().hash(at: 0)
         #expect(Self.model(h, port: f.port).map { $0.snapshot == 0 && $0.weightHash == base } == true)
         #expect(f.terminate() == 0)
+        #expect(h.terminate() == 0, "\(h.tail())")
+    }
+
+    /// A record damaged on the topic (one data byte changed: its SHA-256 no longer matches) stops the
+    /// follower before it touches the weights: logged as an error, /readyz not ready saying why,
+    /// `mesa_follower_refused` 1, the last verified snapshot served. Nothing is lost: the damaged
+    /// record's offset is not committed, so a restart over the same store and group starts from the
+    /// stored head and meets the same record again instead of skipping past it.
+    @Test func aCorruptedRecordStopsTheFollowerAndLosesNothing() throws {
+        let h = try DaemonHarness(bootstrap: try SharedBroker.get().bootstrapServers, label: "follow-corrupt")
+        defer { h.cleanup() }
+        try h.start()
+        try Self.edit(h, ["Paris", "Lyon", "Bern"])
+        let records = try WeightDeltaTests.read(h.topics.weightDeltas, bootstrap: h.bootstrap, count: 3)
+        #expect(records.count == 3)
+        let damagedTopic = "\(h.prefix).damaged-deltas"
+        let admin = try KafkaAdmin(properties: ["bootstrap.servers": h.bootstrap])
+        try admin.createTopics([damagedTopic], partitions: 1, replicationFactor: 1, timeout: 30)
+        admin.close()
+        let producer = try h.producer
+        for (i, r) in records.enumerated() {
+            var payload = r.payload
+            if i == 1 { payload[payload.count - 5] ^= 0x01 }
+            _ = try producer.send(topic: damagedTopic, key: r.key, payload: payload, headers: r.headers, timeout: 15)
+        }
+        let snapshot1 = try h.store().hash(at: 1)
+
+        let f = try FollowerProcess(h, name: "corrupt", deltasTopic: damagedTopic)
+        for launch in 1...2 {
+            try f.start()
+            #expect(f.wait { f.http("/readyz")?.body.contains("refused (undecodable)") == true }, "readyz: \(String(describing: f.http("/readyz"))); log:\n\(f.log)")
+            let readyz = try #require(f.http("/readyz"))
+            #expect(readyz.status == 503 && readyz.body.contains("SHA-256") && readyz.body.contains("@1"), "\(readyz.body)")
+            #expect(f.launchLog.contains("@1 not applied; following stopped at snapshot 1"), "\(f.launchLog)")
+            #expect(!f.launchLog.contains("@2"), "nothing after the damaged record is read as applied or skipped: \(f.launchLog)")
+            let served = Self.model(h, port: f.port)
+            #expect(served?.snapshot == 1 && served?.weightHash == snapshot1)
+            let metrics = f.http("/metrics")?.body ?? ""
+            #expect(FollowerFleetTests.sample(metrics, "mesa_follower_refused") == 1, "\(metrics)")
+            // The first launch applied snapshot 1; the second holds it from its store and applies nothing.
+            #expect(FollowerFleetTests.sample(metrics, "mesa_follower_records_applied_total") == (launch == 1 ? 1 : 0), "\(metrics)")
+            if launch == 2 { #expect(f.launchLog.contains("head 1, weights \(snapshot1.prefix(16))"), "\(f.launchLog)") }
+            #expect(f.terminate() == 0, "\(f.log)")
+        }
         #expect(h.terminate() == 0, "\(h.tail())")
     }
 

@@ -169,6 +169,10 @@ import Glibc
         let auth = ["Authorization": "Bearer s3cret-token"]
         let ok: [String: Any] = ["prompt": "Paris is in", "max_tokens": 4, "temperature": 0]
 
+        let first = try server.post("/v1/completions", ok, headers: auth)
+        let model = try server.get("/v1/model", headers: auth)
+        #expect(first.status == 200 && model.status == 200)
+
         let missing = try server.post("/v1/completions", ok)
         Self.expectError(missing, 401, "invalid_api_key")
         #expect(missing.headers["www-authenticate"]?.hasPrefix("Bearer") == true)
@@ -198,6 +202,10 @@ import Glibc
         Self.expectError(wrongMethod, 405, "method_not_allowed")
         #expect(wrongMethod.headers["allow"] == "POST")
         #expect(try server.send("POST", "/v1/model", headers: auth).headers["allow"] == "GET")
+
+        // The refusals changed nothing: the same weights answer the same completion.
+        #expect(try server.get("/v1/model", headers: auth).json["weight_hash"] as? String == model.json["weight_hash"] as? String)
+        #expect(Self.choice(try server.post("/v1/completions", ok, headers: auth))["text"] as? String == Self.choice(first)["text"] as? String)
 
         // An edit holds the weights: the one slot's request waits for them, a second is refused.
         let gate = p.host.model.weightGate
