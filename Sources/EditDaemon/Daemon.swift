@@ -128,7 +128,7 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
         return try QueryAPI(limits: limits, catalog: catalog, logger: logger, host: { [self] in
             lock.lock(); defer { lock.unlock() }
             return loadedHost
-        }, notLoaded: { [self] in currentReadiness() })
+        }, notLoaded: { [self] in currentReadiness() }, blasThreads: config.threads)
     }
 
     /// Builds the pipeline (`buildPipeline`) and connects to Kafka, on the startup's thread

@@ -119,7 +119,7 @@ public final class FollowerDaemon: @unchecked Sendable {  // mutable state is gu
             }, notLoaded: { [self] in
                 lock.lock(); defer { lock.unlock() }
                 return status
-            })
+            }, blasThreads: config.threads)
         }
         let router = HealthEndpoints.router(exposition: { [metrics] in metrics.exposition() }, readiness: { [self] in
             let r = readiness()

@@ -6,6 +6,7 @@ import HummingbirdCore
 import Logging
 import ModelRuntime
 import NIOCore
+import Tensor
 
 /// The limits and the credential of the query API (`query.*` in the configuration).
 public struct QueryLimits: Sendable, Equatable {
@@ -31,6 +32,33 @@ public struct QueryLimits: Sendable, Equatable {
         self.timeout = timeout
         self.bearerToken = bearerToken
     }
+}
+
+/// A counting gate for model work: `acquire(until:)` waits for one of `count` slots, or gives up at
+/// the deadline.
+final class ComputeSlots: Sendable {
+    let count: Int
+    private let semaphore: DispatchSemaphore
+
+    init(_ count: Int) {
+        self.count = max(1, count)
+        semaphore = DispatchSemaphore(value: self.count)
+    }
+
+    /// One slot per set of BLAS threads the machine's cores hold (at least one). `blasThreads`: the
+    /// configured count (0: one per core, as `BLAS.setThreads`), else the BLAS library's current one.
+    static func forMachine(blasThreads: Int? = nil) -> Int {
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let threads = blasThreads.map { $0 > 0 ? $0 : cores } ?? BLAS.configuration.threads
+        return max(1, cores / max(1, threads))
+    }
+
+    /// Takes a slot, waiting until `deadline` at most; false when none freed in time.
+    func acquire(until deadline: Date) -> Bool {
+        semaphore.wait(wallTimeout: .now() + max(0, deadline.timeIntervalSinceNow)) == .success
+    }
+
+    func release() { semaphore.signal() }
 }
 
 /// A refused or failed query, answered in OpenAI's error shape:
@@ -84,6 +112,11 @@ public final class QueryAPI: @unchecked Sendable {  // `inFlight` is guarded by 
     let notLoaded: @Sendable () -> String
     private let lock = NSLock()
     private var inFlight = 0
+    /// Admitted requests take turns at the model: at most `computeSlots` (by default one per set of
+    /// BLAS threads the cores hold) run model work at once, so that concurrent requests do not each start a full set of BLAS threads on
+    /// the same cores (4 clients with 2 BLAS threads on 2 cores served 0.23× the tokens/s of one:
+    /// ops/bench/results/query.json).
+    let compute: ComputeSlots
 
     /// The routes this API adds, with their methods.
     public static let routes: [String: [HTTPRequest.Method]] = [
@@ -91,13 +124,14 @@ public final class QueryAPI: @unchecked Sendable {  // `inFlight` is guarded by 
     ]
 
     public init(limits: QueryLimits, catalog: SchemaCatalog, logger: Logger, host: @escaping @Sendable () -> ModelHost?,
-                notLoaded: @escaping @Sendable () -> String = { "model not loaded" }) throws {
+                notLoaded: @escaping @Sendable () -> String = { "model not loaded" }, blasThreads: Int? = nil) throws {
         self.limits = limits
         completionSchema = try catalog.schema("completion-request.schema.json")
         scoreSchema = try catalog.schema("score-request.schema.json")
         self.logger = logger
         self.host = host
         self.notLoaded = notLoaded
+        compute = ComputeSlots(ComputeSlots.forMachine(blasThreads: blasThreads))
     }
 
     /// Adds the routes to `router`.
@@ -132,7 +166,9 @@ public final class QueryAPI: @unchecked Sendable {  // `inFlight` is guarded by 
                 throw QueryError(status: .serviceUnavailable, type: "server_error", code: "model_not_loaded",
                                  message: "the model is not loaded yet (\(notLoaded()))")
             }
-            let result = try await onThread("mesa-query") { [limits] () throws -> Answer in
+            let result = try await onThread("mesa-query") { [limits, compute] () throws -> Answer in
+                guard compute.acquire(until: deadline) else { throw QueryError.timeout(limits.timeout) }
+                defer { compute.release() }
                 do { return try work(input, host, deadline) } catch is WeightGate.Timeout { throw QueryError.timeout(limits.timeout) }
             }
             return try Self.json(.ok, result)
