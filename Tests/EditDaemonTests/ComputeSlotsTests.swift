@@ -24,13 +24,25 @@ import Testing
         slots.release()
     }
 
-    @Test func aReleasedSlotServesAWaiter() async {
+    @Test func aReleasedSlotServesAWaiter() {
         let slots = ComputeSlots(1)
         #expect(slots.acquire(until: Date().addingTimeInterval(1)))
-        let waiter = Task.detached { slots.acquire(until: Date().addingTimeInterval(10)) }
-        try? await Task.sleep(nanoseconds: 100_000_000)
+        // The waiter blocks a thread of its own, as a query's model work does (`onThread`).
+        let done = DispatchSemaphore(value: 0)
+        let got = Box()
+        let waiter = Thread {
+            got.value = slots.acquire(until: Date().addingTimeInterval(60))
+            done.signal()
+        }
+        waiter.start()
+        Thread.sleep(forTimeInterval: 0.1)
         slots.release()
-        #expect(await waiter.value)
+        #expect(done.wait(timeout: .now() + 60) == .success)
+        #expect(got.value)
         slots.release()
+    }
+
+    final class Box: @unchecked Sendable {  // written by the waiter before `done.signal()`, read after `done.wait`
+        var value = false
     }
 }
