@@ -145,16 +145,18 @@ public final class QueryAPI: @unchecked Sendable {  // `inFlight` is guarded by 
                 work: { r, host, deadline in try self.score(r, host, deadline) }
         }
         router.get("/v1/model") { [self] request, _ in
-            await answer(request) { () } work: { _, host, deadline in try self.describe(host, deadline) }
+            await answer(request, usesModel: false) { () } work: { _, host, deadline in try self.describe(host, deadline) }
         }
     }
 
     // MARK: the request's way: token, body, slot, model, work
 
     /// Checks the token, reads the request's input (`body`), takes a slot, and runs `work` on a
-    /// thread of its own with the input, the model host and the request's deadline.
+    /// thread of its own with the input, the model host and the request's deadline; work that
+    /// `usesModel` waits for its turn at the model first.
     func answer<Body: Sendable, Answer: Encodable & Sendable>(
-        _ request: Request, body: () async throws -> Body, work: @escaping @Sendable (Body, ModelHost, Date) throws -> Answer
+        _ request: Request, usesModel: Bool = true, body: () async throws -> Body,
+        work: @escaping @Sendable (Body, ModelHost, Date) throws -> Answer
     ) async -> Response {
         let deadline = Date().addingTimeInterval(limits.timeout)
         do {
@@ -167,8 +169,8 @@ public final class QueryAPI: @unchecked Sendable {  // `inFlight` is guarded by 
                                  message: "the model is not loaded yet (\(notLoaded()))")
             }
             let result = try await onThread("mesa-query") { [limits, compute] () throws -> Answer in
-                guard compute.acquire(until: deadline) else { throw QueryError.timeout(limits.timeout) }
-                defer { compute.release() }
+                guard !usesModel || compute.acquire(until: deadline) else { throw QueryError.timeout(limits.timeout) }
+                defer { if usesModel { compute.release() } }
                 do { return try work(input, host, deadline) } catch is WeightGate.Timeout { throw QueryError.timeout(limits.timeout) }
             }
             return try Self.json(.ok, result)
