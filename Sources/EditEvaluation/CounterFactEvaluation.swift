@@ -20,7 +20,8 @@ public struct CounterFactEvaluation {
     public var batch: Int
     /// The report directory.
     public var out: String
-    /// With `sequential`: the journal directory that makes the run resumable (`SequentialJournal`).
+    /// The journal directory that makes the run resumable (`SequentialJournal` for a sequential run,
+    /// `CaseJournal` otherwise).
     public var resume: String?
 
     public init(method: EditMethod, dataPath: String, start: Int, limit: Int, sequential: Bool, checkpoints: [Int], batch: Int,
@@ -56,10 +57,13 @@ public struct CounterFactEvaluation {
         runner.checkpoints = checkpoints
         runner.batch = batch
         if let resume {
-            guard sequential else { throw EvaluationRunError("--resume needs --sequential") }
             let fingerprint = SequentialJournal.signature(editor: editor, dataPath: dataPath, start: start, baseHash: baseHash, batch: batch)
-            runner.journal = try SequentialJournal(directory: URL(fileURLWithPath: resume), model: model, modelName: modelName,
-                                                   editor: editor, fingerprint: fingerprint)
+            if sequential {
+                runner.journal = try SequentialJournal(directory: URL(fileURLWithPath: resume), model: model, modelName: modelName,
+                                                       editor: editor, fingerprint: fingerprint)
+            } else {
+                runner.caseJournal = try CaseJournal(directory: URL(fileURLWithPath: resume), fingerprint: fingerprint + " independent")
+            }
             runner.shouldStop = shouldStop
         }
         let (cases, seconds, curve) = try runner.run(records)

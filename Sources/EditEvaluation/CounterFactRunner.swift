@@ -39,6 +39,9 @@ public struct CounterFactRunner {
 
     /// With a journal (sequential runs only), edits go through its store and the run resumes where it stopped.
     public var journal: SequentialJournal?
+    /// With a case journal (runs that are not sequential), every scored case is appended to it and
+    /// the run resumes after the cases it holds.
+    public var caseJournal: CaseJournal?
     /// Polled between cases; a journaled run stops there and can be resumed.
     public var shouldStop: () -> Bool = { false }
 
@@ -50,12 +53,13 @@ public struct CounterFactRunner {
 
     public func run(_ records: [CounterFactRecord]) throws -> (cases: [EvalCase], seconds: Double, checkpoints: [Checkpoint]) {
         precondition(journal == nil || sequential, "a journal records sequential runs")
+        precondition(caseJournal == nil || !sequential, "a case journal records runs that are not sequential")
         let scorer = CounterFactScorer.make(model)
         let bar = ProgressBar(label)
         let t0 = Date()
-        let done = journal?.cases.count ?? 0
+        let done = journal?.cases.count ?? caseJournal?.cases.count ?? 0
         guard done <= records.count else { throw EvaluationRunError("the journal holds \(done) cases, more than the \(records.count) records asked for") }
-        var cases = journal?.cases ?? []
+        var cases = journal?.cases ?? caseJournal?.cases ?? []
         var curve = journal?.curve ?? []
         var backups: [WeightBackup] = []
         // The cases scored at a checkpoint after the last edit are the final scores.
@@ -73,7 +77,7 @@ public struct CounterFactRunner {
         var base: [String: [Float]] = [:], baseNorms: [String: Double] = [:]
         var i = done
         while i < records.count {
-            if journal != nil, shouldStop() {
+            if journal != nil || caseJournal != nil, shouldStop() {
                 bar.finish()
                 throw EvaluationRunError("interrupted after \(i) edits; run the same command again to resume")
             }
@@ -125,6 +129,7 @@ public struct CounterFactRunner {
                 try journal.commit(cs, index: i, factors: kept, state: kept.isEmpty ? [] : editor.pendingState(), method: editor.method,
                                    hashBefore: caseHash)
             }
+            try caseJournal?.append(cs)
             if sequential, !kept.isEmpty {
                 editor.keep()
                 if let state = (editor as? MemitEditor)?.alphaEditState {
@@ -207,6 +212,47 @@ public func loadRecords(_ path: String, start: Int, limit: Int) throws -> [Count
     return Array(all[start..<min(all.count, start + max(0, limit))])
 }
 
+/// Makes a run that is not sequential resumable: each case is scored on the base weights on its own,
+/// so the journal is the scored cases themselves, one JSON line each in `cases.jsonl`, appended and
+/// flushed to disk as each case ends, beside the run's signature (`run.json`). A run that stops
+/// anywhere continues with the same command after the complete lines (a line cut by a crash is
+/// dropped and its case done again).
+public final class CaseJournal {
+    public let cases: [EvalCase]
+    let handle: FileHandle
+
+    public init(directory: URL, fingerprint: String) throws {
+        let fm = FileManager.default
+        try fm.createDirectory(at: directory, withIntermediateDirectories: true)
+        try SequentialJournal.claim(directory, fingerprint: fingerprint)
+        let url = directory.appendingPathComponent("cases.jsonl")
+        var text = fm.contents(atPath: url.path).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        if !text.isEmpty, !text.hasSuffix("\n"), let cut = text.lastIndex(of: "\n") {
+            text = String(text[...cut])
+        } else if !text.hasSuffix("\n") {
+            text = ""
+        }
+        cases = try text.split(separator: "\n").map { try JSONDecoder().decode(EvalCase.self, from: Data($0.utf8)) }
+        try Data(text.utf8).write(to: url, options: .atomic)
+        handle = try FileHandle(forWritingTo: url)
+        try handle.seekToEnd()
+        if !cases.isEmpty { log("resuming after \(cases.count) case(s) from \(directory.path)") }
+    }
+
+    deinit { try? handle.close() }
+
+    /// Appends `cs`, one line each, and flushes them to disk.
+    func append(_ cs: [EvalCase]) throws {
+        var data = Data()
+        for c in cs {
+            data.append(try JSONEncoder().encode(c))
+            data.append(UInt8(ascii: "\n"))
+        }
+        try handle.write(contentsOf: data)
+        try handle.synchronize()
+    }
+}
+
 /// Makes a sequential run resumable: every edit is committed to an LMDB snapshot store under
 /// `directory` (its updates, the method's state blocks, and the scored case as the snapshot's result),
 /// and the checkpoint curve is a JSON file beside it. A run that stops anywhere (Ctrl-C, kill, the
@@ -231,14 +277,7 @@ public final class SequentialJournal {
     public init(directory: URL, model: LanguageModel, modelName: String, editor: FactEditor, fingerprint: String) throws {
         let fm = FileManager.default
         try fm.createDirectory(at: directory, withIntermediateDirectories: true)
-        let runURL = directory.appendingPathComponent("run.json")
-        if let old = fm.contents(atPath: runURL.path) {
-            guard String(decoding: old, as: UTF8.self) == fingerprint else {
-                throw EvaluationRunError("\(directory.path) holds another run (\(runURL.path)); use a fresh --resume directory")
-            }
-        } else {
-            try Data(fingerprint.utf8).write(to: runURL, options: .atomic)
-        }
+        try Self.claim(directory, fingerprint: fingerprint)
         let store = try SnapshotStore(path: directory.appendingPathComponent("lmdb").path)
         host = try ModelHost(model: model, modelName: modelName, store: store)
         let lineage = try store.lineage(to: host.head)
@@ -249,6 +288,18 @@ public final class SequentialJournal {
         curveURL = directory.appendingPathComponent("curve.json")
         curve = (fm.contents(atPath: curveURL.path)).flatMap { try? JSONDecoder().decode([CounterFactRunner.Checkpoint].self, from: $0) } ?? []
         if !cases.isEmpty { log("resuming after \(cases.count) edit(s) from \(directory.path) (weights at snapshot \(host.head))") }
+    }
+
+    /// Writes `fingerprint` as the directory's run (`run.json`), or checks that it is the run there.
+    static func claim(_ directory: URL, fingerprint: String) throws {
+        let runURL = directory.appendingPathComponent("run.json")
+        if let old = FileManager.default.contents(atPath: runURL.path) {
+            guard String(decoding: old, as: UTF8.self) == fingerprint else {
+                throw EvaluationRunError("\(directory.path) holds another run (\(runURL.path)); use a fresh --resume directory")
+            }
+        } else {
+            try Data(fingerprint.utf8).write(to: runURL, options: .atomic)
+        }
     }
 
     /// Records the cases edited together from `index` on, with the updates already applied through

@@ -33,7 +33,7 @@ struct Eval: ParsableCommand, LoggingCommand {
     @Option(name: .long, help: "With --sequential, memit, alphaedit or encore: edit this many records together in one computation (the AlphaEdit paper's protocol: 100).")
     var batch: Int = 1
     @Option(name: .long, help: "Directory for the report.") var out: String = "out"
-    @Option(name: .long, help: "With --sequential: commit every edit to a snapshot store in this directory, so that an interrupted run (Ctrl-C, kill, a closed session) resumes where it stopped when the same command is run again.")
+    @Option(name: .long, help: "Journal the run in this directory (with --sequential every edit in a snapshot store, otherwise every scored case), so that an interrupted run (Ctrl-C, kill, a closed session) resumes where it stopped when the same command is run again.")
     var resume: String?
 
     func run() throws {
@@ -49,7 +49,7 @@ struct Eval: ParsableCommand, LoggingCommand {
             func run(shouldStop: @escaping () -> Bool) throws {
                 try evaluation.run(records: records, model: model, modelPath: path, editor: editor, shouldStop: shouldStop, output: { print($0) })
             }
-            if resume != nil && sequential { try trappingInterrupt { stop in try run { stop.isRaised } } } else { try run { false } }
+            if resume != nil { try trappingInterrupt { stop in try run { stop.isRaised } } } else { try run { false } }
         }
     }
 }

@@ -60,6 +60,55 @@ import Testing
         #expect(s4 != 0 && o4.contains("holds another run"), "\(o4)")
     }
 
+    /// A run that is not sequential journals its scored cases: stopped after two (and with half a line
+    /// written after them, as a kill in the middle of an append leaves it), the same command scores
+    /// the other two, and the report equals an uninterrupted run's.
+    @Test func anIndependentRunResumesAfterTheCasesItJournaled() throws {
+        let h = try DaemonHarness(bootstrap: "127.0.0.1:1", label: "resume-cases")
+        defer { h.cleanup() }
+        let records: [[String: Any]] = (1...4).map { i in
+            ["case_id": i, "prompt": i % 2 == 0 ? "Rome is the capital of" : "Paris is in", "subject": i % 2 == 0 ? "Rome" : "Paris",
+             "target_new": i % 2 == 0 ? "France" : "Rome", "ground_truth": i % 2 == 0 ? "Italy" : "France",
+             "rephrase_prompt": "The city is in", "locality_prompt": "Berlin is in", "locality_ground_truth": "Germany"]
+        }
+        let data = h.dir.appendingPathComponent("cf.json")
+        try JSONSerialization.data(withJSONObject: records).write(to: data)
+        let hp = h.dir.appendingPathComponent("hparams/alphaedit/\(DaemonHarness.modelName).json").path
+        func eval(limit: Int, resume: String?, out: String) throws -> (Int32, String) {
+            var args = ["eval", "--model", h.modelPath, "--method", "alphaedit", "--hparams", hp, "--data", data.path, "--limit", "\(limit)",
+                        "--out", h.dir.appendingPathComponent(out).path, "--threads", "1"]
+            if let resume { args += ["--resume", h.dir.appendingPathComponent(resume).path] }
+            return try h.mesa(args)
+        }
+        let journal = h.dir.appendingPathComponent("cases")
+        let (s1, o1) = try eval(limit: 4, resume: "cases", out: "first")
+        #expect(s1 == 0, "\(o1)")
+        let lines = try String(contentsOf: journal.appendingPathComponent("cases.jsonl"), encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == 4)
+        // Keep two cases and half of the third line.
+        let cut = lines[0] + "\n" + lines[1] + "\n" + lines[2].prefix(lines[2].count / 2)
+        try Data(cut.utf8).write(to: journal.appendingPathComponent("cases.jsonl"))
+        let (s2, o2) = try eval(limit: 4, resume: "cases", out: "resumed")
+        #expect(s2 == 0 && o2.contains("resuming after 2 case(s)"), "\(o2)")
+        let (s3, o3) = try eval(limit: 4, resume: nil, out: "straight")
+        #expect(s3 == 0, "\(o3)")
+        func posts(_ out: String) throws -> [String] {
+            let dir = h.dir.appendingPathComponent(out)
+            let name = try #require(try FileManager.default.contentsOfDirectory(atPath: dir.path).first { $0.hasSuffix("-0-4.json") })
+            let r = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent(name))) as? [String: Any])
+            return ((r["cases"] as? [[String: Any]]) ?? []).map { c in
+                String(decoding: (try? JSONSerialization.data(withJSONObject: c["post"] ?? NSNull(), options: [.sortedKeys, .fragmentsAllowed])) ?? Data(), as: UTF8.self)
+            }
+        }
+        let resumed = try posts("resumed"), straight = try posts("straight")
+        #expect(resumed.count == 4 && resumed == straight, "the resumed run scored differently")
+        #expect(try String(contentsOf: journal.appendingPathComponent("cases.jsonl"), encoding: .utf8).split(separator: "\n").count == 4)
+        // The journal belongs to one run: a sequential run with it is refused.
+        let (s4, o4) = try h.mesa(["eval", "--model", h.modelPath, "--method", "alphaedit", "--hparams", hp, "--data", data.path, "--limit", "4",
+                                   "--sequential", "--resume", journal.path, "--out", h.dir.appendingPathComponent("other").path, "--threads", "1"])
+        #expect(s4 != 0 && o4.contains("holds another run"), "\(o4)")
+    }
+
     /// Ctrl-C (SIGINT) stops a journaled run after the edit in flight, and the same command resumes it.
     @Test func ctrlCStopsAJournaledRunResumably() throws {
         let h = try DaemonHarness(bootstrap: "127.0.0.1:1", label: "sigint-eval")
