@@ -11,6 +11,7 @@ from each edit's spill onto its own neighbours.
 
     python3 ops/experiments/decompose.py REPORT.json [--out FILE]
 """
+import gzip
 import json
 import statistics
 import sys
@@ -23,7 +24,7 @@ def main():
         i = args.index("--out")
         out = args[i + 1]
         del args[i:i + 2]
-    cases = [c for c in json.load(open(args[0]))["cases"] if "post" in c and "immediate" in c]
+    cases = [c for c in json.load((gzip.open if args[0].endswith(".gz") else open)(args[0], "rt"))["cases"] if "post" in c and "immediate" in c]
     lines = [f"report: {args[0]}", f"cases: {len(cases)} (in edit order)", ""]
 
     def success(group, stage):

@@ -6,12 +6,13 @@ is better for specificity) with its standard error, and paraphrases won and lost
 
     python3 ops/experiments/paired.py BASELINE.json VARIANT.json [VARIANT.json ...]
 """
+import gzip
 import json
 import sys
 
 
 def cases(path):
-    return {c["caseId"]: c for c in json.load(open(path))["cases"] if "post" in c}
+    return {c["caseId"]: c for c in json.load((gzip.open if path.endswith(".gz") else open)(path, "rt"))["cases"] if "post" in c}
 
 
 def compare(base, other):
