@@ -100,11 +100,32 @@ public final class DeltaPass: @unchecked Sendable {  // not thread-safe: scratch
     let x: Scratch, h: Scratch, att: Scratch, tmp: Scratch, key: Scratch
     let dx: Scratch, dMid: Scratch, dh: Scratch, dAtt: Scratch, dQKV: Scratch, dAct: Scratch, dKey: Scratch, dP: Scratch
     private var forwardDone = false
+    /// Floating-point operations of every `forward` and `backward` so far (matrix products and
+    /// attention; the elementwise work is left out): the arithmetic a step's time is compared with.
+    public private(set) var forwardFLOPs = 0.0, backwardFLOPs = 0.0
+
+    /// FLOPs of one forward over `layout`: per upper layer and row the projections (2·in·out each),
+    /// per prompt row and head the attention (2·hd for the score and 2·hd for the value of each
+    /// position it sees), and the unembedding of the logit rows (2·d·V each).
+    func flops(_ layout: Layout) -> Double {
+        let d = Double(c.hidden), ff = Double(c.intermediate), hd = Double(c.headDim)
+        let qd = Double(c.heads) * hd, mlpIn = model.weights.layers[0].wGate == nil ? ff : 2 * ff
+        let perRow = 2 * (d * Double(qkvWidth) + qd * d + d * mlpIn + ff * d)
+        let seen = layout.prompts.reduce(0.0) { sum, i in
+            let p = prompts[i]
+            return sum + Double((p.position + 1...p.tokens.count).reduce(0, +))
+        }
+        let upper = Double(upperLayers.count)
+        return upper * (Double(layout.rows) * perRow + seen * Double(c.heads) * 4 * hd) + Double(layout.logitRows.count) * 2 * d * Double(c.vocabSize)
+    }
 
     public var upperLayers: Range<Int> { (layer + 1)..<c.layers }
     var qkvWidth: Int { c.heads * c.headDim + 2 * c.kvHeads * c.headDim }
 
-    /// Prepares the batch: one unedited forward pass per prompt.
+    /// Tokens per packed sequence of the unedited pass in `init` (bounds its scratch memory).
+    static let packTokens = 2048
+
+    /// Prepares the batch: one unedited pass over every prompt (packed).
     /// - Parameter site: `mlp_out@l` or `resid_out@l`.
     public init(model: LanguageModel, site: Site, prompts: [DeltaPrompt]) throws {
         c = model.config
@@ -138,29 +159,52 @@ public final class DeltaPass: @unchecked Sendable {  // not thread-safe: scratch
         let base = Scratch(R * d)
         self.base = base
 
-        // The unedited pass per prompt, split where δ enters: positions 0..<p through every layer
-        // (their keys and values are all later layers need from them), then positions p..<T through
-        // layers 0...l only (the rows above l are recomputed by every `forward`). Fills each cache
-        // and reads the sites at layer l.
-        var keys: [[Float]] = [], outs: [[Float]] = [], resids: [[Float]] = []
-        var caches: [KVCache] = []
+        // The unedited pass, prompts packed into sequences of at most `packTokens` tokens (one prompt
+        // per segment, each filling its own KV cache) and split by layer: every position through
+        // layers 0...l (the sites at l; the rows p..<T of the residual after l), then positions
+        // 0..<p from that residual through the later layers (their keys and values are all those
+        // layers need from them; the rows p..<T above l are recomputed by every `forward`).
+        var keys = [[Float]](repeating: [], count: prompts.count), outs = keys, resids = keys
+        let caches = prompts.map { KVCache(config: c, capacity: $0.tokens.count) }
         let capture: Set<Site> = [Site(layer: layer, kind: .mlpKey), Site(layer: layer, kind: .mlpOut), Site(layer: layer, kind: .residOut)]
-        for (i, p) in prompts.enumerated() {
-            let cache = KVCache(config: c, capacity: p.tokens.count)
-            if p.position > 0 {
-                _ = try model.forward(Array(p.tokens[..<p.position]), cache: cache, options: ForwardOptions(logits: .none))
+        var start = 0
+        while start < prompts.count {
+            var end = start, total = 0
+            while end < prompts.count, end == start || total + prompts[end].tokens.count <= Self.packTokens {
+                total += prompts[end].tokens.count
+                end += 1
             }
-            let res = try model.forward(Array(p.tokens[p.position...]), cache: cache,
-                                        options: ForwardOptions(capture: capture, logits: .none, stopAfterLayer: layer))
-            let k = res.activations[Site(layer: layer, kind: .mlpKey)]!
-            let o = res.activations[Site(layer: layer, kind: .mlpOut)]!
-            let x = res.activations[Site(layer: layer, kind: .residOut)]!
-            keys.append(Array(k.data[0..<ff]))
-            outs.append(Array(o.data[0..<d]))
-            resids.append(Array(x.data[0..<d]))
-            let dst = base.p + offsets[i] * d, n = lengths[i] * d
-            x.data.withUnsafeBufferPointer { dst.update(from: $0.baseAddress!, count: n) }
-            caches.append(cache)
+            let pack = Array(start..<end)
+            let res = try model.forward(pack.flatMap { prompts[$0].tokens },
+                                        options: ForwardOptions(capture: capture, logits: .none, stopAfterLayer: layer,
+                                                                segments: pack.map { prompts[$0].tokens.count }, segmentCaches: pack.map { caches[$0] }))
+            let k = res.activations[Site(layer: layer, kind: .mlpKey)]!   // [total, ff]
+            let o = res.activations[Site(layer: layer, kind: .mlpOut)]!   // [total, d]
+            let x = res.activations[Site(layer: layer, kind: .residOut)]! // [total, d]
+            var row = 0
+            var prefixRows: [Float] = [], prefixes: [Int] = []   // [Σ p, d] residual after l at the prefixes
+            for i in pack {
+                let p = prompts[i]
+                let at = row + p.position
+                keys[i] = Array(k.data[(at * ff)..<((at + 1) * ff)])
+                outs[i] = Array(o.data[(at * d)..<((at + 1) * d)])
+                resids[i] = Array(x.data[(at * d)..<((at + 1) * d)])
+                let n = lengths[i] * d
+                x.data.withUnsafeBufferPointer { base.p.advanced(by: offsets[i] * d).update(from: $0.baseAddress! + at * d, count: n) }
+                if p.position > 0 {
+                    prefixRows += x.data[(row * d)..<(at * d)]
+                    prefixes.append(i)
+                }
+                row += p.tokens.count
+            }
+            if !prefixes.isEmpty, layer + 1 < c.layers {
+                let lengths = prefixes.map { prompts[$0].position }
+                _ = try model.forward(prefixes.flatMap { Array(prompts[$0].tokens[..<prompts[$0].position]) },
+                                      options: ForwardOptions(logits: .none, segments: lengths,
+                                                              resume: ResumePoint(layer: layer + 1, residual: Tensor(shape: [lengths.reduce(0, +), d], data: prefixRows)),
+                                                              segmentCaches: prefixes.map { caches[$0] }))
+            }
+            start = end
         }
         (self.keys, mlpOutputs, residuals, self.caches) = (keys, outs, resids, caches)
         rope = c.ropeStyle.map { RoPE(style: $0, headDim: c.headDim, base: c.ropeBase, maxPositions: (prompts.map(\.tokens.count).max() ?? 1)) }
@@ -286,6 +330,7 @@ public final class DeltaPass: @unchecked Sendable {  // not thread-safe: scratch
             }
         }
         forwardDone = true
+        forwardFLOPs += flops(layout)
         return Tensor(shape: [L, V], data: logits)
     }
 
@@ -318,6 +363,10 @@ public final class DeltaPass: @unchecked Sendable {  // not thread-safe: scratch
         }
         let w = model.weights
         let scale = 1 / Float(hd).squareRoot()
+        // The same products as the forward (input gradients only), attention twice over.
+        backwardFLOPs += flops(layout) + Double(upperLayers.count) * layout.prompts.reduce(0.0) { sum, i in
+            sum + Double((prompts[i].position + 1...prompts[i].tokens.count).reduce(0, +))
+        } * Double(c.heads) * 4 * Double(hd)
         dx.zero()
         if L > 0 {
             // logits = norm(x_f) · Eᵀ  ⇒  ∂norm = ∂logits · E  [L, d], then through the final norm.

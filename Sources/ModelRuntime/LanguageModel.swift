@@ -133,6 +133,15 @@ public final class LanguageModel: @unchecked Sendable {  // `rope` is guarded by
                 a += n
             }
         }
+        if let targets = options.segmentCaches {
+            guard cache == nil else { throw ModelError(.invalidInput, "segment caches are filled from position 0, not after a KV cache") }
+            guard targets.count == spans.count else {
+                throw ModelError(.invalidInput, "\(targets.count) segment caches for \(spans.count) sequences")
+            }
+            for (t, span) in zip(targets, spans) where t.capacity < span.end - span.start {
+                throw ModelError(.invalidInput, "a segment cache of capacity \(t.capacity) cannot hold \(span.end - span.start) positions")
+            }
+        }
         let rope = ropeTable(upTo: longest)
 
         let d = c.hidden, qd = c.heads * c.headDim, kvd = c.kvHeads * c.headDim, ff = c.intermediate, hd = c.headDim
@@ -143,7 +152,7 @@ public final class LanguageModel: @unchecked Sendable {  // `rope` is guarded by
         let qkvWidth = qd + 2 * kvd
         let q = UnsafeMutablePointer<Float>.allocate(capacity: T * qkvWidth) // [T, q] or fused [T, q + 2·kv]
         let att = UnsafeMutablePointer<Float>.allocate(capacity: T * qd)    // [T, q] attention output
-        let scores = UnsafeMutablePointer<Float>.allocate(capacity: T * S)  // [T, S] one head
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: options.segments == nil ? T * S : longest * longest)  // [n, past + n] one head, one sequence
         let gate = UnsafeMutablePointer<Float>.allocate(capacity: T * 2 * ff) // [T, ff] or fused gate|up [T, 2·ff]
         let up = UnsafeMutablePointer<Float>.allocate(capacity: T * ff)     // [T, ff] (becomes the key)
         let tmp = UnsafeMutablePointer<Float>.allocate(capacity: T * d)     // [T, d]
@@ -215,6 +224,12 @@ public final class LanguageModel: @unchecked Sendable {  // `rope` is guarded by
                 }
             }
             let keys = cache?.keys[l] ?? localK!, vals = cache?.values[l] ?? localV!
+            if let targets = options.segmentCaches {
+                for (t, (a, b)) in zip(targets, spans) {
+                    t.keys[l].update(from: keys + a * kvd, count: (b - a) * kvd)
+                    t.values[l].update(from: vals + a * kvd, count: (b - a) * kvd)
+                }
+            }
             // Causal attention per head and sequence: scores[n, past + n] = Q_h · K_gᵀ / √hd;
             // out_h[n, hd] = softmax(scores) · V_g, n the sequence's tokens (one sequence unless packed).
             for (a, b) in spans {
@@ -253,6 +268,9 @@ public final class LanguageModel: @unchecked Sendable {  // `rope` is guarded by
             site(.residOut, l, x, d)
         }
         cache?.advance(by: T)
+        if let targets = options.segmentCaches {
+            for (t, (a, b)) in zip(targets, spans) where t.length < b - a { t.advance(by: b - a - t.length) }
+        }
 
         // Final norm and logits for the selected rows only.
         let rows: [Int]

@@ -49,14 +49,20 @@ public struct ForwardOptions: Sendable {
     /// pass over the same tokens whose lower layers are unchanged (the quality guard's canary after an
     /// edit above them) skips them. No KV cache; no captures or interventions below the layer.
     public var resume: ResumePoint?
+    /// One empty KV cache per sequence (per segment, or one for unsegmented tokens; not with `cache`):
+    /// each receives its sequence's keys and values at every layer the pass runs, from position 0,
+    /// and its length becomes at least the sequence's. Packed prompts then leave each prompt's cache
+    /// as its own pass would have filled it, for later passes that attend to it.
+    public var segmentCaches: [KVCache]?
     public init(capture: Set<Site> = [], interventions: [Intervention] = [], logits: LogitSelection = .last, stopAfterLayer: Int? = nil,
-                segments: [Int]? = nil, resume: ResumePoint? = nil) {
+                segments: [Int]? = nil, resume: ResumePoint? = nil, segmentCaches: [KVCache]? = nil) {
         self.capture = capture
         self.interventions = interventions
         self.logits = logits
         self.stopAfterLayer = stopAfterLayer
         self.segments = segments
         self.resume = resume
+        self.segmentCaches = segmentCaches
     }
 }
 

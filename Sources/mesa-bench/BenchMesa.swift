@@ -254,6 +254,16 @@ struct MemitBench: ParsableCommand {
             // Each fact's z together against alone (the joint optimization must not change it).
             let normDiff = zip(joint!.deltaNorms, aloneNorms).map { Double(abs($0 - $1) / max($1, 1e-12)) }.max() ?? .nan
             let lossDiff = zip(joint!.finalLosses, aloneLosses).map { abs($0 - $1) / max(abs($1), 1e-12) }.max() ?? .nan
+            let parts = ["pass", "forward", "loss", "backward", "descend"].map { String(format: "%@ %.2f", $0, jp["z_" + $0] ?? .nan) }
+            print("               together, the z phase's parts (s): " + parts.joined(separator: ", "))
+            // Each part's rate against the sgemm rate at a step's shape (rows of 32 facts' prompts).
+            let rate = sgemmRate(m: 1024, n: 1536, k: 576)
+            var floors: [String: Double] = [:]
+            for part in ["forward", "backward"] {
+                if let g = jp["z_\(part)_gflop"], let t = jp["z_" + part] { floors[part] = t / (g / rate) }
+            }
+            print(String(format: "               forward %.0f GFLOP at %.2f× its floor, backward %.0f GFLOP at %.2f× (sgemm %.0f GFLOP/s at [1024, 576]·[576, 1536])",
+                         jp["z_forward_gflop"] ?? .nan, floors["forward"] ?? .nan, jp["z_backward_gflop"] ?? .nan, floors["backward"] ?? .nan, rate))
             print(String(format: "               CPU time: %.1f s together, %.1f s alone: %.2f×", cpu.together, cpu.alone, cpu.alone / cpu.together))
             print(String(format: "               per fact, together vs alone: ‖δ‖ max relative difference %.1e, final loss %.1e", normDiff, lossDiff))
             if let load {
@@ -261,7 +271,7 @@ struct MemitBench: ParsableCommand {
                              load, ProcessInfo.processInfo.activeProcessorCount))
             }
             doc["batch"] = ["size": batch, "stop": stopRule, "together_seconds": together, "alone_seconds": alone,
-                            "together_phases": jp, "alone_phases": alonePhases, "together_phase_shares": st, "alone_phase_shares": sa,
+                            "together_phases": jp, "alone_phases": alonePhases, "sgemm_gflop_per_s": rate, "together_over_floor": floors, "together_phase_shares": st, "alone_phase_shares": sa,
                             "together_facts_per_minute": perMinute.together, "alone_facts_per_minute": perMinute.alone,
                             "together_steps_per_fact": steps.together, "alone_steps_per_fact": steps.alone,
                             "throughput_ratio": alone / together, "load_average_1min": load ?? -1,

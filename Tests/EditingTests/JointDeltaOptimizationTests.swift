@@ -155,8 +155,10 @@ import Testing
     @Test func memitSolvedZTogetherMatchesAlone() throws {
         let m = try TinyEditModel.load()
         let editor = try MemitTests.editor(m)
-        let together = try editor.optimizeZTogether(Self.requests)
+        let (together, phases) = try editor.optimizeZTogether(Self.requests)
         #expect(together.count == Self.requests.count)
+        for part in ["pass", "forward", "loss", "backward"] { #expect(phases[part] != nil, "\(part) is timed") }
+        #expect((phases["forward_gflop"] ?? 0) > 0 && (phases["backward_gflop"] ?? 0) > 0, "the steps' arithmetic is counted")
         for (i, r) in Self.requests.enumerated() {
             let a = try editor.optimizeZ(r), j = together[i]
             #expect(j.hL == a.hL && j.v0 == a.v0, "request \(i): h_L and v0 are read before any step, the same prompt's")

@@ -38,6 +38,40 @@ import Testing
         #expect(throws: ModelError.self) { try m.forward([1, 2], options: ForwardOptions(segments: [2, 0])) }
     }
 
+    /// Packed sequences that fill a KV cache each (`segmentCaches`), also in two passes split by layer
+    /// (layers 0...1, then a pass resumed at layer 2), leave each cache as a pass of its sequence
+    /// alone would: decoding on from it gives the logits of the whole sequence's pass.
+    @Test(arguments: ["llama", "qwen2", "gpt2"])
+    func packedSegmentsFillACacheEach(_ arch: String) throws {
+        let m = try TinyModel.load(TinyModel.Spec(architecture: arch))
+        let seqs: [[Int32]] = [[5, 9, 2, 7], [3], [11, 4, 4, 8, 1, 6]]
+        let next: Int32 = 12
+        let tokens = seqs.flatMap { $0 }, lengths = seqs.map(\.count)
+        let oneGo = seqs.map { KVCache(config: m.config, capacity: $0.count + 1) }
+        _ = try m.forward(tokens, options: ForwardOptions(logits: .none, segments: lengths, segmentCaches: oneGo))
+        let split = seqs.map { KVCache(config: m.config, capacity: $0.count + 1) }
+        let lower = try m.forward(tokens, options: ForwardOptions(capture: [Site(layer: 1, kind: .residOut)], logits: .none, stopAfterLayer: 1,
+                                                                  segments: lengths, segmentCaches: split))
+        let point = ResumePoint(layer: 2, residual: try #require(lower.activations[Site(layer: 1, kind: .residOut)]))
+        _ = try m.forward(tokens, options: ForwardOptions(logits: .none, segments: lengths, resume: point, segmentCaches: split))
+        for (i, s) in seqs.enumerated() {
+            let whole = try m.forward(s + [next], options: ForwardOptions(logits: .last)).logits.data
+            let scale = whole.map(abs).max() ?? 1
+            for cache in [oneGo[i], split[i]] {
+                #expect(cache.length == s.count)
+                let step = try m.forward([next], cache: cache).logits.data
+                let err = zip(whole, step).map { abs($0 - $1) }.max() ?? 0
+                #expect(err <= 1e-5 * max(1, scale), "\(arch) sequence \(i): max difference \(err)")
+            }
+        }
+        let small = [KVCache(config: m.config, capacity: 2), KVCache(config: m.config), KVCache(config: m.config)]
+        #expect(throws: ModelError.self) { try m.forward(tokens, options: ForwardOptions(logits: .none, segments: lengths, segmentCaches: small)) }
+        #expect(throws: ModelError.self) { try m.forward(tokens, options: ForwardOptions(logits: .none, segments: lengths, segmentCaches: [oneGo[0]])) }
+        #expect(throws: ModelError.self) {
+            try m.forward([1], cache: KVCache(config: m.config), options: ForwardOptions(logits: .none, segmentCaches: [KVCache(config: m.config)]))
+        }
+    }
+
     /// A pass resumed at a layer from the residual stream an earlier pass captured there gives the same
     /// logits bit for bit (the quality guard skips the layers an edit did not touch).
     @Test(arguments: ["llama", "gpt2"])

@@ -226,7 +226,16 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
         }
         // z_i = h_L + δ_i on the unedited model: [n][d]. Several requests share one optimization (one
         // forward and backward per step over every running fact); MESA refinement runs one at a time.
-        let solved = n > 1 && mesaSetup.settings == nil ? try optimizeZTogether(requests) : try requests.map(optimizeZ)
+        let solved: [SolvedZ]
+        if n > 1 && mesaSetup.settings == nil {
+            let together = try optimizeZTogether(requests)
+            solved = together.solved
+            // The joint optimization's parts: seconds of z_pass (the unedited pass over every prompt),
+            // z_forward, z_loss, z_backward, z_descend (all steps); z_forward_gflop, z_backward_gflop.
+            for (part, v) in together.phases { clock.phases["z_" + part] = v }
+        } else {
+            solved = try requests.map(optimizeZ)
+        }
         var z: [[Float]] = [], norms: [Float] = [], finals: [Double] = [], steps: [Int] = []
         var coverages: [SAECoverage] = []
         for s in solved {
@@ -331,7 +340,7 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
     /// `optimizeZ` for every request together (`JointDeltaOptimization`: one pass over the requests'
     /// prompts, each request with the settings and stop it would have alone), in consecutive groups of
     /// at most `jointRowLimit` pass rows. No MESA refinement.
-    func optimizeZTogether(_ requests: [EditRequest]) throws -> [SolvedZ] {
+    func optimizeZTogether(_ requests: [EditRequest]) throws -> (solved: [SolvedZ], phases: [String: Double]) {
         let batches = try requests.map(zBatch)
         var groups: [[RomeBatch]] = [], rows = 0
         for b in batches {
@@ -343,12 +352,20 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
             groups[groups.count - 1].append(b)
             rows += r
         }
-        return try groups.flatMap(optimizeZTogether(batches:))
+        var solved: [SolvedZ] = [], phases: [String: Double] = [:]
+        for g in groups {
+            let r = try optimizeZTogether(batches: g)
+            solved += r.solved
+            phases.merge(r.phases, uniquingKeysWith: +)
+        }
+        return (solved, phases)
     }
 
-    func optimizeZTogether(batches: [RomeBatch]) throws -> [SolvedZ] {
+    func optimizeZTogether(batches: [RomeBatch]) throws -> (solved: [SolvedZ], phases: [String: Double]) {
+        var clock = PhaseClock()
         let pass = try DeltaPass(model: model, site: Site(layer: hparams.layers.last!, kind: .residOut),
                                  prompts: JointDeltaOptimization.prompts(of: batches))
+        clock.lap("pass")
         // Each request's first prompt in the pass is its bare prompt: h_L and v0 there, [d] each.
         var reads: [(hL: [Float], v0: [Float])] = [], facts: [JointDeltaOptimization.Fact] = [], first = 0
         for b in batches {
@@ -358,7 +375,7 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
             first += b.rewrite.count + b.kl.count
         }
         let outcome = try JointDeltaOptimization.run(facts, pass: pass)
-        return zip(reads, outcome.facts).map { r, o in (r.hL, r.v0, o.delta, o.losses) }
+        return (zip(reads, outcome.facts).map { r, o in (r.hL, r.v0, o.delta, o.losses) }, clock.phases.merging(outcome.phases, uniquingKeysWith: +))
     }
 
     /// NAS's anchor on the current (base) weights: ‖v*‖ = ‖v0 + Δ‖ of each request optimized alone,

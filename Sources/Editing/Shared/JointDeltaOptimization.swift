@@ -27,6 +27,10 @@ public enum JointDeltaOptimization {
         public var facts: [DeltaOptimization.Outcome]
         /// Batch rows R of each step's forward (Σ (T − p) over the running facts' prompts).
         public var rowsPerStep: [Int]
+        /// Wall-clock seconds of the steps' parts: "forward" (the pass to the logits), "loss" (every
+        /// fact's loss, its logit gradient and stop test), "backward" (to ∂L/∂δ) and "descend" (Adam);
+        /// and their arithmetic, "forward_gflop" and "backward_gflop".
+        public var phases: [String: Double] = [:]
     }
 
     /// The prompts of the shared pass: each fact's rewrite prompts, then its KL prompts, fact after fact.
@@ -63,6 +67,7 @@ public enum JointDeltaOptimization {
         var rowsPerStep: [Int] = []
         var running = Array(0..<n)
         var step = 0
+        var clock = PhaseClock()
         while !running.isEmpty {
             // The running facts' prompts, each with its fact's δ.
             var subset: [Int] = [], vectors: [[Float]] = []
@@ -75,6 +80,7 @@ public enum JointDeltaOptimization {
             rowsPerStep.append(subset.reduce(0) { $0 + rowsOf[$1] })
             // logits [Σ_running logitRows, V], fact after fact.
             let logits = try pass.forward(deltas: vectors, prompts: subset)
+            clock.lap("forward")
             var gradient = [Float](repeating: 0, count: logits.count)   // ∂L/∂logits, zero for facts that stop now
             var descending: [(fact: Int, slot: Int, normGradient: [Float])] = []
             var row = 0, slot = 0
@@ -93,10 +99,12 @@ public enum JointDeltaOptimization {
                 slot += promptCount[f]
             }
             running = descending.map(\.fact)
+            clock.lap("loss")
             if descending.isEmpty { break }
             // ∂L/∂δ per prompt of this step, [subset.count][d]; a fact's gradient is the sum over its
             // prompts in order (as `DeltaPass.backward` sums a shared δ's rows).
             let perPrompt = try pass.backwardPerPrompt(logitGradient: Tensor(shape: logits.shape, data: gradient))
+            clock.lap("backward")
             for (f, s, dNorm) in descending {
                 var g = [Float](repeating: 0, count: d)
                 g.withUnsafeMutableBufferPointer { gp in
@@ -104,9 +112,13 @@ public enum JointDeltaOptimization {
                 }
                 try facts[f].optimization.descend(&deltas[f], adam: &adams[f], gradient: g, normGradient: dNorm, step: step)
             }
+            clock.lap("descend")
             step += 1
         }
         let outcomes = (0..<n).map { DeltaOptimization.Outcome(delta: deltas[$0], losses: history[$0], changes: nil, latents: nil) }
-        return Outcome(facts: outcomes, rowsPerStep: rowsPerStep)
+        var phases = clock.phases
+        phases["forward_gflop"] = pass.forwardFLOPs / 1e9
+        phases["backward_gflop"] = pass.backwardFLOPs / 1e9
+        return Outcome(facts: outcomes, rowsPerStep: rowsPerStep, phases: phases)
     }
 }
