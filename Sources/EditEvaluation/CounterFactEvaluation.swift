@@ -89,7 +89,8 @@ public struct CounterFactEvaluation {
         if let post = report.post { line("post", post) }
         if let immediate = report.immediate { line("imm.", immediate) }
         if !report.failedCases.isEmpty { output("\(report.failedCases.count) case(s) failed; see the report") }
-        output(String(format: "edit %.2f s mean; total %.0f s", timing["editMean"] ?? .nan, seconds))
+        output(String(format: "edit %.2f s mean (%.1f facts per minute)%@; total %.0f s", timing["editMean"] ?? .nan, 60 / (timing["editMean"] ?? .nan),
+                      batch > 1 ? " in batches of \(batch)" : "", seconds))
         if let c = timing["saeCoverageMean"] { output(String(format: "SAE coverage of the written change: %.3f mean", c)) }
         for f in files { output("wrote \(f)") }
         if !curve.isEmpty {

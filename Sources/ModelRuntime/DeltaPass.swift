@@ -108,9 +108,8 @@ public final class DeltaPass: @unchecked Sendable {  // not thread-safe: scratch
     /// per prompt row and head the attention (2·hd for the score and 2·hd for the value of each
     /// position it sees), and the unembedding of the logit rows (2·d·V each).
     func flops(_ layout: Layout) -> Double {
-        let d = Double(c.hidden), ff = Double(c.intermediate), hd = Double(c.headDim)
-        let qd = Double(c.heads) * hd, mlpIn = model.weights.layers[0].wGate == nil ? ff : 2 * ff
-        let perRow = 2 * (d * Double(qkvWidth) + qd * d + d * mlpIn + ff * d)
+        let d = Double(c.hidden), hd = Double(c.headDim)
+        let perRow = Self.rowFLOPs(c, gated: model.weights.layers[0].wGate != nil)
         let seen = layout.prompts.reduce(0.0) { sum, i in
             let p = prompts[i]
             return sum + Double((p.position + 1...p.tokens.count).reduce(0, +))
@@ -124,6 +123,67 @@ public final class DeltaPass: @unchecked Sendable {  // not thread-safe: scratch
 
     /// Tokens per packed sequence of the unedited pass in `init` (bounds its scratch memory).
     static let packTokens = 2048
+
+    /// FLOPs of one row through one layer's projections: 2·in·out for Q|K|V, O, the MLP's input(s) and down.
+    static func rowFLOPs(_ c: ModelConfig, gated: Bool) -> Double {
+        let d = Double(c.hidden), ff = Double(c.intermediate), hd = Double(c.headDim)
+        let qd = Double(c.heads) * hd, qkvw = qd + 2 * Double(c.kvHeads) * hd
+        return 2 * (d * qkvw + qd * d + d * (gated ? 2 * ff : ff) + ff * d)
+    }
+
+    /// FLOPs of the unedited pass in `init`: every shared prefix once through every layer, the rest of
+    /// every prompt through layers 0...l, its positions before p through the later layers (projections,
+    /// and attention over the positions each token sees).
+    public let prepareFLOPs: Double
+
+    /// The shortest prefix worth sharing, in tokens.
+    static let minimumSharedPrefix = 4
+
+    /// A prefix of tokens that several prompts start with, and those prompts.
+    struct SharedPrefix {
+        let tokens: [Int32]
+        let prompts: [Int]
+    }
+
+    /// Per prompt, how many of its first tokens come from a shared prefix (0: none), and the prefixes.
+    /// A prompt wants the longest prefix it has in common with another prompt (its neighbours when
+    /// the prompts are sorted by their tokens), up to its δ position (the rows from p on must be its
+    /// own); prompts that want the same prefix, of at least `minimumSharedPrefix` tokens, share it.
+    static func sharedPrefixes(_ prompts: [DeltaPrompt]) -> (shared: [Int], prefixes: [SharedPrefix]) {
+        func common(_ a: Int, _ b: Int) -> Int {
+            let (x, y) = (prompts[a].tokens, prompts[b].tokens)
+            var n = 0
+            while n < x.count, n < y.count, x[n] == y[n] { n += 1 }
+            return n
+        }
+        let order = prompts.indices.sorted { prompts[$0].tokens.lexicographicallyPrecedes(prompts[$1].tokens) }
+        var groups: [[Int32]: [Int]] = [:]
+        for (k, i) in order.enumerated() {
+            let previous = k > 0 ? common(order[k - 1], i) : 0, next = k + 1 < order.count ? common(i, order[k + 1]) : 0
+            let want = min(max(previous, next), prompts[i].position)
+            if want >= minimumSharedPrefix { groups[Array(prompts[i].tokens[..<want]), default: []].append(i) }
+        }
+        var shared = [Int](repeating: 0, count: prompts.count), prefixes: [SharedPrefix] = []
+        for (tokens, members) in groups.sorted(by: { $0.value[0] < $1.value[0] }) where members.count > 1 {
+            for i in members { shared[i] = tokens.count }
+            prefixes.append(SharedPrefix(tokens: tokens, prompts: members.sorted()))
+        }
+        return (shared, prefixes)
+    }
+
+    /// Consecutive groups of the items (their token counts) of at most `packTokens` tokens each (at least one item).
+    static func packs(_ counts: [Int]) -> [[Int]] {
+        var out: [[Int]] = [], total = 0
+        for (i, n) in counts.enumerated() {
+            if out.isEmpty || total + n > packTokens {
+                out.append([])
+                total = 0
+            }
+            out[out.count - 1].append(i)
+            total += n
+        }
+        return out
+    }
 
     /// Prepares the batch: one unedited pass over every prompt (packed).
     /// - Parameter site: `mlp_out@l` or `resid_out@l`.
@@ -159,53 +219,72 @@ public final class DeltaPass: @unchecked Sendable {  // not thread-safe: scratch
         let base = Scratch(R * d)
         self.base = base
 
-        // The unedited pass, prompts packed into sequences of at most `packTokens` tokens (one prompt
-        // per segment, each filling its own KV cache) and split by layer: every position through
-        // layers 0...l (the sites at l; the rows p..<T of the residual after l), then positions
-        // 0..<p from that residual through the later layers (their keys and values are all those
-        // layers need from them; the rows p..<T above l are recomputed by every `forward`).
-        var keys = [[Float]](repeating: [], count: prompts.count), outs = keys, resids = keys
+        // The unedited pass. Prompts that share a prefix of tokens (a context template that several
+        // facts' prompts start with) share its computation: each distinct prefix runs once through
+        // every layer and each of its prompts continues a copy of its cache. The rest of every prompt
+        // is packed into sequences of at most `packTokens` tokens (one prompt per segment, each
+        // continuing its own KV cache) and split by layer: every position through layers 0...l (the
+        // sites at l; the rows p..<T of the residual after l), then the positions before p from that
+        // residual through the later layers (their keys and values are all those layers need from
+        // them; the rows p..<T above l are recomputed by every `forward`).
+        let perRow = Self.rowFLOPs(c, gated: model.weights.layers[0].wGate != nil), perSeen = Double(c.heads * 4 * c.headDim)
+        // FLOPs of `n` positions after `start` cached ones through `layers` layers.
+        func passFLOPs(_ n: Int, after start: Int, layers: Int) -> Double {
+            let (n, s) = (Double(n), Double(start))
+            return Double(layers) * (n * perRow + (n * s + n * (n + 1) / 2) * perSeen)
+        }
         let caches = prompts.map { KVCache(config: c, capacity: $0.tokens.count) }
-        let capture: Set<Site> = [Site(layer: layer, kind: .mlpKey), Site(layer: layer, kind: .mlpOut), Site(layer: layer, kind: .residOut)]
-        var start = 0
-        while start < prompts.count {
-            var end = start, total = 0
-            while end < prompts.count, end == start || total + prompts[end].tokens.count <= Self.packTokens {
-                total += prompts[end].tokens.count
-                end += 1
+        let (shared, prefixes) = Self.sharedPrefixes(prompts)
+        var flops = 0.0
+        if !prefixes.isEmpty {
+            let prefixCaches = prefixes.map { KVCache(config: c, capacity: $0.tokens.count) }
+            for chunk in Self.packs(prefixes.map(\.tokens.count)) {
+                _ = try model.forward(chunk.flatMap { prefixes[$0].tokens },
+                                      options: ForwardOptions(logits: .none, segments: chunk.map { prefixes[$0].tokens.count },
+                                                              segmentCaches: chunk.map { SegmentCache(prefixCaches[$0]) }))
             }
-            let pack = Array(start..<end)
-            let res = try model.forward(pack.flatMap { prompts[$0].tokens },
+            for (k, prefix) in prefixes.enumerated() {
+                flops += passFLOPs(prefix.tokens.count, after: 0, layers: c.layers)
+                for i in prefix.prompts { try caches[i].copyPrefix(from: prefixCaches[k], count: prefix.tokens.count) }
+            }
+        }
+        var keys = [[Float]](repeating: [], count: prompts.count), outs = keys, resids = keys
+        let capture: Set<Site> = [Site(layer: layer, kind: .mlpKey), Site(layer: layer, kind: .mlpOut), Site(layer: layer, kind: .residOut)]
+        for pack in Self.packs(prompts.indices.map { prompts[$0].tokens.count - shared[$0] }) {
+            let res = try model.forward(pack.flatMap { prompts[$0].tokens[shared[$0]...] },
                                         options: ForwardOptions(capture: capture, logits: .none, stopAfterLayer: layer,
-                                                                segments: pack.map { prompts[$0].tokens.count }, segmentCaches: pack.map { caches[$0] }))
-            let k = res.activations[Site(layer: layer, kind: .mlpKey)]!   // [total, ff]
-            let o = res.activations[Site(layer: layer, kind: .mlpOut)]!   // [total, d]
-            let x = res.activations[Site(layer: layer, kind: .residOut)]! // [total, d]
+                                                                segments: pack.map { prompts[$0].tokens.count - shared[$0] },
+                                                                segmentCaches: pack.map { SegmentCache(caches[$0], start: shared[$0]) }))
+            let k = res.activations[Site(layer: layer, kind: .mlpKey)]!   // [rows, ff]
+            let o = res.activations[Site(layer: layer, kind: .mlpOut)]!   // [rows, d]
+            let x = res.activations[Site(layer: layer, kind: .residOut)]! // [rows, d]
             var row = 0
-            var prefixRows: [Float] = [], prefixes: [Int] = []   // [Σ p, d] residual after l at the prefixes
+            var beforeRows: [Float] = [], before: [Int] = []   // [Σ (p − shared), d] residual after l before p
             for i in pack {
-                let p = prompts[i]
-                let at = row + p.position
+                let p = prompts[i], own = p.position - shared[i]
+                let at = row + own
+                flops += passFLOPs(p.tokens.count - shared[i], after: shared[i], layers: layer + 1)
                 keys[i] = Array(k.data[(at * ff)..<((at + 1) * ff)])
                 outs[i] = Array(o.data[(at * d)..<((at + 1) * d)])
                 resids[i] = Array(x.data[(at * d)..<((at + 1) * d)])
                 let n = lengths[i] * d
                 x.data.withUnsafeBufferPointer { base.p.advanced(by: offsets[i] * d).update(from: $0.baseAddress! + at * d, count: n) }
-                if p.position > 0 {
-                    prefixRows += x.data[(row * d)..<(at * d)]
-                    prefixes.append(i)
+                if own > 0 {
+                    beforeRows += x.data[(row * d)..<(at * d)]
+                    before.append(i)
                 }
-                row += p.tokens.count
+                row += p.tokens.count - shared[i]
             }
-            if !prefixes.isEmpty, layer + 1 < c.layers {
-                let lengths = prefixes.map { prompts[$0].position }
-                _ = try model.forward(prefixes.flatMap { Array(prompts[$0].tokens[..<prompts[$0].position]) },
-                                      options: ForwardOptions(logits: .none, segments: lengths,
-                                                              resume: ResumePoint(layer: layer + 1, residual: Tensor(shape: [lengths.reduce(0, +), d], data: prefixRows)),
-                                                              segmentCaches: prefixes.map { caches[$0] }))
+            if !before.isEmpty, layer + 1 < c.layers {
+                let counts = before.map { prompts[$0].position - shared[$0] }
+                for (i, n) in zip(before, counts) { flops += passFLOPs(n, after: shared[i], layers: c.layers - layer - 1) }
+                _ = try model.forward(before.flatMap { prompts[$0].tokens[shared[$0]..<prompts[$0].position] },
+                                      options: ForwardOptions(logits: .none, segments: counts,
+                                                              resume: ResumePoint(layer: layer + 1, residual: Tensor(shape: [counts.reduce(0, +), d], data: beforeRows)),
+                                                              segmentCaches: before.map { SegmentCache(caches[$0], start: shared[$0]) }))
             }
-            start = end
         }
+        prepareFLOPs = flops
         (self.keys, mlpOutputs, residuals, self.caches) = (keys, outs, resids, caches)
         rope = c.ropeStyle.map { RoPE(style: $0, headDim: c.headDim, base: c.ropeBase, maxPositions: (prompts.map(\.tokens.count).max() ?? 1)) }
 

@@ -26,6 +26,18 @@ public final class KVCache: @unchecked Sendable {  // not thread-safe: each cach
 
     /// Forgets positions from `n` on.
     public func truncate(to n: Int) { length = min(length, max(0, n)) }
+
+    /// Takes positions 0..<n of `other` (every layer's keys and values) as its own, forgetting the rest.
+    public func copyPrefix(from other: KVCache, count n: Int) throws {
+        guard other.width == width, other.keys.count == keys.count, n >= 0, n <= other.length, n <= capacity else {
+            throw ModelError(.invalidInput, "cannot copy \(n) positions of a cache of length \(other.length) into one of capacity \(capacity)")
+        }
+        for l in keys.indices {
+            keys[l].update(from: other.keys[l], count: n * width)
+            values[l].update(from: other.values[l], count: n * width)
+        }
+        length = n
+    }
     func advance(by n: Int) { length += n }
 }
 
@@ -76,8 +88,10 @@ public final class LanguageModel: @unchecked Sendable {  // `rope` is guarded by
         guard T > 0 else { throw ModelError(.invalidInput, "forward pass needs at least one token") }
         let past = cache?.length ?? 0
         let S = past + T
-        // Packed sequences each start at position 0: the context bounds the longest one.
-        let longest = options.segments?.max() ?? S
+        // Packed sequences each start at position 0, or at their cache's start: the context bounds the longest one.
+        let starts = options.segmentCaches?.map(\.start)
+        let longest = options.segments.map { zip($0, starts ?? Array(repeating: 0, count: $0.count)).map { $0 + $1 }.max() ?? 0 }
+            ?? (starts.map { S + ($0.first ?? 0) } ?? S)
         guard longest <= c.contextLength else {
             throw ModelError(.contextOverflow, "\(longest) tokens exceed the model's context of \(c.contextLength)")
         }
@@ -134,12 +148,18 @@ public final class LanguageModel: @unchecked Sendable {  // `rope` is guarded by
             }
         }
         if let targets = options.segmentCaches {
-            guard cache == nil else { throw ModelError(.invalidInput, "segment caches are filled from position 0, not after a KV cache") }
+            guard cache == nil else { throw ModelError(.invalidInput, "segment caches cannot be used with a KV cache") }
             guard targets.count == spans.count else {
                 throw ModelError(.invalidInput, "\(targets.count) segment caches for \(spans.count) sequences")
             }
-            for (t, span) in zip(targets, spans) where t.capacity < span.end - span.start {
-                throw ModelError(.invalidInput, "a segment cache of capacity \(t.capacity) cannot hold \(span.end - span.start) positions")
+            for (t, span) in zip(targets, spans) {
+                guard t.start >= 0, t.start <= t.cache.length else {
+                    throw ModelError(.invalidInput, "a segment starts at position \(t.start) of a cache that holds \(t.cache.length)")
+                }
+                guard t.cache.capacity >= t.start + span.end - span.start else {
+                    throw ModelError(.invalidInput, "a segment cache of capacity \(t.cache.capacity) cannot hold \(t.start + span.end - span.start) positions")
+                }
+                for i in span.start..<span.end { position[i] = t.start + i - span.start }
             }
         }
         let rope = ropeTable(upTo: longest)
@@ -152,7 +172,9 @@ public final class LanguageModel: @unchecked Sendable {  // `rope` is guarded by
         let qkvWidth = qd + 2 * kvd
         let q = UnsafeMutablePointer<Float>.allocate(capacity: T * qkvWidth) // [T, q] or fused [T, q + 2·kv]
         let att = UnsafeMutablePointer<Float>.allocate(capacity: T * qd)    // [T, q] attention output
-        let scores = UnsafeMutablePointer<Float>.allocate(capacity: options.segments == nil ? T * S : longest * longest)  // [n, past + n] one head, one sequence
+        // [n, past + n] one head, one sequence.
+        let scoreCount = spans.enumerated().map { i, span in (span.end - span.start) * ((starts?[i] ?? past) + span.end - span.start) }.max() ?? 0
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: max(1, scoreCount))
         let gate = UnsafeMutablePointer<Float>.allocate(capacity: T * 2 * ff) // [T, ff] or fused gate|up [T, 2·ff]
         let up = UnsafeMutablePointer<Float>.allocate(capacity: T * ff)     // [T, ff] (becomes the key)
         let tmp = UnsafeMutablePointer<Float>.allocate(capacity: T * d)     // [T, d]
@@ -226,21 +248,25 @@ public final class LanguageModel: @unchecked Sendable {  // `rope` is guarded by
             let keys = cache?.keys[l] ?? localK!, vals = cache?.values[l] ?? localV!
             if let targets = options.segmentCaches {
                 for (t, (a, b)) in zip(targets, spans) {
-                    t.keys[l].update(from: keys + a * kvd, count: (b - a) * kvd)
-                    t.values[l].update(from: vals + a * kvd, count: (b - a) * kvd)
+                    (t.cache.keys[l] + t.start * kvd).update(from: keys + a * kvd, count: (b - a) * kvd)
+                    (t.cache.values[l] + t.start * kvd).update(from: vals + a * kvd, count: (b - a) * kvd)
                 }
             }
             // Causal attention per head and sequence: scores[n, past + n] = Q_h · K_gᵀ / √hd;
             // out_h[n, hd] = softmax(scores) · V_g, n the sequence's tokens (one sequence unless packed).
-            for (a, b) in spans {
-                let n = b - a, keysSeen = past + n
-                let kBase = spans.count == 1 ? 0 : a
+            // A sequence that continues a segment cache reads its keys and values there (past = its start).
+            for (i, (a, b)) in spans.enumerated() {
+                let n = b - a
+                let seg = options.segmentCaches?[i]
+                let before = seg?.start ?? past, keysSeen = before + n
+                let (kSrc, vSrc) = seg.map { ($0.cache.keys[l], $0.cache.values[l]) }
+                    ?? (keys + (spans.count == 1 ? 0 : a) * kvd, vals + (spans.count == 1 ? 0 : a) * kvd)
                 for head in 0..<c.heads {
                     let g = head / group
                     BLAS.sgemm(transB: true, m: n, n: keysSeen, k: hd, alpha: scale, a: q + a * qStride + head * hd, lda: qStride,
-                               b: keys + kBase * kvd + g * hd, ldb: kvd, c: scores, ldc: keysSeen)
-                    Kernels.softmaxRows(scores, rows: n, cols: keysSeen, valid: { past + $0 + 1 })
-                    BLAS.sgemm(m: n, n: hd, k: keysSeen, a: scores, lda: keysSeen, b: vals + kBase * kvd + g * hd, ldb: kvd,
+                               b: kSrc + g * hd, ldb: kvd, c: scores, ldc: keysSeen)
+                    Kernels.softmaxRows(scores, rows: n, cols: keysSeen, valid: { before + $0 + 1 })
+                    BLAS.sgemm(m: n, n: hd, k: keysSeen, a: scores, lda: keysSeen, b: vSrc + g * hd, ldb: kvd,
                                c: att + a * qd + head * hd, ldc: qd)
                 }
             }
@@ -269,7 +295,7 @@ public final class LanguageModel: @unchecked Sendable {  // `rope` is guarded by
         }
         cache?.advance(by: T)
         if let targets = options.segmentCaches {
-            for (t, (a, b)) in zip(targets, spans) where t.length < b - a { t.advance(by: b - a - t.length) }
+            for (t, (a, b)) in zip(targets, spans) where t.cache.length < t.start + b - a { t.cache.advance(by: t.start + b - a - t.cache.length) }
         }
 
         // Final norm and logits for the selected rows only.

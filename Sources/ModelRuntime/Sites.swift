@@ -49,13 +49,15 @@ public struct ForwardOptions: Sendable {
     /// pass over the same tokens whose lower layers are unchanged (the quality guard's canary after an
     /// edit above them) skips them. No KV cache; no captures or interventions below the layer.
     public var resume: ResumePoint?
-    /// One empty KV cache per sequence (per segment, or one for unsegmented tokens; not with `cache`):
-    /// each receives its sequence's keys and values at every layer the pass runs, from position 0,
-    /// and its length becomes at least the sequence's. Packed prompts then leave each prompt's cache
-    /// as its own pass would have filled it, for later passes that attend to it.
-    public var segmentCaches: [KVCache]?
+    /// One KV cache per sequence (per segment, or one for unsegmented tokens; not with `cache`): each
+    /// sequence continues its cache from its `start` (attending to the keys and values already at
+    /// positions 0..<start, its positions counted from there) and leaves its own keys and values at
+    /// every layer the pass runs. Packed prompts then leave each prompt's cache as its own pass would
+    /// have filled it, for later passes that attend to it; prompts that share a prefix continue a copy
+    /// of the prefix's cache (`KVCache.copyPrefix`).
+    public var segmentCaches: [SegmentCache]?
     public init(capture: Set<Site> = [], interventions: [Intervention] = [], logits: LogitSelection = .last, stopAfterLayer: Int? = nil,
-                segments: [Int]? = nil, resume: ResumePoint? = nil, segmentCaches: [KVCache]? = nil) {
+                segments: [Int]? = nil, resume: ResumePoint? = nil, segmentCaches: [SegmentCache]? = nil) {
         self.capture = capture
         self.interventions = interventions
         self.logits = logits
@@ -63,6 +65,17 @@ public struct ForwardOptions: Sendable {
         self.segments = segments
         self.resume = resume
         self.segmentCaches = segmentCaches
+    }
+}
+
+/// A sequence's KV cache in a packed pass: the sequence occupies positions `start..<start + n` of
+/// `cache`, whose positions 0..<start hold the keys and values of what precedes it.
+public struct SegmentCache: Sendable {
+    public var cache: KVCache
+    public var start: Int
+    public init(_ cache: KVCache, start: Int = 0) {
+        self.cache = cache
+        self.start = start
     }
 }
 

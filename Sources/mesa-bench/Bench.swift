@@ -15,7 +15,7 @@ struct MesaBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mesa-bench",
         abstract: "mesa benchmarks: numbers printed and written to a results file, compared with a reference in the same run.",
-        subcommands: [Forward.self, RomeBench.self, DaemonBench.self, RollbackBench.self, MesaCostBench.self, SAETrainBench.self, MemitBench.self, GuardBench.self, HarvestBench.self, FollowBench.self, QueryBench.self])
+        subcommands: [Forward.self, RomeBench.self, DaemonBench.self, RollbackBench.self, MesaCostBench.self, SAETrainBench.self, MemitBench.self, GuardBench.self, HarvestBench.self, FollowBench.self, QueryBench.self, ThroughputBench.self])
 
     static func main() {
         BLAS.selectCoreType()
@@ -189,7 +189,10 @@ func runReferenceScript(python: String, _ arguments: [String]) throws -> [String
 struct RomeBenchSetup {
     let path: String
     let model: LanguageModel
+    /// The file's settings with the early stops off (fixed steps, as the PyTorch reference runs).
     var hparams: RomeHyperparameters
+    /// The file's settings as they are (its stop rule), MESA off.
+    let file: RomeHyperparameters
     let state: EditState
     let templates: ContextTemplates
     let statistics: KeyStatistics?
@@ -200,8 +203,10 @@ struct RomeBenchSetup {
         guard let hd = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read \(file)") }
         var h = try RomeHyperparameters.decode(hd)
         if let steps { h.vNumGradSteps = steps }
-        h.earlyStopLoss = 0
         h.mesa = nil
+        self.file = h
+        h.earlyStopLoss = 0
+        h.earlyStopTop = false
         hparams = h
         state = EditState(directory: paths.state, baseHash: self.model.weightHash)
         templates = try state.templates(model: self.model, groups: h.contextTemplates, seed: h.templateSeed, logger: Logger(label: "mesa-bench"))

@@ -80,55 +80,19 @@ struct DaemonBench: ParsableCommand {
                              properties: ["session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"])
         config.http = .init(listen: "127.0.0.1:0")
         config.model = modelPath
-        let daemon = try buildDaemon(config: config, paths: paths, logger: MesaLogging.discarding())
-        let samples = Samples()
-        daemon.onEvent = { outcome, seconds in samples.add(total: seconds, edit: outcome.editSeconds, steps: outcome.steps) }
-        let finished = DispatchSemaphore(value: 0)
-        Task {
-            do { try await daemon.run() } catch { print("daemon: \(error)") }
-            finished.signal()
-        }
-        defer { daemon.stop() }
-        // Publishing before the daemon created its topics would let the broker create them with its
-        // default partition count, which the daemon refuses.
-        let started = Date()
-        while !daemon.isReady {
-            if finished.wait(timeout: .now() + 0.05) == .success { throw ValidationError("the daemon stopped before it was ready") }
-            if Date().timeIntervalSince(started) > 300 { throw ValidationError("the daemon was not ready within 300 s") }
-        }
-
-        // Publish and wait for every event to be processed.
-        let producer = try KafkaProducer(properties: ["bootstrap.servers": broker.bootstrapServers, "linger.ms": "0"])
-        defer { producer.close() }
         let topics = config.topics
         let name = Installation.modelName(modelPath)
-        var roundTrips: [Double] = []
-        let t0 = Date()
+        var payloads: [[UInt8]] = []
         for i in 0..<events {
             let e: [String: Any] = [
                 "id": UUID().uuidString.lowercased(), "model": ["name": name, "revision": "main"], "subject": ["Paris", "Rome", "Lyon"][i % 3],
                 "prompt": "{} is in", "target_new": ["str": ["Rome", "Lyon", "Paris"][i % 3]], "target_true": ["str": "is"], "method": "ROME",
                 "issued_by": ["principal": "bench"], "issued_at": "2026-11-21T10:00:00Z", "neighborhood_prompts": ["Lyon is in"],
             ]
-            let payload = Array(try JSONSerialization.data(withJSONObject: e))
-            var attempts = 0
-            while true {
-                do {
-                    roundTrips.append(try timed { _ = try producer.send(topic: topics.factUpdates, key: nil, payload: payload, headers: [], timeout: 30) })
-                    break
-                } catch {
-                    attempts += 1
-                    if attempts > 100 { throw error }
-                    Thread.sleep(forTimeInterval: 0.1)
-                }
-            }
+            payloads.append(Array(try JSONSerialization.data(withJSONObject: e)))
         }
-        while Date().timeIntervalSince(t0) < 600 {
-            if samples.count >= events { break }
-            Thread.sleep(forTimeInterval: 0.05)
-        }
-        daemon.stop()
-        finished.wait()
+        let run = try DaemonRun(config: config, broker: broker, topic: topics.factUpdates, payloads: payloads, limit: 600)
+        let (samples, roundTrips) = (run.samples, run.roundTrips)
 
         // The LMDB floor: one fsynced commit of a ROME-sized record.
         let store = try SnapshotStore(path: dir.appendingPathComponent("floor").path)
@@ -169,17 +133,95 @@ func linkEditState(into state: URL) throws {
     }
 }
 
+/// One daemon built from `config` against `broker`: started, fed `payloads` on `topic` once it is
+/// ready, and stopped when it has recorded an outcome for each (or after `limit` seconds).
+struct DaemonRun {
+    let samples = Samples()
+    /// Seconds of each publish (acks=all).
+    private(set) var roundTrips: [Double] = []
+    /// Seconds from the first publish to the last outcome.
+    private(set) var seconds = 0.0
+
+    init(config: DaemonConfiguration, broker: DevelopmentBroker, topic: String, payloads: [[UInt8]], limit: Double) throws {
+        let daemon = try buildDaemon(config: config, paths: paths, logger: MesaLogging.discarding())
+        let samples = self.samples
+        daemon.onEvent = { outcome, seconds in
+            samples.add(total: seconds, edit: outcome.editSeconds, steps: outcome.steps, kind: outcome.kind.label, canary: outcome.canary)
+        }
+        let finished = DispatchSemaphore(value: 0)
+        Task {
+            do { try await daemon.run() } catch { print("daemon: \(error)") }
+            finished.signal()
+        }
+        defer { daemon.stop() }
+        // Publishing before the daemon created its topics would let the broker create them with its
+        // default partition count, which the daemon refuses.
+        let started = Date()
+        while !daemon.isReady {
+            if finished.wait(timeout: .now() + 0.05) == .success { throw ValidationError("the daemon stopped before it was ready") }
+            if Date().timeIntervalSince(started) > 300 { throw ValidationError("the daemon was not ready within 300 s") }
+        }
+        let producer = try KafkaProducer(properties: ["bootstrap.servers": broker.bootstrapServers, "linger.ms": "0"])
+        defer { producer.close() }
+        let t0 = Date()
+        for payload in payloads {
+            var attempts = 0
+            while true {
+                do {
+                    roundTrips.append(try timed { _ = try producer.send(topic: topic, key: nil, payload: payload, headers: [], timeout: 30) })
+                    break
+                } catch {
+                    attempts += 1
+                    if attempts > 100 { throw error }
+                    Thread.sleep(forTimeInterval: 0.1)
+                }
+            }
+        }
+        while Date().timeIntervalSince(t0) < limit {
+            if samples.count >= payloads.count { break }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        seconds = (samples.lastAt ?? Date()).timeIntervalSince(t0)
+        daemon.stop()
+        finished.wait()
+    }
+}
+
 /// Per-event timings collected from the daemon's worker thread.
 final class Samples: @unchecked Sendable {  // all mutable state is guarded by `lock`
     private let lock = NSLock()
     private var total: [Double] = [], edit: [Double] = []
     private var steps: [String: [Double]] = [:]
+    private var kinds: [String: Int] = [:]
+    private var when: Date?
+    private var lastCanary: CanaryFigures?
 
-    func add(total t: Double, edit e: Double, steps s: [String: Double]) {
+    func add(total t: Double, edit e: Double, steps s: [String: Double], kind: String, canary: CanaryFigures?) {
         lock.lock(); defer { lock.unlock() }
         total.append(t)
         edit.append(e)
         for (k, v) in s { steps[k, default: []].append(v) }
+        kinds[kind, default: 0] += 1
+        when = Date()
+        if let canary { lastCanary = canary }
+    }
+
+    /// Outcomes by kind (applied, dead_letter, ...).
+    var outcomes: [String: Int] {
+        lock.lock(); defer { lock.unlock() }
+        return kinds
+    }
+
+    /// When the last outcome was recorded.
+    var lastAt: Date? {
+        lock.lock(); defer { lock.unlock() }
+        return when
+    }
+
+    /// The quality guard's figures after the last event that had them.
+    var canary: CanaryFigures? {
+        lock.lock(); defer { lock.unlock() }
+        return lastCanary
     }
 
     /// Median milliseconds of each of the daemon's steps.

@@ -157,6 +157,8 @@ struct MemitBench: ParsableCommand {
     var batch = 1
     @Flag(help: "Keep the hyperparameter file's loss threshold (early_stop_loss); without it a fact stops before v_num_grad_steps only by the most-probable early stop, where the file asks for it.")
     var fileStop = false
+    @Flag(help: "With --batch: also time the facts one at a time with the stop rule from before the most-probable early stop (the file's loss threshold or v_num_grad_steps): the one-at-a-time rate the throughput target of issue 19 is measured against.")
+    var before = false
 
     func run() throws {
         guard let kind = EditMethod(rawValue: method), kind != .rome else { throw ValidationError("--method memit, alphaedit or encore") }
@@ -167,6 +169,7 @@ struct MemitBench: ParsableCommand {
         let file = hparams ?? "deploy/hparams/\(method)/SmolLM2-135M-Instruct.json"
         guard let hd = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read \(file)") }
         var h = try MemitHyperparameters.decode(hd)
+        let fileLoss = h.earlyStopLoss
         if !fileStop { h.earlyStopLoss = 0 }
         let stopRule = fileStop ? "the file's stop rule" : h.earlyStopTop == true ? "most-probable stop, no loss threshold" : "fixed steps"
         h.mesa = nil
@@ -180,16 +183,19 @@ struct MemitBench: ParsableCommand {
             stats[l] = s
             statPaths.append(state.statisticsURL(spec).path)
         }
-        let solver: SpreadSolver
-        switch kind {
-        case .alphaedit:
-            solver = .alphaEdit(try AlphaEditState(statistics: stats, nullspaceEnergy: h.nullspaceEnergy ?? 0.02, l2: h.l2 ?? 10, relative: h.l2Relative ?? false))
-        case .encore:
-            solver = .encore(try EncoreState(layers: h.layers, dim: m.config.intermediate, mu: h.updateNormLambda ?? 0))
-        case .memit, .rome:
-            solver = .memit
+        func makeEditor(_ h: MemitHyperparameters) throws -> MemitEditor {
+            let solver: SpreadSolver
+            switch kind {
+            case .alphaedit:
+                solver = .alphaEdit(try AlphaEditState(statistics: stats, nullspaceEnergy: h.nullspaceEnergy ?? 0.02, l2: h.l2 ?? 10, relative: h.l2Relative ?? false))
+            case .encore:
+                solver = .encore(try EncoreState(layers: h.layers, dim: m.config.intermediate, mu: h.updateNormLambda ?? 0))
+            case .memit, .rome:
+                solver = .memit
+            }
+            return try MemitEditor(model: m, hparams: h, templates: templates, statistics: stats, solver: solver)
         }
-        let editor = try MemitEditor(model: m, hparams: h, templates: templates, statistics: stats, solver: solver)
+        let editor = try makeEditor(h)
         let all = try CounterFact.load(path: data).records
         guard record + batch <= all.count else { throw ValidationError("--record \(record) with --batch \(batch) exceeds the data") }
         let rec = all[record]
@@ -234,6 +240,21 @@ struct MemitBench: ParsableCommand {
             let together = try timed { joint = try editor.computeUpdates(requests) }
             // CPU seconds of each path: less moved by other processes than the wall time (not by cache contention).
             let cpu = (alone: cpu1 - cpu0, together: processCPUSeconds() - cpu1)
+            // The same facts one at a time with the stop rule from before the most-probable early stop.
+            var earlier: (seconds: Double, steps: Double)?
+            if before {
+                var hb = h
+                hb.earlyStopTop = false
+                hb.earlyStopLoss = fileLoss
+                let old = try makeEditor(hb)
+                var seconds = 0.0, steps = 0.0
+                for r in requests {
+                    var one: MemitResult?
+                    seconds += try timed { one = try old.computeUpdates([r]) }
+                    steps += one!.phases["z_steps"] ?? .nan
+                }
+                earlier = (seconds, steps / Double(batch))
+            }
             // The 1-minute load average after both paths ran (other processes share the cores).
             let load = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)).flatMap { $0.split(separator: " ").first.flatMap { Double($0) } }
             let n = Double(batch), jp = joint!.phases
@@ -259,11 +280,16 @@ struct MemitBench: ParsableCommand {
             // Each part's rate against the sgemm rate at a step's shape (rows of 32 facts' prompts).
             let rate = sgemmRate(m: 1024, n: 1536, k: 576)
             var floors: [String: Double] = [:]
-            for part in ["forward", "backward"] {
+            for part in ["pass", "forward", "backward"] {
                 if let g = jp["z_\(part)_gflop"], let t = jp["z_" + part] { floors[part] = t / (g / rate) }
             }
-            print(String(format: "               forward %.0f GFLOP at %.2f× its floor, backward %.0f GFLOP at %.2f× (sgemm %.0f GFLOP/s at [1024, 576]·[576, 1536])",
-                         jp["z_forward_gflop"] ?? .nan, floors["forward"] ?? .nan, jp["z_backward_gflop"] ?? .nan, floors["backward"] ?? .nan, rate))
+            print(String(format: "               pass %.0f GFLOP at %.2f× its floor, forward %.0f GFLOP at %.2f×, backward %.0f GFLOP at %.2f× (sgemm %.0f GFLOP/s at [1024, 576]·[576, 1536])",
+                         jp["z_pass_gflop"] ?? .nan, floors["pass"] ?? .nan, jp["z_forward_gflop"] ?? .nan, floors["forward"] ?? .nan,
+                         jp["z_backward_gflop"] ?? .nan, floors["backward"] ?? .nan, rate))
+            if let earlier {
+                print(String(format: "               one at a time with the stop rule before the most-probable stop (loss < %g or %d steps): %.1f facts/min (%.3f s per fact; %.1f steps per fact); together / that: %.2f×",
+                             fileLoss, h.vNumGradSteps, 60 * n / earlier.seconds, earlier.seconds / n, earlier.steps, earlier.seconds / together))
+            }
             print(String(format: "               CPU time: %.1f s together, %.1f s alone: %.2f×", cpu.together, cpu.alone, cpu.alone / cpu.together))
             print(String(format: "               per fact, together vs alone: ‖δ‖ max relative difference %.1e, final loss %.1e", normDiff, lossDiff))
             if let load {
@@ -278,6 +304,15 @@ struct MemitBench: ParsableCommand {
                             "together_cpu_seconds": cpu.together, "alone_cpu_seconds": cpu.alone, "cpu_ratio": cpu.alone / cpu.together,
                             "delta_norm_max_relative_difference": normDiff, "final_loss_max_relative_difference": lossDiff,
                             "cores": ProcessInfo.processInfo.activeProcessorCount] as [String: Any]
+            if let earlier {
+                var b = doc["batch"] as! [String: Any]
+                b["before_stop"] = "loss < \(fileLoss) or \(h.vNumGradSteps) steps, no most-probable stop"
+                b["before_seconds"] = earlier.seconds
+                b["before_facts_per_minute"] = 60 * n / earlier.seconds
+                b["before_steps_per_fact"] = earlier.steps
+                b["together_over_before"] = earlier.seconds / together
+                doc["batch"] = b
+            }
         }
         if reference != "none" {
             let tok = EditTokenizer(model: m)

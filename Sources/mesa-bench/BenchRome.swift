@@ -28,6 +28,8 @@ struct RomeBench: ParsableCommand {
     @Option(help: "Python of the PyTorch reference environment ('none' to skip).")
     var reference = paths.home.appendingPathComponent("refenv/bin/python").path
     @Option(help: "Results file (JSON).") var out = "ops/bench/results/rome.json"
+    @Option(help: "Also time records --record..<--record+N edited one at a time (update computed and applied) with the file's stop rule, and with the stop rule from before the most-probable early stop (the file's loss threshold or its steps); 0 skips.")
+    var stopRecords = 10
 
     func run() throws {
         BLAS.setThreads(threads)
@@ -100,6 +102,43 @@ struct RomeBench: ParsableCommand {
                                   "sgemm_gflop_per_s": rate / 1e9, "v_star_floor_s": floor, "v_star_over_floor": mesa["v_star"]! / floor]) { a, _ in a },
         ]
 
+        // One edit as the file has it against one with the stop rule from before the most-probable
+        // early stop, over the same records (their steps differ per record).
+        var stopEdit: Double?
+        if stopRecords > 0 {
+            let records = try CounterFact.load(path: data).records
+            guard record + stopRecords <= records.count else { throw ValidationError("--record \(record) with --stop-records \(stopRecords) exceeds the data") }
+            var before = setup.file
+            before.earlyStopTop = false
+            var rules: [String: Any] = [:]
+            var seconds: [String: Double] = [:]
+            for (name, hp) in [("file", setup.file), ("before", before)] {
+                let e = try RomeEditor(model: m, hparams: hp, templates: templates, statistics: stats)
+                var times: [Double] = [], steps: [Double] = []
+                for r in records[record..<(record + stopRecords)] {
+                    let request = EditRequest(subject: r.subject, prompt: r.prompt, targetNew: r.targetNew, targetTrue: r.targetTrue)
+                    var edit: RomeResult?
+                    times.append(try timed {
+                        edit = try e.computeUpdate(request)
+                        try m.restore(try m.apply(edit!.update))
+                    })
+                    steps.append(edit!.phases["v_steps"] ?? .nan)
+                }
+                let mean = times.reduce(0, +) / Double(times.count)
+                seconds[name] = mean
+                rules[name] = ["edit_seconds_mean": mean, "edit_seconds": times, "steps_mean": steps.reduce(0, +) / Double(steps.count),
+                               "early_stop_loss": hp.earlyStopLoss, "early_stop_top": hp.earlyStopTop ?? false, "early_stop_top_checks": hp.earlyStopTopChecks ?? 1]
+                print(String(format: "mesa   %@ stop rule (loss < %g%@), records %d..<%d: edit %.3f s mean, %.1f steps mean",
+                             name == "file" ? "the file's" : "the earlier", hp.earlyStopLoss,
+                             hp.earlyStopTop == true ? ", most-probable stop at check \(hp.earlyStopTopChecks ?? 1)" : "",
+                             record, record + stopRecords, mean, steps.reduce(0, +) / Double(steps.count)))
+            }
+            rules["before_over_file"] = seconds["before"]! / seconds["file"]!
+            print(String(format: "ratio  one edit with the earlier stop rule / with the file's: %.2f×", seconds["before"]! / seconds["file"]!))
+            result["stop_rules"] = rules
+            stopEdit = seconds["file"]
+        }
+
         if reference != "none", let ref = try runReference(batch: batch, editor: editor, record: rec, modelPath: path) {
             result["pytorch"] = ref
             let phases = ref["phases"] as? [String: Double] ?? [:]
@@ -122,6 +161,12 @@ struct RomeBench: ParsableCommand {
                          tTotal, phases["k_star_s"] ?? .nan, phases["v_star_s"] ?? .nan, phases["closed_form_s"] ?? .nan, phases["eval_s"] ?? .nan,
                          (ref["peak_rss_mib"] as? Double) ?? .nan, (ref["torch"] as? String) ?? "?"))
             print(String(format: "ratio  one ROME edit: mesa is %.2f× faster than PyTorch (v* phase %.2f×)", ratio, ratios["v_star"] ?? .nan))
+            if let stopEdit, let edit = phases["edit_s"] {
+                // PyTorch's edit at fixed steps (the reference code's way) against mesa's as the file has it.
+                ratios["pytorch_fixed_edit_over_file_edit"] = edit / stopEdit
+                result["ratio"] = ratios
+                print(String(format: "ratio  PyTorch's edit at %d fixed steps / mesa's mean edit with the file's stop rule: %.2f×", h.vNumGradSteps, edit / stopEdit))
+            }
         }
         result["date"] = ISO8601DateFormatter().string(from: Date())
         try writeResults(result, to: out)

@@ -40,7 +40,8 @@ import Testing
 
     /// Packed sequences that fill a KV cache each (`segmentCaches`), also in two passes split by layer
     /// (layers 0...1, then a pass resumed at layer 2), leave each cache as a pass of its sequence
-    /// alone would: decoding on from it gives the logits of the whole sequence's pass.
+    /// alone would: decoding on from it gives the logits of the whole sequence's pass. Sequences that
+    /// continue a shared prefix's cache give what the prefix and the sequence give together.
     @Test(arguments: ["llama", "qwen2", "gpt2"])
     func packedSegmentsFillACacheEach(_ arch: String) throws {
         let m = try TinyModel.load(TinyModel.Spec(architecture: arch))
@@ -48,12 +49,12 @@ import Testing
         let next: Int32 = 12
         let tokens = seqs.flatMap { $0 }, lengths = seqs.map(\.count)
         let oneGo = seqs.map { KVCache(config: m.config, capacity: $0.count + 1) }
-        _ = try m.forward(tokens, options: ForwardOptions(logits: .none, segments: lengths, segmentCaches: oneGo))
+        _ = try m.forward(tokens, options: ForwardOptions(logits: .none, segments: lengths, segmentCaches: oneGo.map { SegmentCache($0) }))
         let split = seqs.map { KVCache(config: m.config, capacity: $0.count + 1) }
         let lower = try m.forward(tokens, options: ForwardOptions(capture: [Site(layer: 1, kind: .residOut)], logits: .none, stopAfterLayer: 1,
-                                                                  segments: lengths, segmentCaches: split))
+                                                                  segments: lengths, segmentCaches: split.map { SegmentCache($0) }))
         let point = ResumePoint(layer: 2, residual: try #require(lower.activations[Site(layer: 1, kind: .residOut)]))
-        _ = try m.forward(tokens, options: ForwardOptions(logits: .none, segments: lengths, resume: point, segmentCaches: split))
+        _ = try m.forward(tokens, options: ForwardOptions(logits: .none, segments: lengths, resume: point, segmentCaches: split.map { SegmentCache($0) }))
         for (i, s) in seqs.enumerated() {
             let whole = try m.forward(s + [next], options: ForwardOptions(logits: .last)).logits.data
             let scale = whole.map(abs).max() ?? 1
@@ -64,11 +65,38 @@ import Testing
                 #expect(err <= 1e-5 * max(1, scale), "\(arch) sequence \(i): max difference \(err)")
             }
         }
-        let small = [KVCache(config: m.config, capacity: 2), KVCache(config: m.config), KVCache(config: m.config)]
-        #expect(throws: ModelError.self) { try m.forward(tokens, options: ForwardOptions(logits: .none, segments: lengths, segmentCaches: small)) }
-        #expect(throws: ModelError.self) { try m.forward(tokens, options: ForwardOptions(logits: .none, segments: lengths, segmentCaches: [oneGo[0]])) }
+        // Sequences that continue a copy of a prefix's cache (start at the prefix's length) give what
+        // the prefix and the sequence give as one sequence.
+        let prefix: [Int32] = [7, 3, 9]
+        let prefixCache = KVCache(config: m.config, capacity: prefix.count)
+        _ = try m.forward(prefix, cache: prefixCache, options: ForwardOptions(logits: .none))
+        let continued = try seqs.map { s -> SegmentCache in
+            let cache = KVCache(config: m.config, capacity: prefix.count + s.count)
+            try cache.copyPrefix(from: prefixCache, count: prefix.count)
+            return SegmentCache(cache, start: prefix.count)
+        }
+        let packed = try m.forward(tokens, options: ForwardOptions(logits: .all, segments: lengths, segmentCaches: continued))
+        var row = 0
+        for (i, s) in seqs.enumerated() {
+            let whole = try m.forward(prefix + s, options: ForwardOptions(logits: .all)).logits.data
+            let v = m.config.vocabSize
+            for t in 0..<s.count {
+                let got = Array(packed.logits.data[((row + t) * v)..<((row + t + 1) * v)])
+                let want = Array(whole[((prefix.count + t) * v)..<((prefix.count + t + 1) * v)])
+                let err = zip(got, want).map { abs($0 - $1) }.max() ?? 0
+                #expect(err <= 1e-5 * max(1, want.map(abs).max() ?? 1), "\(arch) sequence \(i) position \(t): max difference \(err)")
+            }
+            #expect(continued[i].cache.length == prefix.count + s.count)
+            row += s.count
+        }
         #expect(throws: ModelError.self) {
-            try m.forward([1], cache: KVCache(config: m.config), options: ForwardOptions(logits: .none, segmentCaches: [KVCache(config: m.config)]))
+            try m.forward([1], options: ForwardOptions(logits: .none, segmentCaches: [SegmentCache(KVCache(config: m.config), start: 2)]))
+        }
+        let small = [KVCache(config: m.config, capacity: 2), KVCache(config: m.config), KVCache(config: m.config)]
+        #expect(throws: ModelError.self) { try m.forward(tokens, options: ForwardOptions(logits: .none, segments: lengths, segmentCaches: small.map { SegmentCache($0) })) }
+        #expect(throws: ModelError.self) { try m.forward(tokens, options: ForwardOptions(logits: .none, segments: lengths, segmentCaches: [SegmentCache(oneGo[0])])) }
+        #expect(throws: ModelError.self) {
+            try m.forward([1], cache: KVCache(config: m.config), options: ForwardOptions(logits: .none, segmentCaches: [SegmentCache(KVCache(config: m.config))]))
         }
     }
 

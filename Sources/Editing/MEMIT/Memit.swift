@@ -231,7 +231,7 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
             let together = try optimizeZTogether(requests)
             solved = together.solved
             // The joint optimization's parts: seconds of z_pass (the unedited pass over every prompt),
-            // z_forward, z_loss, z_backward, z_descend (all steps); z_forward_gflop, z_backward_gflop.
+            // z_forward, z_loss, z_backward, z_descend (all steps); z_pass_gflop, z_forward_gflop, z_backward_gflop.
             for (part, v) in together.phases { clock.phases["z_" + part] = v }
         } else {
             solved = try requests.map(optimizeZ)
@@ -366,6 +366,7 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
         let pass = try DeltaPass(model: model, site: Site(layer: hparams.layers.last!, kind: .residOut),
                                  prompts: JointDeltaOptimization.prompts(of: batches))
         clock.lap("pass")
+        clock.phases["pass_gflop"] = pass.prepareFLOPs / 1e9
         // Each request's first prompt in the pass is its bare prompt: h_L and v0 there, [d] each.
         var reads: [(hL: [Float], v0: [Float])] = [], facts: [JointDeltaOptimization.Fact] = [], first = 0
         for b in batches {
