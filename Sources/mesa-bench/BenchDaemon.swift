@@ -146,7 +146,9 @@ struct DaemonRun {
         let daemon = try buildDaemon(config: config, paths: paths, logger: MesaLogging.discarding())
         let samples = self.samples
         daemon.onEvent = { outcome, seconds in
-            samples.add(total: seconds, edit: outcome.editSeconds, steps: outcome.steps, kind: outcome.kind.label, canary: outcome.canary)
+            var kind = outcome.kind.label
+            if case .deadLetter(let reason) = outcome.kind { kind += ":" + reason.rawValue }
+            samples.add(total: seconds, edit: outcome.editSeconds, steps: outcome.steps, kind: kind, canary: outcome.canary)
         }
         let finished = DispatchSemaphore(value: 0)
         Task {
@@ -206,7 +208,7 @@ final class Samples: @unchecked Sendable {  // all mutable state is guarded by `
         if let canary { lastCanary = canary }
     }
 
-    /// Outcomes by kind (applied, dead_letter, ...).
+    /// Outcomes by kind (applied, dead_letter:<reason>, ...).
     var outcomes: [String: Int] {
         lock.lock(); defer { lock.unlock() }
         return kinds

@@ -116,5 +116,35 @@ import Testing
         let record = try p.host.store.record(1)
         #expect(record.eventIds == ids, "\(record.eventIds)")
     }
+
+    /// A batch that crosses the quality guard is not refused whole: its halves are edited apart, down
+    /// to single events. With limits no edit meets, every event ends refused on its own (each its own
+    /// quality_gate dead letter, the weights untouched); with limits every edit meets, the batch is
+    /// one snapshot.
+    @Test func aBatchOverTheGuardIsEditedInHalvesDownToTheEventsThatDoTheDamage() throws {
+        let data = TestPaths.sharedData
+        let ids = (0..<4).map { _ in UUID().uuidString.lowercased() }
+        for (rise, applied) in [(-1.0, false), (1e6, true)] {
+            let s = try Setup(label: "batch-guard", method: "alphaedit")
+            defer { s.remove() }
+            let batch = zip(ids, ["Paris", "Lyon", "Rome", "Berlin"]).enumerated().map { i, e in
+                s.message(DaemonHarness.factUpdate(id: e.0, subject: e.1, extra: ["method": "AlphaEdit"]), offset: Int64(i))
+            }
+            let p = try s.pipeline()
+            let canary = try CanarySet.build(model: p.host.model, knownFacts: data.appendingPathComponent("counterfact/known_1000.json"),
+                                             wikitext: data.appendingPathComponent("corpus/wikitext-2/tokens.valid.txt"), count: 8, tokens: 16, seed: 0)
+            p.qualityGuard = try QualityGuard(model: p.host.model, canary: canary, perplexityTokens: 16, maxAccuracyDrop: 1e6, maxPerplexityRise: rise)
+            let base = p.host.model.weightHash, head = p.host.head
+            let outcomes = try p.process(batch: batch)
+            #expect(outcomes.map(\.eventId) == ids)
+            if applied {
+                #expect(outcomes.allSatisfy { $0.kind == .applied(method: "AlphaEdit") } && p.host.head == head + 1, "\(outcomes.map(\.summary))")
+            } else {
+                #expect(outcomes.allSatisfy { $0.kind == .deadLetter(.qualityGate) }, "\(outcomes.map(\.summary))")
+                #expect(outcomes.map { $0.summary.contains("the batch") } == [false, false, false, false], "each event is refused alone")
+                #expect(p.host.head == head && p.host.model.weightHash == base)
+            }
+        }
+    }
 }
 

@@ -89,12 +89,11 @@ extension Pipeline {
             return try g.map { ($0.index, try process($0.edit.message)) }
         }
         do { try gate(applied.canary, eventId: nil, what: "the batch of \(n)") } catch let r as Rejection {
-            // The batch was edited as one: every event of it is refused with the figures.
-            return g.map { i, p in
-                var mine = r
-                mine.eventId = p.event.id
-                return (i, deadLetter(p.message, mine))
-            }
+            // The batch crossed the guard's thresholds and was undone. Its halves are edited (and gated)
+            // apart, in order, down to single events: the events that do the damage are refused with
+            // the figures, the others are applied (one snapshot per half that passes).
+            logger.info("a batch of \(n) fact updates crossed the quality guard; editing its halves apart", metadata: ["reason": "\(r.message)"])
+            return try editTogether(Array(g[..<(n / 2)])) + editTogether(Array(g[(n / 2)...]))
         }
         let editSeconds = g.map(\.edit.preSeconds).reduce(0, +) + applied.scoredAt.timeIntervalSince(t0)
         let ids = g.map(\.edit.event.id)
