@@ -29,6 +29,8 @@ struct ThroughputBench: ParsableCommand {
     @Option(help: "Model path (default: the installed SmolLM2-135M-Instruct).") var model: String?
     @Option(help: "BLAS threads of the daemon's edits.") var threads = 2
     @Option(help: "Results file.") var out = "ops/bench/results/throughput.json"
+    @Flag(inversion: .prefixedNo, help: "Run the daemon's quality guard (its default), which refuses edits that damage the canary set.")
+    var guardEnabled = true
 
     func run() throws {
         guard events >= 1, (1...256).contains(batch) else { throw ValidationError("--events must be positive and --batch within 1...256") }
@@ -63,6 +65,7 @@ struct ThroughputBench: ParsableCommand {
                                  properties: ["session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"])
             config.http = .init(listen: "127.0.0.1:0")
             config.batch = .init(maxEvents: size, lingerMs: 200)
+            if !guardEnabled { config.qualityGuard = .init(enabled: false) }
             resetPeakRSS()
             let run = try DaemonRun(config: config, broker: broker, topic: config.topics.factUpdates, payloads: payloads, limit: 4 * 3600)
             let peak = Double(peakRSS()) / 1_048_576
@@ -71,8 +74,8 @@ struct ThroughputBench: ParsableCommand {
             let rate = 60 * Double(applied) / run.seconds
             perMinute[size] = rate
             let canary = run.samples.canary
-            print(String(format: "%@ %@, batches of %d: %d of %d events applied in %.1f s: %.1f facts per minute; peak RSS %.0f MiB; canary after the stream: accuracy %.1f, perplexity %.2f",
-                         name, kind.name, size, applied, events, run.seconds, rate, peak, canary?.accuracy ?? .nan, canary?.perplexity ?? .nan))
+            print(String(format: "%@ %@%@, batches of %d: %d of %d events applied in %.1f s: %.1f facts per minute; peak RSS %.0f MiB; canary after the stream: accuracy %.1f, perplexity %.2f",
+                         name, kind.name, guardEnabled ? "" : " (quality guard off)", size, applied, events, run.seconds, rate, peak, canary?.accuracy ?? .nan, canary?.perplexity ?? .nan))
             if applied < events { print("  outcomes: \(outcomes)") }
             modes.append(["batch": size, "seconds": run.seconds, "applied": applied, "outcomes": outcomes, "facts_per_minute": rate,
                           "peak_rss_mib": peak, "canary_accuracy": canary?.accuracy ?? -1, "canary_perplexity": canary?.perplexity ?? -1])
@@ -80,7 +83,7 @@ struct ThroughputBench: ParsableCommand {
         let ratio = (perMinute[batch] ?? .nan) / (perMinute[1] ?? .nan)
         print(String(format: "batches of %d / one at a time: %.2f× the facts per minute, same run; %@", batch, ratio, BLAS.configuration.description))
         try writeResults(["benchmark": "daemon throughput", "model": name, "method": kind.name, "events": events, "data": data,
-                          "threads": threads, "modes": modes, "batch_over_one_at_a_time": ratio,
+                          "threads": threads, "quality_guard": guardEnabled, "modes": modes, "batch_over_one_at_a_time": ratio,
                           "date": ISO8601DateFormatter().string(from: Date())], to: out)
     }
 }
