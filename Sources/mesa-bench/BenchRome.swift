@@ -3,6 +3,7 @@ import EditDaemon
 import Editing
 import Evaluation
 import Foundation
+import Logging
 import ModelRuntime
 import Tensor
 
@@ -30,6 +31,8 @@ struct RomeBench: ParsableCommand {
     @Option(help: "Results file (JSON).") var out = "ops/bench/results/rome.json"
     @Option(help: "Also time records --record..<--record+N edited one at a time (update computed and applied) with the file's stop rule, and with the stop rule from before the most-probable early stop (the file's loss threshold or its steps); 0 skips.")
     var stopRecords = 10
+    @Option(help: "With --stop-records: the earlier edit's hyperparameters (default: the file's, without the most-probable early stop).")
+    var beforeHparams: String?
 
     func run() throws {
         BLAS.setThreads(threads)
@@ -110,10 +113,19 @@ struct RomeBench: ParsableCommand {
             guard record + stopRecords <= records.count else { throw ValidationError("--record \(record) with --stop-records \(stopRecords) exceeds the data") }
             var before = setup.file
             before.earlyStopTop = false
+            var beforeTemplates = templates
+            if let beforeHparams {
+                guard let bd = FileManager.default.contents(atPath: beforeHparams) else { throw ValidationError("cannot read \(beforeHparams)") }
+                before = try RomeHyperparameters.decode(bd)
+                before.mesa = nil
+                guard before.layer == setup.file.layer else { throw ValidationError("\(beforeHparams) edits layer \(before.layer), the file layer \(setup.file.layer)") }
+                beforeTemplates = try setup.state.templates(model: m, groups: before.contextTemplates, seed: before.templateSeed,
+                                                            logger: Logger(label: "mesa-bench"))
+            }
             var rules: [String: Any] = [:]
             var seconds: [String: Double] = [:]
-            for (name, hp) in [("file", setup.file), ("before", before)] {
-                let e = try RomeEditor(model: m, hparams: hp, templates: templates, statistics: stats)
+            for (name, hp, ts) in [("file", setup.file, templates), ("before", before, beforeTemplates)] {
+                let e = try RomeEditor(model: m, hparams: hp, templates: ts, statistics: stats)
                 var times: [Double] = [], steps: [Double] = []
                 for r in records[record..<(record + stopRecords)] {
                     let request = EditRequest(subject: r.subject, prompt: r.prompt, targetNew: r.targetNew, targetTrue: r.targetTrue)
@@ -127,6 +139,7 @@ struct RomeBench: ParsableCommand {
                 let mean = times.reduce(0, +) / Double(times.count)
                 seconds[name] = mean
                 rules[name] = ["edit_seconds_mean": mean, "edit_seconds": times, "steps_mean": steps.reduce(0, +) / Double(steps.count),
+                               "context_prefixes": ts.prefixes.count,
                                "early_stop_loss": hp.earlyStopLoss, "early_stop_top": hp.earlyStopTop ?? false, "early_stop_top_checks": hp.earlyStopTopChecks ?? 1]
                 print(String(format: "mesa   %@ stop rule (loss < %g%@), records %d..<%d: edit %.3f s mean, %.1f steps mean",
                              name == "file" ? "the file's" : "the earlier", hp.earlyStopLoss,
