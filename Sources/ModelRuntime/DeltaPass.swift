@@ -104,18 +104,17 @@ public final class DeltaPass: @unchecked Sendable {  // not thread-safe: scratch
     /// attention; the elementwise work is left out): the arithmetic a step's time is compared with.
     public private(set) var forwardFLOPs = 0.0, backwardFLOPs = 0.0
 
-    /// FLOPs of one forward over `layout`: per upper layer and row the projections (2·in·out each),
-    /// per prompt row and head the attention (2·hd for the score and 2·hd for the value of each
-    /// position it sees), and the unembedding of the logit rows (2·d·V each).
-    func flops(_ layout: Layout) -> Double {
-        let d = Double(c.hidden), hd = Double(c.headDim)
-        let perRow = Self.rowFLOPs(c, gated: model.weights.layers[0].wGate != nil)
-        let seen = layout.prompts.reduce(0.0) { sum, i in
+    /// FLOPs of one forward over `layout`: each prompt's rows p..<T through the upper layers
+    /// (`positionFLOPs`) and the unembedding of the logit rows (2·d·V each). `attentionTwice`: the
+    /// backward, whose attention costs twice the forward's.
+    func flops(_ layout: Layout, attentionTwice: Bool = false) -> Double {
+        let gated = model.weights.layers[0].wGate != nil
+        let rows = layout.prompts.reduce(0.0) { sum, i in
             let p = prompts[i]
-            return sum + Double((p.position + 1...p.tokens.count).reduce(0, +))
+            return sum + Self.positionFLOPs(c, gated: gated, count: p.tokens.count - p.position, after: p.position,
+                                            layers: upperLayers.count, attentionTwice: attentionTwice)
         }
-        let upper = Double(upperLayers.count)
-        return upper * (Double(layout.rows) * perRow + seen * Double(c.heads) * 4 * hd) + Double(layout.logitRows.count) * 2 * d * Double(c.vocabSize)
+        return rows + Double(layout.logitRows.count) * 2 * Double(c.hidden) * Double(c.vocabSize)
     }
 
     public var upperLayers: Range<Int> { (layer + 1)..<c.layers }
@@ -124,11 +123,16 @@ public final class DeltaPass: @unchecked Sendable {  // not thread-safe: scratch
     /// Tokens per packed sequence of the unedited pass in `init` (bounds its scratch memory).
     static let packTokens = 2048
 
-    /// FLOPs of one row through one layer's projections: 2·in·out for Q|K|V, O, the MLP's input(s) and down.
-    static func rowFLOPs(_ c: ModelConfig, gated: Bool) -> Double {
+    /// FLOPs of `count` positions that follow `after` cached ones through `layers` layers: per position
+    /// and layer the projections (2·in·out for Q|K|V, O, the MLP's input(s) and down), per head the
+    /// attention over the positions it sees (2·hd for the score and 2·hd for the value of each).
+    static func positionFLOPs(_ c: ModelConfig, gated: Bool, count: Int, after: Int, layers: Int, attentionTwice: Bool = false) -> Double {
         let d = Double(c.hidden), ff = Double(c.intermediate), hd = Double(c.headDim)
         let qd = Double(c.heads) * hd, qkvw = qd + 2 * Double(c.kvHeads) * hd
-        return 2 * (d * qkvw + qd * d + d * (gated ? 2 * ff : ff) + ff * d)
+        let perPosition = 2 * (d * qkvw + qd * d + d * (gated ? 2 * ff : ff) + ff * d)
+        let (n, s) = (Double(count), Double(after))
+        let seen = n * s + n * (n + 1) / 2   // Σ over the positions of the positions each one sees
+        return Double(layers) * (n * perPosition + (attentionTwice ? 2 : 1) * seen * Double(c.heads) * 4 * hd)
     }
 
     /// FLOPs of the unedited pass in `init`: every shared prefix once through every layer, the rest of
@@ -227,11 +231,9 @@ public final class DeltaPass: @unchecked Sendable {  // not thread-safe: scratch
         // sites at l; the rows p..<T of the residual after l), then the positions before p from that
         // residual through the later layers (their keys and values are all those layers need from
         // them; the rows p..<T above l are recomputed by every `forward`).
-        let perRow = Self.rowFLOPs(c, gated: model.weights.layers[0].wGate != nil), perSeen = Double(c.heads * 4 * c.headDim)
-        // FLOPs of `n` positions after `start` cached ones through `layers` layers.
+        let gated = model.weights.layers[0].wGate != nil
         func passFLOPs(_ n: Int, after start: Int, layers: Int) -> Double {
-            let (n, s) = (Double(n), Double(start))
-            return Double(layers) * (n * perRow + (n * s + n * (n + 1) / 2) * perSeen)
+            Self.positionFLOPs(c, gated: gated, count: n, after: start, layers: layers)
         }
         let caches = prompts.map { KVCache(config: c, capacity: $0.tokens.count) }
         let (shared, prefixes) = Self.sharedPrefixes(prompts)
@@ -443,9 +445,7 @@ public final class DeltaPass: @unchecked Sendable {  // not thread-safe: scratch
         let w = model.weights
         let scale = 1 / Float(hd).squareRoot()
         // The same products as the forward (input gradients only), attention twice over.
-        backwardFLOPs += flops(layout) + Double(upperLayers.count) * layout.prompts.reduce(0.0) { sum, i in
-            sum + Double((prompts[i].position + 1...prompts[i].tokens.count).reduce(0, +))
-        } * Double(c.heads) * 4 * Double(hd)
+        backwardFLOPs += flops(layout, attentionTwice: true)
         dx.zero()
         if L > 0 {
             // logits = norm(x_f) · Eᵀ  ⇒  ∂norm = ∂logits · E  [L, d], then through the final norm.

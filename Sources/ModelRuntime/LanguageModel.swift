@@ -88,13 +88,6 @@ public final class LanguageModel: @unchecked Sendable {  // `rope` is guarded by
         guard T > 0 else { throw ModelError(.invalidInput, "forward pass needs at least one token") }
         let past = cache?.length ?? 0
         let S = past + T
-        // Packed sequences each start at position 0, or at their cache's start: the context bounds the longest one.
-        let starts = options.segmentCaches?.map(\.start)
-        let longest = options.segments.map { zip($0, starts ?? Array(repeating: 0, count: $0.count)).map { $0 + $1 }.max() ?? 0 }
-            ?? (starts.map { S + ($0.first ?? 0) } ?? S)
-        guard longest <= c.contextLength else {
-            throw ModelError(.contextOverflow, "\(longest) tokens exceed the model's context of \(c.contextLength)")
-        }
         if let cache, S > cache.capacity {
             throw ModelError(.contextOverflow, "\(S) tokens exceed the KV cache capacity of \(cache.capacity)")
         }
@@ -162,6 +155,12 @@ public final class LanguageModel: @unchecked Sendable {  // `rope` is guarded by
                 for i in span.start..<span.end { position[i] = t.start + i - span.start }
             }
         }
+        // Packed sequences each start at position 0, or at their cache's start: the context bounds the longest one.
+        let longest = (position.max() ?? 0) + 1
+        guard longest <= c.contextLength else {
+            throw ModelError(.contextOverflow, "\(longest) tokens exceed the model's context of \(c.contextLength)")
+        }
+        let starts = options.segmentCaches?.map(\.start)
         let rope = ropeTable(upTo: longest)
 
         let d = c.hidden, qd = c.heads * c.headDim, kvd = c.kvHeads * c.headDim, ff = c.intermediate, hd = c.headDim

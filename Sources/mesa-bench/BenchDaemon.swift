@@ -55,13 +55,10 @@ struct DaemonBench: ParsableCommand {
     @Option(help: "Results file.") var out = "ops/bench/results/daemon.json"
 
     func run() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("mesa-bench-daemon-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let broker = try DevelopmentBroker(executable: paths.broker)
-        defer { broker.stop() }
-
-        var config = DaemonConfiguration()
+        let scratch = try BenchDaemonScratch(label: "daemon", linkingEditState: model != nil)
+        defer { scratch.close() }
+        let (dir, broker) = (scratch.dir, scratch.broker)
+        var config = scratch.config
         config.method = "rome"   // the events below name ROME; the tiny model has no key statistics for the MEMIT family
         let modelPath: String
         if let model {
@@ -74,11 +71,6 @@ struct DaemonBench: ParsableCommand {
             try TinyModel.romeHyperparameters(model: "tiny-bench", steps: 5).write(to: hd.appendingPathComponent("tiny-bench.json"))
             config.hparamsDir = dir.appendingPathComponent("hparams").path
         }
-        config.stateDir = dir.appendingPathComponent("state").path
-        if model != nil { try linkEditState(into: dir.appendingPathComponent("state")) }
-        config.kafka = .init(bootstrapServers: broker.bootstrapServers, groupId: "bench", createTopics: true, topics: nil,
-                             properties: ["session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"])
-        config.http = .init(listen: "127.0.0.1:0")
         config.model = modelPath
         let topics = config.topics
         let name = Installation.modelName(modelPath)
@@ -116,6 +108,36 @@ struct DaemonBench: ParsableCommand {
             "edit_math": summary(edit), "floor": ["broker_round_trip": rt, "lmdb_commit": lm], "overhead_p50_over_floor_p50": o["p50_ms"]! / floor,
             "blas": BLAS.configuration.description, "date": ISO8601DateFormatter().string(from: Date()),
         ], to: out)
+    }
+}
+
+/// A scratch directory and a Tansu broker for one in-process daemon, and a configuration that points
+/// at both: state under the directory (reusing the installed templates and key statistics when asked),
+/// Kafka at the broker, HTTP on an ephemeral port.
+struct BenchDaemonScratch {
+    let dir: URL
+    let broker: DevelopmentBroker
+    let config: DaemonConfiguration
+
+    init(label: String, linkingEditState: Bool) throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("mesa-bench-\(label)-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        do { broker = try DevelopmentBroker(executable: paths.broker) } catch {
+            try? FileManager.default.removeItem(at: dir)
+            throw error
+        }
+        var c = DaemonConfiguration()
+        c.stateDir = dir.appendingPathComponent("state").path
+        if linkingEditState { try linkEditState(into: dir.appendingPathComponent("state")) }
+        c.kafka = .init(bootstrapServers: broker.bootstrapServers, groupId: "bench", createTopics: true, topics: nil,
+                        properties: ["session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"])
+        c.http = .init(listen: "127.0.0.1:0")
+        config = c
+    }
+
+    func close() {
+        broker.stop()
+        try? FileManager.default.removeItem(at: dir)
     }
 }
 

@@ -50,24 +50,16 @@ struct ThroughputBench: ParsableCommand {
         var modes: [[String: Any]] = []
         var perMinute: [Int: Double] = [:]
         for size in [batch, 1] {
-            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("mesa-bench-throughput-\(UUID().uuidString)")
-            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-            defer { try? FileManager.default.removeItem(at: dir) }
-            let broker = try DevelopmentBroker(executable: paths.broker)
-            defer { broker.stop() }
-            var config = DaemonConfiguration()
+            let scratch = try BenchDaemonScratch(label: "throughput", linkingEditState: true)
+            defer { scratch.close() }
+            var config = scratch.config
             config.method = kind.rawValue
             config.model = modelPath
             config.threads = threads
-            config.stateDir = dir.appendingPathComponent("state").path
-            try linkEditState(into: dir.appendingPathComponent("state"))
-            config.kafka = .init(bootstrapServers: broker.bootstrapServers, groupId: "bench", createTopics: true, topics: nil,
-                                 properties: ["session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"])
-            config.http = .init(listen: "127.0.0.1:0")
             config.batch = .init(maxEvents: size, lingerMs: 200)
             if !guardEnabled { config.qualityGuard = .init(enabled: false) }
             resetPeakRSS()
-            let run = try DaemonRun(config: config, broker: broker, topic: config.topics.factUpdates, payloads: payloads, limit: 4 * 3600)
+            let run = try DaemonRun(config: config, broker: scratch.broker, topic: config.topics.factUpdates, payloads: payloads, limit: 4 * 3600)
             let peak = Double(peakRSS()) / 1_048_576
             let outcomes = run.samples.outcomes
             let applied = outcomes["applied"] ?? 0
