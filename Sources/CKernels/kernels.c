@@ -141,3 +141,15 @@ void mesa_sha256_blocks(uint32_t state[8], const uint8_t *data, size_t blocks) {
     _mm_storeu_si128((__m128i *)&state[0], s0);
     _mm_storeu_si128((__m128i *)&state[4], s1);
 }
+
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
+int mesa_release_free_memory(void) {
+#ifdef __GLIBC__
+    return malloc_trim(0);
+#else
+    return 0;
+#endif
+}

@@ -16,7 +16,9 @@ public struct ModelSource: Sendable {
 public enum ModelLoader {
     /// Loads a model from a GGUF file, a safetensors file (config.json and tokenizer.json beside it),
     /// or a directory holding config.json + model.safetensors + tokenizer.json.
+    /// The load's temporaries (dequantized tensors before they are fused) go back to the kernel.
     public static func load(path: String) throws -> LanguageModel {
+        defer { ResidentMemory.release() }
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw ModelError(.fileNotFound, "model not found", path: path)

@@ -44,15 +44,6 @@ func median(_ xs: [Double]) -> Double {
     return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
 }
 
-/// Peak resident set size of this process in bytes (VmHWM).
-func peakRSS() -> Int {
-    guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
-    for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-        return (Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) ?? 0) * 1024
-    }
-    return 0
-}
-
 /// Measured single-precision GEMM rate (GFLOP/s) at a size typical of the model's projections.
 func sgemmRate(m: Int, n: Int, k: Int, repeats: Int = 5) -> Double {
     let a = [Float](repeating: 0.5, count: m * k), b = [Float](repeating: 0.25, count: n * k)
@@ -127,13 +118,13 @@ struct Forward: ParsableCommand {
                 "decode_ms_per_token": decodeSeconds * 1e3 / Double(decode), "decode_tokens_per_s": Double(decode) / decodeSeconds,
                 "prefill_all_logits_gflop": flopsAll / 1e9, "prefill_all_logits_gflop_per_s": flopsAll / prefillAll / 1e9,
                 "sgemm_gflop_per_s_\(tokens)x\(c.intermediate)x\(c.hidden)": gemm,
-                "peak_rss_mib": Double(peakRSS()) / 1_048_576,
+                "peak_rss_mib": Double(ResidentMemory.current()?.peak ?? 0) / 1_048_576,
             ],
         ]
         print(String(format: "mesa   prefill %d tok: %.1f ms (%.0f tok/s, all logits; %.1f ms with last logits only)  decode: %.2f ms/tok (%.1f tok/s)",
                      tokens, prefillAll * 1e3, Double(tokens) / prefillAll, prefillLast * 1e3, decodeSeconds * 1e3 / Double(decode), Double(decode) / decodeSeconds))
         print(String(format: "       prefill %.2f GFLOP at %.0f GFLOP/s; sgemm %dx%dx%d at %.0f GFLOP/s; peak RSS %.0f MiB; %@",
-                     flopsAll / 1e9, flopsAll / prefillAll / 1e9, tokens, c.intermediate, c.hidden, gemm, Double(peakRSS()) / 1_048_576, blas.description))
+                     flopsAll / 1e9, flopsAll / prefillAll / 1e9, tokens, c.intermediate, c.hidden, gemm, Double(ResidentMemory.current()?.peak ?? 0) / 1_048_576, blas.description))
 
         if reference != "none" {
             if let ref = try runReference(ids: ids, modelPath: path) {

@@ -77,7 +77,7 @@ struct HarvestBench: ParsableCommand {
             "packed": ["seconds": packed.seconds, "tokens_per_s": packedRate, "floor_ratio": packedRate / floorTokensPerSecond],
             "one_article_per_pass": ["seconds": single.seconds, "tokens_per_s": singleRate, "floor_ratio": singleRate / floorTokensPerSecond],
             "speedup_packed_over_one_article": packedRate / singleRate,
-            "peak_rss_mib": Double(peakRSS()) / 1_048_576,
+            "peak_rss_mib": Double(ResidentMemory.current()?.peak ?? 0) / 1_048_576,
             "date": ISO8601DateFormatter().string(from: Date()),
         ]
         print(String(format: "harvest %d tokens at %@ (layers 0–%d, %.0f-token articles, %@)", tokens, parsed.map(\.description).joined(separator: ", "),

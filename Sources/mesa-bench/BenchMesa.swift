@@ -159,6 +159,8 @@ struct MemitBench: ParsableCommand {
     var fileStop = false
     @Flag(help: "With --batch: also time the facts one at a time with the stop rule from before the most-probable early stop (the file's loss threshold or v_num_grad_steps): the one-at-a-time rate the throughput target of issue 19 is measured against.")
     var before = false
+    @Option(parsing: .upToNextOption, help: "With --batch: also time the batch together with these limits on the rows of one joint z pass (the editor's jointRowLimit, which bounds the pass's memory), same run.")
+    var jointRows: [Int] = []
 
     func run() throws {
         guard let kind = EditMethod(rawValue: method), kind != .rome else { throw ValidationError("--method memit, alphaedit or encore") }
@@ -240,6 +242,19 @@ struct MemitBench: ParsableCommand {
             let together = try timed { joint = try editor.computeUpdates(requests) }
             // CPU seconds of each path: less moved by other processes than the wall time (not by cache contention).
             let cpu = (alone: cpu1 - cpu0, together: processCPUSeconds() - cpu1)
+            // The batch together under other row limits per joint pass, and the peak memory each one adds.
+            let deployedRows = editor.jointRowLimit
+            var byRows: [[String: Double]] = []
+            for rows in jointRows {
+                editor.jointRowLimit = rows
+                ResidentMemory.release()
+                ResidentMemory.resetPeak()
+                let before = ResidentMemory.current()?.resident ?? 0
+                let t = try timed { _ = try editor.computeUpdates(requests) }
+                let added = Double((ResidentMemory.current()?.peak ?? 0) - before) / 1_048_576
+                byRows.append(["rows": Double(rows), "seconds": t, "facts_per_minute": 60 * Double(batch) / t, "peak_added_mib": added])
+            }
+            editor.jointRowLimit = deployedRows
             // The same facts one at a time with the stop rule from before the most-probable early stop.
             var earlier: (seconds: Double, steps: Double)?
             if before {
@@ -286,6 +301,10 @@ struct MemitBench: ParsableCommand {
             print(String(format: "               pass %.0f GFLOP at %.2f× its floor, forward %.0f GFLOP at %.2f×, backward %.0f GFLOP at %.2f× (sgemm %.0f GFLOP/s at [1024, 576]·[576, 1536])",
                          jp["z_pass_gflop"] ?? .nan, floors["pass"] ?? .nan, jp["z_forward_gflop"] ?? .nan, floors["forward"] ?? .nan,
                          jp["z_backward_gflop"] ?? .nan, floors["backward"] ?? .nan, rate))
+            for r in byRows {
+                print(String(format: "               together with at most %.0f rows per joint pass: %.1f facts/min (%.3f s per fact; %.2f× the %d-row figure above); the edit's peak added %.0f MiB",
+                             r["rows"]!, r["facts_per_minute"]!, r["seconds"]! / n, r["seconds"]! / together, deployedRows, r["peak_added_mib"]!))
+            }
             if let earlier {
                 print(String(format: "               one at a time with the stop rule before the most-probable stop (loss < %g or %d steps): %.1f facts/min (%.3f s per fact; %.1f steps per fact); together / that: %.2f×",
                              fileLoss, h.vNumGradSteps, 60 * n / earlier.seconds, earlier.seconds / n, earlier.steps, earlier.seconds / together))
@@ -297,6 +316,7 @@ struct MemitBench: ParsableCommand {
                              load, ProcessInfo.processInfo.activeProcessorCount))
             }
             doc["batch"] = ["size": batch, "stop": stopRule, "together_seconds": together, "alone_seconds": alone,
+                            "joint_row_limit": deployedRows, "together_by_row_limit": byRows,
                             "together_phases": jp, "alone_phases": alonePhases, "sgemm_gflop_per_s": rate, "together_over_floor": floors, "together_phase_shares": st, "alone_phase_shares": sa,
                             "together_facts_per_minute": perMinute.together, "alone_facts_per_minute": perMinute.alone,
                             "together_steps_per_fact": steps.together, "alone_steps_per_fact": steps.alone,

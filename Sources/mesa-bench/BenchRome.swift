@@ -96,12 +96,12 @@ struct RomeBench: ParsableCommand {
                      h.layer, stepsRun, all.count, R, L, mesa["total"]!, mesa["k_star"]!, mesa["v_star"]!, mesa["closed_form"]!, mesa["eval"]!))
         print(String(format: "       v* minimal work %.2f GFLOP; sgemm %dx%dx%d at %.0f GFLOP/s ⇒ floor %.3f s; measured v* is %.2f× the floor",
                      vFlops / 1e9, R, 2 * c.intermediate, c.hidden, rate / 1e9, floor, mesa["v_star"]! / floor))
-        print(String(format: "       peak RSS %.0f MiB; %@", Double(peakRSS()) / 1_048_576, blas.description))
+        print(String(format: "       peak RSS %.0f MiB; %@", Double(ResidentMemory.current()?.peak ?? 0) / 1_048_576, blas.description))
         var result: [String: Any] = [
             "benchmark": "rome", "model": (path as NSString).lastPathComponent, "threads": threads, "repeats": repeats,
             "layer": h.layer, "steps": stepsRun, "prompts": all.count, "rows": R, "logit_rows": L, "case_id": rec.caseId,
             "blas": ["core": blas.coreName, "threads": blas.threads, "build": blas.build],
-            "mesa": mesa.merging(["peak_rss_mib": Double(peakRSS()) / 1_048_576, "v_star_gflop": vFlops / 1e9,
+            "mesa": mesa.merging(["peak_rss_mib": Double(ResidentMemory.current()?.peak ?? 0) / 1_048_576, "v_star_gflop": vFlops / 1e9,
                                   "sgemm_gflop_per_s": rate / 1e9, "v_star_floor_s": floor, "v_star_over_floor": mesa["v_star"]! / floor]) { a, _ in a },
         ]
 

@@ -58,9 +58,10 @@ struct ThroughputBench: ParsableCommand {
             config.threads = threads
             config.batch = .init(maxEvents: size, lingerMs: 200)
             if !guardEnabled { config.qualityGuard = .init(enabled: false) }
-            resetPeakRSS()
+            ResidentMemory.release()   // the previous mode's daemon is gone; its freed pages must not count here
+            ResidentMemory.resetPeak()
             let run = try DaemonRun(config: config, broker: scratch.broker, topic: config.topics.factUpdates, payloads: payloads, limit: 4 * 3600)
-            let peak = Double(peakRSS()) / 1_048_576
+            let peak = Double(ResidentMemory.current()?.peak ?? 0) / 1_048_576
             let outcomes = run.samples.outcomes
             let applied = outcomes["applied"] ?? 0
             let rate = 60 * Double(applied) / run.seconds
@@ -77,13 +78,5 @@ struct ThroughputBench: ParsableCommand {
         try writeResults(["benchmark": "daemon throughput", "model": name, "method": kind.name, "events": events, "data": data,
                           "threads": threads, "quality_guard": guardEnabled, "modes": modes, "batch_over_one_at_a_time": ratio,
                           "date": ISO8601DateFormatter().string(from: Date())], to: out)
-    }
-}
-
-/// Resets this process's peak resident set size (VmHWM) to the current one (Linux clear_refs 5).
-func resetPeakRSS() {
-    if let h = FileHandle(forWritingAtPath: "/proc/self/clear_refs") {
-        h.write(Data("5".utf8))
-        try? h.close()
     }
 }

@@ -29,4 +29,7 @@ int mesa_sha256_has_shani(void);
 /// SHA-256 compression of `blocks` 64-byte blocks into state[8] (FIPS 180-4 word order), with the
 /// SHA-NI instructions. Call only when `mesa_sha256_has_shani()` is 1.
 void mesa_sha256_blocks(uint32_t state[8], const uint8_t *data, size_t blocks);
+/// Returns the free pages of every malloc arena to the kernel (glibc's malloc_trim(0)); 1 if any were.
+int mesa_release_free_memory(void);
+
 #endif

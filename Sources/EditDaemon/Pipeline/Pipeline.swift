@@ -76,11 +76,13 @@ public final class Pipeline: @unchecked Sendable {  // not thread-safe: its `var
     }
 
     /// After every message or batch: an edit that a failure left applied but neither recorded nor
-    /// undone is undone, so that the weights are the head's and queries can read them again.
+    /// undone is undone, so that the weights are the head's and queries can read them again; and the
+    /// edit's freed working memory goes back to the kernel (`ResidentMemory.release`).
     func settle() {
         do { try host.settle() } catch {
             logger.error("the weights could not be brought back to snapshot \(host.head)", metadata: ["error": "\(error)"])
         }
+        ResidentMemory.release()
     }
 
     func validate(_ value: JSONValue, _ schema: CompiledSchema, name: String) throws {

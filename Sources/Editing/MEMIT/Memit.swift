@@ -168,7 +168,8 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
     public let model: LanguageModel
     public let hparams: MemitHyperparameters
     public let templates: ContextTemplates
-    /// C for each edited layer.
+    /// C for each edited layer; empty for AlphaEdit, whose solve reads only the projectors built from
+    /// C ([ff, ff] Float32 per layer that need not stay resident: 47 MB for the default model).
     public let statistics: [Int: KeyStatistics]
     public let solver: SpreadSolver
     /// AlphaEdit's state, when the solver is AlphaEdit's.
@@ -190,8 +191,8 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
     /// The most rows (Σ (T − p) over its prompts) one joint z pass holds; the requests of a larger batch
     /// edit are optimized in consecutive groups. A pass keeps about (2·d + q + 2·kv + 2·ff)·4 bytes per
     /// row and layer above the edited ones (≈ 0.45 MB per row for SmolLM2-135M at layer 7), so this
-    /// bounds its memory (≈ 230 MB at 512 rows) without changing any result.
-    public var jointRowLimit = 512
+    /// bounds its memory (≈ 115 MB at 256 rows) without changing any result.
+    public var jointRowLimit = 256
     /// The most tokens one packed reading pass holds (the keys and residuals of a batch edit's prompts).
     var packTokens = 1024
 
@@ -200,16 +201,24 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
         try hparams.validate(layers: model.config.layers)
         mesaSetup = try MesaAttachment(hparams.mesa, sae: sae, fallbackReason: fallbackReason,
                                        site: Site(layer: hparams.layers.last!, kind: .residOut), width: model.config.hidden)
+        var alphaEdit: AlphaEditState?
+        if case .alphaEdit(let state) = solver { alphaEdit = state }
         for l in hparams.layers {
-            guard let s = statistics[l], s.dim == model.config.intermediate else {
-                throw EditError(.state, "MEMIT needs key statistics of width \(model.config.intermediate) for layer \(l)")
+            if let alphaEdit {
+                guard alphaEdit.projectors[l] != nil, alphaEdit.dim == model.config.intermediate else {
+                    throw EditError(.state, "AlphaEdit needs a null-space projector of width \(model.config.intermediate) for layer \(l)")
+                }
+            } else {
+                guard let s = statistics[l], s.dim == model.config.intermediate else {
+                    throw EditError(.state, "MEMIT needs key statistics of width \(model.config.intermediate) for layer \(l)")
+                }
             }
         }
         guard templates.prefixes.first == "" else { throw EditError(.state, "context templates must start with the bare prompt") }
         self.model = model
         self.hparams = hparams
         self.templates = templates
-        self.statistics = statistics
+        self.statistics = alphaEdit == nil ? statistics : [:]
         self.solver = solver
         tokenizer = EditTokenizer(model: model)
     }
@@ -477,7 +486,8 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
             }
         case .alphaEdit(let state):
             // (P(KKᵀ + K_pK_pᵀ) + αI) X = PK, with P·K_pK_pᵀ kept by the accumulator and P·KKᵀ = (PK)Kᵀ.
-            guard let p = state.projectors[l], var a = state.kept.projected[l] else { throw EditError(.state, "no AlphaEdit projector for layer \(l)") }
+            guard let stored = state.projectors[l], var a = state.kept.projected[l] else { throw EditError(.state, "no AlphaEdit projector for layer \(l)") }
+            let p = stored.map(Double.init)   // P [ff, ff]
             var pk = [Double](repeating: 0, count: ff * n)   // PK [ff, n]
             p.withUnsafeBufferPointer { pp in b.withUnsafeBufferPointer { k in pk.withUnsafeMutableBufferPointer { out in
                 BLAS.dgemm(m: ff, n: n, k: ff, a: pp.baseAddress!, lda: ff, b: k.baseAddress!, ldb: n, c: out.baseAddress!, ldc: n)

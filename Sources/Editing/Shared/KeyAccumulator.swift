@@ -12,12 +12,12 @@ public final class KeyAccumulator: @unchecked Sendable {  // not thread-safe: mu
     /// With projectors (AlphaEdit) instead: P·Σ K Kᵀ = Σ (PKᵀ)K per layer, [ff, ff], all its solve
     /// needs (no [ff, ff]·[ff, ff] product; two [ff, n] GEMMs per kept edit), and no plain sum is kept.
     public private(set) var projected: [Int: [Double]]
-    let projectors: [Int: [Double]]
+    let projectors: [Int: [Float]]
     public let layers: [Int]
     public let dim: Int
     public let blockName: String
 
-    public init(layers: [Int], dim: Int, blockName: String, projectors: [Int: [Double]] = [:]) {
+    public init(layers: [Int], dim: Int, blockName: String, projectors: [Int: [Float]] = [:]) {
         let zeros = Dictionary(uniqueKeysWithValues: layers.map { ($0, [Double](repeating: 0, count: dim * dim)) })
         accumulated = projectors.isEmpty ? zeros : [:]
         projected = projectors.isEmpty ? [:] : zeros
@@ -42,6 +42,7 @@ public final class KeyAccumulator: @unchecked Sendable {  // not thread-safe: mu
             }
             if let p = projectors[layer], var pa = projected[layer] {
                 var pk = [Double](repeating: 0, count: dim * n)   // PKᵀ [ff, n]
+                let p = p.map(Double.init)   // [ff, ff]
                 p.withUnsafeBufferPointer { pp in flat.withUnsafeBufferPointer { k in pk.withUnsafeMutableBufferPointer { out in
                     BLAS.dgemm(transB: true, m: dim, n: n, k: dim, a: pp.baseAddress!, lda: dim, b: k.baseAddress!, ldb: dim,
                                c: out.baseAddress!, ldc: n)
