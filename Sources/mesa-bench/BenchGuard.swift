@@ -22,6 +22,7 @@ struct GuardBench: ParsableCommand {
     @Option(help: "Hyperparameter file (default: deploy/hparams/<method>/SmolLM2-135M-Instruct.json).") var hparams: String?
     @Option(help: "CounterFact records edited for the median edit time.") var edits = 5
     @Option(help: "Data directory (known facts, WikiText-2, CounterFact).") var data = "../shared/data"
+    @Option(help: "CounterFact split whose first --edits records are edited (train to tune the thresholds, val to report).") var split = "val"
     @Option(parsing: .upToNextOption, help: "Canary sizes to time, as facts:tokens[:longest fact prompt in tokens, 0 for any; default \(CanarySet.defaultMaxPromptTokens)].")
     var sizes = ["32:64:0", "32:64", "24:64", "16:64"]
     @Option(help: "Results file (JSON).") var out = "ops/bench/results/guard.json"
@@ -36,7 +37,8 @@ struct GuardBench: ParsableCommand {
         let hp = try EditorRegistry.hyperparameters(kind, at: file, catalog: try paths.schemaCatalog())
         let editor = try registry.editor(model: lm, hparams: hp, computeMissing: false)
         let firstLayer = hp.lowestLayer
-        let records = Array(try CounterFact.load(path: data + "/counterfact/counterfact-val.json").records.prefix(edits))
+        guard ["train", "val"].contains(split) else { throw ValidationError("--split: train or val") }
+        let records = Array(try CounterFact.load(path: data + "/counterfact/counterfact-\(split).json").records.prefix(edits))
         let dataDir = URL(fileURLWithPath: data)
         // Guards on the base weights, one per size (their canary sets are built from the same seed): as the
         // daemon runs them (resumed at the first edited layer; the cache is filled here, on the base
@@ -57,6 +59,8 @@ struct GuardBench: ParsableCommand {
         var editTimes: [Double] = []
         var resumedTimes: [String: [Double]] = [:], fullTimes: [String: [Double]] = [:]
         var agree = true
+        // Per size, each edit's canary figures against the base model's: facts lost and the perplexity rise.
+        var lost: [String: [Int]] = [:], rise: [String: [Double]] = [:], trips: [String: Int] = [:]
         for r in records {
             let request = EditRequest(subject: r.subject, prompt: r.prompt, targetNew: r.targetNew, targetTrue: r.targetTrue)
             var updates: [LowRankUpdate] = []
@@ -67,6 +71,10 @@ struct GuardBench: ParsableCommand {
                 resumedTimes[s, default: []].append(try timed { a = try resumed.measure(lm) })
                 fullTimes[s, default: []].append(try timed { b = try full.measure(lm) })
                 agree = agree && a == b
+                let base = resumed.base
+                lost[s, default: []].append(Int(((base.accuracy - a.accuracy) * Double(resumed.canary.facts.count) / 100).rounded()))
+                rise[s, default: []].append(a.perplexity / base.perplexity - 1)
+                if resumed.violation(a) != nil { trips[s, default: 0] += 1 }
             }
             for b in backups.reversed() { try lm.restore(b) }
         }
@@ -86,15 +94,21 @@ struct GuardBench: ParsableCommand {
             let t = median(resumedTimes[s] ?? []), f = median(fullTimes[s] ?? [])
             print(String(format: "canary %@ (%d facts, %d perplexity tokens, %d tokens per pass): %.3f s = %.1f%% of the median edit (from the embeddings: %.3f s = %.1f%%)", s,
                          g.canary.facts.count, g.perplexityTokens, g.passTokens, t, 100 * t / edit, f, 100 * f / edit))
+            let l = lost[s] ?? [], r = rise[s] ?? []
+            let histogram = Dictionary(grouping: l, by: { $0 }).mapValues(\.count)
+            print(String(format: "       over %d edits of %@: %d cross the thresholds (%.1f points, %.1f%%); facts lost per edit %@; perplexity rise median %.2f%%, largest %.2f%%",
+                         l.count, split, trips[s] ?? 0, g.maxAccuracyDrop, 100 * g.maxPerplexityRise,
+                         histogram.keys.sorted().map { "\($0): \(histogram[$0]!)" }.joined(separator: ", "), 100 * median(r), 100 * (r.max() ?? 0)))
             rows.append(["size": s, "facts": g.canary.facts.count, "tokens": g.perplexityTokens, "pass_tokens": g.passTokens, "seconds": t,
-                         "ratio_to_edit": t / edit, "from_embeddings_seconds": f, "from_embeddings_ratio_to_edit": f / edit])
+                         "ratio_to_edit": t / edit, "from_embeddings_seconds": f, "from_embeddings_ratio_to_edit": f / edit,
+                         "edits_crossing": trips[s] ?? 0, "facts_lost": l, "perplexity_rise": r])
         }
         print("resumed and full passes give the same figures: \(agree ? "yes" : "NO")")
         let ref = median(refTimes)
         print(String(format: "reference, one pass per fact (%@): %.3f s = %.1f%% of the median edit; separate/packed %.2fx; figures agree: %@ (accuracy %.1f / %.1f, perplexity %.5f / %.5f)",
                      refSize, ref, 100 * ref / edit, ref / max(1e-9, median(fullTimes[refSize] ?? [])), refAgree ? "yes" : "NO",
                      packedBase.accuracy, refFigures.accuracy, packedBase.perplexity, refFigures.perplexity))
-        try writeResults(["method": editor.method, "edit_median_seconds": edit, "edits": records.count, "blas_core": c.coreName,
+        try writeResults(["method": editor.method, "edit_median_seconds": edit, "edits": records.count, "split": split, "blas_core": c.coreName,
                           "blas_threads": c.threads, "start_layer": firstLayer, "canary": rows, "target_ratio": 0.10, "resumed_figures_agree": agree,
                           "reference_separate_passes": ["size": refSize, "seconds": ref, "ratio_to_edit": ref / edit, "figures_agree": refAgree]], to: out)
     }
