@@ -7,8 +7,8 @@ import Foundation
 /// glibc keeps freed blocks in its arenas, and its mmap threshold grows with the largest block freed
 /// (up to 32 MiB), so after a model load or an edit the temporaries of tens of MiB each stay resident
 /// although nothing uses them: the process carries the high-water mark of every phase into the next.
-/// `release()` returns the free pages of every arena (malloc_trim(0)); it is called after a load and
-/// after each edit, where a few milliseconds are nothing.
+/// `release()` returns the free pages of every arena (malloc_trim(0)); the loader calls it after a
+/// load and the daemon after every message or batch, where a few milliseconds are nothing.
 public enum ResidentMemory {
     /// Figures in bytes; nil where the kernel does not report them.
     public struct Figures: Sendable, Equatable {
