@@ -30,7 +30,7 @@ import Testing
     /// SIGTERM while an edit runs: the intake stops, the edit finishes, its result is published and
     /// its offset committed before the process exits 0, so a restart has nothing to redeliver.
     @Test func sigtermDuringAnEditFinishesAndCommitsIt() throws {
-        let h = try DaemonHarness(bootstrap: try SharedBroker.get().bootstrapServers, label: "drain", steps: 400)
+        let h = try DaemonHarness(bootstrap: try SharedBroker.get().bootstrapServers, label: "drain", steps: 1000)
         defer { h.cleanup() }
         try h.start()
         let id = UUID().uuidString.lowercased()
