@@ -16,19 +16,28 @@ public struct ActivationSpec: Codable, Sendable, Equatable {
     /// Positions dropped at the start of every sequence. Position 0 attends only to itself and carries
     /// activations orders of magnitude larger than the rest (an attention sink); SAEs are trained without it.
     public var skipFirst: Int
+    /// Every article is cut into consecutive windows of `sequenceLength` tokens (each starting with the
+    /// tokenizer's BOS when it adds one) instead of contributing only its first window: the whole
+    /// corpus at short-context cost. Absent in caches written before windows existed (false).
+    public var windows: Bool?
 
-    public init(modelHash: String, site: Site, tokens: Int, sequenceLength: Int = 256, seed: UInt64 = 0, skipFirst: Int = 1) {
+    public init(modelHash: String, site: Site, tokens: Int, sequenceLength: Int = 256, seed: UInt64 = 0, skipFirst: Int = 1,
+                windows: Bool = false) {
         self.modelHash = modelHash
         self.site = site
         self.tokens = tokens
         self.sequenceLength = sequenceLength
         self.seed = seed
         self.skipFirst = skipFirst
+        self.windows = windows ? true : nil
     }
+
+    public var windowed: Bool { windows ?? false }
 
     /// File name stem.
     public var key: String {
         "\(modelHash.prefix(16))-\(site.kind.rawValue)\(site.layer)-n\(tokens)-seq\(sequenceLength)-seed\(seed)-skip\(skipFirst)"
+            + (windowed ? "-win" : "")
     }
 }
 
@@ -107,12 +116,16 @@ public final class ActivationCache: Sendable {
     struct Progress: Codable, Equatable {
         var key: String
         var rows: Int
+        /// Articles read to their end.
         var articles: Int
+        /// Windowed harvests: body tokens of the next article already taken (absent: 0).
+        var offset: Int?
     }
 
     /// One pass over the corpus for several sites at once; the specs must agree on everything but the
-    /// site. Each pass packs articles (the first `sequenceLength` tokens of each, position 0 onward)
-    /// up to `packTokens` tokens and runs the layers up to the deepest site only.
+    /// site. Each pass packs sequences (the first `sequenceLength` tokens of each article, position 0
+    /// onward, or with `windows` every consecutive window of the article) up to `packTokens` tokens and
+    /// runs the layers up to the deepest site only.
     ///
     /// Resumable: the payload goes to `<url>.tmp` and, after every pass, `<url>.progress` records the
     /// rows and articles behind it (written after the payload is synced). A later call with the same
@@ -127,7 +140,7 @@ public final class ActivationCache: Sendable {
         for s in specs {
             guard s.site.layer >= 0, s.site.layer < c.layers else { throw SAEError(.settings, "no layer \(s.site.layer)") }
             guard s.tokens == spec.tokens, s.sequenceLength == spec.sequenceLength, s.seed == spec.seed, s.skipFirst == spec.skipFirst,
-                  s.modelHash == spec.modelHash else { throw SAEError(.settings, "sites harvested together must share every other setting") }
+                  s.modelHash == spec.modelHash, s.windowed == spec.windowed else { throw SAEError(.settings, "sites harvested together must share every other setting") }
         }
         guard Set(specs.map(\.site)).count == specs.count else { throw SAEError(.settings, "a site is listed twice") }
         guard spec.tokens > 0, spec.sequenceLength > spec.skipFirst, spec.skipFirst >= 0 else {
@@ -138,13 +151,14 @@ public final class ActivationCache: Sendable {
         let tmps = urls.map { $0.appendingPathExtension("tmp") }
         let progressURL = urls[0].appendingPathExtension("progress")
         let key = specs.map(\.key).joined(separator: ",")
-        var rows = 0, articles = 0
+        var rows = 0, articles = 0, offset = 0
         if let data = fm.contents(atPath: progressURL.path), let p = try? JSONDecoder().decode(Progress.self, from: data), p.key == key,
            zip(tmps, dims).allSatisfy({ t, dim in
                ((try? fm.attributesOfItem(atPath: t.path)[.size]) as? Int).map { $0 >= headerBytes + p.rows * dim * 2 } ?? false
            }) {
             rows = p.rows
             articles = p.articles
+            offset = p.offset ?? 0
         }
         var outs: [FileHandle] = []
         defer { for o in outs { try? o.close() } }
@@ -161,21 +175,50 @@ public final class ActivationCache: Sendable {
         }
         func record() throws {
             for o in outs { try o.synchronize() }
-            try JSONEncoder().encode(Progress(key: key, rows: rows, articles: articles)).write(to: progressURL, options: .atomic)
+            try JSONEncoder().encode(Progress(key: key, rows: rows, articles: articles, offset: spec.windowed ? offset : nil))
+                .write(to: progressURL, options: .atomic)
         }
         let tok = model.tokenizer
         let seqLen = min(spec.sequenceLength, c.contextLength)
         let capture = Set(specs.map(\.site))
         let deepest = specs.map(\.site.layer).max()!
         var halves = [UInt16]()
+        // Windows: the article being cut (its leading BOS, if the tokenizer adds one, and its body).
+        var current: (lead: [Int32], body: [Int32])?
+        /// The next sequence, at most `limit` tokens, advancing the cursor; nil at the corpus's end.
+        func nextSequence(limit: Int) -> [Int32]? {
+            guard spec.windowed else {
+                guard articles < articleCount else { return nil }
+                let ids = tok.encode(article(articles), addSpecial: true, parseSpecial: false)
+                articles += 1
+                return Array(ids.prefix(min(seqLen, limit)))
+            }
+            while articles < articleCount {
+                if current == nil {
+                    let ids = tok.encode(article(articles), addSpecial: true, parseSpecial: false)
+                    let lead = tok.addBOS ? Array(ids.prefix(1)) : []
+                    current = (lead, Array(ids.dropFirst(lead.count)))
+                }
+                let (lead, body) = current!
+                let take = min(seqLen - lead.count, body.count - offset)
+                if take <= 0 || seqLen <= lead.count {
+                    articles += 1
+                    offset = 0
+                    current = nil
+                    continue
+                }
+                let window = lead + body[offset..<(offset + take)]
+                offset += take
+                return Array(window.prefix(limit))
+            }
+            return nil
+        }
         while rows < spec.tokens && articles < articleCount {
             if shouldStop?() == true { try record(); return nil }
-            // Articles packed into this pass, each cut to what is still wanted.
+            // Sequences packed into this pass, each cut to what is still wanted.
             var packed: [Int32] = [], segments: [Int] = [], wanted = rows
-            while wanted < spec.tokens, articles < articleCount, packed.count < max(1, packTokens - seqLen) || segments.isEmpty {
-                var ids = tok.encode(article(articles), addSpecial: true, parseSpecial: false)
-                articles += 1
-                ids = Array(ids.prefix(min(seqLen, spec.skipFirst + spec.tokens - wanted)))
+            while wanted < spec.tokens, packed.count < max(1, packTokens - seqLen) || segments.isEmpty,
+                  let ids = nextSequence(limit: spec.skipFirst + spec.tokens - wanted) {
                 guard ids.count > spec.skipFirst else { continue }
                 packed += ids
                 segments.append(ids.count)
@@ -208,7 +251,7 @@ public final class ActivationCache: Sendable {
         for (i, s) in specs.enumerated() {
             try outs[i].synchronize()
             let sha = try payloadChecksum(tmps[i])
-            let header = Header(spec: s, dim: dims[i], rows: rows, articles: articles, sha256: sha,
+            let header = Header(spec: s, dim: dims[i], rows: rows, articles: articles + (offset > 0 ? 1 : 0), sha256: sha,
                                 created: ISO8601DateFormatter().string(from: Date()))
             var json = try JSONEncoder().encode(header)
             guard json.count <= headerBytes - 8 else { throw SAEError(.settings, "activation cache header too long") }

@@ -26,25 +26,31 @@ struct SAETrain: ParsableCommand, LoggingCommand {
         abstract: "Harvest activations at a site from the Wikipedia sample (cached) and train a BatchTopK SAE on them.",
         discussion: """
         Activations are collected from shuffled articles (the first --sequence-length tokens of each, \
-        position 0 dropped) and cached as half floats under $MESA_HOME/state/<model hash>/activations/. \
+        or with --windows every consecutive window of that length; position 0 dropped) and cached as half floats under $MESA_HOME/state/<model hash>/activations/. \
         Training follows dictionary_learning's BatchTopK (METHODS.md §4); the progress bar reports the \
         fraction of variance unexplained (FVU), L0 and dead latents on the training batches. At the end \
         the SAE is evaluated on held-out articles (the last ones of the shuffled order): FVU, L0 and \
         the next-token loss recovered when its reconstruction replaces the site's activation. The SAE \
         is written in SAELens' layout (cfg.json, sae_weights.safetensors, sparsity.safetensors) to \
-        $MESA_HOME/state/<model hash>/sae/<name>/ unless --out is given.
+        $MESA_HOME/state/<model hash>/sae/<name>/ unless --out is given. Several sites (--site mlp_out \
+        mlp_key) and layers (--layers) are harvested in one pass; then one SAE is trained per site, in \
+        the order given.
         """)
 
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var logOptions: LogOptions
     @OptionGroup var editOptions: EditOptions
 
-    @Option(name: .long, help: "Activation site: mlp_out, mlp_key (the down projection's input), resid_out, resid_in.") var site: String = "mlp_out"
+    @Option(name: .long, parsing: .upToNextOption,
+            help: "Activation sites: mlp_out, mlp_key (the down projection's input), resid_out, resid_in (default: mlp_out).")
+    var site: [String] = []
     @Option(name: .long, help: "Latents (d_sae).") var width: Int = 4608
     @Option(name: .long, help: "Mean active latents per token (BatchTopK k).") var k: Int = 32
     @Option(name: .long, help: "Training tokens (rows seen; the cache is reused in shuffled epochs when smaller).") var tokens: Int = 2_000_000
     @Option(name: .long, help: "Activation rows to harvest (default: min(--tokens, 1,000,000)).") var harvestTokens: Int?
-    @Option(name: .long, help: "Tokens per article.") var sequenceLength: Int = 256
+    @Option(name: .long, help: "Tokens per article, or per window with --windows.") var sequenceLength: Int = 256
+    @Flag(name: .long, help: "Cut every article into windows of --sequence-length tokens (the whole corpus at short-context cost).")
+    var windows = false
     @Option(name: .long, help: "Activations per step.") var batchSize: Int = 1024
     @Option(name: .long, help: "Learning rate (default 2e-4/sqrt(width/2^14)).") var lr: Float?
     @Option(name: .long, help: "Seed for initialization and shuffling.") var seed: UInt64 = 0
@@ -58,27 +64,32 @@ struct SAETrain: ParsableCommand, LoggingCommand {
 
     func run() throws {
         try reportingErrors {
-            guard let kind = SiteKind(rawValue: site) else { throw fail("--site must be mlp_out, mlp_key, resid_out or resid_in") }
+            var kinds: [SiteKind] = []
+            for name in site.isEmpty ? ["mlp_out"] : site {
+                guard let kind = SiteKind(rawValue: name) else { throw fail("--site must be mlp_out, mlp_key, resid_out or resid_in, not \(name)") }
+                if !kinds.contains(kind) { kinds.append(kind) }
+            }
             let wanted = Array(Set(layers + (editOptions.layer.map { [$0] } ?? []))).sorted()
             guard !wanted.isEmpty else { throw fail("give --layer L (or --layers L1 L2 …)") }
-            guard wanted.count == 1 || (out == nil && name == nil) else { throw fail("--out and --name name one SAE; use them with a single layer") }
+            let sites = kinds.flatMap { k in wanted.map { Site(layer: $0, kind: k) } }
+            guard sites.count == 1 || (out == nil && name == nil) else { throw fail("--out and --name name one SAE; use them with a single site and layer") }
             let path = try modelOptions.path
             let model = try modelOptions.load()
             for l in wanted where l < 0 || l >= model.config.layers { throw fail("layer \(l) is outside 0..<\(model.config.layers)") }
             let hash = model.weightHash
             let state = editOptions.state(baseHash: hash)
-            let specs = wanted.map {
-                ActivationSpec(modelHash: hash, site: Site(layer: $0, kind: kind), tokens: harvestTokens ?? min(tokens, 1_000_000),
-                               sequenceLength: sequenceLength, seed: seed)
+            let specs = sites.map {
+                ActivationSpec(modelHash: hash, site: $0, tokens: harvestTokens ?? min(tokens, 1_000_000),
+                               sequenceLength: sequenceLength, seed: seed, windows: windows)
             }
             let corpus = try Corpus(path: editOptions.corpusPath, seed: seed)
             try trappingInterrupt { stop in
-                var caches: [Int: ActivationCache] = [:]
+                var caches: [Site: ActivationCache] = [:]
                 for s in specs where FileManager.default.fileExists(atPath: state.activationCacheURL(s).path) {
-                    caches[s.site.layer] = try ActivationCache(url: state.activationCacheURL(s))
-                    log("using cached activations \(state.activationCacheURL(s).path) (\(caches[s.site.layer]!.rows) rows)")
+                    caches[s.site] = try ActivationCache(url: state.activationCacheURL(s))
+                    log("using cached activations \(state.activationCacheURL(s).path) (\(caches[s.site]!.rows) rows)")
                 }
-                let missing = specs.filter { caches[$0.site.layer] == nil }
+                let missing = specs.filter { caches[$0.site] == nil }
                 var harvestSeconds = 0.0
                 if !missing.isEmpty {
                     let target = missing[0].tokens
@@ -93,7 +104,7 @@ struct SAETrain: ParsableCommand, LoggingCommand {
                         shouldStop: { stop.isRaised }) else { bar.finish(); throw fail("interrupted; the same command resumes the harvest") }
                     bar.finish()
                     harvestSeconds = Date().timeIntervalSince(t0)
-                    for c in got { caches[c.spec.site.layer] = c }
+                    for c in got { caches[c.spec.site] = c }
                     log(String(format: "harvested %d rows per site in %.0f s (%.0f tokens/s)", got[0].rows, harvestSeconds, Double(got[0].rows) / harvestSeconds))
                 }
                 // Held-out sequences (the last articles of the shuffled order).
@@ -104,9 +115,10 @@ struct SAETrain: ParsableCommand, LoggingCommand {
                     ids = Array(ids.prefix(min(sequenceLength, model.config.contextLength)))
                     if ids.count > specs[0].skipFirst + 1 { sequences.append(ids) }
                 }
-                for l in wanted {
-                    try train(model: model, modelPath: path, cache: caches[l]!, sequences: sequences, state: state, harvestSeconds: harvestSeconds,
-                              reportPath: report.map { wanted.count == 1 ? $0 : ($0 as NSString).deletingPathExtension + "-layer\(l).json" }, stop: stop)
+                for s in sites {
+                    let suffix = wanted.count == 1 ? "-\(s.kind.rawValue)" : kinds.count == 1 ? "-layer\(s.layer)" : "-\(s.kind.rawValue)\(s.layer)"
+                    try train(model: model, modelPath: path, cache: caches[s]!, sequences: sequences, state: state, harvestSeconds: harvestSeconds,
+                              reportPath: report.map { sites.count == 1 ? $0 : ($0 as NSString).deletingPathExtension + suffix + ".json" }, stop: stop)
                 }
             }
         }

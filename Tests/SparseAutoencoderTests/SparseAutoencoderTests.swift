@@ -393,6 +393,55 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: url.appendingPathExtension("progress").path))
     }
 
+    @Test func windowsCoverWholeArticlesAndResumeInsideOne() throws {
+        let dir = try TestPaths.temporaryDirectory("acts-windows")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let m = try TinyModel.load()
+        let site = Site(layer: 1, kind: .mlpOut)
+        let texts = Self.articles
+        let spec = ActivationSpec(modelHash: m.weightHash, site: site, tokens: 10_000, sequenceLength: 6, seed: 0, windows: true)
+        #expect(spec.key.hasSuffix("-win") && ActivationSpec(modelHash: m.weightHash, site: site, tokens: 1).windows == nil)
+        // Each article: its BOS (when the tokenizer adds one) before every window of 6 − lead body tokens.
+        let tok = m.tokenizer
+        var windows: [[Int32]] = []
+        for t in texts {
+            let ids = tok.encode(t, addSpecial: true, parseSpecial: false)
+            let lead = tok.addBOS ? Array(ids.prefix(1)) : []
+            let body = Array(ids.dropFirst(lead.count))
+            for start in stride(from: 0, to: body.count, by: 6 - lead.count) {
+                windows.append(lead + body[start..<min(body.count, start + 6 - lead.count)])
+            }
+        }
+        let expectedRows = windows.map { $0.count - 1 }.reduce(0, +)
+        #expect(windows.count > 2 * texts.count, "every article spans several windows")
+        let whole = try #require(try ActivationCache.harvest(model: m, spec: spec, articleCount: texts.count, article: { texts[$0] },
+                                                            to: dir.appendingPathComponent("whole.f16"), packTokens: 16))
+        #expect(whole.rows == expectedRows && whole.articles == texts.count)
+        // Row by row, the activations of each window run on its own (position 0 dropped).
+        var rows = [Float](repeating: 0, count: whole.rows * whole.dim)
+        rows.withUnsafeMutableBufferPointer { whole.read(rows: Array(0..<whole.rows)[...], into: $0.baseAddress!) }
+        var at = 0
+        for w in windows {
+            let direct = try m.forward(w, options: ForwardOptions(capture: [site], logits: .none, stopAfterLayer: 1)).activations[site]!.data
+            for i in whole.dim..<direct.count {
+                #expect(abs(rows[at * whole.dim + i - whole.dim] - direct[i]) <= 2e-3 * max(1, abs(direct[i])))
+            }
+            at += w.count - 1
+        }
+        // Stopped after the first pass (inside the first article) and resumed: the same bytes.
+        let url = dir.appendingPathComponent("resumed.f16")
+        var passes = 0
+        let stopped = try ActivationCache.harvest(model: m, spec: spec, articleCount: texts.count, article: { texts[$0] }, to: url,
+                                                  packTokens: 16, progress: { _, _ in passes += 1 }, shouldStop: { passes == 1 })
+        #expect(stopped == nil)
+        let progress = try JSONSerialization.jsonObject(with: Data(contentsOf: url.appendingPathExtension("progress"))) as? [String: Any]
+        #expect((progress?["articles"] as? Int) == 0 && ((progress?["offset"] as? Int) ?? 0) > 0, "stopped inside the first article")
+        let resumed = try #require(try ActivationCache.harvest(model: m, spec: spec, articleCount: texts.count, article: { texts[$0] },
+                                                              to: url, packTokens: 16))
+        #expect(resumed.rows == whole.rows && resumed.articles == whole.articles)
+        #expect(try Data(contentsOf: url).dropFirst(ActivationCache.headerBytes) == Data(contentsOf: whole.url).dropFirst(ActivationCache.headerBytes))
+    }
+
     @Test func splicingAnExactReconstructionRecoversAllLoss() throws {
         let m = try TinyModel.load()
         let site = Site(layer: 1, kind: .mlpOut)
