@@ -109,7 +109,11 @@ public struct CounterFactRunner {
                 for j in cs.indices {
                     cs[j].editSeconds = seconds
                     cs[j].phases = phases
-                    cs[j].saeCoverage = j < coverages.count ? coverages[j].coverage : editor.lastCoverage?.coverage
+                    let c = j < coverages.count ? coverages[j] : editor.lastCoverage
+                    cs[j].saeCoverage = c?.coverage
+                    cs[j].uncertainty = c.map { c in
+                        ["outside": c.outside, "subject_error": c.subjectError, "crowding": c.crowding].compactMapValues { $0 }
+                    }
                     cs[j].post = try CounterFactEval.score(group[j], with: scorer)
                     if sequential {
                         cs[j].immediate = cs[j].post

@@ -18,6 +18,10 @@ public struct EvalCase: Codable, Sendable {
     public var error: String?
     /// The part of the written change the method's SAE represents (MESA), when it has one.
     public var saeCoverage: Double?
+    /// The SAE's per-edit uncertainty signals, when the method has one: "outside" (the share of the
+    /// written change it does not represent), "subject_error" (its reconstruction error of the subject's
+    /// activation), "crowding" (the mined neighbours' mean latent overlap with the subject).
+    public var uncertainty: [String: Double]?
     /// Sequential runs: the scores right after this case's own edit (`post` holds the scores after
     /// the whole run, or at the checkpoint that ended it).
     public var immediate: CaseScores?

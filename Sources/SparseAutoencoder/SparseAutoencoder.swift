@@ -222,12 +222,34 @@ public final class SparseAutoencoder: @unchecked Sendable {  // not thread-safe:
             den += delta * delta
         }
         let outside = den > 0 ? num / den : 0
-        return SAECoverage(outside: outside, coverage: max(0, 1 - outside), changeNorm: den.squareRoot())
+        var r = SAECoverage(outside: outside, coverage: max(0, 1 - outside), changeNorm: den.squareRoot())
+        r.subjectError = reconstructionError(before, reconstruction: Array(rec[0..<dIn]))
+        return r
+    }
+
+    /// ‖x − x̂‖² / ‖x − b_dec‖² for x [D] (x̂ = dec(enc(x)) when not given): the share of x's
+    /// deviation from the SAE's centre that its latents do not reproduce (a per-vector FVU).
+    public func reconstructionError(_ x: [Float], reconstruction: [Float]? = nil) -> Double {
+        let rec = reconstruction ?? decode(encode(x, rows: 1), rows: 1)
+        var num: Double = 0, den: Double = 0
+        for i in 0..<dIn {
+            let e = Double(x[i] - rec[i]), c = Double(x[i] - decoderBias[i])
+            num += e * e
+            den += c * c
+        }
+        return den > 0 ? num / den : 0
     }
 }
 
-/// The part of an edit's change the SAE can express (see `SparseAutoencoder.coverage`).
+/// The part of an edit's change the SAE can express (see `SparseAutoencoder.coverage`), and the
+/// per-edit uncertainty signals the SAE gives.
 public struct SAECoverage: Codable, Sendable, Equatable {
+    /// The SAE's relative reconstruction error of the edited subject's unedited activation at the site
+    /// (`reconstructionError`): high when the subject lies outside what the SAE represents.
+    public var subjectError: Double?
+    /// With neighbours mined by SAE overlap: the mean Jaccard overlap of the mined neighbours' active
+    /// latents with the subject's (how crowded the subject's features are).
+    public var crowding: Double?
     /// ‖Δ − Δ̂‖²/‖Δ‖²: 0 when the SAE reproduces the change, ≥ 1 when it misses it entirely.
     public var outside: Double
     /// max(0, 1 − outside).

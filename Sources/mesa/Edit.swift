@@ -82,7 +82,12 @@ struct Edit: ParsableCommand {
                     out["post"] = ["es": post.es, "em": post.em, "ps": post.ps, "pm": post.pm, "ns": post.ns, "nm": post.nm]
                 }
                 if let genBefore, let genAfter { out["generation_before"] = genBefore; out["generation_after"] = genAfter }
-                if let c = result.coverage { out["sae_coverage"] = ["coverage": c.coverage, "outside": c.outside, "change_norm": c.changeNorm] }
+                if let c = result.coverage {
+                    var doc: [String: Any] = ["coverage": c.coverage, "outside": c.outside, "change_norm": c.changeNorm]
+                    if let e = c.subjectError { doc["subject_error"] = e }
+                    if let x = c.crowding { doc["crowding"] = x }
+                    out["sae_coverage"] = doc
+                }
                 if let n = result.deltaFeatures { out["delta_features"] = n }
                 if let r = result.writtenToDelta { out["written_to_delta_norm"] = r }
                 if let c = result.keyGramCondition { out["key_gram_condition"] = c }

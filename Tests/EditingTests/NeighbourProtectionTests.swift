@@ -67,6 +67,8 @@ import Testing
         scored.sort { $0.jaccard > $1.jaccard || ($0.jaccard == $1.jaccard && $0.index < $1.index) }
         let brute = scored.prefix(3).map(\.subject)
         #expect(try bank.mineByLatentOverlap(active: Array(own).sorted(), exclude: "Paris", count: 3) == brute)
+        let overlaps = try bank.latentOverlaps(active: Array(own).sorted(), exclude: "Paris", count: 3)
+        for (o, b) in zip(overlaps, scored.prefix(3)) { #expect(o.subject == b.subject && abs(o.overlap - b.jaccard) <= 1e-6) }
     }
 
     /// KL(P_base ‖ P_edited) of the next token after `prompt` filled with each subject, summed.
@@ -159,6 +161,10 @@ import Testing
         #expect(e.hparams.neighbourProtection?.mining == .saeOverlap)
         let r = try e.computeUpdate(EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome"))
         #expect(!r.refined && r.neighbours.count == 8 && r.applied.rank == 1)
+        // Its uncertainty signals: the subject's reconstruction error and the neighbours' mean overlap.
+        let c = try #require(r.coverage)
+        #expect(c.subjectError.map { $0 >= 0 && $0.isFinite } == true)
+        #expect(c.crowding.map { $0 >= 0 && $0 <= 1 } == true)
         // Without candidate subjects the editor says what it needs.
         let bare = try Self.editor(m, neighbours: NeighbourSettings(count: 2, klFactor: 1))
         bare.neighbourCandidates = []

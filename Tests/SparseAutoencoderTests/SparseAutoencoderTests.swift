@@ -233,6 +233,13 @@ import Testing
         let after = zip(v, zip(b, a)).map { $0 + $1.0 - $1.1 }
         let c = sae.coverage(before: v, after: after)
         #expect(c.outside >= 0 && c.changeNorm > 0)
+        // The subject's reconstruction error: 0 for a vector the SAE reproduces, by brute force otherwise.
+        let rec = sae.decode(sae.encode(v, rows: 1), rows: 1)
+        #expect(sae.reconstructionError(rec, reconstruction: rec) == 0)
+        let num = zip(v, rec).map { Double($0 - $1) * Double($0 - $1) }.reduce(0, +)
+        let den = zip(v, sae.decoderBias).map { Double($0 - $1) * Double($0 - $1) }.reduce(0, +)
+        #expect(abs(sae.reconstructionError(v) - num / den) <= 1e-9 * max(1, num / den))
+        #expect(abs((c.subjectError ?? -1) - num / den) <= 1e-9 * max(1, num / den))
     }
 }
 

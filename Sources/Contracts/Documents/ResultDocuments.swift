@@ -101,6 +101,10 @@ public struct EditResultDocument: Codable, Sendable, Equatable {
         public var sae: String?
         public var coverage: Double?
         public var outside: Double?
+        /// The SAE's relative reconstruction error of the subject's activation at the edit site.
+        public var subjectError: Double?
+        /// With neighbours mined by SAE overlap: their mean overlap of active latents with the subject's.
+        public var crowding: Double?
         public var fallback: String?
         public init(sae: String?, coverage: Double?, outside: Double?, fallback: String?) {
             self.sae = sae

@@ -105,6 +105,8 @@ extension Pipeline {
             if refinement?.sae != nil, j < coverages.count {
                 refinement?.coverage = coverages[j].coverage
                 refinement?.outside = coverages[j].outside
+                refinement?.subjectError = coverages[j].subjectError
+                refinement?.crowding = coverages[j].crowding
             }
             var doc = resultDocument(member.edit, parent: parent, hashBefore: hashBefore, hashAfter: applied.hashAfter, post: applied.posts[j],
                                      timings: timings, refinement: refinement)

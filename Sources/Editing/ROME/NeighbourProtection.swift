@@ -163,11 +163,16 @@ public final class SubjectBank: Sendable {
         keys.withUnsafeBufferPointer { k in u.withUnsafeBufferPointer { x in scores.withUnsafeMutableBufferPointer { y in
             BLAS.sgemv(trans: false, rows: subjects.count, cols: ff, a: k.baseAddress!, lda: ff, x: x.baseAddress!, y: y.baseAddress!)
         } } }
-        return top(count, exclude: exclude) { abs(scores[$0]) }
+        return top(count, exclude: exclude) { abs(scores[$0]) }.map(\.subject)
     }
 
     /// The `count` subjects other than `exclude` whose active latents overlap `active` most (Jaccard).
     public func mineByLatentOverlap(active: [Int], exclude: String, count: Int) throws -> [String] {
+        try latentOverlaps(active: active, exclude: exclude, count: count).map(\.subject)
+    }
+
+    /// As `mineByLatentOverlap`, with each neighbour's Jaccard overlap.
+    public func latentOverlaps(active: [Int], exclude: String, count: Int) throws -> [(subject: String, overlap: Float)] {
         guard let latents else { throw EditError(.state, "the subject bank was built without an SAE") }
         let a = Set(active)
         return top(count, exclude: exclude) { i in
@@ -178,9 +183,9 @@ public final class SubjectBank: Sendable {
         }
     }
 
-    func top(_ count: Int, exclude: String, score: (Int) -> Float) -> [String] {
+    func top(_ count: Int, exclude: String, score: (Int) -> Float) -> [(subject: String, overlap: Float)] {
         let order = subjects.indices.filter { subjects[$0] != exclude }.map { ($0, score($0)) }
             .sorted { $0.1 > $1.1 || ($0.1 == $1.1 && $0.0 < $1.0) }
-        return order.prefix(count).map { subjects[$0.0] }
+        return order.prefix(count).map { (subjects[$0.0], $0.1) }
     }
 }

@@ -223,8 +223,9 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         return (u, denom)
     }
 
-    /// The subjects neighbour protection guards for an edit of `subject` with key direction u [ff].
-    func mineNeighbours(_ nk: NeighbourSettings, subject: String, u: [Float]) throws -> [String] {
+    /// The subjects neighbour protection guards for an edit of `subject` with key direction u [ff], and
+    /// when they are mined by SAE overlap the mean overlap (the `crowding` signal).
+    func mineNeighbours(_ nk: NeighbourSettings, subject: String, u: [Float]) throws -> (subjects: [String], crowding: Double?) {
         let sae = nk.mining == .saeOverlap ? mesaSetup.sae : nil
         if nk.mining == .saeOverlap, sae == nil { throw EditError(.state, "neighbour mining by SAE overlap needs the SAE") }
         let bank: SubjectBank = try bankLock.withLock {
@@ -236,10 +237,11 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         }
         switch nk.mining {
         case .keyGain:
-            return bank.mineByKeyGain(u: u, exclude: subject, count: nk.count)
+            return (bank.mineByKeyGain(u: u, exclude: subject, count: nk.count), nil)
         case .saeOverlap:
             let own = try SubjectBank(model: model, layer: hparams.layer, subjects: [subject], limit: 1, sae: sae)
-            return try bank.mineByLatentOverlap(active: own.latents?.first ?? [], exclude: subject, count: nk.count)
+            let found = try bank.latentOverlaps(active: own.latents?.first ?? [], exclude: subject, count: nk.count)
+            return (found.map(\.subject), found.isEmpty ? nil : found.reduce(0.0) { $0 + Double($1.overlap) } / Double(found.count))
         }
     }
 
@@ -355,9 +357,9 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         // g_n·δ, and/or their keys (in the edit's prompt) enter C as hard negatives and u is recomputed.
         var batch = batch
         var promptScales: [Float]?, klRowWeights: [Double]?
-        var neighbours: [String] = []
+        var neighbours: [String] = [], crowding: Double?
         if let nk = h.neighbourProtection {
-            neighbours = try mineNeighbours(nk, subject: batch.request.subject, u: u)
+            (neighbours, crowding) = try mineNeighbours(nk, subject: batch.request.subject, u: u)
             let extra: [DeltaPrompt] = neighbours.compactMap { n in
                 guard let sp = try? tokenizer.subjectPrompt(prefix: "", prompt: batch.request.prompt, subject: n) else { return nil }
                 return DeltaPrompt(tokens: sp.tokens, position: sp.subjectLast, logitPositions: [sp.tokens.count - 1])
@@ -427,7 +429,8 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         }
         clock.lap("update")
         let change0 = written.map { $0[0].map { $0 * (refinement?.shared == true ? gains[0] : 1) } } ?? delta.map { $0 * gains[0] }
-        let coverage = mesaSetup.sae.map { $0.coverage(before: vInit, after: zip(vInit, change0).map { $0 + $1 }) }
+        var coverage = mesaSetup.sae.map { $0.coverage(before: vInit, after: zip(vInit, change0).map { $0 + $1 }) }
+        coverage?.crowding = crowding
         var result = RomeResult(update: update, applied: applied, refined: refinement != nil, coverage: coverage, deltaFeatures: outcome.latents,
                                 keyStar: keyStar, valueInitNorm: vInitNorm, deltaNorm: Vector.norm(delta), denominator: denom,
                                 keyGains: Array(gains.prefix(n)), losses: outcome.losses, phases: clock.phases)
