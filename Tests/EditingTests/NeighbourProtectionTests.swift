@@ -112,6 +112,69 @@ import Testing
         #expect(Vector.maxAbsDifference(zero.update.r, plain.update.r) <= 1e-5 * Vector.norm(plain.update.r))
     }
 
+    /// Design 3's subspace: the best-scoring latents (−W_dec[j]·g > 0) outside the excluded set,
+    /// best first, with an orthonormal basis that spans their decoder directions.
+    @Test func outputFeatureSubspaceKeepsThePromotingLatentsNoNeighbourUses() throws {
+        let d = 8, f = 20
+        let sae = try MesaTests.alwaysOnSAE(d: d, f: f, site: Site(layer: 1, kind: .mlpOut))
+        var rng = Xoshiro256(seed: 4)
+        let g = (0..<d).map { _ in Float(Int(rng.next() % 2001) - 1000) / 1000 }
+        let excluded: Set<Int> = [0, 3, 7]
+        let space = OutputFeatureSubspace(sae: sae, gradient: g, excluded: excluded, count: 5)
+        let row = { (j: Int) in Array(sae.decoder[(j * d)..<((j + 1) * d)]) }
+        let brute = (0..<f).filter { !excluded.contains($0) }.map { ($0, -Vector.dot(row($0), g)) }.filter { $0.1 > 0 }
+            .sorted { $0.1 > $1.1 }.prefix(5).map(\.0)
+        #expect(space.latents == brute && space.latents.count == 5)
+        #expect(space.basis.count == 5, "five random directions in 8 dimensions are independent")
+        for (i, a) in space.basis.enumerated() {
+            for (j, b) in space.basis.enumerated() { #expect(abs(Vector.dot(a, b) - (i == j ? 1 : 0)) <= 1e-5) }
+        }
+        for j in space.latents {
+            var r = row(j)
+            for q in space.basis { let c = Vector.dot(q, r); for k in 0..<d { r[k] -= c * q[k] } }
+            #expect(Vector.norm(r) <= 1e-5 * Vector.norm(row(j)), "latent \(j)'s direction lies in the span")
+        }
+        // More latents than dimensions: the basis stops at D.
+        #expect(OutputFeatureSubspace(sae: sae, gradient: g, excluded: [], count: f).basis.count <= d)
+    }
+
+    /// The output_features variant: δ lies in the span of its chosen latents' decoder directions, none
+    /// of them active on a mined neighbour, the update is rank one and the edit's NLL falls.
+    @Test func outputFeaturesEditStaysInItsSubspace() throws {
+        let m = try TinyEditModel.load()
+        let site = Site(layer: 1, kind: .mlpOut)
+        let sae = try MesaTests.alwaysOnSAE(d: m.config.hidden, f: 4 * m.config.hidden, site: site, bias: -0.3)
+        let e = try Self.editor(m, neighbours: NeighbourSettings(count: 2, klFactor: 0),
+                                mesa: MesaHyperparameters(sae: "t", l1: 0, variant: .outputFeatures, features: 6), sae: sae)
+        #expect(e.hparams.neighbourProtection?.mining == .saeOverlap)
+        let r = try e.computeUpdate(EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome"))
+        let chosen = try #require(r.outputLatents)
+        #expect(!r.refined && r.applied.rank == 1 && r.neighbours.count == 2)
+        #expect(!chosen.isEmpty && chosen.count <= 6 && r.deltaFeatures == chosen.count)
+        // The neighbours' own active latents, by a pass of their own.
+        let d = m.config.hidden
+        for n in r.neighbours {
+            let sp = try EditTokenizer(model: m).subjectPrompt(prefix: "", prompt: "{}", subject: n)
+            let out = try m.forward(sp.tokens, options: ForwardOptions(capture: [site], logits: .none, stopAfterLayer: 1)).activations[site]!.data
+            let fn = sae.encode(Array(out[(sp.subjectLast * d)..<((sp.subjectLast + 1) * d)]), rows: 1)
+            for j in chosen { #expect(fn[j] == 0, "latent \(j) is active on neighbour \(n)") }
+        }
+        // δ = r·uᵀk* lies in the span of the chosen decoder rows.
+        let delta = r.update.r.map { $0 * r.denominator }
+        var rest = delta.map(Double.init)
+        var basis: [[Double]] = []
+        for j in chosen {
+            var v = (0..<d).map { Double(sae.decoder[j * d + $0]) }
+            for q in basis { let c = zip(q, v).map { $0 * $1 }.reduce(0, +); for k in 0..<d { v[k] -= c * q[k] } }
+            let n = (v.map { $0 * $0 }.reduce(0, +)).squareRoot()
+            if n > 1e-6 { basis.append(v.map { $0 / n }) }
+        }
+        for q in basis { let c = zip(q, rest).map { $0 * $1 }.reduce(0, +); for k in 0..<d { rest[k] -= c * q[k] } }
+        let restNorm = (rest.map { $0 * $0 }.reduce(0, +)).squareRoot()
+        #expect(restNorm <= 1e-4 * Double(Vector.norm(delta)) && Vector.norm(delta) > 0)
+        #expect(r.losses.last!.nll < r.losses.first!.nll)
+    }
+
     /// Woodbury's solve with hard-negative keys equals solving with C + (w/M)·Σ k_n k_nᵀ directly.
     @Test func negativeKeysSolveEqualsTheDirectSolve() throws {
         let ff = 6

@@ -17,14 +17,19 @@ public struct MesaHyperparameters: Codable, Sendable, Equatable {
     public var fallback: Bool?
     /// How the refined change is formed and written; default `neutral`.
     public var variant: MesaVariant?
+    /// `output_features`: latents whose decoder directions δ may use; default 64.
+    public var features: Int?
 
-    public init(sae: String, l1: Float? = nil, kl: Bool? = nil, fallback: Bool? = nil, variant: MesaVariant? = nil) {
+    public init(sae: String, l1: Float? = nil, kl: Bool? = nil, fallback: Bool? = nil, variant: MesaVariant? = nil, features: Int? = nil) {
         self.sae = sae
         self.l1 = l1
         self.kl = kl
         self.fallback = fallback
         self.variant = variant
+        self.features = features
     }
+
+    public var featureCount: Int { features ?? 64 }
 
     public var refinementVariant: MesaVariant { variant ?? .neutral }
 
@@ -35,6 +40,7 @@ public struct MesaHyperparameters: Codable, Sendable, Equatable {
     public func validate() throws {
         guard !sae.isEmpty else { throw EditError(.hyperparameters, "mesa.sae must name an SAE directory") }
         guard l1Weight >= 0, l1Weight.isFinite else { throw EditError(.hyperparameters, "mesa.l1 must be finite and non-negative") }
+        guard (1...4096).contains(featureCount) else { throw EditError(.hyperparameters, "mesa.features must be in 1...4096") }
     }
 
     /// The SAE directory: `sae` itself if absolute, else `<stateDirectory>/sae/<sae>`.
@@ -58,6 +64,59 @@ public enum MesaVariant: String, Codable, Sendable, CaseIterable {
     /// overlap the edited subject's most, and their prompts enter v*'s objective as KL terms
     /// (`neighbour_kl`, mined by `sae_overlap`).
     case minedNeighbours = "mined_neighbours"
+    /// Design 3 (METHODS §5.2 Variant A, made neutral): δ is confined to the span of the decoder
+    /// directions of the `features` latents that promote the new object most (output score: the
+    /// first-order drop of the rewrite NLL along the direction, −W_dec[j]·∂L/∂δ at δ = 0, after Arad
+    /// et al.) among those inactive on every mined neighbour (neighbours mined by SAE overlap); the
+    /// change is written as ROME's rank-one update, with decay and clamp on it.
+    case outputFeatures = "output_features"
+
+    /// Variants that use the SAE to mine neighbours instead of refining δ through it.
+    public var minesNeighbours: Bool { self == .minedNeighbours || self == .outputFeatures }
+}
+
+/// Design 3's subspace: the output-promoting latents of an edit and an orthonormal basis of their
+/// decoder directions.
+public struct OutputFeatureSubspace: Sendable {
+    /// The latents chosen, best output score first.
+    public let latents: [Int]
+    /// Orthonormal rows [m][D] spanning their decoder directions (m ≤ latents.count: directions that
+    /// are numerically dependent on earlier ones are dropped).
+    public let basis: [[Float]]
+
+    /// Scores every latent by −W_dec[j]·gradient (gradient: ∂L/∂δ at δ = 0, [D]) and keeps the `count`
+    /// best with a positive score that are not in `excluded`; Gram–Schmidt (twice, in Double) on their
+    /// decoder rows.
+    public init(sae: SparseAutoencoder, gradient: [Float], excluded: Set<Int>, count: Int) {
+        let F = sae.width, D = sae.dIn
+        var scores = [Float](repeating: 0, count: F)  // [F] = W_dec·g
+        sae.decoder.withUnsafeBufferPointer { w in gradient.withUnsafeBufferPointer { x in scores.withUnsafeMutableBufferPointer { y in
+            BLAS.sgemv(trans: false, rows: F, cols: D, a: w.baseAddress!, lda: D, x: x.baseAddress!, y: y.baseAddress!)
+        } } }
+        // Output score −W_dec[j]·g: the first-order drop of the loss along latent j's direction.
+        let candidates: [Int] = (0..<F).filter { j in !excluded.contains(j) && scores[j] < 0 }
+        let ranked: [Int] = candidates.sorted { (a: Int, b: Int) -> Bool in
+            scores[a] < scores[b] || (scores[a] == scores[b] && a < b)
+        }
+        let chosen = ranked.prefix(count)
+        var rows: [[Double]] = []
+        for j in chosen {
+            var v = (0..<D).map { Double(sae.decoder[j * D + $0]) }
+            let n0 = (v.reduce(0) { $0 + $1 * $1 }).squareRoot()
+            for _ in 0..<2 {
+                for q in rows {
+                    var dot = 0.0
+                    for k in 0..<D { dot += q[k] * v[k] }
+                    for k in 0..<D { v[k] -= dot * q[k] }
+                }
+            }
+            let n = (v.reduce(0) { $0 + $1 * $1 }).squareRoot()
+            guard n0 > 0, n > 1e-6 * n0 else { continue }
+            rows.append(v.map { $0 / n })
+        }
+        latents = Array(chosen)
+        basis = rows.map { $0.map { Float($0) } }
+    }
 }
 
 /// The MESA refinement of δ at one site for a batch of prompts (METHODS §5.3, with its pitfalls fixed).
@@ -203,7 +262,7 @@ public struct MesaAttachment: Sendable {
     public func refinement(activations: [[Float]], rewrite: Int, weights: [Double]? = nil) -> SAERefinement? {
         guard let settings, let sae else { return nil }
         switch settings.refinementVariant {
-        case .minedNeighbours:
+        case .minedNeighbours, .outputFeatures:
             return nil
         case .perPrompt:
             return SAERefinement(sae: sae, l1: settings.l1Weight, activations: activations)

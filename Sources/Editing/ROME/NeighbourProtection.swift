@@ -166,6 +166,12 @@ public final class SubjectBank: Sendable {
         return top(count, exclude: exclude) { abs(scores[$0]) }.map(\.subject)
     }
 
+    /// The active latents of a subject of the bank (built with an SAE), sorted.
+    public func activeLatents(of subject: String) -> [Int]? {
+        guard let latents, let i = subjects.firstIndex(of: subject) else { return nil }
+        return latents[i]
+    }
+
     /// The `count` subjects other than `exclude` whose active latents overlap `active` most (Jaccard).
     public func mineByLatentOverlap(active: [Int], exclude: String, count: Int) throws -> [String] {
         try latentOverlaps(active: active, exclude: exclude, count: count).map(\.subject)

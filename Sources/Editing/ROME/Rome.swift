@@ -62,8 +62,11 @@ public struct RomeResult: Sendable {
     public var refined: Bool
     /// How much of the written change at the bare prompt the SAE represents (when an SAE is attached).
     public var coverage: SAECoverage?
-    /// With refinement: latents of g = enc(δ) − enc(0) that are nonzero at the final δ.
+    /// With refinement: latents of g = enc(δ) − enc(0) that are nonzero at the final δ; with the
+    /// `output_features` variant, the dimension of δ's subspace.
     public var deltaFeatures: Int?
+    /// `output_features`: the latents whose decoder directions δ was confined to.
+    public var outputLatents: [Int]?
     /// k*: the mean key over the templates [ff].
     public var keyStar: [Float]
     public var valueInitNorm: Float
@@ -405,6 +408,13 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         var optimization = h.optimization.delta(klFactor: mesaSetup.klFactor(h.klFactor), referenceNorm: vInitNorm)
         optimization.promptScales = promptScales
         optimization.klRowWeights = klRowWeights
+        if let m = mesaSetup.settings, m.refinementVariant == .outputFeatures, let sae = mesaSetup.sae {
+            // Design 3: δ in the span of the output-promoting latents no mined neighbour uses.
+            let bank = try bankLock.withLock { self.bank }
+            let excluded = Set(neighbours.flatMap { bank?.activeLatents(of: $0) ?? [] })
+            let count = m.featureCount
+            optimization.subspace = { g in OutputFeatureSubspace(sae: sae, gradient: g, excluded: excluded, count: count) }
+        }
         let outcome = try optimization.run(pass: pass, batch: batch, refinement: refinement)
         let delta = outcome.delta
         clock.lap("v_star")
@@ -435,6 +445,7 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
                                 keyStar: keyStar, valueInitNorm: vInitNorm, deltaNorm: Vector.norm(delta), denominator: denom,
                                 keyGains: Array(gains.prefix(n)), losses: outcome.losses, phases: clock.phases)
         result.neighbours = neighbours
+        result.outputLatents = outcome.subspaceLatents
         if refinement != nil {
             let dn = Vector.norm(delta)
             result.writtenToDelta = dn > 0 ? Vector.norm(change0) / dn : nil

@@ -34,11 +34,12 @@ public struct RomeHyperparameters: Codable, Sendable, Equatable, OptimizedHyperp
     public var neighbours: NeighbourSettings?
 
     /// The neighbour protection in force: the file's block, or with the `mined_neighbours` MESA
-    /// variant 8 neighbours with their KL at factor 1, mined by SAE latent overlap (the block's
-    /// other settings are kept when given; its mining is then SAE overlap).
+    /// variant 8 neighbours with their KL at factor 1 (`output_features`: 8 neighbours that only say
+    /// which latents δ must not use), mined by SAE latent overlap (the block's other settings are
+    /// kept when given; its mining is then SAE overlap).
     public var neighbourProtection: NeighbourSettings? {
-        guard mesa?.refinementVariant == .minedNeighbours else { return neighbours }
-        var n = neighbours ?? NeighbourSettings(count: 8, klFactor: 1)
+        guard let variant = mesa?.refinementVariant, variant.minesNeighbours else { return neighbours }
+        var n = neighbours ?? NeighbourSettings(count: 8, klFactor: variant == .minedNeighbours ? 1 : 0)
         n.mine = .saeOverlap
         return n
     }

@@ -26,6 +26,10 @@ public struct DeltaOptimization: Sendable {
     public var promptScales: [Float]?
     /// The weight of each KL row ([KL prompts]; see `EditLoss.klRowWeights`); nil: the mean.
     public var klRowWeights: [Double]?
+    /// Confines δ to a subspace chosen from the gradient at δ = 0 ([d] → orthonormal rows [m][d]):
+    /// Adam then runs on the coefficients c [m] of δ = Σ c_i q_i, the decay and the clamp on ‖c‖ = ‖δ‖.
+    /// Without a refinement only.
+    public var subspace: (@Sendable ([Float]) throws -> OutputFeatureSubspace)?
 
     public init(steps: Int, lr: Float, weightDecay: Float, klFactor: Float, earlyStopLoss: Float, maxNorm: Float, referenceNorm: Float) {
         self.steps = steps
@@ -49,8 +53,11 @@ public struct DeltaOptimization: Sendable {
         public var losses: [EditLoss.Value]
         /// With refinement: the change Δ_i each prompt saw at the final δ, [prompts][d] (the vectors to write).
         public var changes: [[Float]]?
-        /// With refinement: latents of g = enc(δ) − enc(0) that are nonzero at the final δ.
+        /// With refinement: latents of g = enc(δ) − enc(0) that are nonzero at the final δ; with a
+        /// subspace, the dimension of the subspace.
         public var latents: Int?
+        /// With a subspace: the latents whose decoder directions span it.
+        public var subspaceLatents: [Int]?
     }
 
     /// As `run(pass:batch:)`; with `refinement`, each prompt sees its SAE-refined change Δ_i(δ) instead
@@ -80,8 +87,11 @@ public struct DeltaOptimization: Sendable {
             for row in per { for k in 0..<d { g[k] += row[k] } }
             return g
         }
+        if subspace != nil, refinement != nil { throw EditError(.state, "a δ subspace and an SAE refinement do not combine") }
         var delta = [Float](repeating: 0, count: d)
         var adam = Adam(lr: lr, count: d)
+        // With `subspace`: its basis [m][d] (chosen at the first step), δ's coefficients [m] and their Adam.
+        var basis: [[Float]]?, chosen: [Int]?, coefficients: [Float] = []
         var losses: [EditLoss.Value] = []
         var last: SAERefinement.State?
         var onTop = 0
@@ -104,11 +114,29 @@ public struct DeltaOptimization: Sendable {
             } else {
                 g = try plainGradient(dLogits)
             }
+            if let choose = subspace {
+                if basis == nil {
+                    let space = try choose(g)
+                    let b = space.basis
+                    chosen = space.latents
+                    guard !b.isEmpty, b.allSatisfy({ $0.count == d }) else { throw EditError(.state, "the δ subspace is empty or not [m][\(d)]") }
+                    basis = b
+                    coefficients = [Float](repeating: 0, count: b.count)
+                    adam = Adam(lr: lr, count: b.count)
+                }
+                let q = basis!
+                let project = { (v: [Float]) in q.map { Vector.dot($0, v) } }
+                try descend(&coefficients, adam: &adam, gradient: project(g), normGradient: project(dNorm), step: it, clamp: maxNorm)
+                delta = [Float](repeating: 0, count: d)
+                for (c, row) in zip(coefficients, q) { for k in 0..<d { delta[k] += c * row[k] } }
+                continue
+            }
             try descend(&delta, adam: &adam, gradient: g, normGradient: onChange ? [Float](repeating: 0, count: d) : dNorm, step: it,
                         clamp: onChange ? nil : maxNorm)
             if onChange, let refinement { clampChange(&delta, refinement) }
         }
-        return Outcome(delta: delta, losses: losses, changes: last?.changes, latents: last.map { $0.g.filter { $0 != 0 }.count })
+        return Outcome(delta: delta, losses: losses, changes: last?.changes, latents: last.map { $0.g.filter { $0 != 0 }.count } ?? basis?.count,
+                       subspaceLatents: chosen)
     }
 
     /// Shrinks δ until the shared change it produces has ‖Δ(δ)‖ ≤ maxNorm (Δ is not linear in δ: the
