@@ -194,8 +194,13 @@ public struct EditorRegistry {
                 throw SetupError("no key statistics for layer \(h.layer) (\(h.mom2Tokens) tokens): run `mesa stats --layer \(h.layer)` first")
             }
         }
-        let (sae, reason) = try mesaSAE(model: model, settings: h.mesa, site: Site(layer: h.layer, kind: .mlpOut), state: state)
-        let editor = try RomeEditor(model: model, hparams: h, templates: templates, statistics: stats, sae: sae, fallbackReason: reason)
+        var (sae, reason) = try mesaSAE(model: model, settings: h.mesa, site: Site(layer: h.layer, kind: .mlpOut), state: state)
+        var keySAE: SparseAutoencoder?
+        if let m = h.mesa, m.refinementVariant == .keyFeatures, sae != nil, let dir = m.keySaeDirectory(stateDirectory: state.root) {
+            (keySAE, reason) = try loadSAE(dir, site: Site(layer: h.layer, kind: .mlpKey), width: model.config.intermediate, settings: m)
+            if keySAE == nil { sae = nil }
+        }
+        let editor = try RomeEditor(model: model, hparams: h, templates: templates, statistics: stats, sae: sae, fallbackReason: reason, keySAE: keySAE)
         if h.neighbourProtection != nil {
             guard let records = anchorRecords else {
                 throw SetupError("neighbour protection (neighbours) needs CounterFact tuning records for its candidate subjects (the data directory)")
@@ -209,10 +214,15 @@ public struct EditorRegistry {
     /// an error, unless `mesa.fallback` is true: then the editor runs without refinement and says why.
     func mesaSAE(model: LanguageModel, settings: MesaHyperparameters?, site: Site, state: EditState) throws -> (SparseAutoencoder?, String?) {
         guard let m = settings else { return (nil, nil) }
-        let dir = m.saeDirectory(stateDirectory: state.root)
+        return try loadSAE(m.saeDirectory(stateDirectory: state.root), site: site, width: model.config.hidden, settings: m)
+    }
+
+    /// The SAE at `dir`, checked against `site` of activation width `width`, or with `mesa.fallback`
+    /// none and why.
+    func loadSAE(_ dir: URL, site: Site, width: Int, settings m: MesaHyperparameters) throws -> (SparseAutoencoder?, String?) {
         do {
             let sae = try SparseAutoencoder.load(from: dir)
-            try sae.check(site: site, width: model.config.hidden)
+            try sae.check(site: site, width: width)
             return (sae, nil)
         } catch {
             guard m.fallsBack else { throw SetupError("MESA refinement: the SAE at \(dir.path) is unusable", cause: error) }

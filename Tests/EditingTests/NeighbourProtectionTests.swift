@@ -175,6 +175,68 @@ import Testing
         #expect(r.losses.last!.nll < r.losses.first!.nll)
     }
 
+    /// A key SAE on the tiny model's mlp_key@1 whose even latents are rare (log10 frequency −3).
+    static func keySAE(_ m: LanguageModel, frequencies: Bool = true) throws -> SparseAutoencoder {
+        let f = 2 * m.config.intermediate
+        let sae = try MesaTests.alwaysOnSAE(d: m.config.intermediate, f: f, site: Site(layer: 1, kind: .mlpKey), bias: -0.2)
+        if frequencies { sae.logSparsity = (0..<f).map { $0 % 2 == 0 ? -3 : -1 } }
+        return sae
+    }
+
+    /// Design 2's key parts: the rare latents active on at least half of the keys, and per key the
+    /// sum of their decoder rows weighted by its code.
+    @Test func subjectKeyFeaturesKeepTheRareLatentsOfMostKeys() throws {
+        let m = try TinyEditModel.load()
+        let sae = try Self.keySAE(m)
+        let keys = try ["Paris", "Rome", "Oslo"].map { try Self.key(m, $0, layer: 1) }
+        let got = try SubjectKeyFeatures(sae: sae, keys: keys, rarity: -2.5)
+        let F = sae.width, D = sae.dIn
+        let codes = keys.map { sae.encode($0, rows: 1) }
+        let brute = (0..<F).filter { j in j % 2 == 0 && 2 * codes.filter { $0[j] > 0 }.count >= 3 }
+        #expect(got.latents == brute && !brute.isEmpty)
+        for (i, part) in got.parts.enumerated() {
+            var want = [Float](repeating: 0, count: D)
+            for j in brute where codes[i][j] > 0 { for k in 0..<D { want[k] += codes[i][j] * sae.decoder[j * D + k] } }
+            #expect(Vector.maxAbsDifference(part, want) <= 1e-4 * max(1, Vector.norm(want)))
+        }
+        // Without firing frequencies the SAE cannot say which latents are rare.
+        #expect(throws: EditError.self) { _ = try SubjectKeyFeatures(sae: try Self.keySAE(m, frequencies: false), keys: keys, rarity: -2.5) }
+    }
+
+    /// The key_features variant computes u from the key parts, optimizes each rewrite prompt with the
+    /// gain the update gives it (so the edit lands), writes a rank-one update, and needs a key SAE of
+    /// the right site.
+    @Test func keyFeaturesDirectionComesFromTheSubjectsOwnKeyLatents() throws {
+        let m = try TinyEditModel.load()
+        let outSAE = try MesaTests.alwaysOnSAE(d: m.config.hidden, f: 40, site: Site(layer: 1, kind: .mlpOut), bias: 0)
+        let mesa = MesaHyperparameters(sae: "t", l1: 0, variant: .keyFeatures, keySae: "k")
+        var h = RomeHyperparameters(layer: 1)
+        h.mom2Adjustment = false
+        h.vNumGradSteps = 20
+        h.earlyStopLoss = 0
+        h.keyAveraging = .each
+        h.mesa = mesa
+        let templates = try ContextTemplates.generate(model: m, groups: [.init(length: 4, count: 2)], seed: 3)
+        let request = EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome")
+        let e = try RomeEditor(model: m, hparams: h, templates: templates, statistics: nil, sae: outSAE, keySAE: try Self.keySAE(m))
+        let r = try e.computeUpdate(request)
+        let latents = try #require(r.keyLatents)
+        #expect(!latents.isEmpty && latents.allSatisfy { $0 % 2 == 0 })
+        #expect(!r.refined && r.applied.rank == 1 && r.losses.last!.nll < r.losses.first!.nll)
+        // The gains differ from plain ROME's 1 under `each`: u is not the rewrite keys' equal-gain direction.
+        #expect(r.keyGains.contains { abs($0 - 1) > 1e-3 })
+        // Rarity −4 leaves no latent: u is ROME's own.
+        var h4 = h
+        h4.mesa?.keyRarity = -4
+        let plain = try RomeEditor(model: m, hparams: h4, templates: templates, statistics: nil, sae: outSAE, keySAE: try Self.keySAE(m)).computeUpdate(request)
+        #expect(plain.keyLatents == [] && plain.keyGains.allSatisfy { abs($0 - 1) <= 1e-3 })
+        // A missing key SAE, or one of another site, is an error; so is the variant without key_sae.
+        #expect(throws: EditError.self) { _ = try RomeEditor(model: m, hparams: h, templates: templates, statistics: nil, sae: outSAE) }
+        let wrongSite = try MesaTests.alwaysOnSAE(d: m.config.intermediate, f: 8, site: Site(layer: 0, kind: .mlpKey))
+        #expect(throws: EditError.self) { _ = try RomeEditor(model: m, hparams: h, templates: templates, statistics: nil, sae: outSAE, keySAE: wrongSite) }
+        #expect(throws: EditError.self) { try MesaHyperparameters(sae: "t", variant: .keyFeatures).validate() }
+    }
+
     /// Woodbury's solve with hard-negative keys equals solving with C + (w/M)·Σ k_n k_nᵀ directly.
     @Test func negativeKeysSolveEqualsTheDirectSolve() throws {
         let ff = 6

@@ -19,17 +19,27 @@ public struct MesaHyperparameters: Codable, Sendable, Equatable {
     public var variant: MesaVariant?
     /// `output_features`: latents whose decoder directions δ may use; default 64.
     public var features: Int?
+    /// `key_features`: an SAE on the MLP key site (`mlp_key`, the down projection's input) of the
+    /// edited layer: absolute, or a name under `<state>/sae/`.
+    public var keySae: String?
+    /// `key_features`: a key latent is the subject's own when its log10 firing frequency on the SAE's
+    /// training text is below this (default −2.5: under 0.3% of tokens).
+    public var keyRarity: Float?
 
-    public init(sae: String, l1: Float? = nil, kl: Bool? = nil, fallback: Bool? = nil, variant: MesaVariant? = nil, features: Int? = nil) {
+    public init(sae: String, l1: Float? = nil, kl: Bool? = nil, fallback: Bool? = nil, variant: MesaVariant? = nil, features: Int? = nil,
+                keySae: String? = nil, keyRarity: Float? = nil) {
         self.sae = sae
         self.l1 = l1
         self.kl = kl
         self.fallback = fallback
         self.variant = variant
         self.features = features
+        self.keySae = keySae
+        self.keyRarity = keyRarity
     }
 
     public var featureCount: Int { features ?? 64 }
+    public var keyRarityLog10: Float { keyRarity ?? -2.5 }
 
     public var refinementVariant: MesaVariant { variant ?? .neutral }
 
@@ -41,6 +51,15 @@ public struct MesaHyperparameters: Codable, Sendable, Equatable {
         guard !sae.isEmpty else { throw EditError(.hyperparameters, "mesa.sae must name an SAE directory") }
         guard l1Weight >= 0, l1Weight.isFinite else { throw EditError(.hyperparameters, "mesa.l1 must be finite and non-negative") }
         guard (1...4096).contains(featureCount) else { throw EditError(.hyperparameters, "mesa.features must be in 1...4096") }
+        guard keyRarityLog10.isFinite, keyRarityLog10 <= 0 else { throw EditError(.hyperparameters, "mesa.key_rarity must be a log10 frequency ≤ 0") }
+        if refinementVariant == .keyFeatures, keySae?.isEmpty != false {
+            throw EditError(.hyperparameters, "mesa.variant key_features needs mesa.key_sae, an SAE on the edited layer's mlp_key")
+        }
+    }
+
+    /// The key SAE's directory, as `saeDirectory`.
+    public func keySaeDirectory(stateDirectory: URL) -> URL? {
+        keySae.map { $0.hasPrefix("/") ? URL(fileURLWithPath: $0) : stateDirectory.appendingPathComponent("sae").appendingPathComponent($0) }
     }
 
     /// The SAE directory: `sae` itself if absolute, else `<stateDirectory>/sae/<sae>`.
@@ -71,8 +90,49 @@ public enum MesaVariant: String, Codable, Sendable, CaseIterable {
     /// change is written as ROME's rank-one update, with decay and clamp on it.
     case outputFeatures = "output_features"
 
+    /// Design 2: no refinement of δ; the key SAE (`key_sae`, on `mlp_key`) finds the latents of the
+    /// edited subject's keys that are its own (active on at least half of the rewrite prompts and rare
+    /// on generic text, `key_rarity`), and the key direction u is computed from the part of each
+    /// rewrite key those latents reconstruct, so that other subjects' keys, which share the generic
+    /// latents, move the edited row less. Each rewrite prompt then sees the gain uᵀk_i/uᵀk* the update
+    /// gives it.
+    case keyFeatures = "key_features"
+
     /// Variants that use the SAE to mine neighbours instead of refining δ through it.
     public var minesNeighbours: Bool { self == .minedNeighbours || self == .outputFeatures }
+}
+
+/// Design 2's key parts: per rewrite key, the part the subject's own latents of a key SAE reconstruct.
+public struct SubjectKeyFeatures: Sendable {
+    /// The subject's own latents: active on at least half of the keys and rarer than the cut.
+    public let latents: [Int]
+    /// Σ_{j ∈ latents} f_ij W_dec[j] for each key i: [n][ff].
+    public let parts: [[Float]]
+
+    /// `keys` [n][ff] at the SAE's site; `rarity`: the log10 firing frequency below which a latent is
+    /// the subject's own (the SAE must carry its firing frequencies).
+    public init(sae: SparseAutoencoder, keys: [[Float]], rarity: Float) throws {
+        guard let frequency = sae.logSparsity, frequency.count == sae.width else {
+            throw EditError(.state, "key_features needs the key SAE's firing frequencies (sparsity.safetensors)")
+        }
+        let n = keys.count, F = sae.width, D = sae.dIn
+        let codes = sae.encode(keys.flatMap { $0 }, rows: n)  // [n, F]
+        var own: [Int] = []
+        for j in 0..<F where frequency[j] < rarity {
+            var active = 0
+            for i in 0..<n where codes[i * F + j] > 0 { active += 1 }
+            if 2 * active >= n, active > 0 { own.append(j) }
+        }
+        latents = own
+        parts = (0..<n).map { i in
+            var part = [Float](repeating: 0, count: D)
+            for j in own where codes[i * F + j] > 0 {
+                let f = codes[i * F + j]
+                for k in 0..<D { part[k] += f * sae.decoder[j * D + k] }
+            }
+            return part
+        }
+    }
 }
 
 /// Design 3's subspace: the output-promoting latents of an edit and an orthonormal basis of their
@@ -262,7 +322,7 @@ public struct MesaAttachment: Sendable {
     public func refinement(activations: [[Float]], rewrite: Int, weights: [Double]? = nil) -> SAERefinement? {
         guard let settings, let sae else { return nil }
         switch settings.refinementVariant {
-        case .minedNeighbours, .outputFeatures:
+        case .minedNeighbours, .outputFeatures, .keyFeatures:
             return nil
         case .perPrompt:
             return SAERefinement(sae: sae, l1: settings.l1Weight, activations: activations)
@@ -291,6 +351,8 @@ public struct MesaAttachment: Sendable {
             s["mesa_l1"] = "\(m.l1Weight)"
             s["mesa_kl"] = "\(m.keepsKL)"
             s["mesa_variant"] = m.refinementVariant.rawValue
+            if m.refinementVariant == .outputFeatures { s["mesa_features"] = "\(m.featureCount)" }
+            if m.refinementVariant == .keyFeatures, let k = m.keySae { s["mesa_key_sae"] = k; s["mesa_key_rarity"] = "\(m.keyRarityLog10)" }
         }
         if let reason = fallbackReason { s["mesa_fallback"] = reason }
         return s

@@ -67,6 +67,9 @@ public struct RomeResult: Sendable {
     public var deltaFeatures: Int?
     /// `output_features`: the latents whose decoder directions δ was confined to.
     public var outputLatents: [Int]?
+    /// `key_features`: the key SAE's latents u was computed from (empty: none qualified, or their
+    /// direction was degenerate, and u is ROME's own).
+    public var keyLatents: [Int]?
     /// k*: the mean key over the templates [ff].
     public var keyStar: [Float]
     public var valueInitNorm: Float
@@ -95,6 +98,8 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
     /// MESA: the SAE at `mlp_out@layer` (refinement when the hyperparameters ask for it, and the
     /// coverage figure of every edit) or why refinement is off.
     public let mesaSetup: MesaAttachment
+    /// MESA design 2 (`key_features`): the SAE at `mlp_key@layer`.
+    public let keySAE: SparseAutoencoder?
     /// The coverage figure of the update last computed through `FactEditor`.
     public internal(set) var lastCoverage: SAECoverage?
     let tokenizer: EditTokenizer
@@ -105,10 +110,17 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
     private let bankLock = NSLock()
 
     public init(model: LanguageModel, hparams: RomeHyperparameters, templates: ContextTemplates, statistics: KeyStatistics?,
-                sae: SparseAutoencoder? = nil, fallbackReason: String? = nil) throws {
+                sae: SparseAutoencoder? = nil, fallbackReason: String? = nil, keySAE: SparseAutoencoder? = nil) throws {
         try hparams.validate(layers: model.config.layers)
         mesaSetup = try MesaAttachment(hparams.mesa, sae: sae, fallbackReason: fallbackReason,
                                        site: Site(layer: hparams.layer, kind: .mlpOut), width: model.config.hidden)
+        if mesaSetup.settings?.refinementVariant == .keyFeatures {
+            guard let keySAE else { throw EditError(.state, "MESA key_features needs the key SAE \(hparams.mesa?.keySae ?? "")") }
+            do { try keySAE.check(site: Site(layer: hparams.layer, kind: .mlpKey), width: model.config.intermediate) } catch {
+                throw EditError(.hyperparameters, "the key SAE does not fit the edit site: \(error)", cause: error)
+            }
+        }
+        self.keySAE = mesaSetup.settings?.refinementVariant == .keyFeatures ? keySAE : nil
         if hparams.mom2Adjustment {
             guard let s = statistics else { throw EditError(.state, "mom2_adjustment needs key statistics for layer \(hparams.layer)") }
             guard s.spec.layer == hparams.layer, s.dim == model.config.intermediate else {
@@ -351,8 +363,24 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         let rewriteKeys = Array(pass.keys.prefix(batch.rewrite.count))
         let keyStar = try self.keyStar(rewriteKeys)
         clock.lap("k_star")
+        // Design 2: the part of each rewrite key that the subject's own key latents reconstruct.
+        var keyParts: SubjectKeyFeatures?
+        if let keySAE, let m = mesaSetup.settings {
+            keyParts = try SubjectKeyFeatures(sae: keySAE, keys: rewriteKeys, rarity: m.keyRarityLog10)
+        }
+        var fromKeyParts = false
         func direction(_ negatives: NegativeKeys?) throws -> (u: [Float], denominator: Float) {
-            try keyDirection(rewriteKeys: rewriteKeys, keyStar: keyStar, negatives: negatives)
+            fromKeyParts = false
+            if let parts = keyParts?.parts, keyParts?.latents.isEmpty == false {
+                // u from the subject's own key parts; the denominator stays uᵀk* of the whole keys.
+                let (u, _) = try keyDirection(rewriteKeys: parts, keyStar: try self.keyStar(parts), negatives: negatives)
+                let denom = Vector.dot(u, keyStar)
+                if denom.isFinite, denom > 1e-6 * Vector.norm(keyStar) {
+                    fromKeyParts = true
+                    return (u, denom)
+                }
+            }
+            return try keyDirection(rewriteKeys: rewriteKeys, keyStar: keyStar, negatives: negatives)
         }
         var (u, denom) = try direction(nil)
         clock.lap("closed_form")
@@ -396,6 +424,12 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         // Gains of every prompt (rewrite, then KL): (W + r uᵀ)k_i = Wk_i + (uᵀk_i/uᵀk*) δ.
         let gains = pass.keys.map { Vector.dot(u, $0) / denom }
         guard gains.allSatisfy(\.isFinite) else { throw EditError(.nonFinite, "a key gain is non-finite") }
+        if fromKeyParts {
+            // u no longer gives every rewrite prompt gain 1: each is optimized with the gain it will get.
+            var scales = promptScales ?? [Float](repeating: 1, count: pass.prompts.count)
+            for i in 0..<batch.rewrite.count { scales[i] = gains[i] }
+            promptScales = scales
+        }
         let vInit = pass.mlpOutputs[0]
         let vInitNorm = Vector.norm(vInit)
         guard vInitNorm > 0, vInitNorm.isFinite else { throw EditError(.nonFinite, "the MLP output at the subject is zero or non-finite") }
@@ -446,6 +480,7 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
                                 keyGains: Array(gains.prefix(n)), losses: outcome.losses, phases: clock.phases)
         result.neighbours = neighbours
         result.outputLatents = outcome.subspaceLatents
+        result.keyLatents = keyParts.map { fromKeyParts ? $0.latents : [] }
         if refinement != nil {
             let dn = Vector.norm(delta)
             result.writtenToDelta = dn > 0 ? Vector.norm(change0) / dn : nil
