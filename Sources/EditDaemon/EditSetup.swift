@@ -269,6 +269,12 @@ public struct EditorRegistry {
         if let n = h.normAnchorSamples, n > 0 {
             editor.normAnchor = try normAnchor(editor, samples: n, state: state, computeMissing: computeMissing)
         }
+        if h.neighbours != nil {
+            guard let records = anchorRecords else {
+                throw SetupError("neighbour protection (neighbours) needs CounterFact tuning records for its candidate subjects (the data directory)")
+            }
+            editor.neighbourCandidates = try CounterFact.load(path: records.path).records.map(\.subject)
+        }
         return editor
     }
 

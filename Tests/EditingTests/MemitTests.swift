@@ -232,6 +232,56 @@ import Testing
         #expect(m.weightHash == hash)
     }
 
+    /// Key-side neighbour protection in AlphaEdit's solve: the mined neighbours' keys (in the edit's
+    /// prompt) move less under the protected update than under the plain one, the protected update
+    /// still raises the new object, and the settings are checked.
+    @Test func alphaEditNeighbourKeysMoveLessAndTheEditLands() throws {
+        let m = try TinyEditModel.load()
+        let stats = Self.statistics(m, layer: 1)
+        var h = MemitHyperparameters(layers: [1], contextTemplates: [.init(length: 4, count: 2)], vNumGradSteps: 20, clampNormFactor: 4)
+        h.earlyStopLoss = 0.01
+        let templates = try ContextTemplates.generate(model: m, groups: h.contextTemplates, seed: 3)
+        func editor(_ neighbours: NeighbourSettings?) throws -> MemitEditor {
+            var hh = h
+            hh.neighbours = neighbours
+            let e = try MemitEditor(model: m, hparams: hh, templates: templates, statistics: [1: stats],
+                                    solver: .alphaEdit(try AlphaEditState(statistics: [1: stats], nullspaceEnergy: 0.3, l2: 1)))
+            e.neighbourCandidates = ["Paris", "Rome", "London", "Berlin", "Madrid", "Tokyo", "Vienna", "Lisbon", "Oslo", "Cairo"]
+            return e
+        }
+        let request = EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome")
+        let plain = try editor(nil).computeUpdates([request])
+        let guarded = try editor(NeighbourSettings(count: 3, klFactor: 0, keyWeight: 30))
+        let protected = try guarded.computeUpdates([request])
+        let mined = try #require(guarded.lastNeighbours.first)
+        #expect(mined.count == 3 && !mined.contains("Paris"))
+        // Their keys in the edit's prompt, on the unedited weights.
+        let tok = EditTokenizer(model: m)
+        let site = Site(layer: 1, kind: .mlpKey)
+        var plainMoved = 0.0, protectedMoved = 0.0
+        for n in mined {
+            let sp = try tok.subjectPrompt(prefix: "", prompt: request.prompt, subject: n)
+            let k = try m.forward(sp.tokens, options: ForwardOptions(capture: [site], logits: .none, stopAfterLayer: 1))
+                .activations[site]!.row(sp.subjectLast).map(Double.init)
+            plainMoved += Self.moved(plain.updates[0], k)
+            protectedMoved += Self.moved(protected.updates[0], k)
+        }
+        #expect(protectedMoved < 0.8 * plainMoved, "the neighbours' keys move \(protectedMoved) against \(plainMoved)")
+        let score = CounterFactScorer.make(m)
+        let before = try score("Paris is in", ["Rome"])[0]
+        let backup = try m.apply(protected.updates[0])
+        let after = try score("Paris is in", ["Rome"])[0]
+        try m.restore(backup)
+        #expect(after < before, "the protected edit lowers the new object's NLL (\(before) → \(after))")
+        // Key side only, by key gain, with a positive weight.
+        for bad in [NeighbourSettings(count: 3, klFactor: 1, keyWeight: 30), NeighbourSettings(count: 3, klFactor: 0),
+                    NeighbourSettings(count: 3, klFactor: 0, keyWeight: 30, mine: .saeOverlap)] {
+            var hb = h
+            hb.neighbours = bad
+            #expect(throws: EditError.self) { try hb.validate(layers: m.config.layers) }
+        }
+    }
+
     /// AlphaEdit: P is a projector onto the low-energy eigenspace of C, the update vanishes on the
     /// high-energy directions (ΔW = R·Xᵀ with X in range(P)), and it still makes the edit.
     @Test func alphaEditUpdatesStayInTheNullSpaceAndEdit() throws {

@@ -53,8 +53,10 @@ extension Pipeline {
                 guard let base = defaultEditor as? MemitEditor else { throw SetupError("the default editor is not MEMIT") }
                 if h.layers == defaults.layers {
                     // Same layers: share the statistics, templates, SAE and (AlphaEdit) the accumulated state.
-                    return try MemitEditor(model: host.model, hparams: h, templates: base.templates, statistics: base.statistics,
-                                           solver: base.solver, sae: base.mesaSetup.sae, fallbackReason: base.mesaSetup.fallbackReason)
+                    let editor = try MemitEditor(model: host.model, hparams: h, templates: base.templates, statistics: base.statistics,
+                                                 solver: base.solver, sae: base.mesaSetup.sae, fallbackReason: base.mesaSetup.fallbackReason)
+                    editor.neighbourCandidates = base.neighbourCandidates
+                    return editor
                 }
                 return try registry.editor(model: host.model, hparams: .memit(h), baseHash: host.baseHash, computeMissing: false)
             }

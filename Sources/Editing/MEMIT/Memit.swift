@@ -34,6 +34,13 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
     public var normAnchorSamples: Int?
     /// MESA refinement of z through an SAE at `resid_out` of the last edited layer, where δ enters.
     public var mesa: MesaHyperparameters?
+    /// Key-side neighbour protection (the MEMIT family's form of ROME's `neighbours`): at every edited
+    /// layer, the candidate subjects whose keys the layer's solution x_j moves most (|x_jᵀk_n|) are
+    /// mined per request, and their keys in the request's prompt join the solve with weight
+    /// key_weight/count each, so that the update is asked to leave them unchanged (AlphaEdit: beside
+    /// K_pK_pᵀ, as earlier edits' keys are; MEMIT/ENCORE: beside λC). Mining is by key gain only and
+    /// kl_factor must be 0.
+    public var neighbours: NeighbourSettings?
 
     /// Decodes a hyperparameter file (extra keys such as `$schema`, `method` and `model` are allowed).
     public static func decode(_ data: Data) throws -> MemitHyperparameters {
@@ -62,7 +69,7 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
     // The file is flat: the optimization settings' keys sit beside the MEMIT family's own.
     private enum CodingKeys: String, CodingKey {
         case layers, mom2UpdateWeight, mom2Tokens, mom2SequenceLength, mom2Seed, mom2Ridge, nullspaceEnergy, l2, l2Relative,
-             updateNormLambda, normAnchorSamples, mesa
+             updateNormLambda, normAnchorSamples, mesa, neighbours
     }
 
     public init(from decoder: Decoder) throws {
@@ -80,6 +87,7 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
         updateNormLambda = try c.decodeIfPresent(Double.self, forKey: .updateNormLambda)
         normAnchorSamples = try c.decodeIfPresent(Int.self, forKey: .normAnchorSamples)
         mesa = try c.decodeIfPresent(MesaHyperparameters.self, forKey: .mesa)
+        neighbours = try c.decodeIfPresent(NeighbourSettings.self, forKey: .neighbours)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -97,6 +105,7 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
         try c.encodeIfPresent(updateNormLambda, forKey: .updateNormLambda)
         try c.encodeIfPresent(normAnchorSamples, forKey: .normAnchorSamples)
         try c.encodeIfPresent(mesa, forKey: .mesa)
+        try c.encodeIfPresent(neighbours, forKey: .neighbours)
     }
 
     public func statisticsSpec(modelHash: String, layer: Int) -> KeyStatisticsSpec {
@@ -112,6 +121,12 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
             throw bad("optimization settings out of range")
         }
         guard mom2UpdateWeight > 0, mom2UpdateWeight.isFinite, mom2Ridge >= 0 else { throw bad("mom2_update_weight must be positive") }
+        if let n = neighbours {
+            try n.validate()
+            guard n.klFactor == 0, n.mining == .keyGain, n.negativeKeyWeight > 0 else {
+                throw bad("the MEMIT family's neighbours are key-side only: kl_factor 0, mine key_gain and a positive key_weight")
+            }
+        }
     }
 }
 
@@ -195,6 +210,12 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
     public var jointRowLimit = 256
     /// The most tokens one packed reading pass holds (the keys and residuals of a batch edit's prompts).
     var packTokens = 1024
+    /// Candidate subjects for neighbour protection (tuning data's subjects, never the evaluation
+    /// split's); each edited layer's bank is built from them on the first edit that needs it.
+    public var neighbourCandidates: [String] = []
+    private var banks: [Int: SubjectBank] = [:]
+    /// The neighbours the last computed updates protected, per request (mined at the last edited layer).
+    public internal(set) var lastNeighbours: [[String]] = []
 
     public init(model: LanguageModel, hparams: MemitHyperparameters, templates: ContextTemplates, statistics: [Int: KeyStatistics],
                 solver: SpreadSolver = .memit, sae: SparseAutoencoder? = nil, fallbackReason: String? = nil) throws {
@@ -292,7 +313,20 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
             for (j, cur) in current.enumerated() {
                 for c in 0..<d { resid[c * n + j] = (z[j][c] - cur[c]) / share }
             }
-            let x = try solve(layer: l, keys: keys)
+            var x = try solve(layer: l, keys: keys)
+            if let nk = h.neighbours {
+                let mined = try mineNeighbours(nk, layer: l, x: x, requests: requests)
+                if l == h.layers.last { lastNeighbours = mined }
+                // Their keys in each request's own prompt, on the current weights: [M_total][ff].
+                let prompts = try zip(requests, mined).flatMap { r, names in
+                    try names.map { try tokenizer.subjectPrompt(prefix: "", prompt: r.prompt, subject: $0) }
+                }
+                if !prompts.isEmpty {
+                    let site = Site(layer: l, kind: .mlpKey)
+                    let negatives = try reads(prompts, sites: [site], packed: true)[site]!.map { $0.map(Double.init) }
+                    x = try solve(layer: l, keys: keys, negatives: negatives, weight: Double(nk.negativeKeyWeight) / Double(nk.count))
+                }
+            }
             // ΔW = R Xᵀ: left R [d, n], right Xᵀ [n, ff].
             var right = [Float](repeating: 0, count: n * ff)
             for j in 0..<n { for r in 0..<ff { right[j * ff + r] = Float(x[r * n + j]) } }
@@ -460,11 +494,38 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
         return out
     }
 
-    /// X [ff, n] (row-major) of the layer's closed form, in Double.
-    func solve(layer l: Int, keys: [[Double]]) throws -> [Double] {
+    /// Per request, the `nk.count` candidate subjects (other than its own) whose bare-subject keys at
+    /// `layer` the layer's solution moves most: the largest |x_jᵀk_n| with x_j column j of X [ff, n].
+    func mineNeighbours(_ nk: NeighbourSettings, layer: Int, x: [Double], requests: [EditRequest]) throws -> [[String]] {
+        let bank: SubjectBank
+        if let b = banks[layer] { bank = b } else {
+            guard !neighbourCandidates.isEmpty else { throw EditError(.state, "neighbour protection needs candidate subjects (tuning data)") }
+            bank = try SubjectBank(model: model, layer: layer, subjects: neighbourCandidates, limit: nk.bankSize)
+            banks[layer] = bank
+        }
+        let ff = model.config.intermediate, n = requests.count
+        return requests.indices.map { j in
+            let column = (0..<ff).map { Float(x[$0 * n + j]) }
+            return bank.mineByKeyGain(u: column, exclude: requests[j].subject, count: nk.count)
+        }
+    }
+
+    /// X [ff, n] (row-major) of the layer's closed form, in Double; `negatives` [M][ff] join it as
+    /// keys the update should leave unchanged, each with `weight`.
+    func solve(layer l: Int, keys: [[Double]], negatives: [[Double]] = [], weight: Double = 0) throws -> [Double] {
         let ff = model.config.intermediate, n = keys.count, h = hparams
         var b = [Double](repeating: 0, count: ff * n)   // K [ff, n]
         for j in 0..<n { for r in 0..<ff { b[r * n + j] = keys[j][r] } }
+        // w·K_NK_Nᵀ [ff, ff] with K_N [ff, M]; zero without negatives.
+        let m = negatives.count
+        var nnt = [Double](repeating: 0, count: m > 0 ? ff * ff : 0)
+        if m > 0 {
+            var kn = [Double](repeating: 0, count: ff * m)
+            for j in 0..<m { for r in 0..<ff { kn[r * m + j] = negatives[j][r] } }
+            kn.withUnsafeBufferPointer { k in nnt.withUnsafeMutableBufferPointer { out in
+                BLAS.dgemm(transB: true, m: ff, n: ff, k: m, alpha: weight, a: k.baseAddress!, lda: m, b: k.baseAddress!, ldb: m, c: out.baseAddress!, ldc: ff)
+            } }
+        }
         switch solver {
         case .memit, .encore:
             // MEMIT: (λC + KKᵀ) X = K; ENCORE adds its kept keys and μI: (λC + μI + K_pK_pᵀ + KKᵀ) X = K.
@@ -478,7 +539,7 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
                 BLAS.dgemm(transB: true, m: ff, n: ff, k: n, a: k.baseAddress!, lda: n, b: k.baseAddress!, ldb: n, c: out.baseAddress!, ldc: ff)
             } }
             var a = statistics[l]!.regularizedMoment(ridge: h.mom2Ridge)
-            for x in 0..<(ff * ff) { a[x] = h.mom2UpdateWeight * a[x] + (encore?.kept[x] ?? 0) + kkt[x] }
+            for x in 0..<(ff * ff) { a[x] = h.mom2UpdateWeight * a[x] + (encore?.kept[x] ?? 0) + kkt[x] + (m > 0 ? nnt[x] : 0) }
             if let mu = encore?.mu { for i in 0..<ff { a[i * ff + i] += mu } }
             do { return try LAPACK.solveSPD(a, b, n: ff, nrhs: n) } catch {
                 let system = encore == nil ? "λC + KKᵀ" : "λC + μI + K_pK_pᵀ + KKᵀ"
@@ -495,6 +556,12 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
             pk.withUnsafeBufferPointer { l in b.withUnsafeBufferPointer { k in a.withUnsafeMutableBufferPointer { out in
                 BLAS.dgemm(transB: true, m: ff, n: ff, k: n, a: l.baseAddress!, lda: n, b: k.baseAddress!, ldb: n, beta: 1, c: out.baseAddress!, ldc: ff)
             } } }
+            if m > 0 {
+                // + P·w·K_NK_Nᵀ
+                p.withUnsafeBufferPointer { pp in nnt.withUnsafeBufferPointer { nn in a.withUnsafeMutableBufferPointer { out in
+                    BLAS.dgemm(m: ff, n: ff, k: ff, a: pp.baseAddress!, lda: ff, b: nn.baseAddress!, ldb: ff, beta: 1, c: out.baseAddress!, ldc: ff)
+                } } }
+            }
             let alpha = state.alpha[l] ?? 0
             for i in 0..<ff { a[i * ff + i] += alpha }
             do { return try LAPACK.solve(a, pk, n: ff, nrhs: n) } catch {

@@ -106,6 +106,7 @@ extension MemitEditor: FactEditor {
         var s = h.optimization.description(prompts: templates.prefixes.count)
         s["layers"] = h.layers.map(String.init).joined(separator: ",")
         s["mom2_update_weight"] = "\(h.mom2UpdateWeight)"
+        if let nk = h.neighbours { s["neighbours"] = nk.description }
         s["mom2_tokens"] = "\(h.mom2Tokens)"
         if case .alphaEdit(let st) = solver {
             s["nullspace_energy"] = "\(h.nullspaceEnergy ?? .nan)"
