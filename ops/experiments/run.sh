@@ -3,8 +3,10 @@
 # (journals under $MESA_HOME/runs/<method>-<split>-<name>-<limit>), one BLAS thread each at nice 10
 # so that two run side by side on two cores. Tune on counterfact-train (SPLIT=train, the default);
 # SPLIT=val runs a setting chosen on train once, for the report.
-# Usage: [METHOD=alphaedit] [SPLIT=val] [LIMIT=1000] [CHECKPOINTS="100 500 1000"] [BATCH=100] \
+# Usage: [METHOD=alphaedit] [SPLIT=val] [START=3000] [LIMIT=1000] [CHECKPOINTS="100 500 1000"] [BATCH=100] \
 #          bash ops/experiments/run.sh NAME...
+# START: the first record (default 0); runs from another start are journalled and reported as
+# NAME-from<START>.
 # NAME: "baseline" for deploy/hparams/<method>/SmolLM2-135M-Instruct.json, or a file name under
 # ops/experiments/<method>/ without .json. Reports go to ops/experiments/<method>/results/NAME
 # (train) or results/<split>/NAME.
@@ -17,15 +19,17 @@ METHOD="${METHOD:-alphaedit}"
 LIMIT="${LIMIT:-200}"
 SPLIT="${SPLIT:-train}"
 BATCH="${BATCH:-1}"
+START="${START:-0}"
 results="ops/experiments/$METHOD/results"
 [ "$SPLIT" = train ] || results="$results/$SPLIT"
 suffix=""
 [ "$BATCH" = 1 ] || suffix="-b$BATCH"
+[ "$START" = 0 ] || suffix="$suffix-from$START"
 for name in "$@"; do
   hp="deploy/hparams/$METHOD/SmolLM2-135M-Instruct.json"
   [ "$name" = baseline ] || hp="ops/experiments/$METHOD/$name.json"
   nice -n 10 .build/release/mesa eval --method "$METHOD" --hparams "$hp" --threads 1 --batch "$BATCH" \
-    --data "../shared/data/counterfact/counterfact-$SPLIT.json" --start 0 --limit "$LIMIT" \
+    --data "../shared/data/counterfact/counterfact-$SPLIT.json" --start "$START" --limit "$LIMIT" \
     --sequential --checkpoints ${CHECKPOINTS:-50 100 "$LIMIT"} \
     --resume "$MESA_HOME/runs/$METHOD-$SPLIT-$name$suffix-$LIMIT" --out "$results/$name$suffix"
 done
