@@ -21,7 +21,11 @@ struct MesaCostBench: ParsableCommand {
 
     @Option(help: "Model path (default: the installed SmolLM2-135M-Instruct).") var model: String?
     @Option(help: "ROME hyperparameters.") var hparams = "deploy/hparams/rome/SmolLM2-135M-Instruct.json"
-    @Option(help: "SAE directory, or a name under <state>/<hash16>/sae/.") var sae: String
+    @Option(help: "SAE directory, or a name under <state>/<hash16>/sae/ (the neutral refinement; not with --design).") var sae: String?
+    @Option(help: "A ROME file whose mesa and neighbours blocks are the edit to time against ROME (an SAE-guided design) instead of the neutral refinement through --sae.")
+    var design: String?
+    @Option(help: "CounterFact tuning file whose subjects are the neighbour candidates (--design with neighbours).")
+    var candidates = "../shared/data/counterfact/counterfact-train.json"
     @Option(help: "CounterFact file.") var data = "../shared/data/counterfact/counterfact-val.json"
     @Option(help: "Records to edit (the first N).") var records = 3
     @Option(help: "Optimization steps (early stop disabled).") var steps: Int?
@@ -33,13 +37,24 @@ struct MesaCostBench: ParsableCommand {
         BLAS.setThreads(threads)
         let setup = try RomeBenchSetup(model: model, hparams: hparams, steps: steps)
         let (path, m, h, state, templates, stats) = (setup.path, setup.model, setup.hparams, setup.state, setup.templates, setup.statistics)
-        let settings = MesaHyperparameters(sae: sae)
+        var hm = h
+        if let design {
+            guard sae == nil else { throw ValidationError("--design names its SAE in its mesa block; leave out --sae") }
+            guard let data = FileManager.default.contents(atPath: design) else { throw ValidationError("cannot read \(design)") }
+            let file = try RomeHyperparameters.decode(data)
+            hm.mesa = file.mesa
+            hm.neighbours = file.neighbours
+        } else {
+            guard let sae else { throw ValidationError("give --sae or --design") }
+            hm.mesa = MesaHyperparameters(sae: sae)
+        }
+        guard let settings = hm.mesa else { throw ValidationError("\(design ?? "") has no mesa block") }
         let dir = settings.saeDirectory(stateDirectory: state.root)
         let loaded = try SparseAutoencoder.load(from: dir)
-        var hm = h
-        hm.mesa = settings
+        let keySAE = try settings.keySaeDirectory(stateDirectory: state.root).map { try SparseAutoencoder.load(from: $0) }
         let rome = try RomeEditor(model: m, hparams: h, templates: templates, statistics: stats)
-        let mesa = try RomeEditor(model: m, hparams: hm, templates: templates, statistics: stats, sae: loaded)
+        let mesa = try RomeEditor(model: m, hparams: hm, templates: templates, statistics: stats, sae: loaded, keySAE: keySAE)
+        if hm.neighbourProtection != nil { mesa.neighbourCandidates = try CounterFact.load(path: candidates).records.map(\.subject) }
         let recs = Array(try CounterFact.load(path: data).records.prefix(records))
         var times: [String: [Double]] = ["rome": [], "mesa": []]
         var phases: [String: [String: [Double]]] = ["rome": [:], "mesa": [:]]
@@ -57,7 +72,7 @@ struct MesaCostBench: ParsableCommand {
         }
         let tr = median(times["rome"]!), tm = median(times["mesa"]!)
         print(String(format: "ROME      %.3f s per edit (median of %d)", tr, times["rome"]!.count))
-        print(String(format: "ROME+MESA %.3f s per edit (median of %d)", tm, times["mesa"]!.count))
+        print(String(format: "ROME+MESA %.3f s per edit (median of %d; %@)", tm, times["mesa"]!.count, settings.refinementVariant.rawValue))
         print(String(format: "ratio MESA / ROME: %.3f (SAE width %d, %d steps, %d thread(s))", tm / tr, loaded.width, h.vNumGradSteps, threads))
         for name in ["rome", "mesa"] {
             let p = phases[name]!.sorted { $0.key < $1.key }.map { String(format: "%@ %.3f", $0.key, median($0.value)) }.joined(separator: ", ")
@@ -65,6 +80,7 @@ struct MesaCostBench: ParsableCommand {
         }
         let doc: [String: Any] = [
             "model": (path as NSString).lastPathComponent, "sae": dir.path, "sae_width": loaded.width, "sae_k": loaded.k ?? 0,
+            "variant": settings.refinementVariant.rawValue, "design": design ?? "", "neighbours": hm.neighbourProtection?.description ?? "",
             "steps": h.vNumGradSteps, "threads": threads, "records": recs.count, "repeats": repeats,
             "rome_seconds_median": tr, "mesa_seconds_median": tm, "ratio": tm / tr,
             "rome_seconds": times["rome"]!, "mesa_seconds": times["mesa"]!,
