@@ -12,7 +12,9 @@ AUC = P(signal of a failed case > signal of a good case), ties counted half (Man
 no information, and an AUC below 0.5 means the signal is higher on the good cases. The standard error
 is Hanley and McNeil's (1982).
 
-    python3 ops/experiments/uncertainty.py REPORT.json [--out FILE.json]
+    python3 ops/experiments/uncertainty.py REPORT.json [REPORT.json ...] [--out FILE.json]
+
+Several reports (e.g. the halves of one run) are pooled.
 """
 import gzip
 import json
@@ -62,12 +64,12 @@ def main():
         k = args.index("--out")
         out = args[k + 1]
         del args[k:k + 2]
-    cs = cases(args[0])
+    cs = [c for path in args for c in cases(path)]
     if not cs:
         sys.exit("no case carries uncertainty signals (run the eval with an SAE attached)")
     signals = sorted({k for c in cs for k in c["uncertainty"]})
     failures = {"neighbour_lost": neighbour_lost, "paraphrase_failed": paraphrase_failed}
-    result = {"report": args[0], "cases": len(cs), "signals": {}}
+    result = {"reports": args, "cases": len(cs), "signals": {}}
     for f, failed in failures.items():
         result[f + "_cases"] = sum(1 for c in cs if failed(c))
     for s in signals:
