@@ -516,15 +516,17 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
         let ff = model.config.intermediate, n = keys.count, h = hparams
         var b = [Double](repeating: 0, count: ff * n)   // K [ff, n]
         for j in 0..<n { for r in 0..<ff { b[r * n + j] = keys[j][r] } }
-        // w·K_NK_Nᵀ [ff, ff] with K_N [ff, M]; zero without negatives.
+        // K_N [ff, M]; `addNegatives(to: a, left: L)` adds w·L·K_Nᵀ for L = K_N (MEMIT/ENCORE) or P·K_N
+        // (AlphaEdit): a rank-M product, never an [ff, ff] intermediate.
         let m = negatives.count
-        var nnt = [Double](repeating: 0, count: m > 0 ? ff * ff : 0)
-        if m > 0 {
-            var kn = [Double](repeating: 0, count: ff * m)
-            for j in 0..<m { for r in 0..<ff { kn[r * m + j] = negatives[j][r] } }
-            kn.withUnsafeBufferPointer { k in nnt.withUnsafeMutableBufferPointer { out in
-                BLAS.dgemm(transB: true, m: ff, n: ff, k: m, alpha: weight, a: k.baseAddress!, lda: m, b: k.baseAddress!, ldb: m, c: out.baseAddress!, ldc: ff)
-            } }
+        var kn = [Double](repeating: 0, count: ff * m)
+        for j in 0..<m { for r in 0..<ff { kn[r * m + j] = negatives[j][r] } }
+        func addNegatives(to a: inout [Double], left: [Double]) {
+            guard m > 0 else { return }
+            left.withUnsafeBufferPointer { l in kn.withUnsafeBufferPointer { k in a.withUnsafeMutableBufferPointer { out in
+                BLAS.dgemm(transB: true, m: ff, n: ff, k: m, alpha: weight, a: l.baseAddress!, lda: m, b: k.baseAddress!, ldb: m,
+                           beta: 1, c: out.baseAddress!, ldc: ff)
+            } } }
         }
         switch solver {
         case .memit, .encore:
@@ -539,7 +541,8 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
                 BLAS.dgemm(transB: true, m: ff, n: ff, k: n, a: k.baseAddress!, lda: n, b: k.baseAddress!, ldb: n, c: out.baseAddress!, ldc: ff)
             } }
             var a = statistics[l]!.regularizedMoment(ridge: h.mom2Ridge)
-            for x in 0..<(ff * ff) { a[x] = h.mom2UpdateWeight * a[x] + (encore?.kept[x] ?? 0) + kkt[x] + (m > 0 ? nnt[x] : 0) }
+            for x in 0..<(ff * ff) { a[x] = h.mom2UpdateWeight * a[x] + (encore?.kept[x] ?? 0) + kkt[x] }
+            addNegatives(to: &a, left: kn)
             if let mu = encore?.mu { for i in 0..<ff { a[i * ff + i] += mu } }
             do { return try LAPACK.solveSPD(a, b, n: ff, nrhs: n) } catch {
                 let system = encore == nil ? "λC + KKᵀ" : "λC + μI + K_pK_pᵀ + KKᵀ"
@@ -557,10 +560,12 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
                 BLAS.dgemm(transB: true, m: ff, n: ff, k: n, a: l.baseAddress!, lda: n, b: k.baseAddress!, ldb: n, beta: 1, c: out.baseAddress!, ldc: ff)
             } } }
             if m > 0 {
-                // + P·w·K_NK_Nᵀ
-                p.withUnsafeBufferPointer { pp in nnt.withUnsafeBufferPointer { nn in a.withUnsafeMutableBufferPointer { out in
-                    BLAS.dgemm(m: ff, n: ff, k: ff, a: pp.baseAddress!, lda: ff, b: nn.baseAddress!, ldb: ff, beta: 1, c: out.baseAddress!, ldc: ff)
+                // + P·w·K_NK_Nᵀ = w·(PK_N)K_Nᵀ
+                var pkn = [Double](repeating: 0, count: ff * m)   // PK_N [ff, M]
+                p.withUnsafeBufferPointer { pp in kn.withUnsafeBufferPointer { k in pkn.withUnsafeMutableBufferPointer { out in
+                    BLAS.dgemm(m: ff, n: m, k: ff, a: pp.baseAddress!, lda: ff, b: k.baseAddress!, ldb: m, c: out.baseAddress!, ldc: m)
                 } } }
+                addNegatives(to: &a, left: pkn)
             }
             let alpha = state.alpha[l] ?? 0
             for i in 0..<ff { a[i * ff + i] += alpha }

@@ -59,12 +59,15 @@ public struct MesaHyperparameters: Codable, Sendable, Equatable {
 
     /// The key SAE's directory, as `saeDirectory`.
     public func keySaeDirectory(stateDirectory: URL) -> URL? {
-        keySae.map { $0.hasPrefix("/") ? URL(fileURLWithPath: $0) : stateDirectory.appendingPathComponent("sae").appendingPathComponent($0) }
+        keySae.map { Self.directory($0, stateDirectory: stateDirectory) }
     }
 
     /// The SAE directory: `sae` itself if absolute, else `<stateDirectory>/sae/<sae>`.
-    public func saeDirectory(stateDirectory: URL) -> URL {
-        sae.hasPrefix("/") ? URL(fileURLWithPath: sae) : stateDirectory.appendingPathComponent("sae").appendingPathComponent(sae)
+    public func saeDirectory(stateDirectory: URL) -> URL { Self.directory(sae, stateDirectory: stateDirectory) }
+
+    /// `name` itself if absolute, else `<stateDirectory>/sae/<name>`.
+    static func directory(_ name: String, stateDirectory: URL) -> URL {
+        name.hasPrefix("/") ? URL(fileURLWithPath: name) : stateDirectory.appendingPathComponent("sae").appendingPathComponent(name)
     }
 }
 

@@ -186,10 +186,11 @@ public final class SubjectBank: Sendable {
             let shared = b.reduce(0) { $0 + (a.contains($1) ? 1 : 0) }
             let union = a.count + b.count - shared
             return union == 0 ? 0 : Float(shared) / Float(union)
-        }
+        }.map { ($0.subject, $0.score) }
     }
 
-    func top(_ count: Int, exclude: String, score: (Int) -> Float) -> [(subject: String, overlap: Float)] {
+    /// The `count` subjects other than `exclude` with the largest `score`, largest first, with their scores.
+    func top(_ count: Int, exclude: String, score: (Int) -> Float) -> [(subject: String, score: Float)] {
         let order = subjects.indices.filter { subjects[$0] != exclude }.map { ($0, score($0)) }
             .sorted { $0.1 > $1.1 || ($0.1 == $1.1 && $0.0 < $1.0) }
         return order.prefix(count).map { (subjects[$0.0], $0.1) }
