@@ -111,9 +111,11 @@ public struct CounterFactRunner {
                     cs[j].phases = phases
                     let c = j < coverages.count ? coverages[j] : editor.lastCoverage
                     cs[j].saeCoverage = c?.coverage
-                    cs[j].uncertainty = c.map { c in
+                    let signals = group.count == 1 ? editor.lastSignals : [:]
+                    let fromSAE = c.map { c in
                         ["outside": c.outside, "subject_error": c.subjectError, "crowding": c.crowding].compactMapValues { $0 }
                     }
+                    cs[j].uncertainty = fromSAE == nil && signals.isEmpty ? nil : (fromSAE ?? [:]).merging(signals) { a, _ in a }
                     cs[j].post = try CounterFactEval.score(group[j], with: scorer)
                     if sequential {
                         cs[j].immediate = cs[j].post

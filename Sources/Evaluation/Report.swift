@@ -20,7 +20,9 @@ public struct EvalCase: Codable, Sendable {
     public var saeCoverage: Double?
     /// The SAE's per-edit uncertainty signals, when the method has one: "outside" (the share of the
     /// written change it does not represent), "subject_error" (its reconstruction error of the subject's
-    /// activation), "crowding" (the mined neighbours' mean latent overlap with the subject).
+    /// activation), "crowding" (the mined neighbours' mean latent overlap with the subject); and the
+    /// method's own: "neighbour_shift", "neighbour_shift_max" (ROME with mined neighbours: how far the
+    /// update moves their prompts toward the new object).
     public var uncertainty: [String: Double]?
     /// Sequential runs: the scores right after this case's own edit (`post` holds the scores after
     /// the whole run, or at the checkpoint that ended it).

@@ -88,6 +88,8 @@ struct Edit: ParsableCommand {
                     if let x = c.crowding { doc["crowding"] = x }
                     out["sae_coverage"] = doc
                 }
+                if let x = result.neighbourShift { out["neighbour_shift"] = x }
+                if let x = result.neighbourShiftMax { out["neighbour_shift_max"] = x }
                 if let n = result.deltaFeatures { out["delta_features"] = n }
                 if let r = result.writtenToDelta { out["written_to_delta_norm"] = r }
                 if let c = result.keyGramCondition { out["key_gram_condition"] = c }

@@ -112,6 +112,58 @@ import Testing
         #expect(Vector.maxAbsDifference(zero.update.r, plain.update.r) <= 1e-5 * Vector.norm(plain.update.r))
     }
 
+    /// log p(token) after `prompt` filled with `subject`, by one plain pass on the model as it is.
+    static func logProb(_ m: LanguageModel, prompt: String, subject: String, token: Int32) throws -> Double {
+        let ids = try EditTokenizer(model: m).subjectPrompt(prefix: "", prompt: prompt, subject: subject).tokens
+        let z = try m.forward(ids, options: ForwardOptions(logits: .last)).logits.data.map(Double.init)
+        let mx = z.max()!, lse = mx + log(z.reduce(0) { $0 + exp($1 - mx) })
+        return z[Int(token)] - lse
+    }
+
+    /// `shared_object` keeps, of the shortlist by key gain, the subjects whose own prompt gives the
+    /// fact's current object the highest probability (brute force: one pass per subject), and the
+    /// `neighbour_shift` signal equals the move of log p(new) − log p(current) that applying the
+    /// written update to the weights gives those prompts.
+    @Test func sharedObjectMiningAndTheNeighbourShift() throws {
+        let m = try TinyEditModel.load()
+        let request = EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome", targetTrue: "is")
+        let settings = NeighbourSettings(count: 3, klFactor: 0, keyWeight: 10, mine: .sharedObject, shortlist: 7)
+        let e = try Self.editor(m, neighbours: settings)
+        let plain = try Self.editor(m, neighbours: nil).computeUpdate(request)
+        let tok = EditTokenizer(model: m)
+        let current = try tok.target("is")[0], new = try tok.target("Rome")[0]
+        // Mining runs on the unprotected u, which is plain ROME's.
+        let bank = try SubjectBank(model: m, layer: 1, subjects: Self.subjects, limit: 100)
+        let shortlist = bank.mineByKeyGain(u: plain.update.u, exclude: "Paris", count: 7)
+        let brute = try shortlist.map { ($0, try Self.logProb(m, prompt: request.prompt, subject: $0, token: current)) }
+            .enumerated().sorted { $0.element.1 > $1.element.1 || ($0.element.1 == $1.element.1 && $0.offset < $1.offset) }
+            .prefix(3).map(\.element.0)
+        let r = try e.computeUpdate(request)
+        #expect(r.neighbours == brute)
+        let shift = try #require(r.neighbourShift), top = try #require(r.neighbourShiftMax)
+        var moves: [Double] = []
+        for s in r.neighbours {
+            let before = try Self.logProb(m, prompt: request.prompt, subject: s, token: new) - Self.logProb(m, prompt: request.prompt, subject: s, token: current)
+            let backup = try m.apply(r.applied)
+            let after = try Self.logProb(m, prompt: request.prompt, subject: s, token: new) - Self.logProb(m, prompt: request.prompt, subject: s, token: current)
+            try m.restore(backup)
+            moves.append(after - before)
+        }
+        let mean = moves.reduce(0, +) / Double(moves.count)
+        #expect(abs(shift - mean) <= 1e-3 + 1e-3 * abs(mean), "signal \(shift) against applied \(mean)")
+        #expect(abs(top - moves.max()!) <= 1e-3 + 1e-3 * abs(moves.max()!))
+        #expect(moves.contains { abs($0) > 1e-3 }, "the update should move some neighbour")
+        // The editor publishes the signals through FactEditor; plain ROME has none.
+        _ = try e.computeUpdates(together: [request])
+        #expect(e.lastSignals["neighbour_shift"].map { abs($0 - shift) <= 1e-6 } == true)
+        let p = try Self.editor(m, neighbours: nil)
+        _ = try p.computeUpdates(together: [request])
+        #expect(p.lastSignals.isEmpty)
+        #expect(throws: EditError.self) {
+            _ = try Self.editor(m, neighbours: NeighbourSettings(count: 3, klFactor: 0, keyWeight: 10, mine: .sharedObject, shortlist: 2))
+        }
+    }
+
     /// Design 3's subspace: the best-scoring latents (−W_dec[j]·g > 0) outside the excluded set,
     /// best first, with an orthonormal basis that spans their decoder directions.
     @Test func outputFeatureSubspaceKeepsThePromotingLatentsNoNeighbourUses() throws {

@@ -70,6 +70,9 @@ public struct EditResultDocument: Codable, Sendable, Equatable {
     public var note: String?
     /// The quality guard's canary figures on the weights after the event, beside the base model's.
     public var canary: Canary?
+    /// Per-edit uncertainty signals of methods that have them (ROME with mined neighbours:
+    /// "neighbour_shift", "neighbour_shift_max").
+    public var signals: [String: Double]?
 
     public struct Canary: Codable, Sendable, Equatable {
         public var accuracy: Double

@@ -121,6 +121,7 @@ extension Pipeline {
         var doc = resultDocument(p, parent: parent, hashBefore: hashBefore, hashAfter: applied.hashAfter, post: applied.posts[0],
                                  timings: timings, refinement: Self.refinement(editor))
         doc.canary = canaryDocument(applied.canary)
+        doc.signals = editor.lastSignals.isEmpty ? nil : editor.lastSignals
 
         if e.dryRun == true {
             try host.discardUncommitted()

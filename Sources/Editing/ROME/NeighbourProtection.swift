@@ -21,6 +21,11 @@ public struct NeighbourSettings: Codable, Sendable, Equatable {
         /// The largest overlap (Jaccard) of active SAE latents at the edit site with the edited
         /// subject's (the SAE as the stethoscope that says who could be hurt; needs `mesa.sae`).
         case saeOverlap = "sae_overlap"
+        /// Among the `shortlist` subjects of largest |g_n|, the `count` to which the unedited model,
+        /// asked the edit's own prompt, gives the fact's current object (target_true, or the model's own
+        /// first token for the edited subject) the highest probability: the subjects that share the
+        /// fact being changed, as CounterFact's neighbourhood prompts do, and that the update reaches.
+        case sharedObject = "shared_object"
     }
     /// Neighbours per edit.
     public var count: Int
@@ -33,17 +38,22 @@ public struct NeighbourSettings: Codable, Sendable, Equatable {
     public var candidates: Int?
     /// Default `key_gain`.
     public var mine: Mining?
+    /// `shared_object`: how many subjects of largest key gain are scored on the edit's prompt; default
+    /// 4 × count (at most the bank).
+    public var shortlist: Int?
 
-    public init(count: Int, klFactor: Float, keyWeight: Float? = nil, candidates: Int? = nil, mine: Mining? = nil) {
+    public init(count: Int, klFactor: Float, keyWeight: Float? = nil, candidates: Int? = nil, mine: Mining? = nil, shortlist: Int? = nil) {
         self.count = count
         self.klFactor = klFactor
         self.keyWeight = keyWeight
         self.candidates = candidates
         self.mine = mine
+        self.shortlist = shortlist
     }
 
     public var mining: Mining { mine ?? .keyGain }
     public var bankSize: Int { candidates ?? 2000 }
+    public var shortlistSize: Int { min(bankSize, shortlist ?? 4 * count) }
     public var negativeKeyWeight: Float { keyWeight ?? 0 }
 
     public func validate() throws {
@@ -53,11 +63,15 @@ public struct NeighbourSettings: Codable, Sendable, Equatable {
             throw EditError(.hyperparameters, "neighbours.key_weight must be finite and non-negative")
         }
         guard bankSize >= count else { throw EditError(.hyperparameters, "neighbours.candidates must be at least count") }
+        if let shortlist, !(count...4096).contains(shortlist) {
+            throw EditError(.hyperparameters, "neighbours.shortlist must be in count...4096")
+        }
     }
 
     /// The run-signature form.
     public var description: String {
         "count=\(count) kl_factor=\(klFactor) key_weight=\(negativeKeyWeight) candidates=\(bankSize) mine=\(mining.rawValue)"
+            + (mining == .sharedObject ? " shortlist=\(shortlistSize)" : "")
     }
 }
 
@@ -159,11 +173,16 @@ public final class SubjectBank: Sendable {
 
     /// The `count` subjects other than `exclude` with the largest |uᵀk_n| (u [ff]), largest first.
     public func mineByKeyGain(u: [Float], exclude: String, count: Int) -> [String] {
+        keyGains(u: u, exclude: exclude, count: count).map(\.subject)
+    }
+
+    /// As `mineByKeyGain`, with each subject's |uᵀk_n|.
+    public func keyGains(u: [Float], exclude: String, count: Int) -> [(subject: String, score: Float)] {
         var scores = [Float](repeating: 0, count: subjects.count)  // [N] = K u
         keys.withUnsafeBufferPointer { k in u.withUnsafeBufferPointer { x in scores.withUnsafeMutableBufferPointer { y in
             BLAS.sgemv(trans: false, rows: subjects.count, cols: ff, a: k.baseAddress!, lda: ff, x: x.baseAddress!, y: y.baseAddress!)
         } } }
-        return top(count, exclude: exclude) { abs(scores[$0]) }.map(\.subject)
+        return top(count, exclude: exclude) { abs(scores[$0]) }
     }
 
     /// The active latents of a subject of the bank (built with an SAE), sorted.
@@ -194,5 +213,60 @@ public final class SubjectBank: Sendable {
         let order = subjects.indices.filter { subjects[$0] != exclude }.map { ($0, score($0)) }
             .sorted { $0.1 > $1.1 || ($0.1 == $1.1 && $0.0 < $1.0) }
         return order.prefix(count).map { (subjects[$0.0], $0.1) }
+    }
+}
+
+/// Other subjects in the edit's own prompt ("{} is located in" with the neighbour as subject), scored
+/// at the prompt's last token on the unedited model and, given a rank-one update of the edited layer's
+/// down projection, on the edited one. They find the subjects that share the fact being changed
+/// (`shared_object` mining) and measure how far the update moves them toward the new object (the
+/// `neighbour_shift` signal): a direct probe of the spill that CounterFact's neighbourhood measures.
+struct NeighbourProbe {
+    let subjects: [String]
+    let prompts: [SubjectPrompt]
+
+    init(subjects: [String], prompt: String, tokenizer: EditTokenizer) {
+        var kept: [String] = [], prompts: [SubjectPrompt] = []
+        for s in subjects {
+            guard let p = try? tokenizer.subjectPrompt(prefix: "", prompt: prompt, subject: s) else { continue }
+            kept.append(s)
+            prompts.append(p)
+        }
+        self.subjects = kept
+        self.prompts = prompts
+    }
+
+    /// log p(token) at each prompt's last position for each of `tokens` ([prompts][tokens]), on the
+    /// unedited model or, with `update` (ΔW = r uᵀ at `layer`'s down projection), on the edited one:
+    /// the update adds r·uᵀk_t to the MLP output at every position t, with k_t the unedited key (an
+    /// MLP output change at layer l leaves that layer's keys unchanged), so one pass with those
+    /// interventions is exact.
+    func logProbs(model: LanguageModel, layer: Int, tokens: [Int32], update: RankOneUpdate? = nil) throws -> [[Float]] {
+        try logSoftmax(model: model, layer: layer, update: update).map { lp in tokens.map { lp[Int($0)] } }
+    }
+
+    /// The log-softmax at each prompt's last position ([prompts][vocab]), as `logProbs`.
+    func logSoftmax(model: LanguageModel, layer: Int, update: RankOneUpdate? = nil) throws -> [[Float]] {
+        guard !prompts.isEmpty else { return [] }
+        let all = prompts.flatMap(\.tokens), lengths = prompts.map(\.tokens.count)
+        var lasts: [Int] = [], at = 0
+        for n in lengths { at += n; lasts.append(at - 1) }
+        var interventions: [Intervention] = []
+        if let update {
+            let key = Site(layer: layer, kind: .mlpKey), ff = model.config.intermediate
+            let k = try model.forward(all, options: ForwardOptions(capture: [key], logits: .none, stopAfterLayer: layer, segments: lengths))
+                .activations[key]!.data  // [T, ff]
+            let gains: [Float] = k.withUnsafeBufferPointer { kp in update.u.withUnsafeBufferPointer { up in
+                (0..<all.count).map { Kernels.dot(up.baseAddress!, kp.baseAddress! + $0 * ff, ff) }
+            } }
+            for (t, gain) in gains.enumerated() {
+                interventions.append(Intervention(site: Site(layer: layer, kind: .mlpOut), position: t, vector: update.r.map { $0 * gain }))
+            }
+        }
+        let r = try model.forward(all, options: ForwardOptions(interventions: interventions, logits: .positions(lasts), segments: lengths))
+        let V = r.logits.shape[1]
+        return r.logits.data.withUnsafeBufferPointer { p in
+            (0..<prompts.count).map { EditLoss.logSoftmax(p.baseAddress! + $0 * V, V) }
+        }
     }
 }

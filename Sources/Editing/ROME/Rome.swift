@@ -56,8 +56,12 @@ public struct RomeResult: Sendable {
     /// the `per_prompt` variant's exact write inverts, with a ridge of 1e-6 of its mean diagonal).
     public var writtenToDelta: Float?
     public var keyGramCondition: Double?
-    /// The neighbours whose prompts held their next-token distribution in v*'s objective.
+    /// The neighbours neighbour protection mined (KL terms and/or hard-negative keys).
     public var neighbours: [String] = []
+    /// With mined neighbours (an uncertainty signal): the mean and the largest move of their prompts
+    /// toward the new object under the update, in nats of log p(new) − log p(current object).
+    public var neighbourShift: Double?
+    public var neighbourShiftMax: Double?
     /// True if δ was refined through the SAE.
     public var refined: Bool
     /// How much of the written change at the bare prompt the SAE represents (when an SAE is attached).
@@ -102,6 +106,8 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
     public let keySAE: SparseAutoencoder?
     /// The coverage figure of the update last computed through `FactEditor`.
     public internal(set) var lastCoverage: SAECoverage?
+    /// The uncertainty signals of the update last computed through `FactEditor`.
+    public internal(set) var lastSignals: [String: Double] = [:]
     let tokenizer: EditTokenizer
     /// Candidate subjects for neighbour protection (tuning data's subjects, never the evaluation
     /// split's); the bank is built from them on the first edit that needs it.
@@ -240,7 +246,8 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
 
     /// The subjects neighbour protection guards for an edit of `subject` with key direction u [ff], and
     /// when they are mined by SAE overlap the mean overlap (the `crowding` signal).
-    func mineNeighbours(_ nk: NeighbourSettings, subject: String, u: [Float]) throws -> (subjects: [String], crowding: Double?) {
+    func mineNeighbours(_ nk: NeighbourSettings, request: EditRequest, u: [Float]) throws -> (subjects: [String], crowding: Double?) {
+        let subject = request.subject
         let sae = nk.mining == .saeOverlap ? mesaSetup.sae : nil
         if nk.mining == .saeOverlap, sae == nil { throw EditError(.state, "neighbour mining by SAE overlap needs the SAE") }
         let bank: SubjectBank = try bankLock.withLock {
@@ -253,11 +260,44 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         switch nk.mining {
         case .keyGain:
             return (bank.mineByKeyGain(u: u, exclude: subject, count: nk.count), nil)
+        case .sharedObject:
+            let shortlist = NeighbourProbe(subjects: bank.mineByKeyGain(u: u, exclude: subject, count: nk.shortlistSize),
+                                           prompt: request.prompt, tokenizer: tokenizer)
+            let object = try currentObject(request)
+            let scores = try shortlist.logProbs(model: model, layer: hparams.layer, tokens: [object]).map { $0[0] }
+            let order = scores.indices.sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }
+            return (order.prefix(nk.count).map { shortlist.subjects[$0] }, nil)
         case .saeOverlap:
             let own = try SubjectBank(model: model, layer: hparams.layer, subjects: [subject], limit: 1, sae: sae)
             let found = try bank.latentOverlaps(active: own.latents?.first ?? [], exclude: subject, count: nk.count)
             return (found.map(\.subject), found.isEmpty ? nil : found.reduce(0.0) { $0 + Double($1.overlap) } / Double(found.count))
         }
+    }
+
+    /// The first token of the fact's current object: target_true's when the request names it, else
+    /// the unedited model's top token after the edit's own prompt.
+    func currentObject(_ request: EditRequest) throws -> Int32 {
+        if let t = request.targetTrue, let first = try tokenizer.target(t).first { return first }
+        let own = NeighbourProbe(subjects: [request.subject], prompt: request.prompt, tokenizer: tokenizer)
+        guard let lp = try own.logSoftmax(model: model, layer: hparams.layer).first,
+              let top = lp.indices.max(by: { lp[$0] < lp[$1] }) else {
+            throw EditError(.subjectNotFound, "the edit's prompt cannot be scored for \(request.subject)")
+        }
+        return Int32(top)
+    }
+
+    /// The `neighbour_shift` signal: how far the update moves the mined neighbours' prompts toward the
+    /// new object, in nats of log p(new) − log p(current object) at their last token (first tokens),
+    /// the mean and the largest over the neighbours.
+    func neighbourShift(_ neighbours: [String], request: EditRequest, update: RankOneUpdate, targetNew: [Int32]) throws -> (mean: Float, max: Float)? {
+        let probe = NeighbourProbe(subjects: neighbours, prompt: request.prompt, tokenizer: tokenizer)
+        guard !probe.subjects.isEmpty, let new = targetNew.first else { return nil }
+        let tokens = [new, try currentObject(request)]
+        let before = try probe.logProbs(model: model, layer: hparams.layer, tokens: tokens)
+        let after = try probe.logProbs(model: model, layer: hparams.layer, tokens: tokens, update: update)
+        let shifts = zip(before, after).map { b, a in (a[0] - a[1]) - (b[0] - b[1]) }
+        guard shifts.allSatisfy(\.isFinite), let top = shifts.max() else { throw EditError(.nonFinite, "a neighbour's shift is non-finite") }
+        return (shifts.reduce(0, +) / Float(shifts.count), top)
     }
 
     /// A fact conflicts with an earlier fact j of the same batch when j's update moves its subject by
@@ -390,7 +430,7 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         var promptScales: [Float]?, klRowWeights: [Double]?
         var neighbours: [String] = [], crowding: Double?
         if let nk = h.neighbourProtection {
-            (neighbours, crowding) = try mineNeighbours(nk, subject: batch.request.subject, u: u)
+            (neighbours, crowding) = try mineNeighbours(nk, request: batch.request, u: u)
             let extra: [DeltaPrompt] = neighbours.compactMap { n in
                 guard let sp = try? tokenizer.subjectPrompt(prefix: "", prompt: batch.request.prompt, subject: n) else { return nil }
                 return DeltaPrompt(tokens: sp.tokens, position: sp.subjectLast, logitPositions: [sp.tokens.count - 1])
@@ -472,6 +512,9 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
             applied = try exactDelivery(keys: Array(pass.keys.prefix(n)), values: written)
         }
         clock.lap("update")
+        // The uncertainty probe: the mined neighbours scored with the update written as ROME's rank one.
+        let shift = neighbours.isEmpty ? nil : try neighbourShift(neighbours, request: batch.request, update: update, targetNew: batch.targetNew)
+        if shift != nil { clock.lap("probe") }
         let change0 = written.map { $0[0].map { $0 * (refinement?.shared == true ? gains[0] : 1) } } ?? delta.map { $0 * gains[0] }
         var coverage = mesaSetup.sae.map { $0.coverage(before: vInit, after: zip(vInit, change0).map { $0 + $1 }) }
         coverage?.crowding = crowding
@@ -479,6 +522,8 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
                                 keyStar: keyStar, valueInitNorm: vInitNorm, deltaNorm: Vector.norm(delta), denominator: denom,
                                 keyGains: Array(gains.prefix(n)), losses: outcome.losses, phases: clock.phases)
         result.neighbours = neighbours
+        result.neighbourShift = shift.map { Double($0.mean) }
+        result.neighbourShiftMax = shift.map { Double($0.max) }
         result.outputLatents = outcome.subspaceLatents
         result.keyLatents = keyParts.map { fromKeyParts ? $0.latents : [] }
         if refinement != nil {

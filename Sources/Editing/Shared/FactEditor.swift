@@ -21,6 +21,9 @@ public protocol FactEditor: AnyObject {
     var settings: [String: String] { get }
     /// The SAE coverage of the update last computed, when the method has an SAE attached.
     var lastCoverage: SAECoverage? { get }
+    /// Per-edit uncertainty signals of the update last computed for one request (ROME with mined
+    /// neighbours: "neighbour_shift", "neighbour_shift_max"); empty when the method has none.
+    var lastSignals: [String: Double] { get }
     /// Method state the last computed updates add once kept (AlphaEdit: their keys, in the Float32
     /// form `keep` accumulates), to be stored with the snapshot. Empty for stateless methods.
     func pendingState() -> [StateBlock]
@@ -34,6 +37,8 @@ public protocol FactEditor: AnyObject {
 }
 
 extension FactEditor {
+    public var lastSignals: [String: Double] { [:] }
+
     /// The updates for one request, in the order they must be applied, and seconds per phase.
     public func computeUpdates(for request: EditRequest) throws -> (updates: [LowRankUpdate], phases: [String: Double]) {
         let r = try computeUpdates(together: [request])
@@ -48,10 +53,12 @@ extension RomeEditor: FactEditor {
         guard requests.count == 1 else {
             let r = try computeUpdates(jointly: requests)
             lastCoverage = nil
+            lastSignals = [:]
             return (r.updates, r.phases, [])
         }
         let r = try computeUpdate(requests[0])
         lastCoverage = r.coverage
+        lastSignals = ["neighbour_shift": r.neighbourShift, "neighbour_shift_max": r.neighbourShiftMax].compactMapValues { $0 }
         return ([r.applied], r.phases, r.coverage.map { [$0] } ?? [])
     }
 
