@@ -59,6 +59,24 @@ private extension Array where Element == Int {
         if let warning { #expect(warning.contains(core) && warning.contains("test CPU")) }
     }
 
+    /// Auto selection corrects OpenBLAS's fallback on CPUs it does not recognise: Prescott on an
+    /// AVX-512 CPU becomes Cooperlake (with BF16) or SkylakeX, on an AVX2 CPU Haswell; a fitting family stays.
+    @Test func autoSelectionNamesTheFamilyTheFlagsSupport() {
+        let sapphire = CPUInfo(model: "Intel(R) Xeon(R) Processor", hasAVX512: true,
+                               flags: ["avx2", "fma", "avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl", "avx512_bf16", "amx_tile"])
+        let skylake = CPUInfo(model: "test", hasAVX512: true), avx2 = CPUInfo(model: "test", hasAVX512: false)
+        let partial = CPUInfo(model: "test", hasAVX512: true, flags: ["avx2", "fma", "avx512f"])
+        #expect(BLAS.preferredCore(cpu: sapphire, detected: "Prescott") == "Cooperlake")
+        #expect(BLAS.preferredCore(cpu: sapphire, detected: "Haswell") == "Cooperlake")
+        #expect(BLAS.preferredCore(cpu: sapphire, detected: "SapphireRapids") == nil)
+        #expect(BLAS.preferredCore(cpu: skylake, detected: "Prescott") == "SkylakeX")
+        #expect(BLAS.preferredCore(cpu: skylake, detected: "SkylakeX") == nil)
+        #expect(BLAS.preferredCore(cpu: avx2, detected: "Prescott") == "Haswell")
+        #expect(BLAS.preferredCore(cpu: avx2, detected: "Zen") == nil)
+        #expect(BLAS.preferredCore(cpu: partial, detected: "Prescott") == "Haswell")
+        #expect(BLAS.preferredCore(cpu: CPUInfo(model: "old", hasAVX512: false, flags: ["sse3"]), detected: "Prescott") == nil)
+    }
+
     @Test func configurationIsReported() {
         BLAS.setThreads(1)
         let c = BLAS.configuration
