@@ -236,37 +236,41 @@ struct NeighbourProbe {
         self.prompts = prompts
     }
 
-    /// log p(token) at each prompt's last position for each of `tokens` ([prompts][tokens]), on the
-    /// unedited model or, with `update` (ΔW = r uᵀ at `layer`'s down projection), on the edited one:
-    /// the update adds r·uᵀk_t to the MLP output at every position t, with k_t the unedited key (an
-    /// MLP output change at layer l leaves that layer's keys unchanged), so one pass with those
-    /// interventions is exact.
-    func logProbs(model: LanguageModel, layer: Int, tokens: [Int32], update: RankOneUpdate? = nil) throws -> [[Float]] {
-        try logSoftmax(model: model, layer: layer, update: update).map { lp in tokens.map { lp[Int($0)] } }
+    /// log p(token) at each prompt's last position for each of `tokens` ([prompts][tokens]) on the
+    /// unedited model and, with `update`, on the edited one (as `logSoftmax`).
+    func logProbs(model: LanguageModel, layer: Int, tokens: [Int32], update: RankOneUpdate? = nil) throws -> (before: [[Float]], after: [[Float]]?) {
+        let r = try logSoftmax(model: model, layer: layer, update: update)
+        func pick(_ rows: [[Float]]) -> [[Float]] { rows.map { lp in tokens.map { lp[Int($0)] } } }
+        return (pick(r.before), r.after.map(pick))
     }
 
-    /// The log-softmax at each prompt's last position ([prompts][vocab]), as `logProbs`.
-    func logSoftmax(model: LanguageModel, layer: Int, update: RankOneUpdate? = nil) throws -> [[Float]] {
-        guard !prompts.isEmpty else { return [] }
+    /// The log-softmax at each prompt's last position ([prompts][vocab]) on the unedited model and,
+    /// given a rank-one update ΔW = r uᵀ of `layer`'s down projection, on the edited one. The update
+    /// adds r·uᵀk_t to the MLP output at every position t, with k_t the unedited key (a change of the
+    /// MLP output at layer l leaves that layer's keys as they were), so the unedited pass gives the
+    /// keys and the residual entering the layer, and a second pass from that layer up with those
+    /// interventions is exact.
+    func logSoftmax(model: LanguageModel, layer: Int, update: RankOneUpdate? = nil) throws -> (before: [[Float]], after: [[Float]]?) {
+        guard !prompts.isEmpty else { return ([], update == nil ? nil : []) }
         let all = prompts.flatMap(\.tokens), lengths = prompts.map(\.tokens.count)
         var lasts: [Int] = [], at = 0
         for n in lengths { at += n; lasts.append(at - 1) }
-        var interventions: [Intervention] = []
-        if let update {
-            let key = Site(layer: layer, kind: .mlpKey), ff = model.config.intermediate
-            let k = try model.forward(all, options: ForwardOptions(capture: [key], logits: .none, stopAfterLayer: layer, segments: lengths))
-                .activations[key]!.data  // [T, ff]
-            let gains: [Float] = k.withUnsafeBufferPointer { kp in update.u.withUnsafeBufferPointer { up in
-                (0..<all.count).map { Kernels.dot(up.baseAddress!, kp.baseAddress! + $0 * ff, ff) }
-            } }
-            for (t, gain) in gains.enumerated() {
-                interventions.append(Intervention(site: Site(layer: layer, kind: .mlpOut), position: t, vector: update.r.map { $0 * gain }))
-            }
-        }
-        let r = try model.forward(all, options: ForwardOptions(interventions: interventions, logits: .positions(lasts), segments: lengths))
-        let V = r.logits.shape[1]
-        return r.logits.data.withUnsafeBufferPointer { p in
-            (0..<prompts.count).map { EditLoss.logSoftmax(p.baseAddress! + $0 * V, V) }
-        }
+        let key = Site(layer: layer, kind: .mlpKey), entry = Site(layer: layer, kind: .residIn)
+        let plain = try model.forward(all, options: ForwardOptions(capture: update == nil ? [] : [key, entry], logits: .positions(lasts), segments: lengths))
+        guard let update else { return (rows(plain.logits), nil) }
+        let ff = model.config.intermediate
+        let gains: [Float] = plain.activations[key]!.data.withUnsafeBufferPointer { kp in update.u.withUnsafeBufferPointer { up in
+            (0..<all.count).map { Kernels.dot(up.baseAddress!, kp.baseAddress! + $0 * ff, ff) }  // uᵀk_t
+        } }
+        let interventions = gains.enumerated().map { t, g in Intervention(site: Site(layer: layer, kind: .mlpOut), position: t, vector: update.r.map { $0 * g }) }
+        let edited = try model.forward(all, options: ForwardOptions(interventions: interventions, logits: .positions(lasts), segments: lengths,
+                                                                    resume: ResumePoint(layer: layer, residual: plain.activations[entry]!)))
+        return (rows(plain.logits), rows(edited.logits))
+    }
+
+    /// log-softmax of each row of logits [rows, vocab].
+    private func rows(_ logits: Tensor) -> [[Float]] {
+        let V = logits.shape[1]
+        return logits.data.withUnsafeBufferPointer { p in (0..<logits.shape[0]).map { EditLoss.logSoftmax(p.baseAddress! + $0 * V, V) } }
     }
 }

@@ -264,7 +264,7 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
             let shortlist = NeighbourProbe(subjects: bank.mineByKeyGain(u: u, exclude: subject, count: nk.shortlistSize),
                                            prompt: request.prompt, tokenizer: tokenizer)
             let object = try currentObject(request)
-            let scores = try shortlist.logProbs(model: model, layer: hparams.layer, tokens: [object]).map { $0[0] }
+            let scores = try shortlist.logProbs(model: model, layer: hparams.layer, tokens: [object]).before.map { $0[0] }
             let order = scores.indices.sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }
             return (order.prefix(nk.count).map { shortlist.subjects[$0] }, nil)
         case .saeOverlap:
@@ -279,7 +279,7 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
     func currentObject(_ request: EditRequest) throws -> Int32 {
         if let t = request.targetTrue, let first = try tokenizer.target(t).first { return first }
         let own = NeighbourProbe(subjects: [request.subject], prompt: request.prompt, tokenizer: tokenizer)
-        guard let lp = try own.logSoftmax(model: model, layer: hparams.layer).first,
+        guard let lp = try own.logSoftmax(model: model, layer: hparams.layer).before.first,
               let top = lp.indices.max(by: { lp[$0] < lp[$1] }) else {
             throw EditError(.subjectNotFound, "the edit's prompt cannot be scored for \(request.subject)")
         }
@@ -293,9 +293,8 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         let probe = NeighbourProbe(subjects: neighbours, prompt: request.prompt, tokenizer: tokenizer)
         guard !probe.subjects.isEmpty, let new = targetNew.first else { return nil }
         let tokens = [new, try currentObject(request)]
-        let before = try probe.logProbs(model: model, layer: hparams.layer, tokens: tokens)
-        let after = try probe.logProbs(model: model, layer: hparams.layer, tokens: tokens, update: update)
-        let shifts = zip(before, after).map { b, a in (a[0] - a[1]) - (b[0] - b[1]) }
+        let scored = try probe.logProbs(model: model, layer: hparams.layer, tokens: tokens, update: update)
+        let shifts = zip(scored.before, scored.after ?? []).map { b, a in (a[0] - a[1]) - (b[0] - b[1]) }
         guard shifts.allSatisfy(\.isFinite), let top = shifts.max() else { throw EditError(.nonFinite, "a neighbour's shift is non-finite") }
         return (shifts.reduce(0, +) / Float(shifts.count), top)
     }
