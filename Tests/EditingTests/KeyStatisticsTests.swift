@@ -68,6 +68,29 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: ckpt.path), "the checkpoint is removed once complete")
     }
 
+    /// One pass over every layer of a 30-layer model still names a checkpoint a file system accepts
+    /// (at most 255 bytes), distinct per set of layers; a few layers keep the readable joined name.
+    @Test func checkpointNamesFitAFileSystem() throws {
+        let dir = try EditTestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let hash = "0a8d0d8a6913af64"
+        let state = EditState(directory: dir, baseHash: hash)
+        func specs(_ layers: ClosedRange<Int>) -> [KeyStatisticsSpec] {
+            layers.map { KeyStatisticsSpec(modelHash: hash, layer: $0, tokens: 300_000) }
+        }
+        let few = state.checkpointURL(specs(3...7)).lastPathComponent
+        #expect(few == specs(3...7).map(\.key).joined(separator: "+") + ".ckpt")
+        var names = Set<String>()
+        for layers in [0...6, 0...29, 1...29, 0...28] {
+            let url = state.checkpointURL(specs(layers))
+            #expect(url.lastPathComponent.utf8.count + ".tmp".utf8.count <= 255, "\(url.lastPathComponent)")
+            names.insert(url.lastPathComponent)
+            try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+            try Data([1]).write(to: url.appendingPathExtension("tmp"))
+        }
+        #expect(names.count == 4)
+    }
+
     @Test func filesRoundTripAndCorruptionIsDetected() throws {
         let dir = try EditTestPaths.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }

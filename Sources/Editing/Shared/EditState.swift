@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import ModelRuntime
+import Tensor
 
 /// Where a model's edit state lives on disk: `<state directory>/<first 16 hex of the base weight hash>/`
 /// (the state directory is `$MESA_HOME/state` by default) with `templates-<groups>-seed<S>.json`,
@@ -29,8 +30,13 @@ public struct EditState: Sendable {
         root.appendingPathComponent("stats").appendingPathComponent(spec.key + ".stat")
     }
 
+    /// The checkpoint of one pass over several specs: their keys joined, or past 240 bytes (six layers or
+    /// more; a file name, with ".ckpt.tmp", holds at most 255) the first key, the count of the others and a digest of all.
     public func checkpointURL(_ specs: [KeyStatisticsSpec]) -> URL {
-        root.appendingPathComponent("stats").appendingPathComponent(specs.map(\.key).joined(separator: "+") + ".ckpt")
+        let joined = specs.map(\.key).joined(separator: "+")
+        let name = joined.utf8.count <= 240 ? joined
+            : "\(specs[0].key)+\(specs.count - 1)-more-\(SHA256.hex(SHA256.hash(Array(joined.utf8))).prefix(16))"
+        return root.appendingPathComponent("stats").appendingPathComponent(name + ".ckpt")
     }
 
     /// Loads the stored templates, or generates and stores them (announced through `logger`).
