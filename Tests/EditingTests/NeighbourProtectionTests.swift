@@ -159,6 +159,11 @@ import Testing
         let p = try Self.editor(m, neighbours: nil)
         _ = try p.computeUpdates(together: [request])
         #expect(p.lastSignals.isEmpty)
+        // Without the probe the same edit, and no signal.
+        var quiet = settings
+        quiet.probe = false
+        let q = try Self.editor(m, neighbours: quiet).computeUpdate(request)
+        #expect(q.neighbours == r.neighbours && q.neighbourShift == nil && q.update == r.update)
         #expect(throws: EditError.self) {
             _ = try Self.editor(m, neighbours: NeighbourSettings(count: 3, klFactor: 0, keyWeight: 10, mine: .sharedObject, shortlist: 2))
         }

@@ -41,15 +41,22 @@ public struct NeighbourSettings: Codable, Sendable, Equatable {
     /// `shared_object`: how many subjects of largest key gain are scored on the edit's prompt; default
     /// 4 × count (at most the bank).
     public var shortlist: Int?
+    /// Whether the mined neighbours' prompts are scored with the update for the `neighbour_shift`
+    /// signal (default true; one full pass over their prompts and one from the edited layer up).
+    public var probe: Bool?
 
-    public init(count: Int, klFactor: Float, keyWeight: Float? = nil, candidates: Int? = nil, mine: Mining? = nil, shortlist: Int? = nil) {
+    public init(count: Int, klFactor: Float, keyWeight: Float? = nil, candidates: Int? = nil, mine: Mining? = nil, shortlist: Int? = nil,
+                probe: Bool? = nil) {
         self.count = count
         self.klFactor = klFactor
         self.keyWeight = keyWeight
         self.candidates = candidates
         self.mine = mine
         self.shortlist = shortlist
+        self.probe = probe
     }
+
+    public var probes: Bool { probe ?? true }
 
     public var mining: Mining { mine ?? .keyGain }
     public var bankSize: Int { candidates ?? 2000 }

@@ -512,7 +512,7 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         }
         clock.lap("update")
         // The uncertainty probe: the mined neighbours scored with the update written as ROME's rank one.
-        let shift = neighbours.isEmpty ? nil : try neighbourShift(neighbours, request: batch.request, update: update, targetNew: batch.targetNew)
+        let shift = neighbours.isEmpty || h.neighbourProtection?.probes == false ? nil : try neighbourShift(neighbours, request: batch.request, update: update, targetNew: batch.targetNew)
         if shift != nil { clock.lap("probe") }
         let change0 = written.map { $0[0].map { $0 * (refinement?.shared == true ? gains[0] : 1) } } ?? delta.map { $0 * gains[0] }
         var coverage = mesaSetup.sae.map { $0.coverage(before: vInit, after: zip(vInit, change0).map { $0 + $1 }) }
