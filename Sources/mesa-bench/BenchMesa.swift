@@ -11,7 +11,7 @@ import Tensor
 struct MesaCostBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mesa",
-        abstract: "The cost of a MESA edit against a ROME edit: the same records, the same hyperparameters, alternating in one process.",
+        abstract: "The cost of a MESA edit (or a design file's neighbour protection) against a ROME edit: the same records, the same hyperparameters, alternating in one process.",
         discussion: """
         Early stopping is disabled so both run exactly --steps optimization steps (the refinement's cost \
         is per step). Each record is edited with ROME, then with ROME+MESA, --repeats times after a \
@@ -48,10 +48,11 @@ struct MesaCostBench: ParsableCommand {
             guard let sae else { throw ValidationError("give --sae or --design") }
             hm.mesa = MesaHyperparameters(sae: sae)
         }
-        guard let settings = hm.mesa else { throw ValidationError("\(design ?? "") has no mesa block") }
-        let dir = settings.saeDirectory(stateDirectory: state.root)
-        let loaded = try SparseAutoencoder.load(from: dir)
-        let keySAE = try settings.keySaeDirectory(stateDirectory: state.root).map { try SparseAutoencoder.load(from: $0) }
+        guard hm.mesa != nil || hm.neighbourProtection != nil else { throw ValidationError("\(design ?? "") has neither a mesa nor a neighbours block") }
+        // A design may be SAE-free (neighbour protection alone).
+        let dir = hm.mesa?.saeDirectory(stateDirectory: state.root)
+        let loaded = try dir.map { try SparseAutoencoder.load(from: $0) }
+        let keySAE = try hm.mesa?.keySaeDirectory(stateDirectory: state.root).map { try SparseAutoencoder.load(from: $0) }
         let rome = try RomeEditor(model: m, hparams: h, templates: templates, statistics: stats)
         let mesa = try RomeEditor(model: m, hparams: hm, templates: templates, statistics: stats, sae: loaded, keySAE: keySAE)
         if hm.neighbourProtection != nil { mesa.neighbourCandidates = try CounterFact.load(path: candidates).records.map(\.subject) }
@@ -72,15 +73,16 @@ struct MesaCostBench: ParsableCommand {
         }
         let tr = median(times["rome"]!), tm = median(times["mesa"]!)
         print(String(format: "ROME      %.3f s per edit (median of %d)", tr, times["rome"]!.count))
-        print(String(format: "ROME+MESA %.3f s per edit (median of %d; %@)", tm, times["mesa"]!.count, settings.refinementVariant.rawValue))
-        print(String(format: "ratio MESA / ROME: %.3f (SAE width %d, %d steps, %d thread(s))", tm / tr, loaded.width, h.vNumGradSteps, threads))
+        let variant = hm.mesa?.refinementVariant.rawValue ?? "neighbours only"
+        print(String(format: "design    %.3f s per edit (median of %d; %@)", tm, times["mesa"]!.count, variant))
+        print(String(format: "ratio design / ROME: %.3f (SAE width %d, %d steps, %d thread(s))", tm / tr, loaded?.width ?? 0, h.vNumGradSteps, threads))
         for name in ["rome", "mesa"] {
             let p = phases[name]!.sorted { $0.key < $1.key }.map { String(format: "%@ %.3f", $0.key, median($0.value)) }.joined(separator: ", ")
             print("  \(name) phases (median s): \(p)")
         }
         let doc: [String: Any] = [
-            "model": (path as NSString).lastPathComponent, "sae": dir.path, "sae_width": loaded.width, "sae_k": loaded.k ?? 0,
-            "variant": settings.refinementVariant.rawValue, "design": design ?? "", "neighbours": hm.neighbourProtection?.description ?? "",
+            "model": (path as NSString).lastPathComponent, "sae": dir?.path ?? "", "sae_width": loaded?.width ?? 0, "sae_k": loaded?.k ?? 0,
+            "variant": variant, "design": design ?? "", "neighbours": hm.neighbourProtection?.description ?? "",
             "steps": h.vNumGradSteps, "threads": threads, "records": recs.count, "repeats": repeats,
             "rome_seconds_median": tr, "mesa_seconds_median": tm, "ratio": tm / tr,
             "rome_seconds": times["rome"]!, "mesa_seconds": times["mesa"]!,
