@@ -84,7 +84,7 @@ let package = Package(
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "ModelRuntime", "TestSupport"]),
         .testTarget(name: "ModelRuntimeTests", dependencies: ["ModelRuntime", "Tensor", "Tokenizers"]),
         .testTarget(name: "EditingTests", dependencies: ["Editing", "ModelRuntime", "Tensor", "Tokenizers", "Contracts", "TestSupport", logging, inMemoryLogging]),
-        .testTarget(name: "IntegrationTests", dependencies: ["EditDaemon", "Messaging", "Storage", "Editing", "ModelRuntime", "SparseAutoencoder", "TestSupport", "Contracts", "Evaluation", logging, serviceLifecycle]),
+        .testTarget(name: "IntegrationTests", dependencies: ["EditDaemon", "Messaging", "Storage", "Editing", "ModelRuntime", "SparseAutoencoder", "Tensor", "TestSupport", "Contracts", "Evaluation", logging, serviceLifecycle]),
         .testTarget(name: "SparseAutoencoderTests", dependencies: ["SparseAutoencoder", "ModelRuntime", "Tensor", "TestSupport"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation"]),
         .testTarget(name: "EditEvaluationTests", dependencies: ["EditEvaluation", "Editing", "ModelRuntime", "TestSupport"]),

@@ -3,6 +3,7 @@ import EditDaemon
 import Foundation
 import Messaging
 import Storage
+import Tensor
 import TestSupport
 import Testing
 
@@ -115,8 +116,7 @@ final class DaemonHarness: @unchecked Sendable {
         let p = Process()
         p.executableURL = executable
         p.arguments = arguments
-        var env = ProcessInfo.processInfo.environment
-        env["MESA_SCHEMAS_DIR"] = TestPaths.repoRoot.appendingPathComponent("Schemas").path
+        var env = mesaChildEnvironment()
         env["MESA_HOME"] = home.path
         p.environment = env
         if !FileManager.default.fileExists(atPath: logURL.path) { _ = FileManager.default.createFile(atPath: logURL.path, contents: nil) }
@@ -305,8 +305,7 @@ final class DaemonHarness: @unchecked Sendable {
         let p = Process()
         p.executableURL = Self.executable
         p.arguments = args
-        var env = ProcessInfo.processInfo.environment
-        env["MESA_SCHEMAS_DIR"] = TestPaths.repoRoot.appendingPathComponent("Schemas").path
+        var env = mesaChildEnvironment()
         env["MESA_HOME"] = dir.path
         p.environment = env
         let out = Pipe()
@@ -369,4 +368,15 @@ func tid(_ name: String) -> String {
     let hex = String(h, radix: 16)
     let x = String(repeating: "0", count: 16 - hex.count) + hex
     return "\(x.prefix(8))-\(x.dropFirst(8).prefix(4))-4\(x.dropFirst(12).prefix(3))-8\(x.suffix(1))00-000000000000"
+}
+
+/// The environment of a `mesa` child process: the repository's schemas, and this test process's
+/// OpenBLAS kernel family. Weights and hashes computed in the test and in the child then agree bit for
+/// bit; otherwise, on a CPU OpenBLAS does not recognise, the child would name the family the CPU
+/// supports while this process keeps OpenBLAS's fallback.
+func mesaChildEnvironment() -> [String: String] {
+    var env = ProcessInfo.processInfo.environment
+    env["MESA_SCHEMAS_DIR"] = TestPaths.repoRoot.appendingPathComponent("Schemas").path
+    env["MESA_BLAS_CORETYPE"] = BLAS.configuration.coreName
+    return env
 }

@@ -11,8 +11,7 @@ import Testing
         let p = Process()
         p.executableURL = DaemonHarness.executable
         p.arguments = args
-        var env = ProcessInfo.processInfo.environment
-        env["MESA_SCHEMAS_DIR"] = TestPaths.repoRoot.appendingPathComponent("Schemas").path
+        var env = mesaChildEnvironment()
         for k in ["MESA_CONFIG", "MESA_KAFKA_BOOTSTRAP_SERVERS"] { env[k] = nil }
         p.environment = env
         let out = Pipe()
