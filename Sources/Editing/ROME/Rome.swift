@@ -246,7 +246,7 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
 
     /// The subjects neighbour protection guards for an edit of `subject` with key direction u [ff], and
     /// when they are mined by SAE overlap the mean overlap (the `crowding` signal).
-    func mineNeighbours(_ nk: NeighbourSettings, request: EditRequest, u: [Float]) throws -> (subjects: [String], crowding: Double?) {
+    func mineNeighbours(_ nk: NeighbourSettings, request: EditRequest, u: [Float], object: () throws -> Int32) throws -> (subjects: [String], crowding: Double?) {
         let subject = request.subject
         let sae = nk.mining == .saeOverlap ? mesaSetup.sae : nil
         if nk.mining == .saeOverlap, sae == nil { throw EditError(.state, "neighbour mining by SAE overlap needs the SAE") }
@@ -263,8 +263,7 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         case .sharedObject:
             let shortlist = NeighbourProbe(subjects: bank.mineByKeyGain(u: u, exclude: subject, count: nk.shortlistSize),
                                            prompt: request.prompt, tokenizer: tokenizer)
-            let object = try currentObject(request)
-            let scores = try shortlist.logProbs(model: model, layer: hparams.layer, tokens: [object]).before.map { $0[0] }
+            let scores = try shortlist.logProbs(model: model, layer: hparams.layer, tokens: [try object()]).before.map { $0[0] }
             let order = scores.indices.sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }
             return (order.prefix(nk.count).map { shortlist.subjects[$0] }, nil)
         case .saeOverlap:
@@ -289,10 +288,11 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
     /// The `neighbour_shift` signal: how far the update moves the mined neighbours' prompts toward the
     /// new object, in nats of log p(new) − log p(current object) at their last token (first tokens),
     /// the mean and the largest over the neighbours.
-    func neighbourShift(_ neighbours: [String], request: EditRequest, update: RankOneUpdate, targetNew: [Int32]) throws -> (mean: Float, max: Float)? {
+    func neighbourShift(_ neighbours: [String], request: EditRequest, update: RankOneUpdate, targetNew: [Int32],
+                        object: () throws -> Int32) throws -> (mean: Float, max: Float)? {
         let probe = NeighbourProbe(subjects: neighbours, prompt: request.prompt, tokenizer: tokenizer)
         guard !probe.subjects.isEmpty, let new = targetNew.first else { return nil }
-        let tokens = [new, try currentObject(request)]
+        let tokens = [new, try object()]
         let scored = try probe.logProbs(model: model, layer: hparams.layer, tokens: tokens, update: update)
         let shifts = zip(scored.before, scored.after ?? []).map { b, a in (a[0] - a[1]) - (b[0] - b[1]) }
         guard shifts.allSatisfy(\.isFinite), let top = shifts.max() else { throw EditError(.nonFinite, "a neighbour's shift is non-finite") }
@@ -428,8 +428,16 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         var batch = batch
         var promptScales: [Float]?, klRowWeights: [Double]?
         var neighbours: [String] = [], crowding: Double?
+        // The fact's current object, found once for mining and the probe (a pass when target_true is absent).
+        var currentObjectToken: Int32?
+        func object() throws -> Int32 {
+            if let t = currentObjectToken { return t }
+            let t = try currentObject(batch.request)
+            currentObjectToken = t
+            return t
+        }
         if let nk = h.neighbourProtection {
-            (neighbours, crowding) = try mineNeighbours(nk, request: batch.request, u: u)
+            (neighbours, crowding) = try mineNeighbours(nk, request: batch.request, u: u, object: object)
             let extra: [DeltaPrompt] = neighbours.compactMap { n in
                 guard let sp = try? tokenizer.subjectPrompt(prefix: "", prompt: batch.request.prompt, subject: n) else { return nil }
                 return DeltaPrompt(tokens: sp.tokens, position: sp.subjectLast, logitPositions: [sp.tokens.count - 1])
@@ -512,7 +520,7 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         }
         clock.lap("update")
         // The uncertainty probe: the mined neighbours scored with the update written as ROME's rank one.
-        let shift = neighbours.isEmpty || h.neighbourProtection?.probes == false ? nil : try neighbourShift(neighbours, request: batch.request, update: update, targetNew: batch.targetNew)
+        let shift = neighbours.isEmpty || h.neighbourProtection?.probes == false ? nil : try neighbourShift(neighbours, request: batch.request, update: update, targetNew: batch.targetNew, object: object)
         if shift != nil { clock.lap("probe") }
         let change0 = written.map { $0[0].map { $0 * (refinement?.shared == true ? gains[0] : 1) } } ?? delta.map { $0 * gains[0] }
         var coverage = mesaSetup.sae.map { $0.coverage(before: vInit, after: zip(vInit, change0).map { $0 + $1 }) }
