@@ -115,6 +115,7 @@ public final class Daemon: @unchecked Sendable {  // mutable state is guarded by
         }
         setGroup(nil)
         startup.closeAll()
+        if let failure = startup.failure { throw failure }
         logger.info("stopped: intake closed, no edit in flight, consumer and producer closed")
     }
 

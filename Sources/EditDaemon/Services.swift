@@ -74,12 +74,25 @@ public final class StopFlag: @unchecked Sendable {  // `raised` is guarded by `l
 /// Loads the model and connects (`Daemon.assemble`, on a thread), then adds the producer, the topic
 /// keeper, the edit worker and the intake to the group, in that order (a graceful shutdown stops them
 /// in reverse). A shutdown during the start interrupts a key-statistics computation.
-final class StartupService: Service, @unchecked Sendable {  // `parts` is guarded by `lock`; `group` is set once before the group runs
+///
+/// A failed start (a corrupt SAE, a missing topic) is kept in `failure` and stops the group
+/// gracefully: the HTTP server, perhaps still binding its socket, then stops through its quiescing
+/// path as on SIGTERM. Thrown from `run`, the error would cancel the group instead, and a server
+/// cancelled while it binds can leave an NIO promise unfulfilled (a crash in a debug build).
+/// `Daemon.run` throws `failure` once the group has stopped.
+final class StartupService: Service, @unchecked Sendable {  // `parts` and `failed` are guarded by `lock`; `group` is set once before the group runs
     let daemon: Daemon
     let catalog: SchemaCatalog
     var group: ServiceGroup?
     private let lock = NSLock()
     private var parts: [Part] = []
+    private var failed: Error?
+
+    /// Why the start failed, if it did.
+    var failure: Error? {
+        lock.lock(); defer { lock.unlock() }
+        return failed
+    }
 
     init(daemon: Daemon, catalog: SchemaCatalog) {
         self.daemon = daemon
@@ -88,13 +101,20 @@ final class StartupService: Service, @unchecked Sendable {  // `parts` is guarde
 
     func run() async throws {
         let stop = StopFlag()
-        let assembled = try await withTaskCancellationOrGracefulShutdownHandler {
-            try await onThread("mesa-startup") { [self] in
-                try daemon.assemble(catalog: catalog, shouldStop: { stop.isRaised }) { part in
-                    lock.lock(); parts.append(part); lock.unlock()
+        let assembled: Parts
+        do {
+            assembled = try await withTaskCancellationOrGracefulShutdownHandler {
+                try await onThread("mesa-startup") { [self] in
+                    try daemon.assemble(catalog: catalog, shouldStop: { stop.isRaised }) { part in
+                        lock.lock(); parts.append(part); lock.unlock()
+                    }
                 }
-            }
-        } onCancelOrGracefulShutdown: { stop.raise() }
+            } onCancelOrGracefulShutdown: { stop.raise() }
+        } catch {
+            lock.withLock { failed = error }
+            await group?.triggerGracefulShutdown()
+            return
+        }
         guard let group else { return }
         await group.addServiceUnlessShutdown(.init(service: ProducerService(producer: assembled.producer), serviceName: "producer"))
         if let keeper = assembled.keeper {

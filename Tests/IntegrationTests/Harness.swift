@@ -161,6 +161,18 @@ final class DaemonHarness: @unchecked Sendable {
 
     var isRunning: Bool { process?.isRunning ?? false }
 
+    /// Whether the last launch has ended with exit status `status` (not by a signal: a crash).
+    func exited(with status: Int32) -> Bool {
+        guard let p = process, !p.isRunning else { return false }
+        return p.terminationReason == .exit && p.terminationStatus == status
+    }
+
+    /// What the last launch wrote.
+    var launchLog: String {
+        let text = (try? String(contentsOf: logURL, encoding: .utf8)) ?? ""
+        return text.components(separatedBy: "---- launch \(launches)\n").last ?? ""
+    }
+
     func tail(_ n: Int = 40) -> String {
         let text = (try? String(contentsOf: logURL, encoding: .utf8)) ?? ""
         return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(n).joined(separator: "\n")

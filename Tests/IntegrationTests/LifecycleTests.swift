@@ -75,7 +75,7 @@ import Testing
         // Bound but not listening: the daemon cannot bind, and the harness's probes are refused at once.
         #expect(bound == 0)
         #expect(throws: HarnessError.self) { try h.start(timeout: 60) }
-        #expect(h.process?.isRunning == false && h.process?.terminationStatus == 1, "\(h.tail())")
+        #expect(h.exited(with: 1), "\(h.launchLog)")
         #expect(h.tail().contains("Address already in use"), "\(h.tail())")
     }
 

@@ -47,7 +47,8 @@ import Testing
         let bytes = try Data(contentsOf: weights)
         try bytes.prefix(bytes.count / 3).write(to: weights)
         #expect(throws: HarnessError.self) { try h.start(timeout: 30) }
-        #expect(h.tail(50).contains("is unusable"), "\(h.tail())")
+        #expect(h.exited(with: 1), "a refusal is a clean exit, not a crash:\n\(h.launchLog)")
+        #expect(h.launchLog.contains("is unusable"), "\(h.launchLog)")
 
         // With fallback: plain ROME, and every result says why refinement is off.
         h.mesa = ["sae": saeDir.path, "fallback": true]
@@ -64,6 +65,7 @@ import Testing
         try Self.writeSAE(to: saeDir, dIn: hidden, layer: 2)
         h.mesa = ["sae": saeDir.path]
         #expect(throws: HarnessError.self) { try h.start(timeout: 30) }
-        #expect(h.tail(50).contains("mlp_out@2"), "\(h.tail())")
+        #expect(h.exited(with: 1), "a refusal is a clean exit, not a crash:\n\(h.launchLog)")
+        #expect(h.launchLog.contains("mlp_out@2"), "\(h.launchLog)")
     }
 }

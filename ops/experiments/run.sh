@@ -3,19 +3,21 @@
 # (journals under $MESA_HOME/runs/<method>-<split>-<name>-<limit>), one BLAS thread each at nice 10
 # so that two run side by side on two cores. Tune on counterfact-train (SPLIT=train, the default);
 # SPLIT=val runs a setting chosen on train once, for the report.
-# Usage: [METHOD=alphaedit] [SPLIT=val] [START=3000] [LIMIT=1000] [CHECKPOINTS="100 500 1000"] [BATCH=100] \
+# Usage: [MESA_BIN=.build/release/mesa] [METHOD=alphaedit] [SPLIT=val] [START=3000] [LIMIT=1000] [CHECKPOINTS="100 500 1000"] [BATCH=100] \
 #          bash ops/experiments/run.sh NAME...
 # START: the first record (default 0); runs from another start are journalled and reported as
 # NAME-from<START>.
 # NAME: "baseline" for deploy/hparams/<method>/SmolLM2-135M-Instruct.json, or a file name under
 # ops/experiments/<method>/ without .json. Reports go to ops/experiments/<method>/results/NAME
 # (train) or results/<split>/NAME.
+# MESA_BIN: a copy of the binary, so that a rebuild does not pull it from under a long run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MESA_HOME="${MESA_HOME:-$HOME/.local/share/mesa}"
 export MESA_HOME LD_LIBRARY_PATH="$MESA_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export MESA_CORPUS="${MESA_CORPUS:-$PWD/../shared/data/corpus/enwiki-2015-sample.txt}"
 METHOD="${METHOD:-alphaedit}"
+MESA_BIN="${MESA_BIN:-.build/release/mesa}"
 LIMIT="${LIMIT:-200}"
 SPLIT="${SPLIT:-train}"
 BATCH="${BATCH:-1}"
@@ -28,7 +30,7 @@ suffix=""
 for name in "$@"; do
   hp="deploy/hparams/$METHOD/SmolLM2-135M-Instruct.json"
   [ "$name" = baseline ] || hp="ops/experiments/$METHOD/$name.json"
-  nice -n 10 .build/release/mesa eval --method "$METHOD" --hparams "$hp" --threads 1 --batch "$BATCH" \
+  nice -n 10 "$MESA_BIN" eval --method "$METHOD" --hparams "$hp" --threads 1 --batch "$BATCH" \
     --data "../shared/data/counterfact/counterfact-$SPLIT.json" --start "$START" --limit "$LIMIT" \
     --sequential --checkpoints ${CHECKPOINTS:-50 100 "$LIMIT"} \
     --resume "$MESA_HOME/runs/$METHOD-$SPLIT-$name$suffix-$LIMIT" --out "$results/$name$suffix"
