@@ -5,6 +5,7 @@ import Foundation
 import Logging
 import ModelRuntime
 import Storage
+import Tensor
 
 /// `mesa health`: the quality guard's canary figures for the current head, beside the base model's.
 struct Health: ParsableCommand {
@@ -28,6 +29,8 @@ struct Health: ParsableCommand {
         try reportingErrors {
             var c = try daemonOptions.resolve()
             if let model { c.model = model }
+            // The daemon's thread count: OpenBLAS's sums, and so the last bits of the figures, depend on it.
+            if let t = c.threads { BLAS.setThreads(t) }
             let path = try c.model ?? paths.defaultModel()
             let lm = try ModelLoader.load(path: path)
             let g = try QualityGuard.make(model: lm, config: c, paths: paths, logger: Logger(label: "mesa"))
