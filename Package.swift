@@ -71,7 +71,7 @@ let package = Package(
 
         .executableTarget(
             name: "mesa-bench",
-            dependencies: ["Tensor", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "EditDaemon", "Messaging", "Storage", "TestSupport", logging,
+            dependencies: ["CKernels", "Tensor", "ModelRuntime", "SparseAutoencoder", "Editing", "Evaluation", "EditDaemon", "Messaging", "Storage", "TestSupport", logging,
                            .product(name: "ArgumentParser", package: "swift-argument-parser")],
             path: "Sources/mesa-bench"),
 
@@ -80,7 +80,7 @@ let package = Package(
         // Shared by the test targets: the tiny model writer and paths.
         .target(name: "TestSupport", dependencies: ["ModelRuntime", "Tokenizers"], swiftSettings: numericFlags),
 
-        .testTarget(name: "TensorTests", dependencies: ["Tensor"]),
+        .testTarget(name: "TensorTests", dependencies: ["Tensor", "CKernels"]),
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "ModelRuntime", "TestSupport"]),
         .testTarget(name: "ModelRuntimeTests", dependencies: ["ModelRuntime", "Tensor", "Tokenizers"]),
         .testTarget(name: "EditingTests", dependencies: ["Editing", "ModelRuntime", "Tensor", "Tokenizers", "Contracts", "TestSupport", logging, inMemoryLogging]),

@@ -407,7 +407,7 @@ public final class DeltaPass: @unchecked Sendable {  // not thread-safe: scratch
         if L > 0 {
             model.norm(savedFinal.p, w.outputNorm, w.outputNormBias, out: h.p, rows: L)
             logits.withUnsafeMutableBufferPointer { lp in
-                BLAS.sgemm(transB: true, m: L, n: V, k: d, a: h.p, lda: d, b: w.output.pointer, ldb: d, c: lp.baseAddress!, ldc: V)
+                BLAS.sgemmNT(m: L, n: V, k: d, a: h.p, lda: d, b: w.output.pointer, ldb: d, c: lp.baseAddress!, ldc: V)
             }
         }
         forwardDone = true
@@ -541,10 +541,10 @@ public final class DeltaPass: @unchecked Sendable {  // not thread-safe: scratch
         let inDim = parts[0].0.shape[1]
         if fused {
             let outDim = parts.reduce(0) { $0 + $1.0.shape[0] }
-            BLAS.sgemm(transB: true, m: rows, n: outDim, k: inDim, a: x, lda: inDim, b: parts[0].0.pointer, ldb: inDim, c: out, ldc: ldc)
+            BLAS.sgemmNT(m: rows, n: outDim, k: inDim, a: x, lda: inDim, b: parts[0].0.pointer, ldb: inDim, c: out, ldc: ldc)
         } else {
             for (wt, _, off) in parts {
-                BLAS.sgemm(transB: true, m: rows, n: wt.shape[0], k: inDim, a: x, lda: inDim, b: wt.pointer, ldb: inDim, c: out + off, ldc: ldc)
+                BLAS.sgemmNT(m: rows, n: wt.shape[0], k: inDim, a: x, lda: inDim, b: wt.pointer, ldb: inDim, c: out + off, ldc: ldc)
             }
         }
         for (wt, b, off) in parts {

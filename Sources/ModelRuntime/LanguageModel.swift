@@ -312,8 +312,8 @@ public final class LanguageModel: @unchecked Sendable {  // `rope` is guarded by
             for (i, r) in rows.enumerated() { (h + i * d).update(from: x + r * d, count: d) }
             norm(h, weights.outputNorm, weights.outputNormBias, out: h, rows: rows.count)
             logits.withUnsafeMutableBufferPointer { lp in
-                BLAS.sgemm(transB: true, m: rows.count, n: c.vocabSize, k: d, a: h, lda: d,
-                           b: weights.output.pointer, ldb: d, c: lp.baseAddress!, ldc: c.vocabSize)
+                BLAS.sgemmNT(m: rows.count, n: c.vocabSize, k: d, a: h, lda: d, b: weights.output.pointer, ldb: d,
+                             c: lp.baseAddress!, ldc: c.vocabSize)
             }
         }
         return ForwardResult(logits: Tensor(shape: [rows.count, c.vocabSize], data: logits), logitPositions: rows, activations: captured)
@@ -342,7 +342,7 @@ public final class LanguageModel: @unchecked Sendable {  // `rope` is guarded by
         if rows == 1 {
             BLAS.sgemv(rows: outDim, cols: inDim, a: w, lda: inDim, x: x, y: out)
         } else {
-            BLAS.sgemm(transB: true, m: rows, n: outDim, k: inDim, a: x, lda: inDim, b: w, ldb: inDim, c: out, ldc: outDim)
+            BLAS.sgemmNT(m: rows, n: outDim, k: inDim, a: x, lda: inDim, b: w, ldb: inDim, c: out, ldc: outDim)
         }
     }
 }

@@ -1,3 +1,4 @@
+import CKernels
 import COpenBLAS
 import Foundation
 
@@ -43,6 +44,50 @@ public enum BLAS {
     ) {
         cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                     blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
+    }
+
+    /// Up to this many rows of A, `sgemmNT` reads B in place with mesa's kernel instead of calling
+    /// OpenBLAS (`mesa-bench gemm-rows` measures the crossover, `ops/bench/results/gemm-rows.json`).
+    /// `MESA_GEMM_IN_PLACE_ROWS` overrides it; 0 leaves every product to OpenBLAS, as before the
+    /// kernel (edits then reproduce the weights of snapshots written then, bit for bit).
+    nonisolated(unsafe) public static var inPlaceRowLimit: Int = {
+        ProcessInfo.processInfo.environment["MESA_GEMM_IN_PLACE_ROWS"].flatMap { Int($0) }.map { max(0, $0) } ?? 24
+    }()
+
+    /// C[m,n] = A[m,k] · B[n,k]ᵀ, row-major: a projection of m rows by a weight B stored [out, in].
+    ///
+    /// OpenBLAS copies the whole of B into panels on every call; with a few rows (scoring prompts, the
+    /// canary set, a query's prompt) the copy costs more than the arithmetic. Up to `inPlaceRowLimit`
+    /// rows `mesa_gemm_nt` reads B in place instead, its columns split between the BLAS threads. Its
+    /// results do not depend on the thread count or on the CPU (AVX-512 or AVX2: the same bits).
+    public static func sgemmNT(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                               c: UnsafeMutablePointer<Float>, ldc: Int) {
+        guard m <= inPlaceRowLimit, m > 0, n > 0 else {
+            if m > 0, n > 0 { sgemm(transB: true, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: ldc) }
+            return
+        }
+        let threads = Int(openblas_get_num_threads())
+        // Below about a million multiply-adds a second thread costs more to wake than it saves.
+        sgemmInPlace(m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: ldc,
+                     parts: threads > 1 && m * n * k >= 1 << 20 ? min(threads, n / 64) : 1)
+    }
+
+    /// `sgemmNT`'s in-place product, its columns split into `parts` blocks computed concurrently
+    /// (the same bits for any `parts`).
+    public static func sgemmInPlace(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                                    c: UnsafeMutablePointer<Float>, ldc: Int, parts: Int) {
+        guard parts > 1 else {
+            mesa_gemm_nt(a, lda, b, ldb, c, ldc, m, n, k, 0)
+            return
+        }
+        // Column blocks of a multiple of 16, so that every part but the last tiles alike.
+        let block = ((n + parts - 1) / parts + 15) & ~15
+        // Each part writes its own columns of C; the pointers outlive the call, which waits for every part.
+        nonisolated(unsafe) let (a, b, c) = (a, b, c)
+        DispatchQueue.concurrentPerform(iterations: (n + block - 1) / block) { p in
+            let from = p * block, count = min(block, n - from)
+            mesa_gemm_nt(a, lda, b + from * ldb, ldb, c + from, ldc, m, count, k, 0)
+        }
     }
 
     /// y[m] = alpha · op(A) · x + beta · y with A row-major [rows, cols]; op(A) is A or Aᵀ.

@@ -15,7 +15,7 @@ struct MesaBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "mesa-bench",
         abstract: "mesa benchmarks: numbers printed and written to a results file, compared with a reference in the same run.",
-        subcommands: [Forward.self, RomeBench.self, DaemonBench.self, RollbackBench.self, MesaCostBench.self, SAETrainBench.self, MemitBench.self, GuardBench.self, HarvestBench.self, FollowBench.self, QueryBench.self, ThroughputBench.self])
+        subcommands: [Forward.self, RomeBench.self, DaemonBench.self, RollbackBench.self, MesaCostBench.self, SAETrainBench.self, MemitBench.self, GuardBench.self, HarvestBench.self, FollowBench.self, QueryBench.self, ThroughputBench.self, GemmRowsBench.self])
 
     static func main() {
         BLAS.selectCoreType()

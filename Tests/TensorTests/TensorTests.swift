@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import Tensor
 import Testing
@@ -47,6 +48,37 @@ private extension Array where Element == Int {
             for t in 0..<k { s += a[i * k + t] * b[j * k + t] }
             #expect(c[i * n + j] == s)  // small integers: exact
         } }
+    }
+
+    /// The in-place few-row product against a double-precision reference (relative to Σ|a·b| per
+    /// output, 1e-5), with ragged shapes (k not a multiple of 16, odd column counts) and past the row
+    /// limit (OpenBLAS then); bitwise the same on the AVX2 and the AVX-512 path and for any split of
+    /// its columns between threads.
+    @Test func inPlaceProductsMatchAReferenceOnEveryPathAndSplit() {
+        var g = SplitMix(seed: 7)
+        for (m, n, k) in [(1, 5, 9), (3, 7, 33), (4, 4, 16), (5, 130, 577), (8, 200, 1536), (BLAS.inPlaceRowLimit + 1, 20, 40)] {
+            let a = (0..<(m * k)).map { _ in g.nextFloat() }, b = (0..<(n * k)).map { _ in g.nextFloat() }
+            var c = [Float](repeating: .nan, count: m * n), narrow = c, wide = c, split = c
+            a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in
+                let (pa, pb) = (pa.baseAddress!, pb.baseAddress!)
+                c.withUnsafeMutableBufferPointer { BLAS.sgemmNT(m: m, n: n, k: k, a: pa, lda: k, b: pb, ldb: k, c: $0.baseAddress!, ldc: n) }
+                narrow.withUnsafeMutableBufferPointer { mesa_gemm_nt(pa, k, pb, k, $0.baseAddress!, n, m, n, k, 2) }
+                if mesa_gemm_nt_uses_avx512() == 1 {
+                    wide.withUnsafeMutableBufferPointer { mesa_gemm_nt(pa, k, pb, k, $0.baseAddress!, n, m, n, k, 1) }
+                } else {
+                    wide = narrow
+                }
+                split.withUnsafeMutableBufferPointer { BLAS.sgemmInPlace(m: m, n: n, k: k, a: pa, lda: k, b: pb, ldb: k, c: $0.baseAddress!, ldc: n, parts: 3) }
+            } }
+            for i in 0..<m { for j in 0..<n {
+                var s = 0.0, scale = 0.0
+                for t in 0..<k { s += Double(a[i * k + t]) * Double(b[j * k + t]); scale += abs(Double(a[i * k + t]) * Double(b[j * k + t])) }
+                #expect(abs(Double(c[i * n + j]) - s) <= 1e-5 * scale, "(\(m), \(n), \(k)) [\(i), \(j)]: \(c[i * n + j]) against \(s)")
+            } }
+            #expect(narrow == wide, "AVX2 and AVX-512 paths differ at (\(m), \(n), \(k))")
+            #expect(split == narrow, "a split between threads changed the bits at (\(m), \(n), \(k))")
+            if m <= BLAS.inPlaceRowLimit { #expect(c == narrow) }
+        }
     }
 
     /// An AVX-512 CPU running AVX2 kernels is called out; the fitting kernels and an AVX2 CPU are not.
@@ -200,4 +232,18 @@ private extension Array where Element == Int {
         #expect(abs(Kernels.exp(1) - Float(M_E)) < 1e-6)
         #expect(Kernels.exp(100).isFinite)
     }
+}
+
+/// A small deterministic generator for test data: floats in [-1, 1).
+private struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func nextFloat() -> Float { Float(next() >> 40) / Float(1 << 23) - 1 }
 }

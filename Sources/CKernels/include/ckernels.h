@@ -32,4 +32,14 @@ void mesa_sha256_blocks(uint32_t state[8], const uint8_t *data, size_t blocks);
 /// Returns the free pages of every malloc arena to the kernel (glibc's malloc_trim(0)); 1 if any were.
 int mesa_release_free_memory(void);
 
+
+/// out[r, c] = Σ_i x[r, i] · w[c, i] for r < rows, c < n, i < k (row strides ldx, ldw, ldo): x · wᵀ
+/// with w read in place, for few rows. The same bits on the AVX-512 and the AVX2 path (gemm_nt.c
+/// states the summation order). path: 0 = the CPU's best, 1 = AVX-512 (the CPU must have it), 2 = AVX2.
+void mesa_gemm_nt(const float *x, size_t ldx, const float *w, size_t ldw, float *out, size_t ldo,
+                  size_t rows, size_t n, size_t k, int path);
+
+/// 1 when `mesa_gemm_nt` takes the AVX-512 path on this CPU, else 0.
+int mesa_gemm_nt_uses_avx512(void);
+
 #endif
