@@ -89,10 +89,7 @@ final class StartupService: Service, @unchecked Sendable {  // `parts` and `fail
     private var failed: Error?
 
     /// Why the start failed, if it did.
-    var failure: Error? {
-        lock.lock(); defer { lock.unlock() }
-        return failed
-    }
+    var failure: Error? { lock.withLock { failed } }
 
     init(daemon: Daemon, catalog: SchemaCatalog) {
         self.daemon = daemon

@@ -62,8 +62,9 @@ public enum BLAS {
     /// results do not depend on the thread count or on the CPU (AVX-512 or AVX2: the same bits).
     public static func sgemmNT(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                                c: UnsafeMutablePointer<Float>, ldc: Int) {
-        guard m <= inPlaceRowLimit, m > 0, n > 0 else {
-            if m > 0, n > 0 { sgemm(transB: true, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: ldc) }
+        guard m > 0, n > 0 else { return }
+        guard m <= inPlaceRowLimit else {
+            sgemm(transB: true, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: ldc)
             return
         }
         let threads = Int(openblas_get_num_threads())
