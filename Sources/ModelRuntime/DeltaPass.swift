@@ -450,7 +450,7 @@ public final class DeltaPass: @unchecked Sendable {  // not thread-safe: scratch
         if L > 0 {
             // logits = norm(x_f) · Eᵀ  ⇒  ∂norm = ∂logits · E  [L, d], then through the final norm.
             logitGradient.data.withUnsafeBufferPointer { g in
-                BLAS.sgemm(m: L, n: d, k: V, a: g.baseAddress!, lda: V, b: w.output.pointer, ldb: d, c: dh.p, ldc: d)
+                BLAS.sgemmNN(m: L, n: d, k: V, a: g.baseAddress!, lda: V, b: w.output.pointer, ldb: d, c: dh.p, ldc: d)
             }
             tmp.zero()
             normBackward(savedFinal.p, w.outputNorm, w.outputNormBias, dy: dh.p, dx: tmp.p, rows: L)
@@ -460,7 +460,7 @@ public final class DeltaPass: @unchecked Sendable {  // not thread-safe: scratch
         for (s, j) in upperLayers.enumerated().reversed() {
             let lw = w.layers[j]
             // MLP: x_out = x_mid + Wdown · act(norm(x_mid)).
-            BLAS.sgemm(m: R, n: ff, k: d, a: dx.p, lda: d, b: lw.wDown.pointer, ldb: ff, c: dKey.p, ldc: ff)
+            BLAS.sgemmNN(m: R, n: ff, k: d, a: dx.p, lda: d, b: lw.wDown.pointer, ldb: ff, c: dKey.p, ldc: ff)
             let act = savedAct[s].p
             if let wGate = lw.wGate {
                 for r in 0..<R {
@@ -476,7 +476,7 @@ public final class DeltaPass: @unchecked Sendable {  // not thread-safe: scratch
             normBackward(savedMid[s].p, lw.mlpNorm, lw.mlpNormBias, dy: dh.p, dx: dMid.p, rows: R)
 
             // Attention: x_mid = x_in + Wo · attn(norm(x_in)).
-            BLAS.sgemm(m: R, n: qd, k: d, a: dMid.p, lda: d, b: lw.wo.pointer, ldb: qd, c: dAtt.p, ldc: qd)
+            BLAS.sgemmNN(m: R, n: qd, k: d, a: dMid.p, lda: d, b: lw.wo.pointer, ldb: qd, c: dAtt.p, ldc: qd)
             dQKV.zero()
             let qkv = savedQKV[s].p
             for (slot, i) in layout.prompts.enumerated() {
@@ -559,11 +559,11 @@ public final class DeltaPass: @unchecked Sendable {  // not thread-safe: scratch
         let inDim = parts[0].0.shape[1]
         if fused {
             let outDim = parts.reduce(0) { $0 + $1.0.shape[0] }
-            BLAS.sgemm(m: rows, n: inDim, k: outDim, a: dOut, lda: ld, b: parts[0].0.pointer, ldb: inDim, c: into, ldc: inDim)
+            BLAS.sgemmNN(m: rows, n: inDim, k: outDim, a: dOut, lda: ld, b: parts[0].0.pointer, ldb: inDim, c: into, ldc: inDim)
         } else {
             for (k, (wt, off)) in parts.enumerated() {
-                BLAS.sgemm(m: rows, n: inDim, k: wt.shape[0], a: dOut + off, lda: ld, b: wt.pointer, ldb: inDim,
-                           beta: k == 0 ? 0 : 1, c: into, ldc: inDim)
+                BLAS.sgemmNN(m: rows, n: inDim, k: wt.shape[0], a: dOut + off, lda: ld, b: wt.pointer, ldb: inDim,
+                             accumulate: k > 0, c: into, ldc: inDim)
             }
         }
     }

@@ -91,6 +91,48 @@ public enum BLAS {
         }
     }
 
+    /// Up to this many rows of A, `sgemmNN` reads B in place with mesa's kernel (`mesa-bench gemm-rows`
+    /// measures the crossover). `MESA_GEMM_IN_PLACE_ROWS=0` leaves these products to OpenBLAS too.
+    nonisolated(unsafe) public static var inPlaceGradientRowLimit: Int = {
+        inPlaceRowLimit == 0 ? 0 : 64
+    }()
+
+    /// C[m,n] = A[m,k] · B[k,n], or C += A · B when `accumulate`, row-major: the input gradient of a
+    /// projection (∂y[m, out] · W[out, in]) or of the logits (∂logits[m, V] · E[V, d]).
+    ///
+    /// Up to `inPlaceGradientRowLimit` rows `mesa_gemm_nn` reads B in place instead of OpenBLAS's
+    /// packed copy, its columns split between the BLAS threads. Each output is one chain of fused
+    /// multiply-adds in increasing k: the same bits for any thread count and on AVX-512 or AVX2.
+    public static func sgemmNN(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                               accumulate: Bool = false, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        guard m > 0, n > 0 else { return }
+        guard m <= inPlaceGradientRowLimit else {
+            sgemm(m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, beta: accumulate ? 1 : 0, c: c, ldc: ldc)
+            return
+        }
+        let threads = Int(openblas_get_num_threads())
+        sgemmNNInPlace(m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb, accumulate: accumulate, c: c, ldc: ldc,
+                       parts: threads > 1 && m * n * k >= 1 << 20 ? min(threads, n / 64) : 1)
+    }
+
+    /// `sgemmNN`'s in-place product, its columns split into `parts` blocks computed concurrently (the
+    /// same bits for any `parts`).
+    public static func sgemmNNInPlace(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                                      accumulate: Bool, c: UnsafeMutablePointer<Float>, ldc: Int, parts: Int) {
+        let acc: Int32 = accumulate ? 1 : 0
+        guard parts > 1 else {
+            mesa_gemm_nn(a, lda, b, ldb, c, ldc, m, n, k, acc, 0)
+            return
+        }
+        // Column blocks of a multiple of 32, the AVX-512 tile's width.
+        let block = ((n + parts - 1) / parts + 31) & ~31
+        nonisolated(unsafe) let (a, b, c) = (a, b, c)
+        DispatchQueue.concurrentPerform(iterations: (n + block - 1) / block) { p in
+            let from = p * block, count = min(block, n - from)
+            mesa_gemm_nn(a, lda, b + from, ldb, c + from, ldc, m, count, k, acc, 0)
+        }
+    }
+
     /// y[m] = alpha · op(A) · x + beta · y with A row-major [rows, cols]; op(A) is A or Aᵀ.
     @inline(__always)
     public static func sgemv(

@@ -81,6 +81,43 @@ private extension Array where Element == Int {
         }
     }
 
+    /// The input-gradient kernel (∂y · W, W read in place) against a double-precision reference, with
+    /// and without accumulating into C, on ragged shapes (columns not a multiple of 16 or 32, rows not
+    /// of the tile heights 6 or 12, k across several of its blocks and past the streaming size) and
+    /// bit for bit between the AVX2 and AVX-512 paths, column splits, and the OpenBLAS fallback's row count.
+    @Test func inPlaceGradientProductsMatchAReferenceOnEveryPathAndSplit() {
+        var g = SplitMix(seed: 11)
+        for (m, n, k, accumulate) in [(1, 5, 9, false), (3, 7, 33, true), (7, 40, 130, false), (13, 33, 577, true), (25, 130, 200, false),
+                                      (12, 48, 90_000, false), (BLAS.inPlaceGradientRowLimit + 1, 20, 40, true)] {
+            let a = (0..<(m * k)).map { _ in g.nextFloat() }, b = (0..<(k * n)).map { _ in g.nextFloat() }
+            let start = (0..<(m * n)).map { _ in accumulate ? g.nextFloat() : .nan }
+            var c = start, narrow = start, wide = start, split = start
+            a.withUnsafeBufferPointer { pa in b.withUnsafeBufferPointer { pb in
+                let (pa, pb) = (pa.baseAddress!, pb.baseAddress!)
+                c.withUnsafeMutableBufferPointer { BLAS.sgemmNN(m: m, n: n, k: k, a: pa, lda: k, b: pb, ldb: n, accumulate: accumulate, c: $0.baseAddress!, ldc: n) }
+                narrow.withUnsafeMutableBufferPointer { mesa_gemm_nn(pa, k, pb, n, $0.baseAddress!, n, m, n, k, accumulate ? 1 : 0, 2) }
+                if mesa_gemm_nt_uses_avx512() == 1 {
+                    wide.withUnsafeMutableBufferPointer { mesa_gemm_nn(pa, k, pb, n, $0.baseAddress!, n, m, n, k, accumulate ? 1 : 0, 1) }
+                } else {
+                    wide = narrow
+                }
+                split.withUnsafeMutableBufferPointer {
+                    BLAS.sgemmNNInPlace(m: m, n: n, k: k, a: pa, lda: k, b: pb, ldb: n, accumulate: accumulate, c: $0.baseAddress!, ldc: n, parts: 3)
+                }
+            } }
+            for i in 0..<m { for j in 0..<n {
+                var s = accumulate ? Double(start[i * n + j]) : 0, scale = abs(s)
+                for t in 0..<k { s += Double(a[i * k + t]) * Double(b[t * n + j]); scale += abs(Double(a[i * k + t]) * Double(b[t * n + j])) }
+                // Each output is one fused chain of k terms: its rounding error grows with k (1e-5 of Σ|ab| up to a few hundred terms).
+                let tolerance = max(1e-5, 2e-7 * Double(k).squareRoot()) * scale
+                #expect(abs(Double(c[i * n + j]) - s) <= tolerance, "(\(m), \(n), \(k)) [\(i), \(j)]: \(c[i * n + j]) against \(s)")
+            } }
+            #expect(narrow == wide, "AVX2 and AVX-512 paths differ at (\(m), \(n), \(k))")
+            #expect(split == narrow, "a split between threads changed the bits at (\(m), \(n), \(k))")
+            if m <= BLAS.inPlaceGradientRowLimit { #expect(c == narrow) }
+        }
+    }
+
     /// An AVX-512 CPU running AVX2 kernels is called out; the fitting kernels and an AVX2 CPU are not.
     @Test func slowKernelsOnAnAVX512CPUAreCalledOut() {
         let core = BLAS.configuration.coreName

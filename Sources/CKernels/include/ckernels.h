@@ -42,4 +42,11 @@ void mesa_gemm_nt(const float *x, size_t ldx, const float *w, size_t ldw, float 
 /// 1 when `mesa_gemm_nt` takes the AVX-512 path on this CPU, else 0.
 int mesa_gemm_nt_uses_avx512(void);
 
+/// c[r, j] = Σ_p a[r, p] · b[p, j] for r < m, j < n, p < k (row strides lda, ldb, ldc), or c += that
+/// when `accumulate` is 1: a · b with b read in place, for a few dozen rows. Each output is one chain of
+/// fused multiply-adds in increasing p, so the result is the same bits on every path, tiling and column
+/// split (gemm_nn.c). path: 0 = the CPU's best, 1 = AVX-512 (the CPU must have it), 2 = AVX2.
+void mesa_gemm_nn(const float *a, size_t lda, const float *b, size_t ldb, float *c, size_t ldc,
+                  size_t m, size_t n, size_t k, int accumulate, int path);
+
 #endif
