@@ -120,7 +120,7 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
     }
 
     public var model: String?
-    /// rome (default), memit, alphaedit or encore: the method and its `<hparams_dir>/<method>/<model>.json`.
+    /// rome, memit, alphaedit or encore (default): the method and its `<hparams_dir>/<method>/<model>.json`.
     public var method: String?
     public var stateDir: String?
     public var hparamsDir: String?

@@ -86,7 +86,7 @@ struct Serve: AsyncParsableCommand, LoggingCommand {
     @Option(name: .long, help: "BLAS threads (0 = one per core).")
     var threads: Int?
 
-    @Option(name: .long, help: "Editing method: rome, memit, alphaedit or encore (default: $MESA_METHOD, the file's, or alphaedit).")
+    @Option(name: .long, help: "Editing method: rome, memit, alphaedit or encore (default: $MESA_METHOD, the file's, or encore).")
     var method: EditMethod?
 
     @Option(name: .long, help: "MESA: refine ROME's v* through this SAE (a directory, or a name under <state>/<hash16>/sae/; default: $MESA_SAE, the file's).")

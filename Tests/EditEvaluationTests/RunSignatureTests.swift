@@ -53,7 +53,7 @@ import TestSupport
          "template_seed": 0, "v_lr": 0.5, "v_num_grad_steps": 25, "v_weight_decay": 0.001}
         """
 
-    /// deploy/hparams/encore's file, on the tiny model's layers 0 and 1.
+    /// deploy/hparams/encore's file as it was before the third-check stop, on the tiny model's layers 0 and 1.
     static let encoreFile = """
         {"$schema": "https://mesa.dev/schemas/memit-hparams/v1.json", "clamp_norm_factor": 0.75,
          "context_templates": [{"count": 5, "length": 4}], "early_stop_loss": 0.05, "early_stop_top": true,

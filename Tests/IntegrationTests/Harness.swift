@@ -77,7 +77,7 @@ final class DaemonHarness: @unchecked Sendable {
     }
 
     /// The config's "method" (the tests' default: ROME on layer 1 of the tiny model, which needs no
-    /// key statistics; the daemon's own default is AlphaEdit).
+    /// key statistics; the daemon's own default is ENCORE).
     var method: String? = "rome"
 
     /// The config's "mesa" block (nil: none).

@@ -16,7 +16,7 @@ import Testing
         let paths: Paths
         let catalog: SchemaCatalog
 
-        /// `method`: ROME on the tiny model unless a test asks for another (the daemon's own default is AlphaEdit).
+        /// `method`: ROME on the tiny model unless a test asks for another (the daemon's own default is ENCORE).
         init(label: String, method: String = "rome") throws {
             dir = try TestPaths.temporaryDirectory("pipeline-\(label)")
             let model = dir.appendingPathComponent("\(DaemonHarness.modelName).gguf").path

@@ -33,8 +33,8 @@ public enum EditMethod: String, CaseIterable, Sendable, Codable {
     }
 
     /// The daemon's method when the configuration names none: the one that holds best over a long
-    /// stream of edits on the default model (deploy/README.md, "Why AlphaEdit").
-    public static let daemonDefault = EditMethod.alphaedit
+    /// stream of edits on the default model (deploy/README.md, "The editing method").
+    public static let daemonDefault = EditMethod.encore
 
     /// "rome, memit, alphaedit, encore".
     public static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
