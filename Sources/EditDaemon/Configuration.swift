@@ -88,9 +88,9 @@ public struct DaemonConfiguration: Codable, Sendable, Equatable {
         /// A canary file ({"facts": [{"prompt", "answer"}], "text"}); default: built once from the data
         /// directory's known facts and WikiText-2 and kept in the state directory.
         public var canaryFile: String?
-        /// Canary facts drawn for the default set (default 32: the guard costs ~15% of a median ROME edit, ops/bench/results/guard.json).
+        /// Canary facts drawn for the default set (default 16: the guard costs 4–9% of a median edit, ops/bench/results/guard*.json).
         public var facts: Int?
-        /// Tokens of the text sample whose perplexity is measured (default 64).
+        /// Tokens of the text sample whose perplexity is measured (default 32).
         public var perplexityTokens: Int?
         /// Refuse an edit that lowers canary accuracy by more than this many points (default 2).
         public var maxAccuracyDrop: Double?

@@ -23,6 +23,10 @@ public struct CounterFactEvaluation {
     /// The journal directory that makes the run resumable (`SequentialJournal` for a sequential run,
     /// `CaseJournal` otherwise).
     public var resume: String?
+    /// With `sequential`: the quality guard's canary set, measured on the base model before the run,
+    /// scored along the stream (`CounterFactRunner.canary`) and written as `<report>-canary.json`.
+    public var canary: QualityGuard?
+    public var canaryEvery = 0
 
     public init(method: EditMethod, dataPath: String, start: Int, limit: Int, sequential: Bool, checkpoints: [Int], batch: Int,
                 out: String, resume: String?) {
@@ -56,6 +60,8 @@ public struct CounterFactEvaluation {
         var runner = CounterFactRunner(model: model, editor: editor, sequential: sequential)
         runner.checkpoints = checkpoints
         runner.batch = batch
+        runner.canary = canary
+        runner.canaryEvery = canaryEvery
         if let resume {
             let fingerprint = SequentialJournal.signature(editor: editor, dataPath: dataPath, start: start, baseHash: baseHash, batch: batch)
             if sequential {
@@ -66,7 +72,8 @@ public struct CounterFactEvaluation {
             }
             runner.shouldStop = shouldStop
         }
-        let (cases, seconds, curve) = try runner.run(records)
+        let outcome = try runner.run(records)
+        let (cases, seconds, curve) = (outcome.cases, outcome.seconds, outcome.checkpoints)
         let edits = cases.compactMap(\.editSeconds)
         var timing: [String: Double] = ["total": seconds]
         if !edits.isEmpty { timing["editMean"] = edits.reduce(0, +) / Double(edits.count) }
@@ -93,6 +100,17 @@ public struct CounterFactEvaluation {
                       batch > 1 ? " in batches of \(batch)" : "", seconds))
         if let c = timing["saeCoverageMean"] { output(String(format: "SAE coverage of the written change: %.3f mean", c)) }
         for f in files { output("wrote \(f)") }
+        if let first = outcome.canary.first, let last = outcome.canary.last, let canary {
+            output(String(format: "canary after %d edits: accuracy %.2f (base %.2f), perplexity %.4f (base %.4f, %+.2f%%); %d facts, %d tokens",
+                          last.edits, last.accuracy, first.accuracy, last.perplexity, first.perplexity, 100 * (last.perplexity / first.perplexity - 1),
+                          canary.canary.facts.count, canary.perplexityTokens))
+            let url = URL(fileURLWithPath: out).appendingPathComponent(base + "-canary.json")
+            let doc: [String: Any] = ["facts": canary.canary.facts.count, "perplexity_tokens": canary.perplexityTokens,
+                                      "source": canary.canary.source ?? "", "every": canaryEvery,
+                                      "points": outcome.canary.map { ["edits": $0.edits, "accuracy": $0.accuracy, "perplexity": $0.perplexity] }]
+            try JSONSerialization.data(withJSONObject: doc, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]).write(to: url)
+            output("wrote \(url.path)")
+        }
         if !curve.isEmpty {
             let url = URL(fileURLWithPath: out).appendingPathComponent(base + "-curve.json")
             let enc = JSONEncoder()

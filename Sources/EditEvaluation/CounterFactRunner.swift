@@ -37,6 +37,27 @@ public struct CounterFactRunner {
         public var metrics: Metrics
     }
 
+    /// The quality guard's canary figures (accuracy on facts the base model answers, perplexity of a
+    /// text sample) after `edits` sequential edits; `edits` 0 is the base model.
+    public struct CanaryPoint: Codable, Equatable {
+        public var edits: Int
+        public var accuracy: Double
+        public var perplexity: Double
+        public init(edits: Int, _ f: CanaryFigures) {
+            self.edits = edits
+            accuracy = f.accuracy
+            perplexity = f.perplexity
+        }
+    }
+
+    /// What a run produced: every case, the wall time, the checkpoint curve and the canary curve.
+    public struct Outcome {
+        public var cases: [EvalCase]
+        public var seconds: Double
+        public var checkpoints: [Checkpoint]
+        public var canary: [CanaryPoint]
+    }
+
     /// With a journal (sequential runs only), edits go through its store and the run resumes where it stopped.
     public var journal: SequentialJournal?
     /// With a case journal (runs that are not sequential), every scored case is appended to it and
@@ -44,6 +65,11 @@ public struct CounterFactRunner {
     public var caseJournal: CaseJournal?
     /// Polled between cases; a journaled run stops there and can be resumed.
     public var shouldStop: () -> Bool = { false }
+    /// With `sequential`: the canary set scored on the base model, at every checkpoint and after the
+    /// last edit, and every `canaryEvery` edits (0: only there), so that a long stream shows how the
+    /// model wears beside S (issue 15's canary perplexity along a 10,000-edit stream).
+    public var canary: QualityGuard?
+    public var canaryEvery = 0
 
     public init(model: LanguageModel, editor: FactEditor, sequential: Bool) {
         self.model = model
@@ -51,7 +77,7 @@ public struct CounterFactRunner {
         self.sequential = sequential
     }
 
-    public func run(_ records: [CounterFactRecord]) throws -> (cases: [EvalCase], seconds: Double, checkpoints: [Checkpoint]) {
+    public func run(_ records: [CounterFactRecord]) throws -> Outcome {
         precondition(journal == nil || sequential, "a journal records sequential runs")
         precondition(caseJournal == nil || !sequential, "a case journal records runs that are not sequential")
         let scorer = CounterFactScorer.make(model)
@@ -61,6 +87,12 @@ public struct CounterFactRunner {
         guard done <= records.count else { throw EvaluationRunError("the journal holds \(done) cases, more than the \(records.count) records asked for") }
         var cases = journal?.cases ?? caseJournal?.cases ?? []
         var curve = journal?.curve ?? []
+        let canary = sequential ? canary : nil
+        var canaryCurve = journal?.canaryCurve ?? []
+        if let canary, canaryCurve.isEmpty {
+            canaryCurve.append(CanaryPoint(edits: 0, canary.base))
+            try journal?.save(canary: canaryCurve)
+        }
         var backups: [WeightBackup] = []
         // The cases scored at a checkpoint after the last edit are the final scores.
         var scoredAtEnd: [EvalCase]?
@@ -145,6 +177,14 @@ public struct CounterFactRunner {
             }
             cases += cs
             let next = i + group.count
+            let checkpoint = checkpoints.contains { $0 > i && $0 <= next }
+            if let canary, checkpoint || next == records.count || (canaryEvery > 0 && next / canaryEvery > i / canaryEvery) {
+                let f = try canary.measure(model)
+                canaryCurve.append(CanaryPoint(edits: next, f))
+                try journal?.save(canary: canaryCurve)
+                log(String(format: "canary after %d edits: accuracy %.1f (base %.1f), perplexity %.3f (base %.3f, %+.2f%%)", next, f.accuracy,
+                           canary.base.accuracy, f.perplexity, canary.base.perplexity, 100 * (f.perplexity / canary.base.perplexity - 1)))
+            }
             if sequential, let mark = checkpoints.filter({ $0 > i && $0 <= next }).max() {
                 let scored = try rescored(cases)
                 let m = Metrics.aggregate(scored.compactMap(\.post))
@@ -175,7 +215,7 @@ public struct CounterFactRunner {
             for b in backups.reversed() { try model.restore(b) }
             guard model.weightHash == hashBefore else { throw EvaluationRunError("internal error: the weights were not restored exactly") }
         }
-        return (cases, Date().timeIntervalSince(t0), curve)
+        return Outcome(cases: cases, seconds: Date().timeIntervalSince(t0), checkpoints: curve, canary: canaryCurve)
     }
 
     /// The unedited model's scores of `records[from...]`. A resumed journal's weights hold its edits:
@@ -268,9 +308,11 @@ public final class CaseJournal {
 public final class SequentialJournal {
     public let host: ModelHost
     public let curveURL: URL
-    /// The cases and the checkpoint curve already recorded when the journal was opened.
+    public let canaryURL: URL
+    /// The cases, the checkpoint curve and the canary curve already recorded when the journal was opened.
     public let cases: [EvalCase]
     public let curve: [CounterFactRunner.Checkpoint]
+    public let canaryCurve: [CounterFactRunner.CanaryPoint]
 
     /// The signature of a run (`run.json`): the method, its settings (sorted, AlphaEdit's nullity left
     /// out), the data file, the first record, the base model's hash and the batch size. A journal
@@ -293,6 +335,8 @@ public final class SequentialJournal {
         }
         curveURL = directory.appendingPathComponent("curve.json")
         curve = (fm.contents(atPath: curveURL.path)).flatMap { try? JSONDecoder().decode([CounterFactRunner.Checkpoint].self, from: $0) } ?? []
+        canaryURL = directory.appendingPathComponent("canary.json")
+        canaryCurve = (fm.contents(atPath: canaryURL.path)).flatMap { try? JSONDecoder().decode([CounterFactRunner.CanaryPoint].self, from: $0) } ?? []
         if !cases.isEmpty { log("resuming after \(cases.count) edit(s) from \(directory.path) (weights at snapshot \(host.head))") }
     }
 
@@ -321,5 +365,9 @@ public final class SequentialJournal {
 
     func save(_ curve: [CounterFactRunner.Checkpoint]) throws {
         try JSONEncoder().encode(curve).write(to: curveURL, options: .atomic)
+    }
+
+    func save(canary: [CounterFactRunner.CanaryPoint]) throws {
+        try JSONEncoder().encode(canary).write(to: canaryURL, options: .atomic)
     }
 }

@@ -35,16 +35,38 @@ struct Eval: ParsableCommand, LoggingCommand {
     @Option(name: .long, help: "Directory for the report.") var out: String = "out"
     @Option(name: .long, help: "Journal the run in this directory (with --sequential every edit in a snapshot store, otherwise every scored case), so that an interrupted run (Ctrl-C, kill, a closed session) resumes where it stopped when the same command is run again.")
     var resume: String?
+    @Option(name: .long, help: "With --sequential: canary facts (the quality guard's set: facts the base model answers, from the data directory's known_1000.json) scored along the stream, beside the perplexity of WikiText-2; 0 turns the canary off. Without those files (and without --canary-file) the run goes on without a canary.")
+    var canaryFacts: Int = 64
+    @Option(name: .long, help: "With --sequential: the canary set as a file ({\"facts\": [{\"prompt\", \"answer\"}], \"text\"}, as the daemon's quality_guard.canary_file) instead of the default one.")
+    var canaryFile: String?
+    @Option(name: .long, help: "With --sequential: tokens of WikiText-2 whose perplexity the canary measures.")
+    var canaryTokens: Int = 512
+    @Option(name: .long, help: "With --sequential: score the canary every this many edits, besides the checkpoints and the end (default: every batch when --batch > 1, else only there).")
+    var canaryEvery: Int?
 
     func run() throws {
         try reportingErrors {
-            let evaluation = CounterFactEvaluation(method: method, dataPath: data ?? defaultDataPath, start: start, limit: limit, sequential: sequential,
+            var evaluation = CounterFactEvaluation(method: method, dataPath: data ?? defaultDataPath, start: start, limit: limit, sequential: sequential,
                                                    checkpoints: checkpoints, batch: batch, out: out, resume: resume)
             try evaluation.validate()
             let path = try modelOptions.path
             let records = try loadRecords(evaluation.dataPath, start: start, limit: limit)
             let model = try modelOptions.load()
             let editor = try makeEditor(method, model: model, modelPath: path, options: editOptions)
+            if sequential, canaryFacts > 0 {
+                var c = DaemonConfiguration()
+                c.stateDir = editOptions.stateDirectory.path
+                c.qualityGuard = DaemonConfiguration.QualityGuard(canaryFile: canaryFile, facts: canaryFacts, perplexityTokens: canaryTokens)
+                let data = c.dataDirectory(paths)
+                let inputs = ["counterfact/known_1000.json", "corpus/wikitext-2/tokens.valid.txt"].map { data.appendingPathComponent($0).path }
+                if canaryFile != nil || inputs.allSatisfy(FileManager.default.fileExists) {
+                    // Measured now, on the base weights (a resumed journal moves them to its last edit).
+                    evaluation.canary = try QualityGuard.make(model: model, config: c, paths: paths, logger: Logger(label: "mesa"))
+                    evaluation.canaryEvery = canaryEvery ?? (batch > 1 ? batch : 0)
+                } else {
+                    Logger(label: "mesa").notice("no canary along this run: \(inputs.joined(separator: " or ")) is missing (--canary-file gives one)")
+                }
+            }
             // Ctrl-C stops a journaled run between two edits, to be resumed by the same command.
             func run(shouldStop: @escaping () -> Bool) throws {
                 try evaluation.run(records: records, model: model, modelPath: path, editor: editor, shouldStop: shouldStop, output: { print($0) })
@@ -107,7 +129,8 @@ struct Layers: ParsableCommand {
                 let editor = try RomeEditor(model: model, hparams: h, templates: templates, statistics: stats[l])
                 var runner = CounterFactRunner(model: model, editor: editor, sequential: false)
                 runner.label = "layer \(l)"
-                let (cases, seconds, _) = try runner.run(records)
+                let outcome = try runner.run(records)
+                let (cases, seconds) = (outcome.cases, outcome.seconds)
                 let (pre, post) = EvalReport.metrics(of: cases)
                 guard let post else { throw fail("every edit at layer \(l) failed: \(cases.first?.error ?? "")") }
                 rows.append(LayerSweepRow(layer: l, metrics: post, pre: pre, seconds: seconds))

@@ -158,9 +158,15 @@ import Testing
         let data = h.dir.appendingPathComponent("cf.json")
         try JSONSerialization.data(withJSONObject: records).write(to: data)
         let hp = h.dir.appendingPathComponent("hparams/alphaedit/\(DaemonHarness.modelName).json").path
+        // A canary set of the operator's: scored on the base model and after every batch.
+        let canary = h.dir.appendingPathComponent("canary.json")
+        try JSONSerialization.data(withJSONObject: ["facts": [["prompt": "Berlin is in", "answer": "Germany"]],
+                                                    "text": "Paris is the capital of France. Rome is the capital of Italy. Berlin is in Germany."])
+            .write(to: canary)
         func eval(_ extra: [String], out: String) throws -> [String: Any] {
             let (status, output) = try h.mesa(["eval", "--model", h.modelPath, "--method", "alphaedit", "--hparams", hp, "--data", data.path,
                                                "--sequential", "--batch", "2", "--checkpoints", "2", "4", "--threads", "1",
+                                               "--canary-file", canary.path, "--canary-tokens", "16",
                                                "--out", h.dir.appendingPathComponent(out).path] + extra)
             #expect(status == 0, "\(output)")
             let dir = h.dir.appendingPathComponent(out)
@@ -182,6 +188,19 @@ import Testing
         let cases = try #require(straight["cases"] as? [[String: Any]])
         #expect(cases.allSatisfy { ($0["updateNorms"] as? [String: Any])?.isEmpty == false && $0["nullspaceFill"] != nil && $0["immediate"] != nil })
         #expect(straight["immediate"] != nil)
+        // The canary curve: the base model, then after each batch; a resumed run continues the journal's.
+        func canaryPoints(_ out: String) throws -> [[String: Double]] {
+            let url = h.dir.appendingPathComponent(out).appendingPathComponent("alphaedit-cf-0-4-seq-b2-canary.json")
+            let doc = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any])
+            #expect(doc["perplexity_tokens"] as? Int == 16)
+            return try #require(doc["points"] as? [[String: Double]])
+        }
+        let straightCanary = try canaryPoints("straight"), resumedCanary = try canaryPoints("resumed")
+        #expect(straightCanary.map { $0["edits"] } == [0, 2, 4], "\(straightCanary)")
+        #expect(resumedCanary == straightCanary, "the resumed run's canary differs: \(resumedCanary) against \(straightCanary)")
+        #expect(straightCanary.allSatisfy { ($0["perplexity"] ?? 0) > 1 && ($0["perplexity"] ?? .infinity).isFinite })
+        #expect(straightCanary[0]["perplexity"] != straightCanary[2]["perplexity"], "the edits did not move the canary's perplexity")
+        #expect(FileManager.default.fileExists(atPath: journal + "/canary.json"))
         // One snapshot per batch, indexing both of its cases.
         let store = try SnapshotStore(path: journal + "/lmdb")
         #expect(try store.head() == 2 && store.record(1).eventIds.count == 2 && store.record(2).eventIds.count == 2)
