@@ -221,13 +221,25 @@ public struct CounterFactRunner {
     /// The unedited model's scores of `records[from...]`. A resumed journal's weights hold its edits:
     /// they go back to the base model for the scoring and return to the head (both checked by hash).
     func basePres(_ records: [CounterFactRecord], from done: Int, scorer: CandidateScorer) throws -> [CaseScores] {
-        let rest = records.dropFirst(done)
-        guard let host = journal?.host, host.head != 0 else { return try rest.map { try CounterFactEval.score($0, with: scorer) } }
-        let head = host.head
-        try host.materialize(0)
-        let pres = Result { try rest.map { try CounterFactEval.score($0, with: scorer) } }
-        try host.materialize(head)
-        return try pres.get()
+        // A journal keeps every base score it computed (`pre.jsonl`): a long run stopped before its
+        // first edit, or resumed many times, scores each record on the base model once.
+        var pres = try journal?.basePres() ?? [:]
+        let missing = (done..<records.count).filter { pres[$0] == nil }
+        if !missing.isEmpty {
+            let head = journal?.host.head ?? 0
+            if head != 0 { try journal?.host.materialize(0) }
+            let scored = Result {
+                for (n, i) in missing.enumerated() {
+                    let s = try CounterFactEval.score(records[i], with: scorer)
+                    pres[i] = s
+                    try journal?.appendBasePre(i, s)
+                    if (n + 1) % 1000 == 0 { log("scored \(n + 1) of \(missing.count) records on the base model") }
+                }
+            }
+            if head != 0 { try journal?.host.materialize(head) }
+            try scored.get()
+        }
+        return (done..<records.count).map { pres[$0]! }
     }
 
     /// ‖W − W₀‖_F of every tensor in `base`, W the current weights (in Double).
@@ -309,6 +321,9 @@ public final class SequentialJournal {
     public let host: ModelHost
     public let curveURL: URL
     public let canaryURL: URL
+    /// The base model's scores of the run's records, one JSON line each ({"index", "pre"}).
+    public let preURL: URL
+    private var preHandle: FileHandle?
     /// The cases, the checkpoint curve and the canary curve already recorded when the journal was opened.
     public let cases: [EvalCase]
     public let curve: [CounterFactRunner.Checkpoint]
@@ -336,6 +351,7 @@ public final class SequentialJournal {
         curveURL = directory.appendingPathComponent("curve.json")
         curve = (fm.contents(atPath: curveURL.path)).flatMap { try? JSONDecoder().decode([CounterFactRunner.Checkpoint].self, from: $0) } ?? []
         canaryURL = directory.appendingPathComponent("canary.json")
+        preURL = directory.appendingPathComponent("pre.jsonl")
         canaryCurve = (fm.contents(atPath: canaryURL.path)).flatMap { try? JSONDecoder().decode([CounterFactRunner.CanaryPoint].self, from: $0) } ?? []
         if !cases.isEmpty { log("resuming after \(cases.count) edit(s) from \(directory.path) (weights at snapshot \(host.head))") }
     }
@@ -365,6 +381,37 @@ public final class SequentialJournal {
 
     func save(_ curve: [CounterFactRunner.Checkpoint]) throws {
         try JSONEncoder().encode(curve).write(to: curveURL, options: .atomic)
+    }
+
+    deinit { try? preHandle?.close() }
+
+    struct BasePre: Codable {
+        var index: Int
+        var pre: CaseScores
+    }
+
+    /// The base scores journalled so far, by record index (from the run's first record). A line cut
+    /// by a crash is dropped (its record is scored again) and the file rewritten without it.
+    func basePres() throws -> [Int: CaseScores] {
+        var text = FileManager.default.contents(atPath: preURL.path).map { String(decoding: $0, as: UTF8.self) } ?? ""
+        if !text.hasSuffix("\n") { text = text.lastIndex(of: "\n").map { String(text[...$0]) } ?? "" }
+        var out: [Int: CaseScores] = [:]
+        for line in text.split(separator: "\n") {
+            let p = try JSONDecoder().decode(BasePre.self, from: Data(line.utf8))
+            out[p.index] = p.pre
+        }
+        try Data(text.utf8).write(to: preURL, options: .atomic)
+        try preHandle?.close()
+        preHandle = try FileHandle(forWritingTo: preURL)
+        try preHandle?.seekToEnd()
+        return out
+    }
+
+    func appendBasePre(_ index: Int, _ pre: CaseScores) throws {
+        guard let preHandle else { return }
+        var data = try JSONEncoder().encode(BasePre(index: index, pre: pre))
+        data.append(UInt8(ascii: "\n"))
+        try preHandle.write(contentsOf: data)
     }
 
     func save(canary: [CounterFactRunner.CanaryPoint]) throws {

@@ -175,7 +175,16 @@ import Testing
         }
         let journal = h.dir.appendingPathComponent("journal").path
         _ = try eval(["--limit", "2", "--resume", journal], out: "first")
+        // The base scores are journalled; a line cut by a crash is dropped and its record scored again.
+        let pre = URL(fileURLWithPath: journal + "/pre.jsonl")
+        func preLines() throws -> [String] { try String(contentsOf: pre, encoding: .utf8).split(separator: "\n").map(String.init) }
+        #expect(try preLines().count == 2)
+        let cut = try FileHandle(forWritingTo: pre)
+        try cut.seekToEnd()
+        try cut.write(contentsOf: Data(#"{"index":2,"pre":{"caseId""#.utf8))
+        try cut.close()
         let resumed = try eval(["--limit", "4", "--resume", journal], out: "resumed")
+        #expect(try preLines().count == 4 && preLines().allSatisfy { $0.hasSuffix("}") })
         let straight = try eval(["--limit", "4"], out: "straight")
         func field(_ r: [String: Any], _ key: String) -> [String] {
             ((r["cases"] as? [[String: Any]]) ?? []).map { c in
