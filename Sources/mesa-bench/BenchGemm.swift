@@ -24,6 +24,43 @@ struct GemmRowsBench: ParsableCommand {
     @Option(help: "Timed repetitions (median reported), after one warm-up.") var repeats = 7
     @Option(help: "Results file (JSON).") var out = "ops/bench/results/gemm-rows.json"
 
+    /// A product of r rows against a weight W [n, k] (n = out, k = in): (r, n, k, the small matrix, W, the result).
+    typealias Product = (Int, Int, Int, UnsafePointer<Float>, UnsafePointer<Float>, UnsafeMutablePointer<Float>) -> Void
+
+    /// One table: for each weight shape and row count, the product through OpenBLAS and through mesa's
+    /// kernel (timed, median of `repeats` after a warm-up), their largest difference relative to the
+    /// largest output, and whether the kernel's AVX2 path gives the same bits.
+    func compare(_ header: String, rows: [Int], shapes: [(Int, Int)], input: (Int, Int, Int) -> Int, output: (Int, Int, Int) -> Int,
+                 openBLAS: @escaping Product, inPlace: @escaping Product, avx2: @escaping Product) -> [[String: Any]] {
+        var table: [[String: Any]] = []
+        print(header)
+        for (n, k) in shapes {
+            var g = SystemRandomNumberGenerator()
+            let w = (0..<(n * k)).map { _ in Float.random(in: -1...1, using: &g) }
+            for r in rows {
+                let a = (0..<input(r, n, k)).map { _ in Float.random(in: -1...1, using: &g) }
+                var results = [[Float]](repeating: [Float](repeating: 0, count: output(r, n, k)), count: 3)
+                var seconds: [Double] = []
+                for (i, product) in [openBLAS, inPlace, avx2].enumerated() {
+                    a.withUnsafeBufferPointer { pa in w.withUnsafeBufferPointer { pw in results[i].withUnsafeMutableBufferPointer { pc in
+                        let (x, y, z) = (pa.baseAddress!, pw.baseAddress!, pc.baseAddress!)
+                        product(r, n, k, x, y, z)
+                        if i < 2 { seconds.append(median((0..<repeats).map { _ in timed { product(r, n, k, x, y, z) } })) }
+                    } } }
+                }
+                let scale = results[0].map(abs).max() ?? 1
+                let err = zip(results[0], results[1]).map { abs($0 - $1) }.max() ?? 0
+                let avx2Agrees = results[1] == results[2]
+                print(String(format: "%4d  %6d×%-6d  %11.1f   %11.1f   %5.2f×%@", r, n, k, seconds[0] * 1e6, seconds[1] * 1e6, seconds[0] / seconds[1],
+                             avx2Agrees ? "" : "  (AVX2 path differs!)"))
+                table.append(["rows": r, "out": n, "in": k, "openblas_us": seconds[0] * 1e6, "in_place_us": seconds[1] * 1e6,
+                              "speedup": seconds[0] / seconds[1], "max_abs_diff_relative": Double(err / max(scale, 1e-30)),
+                              "avx2_path_bitwise_equal": avx2Agrees])
+            }
+        }
+        return table
+    }
+
     func run() throws {
         BLAS.setThreads(threads)
         let m = try ModelLoader.load(path: try model ?? paths.defaultModel())
@@ -33,72 +70,27 @@ struct GemmRowsBench: ParsableCommand {
                       (c.vocabSize, c.hidden)]
         let saved = BLAS.inPlaceRowLimit
         defer { BLAS.inPlaceRowLimit = saved }
-        var table: [[String: Any]] = []
-        print("rows  out×in          OpenBLAS µs   in place µs   ratio")
-        for (n, k) in shapes {
-            var g = SystemRandomNumberGenerator()
-            let w = (0..<(n * k)).map { _ in Float.random(in: -1...1, using: &g) }
-            for r in rows {
-                let x = (0..<(r * k)).map { _ in Float.random(in: -1...1, using: &g) }
-                var ref = [Float](repeating: 0, count: r * n), mine = ref, narrow = ref
-                func time(_ body: () -> Void) -> Double {
-                    body()
-                    return median((0..<repeats).map { _ in timed(body) })
-                }
-                let tBLAS = x.withUnsafeBufferPointer { px in w.withUnsafeBufferPointer { pw in ref.withUnsafeMutableBufferPointer { pc in
-                    time { BLAS.sgemm(transB: true, m: r, n: n, k: k, a: px.baseAddress!, lda: k, b: pw.baseAddress!, ldb: k, c: pc.baseAddress!, ldc: n) }
-                } } }
-                BLAS.inPlaceRowLimit = Int.max
-                let tMine = x.withUnsafeBufferPointer { px in w.withUnsafeBufferPointer { pw in mine.withUnsafeMutableBufferPointer { pc in
-                    time { BLAS.sgemmNT(m: r, n: n, k: k, a: px.baseAddress!, lda: k, b: pw.baseAddress!, ldb: k, c: pc.baseAddress!, ldc: n) }
-                } } }
-                x.withUnsafeBufferPointer { px in w.withUnsafeBufferPointer { pw in narrow.withUnsafeMutableBufferPointer { pc in
-                    mesa_gemm_nt(px.baseAddress!, k, pw.baseAddress!, k, pc.baseAddress!, n, r, n, k, 2)
-                } } }
-                let scale = ref.map(abs).max() ?? 1
-                let err = zip(ref, mine).map { abs($0 - $1) }.max() ?? 0
-                let avx2Agrees = mine == narrow
-                print(String(format: "%4d  %6d×%-6d  %11.1f   %11.1f   %5.2f×%@", r, n, k, tBLAS * 1e6, tMine * 1e6, tBLAS / tMine,
-                             avx2Agrees ? "" : "  (AVX2 path differs!)"))
-                table.append(["rows": r, "out": n, "in": k, "openblas_us": tBLAS * 1e6, "in_place_us": tMine * 1e6, "speedup": tBLAS / tMine,
-                              "max_abs_diff_relative": Double(err / max(scale, 1e-30)), "avx2_path_bitwise_equal": avx2Agrees])
-            }
-        }
-        // ∂y[r, out] · W[out, in]: the input gradients of the projections and of the logits (∂logits · E).
         let savedGradient = BLAS.inPlaceGradientRowLimit
         defer { BLAS.inPlaceGradientRowLimit = savedGradient }
-        var gradientTable: [[String: Any]] = []
-        print("rows  (∂y·W) out×in   OpenBLAS µs   in place µs   ratio")
-        for (n, k) in shapes {
-            var g = SystemRandomNumberGenerator()
-            let w = (0..<(n * k)).map { _ in Float.random(in: -1...1, using: &g) }
-            for r in gradientRows {
-                let dy = (0..<(r * n)).map { _ in Float.random(in: -1...1, using: &g) }
-                var ref = [Float](repeating: 0, count: r * k), mine = ref, narrow = ref
-                func time(_ body: () -> Void) -> Double {
-                    body()
-                    return median((0..<repeats).map { _ in timed(body) })
-                }
-                // [r, n] · [n, k]: W as stored is the right-hand matrix with n rows of k.
-                let tBLAS = dy.withUnsafeBufferPointer { pa in w.withUnsafeBufferPointer { pw in ref.withUnsafeMutableBufferPointer { pc in
-                    time { BLAS.sgemm(m: r, n: k, k: n, a: pa.baseAddress!, lda: n, b: pw.baseAddress!, ldb: k, c: pc.baseAddress!, ldc: k) }
-                } } }
-                BLAS.inPlaceGradientRowLimit = Int.max
-                let tMine = dy.withUnsafeBufferPointer { pa in w.withUnsafeBufferPointer { pw in mine.withUnsafeMutableBufferPointer { pc in
-                    time { BLAS.sgemmNN(m: r, n: k, k: n, a: pa.baseAddress!, lda: n, b: pw.baseAddress!, ldb: k, c: pc.baseAddress!, ldc: k) }
-                } } }
-                dy.withUnsafeBufferPointer { pa in w.withUnsafeBufferPointer { pw in narrow.withUnsafeMutableBufferPointer { pc in
-                    mesa_gemm_nn(pa.baseAddress!, n, pw.baseAddress!, k, pc.baseAddress!, k, r, k, n, 0, 2)
-                } } }
-                let scale = ref.map(abs).max() ?? 1
-                let err = zip(ref, mine).map { abs($0 - $1) }.max() ?? 0
-                let avx2Agrees = mine == narrow
-                print(String(format: "%4d  %6d×%-6d  %11.1f   %11.1f   %5.2f×%@", r, n, k, tBLAS * 1e6, tMine * 1e6, tBLAS / tMine,
-                             avx2Agrees ? "" : "  (AVX2 path differs!)"))
-                gradientTable.append(["rows": r, "out": n, "in": k, "openblas_us": tBLAS * 1e6, "in_place_us": tMine * 1e6, "speedup": tBLAS / tMine,
-                                      "max_abs_diff_relative": Double(err / max(scale, 1e-30)), "avx2_path_bitwise_equal": avx2Agrees])
-            }
-        }
+        // x[r, in] · W[out, in]ᵀ: the projections and the logits.
+        let table = compare("rows  out×in          OpenBLAS µs   in place µs   ratio", rows: rows, shapes: shapes,
+                            input: { r, n, k in r * k }, output: { r, n, k in r * n },
+                            openBLAS: { r, n, k, x, w, c in BLAS.sgemm(transB: true, m: r, n: n, k: k, a: x, lda: k, b: w, ldb: k, c: c, ldc: n) },
+                            inPlace: { r, n, k, x, w, c in
+                                BLAS.inPlaceRowLimit = .max
+                                BLAS.sgemmNT(m: r, n: n, k: k, a: x, lda: k, b: w, ldb: k, c: c, ldc: n)
+                            },
+                            avx2: { r, n, k, x, w, c in mesa_gemm_nt(x, k, w, k, c, n, r, n, k, 2) })
+        // ∂y[r, out] · W[out, in]: the input gradients of the projections and of the logits (∂logits · E).
+        let gradientTable = compare("rows  (∂y·W) out×in   OpenBLAS µs   in place µs   ratio", rows: gradientRows, shapes: shapes,
+                                    input: { r, n, k in r * n }, output: { r, n, k in r * k },
+                                    openBLAS: { r, n, k, dy, w, c in BLAS.sgemm(m: r, n: k, k: n, a: dy, lda: n, b: w, ldb: k, c: c, ldc: k) },
+                                    inPlace: { r, n, k, dy, w, c in
+                                        BLAS.inPlaceGradientRowLimit = .max
+                                        BLAS.sgemmNN(m: r, n: k, k: n, a: dy, lda: n, b: w, ldb: k, c: c, ldc: k)
+                                    },
+                                    avx2: { r, n, k, dy, w, c in mesa_gemm_nn(dy, n, w, k, c, k, r, k, n, 0, 2) })
+        BLAS.inPlaceRowLimit = saved
         BLAS.inPlaceGradientRowLimit = savedGradient
 
         // A scoring-shaped forward pass: a short prompt, logits at its last position.
