@@ -246,6 +246,12 @@ public final class QualityGuard: @unchecked Sendable {  // `start` and `resumeCa
 }
 
 extension QualityGuard {
+    /// The files the default canary set is built from, under the data directory: ROME's known facts
+    /// and WikiText-2's validation text.
+    public static func defaultCanaryInputs(data: URL) -> (knownFacts: URL, wikitext: URL) {
+        (data.appendingPathComponent("counterfact/known_1000.json"), data.appendingPathComponent("corpus/wikitext-2/tokens.valid.txt"))
+    }
+
     /// The guard `config` asks for on `model` (which must hold the base weights): the operator's canary
     /// file, or the default set, built once and kept in the state directory (announced when built).
     public static func make(model: LanguageModel, config c: DaemonConfiguration, paths: Paths,
@@ -268,8 +274,7 @@ extension QualityGuard {
             canary = stored
         } else {
             let data = c.dataDirectory(paths)
-            let known = data.appendingPathComponent("counterfact/known_1000.json")
-            let wikitext = data.appendingPathComponent("corpus/wikitext-2/tokens.valid.txt")
+            let (known, wikitext) = defaultCanaryInputs(data: data)
             guard FileManager.default.fileExists(atPath: known.path), FileManager.default.fileExists(atPath: wikitext.path) else {
                 throw SetupError("the quality guard needs a canary set: give quality_guard.canary_file, or data_dir (MESA_DATA_DIR) with "
                                  + "counterfact/known_1000.json and corpus/wikitext-2/tokens.valid.txt (looked in \(data.path)); "

@@ -177,15 +177,15 @@ public struct CounterFactRunner {
             }
             cases += cs
             let next = i + group.count
-            let checkpoint = checkpoints.contains { $0 > i && $0 <= next }
-            if let canary, checkpoint || next == records.count || (canaryEvery > 0 && next / canaryEvery > i / canaryEvery) {
+            let mark = sequential ? checkpoints.filter({ $0 > i && $0 <= next }).max() : nil
+            if let canary, mark != nil || next == records.count || (canaryEvery > 0 && next / canaryEvery > i / canaryEvery) {
                 let f = try canary.measure(model)
                 canaryCurve.append(CanaryPoint(edits: next, f))
                 try journal?.save(canary: canaryCurve)
                 log(String(format: "canary after %d edits: accuracy %.1f (base %.1f), perplexity %.3f (base %.3f, %+.2f%%)", next, f.accuracy,
                            canary.base.accuracy, f.perplexity, canary.base.perplexity, 100 * (f.perplexity / canary.base.perplexity - 1)))
             }
-            if sequential, let mark = checkpoints.filter({ $0 > i && $0 <= next }).max() {
+            if let mark {
                 let scored = try rescored(cases)
                 let m = Metrics.aggregate(scored.compactMap(\.post))
                 if next == records.count { scoredAtEnd = scored }

@@ -57,8 +57,8 @@ struct Eval: ParsableCommand, LoggingCommand {
                 var c = DaemonConfiguration()
                 c.stateDir = editOptions.stateDirectory.path
                 c.qualityGuard = DaemonConfiguration.QualityGuard(canaryFile: canaryFile, facts: canaryFacts, perplexityTokens: canaryTokens)
-                let data = c.dataDirectory(paths)
-                let inputs = ["counterfact/known_1000.json", "corpus/wikitext-2/tokens.valid.txt"].map { data.appendingPathComponent($0).path }
+                let defaults = QualityGuard.defaultCanaryInputs(data: c.dataDirectory(paths))
+                let inputs = [defaults.knownFacts.path, defaults.wikitext.path]
                 if canaryFile != nil || inputs.allSatisfy(FileManager.default.fileExists) {
                     // Measured now, on the base weights (a resumed journal moves them to its last edit).
                     evaluation.canary = try QualityGuard.make(model: model, config: c, paths: paths, logger: Logger(label: "mesa"))
