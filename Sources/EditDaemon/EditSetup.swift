@@ -275,7 +275,30 @@ public struct EditorRegistry {
             }
             editor.neighbourCandidates = try CounterFact.load(path: records.path).records.map(\.subject)
         }
+        if let e = h.entityKeys {
+            editor.entityStatistics = try entityStatistics(editor, settings: e, state: state, computeMissing: computeMissing)
+        }
         return editor
+    }
+
+    /// `entity_keys`' C_e for each of `editor`'s layers: stored in the state directory's statistics, or
+    /// computed once on the base weights from the titles of the corpus's articles (seconds) and stored.
+    func entityStatistics(_ editor: MemitEditor, settings e: EntityKeySettings, state: EditState, computeMissing: Bool) throws -> [Int: KeyStatistics] {
+        let layers = editor.hparams.layers
+        var out: [Int: KeyStatistics] = [:]
+        for l in layers { if let s = try state.cachedStatistics(e.spec(modelHash: state.baseHash, layer: l)) { out[l] = s } }
+        let missing = layers.filter { out[$0] == nil }
+        guard !missing.isEmpty else { return out }
+        guard computeMissing else { throw SetupError("no entity key statistics for layer(s) \(missing): run an edit with the CLI first") }
+        guard editor.model.weightHash == state.baseHash else { throw SetupError("entity key statistics must be computed on the base weights") }
+        let t0 = Date()
+        let names = try e.names(from: try Corpus(path: corpusPath, seed: e.orderSeed))
+        for (l, s) in try editor.entityStatistics(names: names, settings: e, modelHash: state.baseHash, layers: missing) {
+            try s.write(to: state.statisticsURL(s.spec), corpus: corpusPath)
+            out[l] = s
+        }
+        logger.notice("computed entity key statistics (\(names.count) article titles of \(corpusPath), layers \(missing)) in \(String(format: "%.1f", Date().timeIntervalSince(t0))) s")
+        return out
     }
 
     /// NAS's anchor for `editor`'s settings: cached in the state directory, or computed on the base

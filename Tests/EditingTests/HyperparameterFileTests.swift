@@ -84,5 +84,18 @@ import Testing
             o[key] = nil
             #expect(!schema.validate(try JSONValue.parse(try JSONSerialization.data(withJSONObject: o))).valid)
         }
+        // entity_keys: a positive weight, and not in AlphaEdit's files (its projected solve has no C).
+        for (block, valid) in [(["weight": 1, "subjects": 2000] as [String: Any], method != "alphaedit"), (["weight": 0], false), (["subjects": 100], false)] {
+            var o = try JSONSerialization.jsonObject(with: data) as! [String: Any]
+            o["entity_keys"] = block
+            #expect(schema.validate(try JSONValue.parse(try JSONSerialization.data(withJSONObject: o))).valid == valid, "\(method) entity_keys \(block)")
+        }
+        // The experiment files of the method (ops/experiments/<method>/) conform and decode too.
+        let experiments = EditTestPaths.repoRoot.appendingPathComponent("ops/experiments/\(method)")
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: experiments.path))?.filter({ $0.hasSuffix(".json") }) ?? [] {
+            let file = try Data(contentsOf: experiments.appendingPathComponent(name))
+            #expect(schema.validate(try JSONValue.parse(file)).valid, "\(method)/\(name)")
+            try MemitHyperparameters.decode(file).validate(layers: 30)
+        }
     }
 }

@@ -28,6 +28,27 @@ import Testing
         #expect(ta == (0..<b.count).map { b.article($0) })
         #expect(ta != (0..<c.count).map { c.article($0) })
         #expect(ta.allSatisfy { !$0.contains("<doc") && !$0.contains("</doc>") && $0.hasPrefix("Title") })
+        // Each title travels with its article through the shuffle.
+        #expect((0..<a.count).allSatisfy { ta[$0].hasPrefix("Title " + a.titles[$0].dropFirst()) && a.titles[$0].hasPrefix("T") })
+    }
+
+    /// Titles are read from the `<doc>` lines with WikiExtractor's entities unescaped; the entity names
+    /// are the first N distinct non-empty ones in the seed's order, less the excluded, and too few is an error.
+    @Test func entityNamesAreTheDistinctTitlesInArticleOrder() throws {
+        let dir = try EditTestPaths.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let titles = ["AT&amp;T", "Guns N&#39; Roses", "AT&amp;T", "", "Mawson Glacier", "&quot;Q&quot;"]
+        var text = ""
+        for (i, t) in titles.enumerated() { text += "<doc id=\"\(i)\" url=\"x\" title=\"\(t)\">\nBody \(i)\n</doc>\n" }
+        text += "<doc id=\"9\" url=\"x\">\nNo title\n</doc>\n"
+        let p = dir.appendingPathComponent("corpus.txt").path
+        try text.write(toFile: p, atomically: true, encoding: .utf8)
+        let corpus = try Corpus(path: p, seed: 5)
+        #expect(Set(corpus.titles) == ["AT&T", "Guns N' Roses", "", "Mawson Glacier", "\"Q\""])
+        let names = try EntityKeySettings(weight: 1, subjects: 3, seed: 5).names(from: corpus, excluding: ["Mawson Glacier"])
+        #expect(names == corpus.titles.filter { !$0.isEmpty && $0 != "Mawson Glacier" }.reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } })
+        #expect(Set(names) == ["AT&T", "Guns N' Roses", "\"Q\""])
+        #expect(throws: EditError.self) { try EntityKeySettings(weight: 1, subjects: 5).names(from: corpus) }
     }
 
     @Test func momentMatchesDirectComputationAndResumes() throws {

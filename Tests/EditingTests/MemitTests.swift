@@ -165,6 +165,126 @@ import Testing
         #expect(state.kept.accumulated[1]!.allSatisfy { $0 == 0 })
     }
 
+    /// Entity-key preservation: C_e is the mean second moment of the names' bare last-token keys (checked
+    /// against one unpacked forward per name), and with λ·ρ·C_e in ENCORE's solve the update moves those
+    /// keys less while the edit still lands. Without its statistics, with AlphaEdit's solver or with a bad
+    /// weight the editor refuses.
+    @Test func entityKeysAreTheNamesMomentAndMoveLess() throws {
+        let m = try TinyEditModel.load()
+        let names = ["Rome", "London", "Berlin", "Madrid", "Tokyo", "Vienna", "Lisbon", "Oslo", "Cairo", "Dublin",
+                     "Prague", "Warsaw", "Athens", "Moscow", "Sydney", "Lima"]
+        let settings = EntityKeySettings(weight: 4, subjects: names.count)
+        let plain = try Self.encore(m, mu: 0.1, layers: [1])
+        let ce = try #require(try plain.entityStatistics(names: names, settings: settings, modelHash: m.weightHash, layers: [1])[1])
+        #expect(ce.spec.population == "entities" && ce.count == names.count && ce.spec.key.hasSuffix("-entities"))
+        let ff = m.config.intermediate, site = Site(layer: 1, kind: .mlpKey), tok = EditTokenizer(model: m)
+        let keys = try names.map { n -> [Double] in
+            let sp = try tok.subjectPrompt(prefix: "", prompt: "{}", subject: n)
+            return try m.forward(sp.tokens, options: ForwardOptions(capture: [site], logits: .none, stopAfterLayer: 1))
+                .activations[site]!.row(sp.subjectLast).map(Double.init)
+        }
+        var worst = 0.0, largest = 0.0
+        for i in 0..<ff {
+            for j in 0..<ff {
+                let direct = keys.reduce(0.0) { $0 + $1[i] * $1[j] } / Double(names.count)
+                worst = max(worst, abs(direct - Double(ce.moment[i * ff + j])))
+                largest = max(largest, abs(direct))
+            }
+        }
+        // Packed and unpacked passes differ by Float32 rounding of the keys (~1e-6 relative).
+        #expect(worst < 1e-4 * largest, "C_e differs from the direct mean by \(worst) (largest entry \(largest))")
+
+        var h = plain.hparams
+        h.entityKeys = settings
+        let guarded = try MemitEditor(model: m, hparams: h, templates: plain.templates, statistics: plain.statistics,
+                                      solver: .encore(try EncoreState(layers: [1], dim: ff, mu: 0.1)))
+        #expect { try guarded.computeUpdates([Self.paris]) } throws: { ($0 as? EditError)?.code == .state }
+        guarded.entityStatistics = [1: ce]
+        let protected = try guarded.computeUpdates([Self.paris]).updates[0]
+        let unprotected = try plain.computeUpdates([Self.paris]).updates[0]
+        let others = zip(names, keys).filter { $0.0 != "Paris" }.map(\.1)
+        let a = others.reduce(0.0) { $0 + Self.moved(protected, $1) }, b = others.reduce(0.0) { $0 + Self.moved(unprotected, $1) }
+        #expect(a < 0.8 * b, "Σ‖ΔW k_n‖ over the names: with C_e \(a), without \(b)")
+        let score = CounterFactScorer.make(m)
+        let before = try score("Paris is in", ["Rome"])[0]
+        let backup = try m.apply(protected)
+        let after = try score("Paris is in", ["Rome"])[0]
+        try m.restore(backup)
+        #expect(after < before, "the protected edit lowers the new object's NLL (\(before) → \(after))")
+
+        #expect(throws: EditError.self) {
+            try MemitEditor(model: m, hparams: h, templates: plain.templates, statistics: plain.statistics,
+                            solver: .alphaEdit(try AlphaEditState(statistics: plain.statistics, nullspaceEnergy: 0.3, l2: 1)))
+        }
+        for bad in [EntityKeySettings(weight: 0), EntityKeySettings(weight: .infinity), EntityKeySettings(weight: 1, subjects: 8)] {
+            var hb = h
+            hb.entityKeys = bad
+            #expect(throws: EditError.self) { try hb.validate(layers: m.config.layers) }
+        }
+    }
+
+    /// `second_solve`: an edit whose regularized update leaves its new object below the top token gets a
+    /// second z and spread on the edited weights (one more update per layer), which raises the new
+    /// object further; an edit that lands gets none; the weights are restored either way.
+    @Test func secondSolveRetriesOnlyEditsThatDidNotLand() throws {
+        let m = try TinyEditModel.load()
+        let hash = m.weightHash
+        func editor(lambda: Double, second: Bool, steps: Int = 20) throws -> MemitEditor {
+            let e = try Self.editor(m, lambda: lambda, solver: .encore(try EncoreState(layers: [0, 1], dim: m.config.intermediate, mu: 0.1)))
+            var h = e.hparams
+            h.secondSolve = second
+            h.optimization.vNumGradSteps = steps
+            return try MemitEditor(model: m, hparams: h, templates: e.templates, statistics: e.statistics,
+                                   solver: .encore(try EncoreState(layers: [0, 1], dim: m.config.intermediate, mu: 0.1)))
+        }
+        let score = CounterFactScorer.make(m)
+        let tok = EditTokenizer(model: m)
+        let bare = try tok.subjectPrompt(prefix: "", prompt: Self.paris.prompt, subject: Self.paris.subject)
+        func topAfter(_ updates: [LowRankUpdate], _ target: String) throws -> (top: Bool, nll: Double) {
+            let backups = try updates.map { try m.apply($0) }
+            defer { for b in backups.reversed() { try? m.restore(b) } }
+            let logits = try m.forward(bare.tokens, options: ForwardOptions(logits: .last)).logits
+            return (DeltaOptimization.targetsOnTop(logits, [[try tok.target(target)[0]]]), try score("Paris is in", [target])[0])
+        }
+        // The tiny model's z cannot make "Rome" its top token (NLL ≈ 9 after the edit), so this edit
+        // always misses: the second solve must lower the NLL further, for a weak (λ = 50) and a
+        // heavily regularized (λ = 2000) first solve.
+        for lambda in [50.0, 2000] {
+            let first = try editor(lambda: lambda, second: false).computeUpdates([Self.paris])
+            let once = try topAfter(first.updates, "Rome")
+            try #require(!once.top)
+            let retried = try editor(lambda: lambda, second: true).computeUpdates([Self.paris])
+            #expect(retried.updates.count == 4 && retried.phases["second_solve_requests"] == 1)
+            #expect(Array(retried.updates.prefix(2)).map(\.right) == first.updates.map(\.right), "the first spread is unchanged")
+            let twice = try topAfter(retried.updates, "Rome")
+            #expect(twice.nll < once.nll - 0.01, "λ = \(lambda): the second solve raises the new object (NLL \(once.nll) → \(twice.nll))")
+            #expect(m.weightHash == hash)
+        }
+        // A new object that is already the top token lands at once: no second update. The request is the
+        // first of a few whose top next token is a whole word with its leading space.
+        var landing: EditRequest?
+        search: for subject in ["Paris", "Rome", "London", "Berlin", "Madrid", "Tokyo"] {
+            for prompt in ["{} is in", "{} is a", "{} was", "{} lives in", "The city of {} is", "{} plays"] {
+                let sp = try tok.subjectPrompt(prefix: "", prompt: prompt, subject: subject)
+                let logits = try m.forward(sp.tokens, options: ForwardOptions(logits: .last)).logits.data
+                let id = Int32(logits.indices.max { logits[$0] < logits[$1] }!)
+                let text = m.tokenizer.decode([id])
+                let word = text.trimmingCharacters(in: .whitespaces)
+                if text.hasPrefix(" "), !word.isEmpty, (try? tok.target(word)) == [id] {
+                    landing = EditRequest(subject: subject, prompt: prompt, targetNew: word)
+                    break search
+                }
+            }
+        }
+        let request = try #require(landing)
+        let kept = try editor(lambda: 0.5, second: true).computeUpdates([request])
+        #expect(kept.updates.count == 2 && kept.phases["second_solve_requests"] == 0)
+        // In a batch only the request that missed is solved again: rank-2 first updates, rank-1 second ones.
+        let batch = try editor(lambda: 50, second: true).computeUpdates([request, Self.paris])
+        #expect(batch.updates.map(\.rank) == [2, 2, 1, 1] && batch.phases["second_solve_requests"] == 1)
+        #expect(m.weightHash == hash)
+    }
+
     @Test func batchEditSpreadsRankNUpdatesAndRaisesEveryTarget() throws {
         let m = try TinyEditModel.load()
         let requests = [EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome"),

@@ -41,6 +41,11 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
     /// K_pK_pᵀ, as earlier edits' keys are; MEMIT/ENCORE: beside λC). Mining is by key gain only and
     /// kl_factor must be 0.
     public var neighbours: NeighbourSettings?
+    /// MEMIT and ENCORE: entity-key preservation, λ·ρ·C_e beside λC in the solve (`EntityKeySettings`).
+    public var entityKeys: EntityKeySettings?
+    /// A second z and spread, on the edited weights, for the requests whose new object is not the top
+    /// token after their bare prompt once the first updates are in place (`MemitEditor.computeUpdates`).
+    public var secondSolve: Bool?
 
     /// Decodes a hyperparameter file (extra keys such as `$schema`, `method` and `model` are allowed).
     public static func decode(_ data: Data) throws -> MemitHyperparameters {
@@ -69,7 +74,7 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
     // The file is flat: the optimization settings' keys sit beside the MEMIT family's own.
     private enum CodingKeys: String, CodingKey {
         case layers, mom2UpdateWeight, mom2Tokens, mom2SequenceLength, mom2Seed, mom2Ridge, nullspaceEnergy, l2, l2Relative,
-             updateNormLambda, normAnchorSamples, mesa, neighbours
+             updateNormLambda, normAnchorSamples, mesa, neighbours, entityKeys, secondSolve
     }
 
     public init(from decoder: Decoder) throws {
@@ -88,6 +93,8 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
         normAnchorSamples = try c.decodeIfPresent(Int.self, forKey: .normAnchorSamples)
         mesa = try c.decodeIfPresent(MesaHyperparameters.self, forKey: .mesa)
         neighbours = try c.decodeIfPresent(NeighbourSettings.self, forKey: .neighbours)
+        entityKeys = try c.decodeIfPresent(EntityKeySettings.self, forKey: .entityKeys)
+        secondSolve = try c.decodeIfPresent(Bool.self, forKey: .secondSolve)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -106,6 +113,8 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
         try c.encodeIfPresent(normAnchorSamples, forKey: .normAnchorSamples)
         try c.encodeIfPresent(mesa, forKey: .mesa)
         try c.encodeIfPresent(neighbours, forKey: .neighbours)
+        try c.encodeIfPresent(entityKeys, forKey: .entityKeys)
+        try c.encodeIfPresent(secondSolve, forKey: .secondSolve)
     }
 
     public func statisticsSpec(modelHash: String, layer: Int) -> KeyStatisticsSpec {
@@ -127,6 +136,7 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
                 throw bad("the MEMIT family's neighbours are key-side only: kl_factor 0, mine key_gain and a positive key_weight")
             }
         }
+        try entityKeys?.validate()
     }
 }
 
@@ -216,6 +226,9 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
     private var banks: [Int: SubjectBank] = [:]
     /// The neighbours the last computed updates protected, per request (mined at the last edited layer).
     public internal(set) var lastNeighbours: [[String]] = []
+    /// C_e per edited layer for `hparams.entityKeys` (`entityStatistics(names:…)` on the base weights,
+    /// or the stored ones); required when it is set.
+    public var entityStatistics: [Int: KeyStatistics] = [:]
 
     public init(model: LanguageModel, hparams: MemitHyperparameters, templates: ContextTemplates, statistics: [Int: KeyStatistics],
                 solver: SpreadSolver = .memit, sae: SparseAutoencoder? = nil, fallbackReason: String? = nil) throws {
@@ -224,6 +237,9 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
                                        site: Site(layer: hparams.layers.last!, kind: .residOut), width: model.config.hidden)
         var alphaEdit: AlphaEditState?
         if case .alphaEdit(let state) = solver { alphaEdit = state }
+        guard hparams.entityKeys == nil || alphaEdit == nil else {
+            throw EditError(.hyperparameters, "entity_keys weights C in MEMIT's and ENCORE's solve; AlphaEdit's projected solve has no C")
+        }
         for l in hparams.layers {
             if let alphaEdit {
                 guard alphaEdit.projectors[l] != nil, alphaEdit.dim == model.config.intermediate else {
@@ -246,8 +262,7 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
 
     public func computeUpdates(_ requests: [EditRequest]) throws -> MemitResult {
         guard !requests.isEmpty else { throw EditError(.hyperparameters, "no requests") }
-        let h = hparams, d = model.config.hidden, ff = model.config.intermediate, n = requests.count
-        let zLayer = h.layers.last!
+        let h = hparams, n = requests.count
         var clock = PhaseClock()
 
         let anchored = (h.normAnchorSamples ?? 0) > 0
@@ -270,17 +285,8 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
         var coverages: [SAECoverage] = []
         for s in solved {
             steps.append(s.losses.count)
-            var target = zip(s.hL, s.change).map { $0 + $1 }
-            if anchored, let anchor = normAnchor {
-                // NAS: v* = v0 + Δ rescaled to the anchor, or v* = v0 (no change) when ‖v*‖ > 2·anchor;
-                // z = (h_L − v0) + v*. v0, h_L, Δ, v*: [d].
-                var vStar = zip(s.v0, s.change).map { $0 + $1 }
-                let vn = Vector.norm(vStar)
-                if vn > 2 * anchor { vStar = s.v0 } else if vn > 0 { vStar = vStar.map { $0 * anchor / vn } }
-                target = (0..<d).map { s.hL[$0] - s.v0[$0] + vStar[$0] }
-            }
-            if let sae = mesaSetup.sae { coverages.append(sae.coverage(before: s.hL, after: target)) }
-            z.append(target)
+            z.append(try target(s))
+            if let sae = mesaSetup.sae { coverages.append(sae.coverage(before: s.hL, after: z[z.count - 1])) }
             norms.append(Vector.norm(s.change))
             finals.append(s.losses.last?.total ?? .nan)
         }
@@ -302,6 +308,61 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
         defer { model.weightGate.endWriting() }
         var updates: [LowRankUpdate] = [], backups: [WeightBackup] = []
         defer { for b in backups.reversed() { try? model.restore(b) } }
+        try spread(z: z, requests: requests, bare: bare, prompts: prompts, weights: weights, mine: true, updates: &updates, backups: &backups)
+
+        // `second_solve`: the requests whose new object is not the top token after their bare prompt
+        // with every update in place get a second z, optimized on the edited weights, and a second
+        // spread on top of the first, which keeps the keys of the batch's other requests (weight 1
+        // each, as ENCORE's kept keys) where the first put them. It mines no neighbours.
+        if h.secondSolve == true {
+            let missed = try requests.indices.filter { try !landed(requests[$0], bare: bare[$0]) }
+            clock.phases["second_solve_requests"] = Double(missed.count)
+            clock.lap("spread")
+            if !missed.isEmpty {
+                let again = missed.map { requests[$0] }
+                let solved2 = again.count > 1 && mesaSetup.settings == nil ? try optimizeZTogether(again).solved : try again.map(optimizeZ)
+                let kept = requests.indices.filter { !missed.contains($0) }.map { prompts[$0] }
+                try spread(z: try solved2.map(target), requests: again, bare: missed.map { bare[$0] }, prompts: missed.map { prompts[$0] },
+                           weights: weights, mine: false, protect: kept, updates: &updates, backups: &backups)
+                clock.lap("second_solve")
+            }
+        }
+        // AlphaEdit and ENCORE accumulate the keys with every update in place once the edit is kept.
+        var keysAfter: [Int: [[Double]]] = [:]
+        if solver.keptKeys != nil { keysAfter = try meanKeys(layers: h.layers, prompts: prompts, weights: weights) }
+        clock.lap("spread")
+        return MemitResult(updates: updates, deltaNorms: norms, finalLosses: finals, keysAfter: keysAfter, phases: clock.phases, coverages: coverages)
+    }
+
+    /// z = h_L + Δ for one solved request, or with NAS (`normAnchor`) v* = v0 + Δ rescaled to the anchor,
+    /// or v* = v0 (no change) when ‖v*‖ > 2·anchor: z = (h_L − v0) + v*. v0, h_L, Δ, v*, z: [d].
+    func target(_ s: SolvedZ) throws -> [Float] {
+        let target = zip(s.hL, s.change).map { $0 + $1 }
+        guard (hparams.normAnchorSamples ?? 0) > 0 else { return target }
+        guard let anchor = normAnchor else { throw EditError(.state, "norm_anchor_samples is set but the NAS anchor was not computed") }
+        var vStar = zip(s.v0, s.change).map { $0 + $1 }
+        let vn = Vector.norm(vStar)
+        if vn > 2 * anchor { vStar = s.v0 } else if vn > 0 { vStar = vStar.map { $0 * anchor / vn } }
+        return (0..<s.hL.count).map { s.hL[$0] - s.v0[$0] + vStar[$0] }
+    }
+
+    /// Whether the first token of the request's new object is the top token after its bare prompt on
+    /// the current weights.
+    func landed(_ r: EditRequest, bare: SubjectPrompt) throws -> Bool {
+        let first = try tokenizer.target(r.targetNew)[0]
+        let f = try model.forward(bare.tokens, options: ForwardOptions(logits: .last))
+        return DeltaOptimization.targetsOnTop(f.logits, [[first]])
+    }
+
+    /// MEMIT's spread of the targets `z` ([n][d]) over the edited layers in ascending order, each layer's
+    /// update applied (its backup kept) before the next layer's keys are read: per layer the requests'
+    /// template-weighted keys K, R = (z − h_L(current)) / (layers left) and ΔW = R·Xᵀ. `mine`: key-side
+    /// neighbour protection as configured; `protect`: prompts (per request, every template) whose keys
+    /// on the current weights join the solve as negatives of weight 1 each.
+    func spread(z: [[Float]], requests: [EditRequest], bare: [SubjectPrompt], prompts: [[SubjectPrompt]], weights: [Double], mine: Bool,
+                protect: [[SubjectPrompt]] = [], updates: inout [LowRankUpdate], backups: inout [WeightBackup]) throws {
+        let h = hparams, d = model.config.hidden, ff = model.config.intermediate, n = requests.count
+        let zLayer = h.layers.last!
         for (i, l) in h.layers.enumerated() {
             // K: each request's template-weighted mean key on the partially edited model, [n][ff].
             let keys = try meanKeys(layers: [l], prompts: prompts, weights: weights)[l]!
@@ -313,8 +374,9 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
             for (j, cur) in current.enumerated() {
                 for c in 0..<d { resid[c * n + j] = (z[j][c] - cur[c]) / share }
             }
-            var x = try solve(layer: l, keys: keys)
-            if let nk = h.neighbours {
+            let kept = protect.isEmpty ? [] : try meanKeys(layers: [l], prompts: protect, weights: weights)[l]!   // [m][ff]
+            var x = try solve(layer: l, keys: keys, negatives: kept, weight: 1)
+            if mine, let nk = h.neighbours {
                 let mined = try mineNeighbours(nk, layer: l, x: x, requests: requests)
                 if l == h.layers.last { lastNeighbours = mined }
                 // Their keys in each request's own prompt, on the current weights: [M_total][ff].
@@ -338,11 +400,6 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
             backups.append(try model.apply(u))
             updates.append(u)
         }
-        // AlphaEdit and ENCORE accumulate the keys with every update in place once the edit is kept.
-        var keysAfter: [Int: [[Double]]] = [:]
-        if solver.keptKeys != nil { keysAfter = try meanKeys(layers: h.layers, prompts: prompts, weights: weights) }
-        clock.lap("spread")
-        return MemitResult(updates: updates, deltaNorms: norms, finalLosses: finals, keysAfter: keysAfter, phases: clock.phases, coverages: coverages)
     }
 
     /// One request's optimized z: h_L and v0 (the MLP output of L) at the bare prompt's subject, [d]
@@ -542,10 +599,16 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
             } }
             var a = statistics[l]!.regularizedMoment(ridge: h.mom2Ridge)
             for x in 0..<(ff * ff) { a[x] = h.mom2UpdateWeight * a[x] + (encore?.kept[x] ?? 0) + kkt[x] }
+            if let e = h.entityKeys {
+                // λ·ρ·C_e [ff, ff].
+                guard let ce = entityStatistics[l], ce.dim == ff else { throw EditError(.state, "entity_keys is set and there are no entity key statistics for layer \(l)") }
+                let scale = h.mom2UpdateWeight * e.weight
+                for x in 0..<(ff * ff) { a[x] += scale * Double(ce.moment[x]) }
+            }
             addNegatives(to: &a, left: kn)
             if let mu = encore?.mu { for i in 0..<ff { a[i * ff + i] += mu } }
             do { return try LAPACK.solveSPD(a, b, n: ff, nrhs: n) } catch {
-                let system = encore == nil ? "λC + KKᵀ" : "λC + μI + K_pK_pᵀ + KKᵀ"
+                let system = (encore == nil ? "λC + KKᵀ" : "λC + μI + K_pK_pᵀ + KKᵀ") + (h.entityKeys == nil ? "" : " + λρC_e")
                 throw EditError(.degenerateKey, "\(system) at layer \(l) is not positive definite (\(error)); raise mom2_ridge or recompute the statistics", cause: error)
             }
         case .alphaEdit(let state):

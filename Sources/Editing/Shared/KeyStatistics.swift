@@ -10,15 +10,18 @@ public struct Corpus: Sendable {
     let data: Data
     /// Byte ranges of article bodies, in shuffled order.
     let articles: [Range<Int>]
+    /// Each article's title (the `title="…"` of its `<doc>` line, entities unescaped; empty when it has
+    /// none), in the same order.
+    public let titles: [String]
 
     public init(path: String, seed: UInt64) throws {
         guard let d = FileManager.default.contents(atPath: path) else { throw EditError(.io, "cannot read the corpus \(path)") }
         self.path = path
         data = d
-        var ranges: [Range<Int>] = []
+        var ranges: [(body: Range<Int>, title: String)] = []
         d.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in
             let b = raw.bindMemory(to: UInt8.self)
-            var lineStart = 0, bodyStart: Int? = nil
+            var lineStart = 0, bodyStart: Int? = nil, title = ""
             func lineIs(_ s: String, at i: Int, end: Int) -> Bool {
                 let u = Array(s.utf8)
                 guard end - i >= u.count else { return false }
@@ -29,8 +32,9 @@ public struct Corpus: Sendable {
                 guard i == b.count || b[i] == UInt8(ascii: "\n") else { continue }
                 if lineIs("<doc", at: lineStart, end: i) {
                     bodyStart = i + 1
+                    title = Self.title(ofDocLine: String(decoding: UnsafeBufferPointer(rebasing: b[lineStart..<i]), as: UTF8.self))
                 } else if lineIs("</doc>", at: lineStart, end: i) {
-                    if let s = bodyStart, lineStart > s { ranges.append(s..<lineStart) }
+                    if let s = bodyStart, lineStart > s { ranges.append((s..<lineStart, title)) }
                     bodyStart = nil
                 }
                 lineStart = i + 1
@@ -39,7 +43,19 @@ public struct Corpus: Sendable {
         guard !ranges.isEmpty else { throw EditError(.io, "the corpus \(path) has no <doc> articles") }
         var rng = Xoshiro256(seed: seed)
         ranges.shuffle(using: &rng)
-        articles = ranges
+        articles = ranges.map(\.body)
+        titles = ranges.map(\.title)
+    }
+
+    /// The `title` attribute of a WikiExtractor `<doc id=… url=… title="…">` line, with the XML
+    /// entities WikiExtractor writes unescaped ("" when there is none).
+    static func title(ofDocLine line: String) -> String {
+        guard let open = line.range(of: "title=\""), let close = line[open.upperBound...].firstIndex(of: "\"") else { return "" }
+        var t = String(line[open.upperBound..<close])
+        for (entity, c) in [("&quot;", "\""), ("&#39;", "'"), ("&apos;", "'"), ("&lt;", "<"), ("&gt;", ">"), ("&amp;", "&")] {
+            t = t.replacingOccurrences(of: entity, with: c)
+        }
+        return t.trimmingCharacters(in: .whitespaces)
     }
 
     public var count: Int { articles.count }
@@ -61,17 +77,24 @@ public struct KeyStatisticsSpec: Codable, Sendable, Equatable {
     public var sequenceLength: Int
     /// Article shuffle seed.
     public var seed: UInt64
+    /// Which keys: nil for every token of the articles' text; `entities` for the keys of entity names
+    /// (`EntityKeySettings`: the last token of each of N bare article titles, N = `tokens`).
+    public var population: String?
 
-    public init(modelHash: String, layer: Int, tokens: Int, sequenceLength: Int = 512, seed: UInt64 = 0) {
+    public init(modelHash: String, layer: Int, tokens: Int, sequenceLength: Int = 512, seed: UInt64 = 0, population: String? = nil) {
         self.modelHash = modelHash
         self.layer = layer
         self.tokens = tokens
         self.sequenceLength = sequenceLength
         self.seed = seed
+        self.population = population
     }
 
-    /// File name stem: model hash prefix, layer, N, sequence length, seed.
-    public var key: String { "\(modelHash.prefix(16))-layer\(layer)-n\(tokens)-seq\(sequenceLength)-seed\(seed)" }
+    /// File name stem: model hash prefix, layer, N, sequence length, seed (and the population when it is
+    /// not the text's tokens).
+    public var key: String {
+        "\(modelHash.prefix(16))-layer\(layer)-n\(tokens)-seq\(sequenceLength)-seed\(seed)" + (population.map { "-\($0)" } ?? "")
+    }
 }
 
 /// C = E[k kᵀ] of the MLP keys (down-projection inputs) at one layer, uncentered, over N tokens of the
