@@ -161,7 +161,13 @@ struct Edit: ParsableCommand {
             return
         }
         print("edit: \(request.filledPrompt) → \(targetNew)   (\(editor.method), layers \(updates.map(\.layer)))")
-        print(String(format: "  %.2f s (%@)", seconds, phases.sorted { $0.key < $1.key }.map { String(format: "%@ %.2f s", $0.key, $0.value) }.joined(separator: ", ")))
+        // Phases are seconds except the counts (z_steps: loss evaluations per fact; second_solve_requests)
+        // and the *_gflop figures.
+        let counts: Set<String> = ["z_steps", "second_solve_requests"]
+        print(String(format: "  %.2f s (%@)", seconds, phases.sorted { $0.key < $1.key }.map { p in
+            counts.contains(p.key) ? String(format: "%@ %g", p.key, p.value)
+                : p.key.hasSuffix("_gflop") ? String(format: "%@ %.1f GFLOP", p.key, p.value) : String(format: "%@ %.2f s", p.key, p.value)
+        }.joined(separator: ", ")))
         print(String(format: "  P(%@ | prompt): %.4f → %.4f", targetNew, exp(-preNew), exp(-postNew)))
         if let pre, let post {
             print(String(format: "  ES %.3f → %.3f", pre.es, post.es))
