@@ -163,11 +163,12 @@ struct Edit: ParsableCommand {
         print("edit: \(request.filledPrompt) → \(targetNew)   (\(editor.method), layers \(updates.map(\.layer)))")
         // Phases are seconds except the counts (z_steps: loss evaluations per fact; second_solve_requests)
         // and the *_gflop figures.
-        let counts: Set<String> = ["z_steps", "second_solve_requests"]
-        print(String(format: "  %.2f s (%@)", seconds, phases.sorted { $0.key < $1.key }.map { p in
-            counts.contains(p.key) ? String(format: "%@ %g", p.key, p.value)
-                : p.key.hasSuffix("_gflop") ? String(format: "%@ %.1f GFLOP", p.key, p.value) : String(format: "%@ %.2f s", p.key, p.value)
-        }.joined(separator: ", ")))
+        func phase(_ name: String, _ value: Double) -> String {
+            if ["z_steps", "second_solve_requests"].contains(name) { return String(format: "%@ %g", name, value) }
+            if name.hasSuffix("_gflop") { return String(format: "%@ %.1f GFLOP", name, value) }
+            return String(format: "%@ %.2f s", name, value)
+        }
+        print(String(format: "  %.2f s (%@)", seconds, phases.sorted { $0.key < $1.key }.map { phase($0.key, $0.value) }.joined(separator: ", ")))
         print(String(format: "  P(%@ | prompt): %.4f → %.4f", targetNew, exp(-preNew), exp(-postNew)))
         if let pre, let post {
             print(String(format: "  ES %.3f → %.3f", pre.es, post.es))

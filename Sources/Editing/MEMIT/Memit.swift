@@ -597,13 +597,15 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
             b.withUnsafeBufferPointer { k in kkt.withUnsafeMutableBufferPointer { out in
                 BLAS.dgemm(transB: true, m: ff, n: ff, k: n, a: k.baseAddress!, lda: n, b: k.baseAddress!, ldb: n, c: out.baseAddress!, ldc: ff)
             } }
-            var a = statistics[l]!.regularizedMoment(ridge: h.mom2Ridge)
-            for x in 0..<(ff * ff) { a[x] = h.mom2UpdateWeight * a[x] + (encore?.kept[x] ?? 0) + kkt[x] }
+            // entity_keys: C_e [ff, ff] with its weight λ·ρ.
+            var entities: (moment: [Float], scale: Double)?
             if let e = h.entityKeys {
-                // λ·ρ·C_e [ff, ff].
                 guard let ce = entityStatistics[l], ce.dim == ff else { throw EditError(.state, "entity_keys is set and there are no entity key statistics for layer \(l)") }
-                let scale = h.mom2UpdateWeight * e.weight
-                for x in 0..<(ff * ff) { a[x] += scale * Double(ce.moment[x]) }
+                entities = (ce.moment, h.mom2UpdateWeight * e.weight)
+            }
+            var a = statistics[l]!.regularizedMoment(ridge: h.mom2Ridge)
+            for x in 0..<(ff * ff) {
+                a[x] = h.mom2UpdateWeight * a[x] + (encore?.kept[x] ?? 0) + kkt[x] + (entities.map { $0.scale * Double($0.moment[x]) } ?? 0)
             }
             addNegatives(to: &a, left: kn)
             if let mu = encore?.mu { for i in 0..<ff { a[i * ff + i] += mu } }
