@@ -51,7 +51,7 @@ import Testing
         _ = try edit(x, d, tid("\(p)-d"))
         let sx = try x.store()
         #expect(try sx.record(3).parent == 1 && sx.record(4).parent == 3)
-        #expect(x.terminate() == 0)
+        #expect(x.terminate() == 0, "\(x.tail())")
 
         // A daemon that only ever saw A, C, D.
         let y = try DaemonHarness(bootstrap: bootstrap, label: "\(p)-y")
@@ -63,7 +63,7 @@ import Testing
         #expect(try sx.record(3).hashAfter == sy.record(2).hashAfter, "the edit after the rollback used B's keys")
         #expect(try sx.record(4).hashAfter == sy.record(3).hashAfter, "the edit after the restart used other keys")
         // And one that saw A, B, C: B's keys change C's update, so the checks above can fail.
-        #expect(y.terminate() == 0)
+        #expect(y.terminate() == 0, "\(y.tail())")
         let z = try DaemonHarness(bootstrap: bootstrap, label: "\(p)-z")
         defer { z.cleanup() }
         z.method = p
@@ -71,7 +71,7 @@ import Testing
         for (e, id) in [(a, tid("\(p)-a")), (b, tid("\(p)-b")), (c, tid("\(p)-c"))] { _ = try edit(z, e, id) }
         let sz = try z.store()
         #expect(try sz.record(3).factors != sx.record(3).factors, "\(label)'s accumulated keys must shape the update")
-        #expect(z.terminate() == 0)
+        #expect(z.terminate() == 0, "\(z.tail())")
     }
 
     @Test func memitDaemonEditsAndRefusesOtherMethods() throws {
@@ -85,6 +85,6 @@ import Testing
         let dead = try h.collect(h.topics.deadLetters, timeout: 30) { $0.contains { $0["original"]?["offset"]?.intValue == Int(offset) } }
         let d = try #require(dead.first { $0["original"]?["offset"]?.intValue == Int(offset) })
         #expect(d["reason"]?.stringValue == "unsupported_method")
-        #expect(h.terminate() == 0)
+        #expect(h.terminate() == 0, "\(h.tail())")
     }
 }

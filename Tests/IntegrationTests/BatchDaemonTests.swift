@@ -66,7 +66,7 @@ import Testing
         let rolled = try #require(try x.results(for: [tid("bt-rb")])[tid("bt-rb")])
         let base = try store.hash(at: 0)
         #expect(rolled["head"]?.intValue == 0 && rolled["weight_hash"]?.stringValue == base)
-        #expect(x.terminate() == 0)
+        #expect(x.terminate() == 0, "\(x.tail())")
         // The audit rebuilds the batch snapshot in a fresh process and names every event it applied.
         let (status, out, audit) = try x.replayVerify()
         #expect(status == 0, "\(out)")
@@ -85,7 +85,7 @@ import Testing
         let ry = try y.results(for: [tid("bt-a"), tid("bt-b")])
         #expect(ry[tid("bt-b")]?["snapshot"]?.intValue == 2 && ry[tid("bt-b")]?["batch"] == nil, "\(ry)")
         #expect(ry[tid("bt-b")]?["weight_hash"] != rb["weight_hash"] && ry[tid("bt-b")]?["weight_hash"] != nil)
-        #expect(y.terminate() == 0)
+        #expect(y.terminate() == 0, "\(y.tail())")
     }
 
     /// ROME with batches: the facts' δ optimizations share their passes, the rank-one updates are
@@ -108,7 +108,7 @@ import Testing
         }
         let record = try h.store().record(1)
         #expect(record.eventIds == [tid("bt-ra"), tid("bt-rb2")] && record.factors.count == 2 && record.factors.allSatisfy { $0.rank == 1 })
-        #expect(h.terminate() == 0)
+        #expect(h.terminate() == 0, "\(h.tail())")
         let (status, out, _) = try h.replayVerify()
         #expect(status == 0, "\(out)")
     }

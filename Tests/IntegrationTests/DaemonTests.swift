@@ -116,7 +116,7 @@ import Testing
         #expect(try store.head() == 4)
 
         // The audit finds the corrupted record, cannot rebuild its child 3, and fails; 1 and 4 match.
-        #expect(h.terminate() == 0)
+        #expect(h.terminate() == 0, "\(h.tail())")
         let (status, out, audit) = try h.replayVerify()
         #expect(status == 1, "\(out)")
         #expect(try Self.schema("audit-report.schema.json").validate(audit).valid)
@@ -139,7 +139,7 @@ import Testing
         let cid = UUID().uuidString.lowercased()
         try h.publish(DaemonHarness.rollback(to: 1, id: cid), topic: h.topics.control, cloudEvent: EventTypes.control)
         #expect(try h.results(for: [cid]).count == 1)
-        #expect(h.terminate() == 0)
+        #expect(h.terminate() == 0, "\(h.tail())")
         let (status, out, audit) = try h.replayVerify()
         #expect(status == 0, "\(out)")
         #expect(try Self.schema("audit-report.schema.json").validate(audit).valid)

@@ -53,7 +53,7 @@ import Testing
         #expect(records.map(\.eventId) == events.map(\.id), "in log order")
         let results = try h.results(for: Set(events.map(\.id)), timeout: 60)
         #expect(results.count == n, "every event has a result")
-        #expect(h.terminate() == 0)
+        #expect(h.terminate() == 0, "\(h.tail())")
 
         // The same stream, uninterrupted, in a fresh state directory and consumer group.
         let ref = try DaemonHarness(bootstrap: bootstrap, label: "kill-ref", prefix: h.prefix, steps: 150)
@@ -133,6 +133,6 @@ import Testing
         let records = try Self.waitForSnapshots(h, events.count, timeout: 30)
         #expect(records.map(\.eventId) == events.map(\.id), "each event applied once, in order")
         #expect(h.isRunning)
-        #expect(h.terminate() == 0)
+        #expect(h.terminate() == 0, "\(h.tail())")
     }
 }

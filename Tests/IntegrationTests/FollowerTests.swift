@@ -143,7 +143,7 @@ final class FollowerProcess {
         let third = f.log.components(separatedBy: "---- launch 3").last!
         #expect(third.contains("head 5, weights \(daemon.weightHash.prefix(16))") && !third.contains("applied in"), "\(third)")
         #expect(f.wait { Self.model(h, port: f.port).map { $0.snapshot == 5 && $0.weightHash == daemon.weightHash } ?? false }, "\(f.log)")
-        #expect(f.terminate() == 0)
+        #expect(f.terminate() == 0, "\(f.log.suffix(4000))")
         #expect(h.terminate() == 0, "\(h.tail())")
     }
 
@@ -158,7 +158,7 @@ final class FollowerProcess {
         #expect(f.http("/readyz")?.body.contains("lag 0") == true)
         let base = try h.store().hash(at: 0)
         #expect(Self.model(h, port: f.port).map { $0.snapshot == 0 && $0.weightHash == base } == true)
-        #expect(f.terminate() == 0)
+        #expect(f.terminate() == 0, "\(f.log.suffix(4000))")
         #expect(h.terminate() == 0, "\(h.tail())")
     }
 
@@ -234,7 +234,7 @@ final class FollowerProcess {
         #expect(f.log.contains("not applied; following stopped at snapshot 1"))
         let served = Self.model(h, port: f.port)
         #expect(served?.snapshot == 1 && served?.weightHash == snapshot1)
-        #expect(f.terminate() == 0)
+        #expect(f.terminate() == 0, "\(f.log.suffix(4000))")
         #expect(h.terminate() == 0, "\(h.tail())")
     }
 }

@@ -218,6 +218,6 @@ import Testing
         print("fuzz: \(sent.count) records, anonymous memory \(before) kB after 1000, \(after) kB after \(sent.count); "
               + String(format: "the last %d settled in %.1f s", sent.count - 1000 + 1, seconds))
         #expect(after - before < 32 * 1024, "anonymous memory grew from \(before) kB to \(after) kB")
-        #expect(h.terminate() == 0)
+        #expect(h.terminate() == 0, "\(h.tail())")
     }
 }

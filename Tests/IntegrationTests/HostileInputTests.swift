@@ -112,7 +112,7 @@ import Testing
         // Berlin was never applied: the only applied edits are the lone-surrogate event and the canary.
         #expect(try h.store().head() == 2)
         #expect(h.isRunning)
-        #expect(h.terminate() == 0)
+        #expect(h.terminate() == 0, "\(h.tail())")
     }
 
     /// Results and dead letters by the offset of the record they answer (control records + 1,000,000).
@@ -172,7 +172,7 @@ import Testing
         #expect(metrics.contains("mesa_processing_retries_total 2"), "\(metrics)")
         #expect(metrics.contains("mesa_event_attempts 0"))
         #expect(try h.http("/readyz").status == 200)
-        #expect(h.terminate() == 0)
+        #expect(h.terminate() == 0, "\(h.tail())")
     }
 
     @Test func aRedeliveryAfterARollbackSaysTheEditIsNoLongerLive() throws {
@@ -192,6 +192,6 @@ import Testing
         #expect(again["on_head_lineage"] == false && again["note"]?.stringValue?.contains("rollback") == true, "\(again)")
         #expect(again["weight_hash"]?.stringValue == again["model"]?["base_hash"]?.stringValue)
         #expect(try DaemonTests.schema("edit-result.schema.json").validate(again).valid)
-        #expect(h.terminate() == 0)
+        #expect(h.terminate() == 0, "\(h.tail())")
     }
 }

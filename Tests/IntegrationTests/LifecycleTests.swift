@@ -57,7 +57,7 @@ import Testing
         #expect(after.contains("mesa_edits_skipped_total{reason=\"duplicate\"} 0\n"), "the committed event was redelivered:\n\(after)")
         #expect(!after.contains(consumed), "\(after)")
         #expect(try h.store().records().count == 1)
-        #expect(h.terminate() == 0)
+        #expect(h.terminate() == 0, "\(h.tail())")
     }
 
     /// A service that fails (here HTTP: its port is taken) stops the group: the process exits 1 with
@@ -88,7 +88,7 @@ import Testing
         let id = UUID().uuidString.lowercased()
         try h.publish(DaemonHarness.factUpdate(id: id))
         #expect(try h.results(for: [id])[id]?["status"]?.stringValue == "applied")
-        #expect(h.terminate() == 0)
+        #expect(h.terminate() == 0, "\(h.tail())")
         let log = try String(contentsOf: h.logURL, encoding: .utf8)
         #expect(!log.contains(" info ") && !log.contains("applied \(id)") && !log.contains("consuming "), "\(h.tail())")
     }

@@ -40,7 +40,7 @@ import Testing
         let coverage = try #require(r["refinement"]?["coverage"]?.doubleValue)
         #expect(coverage > 0.999, "a lossless SAE covers the whole change (\(coverage))")
         #expect(h.tail(200).contains("MESA refinement through"))
-        #expect(h.terminate() == 0)
+        #expect(h.terminate() == 0, "\(h.tail())")
 
         // A corrupt SAE without fallback: the daemon refuses to start and says why.
         let weights = saeDir.appendingPathComponent("sae_weights.safetensors")
@@ -59,7 +59,7 @@ import Testing
         #expect(schema.validate(r2).valid, "\(r2)")
         #expect(r2["status"]?.stringValue == "applied" && r2["method"]?.stringValue == "ROME")
         #expect(r2["refinement"]?["fallback"]?.stringValue?.contains("corrupt") == true, "\(r2)")
-        #expect(h.terminate() == 0)
+        #expect(h.terminate() == 0, "\(h.tail())")
 
         // An SAE for another site (layer 2) does not fit the edit at layer 1: refused.
         try Self.writeSAE(to: saeDir, dIn: hidden, layer: 2)

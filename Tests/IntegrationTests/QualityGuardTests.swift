@@ -95,7 +95,7 @@ import Testing
         #expect(metrics.contains(#"mesa_dead_letters_total{reason="quality_gate"} 1"#) && metrics.contains(#"mesa_canary_perplexity{weights="head"}"#))
         let hashX = try #require(r2["weight_hash"]?.stringValue)
         #expect(try x.store().head() == 2)
-        #expect(x.terminate() == 0)
+        #expect(x.terminate() == 0, "\(x.tail())")
 
         // `mesa health` reads the same state and prints the head's figures, as the daemon published them.
         let (status, out) = try x.mesa(["health", "--config", try x.writeConfig().path, "--json"])
@@ -112,6 +112,6 @@ import Testing
         try y.publish(good2)
         let ry = try y.results(for: [tid("qg-2")])
         #expect(ry[tid("qg-2")]?["weight_hash"]?.stringValue == hashX, "daemon log:\n\(y.tail())")
-        #expect(y.terminate() == 0)
+        #expect(y.terminate() == 0, "\(y.tail())")
     }
 }
