@@ -86,9 +86,11 @@ public struct CounterFactRunner {
         let done = journal?.cases.count ?? caseJournal?.cases.count ?? 0
         guard done <= records.count else { throw EvaluationRunError("the journal holds \(done) cases, more than the \(records.count) records asked for") }
         var cases = journal?.cases ?? caseJournal?.cases ?? []
-        var curve = journal?.curve ?? []
+        // A checkpoint and a canary point are saved before their batch is committed (below): points past
+        // the journal's edits belong to a batch that a stop cut off, and are measured again when it is redone.
+        var curve = (journal?.curve ?? []).filter { $0.edits <= done }
         let canary = sequential ? canary : nil
-        var canaryCurve = journal?.canaryCurve ?? []
+        var canaryCurve = (journal?.canaryCurve ?? []).filter { $0.edits <= done }
         if let canary, canaryCurve.isEmpty {
             canaryCurve.append(CanaryPoint(edits: 0, canary.base))
             try journal?.save(canary: canaryCurve)
@@ -163,6 +165,23 @@ public struct CounterFactRunner {
             } catch {
                 for j in cs.indices { cs[j].error = String(describing: error) }
             }
+            let next = i + group.count
+            let mark = sequential ? checkpoints.filter({ $0 > i && $0 <= next }).max() : nil
+            // The checkpoint and the canary are measured on the weights that hold this batch and saved
+            // before the batch is committed: a stop between the two redoes the batch and measures them
+            // again, where the other order would lose them.
+            if let canary, mark != nil || next == records.count || (canaryEvery > 0 && next / canaryEvery > i / canaryEvery) {
+                try measureCanary(canary, edits: next, into: &canaryCurve)
+            }
+            if let mark {
+                let scored = try rescored(cases + cs)
+                let m = Metrics.aggregate(scored.compactMap(\.post))
+                if next == records.count { scoredAtEnd = scored }
+                curve.append(Checkpoint(edits: next, metrics: m))
+                try journal?.save(curve)
+                log(String(format: "after %d edits%@: ES %.1f PS %.1f NS %.1f S %.1f", next, mark == next ? "" : " (checkpoint \(mark))",
+                           m.es, m.ps, m.ns, m.s))
+            }
             if let journal {
                 try journal.commit(cs, index: i, factors: kept, state: kept.isEmpty ? [] : editor.pendingState(), method: editor.method,
                                    hashBefore: caseHash)
@@ -176,24 +195,6 @@ public struct CounterFactRunner {
                 }
             }
             cases += cs
-            let next = i + group.count
-            let mark = sequential ? checkpoints.filter({ $0 > i && $0 <= next }).max() : nil
-            if let canary, mark != nil || next == records.count || (canaryEvery > 0 && next / canaryEvery > i / canaryEvery) {
-                let f = try canary.measure(model)
-                canaryCurve.append(CanaryPoint(edits: next, f))
-                try journal?.save(canary: canaryCurve)
-                log(String(format: "canary after %d edits: accuracy %.1f (base %.1f), perplexity %.3f (base %.3f, %+.2f%%)", next, f.accuracy,
-                           canary.base.accuracy, f.perplexity, canary.base.perplexity, 100 * (f.perplexity / canary.base.perplexity - 1)))
-            }
-            if let mark {
-                let scored = try rescored(cases)
-                let m = Metrics.aggregate(scored.compactMap(\.post))
-                if next == records.count { scoredAtEnd = scored }
-                curve.append(Checkpoint(edits: next, metrics: m))
-                try journal?.save(curve)
-                log(String(format: "after %d edits%@: ES %.1f PS %.1f NS %.1f S %.1f", next, mark == next ? "" : " (checkpoint \(mark))",
-                           m.es, m.ps, m.ns, m.s))
-            }
             var extra = ""
             if sequential {
                 let m = Metrics.aggregate(cases.compactMap(\.immediate))
@@ -207,15 +208,37 @@ public struct CounterFactRunner {
         }
         bar.finish()
         if let scoredAtEnd {
-            cases = scoredAtEnd
+            for j in cases.indices { cases[j].post = scoredAtEnd[j].post }
         } else if sequential {
             cases = try rescored(cases)
+            // A journal written before checkpoints were saved ahead of their batch can hold the last
+            // batch without its checkpoint or canary point (a stop between them): they are the end's.
+            if done == records.count, let journal, !records.isEmpty {
+                let lastStart = (records.count - 1) / max(1, batch) * max(1, batch)
+                if checkpoints.contains(where: { $0 > lastStart && $0 <= records.count }), curve.last?.edits != records.count {
+                    curve.append(Checkpoint(edits: records.count, metrics: Metrics.aggregate(cases.compactMap(\.post))))
+                    try journal.save(curve)
+                    log("checkpoint after \(records.count) edits recorded from the final scores")
+                }
+                if let canary, canaryCurve.last?.edits != records.count {
+                    try measureCanary(canary, edits: records.count, into: &canaryCurve)
+                }
+            }
         }
         if journal == nil {
             for b in backups.reversed() { try model.restore(b) }
             guard model.weightHash == hashBefore else { throw EvaluationRunError("internal error: the weights were not restored exactly") }
         }
         return Outcome(cases: cases, seconds: Date().timeIntervalSince(t0), checkpoints: curve, canary: canaryCurve)
+    }
+
+    /// Scores the canary set on the current weights as the point after `edits` edits, saved to the journal.
+    private func measureCanary(_ canary: QualityGuard, edits: Int, into canaryCurve: inout [CanaryPoint]) throws {
+        let f = try canary.measure(model)
+        canaryCurve.append(CanaryPoint(edits: edits, f))
+        try journal?.save(canary: canaryCurve)
+        log(String(format: "canary after %d edits: accuracy %.1f (base %.1f), perplexity %.3f (base %.3f, %+.2f%%)", edits, f.accuracy,
+                   canary.base.accuracy, f.perplexity, canary.base.perplexity, 100 * (f.perplexity / canary.base.perplexity - 1)))
     }
 
     /// The unedited model's scores of `records[from...]`. A resumed journal's weights hold its edits:

@@ -183,6 +183,20 @@ import Testing
         try cut.seekToEnd()
         try cut.write(contentsOf: Data(#"{"index":2,"pre":{"caseId""#.utf8))
         try cut.close()
+        // A stop after the second batch's checkpoint and canary were saved, before the batch was
+        // committed: the resumed run redoes the batch and measures both again.
+        func points(_ name: String) throws -> [[String: Any]] {
+            try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: journal + "/" + name))) as? [[String: Any]])
+        }
+        func rewrite(_ name: String, _ change: ([[String: Any]]) -> [[String: Any]]) throws {
+            try JSONSerialization.data(withJSONObject: change(try points(name))).write(to: URL(fileURLWithPath: journal + "/" + name))
+        }
+        try rewrite("curve.json") { p in
+            var stale = p.last ?? [:]
+            stale["edits"] = 4
+            return p + [stale]
+        }
+        try rewrite("canary.json") { p in p + [["edits": 4, "accuracy": 0, "perplexity": 999]] }
         let resumed = try eval(["--limit", "4", "--resume", journal], out: "resumed")
         #expect(try preLines().count == 4 && preLines().allSatisfy { $0.hasSuffix("}") })
         let straight = try eval(["--limit", "4"], out: "straight")
@@ -210,6 +224,22 @@ import Testing
         #expect(straightCanary.allSatisfy { ($0["perplexity"] ?? 0) > 1 && ($0["perplexity"] ?? .infinity).isFinite })
         #expect(straightCanary[0]["perplexity"] != straightCanary[2]["perplexity"], "the edits did not move the canary's perplexity")
         #expect(FileManager.default.fileExists(atPath: journal + "/canary.json"))
+        // The checkpoint curve of the resumed run is the uninterrupted one's.
+        func curve(_ out: String) throws -> [String] {
+            let url = h.dir.appendingPathComponent(out).appendingPathComponent("alphaedit-cf-0-4-seq-b2-curve.json")
+            let doc = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [[String: Any]])
+            return doc.map { String(decoding: (try? JSONSerialization.data(withJSONObject: $0, options: [.sortedKeys])) ?? Data(), as: UTF8.self) }
+        }
+        let straightCurve = try curve("straight")
+        #expect(straightCurve.count == 2 && straightCurve.first?.contains(#""edits":2"#) == true, "\(straightCurve)")
+        #expect(try curve("resumed") == straightCurve)
+        // A journal that holds the last batch without its checkpoint and canary point (a stop between
+        // them, by a build that committed first) gets both from the end's scores.
+        try rewrite("curve.json") { Array($0.dropLast()) }
+        try rewrite("canary.json") { Array($0.dropLast()) }
+        _ = try eval(["--limit", "4", "--resume", journal], out: "again")
+        #expect(try curve("again") == straightCurve)
+        #expect(try canaryPoints("again") == straightCanary)
         // One snapshot per batch, indexing both of its cases.
         let store = try SnapshotStore(path: journal + "/lmdb")
         #expect(try store.head() == 2 && store.record(1).eventIds.count == 2 && store.record(2).eventIds.count == 2)
