@@ -24,3 +24,21 @@ public struct LowRankUpdate: Codable, Sendable, Equatable {
         self.right = right
     }
 }
+
+extension LowRankUpdate {
+    /// ‖left · right‖_F, from the two factors' Gram matrices: tr((LᵀL)(RRᵀ)), each [rank, rank].
+    public var frobeniusNorm: Double {
+        var left = [Double](repeating: 0, count: rank * rank)   // LᵀL
+        var right = [Double](repeating: 0, count: rank * rank)  // RRᵀ
+        for a in 0..<rank {
+            for b in 0..<rank {
+                var l = 0.0, r = 0.0
+                for i in 0..<rows { l += Double(self.left[i * rank + a]) * Double(self.left[i * rank + b]) }
+                for j in 0..<cols { r += Double(self.right[a * cols + j]) * Double(self.right[b * cols + j]) }
+                left[a * rank + b] = l
+                right[a * rank + b] = r
+            }
+        }
+        return zip(left, right).reduce(0) { $0 + $1.0 * $1.1 }.squareRoot()
+    }
+}

@@ -153,12 +153,13 @@ import Testing
         #expect(abs(shift - mean) <= 1e-3 + 1e-3 * abs(mean), "signal \(shift) against applied \(mean)")
         #expect(abs(top - moves.max()!) <= 1e-3 + 1e-3 * abs(moves.max()!))
         #expect(moves.contains { abs($0) > 1e-3 }, "the update should move some neighbour")
-        // The editor publishes the signals through FactEditor; plain ROME has none.
+        // The editor publishes the signals through FactEditor; plain ROME only the size of its update.
         _ = try e.computeUpdates(together: [request])
         #expect(e.lastSignals["neighbour_shift"].map { abs($0 - shift) <= 1e-6 } == true)
         let p = try Self.editor(m, neighbours: nil)
-        _ = try p.computeUpdates(together: [request])
-        #expect(p.lastSignals.isEmpty)
+        let (plainUpdates, _, _) = try p.computeUpdates(together: [request])
+        #expect(p.lastSignals.keys.sorted() == ["update_norm"], "\(p.lastSignals)")
+        #expect(abs((p.lastSignals["update_norm"] ?? 0) / plainUpdates[0].frobeniusNorm - 1) < 1e-12 && plainUpdates[0].frobeniusNorm > 0)
         // Without the probe the same edit, and no signal.
         var quiet = settings
         quiet.probe = false
@@ -282,11 +283,16 @@ import Testing
         #expect(!r.refined && r.applied.rank == 1 && r.losses.last!.nll < r.losses.first!.nll)
         // The gains differ from plain ROME's 1 under `each`: u is not the rewrite keys' equal-gain direction.
         #expect(r.keyGains.contains { abs($0 - 1) > 1e-3 })
+        // The share of k* its own latents reconstruct: ‖k*_parts‖/‖k*‖, and none without them.
+        let share = try #require(r.keyPartShare)
+        #expect(share > 0 && share.isFinite)
+        _ = try e.computeUpdates(together: [request])
+        #expect(e.lastSignals["key_latents"] == Double(latents.count) && e.lastSignals["key_part_share"].map { abs($0 - share) < 1e-6 } == true)
         // Rarity −4 leaves no latent: u is ROME's own.
         var h4 = h
         h4.mesa?.keyRarity = -4
         let plain = try RomeEditor(model: m, hparams: h4, templates: templates, statistics: nil, sae: outSAE, keySAE: try Self.keySAE(m)).computeUpdate(request)
-        #expect(plain.keyLatents == [] && plain.keyGains.allSatisfy { abs($0 - 1) <= 1e-3 })
+        #expect(plain.keyLatents == [] && plain.keyGains.allSatisfy { abs($0 - 1) <= 1e-3 } && plain.keyPartShare == nil)
         // A missing key SAE, or one of another site, is an error; so is the variant without key_sae.
         #expect(throws: EditError.self) { _ = try RomeEditor(model: m, hparams: h, templates: templates, statistics: nil, sae: outSAE) }
         let wrongSite = try MesaTests.alwaysOnSAE(d: m.config.intermediate, f: 8, site: Site(layer: 0, kind: .mlpKey))

@@ -284,3 +284,28 @@ private struct SplitMix {
     }
     mutating func nextFloat() -> Float { Float(next() >> 40) / Float(1 << 23) - 1 }
 }
+
+@Suite struct LowRankUpdateNormTests {
+    /// The factored Frobenius norm equals the dense product's, to 1e-9 relative (Double sums of Floats).
+    @Test func frobeniusNormEqualsTheDenseProducts() {
+        var seed: UInt64 = 7
+        func next() -> Float {
+            seed = seed &* 6364136223846793005 &+ 1442695040888963407
+            return Float(Int64(bitPattern: seed >> 11) % 2001 - 1000) / 1000
+        }
+        for (rows, cols, rank) in [(5, 7, 1), (9, 4, 3), (6, 6, 6)] {
+            let u = LowRankUpdate(parameter: "w", layer: 0, rows: rows, cols: cols, rank: rank,
+                                  left: (0..<rows * rank).map { _ in next() }, right: (0..<rank * cols).map { _ in next() })
+            var dense = 0.0
+            for r in 0..<rows {
+                for c in 0..<cols {
+                    var v = 0.0
+                    for i in 0..<rank { v += Double(u.left[r * rank + i]) * Double(u.right[i * cols + c]) }
+                    dense += v * v
+                }
+            }
+            #expect(abs(u.frobeniusNorm / dense.squareRoot() - 1) < 1e-9, "\(rows)×\(cols) rank \(rank)")
+        }
+        #expect(LowRankUpdate(parameter: "w", layer: 0, rows: 2, cols: 2, rank: 1, left: [0, 0], right: [1, 2]).frobeniusNorm == 0)
+    }
+}

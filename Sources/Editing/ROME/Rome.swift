@@ -74,6 +74,8 @@ public struct RomeResult: Sendable {
     /// `key_features`: the key SAE's latents u was computed from (empty: none qualified, or their
     /// direction was degenerate, and u is ROME's own).
     public var keyLatents: [Int]?
+    /// `key_features`: ‖k*_parts‖/‖k*‖, how much of the subject's key its own latents reconstruct.
+    public var keyPartShare: Double?
     /// k*: the mean key over the templates [ff].
     public var keyStar: [Float]
     public var valueInitNorm: Float
@@ -533,6 +535,9 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         result.neighbourShiftMax = shift.map { Double($0.max) }
         result.outputLatents = outcome.subspaceLatents
         result.keyLatents = keyParts.map { fromKeyParts ? $0.latents : [] }
+        if let parts = keyParts?.parts, fromKeyParts {
+            result.keyPartShare = Double(Vector.norm(try self.keyStar(parts)) / Vector.norm(keyStar))
+        }
         if refinement != nil {
             let dn = Vector.norm(delta)
             result.writtenToDelta = dn > 0 ? Vector.norm(change0) / dn : nil

@@ -58,7 +58,10 @@ extension RomeEditor: FactEditor {
         }
         let r = try computeUpdate(requests[0])
         lastCoverage = r.coverage
-        lastSignals = ["neighbour_shift": r.neighbourShift, "neighbour_shift_max": r.neighbourShiftMax].compactMapValues { $0 }
+        // What the written update is: its size, and with `key_features` how many key latents u came from.
+        lastSignals = ["neighbour_shift": r.neighbourShift, "neighbour_shift_max": r.neighbourShiftMax,
+                       "update_norm": r.applied.frobeniusNorm, "key_latents": r.keyLatents.map { Double($0.count) },
+                       "key_part_share": r.keyPartShare].compactMapValues { $0 }
         return ([r.applied], r.phases, r.coverage.map { [$0] } ?? [])
     }
 
