@@ -409,12 +409,14 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         if let keySAE, let m = mesaSetup.settings {
             keyParts = try SubjectKeyFeatures(sae: keySAE, keys: rewriteKeys, rarity: m.keyRarityLog10)
         }
+        // k* of the key parts [ff], once: both direction calls and the reported share read it.
+        let partsStar = try keyParts.map { try self.keyStar($0.parts) }
         var fromKeyParts = false
         func direction(_ negatives: NegativeKeys?) throws -> (u: [Float], denominator: Float) {
             fromKeyParts = false
-            if let parts = keyParts?.parts, keyParts?.latents.isEmpty == false {
+            if let parts = keyParts?.parts, let partsStar, keyParts?.latents.isEmpty == false {
                 // u from the subject's own key parts; the denominator stays uᵀk* of the whole keys.
-                let (u, _) = try keyDirection(rewriteKeys: parts, keyStar: try self.keyStar(parts), negatives: negatives)
+                let (u, _) = try keyDirection(rewriteKeys: parts, keyStar: partsStar, negatives: negatives)
                 let denom = Vector.dot(u, keyStar)
                 if denom.isFinite, denom > 1e-6 * Vector.norm(keyStar) {
                     fromKeyParts = true
@@ -535,8 +537,8 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         result.neighbourShiftMax = shift.map { Double($0.max) }
         result.outputLatents = outcome.subspaceLatents
         result.keyLatents = keyParts.map { fromKeyParts ? $0.latents : [] }
-        if let parts = keyParts?.parts, fromKeyParts {
-            result.keyPartShare = Double(Vector.norm(try self.keyStar(parts)) / Vector.norm(keyStar))
+        if let partsStar, fromKeyParts {
+            result.keyPartShare = Double(Vector.norm(partsStar) / Vector.norm(keyStar))
         }
         if refinement != nil {
             let dn = Vector.norm(delta)
