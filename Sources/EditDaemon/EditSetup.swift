@@ -201,12 +201,7 @@ public struct EditorRegistry {
             if keySAE == nil { sae = nil }
         }
         let editor = try RomeEditor(model: model, hparams: h, templates: templates, statistics: stats, sae: sae, fallbackReason: reason, keySAE: keySAE)
-        if h.neighbourProtection != nil {
-            guard let records = anchorRecords else {
-                throw SetupError("neighbour protection (neighbours) needs CounterFact tuning records for its candidate subjects (the data directory)")
-            }
-            editor.neighbourCandidates = try CounterFact.load(path: records.path).records.map(\.subject)
-        }
+        if let nk = h.neighbourProtection { editor.neighbourCandidates = try neighbourCandidates(nk, entityKeys: nil) }
         return editor
     }
 
@@ -269,16 +264,26 @@ public struct EditorRegistry {
         if let n = h.normAnchorSamples, n > 0 {
             editor.normAnchor = try normAnchor(editor, samples: n, state: state, computeMissing: computeMissing)
         }
-        if h.neighbours != nil {
-            guard let records = anchorRecords else {
-                throw SetupError("neighbour protection (neighbours) needs CounterFact tuning records for its candidate subjects (the data directory)")
-            }
-            editor.neighbourCandidates = try CounterFact.load(path: records.path).records.map(\.subject)
-        }
+        if let nk = h.neighbours { editor.neighbourCandidates = try neighbourCandidates(nk, entityKeys: h.entityKeys) }
         if let e = h.entityKeys {
             editor.entityStatistics = try entityStatistics(editor, settings: e, state: state, computeMissing: computeMissing)
         }
         return editor
+    }
+
+    /// The candidate subjects neighbour protection mines from (`neighbours.bank`): the CounterFact tuning
+    /// records' subjects, or the corpus's article titles in article order, past the names `entityKeys`
+    /// already holds in C_e. The editor keeps the first `candidates` distinct ones.
+    func neighbourCandidates(_ nk: NeighbourSettings, entityKeys: EntityKeySettings?) throws -> [String] {
+        switch nk.candidateBank {
+        case .counterfact:
+            guard let records = anchorRecords else {
+                throw SetupError("neighbour protection (neighbours) with bank counterfact needs CounterFact tuning records for its candidate subjects (the data directory); bank corpus_titles needs none")
+            }
+            return try CounterFact.load(path: records.path).records.map(\.subject)
+        case .corpusTitles:
+            return try nk.titleCandidates(corpus: try Corpus(path: corpusPath, seed: entityKeys?.orderSeed ?? 0), entityKeys: entityKeys)
+        }
     }
 
     /// `entity_keys`' C_e for each of `editor`'s layers: stored in the state directory's statistics, or
@@ -289,7 +294,7 @@ public struct EditorRegistry {
         for l in layers { if let s = try state.cachedStatistics(e.spec(modelHash: state.baseHash, layer: l)) { out[l] = s } }
         let missing = layers.filter { out[$0] == nil }
         guard !missing.isEmpty else { return out }
-        guard computeMissing else { throw SetupError("no entity key statistics for layer(s) \(missing): run an edit with the CLI first") }
+        guard computeMissing else { throw SetupError("no entity key statistics for layer(s) \(missing): one `mesa edit --method <method> --hparams <this file> …` or `mesa eval` computes them on the base weights") }
         guard editor.model.weightHash == state.baseHash else { throw SetupError("entity key statistics must be computed on the base weights") }
         let t0 = Date()
         let names = try e.names(from: try Corpus(path: corpusPath, seed: e.orderSeed))

@@ -24,8 +24,10 @@ struct MesaCostBench: ParsableCommand {
     @Option(help: "SAE directory, or a name under <state>/<hash16>/sae/ (the neutral refinement; not with --design).") var sae: String?
     @Option(help: "A ROME file whose mesa and neighbours blocks are the edit to time against ROME (an SAE-guided design) instead of the neutral refinement through --sae.")
     var design: String?
-    @Option(help: "CounterFact tuning file whose subjects are the neighbour candidates (--design with neighbours).")
+    @Option(help: "CounterFact tuning file whose subjects are the neighbour candidates (--design with neighbours, bank counterfact).")
     var candidates = "../shared/data/counterfact/counterfact-train.json"
+    @Option(help: "Wikipedia sample whose article titles are the neighbour candidates (--design with neighbours, bank corpus_titles).")
+    var corpus = "../shared/data/corpus/enwiki-2015-sample.txt"
     @Option(help: "CounterFact file.") var data = "../shared/data/counterfact/counterfact-val.json"
     @Option(help: "Records to edit (the first N).") var records = 3
     @Option(help: "Optimization steps (early stop disabled).") var steps: Int?
@@ -55,7 +57,11 @@ struct MesaCostBench: ParsableCommand {
         let keySAE = try hm.mesa?.keySaeDirectory(stateDirectory: state.root).map { try SparseAutoencoder.load(from: $0) }
         let rome = try RomeEditor(model: m, hparams: h, templates: templates, statistics: stats)
         let mesa = try RomeEditor(model: m, hparams: hm, templates: templates, statistics: stats, sae: loaded, keySAE: keySAE)
-        if hm.neighbourProtection != nil { mesa.neighbourCandidates = try CounterFact.load(path: candidates).records.map(\.subject) }
+        if let nk = hm.neighbourProtection {
+            mesa.neighbourCandidates = nk.candidateBank == .corpusTitles
+                ? try nk.titleCandidates(corpus: try Corpus(path: corpus, seed: 0), entityKeys: nil)
+                : try CounterFact.load(path: candidates).records.map(\.subject)
+        }
         let recs = Array(try CounterFact.load(path: data).records.prefix(records))
         var times: [String: [Double]] = ["rome": [], "mesa": []]
         var phases: [String: [String: [Double]]] = ["rome": [:], "mesa": [:]]

@@ -90,6 +90,27 @@ import Testing
             o["entity_keys"] = block
             #expect(schema.validate(try JSONValue.parse(try JSONSerialization.data(withJSONObject: o))).valid == valid, "\(method) entity_keys \(block)")
         }
+        // neighbours.bank: the CounterFact records or the corpus's titles, nothing else.
+        for (bank, valid) in [("counterfact", true), ("corpus_titles", true), ("wikipedia", false)] {
+            var o = try JSONSerialization.jsonObject(with: data) as! [String: Any]
+            o["neighbours"] = ["count": 16, "kl_factor": 0, "key_weight": 1, "bank": bank] as [String: Any]
+            let file = try JSONSerialization.data(withJSONObject: o)
+            #expect(schema.validate(try JSONValue.parse(file)).valid == valid, "\(method) neighbours.bank \(bank)")
+            if valid { #expect(try MemitHyperparameters.decode(file).neighbours?.candidateBank.rawValue == bank) }
+        }
+        // second_solve_check: bare or contexts, and only beside second_solve.
+        for (extra, valid) in [(["second_solve": true, "second_solve_check": "contexts"] as [String: Any], true),
+                               (["second_solve": true, "second_solve_check": "bare"], true),
+                               (["second_solve": true, "second_solve_check": "paraphrases"], false),
+                               (["second_solve_check": "contexts"], false)] {
+            var o = try JSONSerialization.jsonObject(with: data) as! [String: Any]
+            o["second_solve"] = nil
+            o.merge(extra) { $1 }
+            let file = try JSONSerialization.data(withJSONObject: o)
+            #expect(schema.validate(try JSONValue.parse(file)).valid == valid, "\(method) \(extra)")
+            if valid { #expect(try MemitHyperparameters.decode(file).secondSolveCheck?.rawValue == extra["second_solve_check"] as? String) }
+            if extra["second_solve"] == nil { #expect(throws: EditError.self) { try MemitHyperparameters.decode(file).validate(layers: 30) } }
+        }
         // The experiment files of the method (ops/experiments/<method>/) conform and decode too.
         let experiments = EditTestPaths.repoRoot.appendingPathComponent("ops/experiments/\(method)")
         for name in (try? FileManager.default.contentsOfDirectory(atPath: experiments.path))?.filter({ $0.hasSuffix(".json") }) ?? [] {

@@ -49,6 +49,18 @@ import Testing
         #expect(names == corpus.titles.filter { !$0.isEmpty && $0 != "Mawson Glacier" }.reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } })
         #expect(Set(names) == ["AT&T", "Guns N' Roses", "\"Q\""])
         #expect(throws: EditError.self) { try EntityKeySettings(weight: 1, subjects: 5).names(from: corpus) }
+
+        // neighbours.bank corpus_titles: the titles in article order, past the names entity_keys holds.
+        let bank = NeighbourSettings(count: 1, klFactor: 0, candidates: 2, bank: .corpusTitles)
+        let entities = EntityKeySettings(weight: 1, subjects: 2, seed: 5)
+        let held = try entities.names(from: corpus)
+        let rest = try bank.titleCandidates(corpus: corpus, entityKeys: entities)
+        #expect(rest == corpus.titles.filter { !$0.isEmpty && !held.contains($0) })
+        #expect(Set(rest).count == 2 && Set(rest).isDisjoint(with: held))
+        #expect(try bank.titleCandidates(corpus: corpus, entityKeys: nil) == corpus.titles.filter { !$0.isEmpty })
+        var three = bank
+        three.candidates = 3
+        #expect(throws: EditError.self) { try three.titleCandidates(corpus: corpus, entityKeys: entities) }
     }
 
     @Test func momentMatchesDirectComputationAndResumes() throws {

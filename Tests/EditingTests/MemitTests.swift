@@ -229,10 +229,11 @@ import Testing
     @Test func secondSolveRetriesOnlyEditsThatDidNotLand() throws {
         let m = try TinyEditModel.load()
         let hash = m.weightHash
-        func editor(lambda: Double, second: Bool, steps: Int = 20) throws -> MemitEditor {
+        func editor(lambda: Double, second: Bool, steps: Int = 20, check: SecondSolveCheck? = nil) throws -> MemitEditor {
             let e = try Self.editor(m, lambda: lambda, solver: .encore(try EncoreState(layers: [0, 1], dim: m.config.intermediate, mu: 0.1)))
             var h = e.hparams
             h.secondSolve = second
+            h.secondSolveCheck = check
             h.optimization.vNumGradSteps = steps
             return try MemitEditor(model: m, hparams: h, templates: e.templates, statistics: e.statistics,
                                    solver: .encore(try EncoreState(layers: [0, 1], dim: m.config.intermediate, mu: 0.1)))
@@ -282,6 +283,49 @@ import Testing
         // In a batch only the request that missed is solved again: rank-2 first updates, rank-1 second ones.
         let batch = try editor(lambda: 50, second: true).computeUpdates([request, Self.paris])
         #expect(batch.updates.map(\.rank) == [2, 2, 1, 1] && batch.phases["second_solve_requests"] == 1)
+        #expect(m.weightHash == hash)
+
+        // second_solve_check contexts: a request whose new object holds the top after its bare prompt
+        // and not after some context-template prompt, once a weak (λ = 2000) first spread is in place,
+        // is solved again under contexts and not under bare; one that holds everywhere is not.
+        let weak = try editor(lambda: 2000, second: false)
+        func templated(_ r: EditRequest) throws -> [SubjectPrompt] {
+            try weak.templates.prefixes.map { try tok.subjectPrompt(prefix: $0, prompt: r.prompt, subject: r.subject) }
+        }
+        func afterFirst(_ r: EditRequest) throws -> (bare: Bool, every: Bool, first: [LowRankUpdate]) {
+            let first = try weak.computeUpdates([r]).updates
+            let backups = try first.map { try m.apply($0) }
+            defer { for b in backups.reversed() { try? m.restore(b) } }
+            let t = try templated(r)
+            return (try weak.landed(r, prompts: [t[0]]), try weak.landed(r, prompts: t), first)
+        }
+        var behindPrefix: (EditRequest, [LowRankUpdate])?, everywhere: (EditRequest, [LowRankUpdate])?
+        search2: for subject in ["Paris", "Rome", "London", "Berlin", "Madrid", "Tokyo"] {
+            for prompt in ["{} is in", "{} is a", "{} was", "{} lives in", "The city of {} is", "{} plays"] {
+                let sp = try tok.subjectPrompt(prefix: "", prompt: prompt, subject: subject)
+                let logits = try m.forward(sp.tokens, options: ForwardOptions(logits: .last)).logits.data
+                let id = Int32(logits.indices.max { logits[$0] < logits[$1] }!)
+                let text = m.tokenizer.decode([id]), word = text.trimmingCharacters(in: .whitespaces)
+                guard text.hasPrefix(" "), !word.isEmpty, (try? tok.target(word)) == [id] else { continue }
+                let r = EditRequest(subject: subject, prompt: prompt, targetNew: word)
+                let probe = try afterFirst(r)
+                guard probe.bare else { continue }
+                if probe.every { everywhere = everywhere ?? (r, probe.first) } else { behindPrefix = behindPrefix ?? (r, probe.first) }
+                if behindPrefix != nil && everywhere != nil { break search2 }
+            }
+        }
+        let (prefixed, prefixedFirst) = try #require(behindPrefix, "a request that holds on its bare prompt only")
+        for check in [SecondSolveCheck.bare, .contexts] {
+            let result = try editor(lambda: 2000, second: true, check: check).computeUpdates([prefixed])
+            #expect(result.phases["second_solve_requests"] == (check == .contexts ? 1 : 0), "\(check)")
+            #expect(result.updates.count == (check == .contexts ? 4 : 2), "\(check)")
+            #expect(Array(result.updates.prefix(2)).map(\.right) == prefixedFirst.map(\.right), "the first spread is unchanged")
+        }
+        if let (held, _) = everywhere {
+            #expect(try editor(lambda: 2000, second: true, check: .contexts).computeUpdates([held]).phases["second_solve_requests"] == 0)
+        }
+        // A prompt list that holds a miss is a miss: Paris → Rome never lands on the tiny model.
+        #expect(try !weak.landed(Self.paris, prompts: [bare]))
         #expect(m.weightHash == hash)
     }
 

@@ -4,6 +4,16 @@ import SparseAutoencoder
 import Tensor
 
 /// The MEMIT family's hyperparameters (METHODS §2.1), `deploy/hparams/{memit,alphaedit,encore}/<model>.json`.
+/// Which prompts `second_solve` asks whether a request's edit landed (its new object's first token on
+/// top once the batch's first updates are in place).
+public enum SecondSolveCheck: String, Codable, Sendable, CaseIterable {
+    /// The bare prompt only.
+    case bare
+    /// Every context-template prompt (the bare one among them): the prompts z was optimized on, so
+    /// an edit that holds on the bare prompt and not behind a prefix is solved again.
+    case contexts
+}
+
 public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyperparameters {
     /// The edited layers, ascending; δ is optimized on the residual after the last one.
     public var layers: [Int]
@@ -46,6 +56,8 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
     /// A second z and spread, on the edited weights, for the requests whose new object is not the top
     /// token after their bare prompt once the first updates are in place (`MemitEditor.computeUpdates`).
     public var secondSolve: Bool?
+    /// Which prompts `second_solve` asks (`SecondSolveCheck`; default `bare`).
+    public var secondSolveCheck: SecondSolveCheck?
 
     /// Decodes a hyperparameter file (extra keys such as `$schema`, `method` and `model` are allowed).
     public static func decode(_ data: Data) throws -> MemitHyperparameters {
@@ -74,7 +86,7 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
     // The file is flat: the optimization settings' keys sit beside the MEMIT family's own.
     private enum CodingKeys: String, CodingKey {
         case layers, mom2UpdateWeight, mom2Tokens, mom2SequenceLength, mom2Seed, mom2Ridge, nullspaceEnergy, l2, l2Relative,
-             updateNormLambda, normAnchorSamples, mesa, neighbours, entityKeys, secondSolve
+             updateNormLambda, normAnchorSamples, mesa, neighbours, entityKeys, secondSolve, secondSolveCheck
     }
 
     public init(from decoder: Decoder) throws {
@@ -95,6 +107,7 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
         neighbours = try c.decodeIfPresent(NeighbourSettings.self, forKey: .neighbours)
         entityKeys = try c.decodeIfPresent(EntityKeySettings.self, forKey: .entityKeys)
         secondSolve = try c.decodeIfPresent(Bool.self, forKey: .secondSolve)
+        secondSolveCheck = try c.decodeIfPresent(SecondSolveCheck.self, forKey: .secondSolveCheck)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -115,6 +128,7 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
         try c.encodeIfPresent(neighbours, forKey: .neighbours)
         try c.encodeIfPresent(entityKeys, forKey: .entityKeys)
         try c.encodeIfPresent(secondSolve, forKey: .secondSolve)
+        try c.encodeIfPresent(secondSolveCheck, forKey: .secondSolveCheck)
     }
 
     public func statisticsSpec(modelHash: String, layer: Int) -> KeyStatisticsSpec {
@@ -137,6 +151,7 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
             }
         }
         try entityKeys?.validate()
+        if secondSolveCheck != nil, secondSolve != true { throw bad("second_solve_check needs second_solve") }
     }
 }
 
@@ -311,11 +326,13 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
         try spread(z: z, requests: requests, bare: bare, prompts: prompts, weights: weights, mine: true, updates: &updates, backups: &backups)
 
         // `second_solve`: the requests whose new object is not the top token after their bare prompt
-        // with every update in place get a second z, optimized on the edited weights, and a second
-        // spread on top of the first, which keeps the keys of the batch's other requests (weight 1
-        // each, as ENCORE's kept keys) where the first put them. It mines no neighbours.
+        // (`second_solve_check` contexts: after any of their context-template prompts) with every
+        // update in place get a second z, optimized on the edited weights, and a second spread on top
+        // of the first, which keeps the keys of the batch's other requests (weight 1 each, as ENCORE's
+        // kept keys) where the first put them. It mines no neighbours.
         if h.secondSolve == true {
-            let missed = try requests.indices.filter { try !landed(requests[$0], bare: bare[$0]) }
+            let asked = h.secondSolveCheck == .contexts ? prompts : bare.map { [$0] }
+            let missed = try requests.indices.filter { try !landed(requests[$0], prompts: asked[$0]) }
             clock.phases["second_solve_requests"] = Double(missed.count)
             clock.lap("spread")
             if !missed.isEmpty {
@@ -346,12 +363,15 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
         return (0..<s.hL.count).map { s.hL[$0] - s.v0[$0] + vStar[$0] }
     }
 
-    /// Whether the first token of the request's new object is the top token after its bare prompt on
-    /// the current weights.
-    func landed(_ r: EditRequest, bare: SubjectPrompt) throws -> Bool {
+    /// Whether the first token of the request's new object is the top token after each of `prompts`
+    /// on the current weights (one forward per prompt, stopping at the first miss).
+    public func landed(_ r: EditRequest, prompts: [SubjectPrompt]) throws -> Bool {
         let first = try tokenizer.target(r.targetNew)[0]
-        let f = try model.forward(bare.tokens, options: ForwardOptions(logits: .last))
-        return DeltaOptimization.targetsOnTop(f.logits, [[first]])
+        for p in prompts {
+            let f = try model.forward(p.tokens, options: ForwardOptions(logits: .last))
+            guard DeltaOptimization.targetsOnTop(f.logits, [[first]]) else { return false }
+        }
+        return true
     }
 
     /// MEMIT's spread of the targets `z` ([n][d]) over the edited layers in ascending order, each layer's

@@ -27,6 +27,15 @@ public struct NeighbourSettings: Codable, Sendable, Equatable {
         /// fact being changed, as CounterFact's neighbourhood prompts do, and that the update reaches.
         case sharedObject = "shared_object"
     }
+    /// Where the candidate subjects come from.
+    public enum Bank: String, Codable, Sendable, CaseIterable {
+        /// The subjects of the CounterFact tuning records (the data directory's train split).
+        case counterfact
+        /// The titles of the corpus's articles (the Wikipedia sample the key statistics come from), in
+        /// article order; with `entity_keys` the titles its C_e already holds are skipped. Needs no
+        /// evaluation data: the bank a deployed daemon uses.
+        case corpusTitles = "corpus_titles"
+    }
     /// Neighbours per edit.
     public var count: Int
     /// Weight of the neighbours' mean KL term in v*'s objective (0: none).
@@ -38,6 +47,8 @@ public struct NeighbourSettings: Codable, Sendable, Equatable {
     public var candidates: Int?
     /// Default `key_gain`.
     public var mine: Mining?
+    /// Default `counterfact`.
+    public var bank: Bank?
     /// `shared_object`: how many subjects of largest key gain are scored on the edit's prompt; default
     /// 4 × count (at most the bank).
     public var shortlist: Int?
@@ -46,7 +57,7 @@ public struct NeighbourSettings: Codable, Sendable, Equatable {
     public var probe: Bool?
 
     public init(count: Int, klFactor: Float, keyWeight: Float? = nil, candidates: Int? = nil, mine: Mining? = nil, shortlist: Int? = nil,
-                probe: Bool? = nil) {
+                probe: Bool? = nil, bank: Bank? = nil) {
         self.count = count
         self.klFactor = klFactor
         self.keyWeight = keyWeight
@@ -54,11 +65,13 @@ public struct NeighbourSettings: Codable, Sendable, Equatable {
         self.mine = mine
         self.shortlist = shortlist
         self.probe = probe
+        self.bank = bank
     }
 
     public var probes: Bool { probe ?? true }
 
     public var mining: Mining { mine ?? .keyGain }
+    public var candidateBank: Bank { bank ?? .counterfact }
     public var bankSize: Int { candidates ?? 2000 }
     public var shortlistSize: Int { min(bankSize, shortlist ?? 4 * count) }
     public var negativeKeyWeight: Float { keyWeight ?? 0 }
@@ -75,9 +88,22 @@ public struct NeighbourSettings: Codable, Sendable, Equatable {
         }
     }
 
+    /// The `corpus_titles` bank: the corpus's non-empty article titles in article order, past the names
+    /// `entityKeys` already holds in C_e (read from the same corpus in its own order); at least
+    /// `candidates` distinct ones.
+    public func titleCandidates(corpus: Corpus, entityKeys: EntityKeySettings?) throws -> [String] {
+        let held = Set(try entityKeys?.names(from: corpus) ?? [])
+        let titles = corpus.titles.filter { !$0.isEmpty && !held.contains($0) }
+        guard Set(titles).count >= bankSize else {
+            throw EditError(.hyperparameters, "neighbours.candidates is \(bankSize), the corpus \(corpus.path) has \(Set(titles).count) titles outside entity_keys")
+        }
+        return titles
+    }
+
     /// The run-signature form.
     public var description: String {
         "count=\(count) kl_factor=\(klFactor) key_weight=\(negativeKeyWeight) candidates=\(bankSize) mine=\(mining.rawValue)"
+            + (candidateBank == .counterfact ? "" : " bank=\(candidateBank.rawValue)")
             + (mining == .sharedObject ? " shortlist=\(shortlistSize)" : "")
     }
 }

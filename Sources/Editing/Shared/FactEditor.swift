@@ -117,7 +117,7 @@ extension MemitEditor: FactEditor {
         s["layers"] = h.layers.map(String.init).joined(separator: ",")
         s["mom2_update_weight"] = "\(h.mom2UpdateWeight)"
         if let nk = h.neighbours { s["neighbours"] = nk.description }
-        if h.secondSolve == true { s["second_solve"] = "true" }
+        if h.secondSolve == true { s["second_solve"] = h.secondSolveCheck == .contexts ? "contexts" : "true" }
         if let e = h.entityKeys { s["entity_keys"] = "weight=\(e.weight) subjects=\(e.count) seed=\(e.orderSeed)" }
         s["mom2_tokens"] = "\(h.mom2Tokens)"
         if case .alphaEdit(let st) = solver {
