@@ -7,7 +7,9 @@ between those three points (nats; the neighbour margin is nll_new - nll_true).
 
 Damage that is already there at "immediate" for late records but not for early ones, and that
 grows from "immediate" to "post" for early records, comes from the accumulation of other edits, not
-from each edit's spill onto its own neighbours.
+from each edit's spill onto its own neighbours. A second table gives ES, PS, NS and S (their harmonic
+mean) per quarter right after the record's own edit and at the end: whether a stream loses its
+score when an edit is made (immediate) or later (fading).
 
     python3 ops/experiments/decompose.py REPORT.json [--out FILE]
 """
@@ -37,6 +39,25 @@ def main():
         g = cases[lo:lo + quarter]
         lines.append(f"| {lo}-{lo + len(g) - 1} | {success(g, 'pre'):.1f} | {success(g, 'immediate'):.1f} | {success(g, 'post'):.1f} |")
     lines.append(f"| all | {success(cases, 'pre'):.1f} | {success(cases, 'immediate'):.1f} | {success(cases, 'post'):.1f} |")
+    def rate(group, stage, kind, new_wins):
+        hits = 0
+        for c in group:
+            ps = c[stage][kind]
+            hits += sum((p["nllNew"] < p["nllTrue"]) == new_wins for p in ps) / len(ps)
+        return 100 * hits / len(group)
+
+    def scores(group, stage):
+        es, ps = rate(group, stage, "rewrite", True), rate(group, stage, "paraphrase", True)
+        ns = rate(group, stage, "neighborhood", False)
+        s = 3 / sum(1 / max(x, 1e-9) for x in (es, ps, ns))
+        return f"{es:.1f} | {ps:.1f} | {ns:.1f} | {s:.2f}"
+
+    lines += ["", "| edits | ES imm. | PS imm. | NS imm. | S imm. | ES final | PS final | NS final | S final |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for lo in range(0, len(cases), quarter):
+        g = cases[lo:lo + quarter]
+        lines.append(f"| {lo}-{lo + len(g) - 1} | {scores(g, 'immediate')} | {scores(g, 'post')} |")
+    lines.append(f"| all | {scores(cases, 'immediate')} | {scores(cases, 'post')} |")
     lines += ["", "| from → to | ΔNLL(new) | ΔNLL(true) | Δmargin |", "|---|---:|---:|---:|"]
     for a, b in [("pre", "immediate"), ("immediate", "post"), ("pre", "post")]:
         dn = statistics.mean(c[b]["neighborhood"][0]["nllNew"] - c[a]["neighborhood"][0]["nllNew"] for c in cases)
