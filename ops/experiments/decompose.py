@@ -11,7 +11,9 @@ from each edit's spill onto its own neighbours. A second table gives ES, PS, NS 
 mean) per quarter right after the record's own edit and at the end: whether a stream loses its
 score when an edit is made (immediate) or later (fading).
 
-    python3 ops/experiments/decompose.py REPORT.json [--out FILE]
+    python3 ops/experiments/decompose.py REPORT.json [--first N] [--out FILE]
+
+--first N: only the first N records in edit order (to set a long run beside a shorter one).
 """
 import gzip
 import json
@@ -26,7 +28,13 @@ def main():
         i = args.index("--out")
         out = args[i + 1]
         del args[i:i + 2]
+    first = None
+    if "--first" in args:
+        i = args.index("--first")
+        first = int(args[i + 1])
+        del args[i:i + 2]
     cases = [c for c in json.load((gzip.open if args[0].endswith(".gz") else open)(args[0], "rt"))["cases"] if "post" in c and "immediate" in c]
+    cases = cases[:first] if first else cases
     lines = [f"report: {args[0]}", f"cases: {len(cases)} (in edit order)", ""]
 
     def success(group, stage):

@@ -4,15 +4,22 @@ variant): per neighbourhood prompt, kept (true object ahead of the new one) unde
 other, the McNemar statistic, the mean change of the neighbour margin nll_new - nll_true (nats, +
 is better for specificity) with its standard error, and paraphrases won and lost.
 
-    python3 ops/experiments/paired.py BASELINE.json VARIANT.json [VARIANT.json ...]
+    python3 ops/experiments/paired.py [--stage immediate] BASELINE.json VARIANT.json [VARIANT.json ...]
+
+--stage immediate compares the scores taken right after each record's own edit (sequential reports)
+instead of those at the end of the run: the quality of the edits as made, before later edits act on
+them. Only records both reports hold are compared.
 """
 import gzip
 import json
 import sys
 
 
+STAGE = "post"
+
+
 def cases(path):
-    return {c["caseId"]: c for c in json.load((gzip.open if path.endswith(".gz") else open)(path, "rt"))["cases"] if "post" in c}
+    return {c["caseId"]: c for c in json.load((gzip.open if path.endswith(".gz") else open)(path, "rt"))["cases"] if STAGE in c}
 
 
 def compare(base, other):
@@ -22,12 +29,12 @@ def compare(base, other):
         b = other.get(k)
         if b is None:
             continue
-        for x, y in zip(a["post"]["neighborhood"], b["post"]["neighborhood"]):
+        for x, y in zip(a[STAGE]["neighborhood"], b[STAGE]["neighborhood"]):
             sx, sy = x["nllNew"] > x["nllTrue"], y["nllNew"] > y["nllTrue"]
             kept_here += sy and not sx
             lost_here += sx and not sy
             diffs.append((y["nllNew"] - y["nllTrue"]) - (x["nllNew"] - x["nllTrue"]))
-        for x, y in zip(a["post"]["paraphrase"], b["post"]["paraphrase"]):
+        for x, y in zip(a[STAGE]["paraphrase"], b[STAGE]["paraphrase"]):
             sx, sy = x["nllNew"] < x["nllTrue"], y["nllNew"] < y["nllTrue"]
             para_won += sy and not sx
             para_lost += sx and not sy
@@ -42,8 +49,12 @@ def compare(base, other):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
+    args = sys.argv[1:]
+    if args[:1] == ["--stage"]:
+        STAGE = args[1]
+        args = args[2:]
+    if len(args) < 2:
         sys.exit(__doc__)
-    base = cases(sys.argv[1])
-    for path in sys.argv[2:]:
+    base = cases(args[0])
+    for path in args[1:]:
         print(path, json.dumps(compare(base, cases(path))))
