@@ -201,7 +201,10 @@ public struct EditorRegistry {
             if keySAE == nil { sae = nil }
         }
         let editor = try RomeEditor(model: model, hparams: h, templates: templates, statistics: stats, sae: sae, fallbackReason: reason, keySAE: keySAE)
-        if let nk = h.neighbourProtection { editor.neighbourCandidates = try neighbourCandidates(nk, entityKeys: nil) }
+        if let nk = h.neighbourProtection {
+            editor.neighbourCandidates = try neighbourCandidates(nk, entityKeys: nil)
+            try editor.prepareNeighbourBank()
+        }
         return editor
     }
 
@@ -264,7 +267,10 @@ public struct EditorRegistry {
         if let n = h.normAnchorSamples, n > 0 {
             editor.normAnchor = try normAnchor(editor, samples: n, state: state, computeMissing: computeMissing)
         }
-        if let nk = h.neighbours { editor.neighbourCandidates = try neighbourCandidates(nk, entityKeys: h.entityKeys) }
+        if let nk = h.neighbours {
+            editor.neighbourCandidates = try neighbourCandidates(nk, entityKeys: h.entityKeys)
+            try editor.prepareNeighbourBanks()
+        }
         if let e = h.entityKeys {
             editor.entityStatistics = try entityStatistics(editor, settings: e, state: state, computeMissing: computeMissing)
         }

@@ -446,6 +446,55 @@ import Testing
         }
     }
 
+    /// Banks prepared on the base weights: one pass gives every layer's bank the keys a per-layer build
+    /// reads (tolerance 1e-5), and an editor whose banks were prepared before the weights changed mines
+    /// what an editor on the base weights mines, where one that builds them lazily on the edited weights
+    /// may not (a resumed run or a restarted daemon must repeat the first one's choices).
+    @Test func neighbourBanksPreparedOnTheBaseWeightsAreTheOnesMinedFrom() throws {
+        let m = try TinyEditModel.load()
+        let hash = m.weightHash
+        let names = ["Paris", "Rome", "London", "Berlin", "Madrid", "Tokyo", "Vienna", "Lisbon", "Oslo", "Cairo", "Paris", ""]
+        let banks = try SubjectBank.banks(model: m, layers: [0, 1], subjects: names, limit: 9)
+        for l in [0, 1] {
+            let single = try SubjectBank(model: m, layer: l, subjects: names, limit: 9)
+            let bank = try #require(banks[l])
+            #expect(bank.subjects == single.subjects && bank.subjects.count == 9 && !bank.subjects.contains("Cairo"))
+            let u = (0..<m.config.intermediate).map { Float(($0 * 7) % 11) - 5 }
+            let a = bank.keyGains(u: u, exclude: "", count: 9), b = single.keyGains(u: u, exclude: "", count: 9)
+            #expect(a.map(\.subject) == b.map(\.subject))
+            for (x, y) in zip(a, b) { #expect(abs(x.score - y.score) <= 1e-5 * max(1, abs(y.score))) }
+        }
+        var h = MemitHyperparameters(layers: [0, 1], contextTemplates: [.init(length: 4, count: 2)], vNumGradSteps: 10, clampNormFactor: 4)
+        h.neighbours = NeighbourSettings(count: 3, klFactor: 0, keyWeight: 30)
+        let templates = try ContextTemplates.generate(model: m, groups: h.contextTemplates, seed: 3)
+        let stats = [0: Self.statistics(m, layer: 0), 1: Self.statistics(m, layer: 1)]
+        func editor() throws -> MemitEditor {
+            let e = try MemitEditor(model: m, hparams: h, templates: templates, statistics: stats, solver: .memit)
+            e.neighbourCandidates = names
+            return e
+        }
+        let request = EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome")
+        let prepared = try editor()
+        try prepared.prepareNeighbourBanks()
+        let base = try #require(prepared.neighbourBanks[1])
+        // A change to layer 0's down projection (an earlier edit) moves every layer-1 key.
+        let ff = m.config.intermediate, d = m.config.hidden
+        let w = m.weights.layers[0].wDown
+        let earlier = LowRankUpdate(parameter: w.name, layer: 0, rows: d, cols: ff, rank: 1,
+                                    left: (0..<d).map { Float($0 % 3) - 1 }, right: (0..<ff).map { 0.5 * (Float($0 % 5) - 2) })
+        let backup = try m.apply(earlier)
+        let lazy = try editor()
+        _ = try prepared.computeUpdates([request])
+        _ = try lazy.computeUpdates([request])
+        try m.restore(backup)
+        #expect(m.weightHash == hash)
+        #expect(prepared.neighbourBanks[1] === base, "the prepared bank is the one mined from")
+        let u = (0..<ff).map { Float(($0 * 7) % 11) - 5 }
+        let fromBase = base.keyGains(u: u, exclude: "", count: 9), fromEdited = try #require(lazy.neighbourBanks[1]).keyGains(u: u, exclude: "", count: 9)
+        let moved = zip(fromBase.sorted { $0.subject < $1.subject }, fromEdited.sorted { $0.subject < $1.subject }).map { abs($0.score - $1.score) }.max() ?? 0
+        #expect(moved > 1e-3, "a bank built on the edited weights reads other keys (largest gain change \(moved))")
+    }
+
     /// AlphaEdit: P is a projector onto the low-energy eigenspace of C, the update vanishes on the
     /// high-energy directions (ΔW = R·Xᵀ with X in range(P)), and it still makes the edit.
     @Test func alphaEditUpdatesStayInTheNullSpaceAndEdit() throws {

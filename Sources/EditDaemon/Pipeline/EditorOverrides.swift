@@ -56,6 +56,7 @@ extension Pipeline {
                     let editor = try MemitEditor(model: host.model, hparams: h, templates: base.templates, statistics: base.statistics,
                                                  solver: base.solver, sae: base.mesaSetup.sae, fallbackReason: base.mesaSetup.fallbackReason)
                     editor.neighbourCandidates = base.neighbourCandidates
+                    editor.neighbourBanks = base.neighbourBanks
                     editor.entityStatistics = base.entityStatistics
                     return editor
                 }

@@ -238,7 +238,10 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
     /// Candidate subjects for neighbour protection (tuning data's subjects, never the evaluation
     /// split's); each edited layer's bank is built from them on the first edit that needs it.
     public var neighbourCandidates: [String] = []
-    private var banks: [Int: SubjectBank] = [:]
+    /// Neighbour protection's candidate banks per edited layer: built at the first mining on the weights
+    /// of that moment unless `prepareNeighbourBanks()` built them first (the editor registry does, on
+    /// the base weights), or shared from another editor of the same model.
+    public var neighbourBanks: [Int: SubjectBank] = [:]
     /// The neighbours the last computed updates protected, per request (mined at the last edited layer).
     public internal(set) var lastNeighbours: [[String]] = []
     /// C_e per edited layer for `hparams.entityKeys` (`entityStatistics(names:…)` on the base weights,
@@ -571,14 +574,21 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
         return out
     }
 
+    /// Builds the candidate banks of every edited layer now, on the current weights, in one pass (with
+    /// `neighbours` and candidates; else nothing).
+    public func prepareNeighbourBanks() throws {
+        guard let nk = hparams.neighbours, !neighbourCandidates.isEmpty else { return }
+        neighbourBanks = try SubjectBank.banks(model: model, layers: hparams.layers, subjects: neighbourCandidates, limit: nk.bankSize)
+    }
+
     /// Per request, the `nk.count` candidate subjects (other than its own) whose bare-subject keys at
     /// `layer` the layer's solution moves most: the largest |x_jᵀk_n| with x_j column j of X [ff, n].
     func mineNeighbours(_ nk: NeighbourSettings, layer: Int, x: [Double], requests: [EditRequest]) throws -> [[String]] {
         let bank: SubjectBank
-        if let b = banks[layer] { bank = b } else {
+        if let b = neighbourBanks[layer] { bank = b } else {
             guard !neighbourCandidates.isEmpty else { throw EditError(.state, "neighbour protection needs candidate subjects (tuning data)") }
             bank = try SubjectBank(model: model, layer: layer, subjects: neighbourCandidates, limit: nk.bankSize)
-            banks[layer] = bank
+            neighbourBanks[layer] = bank
         }
         let ff = model.config.intermediate, n = requests.count
         return requests.indices.map { j in

@@ -204,6 +204,50 @@ public final class SubjectBank: Sendable {
         self.latents = sae == nil ? nil : latents
     }
 
+    init(subjects: [String], keys: [Float], ff: Int) {
+        self.subjects = subjects
+        self.keys = keys
+        self.ff = ff
+        latents = nil
+    }
+
+    /// Banks at each of `layers` from the first `limit` distinct non-empty `subjects`, read in one pass
+    /// per chunk of 64 subjects that captures every layer's keys (the MEMIT family's banks, no SAE):
+    /// layer → bank. The weights are read as they are: build on the base weights, so that a run
+    /// resumed on edited weights and a daemon restarted at a later snapshot mine as the first start did.
+    public static func banks(model: LanguageModel, layers: [Int], subjects candidates: [String], limit: Int) throws -> [Int: SubjectBank] {
+        guard let top = layers.max() else { return [:] }
+        var seen = Set<String>(), subjects: [String] = []
+        for s in candidates where !s.isEmpty && seen.insert(s).inserted {
+            subjects.append(s)
+            if subjects.count == limit { break }
+        }
+        let tok = EditTokenizer(model: model)
+        var prompts: [(subject: String, tokens: [Int32], last: Int)] = []
+        for s in subjects {
+            guard let p = try? tok.subjectPrompt(prefix: "", prompt: "{}", subject: s) else { continue }
+            prompts.append((s, p.tokens, p.subjectLast))
+        }
+        let ff = model.config.intermediate
+        let sites = Set(layers.map { Site(layer: $0, kind: .mlpKey) })
+        var keys: [Int: [Float]] = [:]   // layer → [N, ff]
+        for start in stride(from: 0, to: prompts.count, by: 64) {
+            let chunk = prompts[start..<min(prompts.count, start + 64)]
+            let r = try model.forward(chunk.flatMap(\.tokens), options: ForwardOptions(
+                capture: sites, logits: .none, stopAfterLayer: top, segments: chunk.map(\.tokens.count)))
+            for l in layers {
+                let k = r.activations[Site(layer: l, kind: .mlpKey)]!.data  // [tokens, ff]
+                var at = 0
+                for p in chunk {
+                    let row = at + p.last
+                    keys[l, default: []] += k[(row * ff)..<((row + 1) * ff)]
+                    at += p.tokens.count
+                }
+            }
+        }
+        return Dictionary(uniqueKeysWithValues: layers.map { ($0, SubjectBank(subjects: prompts.map(\.subject), keys: keys[$0] ?? [], ff: ff)) })
+    }
+
     /// The `count` subjects other than `exclude` with the largest |uᵀk_n| (u [ff]), largest first.
     public func mineByKeyGain(u: [Float], exclude: String, count: Int) -> [String] {
         keyGains(u: u, exclude: exclude, count: count).map(\.subject)

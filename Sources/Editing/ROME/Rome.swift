@@ -246,6 +246,17 @@ public final class RomeEditor: @unchecked Sendable {  // `bank` is guarded by `b
         return (u, denom)
     }
 
+    /// Builds the candidate bank now, on the current weights (with neighbour protection and candidates;
+    /// else nothing): the editor registry does it on the base weights, so that an editor started later
+    /// in a stream mines as the first one did.
+    public func prepareNeighbourBank() throws {
+        guard let nk = hparams.neighbourProtection, !neighbourCandidates.isEmpty else { return }
+        let sae = nk.mining == .saeOverlap ? mesaSetup.sae : nil
+        if nk.mining == .saeOverlap, sae == nil { throw EditError(.state, "neighbour mining by SAE overlap needs the SAE") }
+        let b = try SubjectBank(model: model, layer: hparams.layer, subjects: neighbourCandidates, limit: nk.bankSize, sae: sae)
+        bankLock.withLock { self.bank = b }
+    }
+
     /// The subjects neighbour protection guards for an edit of `subject` with key direction u [ff], and
     /// when they are mined by SAE overlap the mean overlap (the `crowding` signal).
     func mineNeighbours(_ nk: NeighbourSettings, request: EditRequest, u: [Float], object: () throws -> Int32) throws -> (subjects: [String], crowding: Double?) {
