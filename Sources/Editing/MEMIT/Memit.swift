@@ -3,7 +3,6 @@ import ModelRuntime
 import SparseAutoencoder
 import Tensor
 
-/// The MEMIT family's hyperparameters (METHODS §2.1), `deploy/hparams/{memit,alphaedit,encore}/<model>.json`.
 /// Which prompts `second_solve` asks whether a request's edit landed (its new object's first token on
 /// top once the batch's first updates are in place).
 public enum SecondSolveCheck: String, Codable, Sendable, CaseIterable {
@@ -14,6 +13,7 @@ public enum SecondSolveCheck: String, Codable, Sendable, CaseIterable {
     case contexts
 }
 
+/// The MEMIT family's hyperparameters (METHODS §2.1), `deploy/hparams/{memit,alphaedit,encore}/<model>.json`.
 public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyperparameters {
     /// The edited layers, ascending; δ is optimized on the residual after the last one.
     public var layers: [Int]
@@ -236,7 +236,7 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
     /// The most tokens one packed reading pass holds (the keys and residuals of a batch edit's prompts).
     var packTokens = 1024
     /// Candidate subjects for neighbour protection (tuning data's subjects, never the evaluation
-    /// split's); each edited layer's bank is built from them on the first edit that needs it.
+    /// split's); the banks (`neighbourBanks`) are read from them.
     public var neighbourCandidates: [String] = []
     /// Neighbour protection's candidate banks per edited layer: built at the first mining on the weights
     /// of that moment unless `prepareNeighbourBanks()` built them first (the editor registry does, on

@@ -165,42 +165,20 @@ public final class SubjectBank: Sendable {
     /// Builds the bank at `layer` from the first `limit` distinct non-empty `subjects`, packing 64
     /// subjects per pass.
     public init(model: LanguageModel, layer: Int, subjects candidates: [String], limit: Int, sae: SparseAutoencoder? = nil) throws {
-        var seen = Set<String>(), subjects: [String] = []
-        for s in candidates where !s.isEmpty && seen.insert(s).inserted {
-            subjects.append(s)
-            if subjects.count == limit { break }
-        }
-        let tok = EditTokenizer(model: model)
-        var prompts: [(subject: String, tokens: [Int32], last: Int)] = []
-        for s in subjects {
-            guard let p = try? tok.subjectPrompt(prefix: "", prompt: "{}", subject: s) else { continue }
-            prompts.append((s, p.tokens, p.subjectLast))
-        }
-        let ff = model.config.intermediate, d = model.config.hidden
         let keySite = Site(layer: layer, kind: .mlpKey), outSite = Site(layer: layer, kind: .mlpOut)
-        var keys = [Float](), latents: [[Int]] = []
-        keys.reserveCapacity(prompts.count * ff)
-        for start in stride(from: 0, to: prompts.count, by: 64) {
-            let chunk = prompts[start..<min(prompts.count, start + 64)]
-            let r = try model.forward(chunk.flatMap(\.tokens), options: ForwardOptions(
-                capture: sae == nil ? [keySite] : [keySite, outSite], logits: .none, stopAfterLayer: layer, segments: chunk.map(\.tokens.count)))
-            let k = r.activations[keySite]!.data  // [tokens, ff]
-            var at = 0
-            var outs: [Float] = []  // [chunk, d]
-            for p in chunk {
-                let row = at + p.last
-                keys += k[(row * ff)..<((row + 1) * ff)]
-                if let o = r.activations[outSite]?.data { outs += o[(row * d)..<((row + 1) * d)] }
-                at += p.tokens.count
-            }
-            if let sae {
-                let f = sae.encode(outs, rows: chunk.count)  // [chunk, F]
-                for i in 0..<chunk.count { latents.append((0..<sae.width).filter { f[i * sae.width + $0] != 0 }) }
+        let (subjects, rows) = try Self.read(model: model, candidates: candidates, limit: limit, sites: sae == nil ? [keySite] : [keySite, outSite])
+        var latents: [[Int]] = []
+        if let sae, let outs = rows[outSite] {   // [N, d]
+            let d = model.config.hidden
+            for start in stride(from: 0, to: subjects.count, by: 64) {
+                let n = min(64, subjects.count - start)
+                let f = sae.encode(Array(outs[(start * d)..<((start + n) * d)]), rows: n)  // [n, F]
+                for i in 0..<n { latents.append((0..<sae.width).filter { f[i * sae.width + $0] != 0 }) }
             }
         }
-        self.subjects = prompts.map(\.subject)
-        self.keys = keys
-        self.ff = ff
+        self.subjects = subjects
+        keys = rows[keySite]!
+        ff = model.config.intermediate
         self.latents = sae == nil ? nil : latents
     }
 
@@ -216,7 +194,17 @@ public final class SubjectBank: Sendable {
     /// layer → bank. The weights are read as they are: build on the base weights, so that a run
     /// resumed on edited weights and a daemon restarted at a later snapshot mine as the first start did.
     public static func banks(model: LanguageModel, layers: [Int], subjects candidates: [String], limit: Int) throws -> [Int: SubjectBank] {
-        guard let top = layers.max() else { return [:] }
+        let sites = Set(layers.map { Site(layer: $0, kind: .mlpKey) })
+        let (subjects, rows) = try read(model: model, candidates: candidates, limit: limit, sites: sites)
+        return Dictionary(uniqueKeysWithValues: layers.map {
+            ($0, SubjectBank(subjects: subjects, keys: rows[Site(layer: $0, kind: .mlpKey)] ?? [], ff: model.config.intermediate))
+        })
+    }
+
+    /// The first `limit` distinct non-empty candidates that tokenize as a bare subject (BOS + subject),
+    /// and each site's activation at their last token, [N, width] row-major per site: one forward per
+    /// chunk of 64 subjects, up to the highest site's layer.
+    static func read(model: LanguageModel, candidates: [String], limit: Int, sites: Set<Site>) throws -> (subjects: [String], rows: [Site: [Float]]) {
         var seen = Set<String>(), subjects: [String] = []
         for s in candidates where !s.isEmpty && seen.insert(s).inserted {
             subjects.append(s)
@@ -228,24 +216,22 @@ public final class SubjectBank: Sendable {
             guard let p = try? tok.subjectPrompt(prefix: "", prompt: "{}", subject: s) else { continue }
             prompts.append((s, p.tokens, p.subjectLast))
         }
-        let ff = model.config.intermediate
-        let sites = Set(layers.map { Site(layer: $0, kind: .mlpKey) })
-        var keys: [Int: [Float]] = [:]   // layer → [N, ff]
+        var rows: [Site: [Float]] = Dictionary(uniqueKeysWithValues: sites.map { ($0, []) })
+        guard let top = sites.map(\.layer).max() else { return (prompts.map(\.subject), rows) }
         for start in stride(from: 0, to: prompts.count, by: 64) {
             let chunk = prompts[start..<min(prompts.count, start + 64)]
             let r = try model.forward(chunk.flatMap(\.tokens), options: ForwardOptions(
                 capture: sites, logits: .none, stopAfterLayer: top, segments: chunk.map(\.tokens.count)))
-            for l in layers {
-                let k = r.activations[Site(layer: l, kind: .mlpKey)]!.data  // [tokens, ff]
+            for site in sites {
+                let a = r.activations[site]!   // [tokens, width]
                 var at = 0
                 for p in chunk {
-                    let row = at + p.last
-                    keys[l, default: []] += k[(row * ff)..<((row + 1) * ff)]
+                    rows[site]! += a.row(at + p.last)
                     at += p.tokens.count
                 }
             }
         }
-        return Dictionary(uniqueKeysWithValues: layers.map { ($0, SubjectBank(subjects: prompts.map(\.subject), keys: keys[$0] ?? [], ff: ff)) })
+        return (prompts.map(\.subject), rows)
     }
 
     /// The `count` subjects other than `exclude` with the largest |uᵀk_n| (u [ff]), largest first.
