@@ -111,6 +111,16 @@ import Testing
             if valid { #expect(try MemitHyperparameters.decode(file).secondSolveCheck?.rawValue == extra["second_solve_check"] as? String) }
             if extra["second_solve"] == nil { #expect(throws: EditError.self) { try MemitHyperparameters.decode(file).validate(layers: 30) } }
         }
+        // landing_slack: a number in 0...1, for MEMIT and ENCORE (AlphaEdit's validation refuses it).
+        for (slack, valid) in [(0.0, true), (0.05, true), (1.0, true), (-0.1, false), (1.5, false)] {
+            var o = try JSONSerialization.jsonObject(with: data) as! [String: Any]
+            o["landing_slack"] = slack
+            let file = try JSONSerialization.data(withJSONObject: o)
+            #expect(schema.validate(try JSONValue.parse(file)).valid == valid, "\(method) landing_slack \(slack)")
+            let h = try MemitHyperparameters.decode(file)
+            #expect(h.landingSlack == slack)
+            if valid && method != "alphaedit" { try h.validate(layers: 30) } else { #expect(throws: EditError.self) { try h.validate(layers: 30) } }
+        }
         // The experiment files of the method (ops/experiments/<method>/) conform and decode too.
         let experiments = EditTestPaths.repoRoot.appendingPathComponent("ops/experiments/\(method)")
         for name in (try? FileManager.default.contentsOfDirectory(atPath: experiments.path))?.filter({ $0.hasSuffix(".json") }) ?? [] {

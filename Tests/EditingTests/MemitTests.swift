@@ -329,6 +329,56 @@ import Testing
         #expect(m.weightHash == hash)
     }
 
+    /// landing_slack τ: X = A⁻¹K(τI + KᵀA⁻¹K)⁻¹ with A the solve's matrix without KKᵀ. For one request
+    /// and one layer G = kᵀA⁻¹k is a scalar g, R is the same for every τ, and the right factor of τ is
+    /// the closed form's ((A + kkᵀ)⁻¹k, τ = 1) times (1 + g)/(τ + g): one g must fit τ = 0 and τ = ½.
+    /// Under a heavy λ the closed form barely moves the target and τ = 0 lands it; a batch of two
+    /// over two layers solves too.
+    @Test func landingSlackScalesTheSolveAndLandsTheShare() throws {
+        let m = try TinyEditModel.load()
+        func editor(lambda: Double, slack: Double?, layers: [Int] = [1]) throws -> MemitEditor {
+            let state = { try EncoreState(layers: layers, dim: m.config.intermediate, mu: 0.1) }
+            let e = try Self.editor(m, layers: layers, lambda: lambda, solver: .encore(try state()))
+            var h = e.hparams
+            h.landingSlack = slack
+            try h.validate(layers: m.config.layers)
+            return try MemitEditor(model: m, hparams: h, templates: e.templates, statistics: e.statistics, solver: .encore(try state()))
+        }
+        func dot(_ a: [Float], _ b: [Float]) -> Double { zip(a, b).reduce(0) { $0 + Double($1.0) * Double($1.1) } }
+        let closed = try editor(lambda: 50, slack: nil).computeUpdates([Self.paris]).updates[0]
+        var scale: [Double: Double] = [:]
+        for tau in [0.0, 0.5] {
+            let u = try editor(lambda: 50, slack: tau).computeUpdates([Self.paris]).updates[0]
+            #expect(u.left == closed.left, "R does not depend on τ")
+            let c = dot(u.right, closed.right) / dot(closed.right, closed.right)
+            let off = zip(u.right, closed.right).reduce(0.0) { $0 + pow(Double($1.0) - c * Double($1.1), 2) }.squareRoot()
+            #expect(off / dot(u.right, u.right).squareRoot() < 1e-5, "τ = \(tau): not parallel to the closed form")
+            scale[tau] = c
+        }
+        let g = 1 / (scale[0]! - 1)
+        #expect(g > 0 && abs(scale[0.5]! - (1 + g) / (0.5 + g)) < 1e-5 * scale[0.5]!, "scales \(scale), g \(g)")
+
+        let score = CounterFactScorer.make(m)
+        let before = try score("Paris is in", ["Rome"])[0]
+        func nllAfter(_ updates: [LowRankUpdate]) throws -> Double {
+            let backups = try updates.map { try m.apply($0) }
+            defer { for b in backups.reversed() { try? m.restore(b) } }
+            return try score("Paris is in", ["Rome"])[0]
+        }
+        let weak = try nllAfter(try editor(lambda: 2000, slack: nil).computeUpdates([Self.paris]).updates)
+        let exact = try nllAfter(try editor(lambda: 2000, slack: 0).computeUpdates([Self.paris]).updates)
+        let free = try nllAfter(try editor(lambda: 0.5, slack: nil).computeUpdates([Self.paris]).updates)
+        #expect(before - weak < 0.2 * (before - free) && exact < weak - 0.5 * (before - free),
+                "NLL before \(before), λ 2000 closed form \(weak), λ 2000 τ = 0 \(exact), λ 0.5 closed form \(free)")
+        let batch = try editor(lambda: 50, slack: 0, layers: [0, 1]).computeUpdates([Self.paris, Self.rome])
+        #expect(batch.updates.count == 2 && batch.updates.allSatisfy { $0.rank == 2 && $0.right.allSatisfy(\.isFinite) })
+        #expect(throws: EditError.self) {
+            var h = try editor(lambda: 50, slack: nil).hparams
+            h.landingSlack = 1.5
+            try h.validate(layers: m.config.layers)
+        }
+    }
+
     @Test func batchEditSpreadsRankNUpdatesAndRaisesEveryTarget() throws {
         let m = try TinyEditModel.load()
         let requests = [EditRequest(subject: "Paris", prompt: "{} is in", targetNew: "Rome"),

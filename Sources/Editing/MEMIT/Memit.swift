@@ -58,6 +58,12 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
     public var secondSolve: Bool?
     /// Which prompts `second_solve` asks (`SecondSolveCheck`; default `bare`).
     public var secondSolveCheck: SecondSolveCheck?
+    /// MEMIT and ENCORE: τ in X = A⁻¹K(τI + KᵀA⁻¹K)⁻¹, A the solve's matrix without KKᵀ. τ = 1 (the
+    /// default) is the papers' closed form (A + KKᵀ)⁻¹K, which lands the fraction G(τI + G)⁻¹,
+    /// G = KᵀA⁻¹K, of each layer's share, so λ sets both what
+    /// the update protects and how much of the edit lands. Smaller τ lands more with the same
+    /// minimum-A-norm direction; τ = 0 lands the share exactly (ΔW·K = R).
+    public var landingSlack: Double?
 
     /// Decodes a hyperparameter file (extra keys such as `$schema`, `method` and `model` are allowed).
     public static func decode(_ data: Data) throws -> MemitHyperparameters {
@@ -86,7 +92,7 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
     // The file is flat: the optimization settings' keys sit beside the MEMIT family's own.
     private enum CodingKeys: String, CodingKey {
         case layers, mom2UpdateWeight, mom2Tokens, mom2SequenceLength, mom2Seed, mom2Ridge, nullspaceEnergy, l2, l2Relative,
-             updateNormLambda, normAnchorSamples, mesa, neighbours, entityKeys, secondSolve, secondSolveCheck
+             updateNormLambda, normAnchorSamples, mesa, neighbours, entityKeys, secondSolve, secondSolveCheck, landingSlack
     }
 
     public init(from decoder: Decoder) throws {
@@ -108,6 +114,7 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
         entityKeys = try c.decodeIfPresent(EntityKeySettings.self, forKey: .entityKeys)
         secondSolve = try c.decodeIfPresent(Bool.self, forKey: .secondSolve)
         secondSolveCheck = try c.decodeIfPresent(SecondSolveCheck.self, forKey: .secondSolveCheck)
+        landingSlack = try c.decodeIfPresent(Double.self, forKey: .landingSlack)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -129,6 +136,7 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
         try c.encodeIfPresent(entityKeys, forKey: .entityKeys)
         try c.encodeIfPresent(secondSolve, forKey: .secondSolve)
         try c.encodeIfPresent(secondSolveCheck, forKey: .secondSolveCheck)
+        try c.encodeIfPresent(landingSlack, forKey: .landingSlack)
     }
 
     public func statisticsSpec(modelHash: String, layer: Int) -> KeyStatisticsSpec {
@@ -152,6 +160,10 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
         }
         try entityKeys?.validate()
         if secondSolveCheck != nil, secondSolve != true { throw bad("second_solve_check needs second_solve") }
+        if let t = landingSlack {
+            guard t >= 0, t <= 1 else { throw bad("landing_slack must be in 0...1") }
+            guard nullspaceEnergy == nil else { throw bad("landing_slack is for MEMIT and ENCORE, not AlphaEdit") }
+        }
     }
 }
 
@@ -633,16 +645,36 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
                 guard let ce = entityStatistics[l], ce.dim == ff else { throw EditError(.state, "entity_keys is set and there are no entity key statistics for layer \(l)") }
                 entities = (ce.moment, h.mom2UpdateWeight * e.weight)
             }
+            // landing_slack τ ≠ 1: A leaves KKᵀ out, and X = A⁻¹K(τI + KᵀA⁻¹K)⁻¹ below.
+            let slack = h.landingSlack.flatMap { $0 == 1 ? nil : $0 }
             var a = statistics[l]!.regularizedMoment(ridge: h.mom2Ridge)
             for x in 0..<(ff * ff) {
-                a[x] = h.mom2UpdateWeight * a[x] + (encore?.kept[x] ?? 0) + kkt[x] + (entities.map { $0.scale * Double($0.moment[x]) } ?? 0)
+                a[x] = h.mom2UpdateWeight * a[x] + (encore?.kept[x] ?? 0) + (slack == nil ? kkt[x] : 0)
+                    + (entities.map { $0.scale * Double($0.moment[x]) } ?? 0)
             }
             addNegatives(to: &a, left: kn)
             if let mu = encore?.mu { for i in 0..<ff { a[i * ff + i] += mu } }
-            do { return try LAPACK.solveSPD(a, b, n: ff, nrhs: n) } catch {
-                let system = (encore == nil ? "λC + KKᵀ" : "λC + μI + K_pK_pᵀ + KKᵀ") + (h.entityKeys == nil ? "" : " + λρC_e")
+            let y: [Double]   // A⁻¹K [ff, n] (with KKᵀ in A when τ = 1: then X itself)
+            do { y = try LAPACK.solveSPD(a, b, n: ff, nrhs: n) } catch {
+                let system = (encore == nil ? "λC" : "λC + μI + K_pK_pᵀ") + (slack == nil ? " + KKᵀ" : "") + (h.entityKeys == nil ? "" : " + λρC_e")
                 throw EditError(.degenerateKey, "\(system) at layer \(l) is not positive definite (\(error)); raise mom2_ridge or recompute the statistics", cause: error)
             }
+            guard let tau = slack else { return y }
+            // G = KᵀA⁻¹K + τI [n, n]; X = Y G⁻¹, i.e. Xᵀ = G⁻¹Yᵀ (G symmetric).
+            var g = [Double](repeating: 0, count: n * n)
+            b.withUnsafeBufferPointer { k in y.withUnsafeBufferPointer { yy in g.withUnsafeMutableBufferPointer { out in
+                BLAS.dgemm(transA: true, m: n, n: n, k: ff, a: k.baseAddress!, lda: n, b: yy.baseAddress!, ldb: n, c: out.baseAddress!, ldc: n)
+            } } }
+            for i in 0..<n { g[i * n + i] += tau }
+            var yt = [Double](repeating: 0, count: n * ff)   // Yᵀ [n, ff]
+            for r in 0..<ff { for j in 0..<n { yt[j * ff + r] = y[r * n + j] } }
+            let xt: [Double]
+            do { xt = try LAPACK.solveSPD(g, yt, n: n, nrhs: ff) } catch {
+                throw EditError(.degenerateKey, "KᵀA⁻¹K + τI at layer \(l) is not positive definite (\(error)): the batch's keys are linearly dependent; raise landing_slack", cause: error)
+            }
+            var x = [Double](repeating: 0, count: ff * n)
+            for r in 0..<ff { for j in 0..<n { x[r * n + j] = xt[j * ff + r] } }
+            return x
         case .alphaEdit(let state):
             // (P(KKᵀ + K_pK_pᵀ) + αI) X = PK, with P·K_pK_pᵀ kept by the accumulator and P·KKᵀ = (PK)Kᵀ.
             guard let stored = state.projectors[l], var a = state.kept.projected[l] else { throw EditError(.state, "no AlphaEdit projector for layer \(l)") }
