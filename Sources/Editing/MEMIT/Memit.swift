@@ -59,10 +59,10 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
     /// Which prompts `second_solve` asks (`SecondSolveCheck`; default `bare`).
     public var secondSolveCheck: SecondSolveCheck?
     /// MEMIT and ENCORE: τ in X = A⁻¹K(τI + KᵀA⁻¹K)⁻¹, A the solve's matrix without KKᵀ. τ = 1 (the
-    /// default) is the papers' closed form (A + KKᵀ)⁻¹K, which lands the fraction G(τI + G)⁻¹,
-    /// G = KᵀA⁻¹K, of each layer's share, so λ sets both what
-    /// the update protects and how much of the edit lands. Smaller τ lands more with the same
-    /// minimum-A-norm direction; τ = 0 lands the share exactly (ΔW·K = R).
+    /// default) is the papers' closed form (A + KKᵀ)⁻¹K, which lands the fraction G(I + G)⁻¹,
+    /// G = KᵀA⁻¹K, of each layer's share, so λ sets both what the update protects and how much of
+    /// the edit lands. Smaller τ lands more in the span of A⁻¹K; τ = 0 lands the share exactly
+    /// (ΔW·K = R) with the least A-norm.
     public var landingSlack: Double?
 
     /// Decodes a hyperparameter file (extra keys such as `$schema`, `method` and `model` are allowed).
@@ -635,18 +635,22 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
                 guard let acc = state.kept.accumulated[l] else { throw EditError(.state, "no ENCORE state for layer \(l)") }
                 encore = (acc, state.mu)
             }
-            var kkt = [Double](repeating: 0, count: ff * ff)   // KKᵀ [ff, ff]
-            b.withUnsafeBufferPointer { k in kkt.withUnsafeMutableBufferPointer { out in
-                BLAS.dgemm(transB: true, m: ff, n: ff, k: n, a: k.baseAddress!, lda: n, b: k.baseAddress!, ldb: n, c: out.baseAddress!, ldc: ff)
-            } }
+            // landing_slack τ ≠ 1: A leaves KKᵀ out, and X = A⁻¹K(τI + KᵀA⁻¹K)⁻¹ below.
+            let slack = h.landingSlack.flatMap { $0 == 1 ? nil : $0 }
+            // KKᵀ [ff, ff], only where it joins A.
+            var kkt: [Double] = []
+            if slack == nil {
+                kkt = [Double](repeating: 0, count: ff * ff)
+                b.withUnsafeBufferPointer { k in kkt.withUnsafeMutableBufferPointer { out in
+                    BLAS.dgemm(transB: true, m: ff, n: ff, k: n, a: k.baseAddress!, lda: n, b: k.baseAddress!, ldb: n, c: out.baseAddress!, ldc: ff)
+                } }
+            }
             // entity_keys: C_e [ff, ff] with its weight λ·ρ.
             var entities: (moment: [Float], scale: Double)?
             if let e = h.entityKeys {
                 guard let ce = entityStatistics[l], ce.dim == ff else { throw EditError(.state, "entity_keys is set and there are no entity key statistics for layer \(l)") }
                 entities = (ce.moment, h.mom2UpdateWeight * e.weight)
             }
-            // landing_slack τ ≠ 1: A leaves KKᵀ out, and X = A⁻¹K(τI + KᵀA⁻¹K)⁻¹ below.
-            let slack = h.landingSlack.flatMap { $0 == 1 ? nil : $0 }
             var a = statistics[l]!.regularizedMoment(ridge: h.mom2Ridge)
             for x in 0..<(ff * ff) {
                 a[x] = h.mom2UpdateWeight * a[x] + (encore?.kept[x] ?? 0) + (slack == nil ? kkt[x] : 0)
