@@ -346,6 +346,8 @@ import Testing
         }
         func dot(_ a: [Float], _ b: [Float]) -> Double { zip(a, b).reduce(0) { $0 + Double($1.0) * Double($1.1) } }
         let closed = try editor(lambda: 50, slack: nil).computeUpdates([Self.paris]).updates[0]
+        #expect(try editor(lambda: 50, slack: nil).settings["landing_slack"] == nil, "the closed form keeps the signature it had before τ")
+        #expect(try editor(lambda: 50, slack: 0.5).settings["landing_slack"] == "0.5", "a run's signature and report name its τ")
         var scale: [Double: Double] = [:]
         for tau in [0.0, 0.5] {
             let u = try editor(lambda: 50, slack: tau).computeUpdates([Self.paris]).updates[0]
