@@ -64,6 +64,8 @@ public struct MemitHyperparameters: Codable, Sendable, Equatable, OptimizedHyper
     /// the edit lands. Smaller τ lands more in the span of A⁻¹K; τ = 0 lands the share exactly
     /// (ΔW·K = R) with the least A-norm.
     public var landingSlack: Double?
+    /// τ when it changes the solve: nil for the closed form (absent or 1).
+    public var effectiveLandingSlack: Double? { landingSlack.flatMap { $0 == 1 ? nil : $0 } }
 
     /// Decodes a hyperparameter file (extra keys such as `$schema`, `method` and `model` are allowed).
     public static func decode(_ data: Data) throws -> MemitHyperparameters {
@@ -636,7 +638,7 @@ public final class MemitEditor: @unchecked Sendable {  // not thread-safe: its `
                 encore = (acc, state.mu)
             }
             // landing_slack τ ≠ 1: A leaves KKᵀ out, and X = A⁻¹K(τI + KᵀA⁻¹K)⁻¹ below.
-            let slack = h.landingSlack.flatMap { $0 == 1 ? nil : $0 }
+            let slack = h.effectiveLandingSlack
             // KKᵀ [ff, ff], only where it joins A.
             var kkt: [Double] = []
             if slack == nil {

@@ -118,7 +118,7 @@ extension MemitEditor: FactEditor {
         s["mom2_update_weight"] = "\(h.mom2UpdateWeight)"
         if let nk = h.neighbours { s["neighbours"] = nk.description }
         if h.secondSolve == true { s["second_solve"] = h.secondSolveCheck == .contexts ? "contexts" : "true" }
-        if let t = h.landingSlack, t != 1 { s["landing_slack"] = "\(t)" }
+        if let t = h.effectiveLandingSlack { s["landing_slack"] = "\(t)" }
         if let e = h.entityKeys { s["entity_keys"] = "weight=\(e.weight) subjects=\(e.count) seed=\(e.orderSeed)" }
         s["mom2_tokens"] = "\(h.mom2Tokens)"
         if case .alphaEdit(let st) = solver {
